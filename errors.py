@@ -9,3 +9,13 @@ mistake in their own input.
 
 class ToolkitError(Exception):
     """A problem with the user's input, explained in one line."""
+
+
+def run_main(main, argv=None):
+    """Run an entry point's `main(argv)`; a ToolkitError becomes one `error: ...` line and status 2."""
+    import sys
+    try:
+        return main(argv)
+    except ToolkitError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

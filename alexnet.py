@@ -1,0 +1,235 @@
+"""AlexNet (Krizhevsky, Sutskever & Hinton, 2012) as the BVLC Caffe reference model defines it.
+
+`AlexNet` only builds the graph; `load_initial_weights` copies `bvlc_alexnet.npy` into it, leaving the
+layers the user retrains at their fresh initial values. Variable names (`conv1/weights`, ...) are the
+keys of the weights file. `python alexnet.py` prints the layer table: feature-map sizes, parameters
+and multiply-adds per layer.
+
+Layer table (input 227x227x3, NHWC):
+    conv1  11x11, stride 4, 96 filters, VALID    -> 55x55x96, ReLU, LRN, 3x3/2 max-pool -> 27x27x96
+    conv2  5x5, 256 filters, 2 groups, SAME      -> 27x27x256, ReLU, LRN, 3x3/2 max-pool -> 13x13x256
+    conv3  3x3, 384 filters                      -> 13x13x384, ReLU
+    conv4  3x3, 384 filters, 2 groups            -> 13x13x384, ReLU
+    conv5  3x3, 256 filters, 2 groups            -> 13x13x256, ReLU, 3x3/2 max-pool -> 6x6x256
+    fc6    9216 -> 4096, ReLU, dropout
+    fc7    4096 -> 4096, ReLU, dropout
+    fc8    4096 -> num_classes (logits)
+"""
+import argparse
+import collections
+import sys
+
+import tensorflow.compat.v1 as tf
+
+import weights as weight_files
+from errors import ToolkitError
+
+INPUT_SIZE = 227
+TRAINABLE_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
+
+# One row per operation, in order. kernel/stride in pixels; depth = output channels (None: num_classes).
+Layer = collections.namedtuple('Layer', 'name kind kernel stride depth groups padding relu',
+                               defaults=(None, None, None, 1, 'SAME', True))
+ARCHITECTURE = (
+    Layer('conv1', 'conv', kernel=11, stride=4, depth=96, padding='VALID'),
+    Layer('norm1', 'lrn'),
+    Layer('pool1', 'pool', kernel=3, stride=2, padding='VALID'),
+    Layer('conv2', 'conv', kernel=5, stride=1, depth=256, groups=2),
+    Layer('norm2', 'lrn'),
+    Layer('pool2', 'pool', kernel=3, stride=2, padding='VALID'),
+    Layer('conv3', 'conv', kernel=3, stride=1, depth=384),
+    Layer('conv4', 'conv', kernel=3, stride=1, depth=384, groups=2),
+    Layer('conv5', 'conv', kernel=3, stride=1, depth=256, groups=2),
+    Layer('pool5', 'pool', kernel=3, stride=2, padding='VALID'),
+    Layer('flattened', 'flatten'),
+    Layer('fc6', 'fc', depth=4096),
+    Layer('dropout6', 'dropout'),
+    Layer('fc7', 'fc', depth=4096),
+    Layer('dropout7', 'dropout'),
+    Layer('fc8', 'fc', depth=None, relu=False),
+)
+
+# Caffe's LRN: x / (k + alpha/n * sum over n=5 channels of x^2)^beta, with alpha=1e-4, beta=0.75, k=1.
+# TensorFlow sums over 2*depth_radius+1 channels and does not divide alpha by n, hence 2 and 1e-4/5.
+LRN_DEPTH_RADIUS = 2
+LRN_ALPHA = 2e-05
+LRN_BETA = 0.75
+LRN_BIAS = 1.0
+
+
+class AlexNet:
+    """Builds AlexNet on `x` [batch, 227, 227, 3] (BGR, ImageNet mean subtracted).
+
+    Args:
+      x: input images tensor; the batch size may be None.
+      keep_prob: scalar tensor (or float), probability of keeping a unit in dropout6/dropout7.
+      num_classes: width of fc8.
+      skip_layer: layers that `load_initial_weights` leaves at their fresh initial values.
+      weights_path: the weights file; None means `bvlc_alexnet.npy` in the working directory.
+
+    After construction: `fc8` holds the logits, `end_points` every layer's output by name,
+    `variables[layer]['weights' | 'biases']` the variables.
+    """
+
+    def __init__(self, x, keep_prob, num_classes, skip_layer, weights_path=None):
+        unknown = sorted(set(skip_layer) - set(TRAINABLE_LAYERS))
+        if isinstance(skip_layer, str) or unknown:
+            raise ToolkitError(f"unknown layer name(s) {unknown or skip_layer!r} in skip_layer; "
+                               f"valid names: {', '.join(TRAINABLE_LAYERS)}")
+        self.X = x
+        self.KEEP_PROB = keep_prob
+        self.NUM_CLASSES = num_classes
+        self.SKIP_LAYER = list(skip_layer)
+        self.WEIGHTS_PATH = weights_path or weight_files.DEFAULT_WEIGHTS_PATH
+        self.end_points = collections.OrderedDict()
+        self.variables = {}
+        self.create()
+
+    def create(self):
+        net = self.X
+        for layer in ARCHITECTURE:
+            if layer.kind == 'conv':
+                net = self._conv(net, layer)
+            elif layer.kind == 'lrn':
+                net = tf.nn.local_response_normalization(
+                    net, depth_radius=LRN_DEPTH_RADIUS, alpha=LRN_ALPHA, beta=LRN_BETA,
+                    bias=LRN_BIAS, name=layer.name)
+            elif layer.kind == 'pool':
+                net = tf.nn.max_pool2d(net, ksize=layer.kernel, strides=layer.stride,
+                                       padding=layer.padding, name=layer.name)
+            elif layer.kind == 'flatten':
+                # NHWC order, as caffe-tensorflow laid out fc6's rows.
+                net = tf.reshape(net, [-1, int(net.shape[1]) * int(net.shape[2]) * int(net.shape[3])],
+                                 name=layer.name)
+            elif layer.kind == 'fc':
+                net = self._fc(net, layer)
+            elif layer.kind == 'dropout':
+                # TF 2.x's dropout takes the rate of *dropped* units.
+                net = tf.nn.dropout(net, rate=1.0 - self.KEEP_PROB, name=layer.name)
+            self.end_points[layer.name] = net
+        self.fc8 = net
+
+    def _new_variables(self, layer_name, weights_shape):
+        with tf.variable_scope(layer_name):
+            weights = tf.get_variable('weights', shape=weights_shape,
+                                      initializer=tf.glorot_uniform_initializer())
+            # Zero biases: get_variable's default (Glorot on a 1-D shape) is an accident, not a choice.
+            biases = tf.get_variable('biases', shape=weights_shape[-1:],
+                                     initializer=tf.zeros_initializer())
+        self.variables[layer_name] = {'weights': weights, 'biases': biases}
+        return weights, biases
+
+    def _conv(self, x, layer):
+        input_channels = int(x.shape[-1])
+        weights, biases = self._new_variables(
+            layer.name, [layer.kernel, layer.kernel, input_channels // layer.groups, layer.depth])
+        strides = [1, layer.stride, layer.stride, 1]
+        with tf.name_scope(layer.name):
+            if layer.groups == 1:
+                conv = tf.nn.conv2d(x, weights, strides, padding=layer.padding)
+            else:
+                # The paper's two GPUs: each half of the filters sees only its half of the channels.
+                input_groups = tf.split(x, layer.groups, axis=3)
+                weight_groups = tf.split(weights, layer.groups, axis=3)
+                conv = tf.concat([tf.nn.conv2d(i, k, strides, padding=layer.padding)
+                                  for i, k in zip(input_groups, weight_groups)], axis=3)
+            pre_activation = tf.nn.bias_add(conv, biases)
+        return tf.nn.relu(pre_activation, name=layer.name)
+
+    def _fc(self, x, layer):
+        depth = layer.depth or self.NUM_CLASSES
+        weights, biases = self._new_variables(layer.name, [int(x.shape[-1]), depth])
+        with tf.name_scope(layer.name):
+            logits = tf.nn.xw_plus_b(x, weights, biases)
+        return tf.nn.relu(logits, name=layer.name) if layer.relu else tf.identity(logits, layer.name)
+
+    def load_initial_weights(self, session):
+        """Assign every layer of the weights file that is not in `skip_layer`.
+
+        The arrays are fed into the variables' initializers, so they never become graph constants
+        (the GraphDef stays small and `.meta` files hold no weights).
+        """
+        path = self.WEIGHTS_PATH
+        to_load = [name for name in TRAINABLE_LAYERS if name not in self.SKIP_LAYER]
+        layers = weight_files.load_weights(path)
+        if 'fc8' in to_load and 'fc8' in layers:
+            file_classes = layers['fc8']['biases'].shape[0]
+            if file_classes != self.NUM_CLASSES:
+                raise ToolkitError(f"{path}: fc8 has {file_classes} classes but num_classes is "
+                                   f"{self.NUM_CLASSES}; skip fc8 (add it to skip_layer / "
+                                   "--skip_layers) to train a new classifier")
+        feeds, initializers = {}, []
+        for name in to_load:
+            if name not in layers:
+                raise ToolkitError(f"{path}: layer {name} is missing from the file (it holds "
+                                   f"{', '.join(sorted(layers))}); skip {name} to train it from scratch")
+            for kind, variable in self.variables[name].items():
+                expected = tuple(variable.shape.as_list())
+                found = layers[name][kind].shape
+                if found != expected:
+                    raise ToolkitError(f"{path}: layer {name} {kind} has shape {found}, "
+                                       f"expected {expected}")
+                feeds[variable.initial_value] = layers[name][kind]
+                initializers.append(variable.initializer)
+        session.run(initializers, feed_dict=feeds)
+
+
+def layer_table(num_classes=1000, input_size=INPUT_SIZE):
+    """Rows of (name, output (h, w, c), parameters, multiply-adds) for each layer of ARCHITECTURE."""
+    height = width = input_size
+    channels = 3
+    rows = []
+    for layer in ARCHITECTURE:
+        params = macs = 0
+        if layer.kind in ('conv', 'pool'):
+            if layer.padding == 'VALID':
+                height = (height - layer.kernel) // layer.stride + 1
+                width = (width - layer.kernel) // layer.stride + 1
+            else:
+                height = -(-height // layer.stride)
+                width = -(-width // layer.stride)
+        if layer.kind == 'conv':
+            weights_per_output = layer.kernel * layer.kernel * channels // layer.groups
+            params = weights_per_output * layer.depth + layer.depth
+            macs = height * width * layer.depth * weights_per_output
+            channels = layer.depth
+        elif layer.kind == 'flatten':
+            height, width, channels = 1, 1, height * width * channels
+        elif layer.kind == 'fc':
+            depth = layer.depth or num_classes
+            params = channels * depth + depth
+            macs = channels * depth
+            channels = depth
+        if layer.kind in ('conv', 'fc'):
+            rows.append((layer.name, (height, width, channels), params, macs))
+        elif layer.kind in ('lrn', 'pool'):
+            rows.append((layer.name, (height, width, channels), 0, 0))
+    return rows
+
+
+def format_layer_table(num_classes=1000):
+    rows = layer_table(num_classes)
+    lines = [f"{'layer':<7}{'output':>14}{'parameters':>14}{'multiply-adds':>16}"]
+    for name, (height, width, channels), params, macs in rows:
+        lines.append(f"{name:<7}{f'{height}x{width}x{channels}':>14}{params:>14,}{macs:>16,}")
+    total_params = sum(row[2] for row in rows)
+    total_macs = sum(row[3] for row in rows)
+    lines.append(f"{'total':<7}{'':>14}{total_params:>14,}{total_macs:>16,}")
+    megabytes = total_params * 4 / 2**20
+    lines.append(f"model size: {megabytes:.1f} MiB as float32 ({total_params * 4:,} bytes)")
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Print AlexNet's layer table.")
+    parser.add_argument('--summary', action='store_true', help='print the layer table (the default)')
+    parser.add_argument('--num_classes', type=int, default=1000, help='width of fc8 (default 1000)')
+    args = parser.parse_args(argv)
+    if args.num_classes < 1:
+        parser.error('--num_classes must be at least 1')
+    print(format_layer_table(args.num_classes))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

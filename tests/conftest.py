@@ -1,0 +1,24 @@
+"""Shared fixtures: TF1 graph mode for every test, and weight files in the real file's layout."""
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's start-up notices out of the output
+
+import pytest  # noqa: E402
+import tensorflow.compat.v1 as tf  # noqa: E402
+
+import bvlc_fixture  # noqa: E402
+
+tf.disable_v2_behavior()  # what every entry point of the toolkit does
+
+
+@pytest.fixture(scope='session')
+def bvlc_layers():
+    """Random weights of the full 1000-class model, as {layer: {'weights', 'biases'}}."""
+    return bvlc_fixture.random_weights(num_classes=1000, seed=0)
+
+
+@pytest.fixture(scope='session')
+def bvlc_npy(tmp_path_factory, bvlc_layers):
+    """A full-size (233 MiB) bvlc_alexnet.npy fixture: Python 2 pickle, dict of [weights, biases]."""
+    path = tmp_path_factory.mktemp('weights') / 'bvlc_alexnet.npy'
+    return bvlc_fixture.write_bvlc_npy(str(path), bvlc_layers)

@@ -1,0 +1,186 @@
+"""Reading and writing AlexNet weight files: the one place that knows their layouts.
+
+`bvlc_alexnet.npy` (the Caffe BVLC reference model converted with caffe-tensorflow) is a `.npy` file
+holding a 0-d object array whose single element is a Python 2 dict ``{layer: [weights, biases]}``,
+pickled by Python 2. Plain ``np.load`` refuses it, and ``np.load(allow_pickle=True)`` would run any
+code the pickle asks for. So we unpickle it ourselves with an allow-list: only the few numpy callables
+needed to rebuild arrays and dtypes may be looked up, and anything else (``os.system``, ``eval``...)
+is refused before it can run.
+
+Our own export format (`save_weights`) is a pickle-free `.npz` with keys ``conv1/weights``,
+``conv1/biases``, ... — the same names as the graph's variables.
+"""
+import codecs
+import io
+import os
+import pickle
+import zipfile
+
+import numpy as np
+
+from errors import ToolkitError
+
+DEFAULT_WEIGHTS_PATH = 'bvlc_alexnet.npy'
+WEIGHT_KINDS = ('weights', 'biases')
+WHERE_TO_GET = ('download bvlc_alexnet.npy (see README, "Pretrained weights") '
+                'and pass its path with --weights_path')
+
+
+def _latin1_encode(text, encoding='latin1', errors='strict'):
+    """`_codecs.encode` as Python 3 protocol-2 pickles of bytes use it, limited to latin-1."""
+    if encoding not in ('latin1', 'latin-1'):
+        raise pickle.UnpicklingError(f"codec {encoding!r} is not allowed")
+    return codecs.encode(text, 'latin1', errors)
+
+
+def _numpy_global(*candidates):
+    """The first of `module.name` candidates this numpy has (numpy 2 moved `core` to `_core`)."""
+    for module_name, name in candidates:
+        try:
+            module = __import__(module_name, fromlist=[name])
+            return getattr(module, name)
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(f"numpy has none of {candidates}")
+
+
+_RECONSTRUCT = (('numpy._core.multiarray', '_reconstruct'), ('numpy.core.multiarray', '_reconstruct'))
+_FROMBUFFER = (('numpy._core.numeric', '_frombuffer'), ('numpy.core.numeric', '_frombuffer'))
+
+# Everything a pickled dict of numpy arrays may legitimately refer to, from Python 2 and 3 alike.
+_ALLOWED_GLOBALS = {
+    ('numpy.core.multiarray', '_reconstruct'): _RECONSTRUCT,
+    ('numpy._core.multiarray', '_reconstruct'): _RECONSTRUCT,
+    ('numpy.core.numeric', '_frombuffer'): _FROMBUFFER,
+    ('numpy._core.numeric', '_frombuffer'): _FROMBUFFER,
+    ('numpy', 'ndarray'): None,
+    ('numpy', 'dtype'): None,
+    ('_codecs', 'encode'): None,
+}
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """An unpickler that can rebuild numpy arrays, lists and dicts, and nothing else."""
+
+    def find_class(self, module, name):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"it asks for '{module}.{name}'")
+        if (module, name) == ('numpy', 'ndarray'):
+            return np.ndarray
+        if (module, name) == ('numpy', 'dtype'):
+            return np.dtype
+        if (module, name) == ('_codecs', 'encode'):
+            return _latin1_encode
+        return _numpy_global(*_ALLOWED_GLOBALS[(module, name)])
+
+
+def _read_pickled_npy(path, raw):
+    """The object stored in a `.npy` file with an object dtype, unpickled through the allow-list."""
+    stream = io.BytesIO(raw)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+        else:
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+    except ValueError as error:
+        raise ToolkitError(f"{path}: not a weights file (bad .npy header: {error})") from None
+    if dtype != np.dtype(object):
+        raise ToolkitError(f"{path}: not a weights file (it holds a plain {dtype} array of shape "
+                           f"{shape}, not a dict of layers)")
+    try:
+        # latin1: Python 2 `str` objects (array bytes and dict keys) come back unchanged byte for byte.
+        array = _ArraysOnlyUnpickler(stream, encoding='latin1').load()
+    except pickle.UnpicklingError as error:
+        if 'asks for' in str(error):
+            raise ToolkitError(f"{path}: refused to load: {error}, which a weights file never needs "
+                               "(only numpy arrays are unpickled)") from None
+        raise ToolkitError(f"{path}: not a weights file (truncated or corrupt: {error})") from None
+    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+            MemoryError, UnicodeError) as error:
+        raise ToolkitError(f"{path}: not a weights file (truncated or corrupt: "
+                           f"{type(error).__name__}: {error})") from None
+    if isinstance(array, np.ndarray) and array.dtype == object and array.shape == ():
+        return array.item()
+    return array
+
+
+def _read_npz(path, raw):
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
+            flat = {name: archive[name] for name in archive.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
+        raise ToolkitError(f"{path}: not a weights file (truncated or corrupt .npz: {error})") from None
+    layers = {}
+    for key, array in flat.items():
+        layer, _, kind = key.partition('/')
+        if kind not in WEIGHT_KINDS:
+            raise ToolkitError(f"{path}: not a weights file (unexpected entry {key!r}; "
+                               "entries are named like 'conv1/weights')")
+        layers.setdefault(layer, {})[kind] = array
+    return layers
+
+
+def _text(key):
+    return key.decode('latin1') if isinstance(key, bytes) else key
+
+
+def _as_layer_dict(path, layer, value):
+    """`{'weights': array, 'biases': array}` from either file layout of one layer."""
+    if isinstance(value, dict):
+        value = {_text(kind): array for kind, array in value.items()}
+        missing = [kind for kind in WEIGHT_KINDS if kind not in value]
+        if missing:
+            raise ToolkitError(f"{path}: layer {layer} has no {' or '.join(missing)} "
+                               f"(found {sorted(value)})")
+        pair = value['weights'], value['biases']
+    elif isinstance(value, (list, tuple)) and len(value) == 2:
+        pair = value  # caffe-tensorflow's order: [weights, biases]
+    else:
+        raise ToolkitError(f"{path}: layer {layer} should hold [weights, biases] or "
+                           f"{{'weights', 'biases'}}, found {type(value).__name__}")
+    arrays = {}
+    for kind, array in zip(WEIGHT_KINDS, pair):
+        if not isinstance(array, np.ndarray) or array.dtype.kind != 'f':
+            raise ToolkitError(f"{path}: layer {layer} {kind} is not a float array")
+        arrays[kind] = np.asarray(array, dtype=np.float32)
+    return arrays
+
+
+def load_weights(path):
+    """Read a weights file into ``{layer: {'weights': float32 array, 'biases': float32 array}}``.
+
+    Accepts the BVLC `.npy` (Python 2 or 3 pickle; dict-of-lists or dict-of-dicts; keys str or bytes)
+    and the pickle-free `.npz` that `save_weights` writes. Raises ToolkitError naming the file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ToolkitError(f"{path}: weights file not found; {WHERE_TO_GET}")
+    with open(path, 'rb') as stream:
+        raw = stream.read()
+    if raw.startswith(b'PK'):
+        content = _read_npz(path, raw)
+    elif raw.startswith(b'\x93NUMPY'):
+        content = _read_pickled_npy(path, raw)
+    else:
+        raise ToolkitError(f"{path}: not a weights file (neither .npy nor .npz)")
+    if not isinstance(content, dict) or not content:
+        raise ToolkitError(f"{path}: not a weights file (expected a dict of layers, "
+                           f"found {type(content).__name__})")
+    return {_text(layer): _as_layer_dict(path, _text(layer), value)
+            for layer, value in content.items()}
+
+
+def save_weights(path, layers):
+    """Write ``{layer: {'weights', 'biases'}}`` as a pickle-free `.npz` that `load_weights` reads.
+
+    Written to a temporary name first and renamed, so an interrupted export never leaves half a file
+    under the final name.
+    """
+    path = os.fspath(path)
+    flat = {f"{layer}/{kind}": np.asarray(arrays[kind], dtype=np.float32)
+            for layer, arrays in layers.items() for kind in WEIGHT_KINDS}
+    partial = path + '.partial'
+    with open(partial, 'wb') as stream:
+        np.savez(stream, **flat)
+    os.replace(partial, path)
