@@ -28,3 +28,32 @@ def quiet_python_logging(verbose=False):
     tf.logging.set_verbosity(tf.logging.ERROR)
     warnings.filterwarnings('ignore', category=DeprecationWarning)
     warnings.filterwarnings('ignore', category=UserWarning, module='tensorflow')
+
+
+def session_config(use_gpu=False, logical_cpus=None, xla=False, threads=0):
+    """The ConfigProto every session of the toolkit uses.
+
+    Grappler's dependency optimizer rewrites `Shape(x)` for a fed `placeholder_with_default` into
+    `Shape(default)`. With the default being the tf.data iterator, a caller feeding its own batch
+    for a step that trains conv1 would silently pull (and lose) a batch from the iterator, or fail
+    once it is exhausted. Turning that one pass off keeps feeding correct; it costs nothing
+    measurable for AlexNet (bench/RESULTS.md).
+
+    `threads` (0: TensorFlow's choice) caps both thread pools; 1 makes CPU gradients bit-repeatable,
+    since multi-threaded convolution back-props sum their shards in varying order.
+    """
+    import tensorflow.compat.v1 as tf
+    from tensorflow.core.protobuf import rewriter_config_pb2
+
+    config = tf.ConfigProto(allow_soft_placement=True)
+    config.graph_options.rewrite_options.dependency_optimization = rewriter_config_pb2.RewriterConfig.OFF
+    config.intra_op_parallelism_threads = threads
+    config.inter_op_parallelism_threads = threads
+    config.gpu_options.allow_growth = True  # share the GPU politely; AlexNet needs ~2 GB at batch 128
+    if not use_gpu:
+        config.device_count['GPU'] = 0
+    if logical_cpus:
+        config.device_count['CPU'] = logical_cpus  # logical CPU devices stand in for GPU towers
+    if xla:
+        config.graph_options.optimizer_options.global_jit_level = tf.OptimizerOptions.ON_1
+    return config

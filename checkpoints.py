@@ -1,0 +1,100 @@
+"""What a fine-tuning run leaves in its checkpoint folder, and how a run resumes from it.
+
+    model_epoch{N}.ckpt.*   every variable (model, optimizer slots, global step) after epoch N;
+                            the last `keep` of them are kept
+    best.ckpt.*             the epoch with the best validation accuracy so far
+    interrupted.ckpt.*      written on Ctrl-C, mid-epoch
+    run_state.json          epoch, global step, best accuracy, arguments, metrics history, and which
+                            checkpoint is the latest; rewritten atomically after each save
+    model_info.json         what prediction needs: classes, class names, pre-processing
+
+No `.meta` graph files are written: the graph is rebuilt from code, and a graph never holds weights.
+TensorFlow writes each checkpoint to temporary files and renames them, and run_state.json is replaced
+only after the save succeeded, so a crash while saving leaves the previous checkpoint readable.
+"""
+import json
+import os
+
+import tensorflow.compat.v1 as tf
+
+from errors import ToolkitError
+
+RUN_STATE = 'run_state.json'
+BEST = 'best.ckpt'
+INTERRUPTED = 'interrupted.ckpt'
+
+
+def epoch_prefix(directory, epoch):
+    return os.path.join(directory, f'model_epoch{epoch}.ckpt')
+
+
+def write_json_atomically(path, content):
+    partial = path + '.partial'
+    with open(partial, 'w') as stream:
+        json.dump(content, stream, indent=2)
+        stream.write('\n')
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(partial, path)
+
+
+def read_run_state(directory):
+    """The saved run state, or None when the folder holds no run."""
+    path = os.path.join(directory, RUN_STATE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as stream:
+            state = json.load(stream)
+    except (OSError, ValueError) as error:
+        raise ToolkitError(f"{path}: unreadable run state ({error}); remove it to start afresh") from None
+    latest = state.get('latest_checkpoint')
+    if not latest or not tf.train.checkpoint_exists(os.path.join(directory, latest)):
+        raise ToolkitError(f"{path}: its checkpoint {latest!r} is missing; remove {RUN_STATE} to "
+                           "start afresh")
+    return state
+
+
+class CheckpointKeeper:
+    """Saves epoch, best and interrupted checkpoints of one run, and its run state."""
+
+    def __init__(self, directory, keep):
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+        # Weights stay out of any graph file (write_meta_graph=False below) and paths are relative,
+        # so a checkpoint folder can be moved.
+        self._epoch_saver = tf.train.Saver(max_to_keep=keep, save_relative_paths=True)
+        self._single_saver = tf.train.Saver(max_to_keep=None, save_relative_paths=True)
+
+    def restore_latest(self, session, state):
+        prefix = os.path.join(self.directory, state['latest_checkpoint'])
+        self._epoch_saver.restore(session, prefix)
+        kept = [os.path.join(self.directory, name) for name in state.get('epoch_checkpoints', [])]
+        kept = [prefix for prefix in kept if tf.train.checkpoint_exists(prefix)]
+        # Carry on pruning the kept epoch checkpoints where the interrupted run left off.
+        self._epoch_saver.recover_last_checkpoints(kept)
+
+    def save_epoch(self, session, epoch, state):
+        prefix = self._epoch_saver.save(session, epoch_prefix(self.directory, epoch),
+                                        write_meta_graph=False, write_state=True)
+        state['epoch_checkpoints'] = [os.path.basename(p) for p in self._epoch_saver.last_checkpoints]
+        self._commit(prefix, state)
+        self._remove_interrupted()
+
+    def save_best(self, session):
+        self._single_saver.save(session, os.path.join(self.directory, BEST), write_meta_graph=False,
+                                write_state=False)
+
+    def save_interrupted(self, session, state):
+        prefix = self._single_saver.save(session, os.path.join(self.directory, INTERRUPTED),
+                                         write_meta_graph=False, write_state=False)
+        self._commit(prefix, state)
+
+    def _commit(self, prefix, state):
+        state['latest_checkpoint'] = os.path.basename(prefix)
+        write_json_atomically(os.path.join(self.directory, RUN_STATE), state)
+
+    def _remove_interrupted(self):
+        for name in os.listdir(self.directory):
+            if name.startswith(INTERRUPTED + '.'):
+                os.remove(os.path.join(self.directory, name))

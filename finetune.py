@@ -1,0 +1,470 @@
+"""Fine-tune AlexNet on your own images: `python finetune.py --train_file train.txt --val_file val.txt`.
+
+With no lists (or `--demo`) it generates a small two-class data set and fine-tunes on that, so the
+whole loop can be seen working in a few minutes on a laptop CPU.
+
+Flags are named after the original script's configuration. Two defaults differ from it, because its
+users found them to fail on cats vs dogs: `--skip_layers fc8` (the original skipped every trained
+layer, so fc6-fc8 all started random) and `--learning_rate 0.001` (0.01 sent the loss to NaN).
+`--skip_layers fc8,fc7,fc6 --learning_rate 0.01` gives the original's behaviour.
+"""
+import sys
+
+import tf_setup
+
+tf_setup.configure_environment('--verbose' in sys.argv[1:])  # must precede the TensorFlow import
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow.compat.v1 as tf  # noqa: E402
+
+import checkpoints  # noqa: E402
+import datagenerator  # noqa: E402
+import demo_data  # noqa: E402
+import model_info  # noqa: E402
+import progress  # noqa: E402
+import training  # noqa: E402
+import weights as weight_files  # noqa: E402
+from alexnet import TRAINABLE_LAYERS  # noqa: E402
+from errors import ToolkitError, run_main  # noqa: E402
+
+DEFAULT_ROOT = os.path.join(tempfile.gettempdir(), 'finetune_alexnet')
+# The demo trains from scratch when there are no pretrained weights; these settings learn its two
+# classes within a few epochs on a CPU. Flags given on the command line still win.
+DEMO_DEFAULTS = {'num_epochs': 4, 'batch_size': 32, 'display_step': 5}
+DEMO_FROM_SCRATCH = {'learning_rate': 0.01, 'optimizer': 'momentum'}
+
+
+def layer_list(text):
+    names = [name.strip() for name in text.split(',') if name.strip()]
+    if names == ['all']:
+        return list(TRAINABLE_LAYERS)
+    if names == ['none'] or names == []:
+        return []
+    unknown = [name for name in names if name not in TRAINABLE_LAYERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown layer {', '.join(unknown)}; valid: {', '.join(TRAINABLE_LAYERS)} or 'all'")
+    return names
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(
+        description='Fine-tune AlexNet (BVLC weights) on image lists of "path label" lines.',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = parser.add_argument_group('data')
+    data.add_argument('--train_file', help='training list; none (and no --val_file): run the demo')
+    data.add_argument('--val_file', help='validation list')
+    data.add_argument('--num_classes', type=int, default=2)
+    data.add_argument('--class_names', help='classes.txt ("label name" lines); default: the '
+                      'classes.txt beside --train_file, if any')
+    data.add_argument('--augment', action='store_true',
+                      help="the paper's augmentation: random 227 crops of a 256 resize, flips")
+    data.add_argument('--skip_bad_images', action='store_true',
+                      help='skip unreadable images (and count them) instead of stopping')
+    data.add_argument('--demo', action='store_true', help='fine-tune on the generated demo data set')
+    data.add_argument('--demo_dir', default=os.path.join(DEFAULT_ROOT, 'demo_data'))
+
+    model = parser.add_argument_group('model')
+    model.add_argument('--weights_path', default=weight_files.DEFAULT_WEIGHTS_PATH,
+                       help='the pretrained bvlc_alexnet.npy (see README)')
+    model.add_argument('--train_layers', type=layer_list, default='fc8,fc7,fc6',
+                       help="layers that learn (comma list, or 'all')")
+    model.add_argument('--skip_layers', type=layer_list, default='fc8',
+                       help='layers not loaded from the weights file (start random)')
+    model.add_argument('--dropout_rate', type=float, default=0.5,
+                       help='fraction of fc6/fc7 units dropped while training')
+
+    optimisation = parser.add_argument_group('optimisation')
+    optimisation.add_argument('--learning_rate', type=float, default=0.001)
+    optimisation.add_argument('--num_epochs', type=int, default=10)
+    optimisation.add_argument('--batch_size', type=int, default=128)
+    optimisation.add_argument('--optimizer', choices=('sgd', 'momentum'), default='sgd')
+    optimisation.add_argument('--momentum', type=float, default=0.9)
+    optimisation.add_argument('--weight_decay', type=float, default=0.0,
+                              help='L2 on the trained weights (the paper: 5e-4)')
+    optimisation.add_argument('--lr_decay_epochs', type=int, default=0,
+                              help='multiply the learning rate by --lr_decay_factor every this many '
+                              'epochs (0: constant)')
+    optimisation.add_argument('--lr_decay_factor', type=float, default=0.1)
+    optimisation.add_argument('--seed', type=int, default=None, help='makes runs repeatable')
+
+    output = parser.add_argument_group('output')
+    output.add_argument('--filewriter_path', default=os.path.join(DEFAULT_ROOT, 'tensorboard'))
+    output.add_argument('--checkpoint_path', default=os.path.join(DEFAULT_ROOT, 'checkpoints'))
+    output.add_argument('--display_step', type=int, default=20,
+                        help='write summaries (and progress lines) every this many steps')
+    output.add_argument('--keep_checkpoints', type=int, default=3,
+                        help='epoch checkpoints kept (the best one is kept besides)')
+    output.add_argument('--resume', action='store_true',
+                        help='continue the run saved in --checkpoint_path')
+    output.add_argument('--verbose', action='store_true', help="show TensorFlow's own messages")
+
+    devices = parser.add_argument_group('devices')
+    devices.add_argument('--device', choices=('auto', 'cpu', 'gpu'), default='auto')
+    devices.add_argument('--num_gpus', type=int, default=1,
+                         help='split each batch over this many devices and average the gradients')
+    devices.add_argument('--xla', action='store_true', help='compile the graph with XLA')
+    return parser
+
+
+def parse_args(argv=None):
+    parser = get_args_parser()
+    given = {action.dest for action in parser._actions
+             if any(option in (argv if argv is not None else sys.argv[1:])
+                    for option in action.option_strings)}
+    args = parser.parse_args(argv)
+    if isinstance(args.train_layers, str):  # argparse leaves string defaults unconverted
+        args.train_layers = layer_list(args.train_layers)
+    if isinstance(args.skip_layers, str):
+        args.skip_layers = layer_list(args.skip_layers)
+    args.given = given
+    return args
+
+
+def check_args(args):
+    """Every flag in range and consistent; one line each, before anything is built."""
+    checks = [
+        (args.learning_rate > 0 and math.isfinite(args.learning_rate),
+         f'--learning_rate must be positive, got {args.learning_rate}'),
+        (args.num_epochs >= 1, f'--num_epochs must be at least 1, got {args.num_epochs}'),
+        (args.batch_size >= 1, f'--batch_size must be at least 1, got {args.batch_size}'),
+        (0 <= args.dropout_rate < 1, f'--dropout_rate must be in [0, 1), got {args.dropout_rate}'),
+        (args.num_classes >= 2, f'--num_classes must be at least 2, got {args.num_classes}'),
+        (args.display_step >= 1, f'--display_step must be at least 1, got {args.display_step}'),
+        (args.keep_checkpoints >= 1,
+         f'--keep_checkpoints must be at least 1, got {args.keep_checkpoints}'),
+        (0 <= args.momentum < 1, f'--momentum must be in [0, 1), got {args.momentum}'),
+        (args.weight_decay >= 0, f'--weight_decay must be >= 0, got {args.weight_decay}'),
+        (args.lr_decay_epochs >= 0, f'--lr_decay_epochs must be >= 0, got {args.lr_decay_epochs}'),
+        (0 < args.lr_decay_factor <= 1,
+         f'--lr_decay_factor must be in (0, 1], got {args.lr_decay_factor}'),
+        (args.num_gpus >= 1, f'--num_gpus must be at least 1, got {args.num_gpus}'),
+        (args.batch_size % args.num_gpus == 0,
+         f'--batch_size {args.batch_size} must divide evenly over --num_gpus {args.num_gpus}'),
+        (bool(args.train_layers), '--train_layers names no layer'),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ToolkitError(message)
+    frozen_random = [name for name in args.skip_layers if name not in args.train_layers]
+    if frozen_random:
+        raise ToolkitError(f"--skip_layers {','.join(frozen_random)} would stay random and frozen: "
+                           f"add them to --train_layers, or stop skipping them")
+    if 'fc8' not in args.skip_layers and args.num_classes != 1000:
+        raise ToolkitError(f"--num_classes {args.num_classes} needs a new classifier: add fc8 to "
+                           "--skip_layers (the weights file's fc8 has 1000 classes)")
+    for flag in ('train_file', 'val_file'):
+        if not getattr(args, flag):
+            raise ToolkitError(f'--{flag} is required (or run --demo)')
+
+
+def gpu_count():
+    return len(tf.config.list_physical_devices('GPU'))
+
+
+def read_class_names(args):
+    path = args.class_names or os.path.join(os.path.dirname(os.path.abspath(args.train_file)),
+                                            'classes.txt')
+    if not os.path.exists(path):
+        if args.class_names:
+            raise ToolkitError(f'{path}: class names file not found')
+        return None
+    names = {}
+    with open(path) as stream:
+        for number, line in enumerate(stream, 1):
+            if not line.strip() or line.lstrip().startswith('#'):
+                continue
+            label, _, name = line.strip().partition(' ')
+            if not label.isdigit() or not name:
+                raise ToolkitError(f'{path}:{number}: expected "label name", got {line.strip()!r}')
+            names[int(label)] = name.strip()
+    if sorted(names) != list(range(args.num_classes)):
+        raise ToolkitError(f'{path}: names labels {sorted(names)}, expected 0..{args.num_classes - 1}')
+    return [names[label] for label in range(args.num_classes)]
+
+
+def prepare_demo(args):
+    """Generate the demo images and lists; choose settings that suit training with or without weights."""
+    import make_lists
+    folder = demo_data.make_demo_images(os.path.join(args.demo_dir, 'images'), seed=0)
+    paths, labels, class_names = make_lists.find_images(folder)
+    train, val = make_lists.split_stratified(paths, labels, val_fraction=0.2, seed=0)
+    make_lists.write_lists(args.demo_dir, train, val, class_names)
+    args.train_file = os.path.join(args.demo_dir, 'train.txt')
+    args.val_file = os.path.join(args.demo_dir, 'val.txt')
+    args.num_classes = len(class_names)
+    settings = dict(DEMO_DEFAULTS)
+    if not os.path.exists(args.weights_path):
+        print(f"note: {args.weights_path} not found, so the demo trains every layer from random "
+              "initialisation (see README for the pretrained weights)")
+        args.train_layers, args.skip_layers = list(TRAINABLE_LAYERS), list(TRAINABLE_LAYERS)
+        settings.update(DEMO_FROM_SCRATCH)
+    for name, value in settings.items():
+        if name not in args.given:
+            setattr(args, name, value)
+    if args.seed is None:
+        args.seed = 0
+
+
+def print_label_counts(labels, num_classes, class_names):
+    counts = np.bincount(labels, minlength=num_classes)
+    names = class_names or [f'class {label}' for label in range(num_classes)]
+    print('training images per class: ' + ', '.join(
+        f'{names[label]} {count}' for label, count in enumerate(counts)))
+    share = counts.max() / counts.sum()
+    if share > 0.8:
+        print(f'warning: {names[int(counts.argmax())]} holds {share:.0%} of the training images; '
+              'accuracy will look good even for a model that always answers it')
+
+
+class Interrupted:
+    """Ctrl-C sets a flag that the loop checks between steps, so the run can save before exiting."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C: the user really wants out
+            raise KeyboardInterrupt
+        self.requested = True
+        print('\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)',
+              file=sys.stderr)
+
+    def restore(self):
+        signal.signal(signal.SIGINT, self._previous)
+
+
+def bad_image_error(data, error):
+    bad = datagenerator.find_bad_images(data.paths)
+    if bad:
+        listed = '; '.join(f'{path}: {reason}' for path, reason in bad[:3])
+        more = f' (and {len(bad) - 3} more)' if len(bad) > 3 else ''
+        return ToolkitError(f'unreadable image {listed}{more}; fix or remove it, or pass '
+                            '--skip_bad_images')
+    first_line = str(error.message).strip().splitlines()[0]
+    return ToolkitError(f'reading the images failed: {first_line}')
+
+
+def train_one_epoch(session, graph, args, epoch, steps, first_step, writer, interrupted, data):
+    """Runs `steps` SGD steps; returns (mean loss, mean accuracy, images/s, images seen, finished)."""
+    bar = progress.EpochProgress(epoch, args.num_epochs, steps, args.display_step)
+    losses, accuracies, images = [], [], 0
+    start = time.perf_counter()
+    fetches = {'train': graph.train_op, 'loss': graph.loss, 'accuracy': graph.accuracy,
+               'count': graph.batch_count, 'step': graph.global_step}
+    feed = {graph.keep_prob: 1.0 - args.dropout_rate}
+    for step in range(first_step + 1, steps + 1):
+        if interrupted.requested:
+            bar.finish()
+            return _mean(losses), _mean(accuracies), images / (time.perf_counter() - start), images, False
+        # Summaries ride along in the same run call as the step: no second forward pass.
+        with_summary = step % args.display_step == 0 or step == 1
+        try:
+            result = session.run({**fetches, 'summary': graph.train_summaries} if with_summary
+                                 else fetches, feed)
+        except tf.errors.OutOfRangeError:
+            break  # fewer batches than planned: images were skipped
+        except tf.errors.InvalidArgumentError as error:
+            if 'loss is not finite' in str(error.message):
+                raise ToolkitError(
+                    f'the loss became NaN or infinite at epoch {epoch}, step {step}: lower the '
+                    f'learning rate (now {args.learning_rate:g}); the last good checkpoint is in '
+                    f'{args.checkpoint_path}') from None
+            raise bad_image_error(data, error) from None
+        except (tf.errors.UnknownError, tf.errors.DataLossError) as error:
+            raise bad_image_error(data, error) from None
+        if with_summary:
+            writer.add_summary(result['summary'], result['step'])
+        if result['step'] == 1:
+            expected = math.log(args.num_classes)
+            if abs(result['loss'] - expected) > max(1.0, 0.5 * expected):
+                print(f"note: the first loss, {result['loss']:.3f}, is far from ln({args.num_classes})"
+                      f" = {expected:.3f}: the new layers start with large outputs; if the loss does "
+                      "not fall, lower the learning rate")
+        losses.append(result['loss'])
+        accuracies.append(result['accuracy'])
+        images += int(result['count'])
+        bar.update(step, float(np.mean(losses[-args.display_step:])),
+                   float(np.mean(accuracies[-args.display_step:])),
+                   images / (time.perf_counter() - start))
+    bar.finish()
+    return _mean(losses), _mean(accuracies), images / (time.perf_counter() - start), images, True
+
+
+def _mean(values):
+    return float(np.mean(values)) if values else float('nan')
+
+
+def evaluate(session, graph, init_op, data):
+    """Loss and accuracy over every validation image, the last partial batch weighted by its size."""
+    session.run(init_op)
+    loss_sum = correct = count = 0
+    while True:
+        try:
+            batch_loss, batch_correct, batch_count = session.run(
+                [graph.loss_sum, graph.correct_count, graph.batch_count])
+        except tf.errors.OutOfRangeError:
+            break
+        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
+            raise bad_image_error(data, error) from None
+        loss_sum += float(batch_loss)
+        correct += int(batch_correct)
+        count += int(batch_count)
+    if count == 0:
+        raise ToolkitError('no validation image could be read')
+    return loss_sum / count, correct / count, count
+
+
+def write_scalars(writer, step, values):
+    summary = tf.Summary(value=[tf.Summary.Value(tag=tag, simple_value=float(value))
+                                for tag, value in values.items()])
+    writer.add_summary(summary, step)
+    writer.flush()
+
+
+def run(args):
+    use_gpu = args.device == 'gpu' or (args.device == 'auto' and gpu_count() > 0)
+    if args.device == 'gpu' and gpu_count() < args.num_gpus:
+        raise ToolkitError(f'--device gpu asks for {args.num_gpus} GPU(s), TensorFlow sees '
+                           f'{gpu_count()}')
+    class_names = read_class_names(args)
+    state = checkpoints.read_run_state(args.checkpoint_path)
+    if state and not args.resume:
+        raise ToolkitError(f'{args.checkpoint_path} already holds a run (epoch '
+                           f'{state["epochs_completed"]}); pass --resume to continue it, or choose '
+                           'another --checkpoint_path')
+    if args.resume and not state:
+        raise ToolkitError(f'{args.checkpoint_path}: no run to resume (no {checkpoints.RUN_STATE})')
+    has_weights = os.path.exists(args.weights_path)
+    if not state and set(args.skip_layers) != set(TRAINABLE_LAYERS) and not has_weights:
+        weight_files.load_weights(args.weights_path)  # raises the "where to get it" error
+
+    if args.seed is not None:
+        tf.set_random_seed(args.seed)
+        np.random.seed(args.seed)
+    with tf.device('/cpu:0'):  # the input pipeline stays on the CPU, whatever runs the model
+        train_data = datagenerator.ImageDataGenerator(
+            args.train_file, 'training', args.batch_size, args.num_classes, shuffle=True,
+            seed=args.seed, augment=args.augment, skip_bad_images=args.skip_bad_images)
+        val_data = datagenerator.ImageDataGenerator(
+            args.val_file, 'inference', args.batch_size, args.num_classes, shuffle=False,
+            augment=args.augment, skip_bad_images=args.skip_bad_images)
+        iterator = tf.data.Iterator.from_structure(tf.data.get_output_types(train_data.data),
+                                                   tf.data.get_output_shapes(train_data.data))
+        images, labels = iterator.get_next()
+        training_init_op = iterator.make_initializer(train_data.data)
+        validation_init_op = iterator.make_initializer(val_data.data)
+    steps_per_epoch = train_data.data_size // args.batch_size
+    if steps_per_epoch == 0:
+        raise ToolkitError(f'{args.train_file}: {train_data.data_size} images, fewer than one batch '
+                           f'of --batch_size {args.batch_size}')
+
+    graph = training.build_training_graph(
+        images, labels, args.num_classes, args.train_layers, args.skip_layers, args.weights_path,
+        args.learning_rate, optimizer=args.optimizer, momentum=args.momentum,
+        weight_decay=args.weight_decay, decay_steps=args.lr_decay_epochs * steps_per_epoch,
+        decay_factor=args.lr_decay_factor, num_devices=args.num_gpus, use_gpu=use_gpu,
+        model_device='/gpu:0' if use_gpu else '/cpu:0')
+    keeper = checkpoints.CheckpointKeeper(args.checkpoint_path, args.keep_checkpoints)
+    os.makedirs(args.filewriter_path, exist_ok=True)
+    writer = tf.summary.FileWriter(args.filewriter_path)
+    metrics_path = os.path.join(args.checkpoint_path, 'metrics.jsonl')
+    curves_path = os.path.join(args.checkpoint_path, 'curves.png')
+    print_label_counts(train_data.labels, args.num_classes, class_names)
+    print(f'{train_data.data_size} training images ({steps_per_epoch} steps of {args.batch_size} per '
+          f'epoch), {val_data.data_size} validation images; training {",".join(args.train_layers)} on '
+          f'{"GPU" if use_gpu else "CPU"}')
+
+    interrupted = Interrupted()
+    config = tf_setup.session_config(use_gpu, logical_cpus=args.num_gpus if not use_gpu and
+                                     args.num_gpus > 1 else None, xla=args.xla)
+    try:
+        with tf.Session(config=config) as session:
+            session.run(tf.global_variables_initializer())
+            if state:
+                keeper.restore_latest(session, state)
+                print(f"resumed {state['latest_checkpoint']} at step {session.run(graph.global_step)}")
+            else:
+                writer.add_graph(session.graph)
+                if has_weights and set(args.skip_layers) != set(TRAINABLE_LAYERS):
+                    graph.model.load_initial_weights(session)
+                model_info.write_model_info(args.checkpoint_path, args.num_classes, class_names,
+                                            center_crop=args.augment)
+                state = {'epochs_completed': 0, 'best_val_accuracy': None, 'best_epoch': None,
+                         'history': [], 'args': {k: v for k, v in vars(args).items() if k != 'given'}}
+            print(f'open TensorBoard with: tensorboard --logdir {args.filewriter_path}')
+            return train_epochs(session, graph, args, state, keeper, writer, interrupted,
+                                training_init_op, validation_init_op, train_data, val_data,
+                                steps_per_epoch, metrics_path, curves_path)
+    finally:
+        interrupted.restore()
+        writer.close()
+
+
+def train_epochs(session, graph, args, state, keeper, writer, interrupted, training_init_op,
+                 validation_init_op, train_data, val_data, steps_per_epoch, metrics_path, curves_path):
+    global_step = int(session.run(graph.global_step))
+    # Resuming mid-epoch finishes that epoch's remaining steps, so the run ends with exactly
+    # num_epochs * steps_per_epoch steps, as an uninterrupted one does.
+    first_epoch = global_step // steps_per_epoch + 1
+    steps_done = global_step % steps_per_epoch
+    for epoch in range(first_epoch, args.num_epochs + 1):
+        session.run(training_init_op)
+        train_loss, train_accuracy, images_per_second, seen, finished = train_one_epoch(
+            session, graph, args, epoch, steps_per_epoch, steps_done, writer, interrupted,
+            train_data)
+        steps_done = 0
+        step = int(session.run(graph.global_step))
+        if not finished:
+            keeper.save_interrupted(session, state)
+            print(f'saved {os.path.join(args.checkpoint_path, checkpoints.INTERRUPTED)} at step '
+                  f'{step}; continue with --resume')
+            return 130
+        skipped = (steps_per_epoch * args.batch_size - seen) if args.skip_bad_images else 0
+        val_loss, val_accuracy, val_count = evaluate(session, graph, validation_init_op, val_data)
+        skipped += (val_data.data_size - val_count) if args.skip_bad_images else 0
+        record = {'epoch': epoch, 'step': step, 'train_loss': train_loss,
+                  'train_accuracy': train_accuracy, 'val_loss': val_loss,
+                  'val_accuracy': val_accuracy, 'learning_rate': float(session.run(graph.learning_rate)),
+                  'images_per_second': images_per_second, 'skipped_images': skipped}
+        write_scalars(writer, step, {'validation/cross_entropy': val_loss,
+                                     'validation/accuracy': val_accuracy,
+                                     'images_per_second': images_per_second})
+        improved = state['best_val_accuracy'] is None or val_accuracy > state['best_val_accuracy']
+        if improved:
+            keeper.save_best(session)
+            state['best_val_accuracy'], state['best_epoch'] = val_accuracy, epoch
+        state['epochs_completed'] = epoch
+        state['history'].append(record)
+        keeper.save_epoch(session, epoch, state)
+        progress.append_metrics(metrics_path, record)
+        progress.plot_curves(state['history'], curves_path)
+        note = f', {skipped} unreadable images skipped' if skipped else ''
+        print(f'epoch {epoch}: train loss {train_loss:.4f} acc {train_accuracy:.3f}, validation '
+              f'loss {val_loss:.4f} acc {val_accuracy:.4f}{" (best)" if improved else ""}{note}')
+    print(f"done: best validation accuracy {state['best_val_accuracy']:.4f} at epoch "
+          f"{state['best_epoch']}; checkpoints, metrics.jsonl and curves.png in "
+          f"{args.checkpoint_path}; TensorBoard logs in {args.filewriter_path}")
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    tf.disable_v2_behavior()
+    tf_setup.quiet_python_logging(args.verbose)
+    if args.demo or (not args.train_file and not args.val_file):
+        prepare_demo(args)
+    check_args(args)
+    return run(args)
+
+
+if __name__ == '__main__':
+    sys.exit(run_main(main))

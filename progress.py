@@ -1,0 +1,65 @@
+"""What a fine-tuning run shows and records: a progress bar, per-epoch metrics, and curve plots."""
+import json
+import os
+import sys
+import time
+
+
+class EpochProgress:
+    """A one-line bar per epoch on a terminal; plain lines every `display_step` steps otherwise."""
+
+    def __init__(self, epoch, num_epochs, total_steps, display_step, stream=None):
+        self.stream = stream or sys.stdout
+        self.is_terminal = self.stream.isatty()
+        self.epoch, self.num_epochs = epoch, num_epochs
+        self.total_steps, self.display_step = total_steps, display_step
+        self.start = time.perf_counter()
+
+    def update(self, step, loss, accuracy, images_per_second):
+        """`step` counts from 1 within the epoch."""
+        header = f"epoch {self.epoch}/{self.num_epochs}"
+        numbers = f"loss {loss:.4f}  acc {accuracy:.3f}  {images_per_second:.1f} img/s"
+        if self.is_terminal:
+            width = 24
+            filled = int(width * step / self.total_steps)
+            bar = '#' * filled + '.' * (width - filled)
+            self.stream.write(f"\r{header} [{bar}] {step}/{self.total_steps}  {numbers}")
+            self.stream.flush()
+        elif step % self.display_step == 0 or step == self.total_steps:
+            self.stream.write(f"{header} step {step}/{self.total_steps}  {numbers}\n")
+            self.stream.flush()
+
+    def finish(self):
+        if self.is_terminal:
+            self.stream.write('\n')
+            self.stream.flush()
+
+
+def append_metrics(path, record):
+    """One JSON object per epoch: a file that both people and pandas.read_json(lines=True) read."""
+    with open(path, 'a') as stream:
+        stream.write(json.dumps(record) + '\n')
+
+
+def plot_curves(history, path):
+    """Loss and accuracy per epoch, training and validation, as a PNG (written atomically)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    epochs = [record['epoch'] for record in history]
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_axes.plot(epochs, [r['train_loss'] for r in history], 'o-', label='training')
+    loss_axes.plot(epochs, [r['val_loss'] for r in history], 'o-', label='validation')
+    loss_axes.set(xlabel='epoch', ylabel='cross-entropy', title='loss')
+    accuracy_axes.plot(epochs, [r['train_accuracy'] for r in history], 'o-', label='training')
+    accuracy_axes.plot(epochs, [r['val_accuracy'] for r in history], 'o-', label='validation')
+    accuracy_axes.set(xlabel='epoch', ylabel='accuracy', title='accuracy', ylim=(0, 1.02))
+    for axes in (loss_axes, accuracy_axes):
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.tight_layout()
+    partial = path + '.partial.png'
+    figure.savefig(partial, dpi=100)
+    plt.close(figure)
+    os.replace(partial, path)

@@ -1,0 +1,158 @@
+"""The training graph on in-memory batches: what changes, what stays, towers, NaN guard, decay."""
+import numpy as np
+import pytest
+import tensorflow.compat.v1 as tf
+
+import tf_setup
+import training
+from alexnet import TRAINABLE_LAYERS
+
+
+def batch(size=4, num_classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(-100, 100, (size, 227, 227, 3)).astype(np.float32)
+    labels = np.eye(num_classes, dtype=np.float32)[rng.integers(0, num_classes, size)]
+    return images, labels
+
+
+def build(num_classes=3, train_layers=('fc6', 'fc7', 'fc8'), num_devices=1, **kwargs):
+    images = tf.placeholder(tf.float32, [None, 227, 227, 3])
+    labels = tf.placeholder(tf.float32, [None, num_classes])
+    return training.build_training_graph(
+        images, labels, num_classes, list(train_layers), list(TRAINABLE_LAYERS), None,
+        kwargs.pop('learning_rate', 0.01), num_devices=num_devices, **kwargs)
+
+
+def one_step(num_devices, train_layers, optimizer='sgd', steps=1, weight_decay=0.0,
+             learning_rate=0.01):
+    images, labels = batch()
+    with tf.Graph().as_default():
+        tf.set_random_seed(5)
+        graph = build(train_layers=train_layers, num_devices=num_devices, optimizer=optimizer,
+                      weight_decay=weight_decay, learning_rate=learning_rate)
+        # One thread: CPU convolution gradients are then bit-repeatable, so any difference is the towers'.
+        config = tf_setup.session_config(logical_cpus=2, threads=1)
+        with tf.Session(config=config) as session:
+            session.run(tf.global_variables_initializer())
+            before = session.run(graph.model.variables)
+            losses, after = [], []
+            for _ in range(steps):
+                loss, _ = session.run([graph.loss, graph.train_op], {graph.x: images, graph.y: labels})
+                losses.append(loss)
+                after.append(session.run(graph.model.variables))
+            step = session.run(graph.global_step)
+    return losses, before, after[0], step
+
+
+def test_only_trained_layers_change():
+    _, before, after, step = one_step(1, ['fc7', 'fc8'])
+    assert step == 1
+    for layer in TRAINABLE_LAYERS:
+        for kind in ('weights', 'biases'):
+            same = np.array_equal(before[layer][kind], after[layer][kind])
+            assert same == (layer not in ('fc7', 'fc8')), (layer, kind)
+
+
+def test_plain_sgd_step_is_learning_rate_times_gradient():
+    images, labels = batch()
+    with tf.Graph().as_default():
+        tf.set_random_seed(2)
+        graph = build(train_layers=['fc8'], learning_rate=0.5)
+        weights = graph.model.variables['fc8']['weights']
+        gradient = tf.gradients(graph.loss, weights)[0]
+        with tf.Session(config=tf_setup.session_config()) as session:
+            session.run(tf.global_variables_initializer())
+            feed = {graph.x: images, graph.y: labels}
+            w0, g0 = session.run([weights, gradient], feed)
+            session.run(graph.train_op, feed)
+            w1 = session.run(weights)
+    np.testing.assert_allclose(w1, w0 - 0.5 * g0, rtol=1e-5, atol=1e-7)
+
+
+def test_two_towers_give_the_same_loss_and_updates_as_one_device():
+    losses_one, before, after_one, _ = one_step(1, TRAINABLE_LAYERS, optimizer='momentum', steps=2,
+                                                learning_rate=1e-4)
+    losses_two, _, after_two, _ = one_step(2, TRAINABLE_LAYERS, optimizer='momentum', steps=2,
+                                           learning_rate=1e-4)
+    assert losses_one[1] < losses_one[0]  # it learns, so the updates compared below are real
+    # The second loss comes after an update: float rounding, amplified by the net, allows 1e-3.
+    np.testing.assert_allclose(losses_two, losses_one, rtol=1e-3)
+    for layer in TRAINABLE_LAYERS:
+        for kind in ('weights', 'biases'):
+            # After the first step: the same gradients, averaged over two towers or taken at once.
+            update_one = after_one[layer][kind] - before[layer][kind]
+            update_two = after_two[layer][kind] - before[layer][kind]
+            scale = np.abs(update_one).max()
+            assert scale > 0
+            np.testing.assert_allclose(update_two, update_one, rtol=0, atol=1e-4 * scale,
+                                       err_msg=f'{layer}/{kind}')
+
+
+def test_towers_run_on_separate_devices():
+    with tf.Graph().as_default() as graph:
+        build(num_devices=2)
+        devices = {op.device for op in graph.get_operations() if op.type == 'Conv2D'}
+    assert devices == {'/device:CPU:0', '/device:CPU:1'}
+
+
+def test_nan_loss_stops_the_step_before_any_update_or_summary():
+    images, labels = batch()
+    labels[0, 0] = np.nan  # a NaN image pixel may vanish in ReLU/max-pool; a NaN label cannot
+    with tf.Graph().as_default():
+        graph = build()
+        with tf.Session(config=tf_setup.session_config()) as session:
+            session.run(tf.global_variables_initializer())
+            before = session.run(graph.model.variables)
+            with pytest.raises(tf.errors.InvalidArgumentError, match='loss is not finite'):
+                session.run([graph.train_op, graph.train_summaries], {graph.x: images, graph.y: labels})
+            after = session.run(graph.model.variables)
+            assert session.run(graph.global_step) == 0
+    for layer in TRAINABLE_LAYERS:
+        np.testing.assert_array_equal(before[layer]['weights'], after[layer]['weights'])
+
+
+def test_weight_decay_adds_half_squared_norm_of_trained_weights():
+    images, labels = batch()
+    with tf.Graph().as_default():
+        tf.set_random_seed(3)
+        plain = build(train_layers=['fc8'])
+        with tf.variable_scope('decayed'):
+            decayed = build(train_layers=['fc8'], weight_decay=5e-4)
+        with tf.Session(config=tf_setup.session_config()) as session:
+            session.run(tf.global_variables_initializer())
+            for layer in TRAINABLE_LAYERS:  # the same weights in both copies
+                for kind in ('weights', 'biases'):
+                    decayed.model.variables[layer][kind].load(
+                        session.run(plain.model.variables[layer][kind]), session)
+            feed = {plain.x: images, plain.y: labels, decayed.x: images, decayed.y: labels}
+            loss, loss_decayed, fc8 = session.run(
+                [plain.loss, decayed.loss, plain.model.variables['fc8']['weights']], feed)
+    assert loss_decayed - loss == pytest.approx(5e-4 * 0.5 * np.sum(np.float64(fc8) ** 2), rel=1e-3)
+
+
+def test_step_decay_of_the_learning_rate():
+    with tf.Graph().as_default():
+        graph = build(learning_rate=0.1, decay_steps=3, decay_factor=0.5)
+        with tf.Session(config=tf_setup.session_config()) as session:
+            session.run(tf.global_variables_initializer())
+            rates = []
+            for step in range(7):
+                graph.global_step.load(step, session)
+                rates.append(session.run(graph.learning_rate))
+    np.testing.assert_allclose(rates, [0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.025], rtol=1e-6)
+
+
+def test_evaluation_counts_are_exact_for_a_partial_batch():
+    images, labels = batch(size=3)
+    with tf.Graph().as_default():
+        graph = build()
+        with tf.Session(config=tf_setup.session_config()) as session:
+            session.run(tf.global_variables_initializer())
+            logits, loss_sum, correct, count = session.run(
+                [graph.logits, graph.loss_sum, graph.correct_count, graph.batch_count],
+                {graph.x: images, graph.y: labels})
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    assert count == 3
+    assert loss_sum == pytest.approx(-(labels * log_probs).sum(), rel=1e-5)
+    assert correct == (logits.argmax(1) == labels.argmax(1)).sum()
