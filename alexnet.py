@@ -66,12 +66,14 @@ class AlexNet:
       num_classes: width of fc8.
       skip_layer: layers that `load_initial_weights` leaves at their fresh initial values.
       weights_path: the weights file; None means `bvlc_alexnet.npy` in the working directory.
+      input_layer: None when `x` holds images; else the name of the layer whose output `x` holds
+        (e.g. 'flattened' for cached pool5 features), and only the layers after it are built.
 
     After construction: `fc8` holds the logits, `end_points` every layer's output by name,
     `variables[layer]['weights' | 'biases']` the variables.
     """
 
-    def __init__(self, x, keep_prob, num_classes, skip_layer, weights_path=None):
+    def __init__(self, x, keep_prob, num_classes, skip_layer, weights_path=None, input_layer=None):
         unknown = sorted(set(skip_layer) - set(TRAINABLE_LAYERS))
         if isinstance(skip_layer, str) or unknown:
             raise ToolkitError(f"unknown layer name(s) {unknown or skip_layer!r} in skip_layer; "
@@ -81,13 +83,20 @@ class AlexNet:
         self.NUM_CLASSES = num_classes
         self.SKIP_LAYER = list(skip_layer)
         self.WEIGHTS_PATH = weights_path or weight_files.DEFAULT_WEIGHTS_PATH
+        names = [layer.name for layer in ARCHITECTURE]
+        if input_layer is not None and input_layer not in names:
+            raise ToolkitError(f"unknown input_layer {input_layer!r}; valid: {', '.join(names)}")
+        self.INPUT_LAYER = input_layer
         self.end_points = collections.OrderedDict()
         self.variables = {}
         self.create()
 
     def create(self):
         net = self.X
-        for layer in ARCHITECTURE:
+        layers = list(ARCHITECTURE)
+        if self.INPUT_LAYER is not None:
+            layers = layers[[layer.name for layer in layers].index(self.INPUT_LAYER) + 1:]
+        for layer in layers:
             if layer.kind == 'conv':
                 net = self._conv(net, layer)
             elif layer.kind == 'lrn':
@@ -110,12 +119,15 @@ class AlexNet:
         self.fc8 = net
 
     def _new_variables(self, layer_name, weights_shape):
+        # The paper's initialisation (section 5): weights ~ N(0, 0.01), biases 1 in conv2, conv4, conv5,
+        # fc6, fc7 and 0 elsewhere. Unlike get_variable's Glorot default, it keeps the logits of a
+        # fresh fc8 small (first loss ~ ln(num_classes)) and lets the net train from scratch.
         with tf.variable_scope(layer_name):
             weights = tf.get_variable('weights', shape=weights_shape,
-                                      initializer=tf.glorot_uniform_initializer())
-            # Zero biases: get_variable's default (Glorot on a 1-D shape) is an accident, not a choice.
+                                      initializer=tf.random_normal_initializer(stddev=0.01))
+            bias = 1.0 if layer_name in ('conv2', 'conv4', 'conv5', 'fc6', 'fc7') else 0.0
             biases = tf.get_variable('biases', shape=weights_shape[-1:],
-                                     initializer=tf.zeros_initializer())
+                                     initializer=tf.constant_initializer(bias))
         self.variables[layer_name] = {'weights': weights, 'biases': biases}
         return weights, biases
 
@@ -150,7 +162,7 @@ class AlexNet:
         (the GraphDef stays small and `.meta` files hold no weights).
         """
         path = self.WEIGHTS_PATH
-        to_load = [name for name in TRAINABLE_LAYERS if name not in self.SKIP_LAYER]
+        to_load = [name for name in self.variables if name not in self.SKIP_LAYER]
         layers = weight_files.load_weights(path)
         if 'fc8' in to_load and 'fc8' in layers:
             file_classes = layers['fc8']['biases'].shape[0]

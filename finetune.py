@@ -12,7 +12,8 @@ import sys
 
 import tf_setup
 
-tf_setup.configure_environment('--verbose' in sys.argv[1:])  # must precede the TensorFlow import
+if __name__ == '__main__':
+    tf_setup.configure_environment('--verbose' in sys.argv[1:])  # must precede the TensorFlow import
 
 import argparse  # noqa: E402
 import math  # noqa: E402
@@ -27,18 +28,20 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 import checkpoints  # noqa: E402
 import datagenerator  # noqa: E402
 import demo_data  # noqa: E402
+import feature_cache  # noqa: E402
 import model_info  # noqa: E402
 import progress  # noqa: E402
 import training  # noqa: E402
 import weights as weight_files  # noqa: E402
-from alexnet import TRAINABLE_LAYERS  # noqa: E402
+from alexnet import TRAINABLE_LAYERS, AlexNet  # noqa: E402
 from errors import ToolkitError, run_main  # noqa: E402
 
 DEFAULT_ROOT = os.path.join(tempfile.gettempdir(), 'finetune_alexnet')
 # The demo trains from scratch when there are no pretrained weights; these settings learn its two
 # classes within a few epochs on a CPU. Flags given on the command line still win.
-DEMO_DEFAULTS = {'num_epochs': 4, 'batch_size': 32, 'display_step': 5}
-DEMO_FROM_SCRATCH = {'learning_rate': 0.01, 'optimizer': 'momentum'}
+DEMO_DEFAULTS = {'num_epochs': 5, 'batch_size': 32, 'display_step': 3}
+DEMO_FROM_SCRATCH = {'optimizer': 'momentum'}
+DEMO_IMAGES_PER_CLASS = 120
 
 
 def layer_list(text):
@@ -111,6 +114,9 @@ def get_args_parser():
     devices.add_argument('--num_gpus', type=int, default=1,
                          help='split each batch over this many devices and average the gradients')
     devices.add_argument('--xla', action='store_true', help='compile the graph with XLA')
+    devices.add_argument('--cache_features', choices=('auto', 'on', 'off'), default='auto',
+                         help='train fc layers from pool5 features computed once (auto: when no '
+                         'conv layer is trained and --augment is off)')
     return parser
 
 
@@ -170,30 +176,21 @@ def gpu_count():
 
 
 def read_class_names(args):
+    """Names from --class_names, else from the classes.txt beside the training list, else None."""
     path = args.class_names or os.path.join(os.path.dirname(os.path.abspath(args.train_file)),
-                                            'classes.txt')
+                                            model_info.CLASS_NAMES_FILE)
     if not os.path.exists(path):
         if args.class_names:
             raise ToolkitError(f'{path}: class names file not found')
         return None
-    names = {}
-    with open(path) as stream:
-        for number, line in enumerate(stream, 1):
-            if not line.strip() or line.lstrip().startswith('#'):
-                continue
-            label, _, name = line.strip().partition(' ')
-            if not label.isdigit() or not name:
-                raise ToolkitError(f'{path}:{number}: expected "label name", got {line.strip()!r}')
-            names[int(label)] = name.strip()
-    if sorted(names) != list(range(args.num_classes)):
-        raise ToolkitError(f'{path}: names labels {sorted(names)}, expected 0..{args.num_classes - 1}')
-    return [names[label] for label in range(args.num_classes)]
+    return model_info.read_class_names_file(path, args.num_classes)
 
 
 def prepare_demo(args):
     """Generate the demo images and lists; choose settings that suit training with or without weights."""
     import make_lists
-    folder = demo_data.make_demo_images(os.path.join(args.demo_dir, 'images'), seed=0)
+    folder = demo_data.make_demo_images(os.path.join(args.demo_dir, 'images'),
+                                        images_per_class=DEMO_IMAGES_PER_CLASS, seed=0)
     paths, labels, class_names = make_lists.find_images(folder)
     train, val = make_lists.split_stratified(paths, labels, val_fraction=0.2, seed=0)
     make_lists.write_lists(args.demo_dir, train, val, class_names)
@@ -242,45 +239,43 @@ class Interrupted:
         signal.signal(signal.SIGINT, self._previous)
 
 
-def bad_image_error(data, error):
-    bad = datagenerator.find_bad_images(data.paths)
-    if bad:
-        listed = '; '.join(f'{path}: {reason}' for path, reason in bad[:3])
-        more = f' (and {len(bad) - 3} more)' if len(bad) > 3 else ''
-        return ToolkitError(f'unreadable image {listed}{more}; fix or remove it, or pass '
-                            '--skip_bad_images')
-    first_line = str(error.message).strip().splitlines()[0]
-    return ToolkitError(f'reading the images failed: {first_line}')
+class Source:
+    """Where a phase's batches come from: the image pipeline, or cached pool5 features."""
+
+    def __init__(self, start, data):
+        self.start = start  # start(session, epoch) initialises the iterator; epoch None: validation
+        self.data = data  # the ImageDataGenerator behind it, for naming unreadable images
 
 
-def train_one_epoch(session, graph, args, epoch, steps, first_step, writer, interrupted, data):
-    """Runs `steps` SGD steps; returns (mean loss, mean accuracy, images/s, images seen, finished)."""
+def train_one_epoch(session, graph, args, epoch, steps, first_step, writer, interrupted, source):
+    """Runs SGD steps first_step+1..steps; returns (loss, accuracy, images/s, images, finished)."""
     bar = progress.EpochProgress(epoch, args.num_epochs, steps, args.display_step)
     losses, accuracies, images = [], [], 0
     start = time.perf_counter()
     fetches = {'train': graph.train_op, 'loss': graph.loss, 'accuracy': graph.accuracy,
                'count': graph.batch_count, 'step': graph.global_step}
     feed = {graph.keep_prob: 1.0 - args.dropout_rate}
+    finished = True
     for step in range(first_step + 1, steps + 1):
         if interrupted.requested:
-            bar.finish()
-            return _mean(losses), _mean(accuracies), images / (time.perf_counter() - start), images, False
+            finished = False
+            break
         # Summaries ride along in the same run call as the step: no second forward pass.
         with_summary = step % args.display_step == 0 or step == 1
         try:
             result = session.run({**fetches, 'summary': graph.train_summaries} if with_summary
                                  else fetches, feed)
         except tf.errors.OutOfRangeError:
-            break  # fewer batches than planned: images were skipped
+            break  # fewer batches than planned: unreadable images were skipped
         except tf.errors.InvalidArgumentError as error:
             if 'loss is not finite' in str(error.message):
                 raise ToolkitError(
                     f'the loss became NaN or infinite at epoch {epoch}, step {step}: lower the '
                     f'learning rate (now {args.learning_rate:g}); the last good checkpoint is in '
                     f'{args.checkpoint_path}') from None
-            raise bad_image_error(data, error) from None
+            raise step_error(error, source) from None
         except (tf.errors.UnknownError, tf.errors.DataLossError) as error:
-            raise bad_image_error(data, error) from None
+            raise step_error(error, source) from None
         if with_summary:
             writer.add_summary(result['summary'], result['step'])
         if result['step'] == 1:
@@ -296,16 +291,35 @@ def train_one_epoch(session, graph, args, epoch, steps, first_step, writer, inte
                    float(np.mean(accuracies[-args.display_step:])),
                    images / (time.perf_counter() - start))
     bar.finish()
-    return _mean(losses), _mean(accuracies), images / (time.perf_counter() - start), images, True
+    seconds = time.perf_counter() - start
+    return _mean(losses), _mean(accuracies), images / seconds if images else 0.0, images, finished
+
+
+def step_error(error, source):
+    """A one-line ToolkitError for a failed session.run: an unreadable image, or TensorFlow's reason."""
+    if error.op is None or error.op.type.startswith(('Iterator', 'MakeIterator')):
+        return source.data.unreadable_images_error()
+    return ToolkitError(f'TensorFlow stopped the step in {error.op.name}: '
+                        f'{str(error.message).strip().splitlines()[0]}')
 
 
 def _mean(values):
     return float(np.mean(values)) if values else float('nan')
 
 
-def evaluate(session, graph, init_op, data):
+def count_rest(session, labels):
+    """Images left in the epoch after its last full step (with --skip_bad_images, to count skips)."""
+    rest = 0
+    while True:
+        try:
+            rest += len(session.run(labels))
+        except tf.errors.OutOfRangeError:
+            return rest
+
+
+def evaluate(session, graph, source):
     """Loss and accuracy over every validation image, the last partial batch weighted by its size."""
-    session.run(init_op)
+    source.start(session, None)
     loss_sum = correct = count = 0
     while True:
         try:
@@ -314,12 +328,12 @@ def evaluate(session, graph, init_op, data):
         except tf.errors.OutOfRangeError:
             break
         except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
-            raise bad_image_error(data, error) from None
+            raise step_error(error, source) from None
         loss_sum += float(batch_loss)
         correct += int(batch_correct)
         count += int(batch_count)
     if count == 0:
-        raise ToolkitError('no validation image could be read')
+        raise ToolkitError(f'{source.data.txt_file}: no validation image could be read')
     return loss_sum / count, correct / count, count
 
 
@@ -328,6 +342,73 @@ def write_scalars(writer, step, values):
                                 for tag, value in values.items()])
     writer.add_summary(summary, step)
     writer.flush()
+
+
+def epoch_seed(args, epoch):
+    return None if args.seed is None else args.seed * 100_003 + epoch
+
+
+def build_sources(args, train_data, val_data, model_device, use_gpu, steps_per_epoch):
+    """The training graph, and the sources of its training and validation batches.
+
+    Returns (graph, train source, validation source, weight loader model, images' labels tensor,
+    cache preparation function or None).
+    """
+    with tf.device('/cpu:0'):  # the input pipeline stays on the CPU, whatever runs the model
+        iterator = tf.data.Iterator.from_structure(tf.data.get_output_types(train_data.data),
+                                                   tf.data.get_output_shapes(train_data.data))
+        images, labels = iterator.get_next()
+        training_init_op = iterator.make_initializer(train_data.data)
+        validation_init_op = iterator.make_initializer(val_data.data)
+    common = dict(num_classes=args.num_classes, train_layers=args.train_layers,
+                  skip_layers=args.skip_layers, weights_path=args.weights_path,
+                  learning_rate=args.learning_rate, optimizer=args.optimizer,
+                  momentum=args.momentum, weight_decay=args.weight_decay,
+                  decay_steps=args.lr_decay_epochs * steps_per_epoch,
+                  decay_factor=args.lr_decay_factor, num_devices=args.num_gpus, use_gpu=use_gpu,
+                  model_device=model_device)
+    if not args.use_cache:
+        graph = training.build_training_graph(images, labels, **common)
+        train = Source(lambda session, epoch: session.run(training_init_op), train_data)
+        val = Source(lambda session, epoch: session.run(validation_init_op), val_data)
+        return graph, train, val, graph.model, labels, None
+
+    # Cached features: the full model on images (its conv layers make the features, and every
+    # variable exists for the checkpoints), and fc6-fc8 again on the cache, sharing their variables.
+    with tf.device(model_device):
+        image_model = AlexNet(images, 1.0, args.num_classes, args.skip_layers, args.weights_path)
+    features = image_model.end_points[feature_cache.FEATURE_LAYER]
+    dataset, feeder = feature_cache.cached_dataset(args.num_classes, args.batch_size,
+                                                   drop_remainder=False)
+    with tf.device('/cpu:0'):
+        cache_iterator = tf.data.make_initializable_iterator(dataset)
+        cached_features, cached_labels = cache_iterator.get_next()
+    graph = training.build_training_graph(cached_features, cached_labels, input_layer='flattened',
+                                          reuse=True, **common)
+    cache = {}
+
+    def prepare(session):
+        cache_file = os.path.join(args.checkpoint_path, 'features_{}.npy')
+        for name, data, init_op in (('train', train_data, training_init_op),
+                                    ('val', val_data, validation_init_op)):
+            print(f'caching pool5 features of {data.txt_file}: {feature_cache.describe_size(data.data_size)}')
+            try:
+                cache[name] = feature_cache.extract(session, init_op, features, labels, data.data_size,
+                                                    args.num_classes, cache_file.format(name))
+            except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+                raise data.unreadable_images_error() from None
+
+    def start_train(session, epoch):
+        seed = epoch_seed(args, epoch)
+        feeder.start_epoch(*cache['train'], shuffle_seed=int(np.random.randint(2**31)) if seed is None
+                           else seed)
+        session.run(cache_iterator.initializer)
+
+    def start_val(session, epoch):
+        feeder.start_epoch(*cache['val'])
+        session.run(cache_iterator.initializer)
+
+    return graph, Source(start_train, train_data), Source(start_val, val_data), image_model, None, prepare
 
 
 def run(args):
@@ -343,49 +424,43 @@ def run(args):
                            'another --checkpoint_path')
     if args.resume and not state:
         raise ToolkitError(f'{args.checkpoint_path}: no run to resume (no {checkpoints.RUN_STATE})')
-    has_weights = os.path.exists(args.weights_path)
-    if not state and set(args.skip_layers) != set(TRAINABLE_LAYERS) and not has_weights:
-        weight_files.load_weights(args.weights_path)  # raises the "where to get it" error
+    loads_weights = set(args.skip_layers) != set(TRAINABLE_LAYERS)
+    if not state and loads_weights:
+        weight_files.load_weights(args.weights_path)  # fails early, naming the file, if it is wrong
+    args.use_cache = (args.cache_features == 'on' or args.cache_features == 'auto'
+                      and feature_cache.can_cache(args.train_layers, args.augment))
+    if args.use_cache and not feature_cache.can_cache(args.train_layers, args.augment):
+        raise ToolkitError('--cache_features on needs every conv layer frozen and no --augment')
 
     if args.seed is not None:
         tf.set_random_seed(args.seed)
         np.random.seed(args.seed)
-    with tf.device('/cpu:0'):  # the input pipeline stays on the CPU, whatever runs the model
+    with tf.device('/cpu:0'):
         train_data = datagenerator.ImageDataGenerator(
             args.train_file, 'training', args.batch_size, args.num_classes, shuffle=True,
             seed=args.seed, augment=args.augment, skip_bad_images=args.skip_bad_images)
         val_data = datagenerator.ImageDataGenerator(
             args.val_file, 'inference', args.batch_size, args.num_classes, shuffle=False,
             augment=args.augment, skip_bad_images=args.skip_bad_images)
-        iterator = tf.data.Iterator.from_structure(tf.data.get_output_types(train_data.data),
-                                                   tf.data.get_output_shapes(train_data.data))
-        images, labels = iterator.get_next()
-        training_init_op = iterator.make_initializer(train_data.data)
-        validation_init_op = iterator.make_initializer(val_data.data)
     steps_per_epoch = train_data.data_size // args.batch_size
     if steps_per_epoch == 0:
         raise ToolkitError(f'{args.train_file}: {train_data.data_size} images, fewer than one batch '
                            f'of --batch_size {args.batch_size}')
+    model_device = '/gpu:0' if use_gpu else '/cpu:0'
+    graph, train_source, val_source, loader, labels, prepare_cache = build_sources(
+        args, train_data, val_data, model_device, use_gpu, steps_per_epoch)
 
-    graph = training.build_training_graph(
-        images, labels, args.num_classes, args.train_layers, args.skip_layers, args.weights_path,
-        args.learning_rate, optimizer=args.optimizer, momentum=args.momentum,
-        weight_decay=args.weight_decay, decay_steps=args.lr_decay_epochs * steps_per_epoch,
-        decay_factor=args.lr_decay_factor, num_devices=args.num_gpus, use_gpu=use_gpu,
-        model_device='/gpu:0' if use_gpu else '/cpu:0')
     keeper = checkpoints.CheckpointKeeper(args.checkpoint_path, args.keep_checkpoints)
     os.makedirs(args.filewriter_path, exist_ok=True)
     writer = tf.summary.FileWriter(args.filewriter_path)
-    metrics_path = os.path.join(args.checkpoint_path, 'metrics.jsonl')
-    curves_path = os.path.join(args.checkpoint_path, 'curves.png')
     print_label_counts(train_data.labels, args.num_classes, class_names)
     print(f'{train_data.data_size} training images ({steps_per_epoch} steps of {args.batch_size} per '
           f'epoch), {val_data.data_size} validation images; training {",".join(args.train_layers)} on '
           f'{"GPU" if use_gpu else "CPU"}')
-
+    config = tf_setup.session_config(use_gpu, xla=args.xla,
+                                     logical_cpus=args.num_gpus if not use_gpu and args.num_gpus > 1
+                                     else None)
     interrupted = Interrupted()
-    config = tf_setup.session_config(use_gpu, logical_cpus=args.num_gpus if not use_gpu and
-                                     args.num_gpus > 1 else None, xla=args.xla)
     try:
         with tf.Session(config=config) as session:
             session.run(tf.global_variables_initializer())
@@ -394,47 +469,56 @@ def run(args):
                 print(f"resumed {state['latest_checkpoint']} at step {session.run(graph.global_step)}")
             else:
                 writer.add_graph(session.graph)
-                if has_weights and set(args.skip_layers) != set(TRAINABLE_LAYERS):
-                    graph.model.load_initial_weights(session)
+                if loads_weights:
+                    loader.load_initial_weights(session)
                 model_info.write_model_info(args.checkpoint_path, args.num_classes, class_names,
                                             center_crop=args.augment)
                 state = {'epochs_completed': 0, 'best_val_accuracy': None, 'best_epoch': None,
                          'history': [], 'args': {k: v for k, v in vars(args).items() if k != 'given'}}
             print(f'open TensorBoard with: tensorboard --logdir {args.filewriter_path}')
+            if prepare_cache:
+                prepare_cache(session)
             return train_epochs(session, graph, args, state, keeper, writer, interrupted,
-                                training_init_op, validation_init_op, train_data, val_data,
-                                steps_per_epoch, metrics_path, curves_path)
+                                train_source, val_source, labels, steps_per_epoch)
     finally:
         interrupted.restore()
         writer.close()
 
 
-def train_epochs(session, graph, args, state, keeper, writer, interrupted, training_init_op,
-                 validation_init_op, train_data, val_data, steps_per_epoch, metrics_path, curves_path):
+def train_epochs(session, graph, args, state, keeper, writer, interrupted, train_source, val_source,
+                 labels, steps_per_epoch):
     global_step = int(session.run(graph.global_step))
     # Resuming mid-epoch finishes that epoch's remaining steps, so the run ends with exactly
     # num_epochs * steps_per_epoch steps, as an uninterrupted one does.
     first_epoch = global_step // steps_per_epoch + 1
     steps_done = global_step % steps_per_epoch
+    metrics_path = os.path.join(args.checkpoint_path, 'metrics.jsonl')
+    curves_path = os.path.join(args.checkpoint_path, 'curves.png')
     for epoch in range(first_epoch, args.num_epochs + 1):
-        session.run(training_init_op)
+        train_source.start(session, epoch)
         train_loss, train_accuracy, images_per_second, seen, finished = train_one_epoch(
             session, graph, args, epoch, steps_per_epoch, steps_done, writer, interrupted,
-            train_data)
-        steps_done = 0
+            train_source)
         step = int(session.run(graph.global_step))
         if not finished:
             keeper.save_interrupted(session, state)
             print(f'saved {os.path.join(args.checkpoint_path, checkpoints.INTERRUPTED)} at step '
                   f'{step}; continue with --resume')
             return 130
-        skipped = (steps_per_epoch * args.batch_size - seen) if args.skip_bad_images else 0
-        val_loss, val_accuracy, val_count = evaluate(session, graph, validation_init_op, val_data)
-        skipped += (val_data.data_size - val_count) if args.skip_bad_images else 0
+        notes = []
+        if args.skip_bad_images and labels is not None and steps_done == 0:
+            note = train_source.data.describe_skipped(seen + count_rest(session, labels))
+            notes += [note] if note else []
+        steps_done = 0
+        val_loss, val_accuracy, val_count = evaluate(session, graph, val_source)
+        if args.skip_bad_images:
+            note = val_source.data.describe_skipped(val_count)
+            notes += [note] if note else []
         record = {'epoch': epoch, 'step': step, 'train_loss': train_loss,
                   'train_accuracy': train_accuracy, 'val_loss': val_loss,
-                  'val_accuracy': val_accuracy, 'learning_rate': float(session.run(graph.learning_rate)),
-                  'images_per_second': images_per_second, 'skipped_images': skipped}
+                  'val_accuracy': val_accuracy, 'val_images': val_count,
+                  'learning_rate': float(session.run(graph.learning_rate)),
+                  'images_per_second': images_per_second}
         write_scalars(writer, step, {'validation/cross_entropy': val_loss,
                                      'validation/accuracy': val_accuracy,
                                      'images_per_second': images_per_second})
@@ -447,9 +531,10 @@ def train_epochs(session, graph, args, state, keeper, writer, interrupted, train
         keeper.save_epoch(session, epoch, state)
         progress.append_metrics(metrics_path, record)
         progress.plot_curves(state['history'], curves_path)
-        note = f', {skipped} unreadable images skipped' if skipped else ''
         print(f'epoch {epoch}: train loss {train_loss:.4f} acc {train_accuracy:.3f}, validation '
-              f'loss {val_loss:.4f} acc {val_accuracy:.4f}{" (best)" if improved else ""}{note}')
+              f'loss {val_loss:.4f} acc {val_accuracy:.4f}{" (best)" if improved else ""}')
+        for note in notes:
+            print(f'note: {note}')
     print(f"done: best validation accuracy {state['best_val_accuracy']:.4f} at epoch "
           f"{state['best_epoch']}; checkpoints, metrics.jsonl and curves.png in "
           f"{args.checkpoint_path}; TensorBoard logs in {args.filewriter_path}")
@@ -458,12 +543,13 @@ def train_epochs(session, graph, args, state, keeper, writer, interrupted, train
 
 def main(argv=None):
     args = parse_args(argv)
-    tf.disable_v2_behavior()
     tf_setup.quiet_python_logging(args.verbose)
+    tf.disable_v2_behavior()
     if args.demo or (not args.train_file and not args.val_file):
         prepare_demo(args)
     check_args(args)
-    return run(args)
+    with tf.Graph().as_default():  # a fresh graph per run, also when called twice in one process
+        return run(args)
 
 
 if __name__ == '__main__':

@@ -4,9 +4,19 @@
 variables once, at load time. Entry points therefore call it at the top of the script, before their
 other imports; it only sets defaults, so a user's own setting always wins.
 """
+import atexit
 import logging
 import os
+import re
+import sys
+import threading
 import warnings
+
+# TensorFlow's C++ log lines ("I0000 00:00:1795.. 123 port.cc:153] ...") and absl's preamble. TF 2.x
+# logs through absl before absl is initialised, which ignores TF_CPP_MIN_LOG_LEVEL, so the only way
+# to keep them off a user's terminal is to filter the process's stderr.
+_NATIVE_LOG_LINE = re.compile(rb'^(WARNING: All log messages before absl::InitializeLog\(\)|'
+                              rb'[IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] )')
 
 
 def configure_environment(verbose=False):
@@ -17,6 +27,37 @@ def configure_environment(verbose=False):
     """
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '0' if verbose else '2')
     os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
+    if not verbose:
+        hide_native_log_lines()
+
+
+def hide_native_log_lines():
+    """Route file descriptor 2 through a thread that drops TensorFlow's native log lines.
+
+    Everything else written to stderr (Python's messages, our `error:` lines, tracebacks) passes
+    through unchanged; at exit the pipe is drained before the process ends.
+    """
+    terminal = os.dup(2)
+    read_end, write_end = os.pipe()
+    sys.stderr.flush()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump():
+        with os.fdopen(read_end, 'rb') as source:
+            for line in source:
+                if not _NATIVE_LOG_LINE.match(line):
+                    os.write(terminal, line)
+
+    thread = threading.Thread(target=pump, name='stderr-filter', daemon=True)
+    thread.start()
+
+    def drain():
+        sys.stderr.flush()
+        os.dup2(terminal, 2)  # closes the pipe's last write end: the pump sees end of file
+        thread.join(timeout=5)
+
+    atexit.register(drain)
 
 
 def quiet_python_logging(verbose=False):

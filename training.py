@@ -35,15 +35,18 @@ def _per_example_loss(logits, labels):
 def build_training_graph(images, labels, num_classes, train_layers, skip_layers, weights_path,
                          learning_rate, optimizer='sgd', momentum=0.9, weight_decay=0.0,
                          decay_steps=0, decay_factor=0.1, num_devices=1, use_gpu=False,
-                         model_device=None):
+                         model_device=None, input_layer=None, reuse=False):
     """Builds the model on `images` (a batch from tf.data) and everything one training step needs.
 
     `x`, `y` and `keep_prob` are placeholders with defaults: by default the batch flows straight from
     the tf.data iterator into the graph, and a caller may still feed its own arrays (the benchmarks'
     feed_dict baseline does). With `num_devices` > 1 the batch is split into equal towers, one per
     device, and their gradients are averaged, as the paper trained on two GPUs.
+
+    With `input_layer` ('flattened' for cached pool5 features), `images` holds that layer's output
+    and only the layers after it are built; `reuse` shares variables an earlier AlexNet created.
     """
-    x = tf.placeholder_with_default(images, [None, 227, 227, 3], name='x')
+    x = tf.placeholder_with_default(images, images.shape, name='x')
     y = tf.placeholder_with_default(labels, [None, num_classes], name='y')
     keep_prob = tf.placeholder_with_default(1.0, [], name='keep_prob')
     global_step = tf.train.get_or_create_global_step()
@@ -66,8 +69,9 @@ def build_training_graph(images, labels, num_classes, train_layers, skip_layers,
     model = var_list = None
     for index, device in enumerate(devices):
         with tf.device(device or model_device), tf.name_scope(f'tower_{index}' if index else None), \
-                tf.variable_scope(tf.get_variable_scope(), reuse=index > 0):
-            tower_model = AlexNet(x_parts[index], keep_prob, num_classes, skip_layers, weights_path)
+                tf.variable_scope(tf.get_variable_scope(), reuse=reuse or index > 0):
+            tower_model = AlexNet(x_parts[index], keep_prob, num_classes, skip_layers, weights_path,
+                                  input_layer)
             if model is None:
                 model = tower_model
                 var_list = trained_variables(model, train_layers)
@@ -84,15 +88,17 @@ def build_training_graph(images, labels, num_classes, train_layers, skip_layers,
 
     with tf.name_scope('cross_entropy'):
         loss = tf.add_n(tower_losses) / len(tower_losses) if len(devices) > 1 else tower_losses[0]
-    # A NaN/Inf loss stops the step before anything is updated or summarised: the update and every
-    # summary depend on this check, so a histogram op never crashes on a NaN first.
-    loss_is_finite = tf.debugging.assert_all_finite(loss, 'loss is not finite', name='loss_is_finite')
+    with tf.name_scope('train'):
+        if len(devices) > 1:
+            gradients = [tf.add_n(list(grads)) / len(grads) for grads in zip(*tower_grads)]
+        else:
+            gradients = tower_grads[0]
+    # A NaN/Inf loss or gradient stops the step before anything is updated or summarised: the update
+    # and every summary depend on this check, so a histogram op never crashes on a NaN first.
+    loss_is_finite = tf.debugging.assert_all_finite(
+        tf.stack([loss, tf.linalg.global_norm(gradients)]), 'loss is not finite', name='loss_is_finite')
     with tf.control_dependencies([loss_is_finite]):
         with tf.name_scope('train'):
-            if len(devices) > 1:
-                gradients = [tf.add_n(list(grads)) / len(grads) for grads in zip(*tower_grads)]
-            else:
-                gradients = tower_grads[0]
             train_op = sgd.apply_gradients(list(zip(gradients, var_list)), global_step=global_step)
 
         logits = tf.concat(tower_logits, axis=0) if len(devices) > 1 else tower_logits[0]

@@ -1,0 +1,94 @@
+"""Cached pool5 features: when every convolutional layer is frozen, compute them once, not every epoch.
+
+With conv1-conv5 frozen and no augmentation, an image's pool5 output is the same in every epoch, and
+it is where ~90% of a training step's arithmetic goes (`python alexnet.py`). So the run pushes each
+image through the convolutions once, keeps the 9216 floats per image (36 KiB; 25,000 images take
+0.9 GB), and trains fc6-fc8 from those. Features stay in memory up to `MEMORY_LIMIT_BYTES`; beyond
+that they go to a file in the checkpoint folder, read back through a memory map.
+"""
+import os
+
+import numpy as np
+import tensorflow.compat.v1 as tf
+
+CONV_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
+FEATURE_LAYER = 'flattened'
+FEATURE_SIZE = 6 * 6 * 256
+MEMORY_LIMIT_BYTES = 4 * 2**30
+
+
+def can_cache(train_layers, augment):
+    """Whether pool5 is constant over the run: no conv layer learns and no image is augmented."""
+    return not augment and not set(train_layers) & set(CONV_LAYERS)
+
+
+def describe_size(count):
+    size = count * FEATURE_SIZE * 4
+    where = 'in memory' if size <= MEMORY_LIMIT_BYTES else 'on disk'
+    return f'{count} x {FEATURE_SIZE} float32 = {size / 2**30:.2f} GiB {where}'
+
+
+def extract(session, init_op, features, labels, count, num_classes, cache_file):
+    """Run `features` ([b, 9216]) over the whole (unshuffled) data set once.
+
+    Returns (features [count, 9216], one-hot labels [count, num_classes]); the features are a memory
+    map on `cache_file` when they would not fit in MEMORY_LIMIT_BYTES.
+    """
+    if count * FEATURE_SIZE * 4 > MEMORY_LIMIT_BYTES:
+        store = np.lib.format.open_memmap(cache_file, mode='w+', dtype=np.float32,
+                                          shape=(count, FEATURE_SIZE))
+    else:
+        store = np.empty((count, FEATURE_SIZE), np.float32)
+    label_store = np.empty((count, num_classes), np.float32)
+    session.run(init_op)
+    filled = 0
+    while True:
+        try:
+            batch_features, batch_labels = session.run([features, labels])
+        except tf.errors.OutOfRangeError:
+            break
+        store[filled:filled + len(batch_features)] = batch_features
+        label_store[filled:filled + len(batch_labels)] = batch_labels
+        filled += len(batch_features)
+    # Fewer than `count` when unreadable images were skipped.
+    return store[:filled], label_store[:filled]
+
+
+def cached_dataset(num_classes, batch_size, drop_remainder):
+    """A dataset of (features, labels) batches served from arrays that `Feeder` points it at.
+
+    The arrays never enter the graph: a generator slices them batch by batch (a 128-image batch is
+    4.7 MB), in the order the feeder chose for the epoch.
+    """
+    feeder = Feeder(batch_size, drop_remainder)
+    dataset = tf.data.Dataset.from_generator(
+        feeder.batches, output_types=(tf.float32, tf.float32),
+        output_shapes=(tf.TensorShape([None, FEATURE_SIZE]), tf.TensorShape([None, num_classes])))
+    return dataset.prefetch(2), feeder
+
+
+class Feeder:
+    """Holds the cached arrays and the order of the current epoch."""
+
+    def __init__(self, batch_size, drop_remainder):
+        self.batch_size, self.drop_remainder = batch_size, drop_remainder
+        self.features = self.labels = self.order = None
+
+    def start_epoch(self, features, labels, shuffle_seed=None):
+        self.features, self.labels = features, labels
+        self.order = np.arange(len(features))
+        if shuffle_seed is not None:
+            np.random.default_rng(shuffle_seed).shuffle(self.order)
+
+    def batches(self):
+        count = len(self.order)
+        end = count - count % self.batch_size if self.drop_remainder else count
+        for start in range(0, end, self.batch_size):
+            # Sorted indices read a memory map front to back; the batch's order does not matter.
+            index = np.sort(self.order[start:start + self.batch_size])
+            yield self.features[index], self.labels[index]
+
+
+def remove_cache_file(cache_file):
+    if os.path.exists(cache_file):
+        os.remove(cache_file)

@@ -1,0 +1,271 @@
+"""finetune.py end to end on tiny runs: files written and read back by TensorFlow's and TensorBoard's
+own readers, frozen layers, resume, Ctrl-C, the NaN guard, and every kind of bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow.compat.v1 as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+import demo_data
+import finetune
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONV = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+    """12 training and 5 validation images of the demo's two classes, with list files."""
+    folder = tmp_path_factory.mktemp('data')
+    demo_data.make_demo_images(str(folder / 'images'), images_per_class=9, seed=3)
+    train, val = [], []
+    for label, name in enumerate(demo_data.CLASS_NAMES):
+        files = sorted(os.listdir(folder / 'images' / name))
+        train += [f'images/{name}/{f} {label}' for f in files[:6]]
+        val += [f'images/{name}/{f} {label}' for f in files[6:]]
+    (folder / 'train.txt').write_text('\n'.join(train) + '\n')
+    (folder / 'val.txt').write_text('\n'.join(val[:5]) + '\n')  # 5: a partial batch of 4
+    (folder / 'classes.txt').write_text('0 disk\n1 square\n')
+    return folder
+
+
+def flags(dataset, run_dir, *extra, weights=None):
+    args = ['--train_file', str(dataset / 'train.txt'), '--val_file', str(dataset / 'val.txt'),
+            '--batch_size', '4', '--num_epochs', '2', '--display_step', '1', '--seed', '1',
+            '--checkpoint_path', str(run_dir / 'ckpt'), '--filewriter_path', str(run_dir / 'tb')]
+    if weights:
+        args += ['--weights_path', weights]
+    else:  # no pretrained file: every layer from scratch
+        args += ['--weights_path', str(run_dir / 'absent.npy'), '--skip_layers', 'all',
+                 '--train_layers', 'all']
+    return args + list(extra)
+
+
+def read_state(run_dir):
+    return json.loads((run_dir / 'ckpt' / 'run_state.json').read_text())
+
+
+def run_cli(args, **kwargs):
+    return subprocess.run([sys.executable, 'finetune.py', *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, **kwargs)
+
+
+@pytest.fixture(scope='module')
+def finetuned(tmp_path_factory, dataset, bvlc_npy):
+    """One fine-tuning run of fc6-fc8 from the (fixture) pretrained weights, through the command line."""
+    run_dir = tmp_path_factory.mktemp('run')
+    result = run_cli(flags(dataset, run_dir, weights=bvlc_npy))
+    return run_dir, result
+
+
+def test_run_prints_a_clean_summary(finetuned):
+    _, result = finetuned
+    assert result.returncode == 0, result.stderr
+    assert 'Traceback' not in result.stderr
+    assert 'I0000' not in result.stderr and 'absl' not in result.stderr  # no TensorFlow chatter
+    assert result.stderr.strip() == ''
+    assert 'training images per class: disk 6, square 6' in result.stdout
+    assert 'caching pool5 features' in result.stdout  # conv frozen, no augmentation
+    assert 'done: best validation accuracy' in result.stdout
+
+
+def test_checkpoints_hold_the_model_and_no_graph(finetuned, bvlc_layers):
+    run_dir, _ = finetuned
+    files = sorted(os.listdir(run_dir / 'ckpt'))
+    assert not [f for f in files if f.endswith('.meta')]
+    for prefix in ('model_epoch1.ckpt', 'model_epoch2.ckpt', 'best.ckpt'):
+        reader = tf.train.load_checkpoint(str(run_dir / 'ckpt' / prefix))
+        shapes = reader.get_variable_to_shape_map()
+        assert shapes['conv2/weights'] == [5, 5, 48, 256]
+        assert shapes['fc8/weights'] == [4096, 2] and shapes['fc8/biases'] == [2]
+        assert 'global_step' in shapes
+    reader = tf.train.load_checkpoint(str(run_dir / 'ckpt' / 'model_epoch2.ckpt'))
+    assert reader.get_tensor('global_step') == 2 * 3  # 12 images / batch 4, two epochs
+    for layer in CONV:  # frozen: still exactly the loaded weights
+        np.testing.assert_array_equal(reader.get_tensor(f'{layer}/weights'),
+                                      bvlc_layers[layer]['weights'])
+    for layer in ('fc6', 'fc7'):  # trained: moved away from them
+        assert not np.array_equal(reader.get_tensor(f'{layer}/weights'), bvlc_layers[layer]['weights'])
+
+
+def test_run_state_metrics_curves_and_model_info(finetuned):
+    run_dir, _ = finetuned
+    state = read_state(run_dir)
+    assert state['epochs_completed'] == 2 and state['latest_checkpoint'] == 'model_epoch2.ckpt'
+    assert state['args']['learning_rate'] == 0.001 and state['args']['skip_layers'] == ['fc8']
+    lines = (run_dir / 'ckpt' / 'metrics.jsonl').read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r['epoch'] for r in records] == [1, 2]
+    for record in records:
+        assert record['val_images'] == 5  # the last partial batch (1 of 4) is counted
+        assert record['val_accuracy'] * 5 == pytest.approx(round(record['val_accuracy'] * 5))
+    curves = cv2.imread(str(run_dir / 'ckpt' / 'curves.png'))
+    assert curves is not None and curves.shape[0] > 100
+    info = json.loads((run_dir / 'ckpt' / 'model_info.json').read_text())
+    assert info['num_classes'] == 2 and info['class_names'] == ['disk', 'square']
+
+
+def test_tensorboard_reads_the_summaries(finetuned):
+    run_dir, _ = finetuned
+    events = event_accumulator.EventAccumulator(str(run_dir / 'tb'), size_guidance={
+        event_accumulator.SCALARS: 0, event_accumulator.HISTOGRAMS: 0})
+    events.Reload()
+    tags = events.Tags()
+    assert tags['graph'] is True
+    for tag in ('cross_entropy', 'accuracy', 'learning_rate', 'validation/cross_entropy',
+                'validation/accuracy', 'images_per_second'):
+        assert tag in tags['scalars'], tag
+    assert [e.step for e in events.Scalars('validation/accuracy')] == [3, 6]
+    assert [e.step for e in events.Scalars('cross_entropy')] == [1, 2, 3, 4, 5, 6]
+    for layer in ('fc6', 'fc7', 'fc8'):
+        for kind in ('weights', 'biases'):
+            assert f'{layer}/{kind}' in tags['histograms']
+            assert f'{layer}/{kind}/gradient' in tags['histograms']
+    assert 'conv1/weights' not in tags['histograms']  # frozen layers are not summarised
+    learning_rates = [e.value for e in events.Scalars('learning_rate')]
+    assert learning_rates == pytest.approx([0.001] * 6)
+
+
+def test_cached_and_uncached_runs_agree(dataset, tmp_path, bvlc_npy, finetuned):
+    """The same seed with the cache turned off: same data, same forward values, same losses."""
+    result = run_cli(flags(dataset, tmp_path, '--cache_features', 'off', '--dropout_rate', '0',
+                           '--num_epochs', '1', weights=bvlc_npy))
+    assert result.returncode == 0, result.stderr
+    assert 'caching' not in result.stdout
+    cached = run_cli(flags(dataset, tmp_path / 'c', '--dropout_rate', '0', '--num_epochs', '1',
+                           weights=bvlc_npy))
+    assert cached.returncode == 0, cached.stderr
+    off = json.loads((tmp_path / 'ckpt' / 'metrics.jsonl').read_text())
+    on = json.loads((tmp_path / 'c' / 'ckpt' / 'metrics.jsonl').read_text())
+    # Validation runs in a fixed order after the same number of steps; the batches' order differs,
+    # so the weights differ a little, but the model's starting point and data are the same.
+    assert on['val_images'] == off['val_images'] == 5
+    assert abs(on['val_loss'] - off['val_loss']) < 0.05
+
+
+def test_resume_continues_the_global_step(dataset, tmp_path):
+    first = run_cli(flags(dataset, tmp_path, '--num_epochs', '1'))
+    assert first.returncode == 0, first.stderr
+    assert read_state(tmp_path)['epochs_completed'] == 1
+    again = run_cli(flags(dataset, tmp_path, '--num_epochs', '2'))
+    assert again.returncode == 2 and 'already holds a run' in again.stderr  # nothing overwritten
+    resumed = run_cli(flags(dataset, tmp_path, '--num_epochs', '3', '--resume'))
+    assert resumed.returncode == 0, resumed.stderr
+    assert 'resumed model_epoch1.ckpt at step 3' in resumed.stdout
+    state = read_state(tmp_path)
+    assert state['epochs_completed'] == 3 and [r['step'] for r in state['history']] == [3, 6, 9]
+    reader = tf.train.load_checkpoint(str(tmp_path / 'ckpt' / 'model_epoch3.ckpt'))
+    assert reader.get_tensor('global_step') == 9
+
+
+def test_ctrl_c_saves_and_resume_finishes_the_same_number_of_steps(dataset, tmp_path):
+    args = flags(dataset, tmp_path, '--num_epochs', '50')
+    process = subprocess.Popen([sys.executable, 'finetune.py', *args], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # wait until training is under way
+        if (tmp_path / 'ckpt' / 'run_state.json').exists():
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=240)
+    assert process.returncode == 130, stderr
+    assert 'continue with --resume' in stdout and 'Traceback' not in stderr
+    state = read_state(tmp_path)
+    saved = tf.train.load_checkpoint(str(tmp_path / 'ckpt' / state['latest_checkpoint']))
+    step = int(saved.get_tensor('global_step'))
+    assert step >= 3
+    resumed = run_cli(flags(dataset, tmp_path, '--num_epochs', str(step // 3 + 1), '--resume'))
+    assert resumed.returncode == 0, resumed.stderr
+    final = read_state(tmp_path)
+    assert final['history'][-1]['step'] == (step // 3 + 1) * 3
+    assert not (tmp_path / 'ckpt' / 'interrupted.ckpt.index').exists()
+
+
+def test_nan_guard_stops_and_keeps_the_last_checkpoint(dataset, tmp_path):
+    assert run_cli(flags(dataset, tmp_path, '--num_epochs', '1')).returncode == 0
+    result = run_cli(flags(dataset, tmp_path, '--num_epochs', '5', '--resume',
+                           '--learning_rate', '1e30'))
+    assert result.returncode == 2
+    assert result.stderr.startswith('error: the loss became NaN or infinite at epoch 2')
+    assert 'lower the learning rate' in result.stderr and 'Traceback' not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    state = read_state(tmp_path)
+    assert state['epochs_completed'] == 1
+    reader = tf.train.load_checkpoint(str(tmp_path / 'ckpt' / 'model_epoch1.ckpt'))
+    assert np.isfinite(reader.get_tensor('fc8/weights')).all()
+
+
+def test_two_logical_devices_train(dataset, tmp_path):
+    result = run_cli(flags(dataset, tmp_path, '--num_epochs', '1', '--num_gpus', '2',
+                           '--device', 'cpu'))
+    assert result.returncode == 0, result.stderr
+    assert read_state(tmp_path)['history'][0]['step'] == 3
+
+
+def test_unreadable_image_is_named_or_skipped(dataset, tmp_path):
+    broken = tmp_path / 'broken.jpg'
+    broken.write_bytes(open(dataset / 'images' / 'disk' / 'disk.0000.jpg', 'rb').read()[:300])
+    lines = [f'{dataset}/{line}' for line in (dataset / 'train.txt').read_text().splitlines()]
+    lines[2] = f'{broken} 0'
+    bad_list = tmp_path / 'train_bad.txt'
+    bad_list.write_text('\n'.join(lines) + '\n')
+    args = flags(dataset, tmp_path, '--num_epochs', '1')
+    args[args.index('--train_file') + 1] = str(bad_list)
+    result = run_cli(args)
+    assert result.returncode == 2
+    assert str(broken) in result.stderr and 'line 3' in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    args[args.index('--checkpoint_path') + 1] = str(tmp_path / 'skip')
+    skipped = run_cli(args + ['--skip_bad_images'])
+    assert skipped.returncode == 0, skipped.stderr
+    assert 'skipped 1 unreadable image of 12' in skipped.stdout
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--learning_rate', '0'], '--learning_rate must be positive'),
+    (['--num_epochs', '0'], '--num_epochs must be at least 1'),
+    (['--dropout_rate', '1'], '--dropout_rate must be in [0, 1)'),
+    (['--batch_size', '3', '--num_gpus', '2'], 'must divide evenly over --num_gpus'),
+    (['--num_classes', '1'], '--num_classes must be at least 2'),
+    (['--skip_layers', 'fc8,fc7', '--train_layers', 'fc8'], 'would stay random and frozen'),
+    (['--skip_layers', 'fc7', '--train_layers', 'fc7,fc8'], 'add fc8 to --skip_layers'),
+    (['--batch_size', '64'], 'fewer than one batch'),
+    (['--momentum', '1.5'], '--momentum must be in [0, 1)'),
+    (['--keep_checkpoints', '0'], '--keep_checkpoints must be at least 1'),
+])
+def test_bad_flags_fail_in_one_line(dataset, tmp_path, bvlc_npy, capsys, extra, message):
+    code = finetune.main(flags(dataset, tmp_path, *extra, weights=bvlc_npy))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_layer_name_and_missing_weights_from_the_shell(dataset, tmp_path):
+    result = run_cli(flags(dataset, tmp_path, '--train_layers', 'fc9'))
+    assert result.returncode == 2 and 'unknown layer fc9' in result.stderr
+    assert 'Traceback' not in result.stderr
+    result = run_cli(flags(dataset, tmp_path, weights=str(tmp_path / 'nope.npy')))
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    assert f'{tmp_path / "nope.npy"}: weights file not found' in result.stderr
+    assert '--weights_path' in result.stderr
+
+
+def test_bad_list_files_fail_cleanly(dataset, tmp_path, capsys):
+    bad = tmp_path / 'labels.txt'
+    bad.write_text(f'{dataset}/images/disk/disk.0000.jpg 0\n{dataset}/images/disk/disk.0001.jpg 7\n')
+    args = flags(dataset, tmp_path)
+    args[args.index('--train_file') + 1] = str(bad)
+    assert finetune.main(args) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and 'line 2' in err and len(err.strip().splitlines()) == 1
+    args[args.index('--train_file') + 1] = str(tmp_path / 'missing.txt')
+    assert finetune.main(args) == 2
+    assert 'missing.txt' in capsys.readouterr().err
