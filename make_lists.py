@@ -1,0 +1,264 @@
+"""Write train.txt, val.txt and classes.txt for a folder of labelled images.
+
+    python make_lists.py FOLDER --out_dir DIR [--val_fraction 0.1] [--seed 0] [--relative]
+
+FOLDER is in one of two layouts:
+
+* one sub-folder per class (`FOLDER/cat/*.jpg`, `FOLDER/dog/*.jpg`): the class name is the sub-folder
+  name, and labels 0, 1, ... follow the sorted sub-folder names;
+* Kaggle's flat Dogs vs. Cats layout (`FOLDER/cat.0.jpg`, `FOLDER/dog.12.jpg`): the class name is the
+  part of the file name before the first dot, labels again in sorted name order.
+
+Each line of train.txt and val.txt is `path label`. The path may contain spaces; the label is the last
+field. Paths are absolute, or with --relative relative to DIR (the data pipeline resolves a relative
+path against the list file's folder). classes.txt has one `label name` line per class. Every class is
+split into train and validation by the same fraction (a stratified split), the same way for one seed.
+"""
+
+import argparse
+import math
+import os
+import random
+import sys
+from collections import Counter
+from typing import List, NamedTuple
+
+from errors import ToolkitError
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+
+
+class FolderScan(NamedTuple):
+    """What scan_folder found: images with labels, and what it left out."""
+    paths: List[str]          # absolute paths, sorted by class then name
+    labels: List[int]         # one per path, an index into class_names
+    class_names: List[str]    # sorted; the label of a class is its position here
+    skipped_non_images: List[str]
+    skipped_outside_classes: List[str]  # loose files next to the class sub-folders
+
+
+def is_image(file_name):
+    return file_name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def is_hidden(name):
+    # .DS_Store, .ipynb_checkpoints and the like are never data; not worth a note.
+    return name.startswith('.')
+
+
+def check_path_fits_a_line(path):
+    # A list line is `path label`; a line break inside a file name would split it in two.
+    if '\n' in path or '\r' in path:
+        raise ToolkitError(f'{path!r}: file name contains a line break and cannot go in an image list')
+
+
+def scan_class_folders(folder, class_folders, loose_files):
+    """Scan the sub-folder layout: each sub-folder (searched recursively) is one class."""
+    paths, labels, non_images = [], [], []
+    for label, class_name in enumerate(class_folders):
+        class_dir = os.path.join(folder, class_name)
+        found = 0
+        for directory, sub_dirs, files in os.walk(class_dir):
+            sub_dirs[:] = sorted(name for name in sub_dirs if not is_hidden(name))
+            for file_name in sorted(files):
+                path = os.path.join(directory, file_name)
+                if is_hidden(file_name):
+                    continue
+                if not is_image(file_name):
+                    non_images.append(path)
+                    continue
+                check_path_fits_a_line(path)
+                paths.append(path)
+                labels.append(label)
+                found += 1
+        if found == 0:
+            # An empty class would still take a label and leave the model a class it never sees.
+            raise ToolkitError(f'{class_dir}: class folder has no images')
+    outside = [os.path.join(folder, name) for name in loose_files]
+    return FolderScan(paths, labels, list(class_folders), non_images, outside)
+
+
+def scan_flat_folder(folder, files):
+    """Scan Kaggle's flat layout: `cat.0.jpg` is class 'cat'."""
+    named, non_images = [], []
+    for file_name in files:
+        path = os.path.join(folder, file_name)
+        if not is_image(file_name):
+            non_images.append(path)
+            continue
+        # `photo.jpg` has no class part; guessing 'photo' would invent a class of one image.
+        class_name, _, rest = file_name.partition('.')
+        if not class_name or '.' not in rest:
+            raise ToolkitError(f'{path}: flat layout needs names like cat.0.jpg (class, dot, id, extension)')
+        check_path_fits_a_line(path)
+        named.append((class_name, path))
+    class_names = sorted({class_name for class_name, _ in named})
+    label_of = {class_name: label for label, class_name in enumerate(class_names)}
+    named.sort(key=lambda item: (label_of[item[0]], item[1]))
+    paths = [path for _, path in named]
+    labels = [label_of[class_name] for class_name, _ in named]
+    return FolderScan(paths, labels, class_names, non_images, [])
+
+
+def scan_folder(folder):
+    """Find the labelled images in `folder` (either layout) and the files left out."""
+    if not os.path.exists(folder):
+        raise ToolkitError(f'{folder}: no such folder')
+    if not os.path.isdir(folder):
+        raise ToolkitError(f'{folder}: not a folder (give the folder that holds the images)')
+    root = os.path.abspath(folder)
+    entries = sorted(entry for entry in os.listdir(root) if not is_hidden(entry))
+    class_folders = [name for name in entries if os.path.isdir(os.path.join(root, name))]
+    files = [name for name in entries if not os.path.isdir(os.path.join(root, name))]
+    if class_folders:
+        scan = scan_class_folders(root, class_folders, files)
+    else:
+        scan = scan_flat_folder(root, files)
+
+    # Messages name the folder as the user typed it.
+    if not scan.paths:
+        raise ToolkitError(f'{folder}: no images found (looked for {" ".join(IMAGE_EXTENSIONS)})')
+    if len(scan.class_names) < 2:
+        raise ToolkitError(f'{folder}: found only one class ({scan.class_names[0]!r}); need at least two')
+    return scan
+
+
+def find_images(folder):
+    """Return (paths, labels, class_names) for the labelled images in `folder`."""
+    scan = scan_folder(folder)
+    return scan.paths, scan.labels, scan.class_names
+
+
+def validation_count(class_size, val_fraction):
+    """How many of a class's images go to validation."""
+    if class_size < 2:
+        return 0
+    # Round half up (not Python's round-half-even) so the count is what a reader computes by hand;
+    # the small epsilon absorbs float error such as 20 * 0.35 = 7.000000000000001.
+    wanted = math.floor(class_size * val_fraction + 0.5 + 1e-9)
+    # Every class keeps at least one image on each side, so validation covers every class.
+    return min(max(wanted, 1), class_size - 1)
+
+
+def split_stratified(paths, labels, val_fraction, seed):
+    """Split images into (train, val) lists of (path, label) pairs, every class by the same fraction.
+
+    Deterministic for a seed. Validation keeps the input order; training is shuffled (with the seed)
+    because a streaming shuffle buffer smaller than the data set would otherwise see one class at a time.
+    """
+    check_val_fraction(val_fraction)
+    rng = random.Random(seed)
+    members_of = {}
+    for index, label in enumerate(labels):
+        members_of.setdefault(label, []).append(index)
+    train, val = [], []
+    for label in sorted(members_of):
+        members = members_of[label]
+        rng.shuffle(members)
+        count = validation_count(len(members), val_fraction)
+        val += members[:count]
+        train += members[count:]
+    rng.shuffle(train)
+    return [(paths[i], labels[i]) for i in train], [(paths[i], labels[i]) for i in sorted(val)]
+
+
+def check_val_fraction(val_fraction):
+    if not 0 < val_fraction < 1:  # also refuses NaN
+        raise ToolkitError(f'--val_fraction {val_fraction} is outside (0, 1)')
+
+
+def list_path(path, list_folder, relative):
+    """The path as written in a list file: absolute, or relative to the list file's folder."""
+    if not relative:
+        return os.path.abspath(path)
+    path = os.path.relpath(os.path.abspath(path), list_folder)
+    # List readers skip '#' comment lines, strip whitespace and expand '~'; './' keeps such names intact.
+    return os.path.join('.', path) if path[0] in '#~' or path[0].isspace() else path
+
+
+def write_list(list_file, pairs, relative=False):
+    """Write one `path label` line per (path, label) pair."""
+    list_folder = os.path.dirname(os.path.abspath(list_file))
+    try:
+        with open(list_file, 'w', encoding='utf-8') as handle:
+            for path, label in pairs:
+                handle.write(f'{list_path(path, list_folder, relative)} {label}\n')
+    except OSError as exc:
+        raise ToolkitError(f'{list_file}: cannot write ({exc.strerror})') from None
+
+
+def write_class_names(classes_file, class_names):
+    """Write one `label name` line per class."""
+    try:
+        with open(classes_file, 'w', encoding='utf-8') as handle:
+            for label, class_name in enumerate(class_names):
+                handle.write(f'{label} {class_name}\n')
+    except OSError as exc:
+        raise ToolkitError(f'{classes_file}: cannot write ({exc.strerror})') from None
+
+
+def write_lists(out_dir, train, val, class_names, relative=False):
+    """Write train.txt, val.txt and classes.txt into out_dir; return their paths by file name."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise ToolkitError(f'{out_dir}: cannot create folder ({exc.strerror})') from None
+    list_files = {name: os.path.join(out_dir, name) for name in ('train.txt', 'val.txt', 'classes.txt')}
+    write_list(list_files['train.txt'], train, relative)
+    write_list(list_files['val.txt'], val, relative)
+    write_class_names(list_files['classes.txt'], class_names)
+    return list_files
+
+
+def count_table(train, val, class_names):
+    """Lines of the per-class train/val count table that main prints."""
+    train_counts = Counter(label for _, label in train)
+    val_counts = Counter(label for _, label in val)
+    width = max(len(name) for name in class_names + ['class'])
+    lines = [f'{"label":>5}  {"class":<{width}}  {"train":>6}  {"val":>6}']
+    for label, class_name in enumerate(class_names):
+        lines.append(f'{label:>5}  {class_name:<{width}}  {train_counts[label]:>6}  {val_counts[label]:>6}')
+    lines.append(f'{"":>5}  {"total":<{width}}  {len(train):>6}  {len(val):>6}')
+    return lines
+
+
+def plural(count, noun):
+    return f'{count} {noun}' if count == 1 else f'{count} {noun}s'
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('folder', help='images in class sub-folders, or flat cat.0.jpg/dog.0.jpg names')
+    parser.add_argument('--out_dir', required=True, help='where train.txt, val.txt and classes.txt go')
+    parser.add_argument('--val_fraction', type=float, default=0.1, help='share of each class for validation')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the split and of the train order')
+    parser.add_argument('--relative', action='store_true',
+                        help='write paths relative to --out_dir instead of absolute paths')
+    return parser
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    try:
+        check_val_fraction(args.val_fraction)
+        scan = scan_folder(args.folder)
+        train, val = split_stratified(scan.paths, scan.labels, args.val_fraction, args.seed)
+        list_files = write_lists(args.out_dir, train, val, scan.class_names, relative=args.relative)
+    except ToolkitError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
+
+    if scan.skipped_non_images:
+        print(f'note: skipped {plural(len(scan.skipped_non_images), "non-image file")} '
+              f'(extensions other than {" ".join(IMAGE_EXTENSIONS)})')
+    if scan.skipped_outside_classes:
+        print(f'note: skipped {plural(len(scan.skipped_outside_classes), "file")} '
+              'outside the class sub-folders')
+    for line in count_table(train, val, scan.class_names):
+        print(line)
+    print('wrote ' + ', '.join(list_files.values()))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
