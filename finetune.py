@@ -18,6 +18,7 @@ if __name__ == '__main__':
 import argparse  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import signal  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -299,8 +300,9 @@ def step_error(error, source):
     """A one-line ToolkitError for a failed session.run: an unreadable image, or TensorFlow's reason."""
     if error.op is None or error.op.type.startswith(('Iterator', 'MakeIterator')):
         return source.data.unreadable_images_error()
-    return ToolkitError(f'TensorFlow stopped the step in {error.op.name}: '
-                        f'{str(error.message).strip().splitlines()[0]}')
+    reasons = [line.strip() for line in str(error.message).splitlines()
+               if re.match(r'\s*(\(\d+\) )?[A-Z_]+: ', line)] or ['(no reason given)']
+    return ToolkitError(f'TensorFlow stopped the step in {error.op.name}: {reasons[0]}')
 
 
 def _mean(values):

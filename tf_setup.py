@@ -12,11 +12,14 @@ import sys
 import threading
 import warnings
 
-# TensorFlow's C++ log lines ("I0000 00:00:1795.. 123 port.cc:153] ...") and absl's preamble. TF 2.x
-# logs through absl before absl is initialised, which ignores TF_CPP_MIN_LOG_LEVEL, so the only way
-# to keep them off a user's terminal is to filter the process's stderr.
+# TensorFlow's C++ log lines ("I0000 00:00:1795.. 123 port.cc:153] ..."), absl's preamble and
+# libjpeg's warnings. TF 2.x logs through absl before absl is initialised, which ignores
+# TF_CPP_MIN_LOG_LEVEL, so the only way to keep them off a user's terminal is to filter stderr.
 _NATIVE_LOG_LINE = re.compile(rb'^(WARNING: All log messages before absl::InitializeLog\(\)|'
-                              rb'[IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] )')
+                              rb'[IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] |'
+                              # libjpeg's own complaints about a broken file, which we report by name
+                              rb'Corrupt JPEG data|Premature end of JPEG file|Improper call to JPEG '
+                              rb'library|Invalid JPEG file structure|Not a JPEG file)')
 
 
 def configure_environment(verbose=False):

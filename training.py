@@ -51,7 +51,7 @@ def build_training_graph(images, labels, num_classes, train_layers, skip_layers,
     keep_prob = tf.placeholder_with_default(1.0, [], name='keep_prob')
     global_step = tf.train.get_or_create_global_step()
 
-    with tf.name_scope('learning_rate'):
+    with tf.name_scope('learning_rate_schedule'):
         if decay_steps:
             rate = tf.train.exponential_decay(learning_rate, global_step, decay_steps, decay_factor,
                                               staircase=True)
@@ -63,9 +63,17 @@ def build_training_graph(images, labels, num_classes, train_layers, skip_layers,
         sgd = tf.train.GradientDescentOptimizer(rate)
 
     devices = _tower_devices(num_devices, use_gpu)
-    x_parts = tf.split(x, len(devices)) if len(devices) > 1 else [x]
-    y_parts = tf.split(y, len(devices)) if len(devices) > 1 else [y]
-    tower_logits, tower_losses, tower_grads = [], [], []
+    batch_count = tf.shape(x, out_type=tf.int64)[0]
+    if len(devices) > 1:
+        # Equal parts. A batch that does not divide evenly (validation's last) is padded with copies
+        # of its last image with all-zero labels, which add nothing to the loss or the gradients
+        # (an empty tower instead would trip oneDNN's convolution).
+        padding = tf.cast((len(devices) - batch_count % len(devices)) % len(devices), tf.int32)
+        x_parts = tf.split(tf.concat([x, tf.repeat(x[-1:], padding, axis=0)], 0), len(devices))
+        y_parts = tf.split(tf.concat([y, tf.zeros([padding, num_classes])], 0), len(devices))
+    else:
+        x_parts, y_parts = [x], [y]
+    tower_logits, tower_loss_sums, tower_grads = [], [], []
     model = var_list = None
     for index, device in enumerate(devices):
         with tf.device(device or model_device), tf.name_scope(f'tower_{index}' if index else None), \
@@ -75,47 +83,50 @@ def build_training_graph(images, labels, num_classes, train_layers, skip_layers,
             if model is None:
                 model = tower_model
                 var_list = trained_variables(model, train_layers)
-            logits = tower_model.fc8
-            with tf.name_scope('cross_entropy'):
-                loss = tf.reduce_mean(_per_example_loss(logits, y_parts[index]))
-                if weight_decay:
-                    # The paper's weight decay on the trained layers' weights (not biases).
+            with tf.name_scope('loss'):
+                loss_sum = tf.reduce_sum(_per_example_loss(tower_model.fc8, y_parts[index]))
+                # Each tower's share of the whole batch's mean: the towers' gradients then add up
+                # to exactly the gradient of one device's mean loss, whatever the split.
+                share = loss_sum / tf.cast(batch_count, tf.float32)
+                if weight_decay and index == 0:
+                    # The paper's weight decay on the trained layers' weights (not biases), once.
                     decayed = [v for v in var_list if v.op.name.endswith('/weights')]
-                    loss += weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed])
-            tower_logits.append(logits)
-            tower_losses.append(loss)
-            tower_grads.append(tf.gradients(loss, var_list))
+                    share += weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed])
+            tower_logits.append(tower_model.fc8)
+            tower_loss_sums.append(share)
+            tower_grads.append(tf.gradients(share, var_list))
 
-    with tf.name_scope('cross_entropy'):
-        loss = tf.add_n(tower_losses) / len(tower_losses) if len(devices) > 1 else tower_losses[0]
+    with tf.name_scope('loss'):
+        loss = tf.add_n(tower_loss_sums) if len(devices) > 1 else tower_loss_sums[0]
     with tf.name_scope('train'):
         if len(devices) > 1:
-            gradients = [tf.add_n(list(grads)) / len(grads) for grads in zip(*tower_grads)]
+            gradients = [tf.add_n(list(grads)) for grads in zip(*tower_grads)]
         else:
             gradients = tower_grads[0]
+    logits = tf.concat(tower_logits, axis=0)[:batch_count] if len(devices) > 1 else tower_logits[0]
+    with tf.name_scope('metrics'):
+        correct = tf.equal(tf.argmax(logits, 1), tf.argmax(y, 1))
+        accuracy = tf.reduce_mean(tf.cast(correct, tf.float32))
+        correct_count = tf.reduce_sum(tf.cast(correct, tf.int64))
+        # Validation sums these over batches, so a last partial batch weighs what it holds.
+        loss_sum = tf.reduce_sum(_per_example_loss(logits, y))
+
     # A NaN/Inf loss or gradient stops the step before anything is updated or summarised: the update
     # and every summary depend on this check, so a histogram op never crashes on a NaN first.
+    # (Validation fetches only the metrics above, so it computes no gradient.)
     loss_is_finite = tf.debugging.assert_all_finite(
         tf.stack([loss, tf.linalg.global_norm(gradients)]), 'loss is not finite', name='loss_is_finite')
     with tf.control_dependencies([loss_is_finite]):
         with tf.name_scope('train'):
             train_op = sgd.apply_gradients(list(zip(gradients, var_list)), global_step=global_step)
-
-        logits = tf.concat(tower_logits, axis=0) if len(devices) > 1 else tower_logits[0]
-        with tf.name_scope('accuracy'):
-            correct = tf.equal(tf.argmax(logits, 1), tf.argmax(y, 1))
-            accuracy = tf.reduce_mean(tf.cast(correct, tf.float32))
-            correct_count = tf.reduce_sum(tf.cast(correct, tf.int64))
-        with tf.name_scope('evaluation'):
-            loss_sum = tf.reduce_sum(_per_example_loss(logits, y))
-            batch_count = tf.shape(x, out_type=tf.int64)[0]
-
-        summaries = [tf.summary.scalar('cross_entropy', loss), tf.summary.scalar('accuracy', accuracy),
-                     tf.summary.scalar('learning_rate', rate)]
+        # Tags set explicitly: tf.summary.* would derive them from op names, which the variables
+        # already hold ('fc6/weights' would become 'fc6/weights_1').
+        summaries = [tf.raw_ops.ScalarSummary(tags=tag, values=value) for tag, value in
+                     (('cross_entropy', loss), ('accuracy', accuracy), ('learning_rate', rate))]
         for gradient, variable in zip(gradients, var_list):
-            summaries.append(tf.summary.histogram(variable.op.name + '/gradient', gradient))
-        for variable in var_list:
-            summaries.append(tf.summary.histogram(variable.op.name, variable))
+            summaries.append(tf.raw_ops.HistogramSummary(tag=variable.op.name + '/gradient',
+                                                         values=gradient))
+            summaries.append(tf.raw_ops.HistogramSummary(tag=variable.op.name, values=variable))
         train_summaries = tf.summary.merge(summaries)
 
     return TrainingGraph(x=x, y=y, keep_prob=keep_prob, model=model, logits=logits, loss=loss,
