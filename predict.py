@@ -1,0 +1,459 @@
+"""Classify photos with AlexNet: the ImageNet weights or your fine-tuned checkpoint.
+
+    python predict.py images/                                   # bvlc_alexnet.npy, ImageNet's classes
+    python predict.py --checkpoint runs/x photo.jpg list.txt    # a fine-tuned model, nothing else needed
+    python predict.py --checkpoint runs/x --evaluate val.txt    # accuracy, precision/recall, confusion
+
+Inputs are image files, folders (searched recursively) and list files (`.txt`, "path label" lines as
+finetune.py reads them). A checkpoint brings its class count, class names and pre-processing in
+`model_info.json` (see model_info.py); without names there, a classes.txt beside it names the classes.
+A weights file names its 1000 classes from caffe_classes; `--class_names classes.txt` overrides either,
+and unnamed classes are 'class 0', 'class 1', ...
+
+Images go through the one pre-processing definition (preprocessing.py, via datagenerator.py) in
+batches inside the graph; class names come out of the one decoder here, `decode_predictions`, which
+the notebook and visualize.py use too. An unreadable image stops the run with its name and TensorFlow's
+reason, unless --skip_bad_images.
+"""
+import sys
+
+import tf_setup
+
+tf_setup.configure_environment('--verbose' in sys.argv[1:])  # must precede the TensorFlow import
+
+import argparse  # noqa: E402
+import collections  # noqa: E402
+import csv  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow.compat.v1 as tf  # noqa: E402
+
+import datagenerator  # noqa: E402
+import model_info  # noqa: E402
+import weights as weight_files  # noqa: E402
+from alexnet import INPUT_SIZE, TRAINABLE_LAYERS, AlexNet  # noqa: E402
+from errors import ToolkitError, run_main  # noqa: E402
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')  # what preprocessing decodes
+LIST_EXTENSION = '.txt'
+
+
+# --- class names ---------------------------------------------------------------------------------
+
+def default_class_names(num_classes):
+    """caffe_classes' ImageNet names for 1000 classes, else 'class 0', 'class 1', ..."""
+    if num_classes == 1000:
+        from caffe_classes import class_names
+        return list(class_names)
+    return [f'class {index}' for index in range(num_classes)]
+
+
+def decode_predictions(probs, class_names, top=5):
+    """For each row of `probs` [n, num_classes]: the `top` classes as (index, name, probability).
+
+    Most probable first; ties keep the lower class index first. `class_names` None means 'class i'.
+    """
+    probs = np.atleast_2d(np.asarray(probs))
+    num_classes = probs.shape[1]
+    names = list(class_names) if class_names is not None else default_class_names(num_classes)
+    if len(names) != num_classes:
+        raise ToolkitError(f"{len(names)} class names for {num_classes} classes")
+    top = min(top, num_classes)
+    order = np.argsort(-probs, axis=1, kind='stable')[:, :top]
+    return [[(int(index), names[index], float(row[index])) for index in indices]
+            for row, indices in zip(probs, order)]
+
+
+# --- the model -----------------------------------------------------------------------------------
+
+Predictions = collections.namedtuple('Predictions', 'probabilities outputs positions')
+
+
+class Classifier:
+    """AlexNet and its weights in a session of its own, ready to classify image files in batches.
+
+    Give either `weights_path` (a BVLC `.npy` or exported `.npz`; the class count is read off its fc8)
+    or `checkpoint` (a fine-tuned model: class count, names and pre-processing from model_info.json).
+    `class_names` overrides the names; `center_crop` applies to weight files only (a checkpoint says).
+    Use as a context manager, or call close().
+    """
+
+    def __init__(self, weights_path=None, checkpoint=None, class_names=None, center_crop=False,
+                 batch_size=32):
+        if (weights_path is None) == (checkpoint is None):
+            raise ValueError('give exactly one of weights_path and checkpoint')
+        if checkpoint is not None:
+            self.prefix, info = model_info.read_model_info(checkpoint)
+            self.source = self.prefix
+            self.num_classes = info['num_classes']
+            self.center_crop = info['preprocessing']['center_crop']
+            names = class_names or model_info.class_names_of(self.prefix, info)
+        else:
+            self.prefix = None
+            self.source = os.fspath(weights_path)
+            self.num_classes = _weights_file_classes(self.source)
+            self.center_crop = bool(center_crop)
+            names = class_names
+        self.class_names = list(names) if names else default_class_names(self.num_classes)
+        if len(self.class_names) != self.num_classes:
+            raise ToolkitError(f"{len(self.class_names)} class names for a model of "
+                               f"{self.num_classes} classes")
+        self.batch_size = batch_size
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            # One iterator, re-initialised with a dataset of each run's files: the model is built once.
+            self._iterator = tf.data.Iterator.from_structure(
+                (tf.float32, tf.int64), (tf.TensorShape([None, INPUT_SIZE, INPUT_SIZE, 3]),
+                                         tf.TensorShape([None])))
+            images, positions = self._iterator.get_next()
+            self.model = AlexNet(images, 1.0, self.num_classes, skip_layer=[], weights_path=weights_path)
+            self.end_points = dict(self.model.end_points, probabilities=tf.nn.softmax(self.model.fc8),
+                                   positions=positions)
+            self.session = tf.Session(graph=self.graph)
+            try:
+                if checkpoint is not None:
+                    self._restore(self.prefix)
+                else:
+                    self.model.load_initial_weights(self.session)
+            except BaseException:
+                self.session.close()
+                raise
+
+    def _restore(self, prefix):
+        variables = {variable.op.name: variable for layer in TRAINABLE_LAYERS
+                     for variable in self.model.variables[layer].values()}
+        model_info.check_checkpoint_variables(
+            prefix, {name: variable.shape.as_list() for name, variable in variables.items()})
+        # Only the model's variables: the step counter and optimizer slots are not needed to predict.
+        tf.train.Saver(var_list=variables).restore(self.session, prefix)
+
+    def run(self, paths, layers=(), skip_bad_images=False):
+        """Predictions(probabilities [n, num_classes], {layer: outputs [n, ...]}, positions [n]).
+
+        Images are decoded and pre-processed inside the graph (datagenerator.images_dataset), in
+        batches, in order. An unreadable file raises ToolkitError naming it, unless `skip_bad_images`:
+        then it is left out, and `positions` (indices into `paths`) says which files the rows are.
+        """
+        paths = [os.fspath(path) for path in paths]
+        with self.graph.as_default():
+            dataset = datagenerator.images_dataset(paths, self.batch_size, center_crop=self.center_crop,
+                                                   skip_bad_images=skip_bad_images)
+            initializer = self._iterator.make_initializer(dataset)
+        fetches = {name: self.end_points[name] for name in ('probabilities', 'positions', *layers)}
+        self.session.run(initializer)
+        batches = []
+        while True:
+            try:
+                batches.append(self.session.run(fetches))
+            except tf.errors.OutOfRangeError:
+                break
+            except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
+                raise unreadable_images_error(paths) from None
+        if not batches:
+            raise ToolkitError(f"none of the {len(paths)} images could be read")
+        outputs = {name: np.concatenate([batch[name] for batch in batches]) for name in fetches}
+        probabilities, positions = outputs.pop('probabilities'), outputs.pop('positions')
+        return Predictions(probabilities, outputs, positions)
+
+    def layer_weights(self, layer):
+        """{'weights', 'biases'} of `layer` as NumPy arrays."""
+        return self.session.run(self.model.variables[layer])
+
+    def close(self):
+        self.session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _weights_file_classes(path):
+    layers = weight_files.load_weights(path)
+    if 'fc8' not in layers:
+        raise ToolkitError(f"{path}: layer fc8 is missing from the file (it holds "
+                           f"{', '.join(sorted(layers))}); prediction needs every layer")
+    return int(layers['fc8']['biases'].shape[0])
+
+
+# --- inputs --------------------------------------------------------------------------------------
+
+def collect_inputs(inputs, num_classes):
+    """(paths, labels or None per path) from image files, folders and `.txt` list files, in order."""
+    paths, labels = [], []
+    for item in inputs:
+        item = os.fspath(item)
+        if os.path.isdir(item):
+            found = sorted(os.path.join(folder, name) for folder, _, names in os.walk(item)
+                           for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                raise ToolkitError(f"{item}: no images in this folder ({', '.join(IMAGE_EXTENSIONS)})")
+            paths += found
+            labels += [None] * len(found)
+        elif item.lower().endswith(LIST_EXTENSION) and os.path.isfile(item):
+            listed, listed_labels = datagenerator.read_list(item, num_classes)
+            paths += list(listed)
+            labels += [int(label) for label in listed_labels]
+        elif os.path.isfile(item):
+            paths.append(item)
+            labels.append(None)
+        else:
+            raise ToolkitError(f"{item}: no such image, folder or list file")
+    return paths, labels
+
+
+def unreadable_images_error(paths):
+    """A ToolkitError naming each of `paths` that is missing or does not decode."""
+    bad = datagenerator.find_bad_images(paths)
+    if not bad:
+        return ToolkitError('an image failed to decode, but every one decodes now; was a file changed?')
+    shown = '; '.join(f'{path}: {reason}' for path, reason in bad[:10])
+    more = f'; and {len(bad) - 10} more' if len(bad) > 10 else ''
+    return ToolkitError(f"{len(bad)} unreadable image(s): {shown}{more} (fix or remove them, or pass "
+                        "--skip_bad_images)")
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+def confusion_matrix(labels, predicted, num_classes):
+    """counts[true, predicted]."""
+    counts = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(counts, (np.asarray(labels, np.int64), np.asarray(predicted, np.int64)), 1)
+    return counts
+
+
+def evaluate(probs, labels, class_names, top=5):
+    """Accuracy, top-k accuracy and per-class precision/recall of `probs` against `labels`.
+
+    Precision of a class never predicted, and recall of a class absent from the labels, are None
+    (undefined), not 0. Classes that neither occur nor are predicted are left out of `per_class`.
+    """
+    labels = np.asarray(labels, np.int64)
+    predicted = np.argmax(probs, axis=1)
+    counts = confusion_matrix(labels, predicted, probs.shape[1])
+    top = min(top, probs.shape[1])
+    top_k = np.argsort(-probs, axis=1, kind='stable')[:, :top]
+    per_class = []
+    for index in range(probs.shape[1]):
+        true_positives = int(counts[index, index])
+        support, predicted_count = int(counts[index].sum()), int(counts[:, index].sum())
+        if support == 0 and predicted_count == 0:
+            continue
+        per_class.append({
+            'index': index, 'class': class_names[index], 'support': support,
+            'predicted': predicted_count,
+            'precision': true_positives / predicted_count if predicted_count else None,
+            'recall': true_positives / support if support else None})
+    return {'images': int(len(labels)), 'accuracy': float(np.mean(predicted == labels)),
+            'top_k': top, 'top_k_accuracy': float(np.mean(np.any(top_k == labels[:, None], axis=1))),
+            'per_class': per_class, 'confusion_matrix': counts}
+
+
+def mistakes(paths, probs, labels, class_names):
+    """The misclassified images, most confident mistake first."""
+    predicted = np.argmax(probs, axis=1)
+    wrong = [i for i in range(len(paths)) if predicted[i] != labels[i]]
+    wrong.sort(key=lambda i: -probs[i, predicted[i]])
+    return [{'path': paths[i], 'label': int(labels[i]), 'class': class_names[labels[i]],
+             'predicted': int(predicted[i]), 'predicted_class': class_names[predicted[i]],
+             'probability': float(probs[i, predicted[i]])} for i in wrong]
+
+
+def confusion_figure(counts, class_names, max_annotated=30):
+    """A matplotlib Figure of the confusion matrix, restricted to the classes that occur."""
+    from matplotlib.figure import Figure
+    shown = [i for i in range(len(counts)) if counts[i].sum() or counts[:, i].sum()]
+    matrix = counts[np.ix_(shown, shown)]
+    size = min(4 + 0.4 * len(shown), 30)
+    figure = Figure(figsize=(size + 1.5, size))
+    axes = figure.add_subplot()
+    image = axes.imshow(matrix, cmap='Blues', interpolation='nearest')
+    figure.colorbar(image, ax=axes, label='images')
+    if len(shown) <= max_annotated:
+        names = [class_names[i] for i in shown]
+        axes.set_xticks(range(len(shown)), names, rotation=45, ha='right')
+        axes.set_yticks(range(len(shown)), names)
+        for row in range(len(shown)):
+            for column in range(len(shown)):
+                dark = matrix[row, column] > matrix.max() / 2
+                axes.text(column, row, str(matrix[row, column]), ha='center', va='center',
+                          color='white' if dark else 'black')
+    axes.set_xlabel('predicted class')
+    axes.set_ylabel('true class')
+    axes.set_title(f'confusion matrix ({int(matrix.sum())} images)')
+    figure.tight_layout()
+    return figure
+
+
+# --- output --------------------------------------------------------------------------------------
+
+def prediction_records(paths, labels, decoded, class_names):
+    records = []
+    for path, label, top in zip(paths, labels, decoded):
+        record = {'path': path}
+        if label is not None:
+            record.update(label=label, label_class=class_names[label])
+        record['top'] = [{'index': index, 'class': name, 'probability': probability}
+                         for index, name, probability in top]
+        records.append(record)
+    return records
+
+
+def format_table(records):
+    """One row per (image, rank); with labels, the true class and whether the top-1 matches it."""
+    has_labels = any('label' in record for record in records)
+    width = max([len('image')] + [len(record['path']) for record in records])
+    class_width = max([len('class')] + [len(entry['class']) for record in records
+                                        for entry in record['top']])
+    header = f"{'image':<{width}}  {'rank':>4}  {'probability':>11}  {'class':<{class_width}}"
+    lines = [(header + '  true class' if has_labels else header).rstrip()]
+    for record in records:
+        for rank, entry in enumerate(record['top'], 1):
+            path = record['path'] if rank == 1 else ''
+            line = (f"{path:<{width}}  {rank:>4}  {entry['probability']:>11.4f}  "
+                    f"{entry['class']:<{class_width}}")
+            if rank == 1 and 'label' in record:
+                verdict = 'right' if entry['index'] == record['label'] else 'WRONG'
+                line += f"  {record['label_class']} ({verdict})"
+            lines.append(line.rstrip())
+    return '\n'.join(lines)
+
+
+def format_evaluation(report, wrong, max_mistakes):
+    lines = [f"{report['images']} images: accuracy {report['accuracy']:.4f}, "
+             f"top-{report['top_k']} accuracy {report['top_k_accuracy']:.4f}",
+             '', f"{'class':<30} {'images':>7} {'predicted':>9} {'precision':>9} {'recall':>7}"]
+    for row in report['per_class']:
+        precision = '-' if row['precision'] is None else f"{row['precision']:.4f}"
+        recall = '-' if row['recall'] is None else f"{row['recall']:.4f}"
+        lines.append(f"{row['class'][:30]:<30} {row['support']:>7} {row['predicted']:>9} "
+                     f"{precision:>9} {recall:>7}")
+    lines += ['', f"{len(wrong)} misclassified" + (', most confident first:' if wrong else '')]
+    shown = wrong if max_mistakes <= 0 else wrong[:max_mistakes]
+    for entry in shown:
+        lines.append(f"  {entry['probability']:.4f}  {entry['path']}  "
+                     f"(true: {entry['class']}, predicted: {entry['predicted_class']})")
+    if len(shown) < len(wrong):
+        lines.append(f"  ... and {len(wrong) - len(shown)} more (all of them in --json)")
+    return '\n'.join(lines)
+
+
+def write_csv(path, records, top):
+    with open(path, 'w', newline='') as stream:
+        writer = csv.writer(stream)
+        columns = ['path', 'label', 'label_class']
+        for rank in range(1, top + 1):
+            columns += [f'top{rank}_index', f'top{rank}_class', f'top{rank}_probability']
+        writer.writerow(columns)
+        for record in records:
+            row = [record['path'], record.get('label', ''), record.get('label_class', '')]
+            for entry in record['top']:
+                row += [entry['index'], entry['class'], repr(entry['probability'])]
+            writer.writerow(row)
+
+
+def write_json(path, content):
+    with open(path, 'w') as stream:
+        json.dump(content, stream, indent=2)
+        stream.write('\n')
+
+
+# --- command line --------------------------------------------------------------------------------
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(
+        description='Classify images with AlexNet: ImageNet weights or a fine-tuned checkpoint.',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('inputs', nargs='*',
+                        help='image files, folders (searched recursively) and .txt lists of "path label"')
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument('--weights_path', help='weights file (.npy or exported .npz); the default when '
+                       f'no --checkpoint is given is {weight_files.DEFAULT_WEIGHTS_PATH}')
+    model.add_argument('--checkpoint', help='fine-tuned checkpoint prefix or its folder (best.ckpt, '
+                       'else the latest); its model_info.json gives classes and pre-processing')
+    parser.add_argument('--class_names', help='classes.txt of "label name" lines, overriding the names')
+    parser.add_argument('--center_crop', action='store_true',
+                        help='with --weights_path: classify the centre 227 crop of a 256 resize '
+                        'instead of the whole image resized to 227')
+    parser.add_argument('--evaluate', metavar='LIST',
+                        help='a "path label" list: report accuracy, per-class precision/recall, the '
+                        'confusion matrix and the misclassified images')
+    parser.add_argument('--confusion_matrix', default='confusion_matrix.png',
+                        help='with --evaluate: where to write the confusion matrix PNG')
+    parser.add_argument('--max_mistakes', type=int, default=20,
+                        help='with --evaluate: misclassified images to print (0: all)')
+    parser.add_argument('--top_k', type=int, default=5, help='classes to show per image')
+    parser.add_argument('--batch_size', type=int, default=32, help='images per forward pass')
+    parser.add_argument('--csv', help='also write the predictions to this CSV file')
+    parser.add_argument('--json', help='also write predictions (and evaluation) to this JSON file')
+    parser.add_argument('--skip_bad_images', action='store_true',
+                        help='warn about unreadable images and go on without them')
+    parser.add_argument('--verbose', action='store_true', help="show TensorFlow's log messages")
+    return parser
+
+
+def parse_args(argv):
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.evaluate and args.inputs:
+        parser.error('give either inputs to classify or --evaluate LIST, not both')
+    if not args.evaluate and not args.inputs:
+        parser.error('nothing to classify: give image files, folders or list files, or --evaluate LIST')
+    if args.top_k < 1 or args.batch_size < 1:
+        parser.error('--top_k and --batch_size must be at least 1')
+    if args.center_crop and args.checkpoint:
+        parser.error('--center_crop applies to --weights_path; a checkpoint brings its own pre-processing')
+    if not args.checkpoint and not args.weights_path:
+        args.weights_path = weight_files.DEFAULT_WEIGHTS_PATH
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    tf_setup.quiet_python_logging(args.verbose)  # first: disable_v2_behavior logs a deprecation
+    tf.disable_v2_behavior()
+    with Classifier(weights_path=args.weights_path, checkpoint=args.checkpoint,
+                    center_crop=args.center_crop, batch_size=args.batch_size) as classifier:
+        if args.class_names:
+            classifier.class_names = model_info.read_class_names_file(args.class_names,
+                                                                      classifier.num_classes)
+        if args.evaluate:
+            paths, labels = datagenerator.read_list(args.evaluate, classifier.num_classes)
+            paths, labels = list(paths), [int(label) for label in labels]
+        else:
+            paths, labels = collect_inputs(args.inputs, classifier.num_classes)
+        result = classifier.run(paths, skip_bad_images=args.skip_bad_images)
+        if len(result.positions) < len(paths):
+            kept = set(result.positions.tolist())
+            skipped = [path for position, path in enumerate(paths) if position not in kept]
+            print(f"warning: skipped {len(skipped)} unreadable image(s): {', '.join(skipped)}",
+                  file=sys.stderr)
+            paths = [paths[position] for position in result.positions]
+            labels = [labels[position] for position in result.positions]
+        probs = result.probabilities
+        names, source = classifier.class_names, classifier.source
+    decoded = decode_predictions(probs, names, args.top_k)
+    records = prediction_records(paths, labels, decoded, names)
+    content = {'model': source, 'predictions': records}
+    if args.evaluate:
+        report = evaluate(probs, labels, names, args.top_k)
+        wrong = mistakes(paths, probs, labels, names)
+        print(format_evaluation(report, wrong, args.max_mistakes))
+        confusion_figure(report['confusion_matrix'], names).savefig(args.confusion_matrix, dpi=100)
+        print(f"confusion matrix: {args.confusion_matrix}")
+        content['evaluation'] = dict(report, confusion_matrix=report['confusion_matrix'].tolist(),
+                                     mistakes=wrong)
+    else:
+        print(format_table(records))
+    if args.csv:
+        write_csv(args.csv, records, min(args.top_k, len(names)))
+    if args.json:
+        write_json(args.json, content)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(run_main(main))
