@@ -1,0 +1,406 @@
+"""Batches of images for AlexNet from a list file, as a `tf.data` pipeline; a command to check a list.
+
+A list file holds one `path label` per line. The label is the last field, so paths may contain spaces;
+blank lines and lines starting with `#` are ignored; CRLF line ends are fine; relative paths are
+relative to the list file's folder. `read_list` checks the whole file (labels, missing files, empty
+list) before any graph is built and reports every problem in one error.
+
+`ImageDataGenerator(...).data` yields (images float32 [b, 227, 227, 3], one-hot labels float32
+[b, num_classes]), pre-processed by `preprocessing` (the one definition). Per image the pipeline only
+reads, decodes and resizes, in parallel; the mean subtraction and the BGR reorder run once per batch.
+It shuffles file names, not decoded images, so shuffling costs no memory.
+
+A corrupt file can only be found by decoding it. When one turns up during training, session.run
+raises one of `IMAGE_ERRORS`; `unreadable_images_error()` then checks the list in parallel and
+returns a ToolkitError naming the file. With `skip_bad_images=True` such files are dropped
+instead, and `describe_skipped` says how many. To check a list up front:
+
+    python datagenerator.py --check train.txt [--num_classes 2] [--workers 8]
+
+prints each unreadable image as `list:line: path: reason` and exits 1 if there is any, 0 if every
+image decodes, 2 if the list file itself is wrong.
+"""
+import os
+import sys
+
+if __name__ == '__main__':
+    # --check decodes broken files on purpose, and TensorFlow's C++ log would print two warning lines
+    # for each of them next to our report. The level is read once, when TensorFlow loads.
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import argparse  # noqa: E402
+import re  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow.compat.v1 as tf  # noqa: E402
+
+import preprocessing  # noqa: E402
+from errors import ToolkitError  # noqa: E402
+
+MODES = ('training', 'inference')
+# What session.run raises when a listed image cannot be read: a corrupt or truncated file, or one
+# that was deleted after the list was checked.
+IMAGE_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.NotFoundError)
+SHOWN_PROBLEMS = 5  # an error names this many bad lines or files and counts the rest
+_INTEGER = re.compile(r'[+-]?[0-9]+')
+
+
+def _summarize(problems):
+    """'a; b; c' for the first few problems, then 'and N more'."""
+    shown = '; '.join(problems[:SHOWN_PROBLEMS])
+    hidden = len(problems) - SHOWN_PROBLEMS
+    return shown + (f'; and {hidden} more' if hidden > 0 else '')
+
+
+def _list_entries(txt_file, num_classes, check_files):
+    """(paths, labels, line numbers) from a list file; ToolkitError listing every bad line."""
+    try:
+        with open(txt_file, 'rb') as stream:
+            raw = stream.read()
+    except FileNotFoundError:
+        raise ToolkitError(f'{txt_file}: list file not found') from None
+    except OSError as error:
+        raise ToolkitError(f'{txt_file}: cannot read the list file: {error.strerror}') from None
+    try:
+        text = raw.decode('utf-8-sig')
+    except UnicodeDecodeError as error:
+        line = raw[:error.start].count(b'\n') + 1
+        raise ToolkitError(f'{txt_file}, line {line}: not UTF-8 text') from None
+
+    folder = os.path.dirname(os.path.abspath(txt_file))
+    paths, labels, line_numbers, problems = [], [], [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith('#'):
+            continue
+        fields = line.rsplit(None, 1)
+        if len(fields) < 2:
+            problems.append(f"line {number}: expected 'path label', found {line!r}")
+            continue
+        name, label = fields
+        if not _INTEGER.fullmatch(label):
+            problems.append(f'line {number}: label {label!r} is not an integer')
+            continue
+        label = int(label)
+        if label < 0 or (num_classes is not None and label >= num_classes):
+            allowed = f'0..{num_classes - 1}' if num_classes is not None else '0 or more'
+            problems.append(f'line {number}: label {label} is outside {allowed}')
+            continue
+        path = os.path.normpath(os.path.join(folder, os.path.expanduser(name)))
+        if check_files and not os.path.isfile(path):
+            problems.append(f'line {number}: image not found: {path}')
+            continue
+        paths.append(path)
+        labels.append(label)
+        line_numbers.append(number)
+    if problems:
+        raise ToolkitError(f'{txt_file}: {len(problems)} bad line{"s" if len(problems) > 1 else ""}: '
+                           + _summarize(problems))
+    if not paths:
+        raise ToolkitError(f'{txt_file}: the list is empty (no `path label` lines)')
+    return paths, np.array(labels, dtype=np.int64), line_numbers
+
+
+def read_list(txt_file, num_classes=None, check_files=True):
+    """(paths, labels): absolute image paths and an int64 array of labels, from a list file.
+
+    Raises ToolkitError, before anything is decoded, for: a missing or unreadable list file, a line
+    without a label, a label that is not an integer or lies outside [0, num_classes), an image that
+    does not exist (unless `check_files` is False), an empty list. The message names the first few
+    bad lines by number and counts the rest.
+    """
+    paths, labels, _ = _list_entries(txt_file, num_classes, check_files)
+    return paths, labels
+
+
+def _error_reason(error):
+    """The line of a TensorFlow OpError that says what went wrong, without graph and node details."""
+    lines = [line.strip() for line in error.message.splitlines()]
+    useful = [line for line in lines if line and not line.startswith(('[[', 'File ', 'Graph execution',
+                                                                      'Detected at node', 'Node:'))]
+    return useful[-1] if useful else error.message.strip()
+
+
+def _decode_only(path):
+    """What a training step does to a file, short of resizing: read and decode it."""
+    return tf.shape(preprocessing.decode_rgb(tf.io.read_file(path)))
+
+
+def _unreadable(paths, workers):
+    """{position in paths: reason} for every file that is missing or fails to decode."""
+    reasons = {}
+    present = []
+    for position, path in enumerate(paths):
+        if os.path.isfile(path):
+            present.append(position)
+        else:
+            reasons[position] = 'file not found'
+    if not present:
+        return reasons
+    config = tf.ConfigProto(inter_op_parallelism_threads=workers, intra_op_parallelism_threads=1)
+    with tf.Graph().as_default(), tf.Session(config=config) as session:
+        dataset = tf.data.Dataset.from_tensor_slices(
+            (np.array(present, dtype=np.int64), [paths[position] for position in present]))
+        dataset = dataset.map(lambda position, path: (position, _decode_only(path)),
+                              num_parallel_calls=workers, deterministic=False)
+        # Dropping failures keeps the pass going; whatever does not come out is a bad file.
+        dataset = dataset.ignore_errors().batch(1024)
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = workers
+        next_batch = tf.data.make_one_shot_iterator(dataset.with_options(options)).get_next()
+        decoded = set()
+        try:
+            while True:
+                decoded.update(session.run(next_batch)[0].tolist())
+        except tf.errors.OutOfRangeError:
+            pass
+        failed = [position for position in present if position not in decoded]
+        if failed:
+            path_in = tf.placeholder(tf.string, [])
+            decode_one = _decode_only(path_in)
+            for position in failed:
+                try:
+                    session.run(decode_one, {path_in: paths[position]})
+                    reasons[position] = 'failed to decode in the parallel pass, but decodes alone'
+                except tf.errors.OpError as error:
+                    reasons[position] = _error_reason(error)
+    return reasons
+
+
+def find_bad_images(paths, workers=None):
+    """[(path, reason)], in list order, for every file that is missing or fails to decode.
+
+    Decodes every file with the training pipeline's decoder, `workers` files at a time (default: one
+    per CPU core). Each file is decoded once in a parallel pass that drops the failures; only the
+    failures are decoded again, one by one, to get TensorFlow's reason.
+    """
+    paths = list(paths)
+    reasons = _unreadable(paths, workers or os.cpu_count() or 1)
+    return [(paths[position], reasons[position]) for position in sorted(reasons)]
+
+
+def _check_graph_mode(what):
+    """The pipelines are graphs that sessions run again for every epoch; eager mode cannot do that."""
+    if tf.executing_eagerly():
+        raise RuntimeError(f'{what} builds graph ops: call tf.disable_v2_behavior() first, '
+                           'or build it inside `with tf.Graph().as_default():`')
+
+
+class ImageDataGenerator:
+    """Pre-processed, batched (images, one-hot labels) from a list file, as `self.data`.
+
+    `mode` is 'training' or 'inference'; it matters only with `augment`, the paper's augmentation
+    (resize to 256, then a random 227 crop and a random left-right flip in training, the centre crop
+    in inference). With `shuffle` the whole list of names is reshuffled at every initialisation of an
+    iterator over `self.data`: a different order each epoch, the same sequence of orders for the same
+    `seed` in a fresh graph. To tie the order (and the crops) to the epoch number instead, so that a
+    resumed run sees the orders of an uninterrupted one, feed it when initialising:
+    `session.run(init_op, {generator.epoch: epoch})`. `buffer_size` is kept from the original
+    signature and no longer matters: shuffling names is cheap, so the whole list is always shuffled.
+
+    `self.data` is not repeated: re-initialise its iterator for every epoch. Its last batch may be
+    smaller than `batch_size` (no image is dropped). Attributes: `data`, `data_size`, `paths`,
+    `labels` (int64 array), `num_classes`, `txt_file`, `epoch` (the optional feed above).
+
+    A file that fails to decode makes session.run raise one of `IMAGE_ERRORS`; catch it and raise
+    `unreadable_images_error()`, which names the file:
+
+        except datagenerator.IMAGE_ERRORS:
+            raise train_data.unreadable_images_error() from None
+
+    With `skip_bad_images=True` such files are dropped instead: count the images an epoch yields
+    (the sum of the batch sizes) and pass the count to `describe_skipped` for the report.
+    """
+
+    def __init__(self, txt_file, mode, batch_size, num_classes, shuffle=True, buffer_size=1000,
+                 seed=None, augment=False, skip_bad_images=False):
+        if mode not in MODES:
+            raise ValueError(f'mode must be one of {MODES}, not {mode!r}')
+        if batch_size < 1 or num_classes < 1:
+            raise ValueError('batch_size and num_classes must be positive')
+        _check_graph_mode('ImageDataGenerator')
+        self.txt_file = txt_file
+        self.mode = mode
+        self.batch_size = batch_size
+        self.num_classes = num_classes
+        self.shuffle = shuffle
+        self.buffer_size = buffer_size
+        self.seed = seed
+        self.augment = augment
+        self.skip_bad_images = skip_bad_images
+        self.paths, self.labels, self._line_numbers = _list_entries(txt_file, num_classes, True)
+        self.data_size = len(self.paths)
+        self.epoch = tf.placeholder_with_default(tf.constant(-1, tf.int64), [], name='epoch')
+        self.data = self._build_dataset()
+
+    def _build_dataset(self):
+        training = self.mode == 'training'
+        random_crops = training and self.augment
+        positions = tf.range(self.data_size, dtype=tf.int64)
+        if self.shuffle or random_crops:
+            epoch_key = self._epoch_key()
+        if self.shuffle:
+            positions = tf.random.experimental.stateless_shuffle(positions, seed=epoch_key)
+        paths = tf.gather(tf.constant(self.paths), positions)
+        labels = tf.gather(tf.constant(self.labels), positions)
+
+        def load(path, label, position):
+            # Each image's crop depends on the epoch and on the image, not on the order of decoding.
+            crop_key = (tf.random.experimental.stateless_fold_in(epoch_key, position) if random_crops
+                        else None)
+            image = preprocessing.decode_rgb(tf.io.read_file(path))
+            return preprocessing.resize_for_model(image, training, self.augment, crop_key), label
+
+        dataset = tf.data.Dataset.from_tensor_slices((paths, labels, positions))
+        # In order, so that a seed fixes the batches too; decoding still runs on every core.
+        dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if self.skip_bad_images:
+            dataset = dataset.ignore_errors()
+        dataset = dataset.batch(self.batch_size)
+
+        def finish_batch(images, labels):
+            return preprocessing.normalize(images), tf.one_hot(labels, self.num_classes)
+        dataset = dataset.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
+    def _epoch_key(self):
+        """int64 [2], the key of one epoch's shuffle and crops: new at every initialisation.
+
+        A stateful op draws a new key each time an iterator over `data` is initialised (it runs as
+        part of the initializer), and everything random is derived from the key statelessly. Seeded,
+        the op repeats its sequence in a fresh graph, hence repeatable epochs. (The shuffle's own
+        reshuffle_each_iteration would not do: an initializable iterator rebuilds the dataset, and
+        with a seed it then gives the same order every epoch.) Feeding `self.epoch` replaces the draw
+        by a key made of the seed and the epoch, so a resumed run replays the orders of the
+        uninterrupted one.
+        """
+        drawn = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64, seed=self.seed)
+        base = self.seed if self.seed is not None else np.random.randint(2**31)
+        pinned = tf.stack([tf.constant(base, tf.int64), self.epoch])
+        return tf.where(self.epoch >= 0, pinned, drawn)
+
+    def unreadable_images_error(self, workers=None):
+        """A ToolkitError naming the list's unreadable images, to raise after a decode error.
+
+        Decodes the whole list again, in parallel (`find_bad_images`): seconds per thousand images.
+        """
+        bad = _unreadable(self.paths, workers or os.cpu_count() or 1)
+        if not bad:
+            return ToolkitError(f'{self.txt_file}: an image failed to decode during the run, but every '
+                                'listed image decodes now; was a file changed while training?')
+        problems = [f'line {self._line_numbers[position]}: {self.paths[position]}: {reason}'
+                    for position, reason in sorted(bad.items())]
+        plural = 's' if len(bad) > 1 else ''
+        return ToolkitError(f'{self.txt_file}: {len(bad)} unreadable image{plural}: '
+                            + _summarize(problems)
+                            + f' (list them all: python datagenerator.py --check {self.txt_file})')
+
+    def describe_skipped(self, images_seen):
+        """'skipped N unreadable images ...' for an epoch that yielded `images_seen`, or None if none."""
+        skipped = self.data_size - images_seen
+        if skipped <= 0:
+            return None
+        return (f'skipped {skipped} unreadable image{"s" if skipped > 1 else ""} of {self.data_size} '
+                f'in {self.txt_file} (list them: python datagenerator.py --check {self.txt_file})')
+
+
+def _missing_files_error(paths):
+    missing = [path for path in paths if not os.path.isfile(path)]
+    if missing:
+        return ToolkitError(f'{len(missing)} image{"s" if len(missing) > 1 else ""} not found: '
+                            + _summarize(missing))
+    return None
+
+
+def images_dataset(paths, batch_size, center_crop=False, skip_bad_images=False):
+    """A dataset of (images float32 [b, 227, 227, 3], positions int64 [b]) for unlabelled files.
+
+    For prediction: pre-processed exactly as in training, in the order given; `positions` index into
+    `paths`, so results map back to files even when `skip_bad_images` drops some. `center_crop`
+    resizes to 256 and takes the centre 227 crop, as inference does for a model trained with
+    augmentation. Missing files raise ToolkitError at once; an undecodable one makes session.run raise
+    one of `IMAGE_ERRORS` (use `find_bad_images` to name it) unless skipped.
+    """
+    _check_graph_mode('images_dataset')
+    if not paths:
+        raise ToolkitError('no images given')
+    missing = _missing_files_error(paths)
+    if missing:
+        raise missing
+
+    def load(path, position):
+        image = preprocessing.decode_rgb(tf.io.read_file(path))
+        return preprocessing.resize_for_model(image, training=False, augment=center_crop), position
+
+    positions = np.arange(len(paths), dtype=np.int64)
+    dataset = tf.data.Dataset.from_tensor_slices((list(paths), positions))
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if skip_bad_images:
+        dataset = dataset.ignore_errors()
+    dataset = dataset.batch(batch_size)
+    dataset = dataset.map(lambda images, positions: (preprocessing.normalize(images), positions),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def load_images(paths, center_crop=False):
+    """float32 [n, 227, 227, 3] model input for the files, through the training pipeline's own ops.
+
+    For the notebook and a handful of files: runs its own graph and session. Raises ToolkitError
+    naming any file that is missing or does not decode.
+    """
+    paths = list(paths)
+    with tf.Graph().as_default(), tf.Session() as session:
+        dataset = images_dataset(paths, batch_size=64, center_crop=center_crop)
+        next_batch = tf.data.make_one_shot_iterator(dataset).get_next()
+        batches = []
+        try:
+            while True:
+                batches.append(session.run(next_batch)[0])
+        except tf.errors.OutOfRangeError:
+            pass
+        except IMAGE_ERRORS:
+            bad = find_bad_images(paths)
+            problems = [f'{path}: {reason}' for path, reason in bad] or ['an image failed to decode']
+            raise ToolkitError(f'cannot read {_summarize(problems)}') from None
+    return np.concatenate(batches)
+
+
+def _parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description='Check that every image of a list file exists and decodes, as training would '
+                    'decode it. Prints the unreadable ones; exit status 1 if there are any, 2 if the '
+                    'list file itself is wrong.')
+    parser.add_argument('--check', required=True, metavar='LIST',
+                        help='list file of `path label` lines')
+    parser.add_argument('--num_classes', type=int, default=None,
+                        help='also check that every label lies in 0..num_classes-1')
+    parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
+                        help='files decoded at once (default: the number of CPU cores)')
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error('--workers must be at least 1')
+    if args.num_classes is not None and args.num_classes < 1:
+        parser.error('--num_classes must be at least 1')
+    return args
+
+
+def main(argv=None):
+    args = _parse_args(argv)
+    try:
+        paths, _, line_numbers = _list_entries(args.check, args.num_classes, check_files=False)
+    except ToolkitError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    bad = _unreadable(paths, args.workers)
+    for position, reason in sorted(bad.items()):
+        print(f'{args.check}:{line_numbers[position]}: {paths[position]}: {reason}')
+    if bad:
+        print(f'{args.check}: {len(bad)} of {len(paths)} images are unreadable', file=sys.stderr)
+        return 1
+    print(f'{args.check}: all {len(paths)} images decode', file=sys.stderr)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
