@@ -269,3 +269,39 @@ def test_bad_list_files_fail_cleanly(dataset, tmp_path, capsys):
     args[args.index('--train_file') + 1] = str(tmp_path / 'missing.txt')
     assert run_main(finetune.main, args) == 2
     assert 'missing.txt' in capsys.readouterr().err
+
+
+def test_demo_runs_on_the_pretrained_weights(tmp_path, bvlc_npy):
+    result = run_cli(['--demo', '--demo_dir', str(tmp_path / 'demo'), '--num_epochs', '1',
+                      '--weights_path', bvlc_npy, '--checkpoint_path', str(tmp_path / 'ckpt'),
+                      '--filewriter_path', str(tmp_path / 'tb')])
+    assert result.returncode == 0, result.stderr
+    assert 'training images per class: disk 96, square 96' in result.stdout
+    assert 'training fc8,fc7,fc6' in result.stdout and 'random initialisation' not in result.stdout
+    listed = (tmp_path / 'demo' / 'train.txt').read_text().splitlines()
+    assert len(listed) == 192 and cv2.imread(listed[0].rsplit(' ', 1)[0]) is not None
+    assert (tmp_path / 'demo' / 'classes.txt').read_text() == '0 disk\n1 square\n'
+
+
+def test_demo_without_weights_trains_every_layer_from_scratch(tmp_path):
+    args = finetune.parse_args(['--demo_dir', str(tmp_path / 'demo'),
+                                '--weights_path', str(tmp_path / 'absent.npy'), '--num_epochs', '2'])
+    finetune.prepare_demo(args)
+    assert args.train_layers == args.skip_layers == list(finetune.TRAINABLE_LAYERS)
+    assert args.num_epochs == 2  # a flag given on the command line wins over the demo's settings
+    assert args.batch_size == 32 and args.optimizer == 'momentum' and args.seed == 0
+    finetune.check_args(args)
+
+
+def test_label_counts_warn_when_one_class_dominates(capsys):
+    finetune.print_label_counts(np.array([0] * 9 + [1]), 2, ['cat', 'dog'])
+    out = capsys.readouterr().out
+    assert 'training images per class: cat 9, dog 1' in out
+    assert 'warning: cat holds 90% of the training images' in out
+
+
+def test_gpu_asked_for_but_absent(dataset, tmp_path, capsys):
+    if tf.config.list_physical_devices('GPU'):
+        pytest.skip('this machine has a GPU')
+    assert run_main(finetune.main, flags(dataset, tmp_path, '--device', 'gpu')) == 2
+    assert 'asks for 1 GPU(s), TensorFlow sees 0' in capsys.readouterr().err
