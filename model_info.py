@@ -23,13 +23,13 @@ import re
 import numpy as np
 import tensorflow.compat.v1 as tf
 
+import checkpoints
 import preprocessing
 from errors import ToolkitError
 
 MODEL_INFO = 'model_info.json'
 CLASS_NAMES_FILE = 'classes.txt'
 FORMAT = 1
-BEST = 'best.ckpt'
 
 
 def _preprocessing_fields(center_crop):
@@ -48,11 +48,7 @@ def write_model_info(ckpt_dir, num_classes, class_names, center_crop):
                'preprocessing': _preprocessing_fields(center_crop)}
     os.makedirs(ckpt_dir, exist_ok=True)
     path = os.path.join(ckpt_dir, MODEL_INFO)
-    partial = path + '.partial'
-    with open(partial, 'w') as stream:
-        json.dump(content, stream, indent=2)
-        stream.write('\n')
-    os.replace(partial, path)
+    checkpoints.write_json_atomically(path, content)
     return path
 
 
@@ -65,8 +61,8 @@ def resolve_checkpoint(checkpoint):
     """The checkpoint prefix that `checkpoint` (a prefix, one of its files, or a folder) names."""
     checkpoint = os.fspath(checkpoint)
     if os.path.isdir(checkpoint):
-        if os.path.exists(os.path.join(checkpoint, BEST + '.index')):
-            return os.path.join(checkpoint, BEST)
+        if os.path.exists(os.path.join(checkpoint, checkpoints.BEST + '.index')):
+            return os.path.join(checkpoint, checkpoints.BEST)
         latest = tf.train.latest_checkpoint(checkpoint)
         if latest:
             return latest
@@ -125,7 +121,7 @@ def read_model_info(checkpoint):
         raise ToolkitError(f"{path}: not found beside checkpoint {prefix}; finetune.py writes it when "
                            "training starts, and prediction needs its class count and pre-processing")
     try:
-        with open(path) as stream:
+        with open(path, encoding='utf-8') as stream:
             info = json.load(stream)
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise ToolkitError(f"{path}: unreadable model info ({error})") from None
@@ -137,7 +133,7 @@ def read_class_names_file(path, num_classes):
     """Names from a classes.txt of "label name" lines (finetune.py's format), indexed by label."""
     names = {}
     try:
-        with open(path) as stream:
+        with open(path, encoding='utf-8') as stream:
             lines = stream.read().splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise ToolkitError(f"{path}: unreadable class names file ({error})") from None
