@@ -275,7 +275,7 @@ def train_one_epoch(session, graph, args, epoch, steps, first_step, writer, inte
                     f'learning rate (now {args.learning_rate:g}); the last good checkpoint is in '
                     f'{args.checkpoint_path}') from None
             raise step_error(error, source) from None
-        except (tf.errors.UnknownError, tf.errors.DataLossError) as error:
+        except (tf.errors.UnknownError, tf.errors.DataLossError, tf.errors.NotFoundError) as error:
             raise step_error(error, source) from None
         if with_summary:
             writer.add_summary(result['summary'], result['step'])
@@ -329,7 +329,8 @@ def evaluate(session, graph, source):
                 [graph.loss_sum, graph.correct_count, graph.batch_count])
         except tf.errors.OutOfRangeError:
             break
-        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
+        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError,
+                tf.errors.NotFoundError) as error:
             raise step_error(error, source) from None
         loss_sum += float(batch_loss)
         correct += int(batch_correct)
@@ -371,7 +372,10 @@ def build_sources(args, train_data, val_data, model_device, use_gpu, steps_per_e
                   model_device=model_device)
     if not args.use_cache:
         graph = training.build_training_graph(images, labels, **common)
-        train = Source(lambda session, epoch: session.run(training_init_op), train_data)
+        # The epoch number pins the shuffle order, so a resumed run sees the orders an
+        # uninterrupted one would have seen.
+        train = Source(lambda session, epoch: session.run(training_init_op,
+                                                          {train_data.epoch: epoch}), train_data)
         val = Source(lambda session, epoch: session.run(validation_init_op), val_data)
         return graph, train, val, graph.model, labels, None
 
@@ -397,7 +401,7 @@ def build_sources(args, train_data, val_data, model_device, use_gpu, steps_per_e
             try:
                 cache[name] = feature_cache.extract(session, init_op, features, labels, data.data_size,
                                                     args.num_classes, cache_file.format(name))
-            except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+            except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, tf.errors.NotFoundError):
                 raise data.unreadable_images_error() from None
 
     def start_train(session, epoch):
