@@ -25,7 +25,9 @@ from typing import List, NamedTuple
 
 from errors import ToolkitError
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+# The file name endings of what preprocessing.decode_rgb reads; predict.py searches folders for them
+# too. (Kept here, free of TensorFlow, so that this command starts at once.)
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
 
 
 class FolderScan(NamedTuple):

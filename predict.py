@@ -35,8 +35,8 @@ import model_info  # noqa: E402
 import weights as weight_files  # noqa: E402
 from alexnet import INPUT_SIZE, TRAINABLE_LAYERS, AlexNet  # noqa: E402
 from errors import ToolkitError, run_main  # noqa: E402
+from make_lists import IMAGE_EXTENSIONS  # noqa: E402
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')  # what preprocessing decodes
 LIST_EXTENSION = '.txt'
 
 
