@@ -86,10 +86,10 @@ def session_config(use_gpu=False, logical_cpus=None, xla=False, threads=0):
     `threads` (0: TensorFlow's choice) caps both thread pools; 1 makes CPU gradients bit-repeatable,
     since multi-threaded convolution back-props sum their shards in varying order. TensorFlow's
     choice stays the default because it measured as fast as any other split (intra-op 2 with
-    inter-op 1 within 1%), while one thread each runs at ~0.6x (bench/RESULTS.md, 2 cores).
+    inter-op 1 within 2%), while one thread each runs at ~0.6x (bench/RESULTS.md, 2 cores).
 
     `xla` sets global_jit_level, which a GPU honours. On a CPU TensorFlow ignores it unless
-    TF_XLA_FLAGS=--tf_xla_cpu_global_jit is set, and with that flag AlexNet's steps ran 15-28%
+    TF_XLA_FLAGS=--tf_xla_cpu_global_jit is set, and with that flag AlexNet's steps ran 13-28%
     slower than oneDNN's kernels (bench/RESULTS.md), so the toolkit does not set the flag.
     """
     import tensorflow.compat.v1 as tf
