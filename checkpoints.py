@@ -2,7 +2,9 @@
 
     model_epoch{N}.ckpt.*   every variable (model, optimizer slots, global step) after epoch N;
                             the last `keep` of them are kept
-    best.ckpt.*             the epoch with the best validation accuracy so far
+    best.ckpt.*             the epoch with the best validation accuracy so far: hard links to that
+                            epoch's files (a copy where the file system has no links), so it costs
+                            no second save and survives the epoch checkpoint's removal
     interrupted.ckpt.*      written on Ctrl-C, mid-epoch
     run_state.json          epoch, global step, best accuracy, arguments, metrics history, and which
                             checkpoint is the latest; rewritten atomically after each save
@@ -12,8 +14,10 @@ No `.meta` graph files are written: the graph is rebuilt from code, and a graph 
 TensorFlow writes each checkpoint to temporary files and renames them, and run_state.json is replaced
 only after the save succeeded, so a crash while saving leaves the previous checkpoint readable.
 """
+import glob
 import json
 import os
+import shutil
 
 import tensorflow.compat.v1 as tf
 
@@ -74,16 +78,39 @@ class CheckpointKeeper:
         # Carry on pruning the kept epoch checkpoints where the interrupted run left off.
         self._epoch_saver.recover_last_checkpoints(kept)
 
-    def save_epoch(self, session, epoch, state):
+    def save_epoch(self, session, epoch, state, best=False):
+        """Saves epoch `epoch`; with `best`, best.ckpt becomes this checkpoint too."""
         prefix = self._epoch_saver.save(session, epoch_prefix(self.directory, epoch),
                                         write_meta_graph=False, write_state=True)
         state['epoch_checkpoints'] = [os.path.basename(p) for p in self._epoch_saver.last_checkpoints]
+        if best:
+            self._link_best(prefix)
         self._commit(prefix, state)
         self._remove_interrupted()
 
-    def save_best(self, session):
-        self._single_saver.save(session, os.path.join(self.directory, BEST), write_meta_graph=False,
-                                write_state=False)
+    def _link_best(self, prefix):
+        """best.ckpt.* become other names for the files of checkpoint `prefix`.
+
+        The epoch checkpoint was just written, so linking saves a second serialisation of ~230 MB.
+        TensorFlow writes checkpoints to temporary files and renames them, and the epoch saver only
+        unlinks old ones, so no later save can change a linked file. Each best file is swapped in
+        with an atomic rename, the index last (a reader opens it first).
+        """
+        best = os.path.join(self.directory, BEST)
+        sources = sorted(glob.glob(glob.escape(prefix) + '.*'), key=lambda path: path.endswith('.index'))
+        suffixes = [source[len(prefix):] for source in sources]
+        for source, suffix in zip(sources, suffixes):
+            partial = f'{best}{suffix}.partial'
+            if os.path.lexists(partial):
+                os.remove(partial)
+            try:
+                os.link(source, partial)
+            except OSError:  # no hard links here (some network and FAT file systems)
+                shutil.copyfile(source, partial)
+            os.replace(partial, best + suffix)
+        for stale in glob.glob(glob.escape(best) + '.*'):
+            if stale[len(best):] not in suffixes:
+                os.remove(stale)
 
     def save_interrupted(self, session, state):
         prefix = self._single_saver.save(session, os.path.join(self.directory, INTERRUPTED),

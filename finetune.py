@@ -406,13 +406,12 @@ def build_sources(args, train_data, val_data, model_device, use_gpu, steps_per_e
 
     def start_train(session, epoch):
         seed = epoch_seed(args, epoch)
-        feeder.start_epoch(*cache['train'], shuffle_seed=int(np.random.randint(2**31)) if seed is None
-                           else seed)
-        session.run(cache_iterator.initializer)
+        feed = feeder.start_epoch(*cache['train'], shuffle_seed=int(np.random.randint(2**31))
+                                  if seed is None else seed)
+        session.run(cache_iterator.initializer, feed)
 
     def start_val(session, epoch):
-        feeder.start_epoch(*cache['val'])
-        session.run(cache_iterator.initializer)
+        session.run(cache_iterator.initializer, feeder.start_epoch(*cache['val']))
 
     return graph, Source(start_train, train_data), Source(start_val, val_data), image_model, None, prepare
 
@@ -530,11 +529,10 @@ def train_epochs(session, graph, args, state, keeper, writer, interrupted, train
                                      'images_per_second': images_per_second})
         improved = state['best_val_accuracy'] is None or val_accuracy > state['best_val_accuracy']
         if improved:
-            keeper.save_best(session)
             state['best_val_accuracy'], state['best_epoch'] = val_accuracy, epoch
         state['epochs_completed'] = epoch
         state['history'].append(record)
-        keeper.save_epoch(session, epoch, state)
+        keeper.save_epoch(session, epoch, state, best=improved)
         progress.append_metrics(metrics_path, record)
         progress.plot_curves(state['history'], curves_path)
         print(f'epoch {epoch}: train loss {train_loss:.4f} acc {train_accuracy:.3f}, validation '

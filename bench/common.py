@@ -315,7 +315,6 @@ def cached_contender(batch_size, layers, config, cached_images=1024, device=None
     graph = tf.Graph()
     with graph.as_default():
         dataset, feeder = feature_cache.cached_dataset(NUM_CLASSES, batch_size, drop_remainder=True)
-        feeder.start_epoch(features, labels, shuffle_seed=0)
         with tf.device('/cpu:0'):
             iterator = tf.data.make_initializable_iterator(dataset.repeat())
             batch_features, batch_labels = iterator.get_next()
@@ -327,7 +326,7 @@ def cached_contender(batch_size, layers, config, cached_images=1024, device=None
     with graph.as_default():
         session.run(tf.global_variables_initializer())
         load_layers(session, train.model, {name: layers[name] for name in FC_LAYERS})
-        session.run(iterator.initializer)
+        session.run(iterator.initializer, feeder.start_epoch(features, labels, shuffle_seed=0))
     graph.finalize()
     return Steps(session, train.train_op, {train.keep_prob: KEEP_PROB}, batch_size), session
 

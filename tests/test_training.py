@@ -175,3 +175,39 @@ def test_towers_count_a_partial_batch_exactly(size):
     (sum_one, correct_one, loss_one, count_one), (sum_two, correct_two, loss_two, count_two) = results
     assert count_one == count_two == size and correct_one == correct_two
     assert sum_two == pytest.approx(sum_one, rel=1e-5) and loss_two == pytest.approx(loss_one, rel=1e-5)
+
+
+@pytest.mark.parametrize('shape', [(9216, 4096), (4096, 2), (3, 3, 48, 256), (4096,), (2,)])
+def test_histogram_sample_is_a_strided_sample_that_reaches_every_column(shape):
+    values = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    with tf.Graph().as_default(), tf.Session() as session:
+        sample = session.run(training.histogram_sample(tf.constant(values)))
+    size = values.size
+    assert sample.size <= training.HISTOGRAM_SAMPLE_SIZE
+    if size <= training.HISTOGRAM_SAMPLE_SIZE:
+        np.testing.assert_array_equal(sample.reshape(shape), values)
+        return
+    stride = int(np.flatnonzero(values.reshape(-1) == sample[1])[0])
+    np.testing.assert_array_equal(sample, values.reshape(-1)[::stride])
+    columns = np.arange(size)[::stride] % shape[-1]
+    assert len(np.unique(columns)) == shape[-1]  # no output unit is left out
+
+
+def test_histogram_summaries_hold_samples_of_the_large_tensors():
+    images, labels = batch()
+    with tf.Graph().as_default():
+        graph = build()
+        with tf.Session() as session:
+            session.run(tf.global_variables_initializer())
+            serialized, fc6 = session.run([graph.train_summaries, graph.model.variables['fc6']],
+                                          {graph.x: images, graph.y: labels})
+    histograms = {value.tag: value.histo for value in tf.Summary.FromString(serialized).value
+                  if value.HasField('histo')}
+    assert set(histograms) == {f'{layer}/{kind}{suffix}' for layer in ('fc6', 'fc7', 'fc8')
+                               for kind in ('weights', 'biases') for suffix in ('', '/gradient')}
+    assert 0.9 * training.HISTOGRAM_SAMPLE_SIZE < histograms['fc6/weights'].num \
+        <= training.HISTOGRAM_SAMPLE_SIZE
+    assert histograms['fc8/biases'].num == 3 and histograms['fc8/biases/gradient'].num == 3
+    assert histograms['fc6/biases'].num == 4096
+    weights = fc6['weights'].reshape(-1)
+    assert weights.min() <= histograms['fc6/weights'].min <= histograms['fc6/weights'].max <= weights.max()
