@@ -117,45 +117,31 @@ def native_grouped_conv():
         alexnet.AlexNet._conv = original
 
 
-def matmul_lrn(x, depth_radius, bias, alpha, beta, name=None):
-    """tf.nn.local_response_normalization as a matrix product and two square roots.
-
-    The sum of squares over 2r+1 neighbouring channels is x^2 times a band matrix of ones (one
-    oneDNN matmul), and d^-0.75 = rsqrt(d) * sqrt(rsqrt(d)): TensorFlow's own LRN kernel uses a
-    generic pow, its slowest part on this CPU. Gradients come from the composite ops.
-    """
-    import numpy as np
-    import tensorflow.compat.v1 as tf
-
-    assert beta == 0.75, 'the rsqrt form is for beta 0.75 (AlexNet)'
-    channels = int(x.shape[-1])
-    index = np.arange(channels)
-    band = (np.abs(index[:, None] - index[None, :]) <= depth_radius).astype(np.float32)
-    with tf.name_scope(name or 'lrn'):
-        squares = tf.reshape(tf.square(x), [-1, channels])
-        sums = tf.reshape(tf.matmul(squares, band), tf.shape(x))
-        inverse_root = tf.math.rsqrt(bias + alpha * sums)
-        return tf.multiply(x, inverse_root * tf.sqrt(inverse_root), name=name)
-
-
 @contextlib.contextmanager
-def composite_lrn():
-    """Inside the block, AlexNet's LRN layers are built by `matmul_lrn`."""
+def kernel_lrn():
+    """Inside the block, AlexNet's LRN layers are TensorFlow's LRN kernel (the toolkit uses a matmul)."""
     import tensorflow.compat.v1 as tf
+    import alexnet
 
-    original = tf.nn.local_response_normalization
-    tf.nn.local_response_normalization = matmul_lrn
+    original = alexnet.local_response_normalization
+
+    def lrn(x, name=None):
+        return tf.nn.local_response_normalization(
+            x, depth_radius=alexnet.LRN_DEPTH_RADIUS, bias=alexnet.LRN_BIAS, alpha=alexnet.LRN_ALPHA,
+            beta=alexnet.LRN_BETA, name=name)
+
+    alexnet.local_response_normalization = lrn
     try:
         yield
     finally:
-        tf.nn.local_response_normalization = original
+        alexnet.local_response_normalization = original
 
 
 def variant(names):
-    """A context manager applying the named graph variants ('grouped', 'lrn'); none: a no-op."""
+    """A context manager applying the named graph variants ('grouped', 'kernel-lrn'); none: a no-op."""
     stack = contextlib.ExitStack()
     for name in names or ():
-        stack.enter_context({'grouped': native_grouped_conv, 'lrn': composite_lrn}[name]())
+        stack.enter_context({'grouped': native_grouped_conv, 'kernel-lrn': kernel_lrn}[name]())
     return stack
 
 

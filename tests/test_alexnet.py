@@ -171,23 +171,44 @@ def test_groups_are_separate(layer):
     assert not np.allclose(first[..., half:], second[..., half:])
 
 
-def test_lrn_equals_caffes_formula():
+@pytest.mark.parametrize('scale', [1.0, 30.0, 300.0])
+def test_lrn_equals_caffes_formula_and_tensorflows_kernel(scale):
+    """The band-matmul LRN against Caffe's formula (float64) and tf.nn.local_response_normalization,
+    values and gradients, from small inputs to ones where the normaliser dominates."""
     rng = np.random.default_rng(1)
-    values = rng.uniform(-30, 30, (1, 5, 5, 96)).astype(np.float32)
+    values = rng.uniform(-scale, scale, (2, 5, 5, 96)).astype(np.float32)
+    upstream = rng.standard_normal(values.shape).astype(np.float32)
     with tf.Graph().as_default():
         x = tf.placeholder(tf.float32, [None, 5, 5, 96])
-        _, _, model = build(num_classes=3)
-        lrn = tf.nn.local_response_normalization(
+        ours = alexnet.local_response_normalization(x)
+        kernel = tf.nn.local_response_normalization(
             x, alexnet.LRN_DEPTH_RADIUS, alexnet.LRN_BIAS, alexnet.LRN_ALPHA, alexnet.LRN_BETA)
-        norm1_op = model.end_points['norm1'].op
+        gradients = [tf.gradients(output, x, upstream)[0] for output in (ours, kernel)]
+        assert ours.shape.as_list() == [None, 5, 5, 96]
         with tf.Session() as session:
-            got = session.run(lrn, {x: values})
-    assert norm1_op.type == 'LRN'
-    assert norm1_op.get_attr('depth_radius') == alexnet.LRN_DEPTH_RADIUS
-    assert norm1_op.get_attr('alpha') == pytest.approx(alexnet.LRN_ALPHA)
-    assert norm1_op.get_attr('beta') == pytest.approx(alexnet.LRN_BETA)
-    assert norm1_op.get_attr('bias') == pytest.approx(alexnet.LRN_BIAS)
-    np.testing.assert_allclose(got[0], reference_alexnet.lrn_caffe(np.float64(values[0])), rtol=1e-5)
+            got, expected, (our_gradient, kernel_gradient) = session.run(
+                [ours, kernel, gradients], {x: values})
+    for image in range(2):
+        np.testing.assert_allclose(got[image], reference_alexnet.lrn_caffe(np.float64(values[image])),
+                                   rtol=1e-5, atol=1e-6 * scale)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * scale)
+    np.testing.assert_allclose(our_gradient, kernel_gradient, rtol=1e-4, atol=1e-5)
+
+
+def test_the_model_normalises_after_conv1_and_conv2():
+    images = np.random.default_rng(3).uniform(-100, 100, (2, 227, 227, 3)).astype(np.float32)
+    with tf.Graph().as_default():
+        x, _, model = build(num_classes=3)
+        kernel = {name: tf.nn.local_response_normalization(
+            model.end_points[conv], alexnet.LRN_DEPTH_RADIUS, alexnet.LRN_BIAS, alexnet.LRN_ALPHA,
+            alexnet.LRN_BETA) for name, conv in (('norm1', 'conv1'), ('norm2', 'conv2'))}
+        with tf.Session() as session:
+            session.run(tf.global_variables_initializer())
+            got, expected = session.run([{name: model.end_points[name] for name in kernel}, kernel],
+                                        {x: images})
+    for name in kernel:
+        assert got[name].shape == expected[name].shape
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-6)
 
 
 def test_dropout_uses_keep_probability():
