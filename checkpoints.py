@@ -59,6 +59,27 @@ def read_run_state(directory):
     return state
 
 
+def check_fits(prefix, graph):
+    """Refuses, in one line, a checkpoint that lacks a variable of `graph` or holds another shape.
+
+    Resuming with another --num_classes, --optimizer or --mixed_precision than the run was started
+    with does that; TensorFlow's own message would be a page long. (Variables in the checkpoint but not
+    in the graph, such as a loss scale when --mixed_precision is dropped, are simply left behind.)
+    """
+    saved = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    problems = []
+    for variable in graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES):
+        name, shape = variable.op.name, variable.shape.as_list()
+        if name not in saved:
+            problems.append(f'{name} is not in it')
+        elif saved[name] != shape:
+            problems.append(f'{name} is {saved[name]} there, {shape} here')
+    if problems:
+        more = f' and {len(problems) - 2} more' if len(problems) > 2 else ''
+        raise ToolkitError(f"{prefix}: does not fit this run's model ({'; '.join(problems[:2])}{more}); "
+                           'resume with the flags the run was started with')
+
+
 class CheckpointKeeper:
     """Saves epoch, best and interrupted checkpoints of one run, and its run state."""
 
@@ -72,6 +93,7 @@ class CheckpointKeeper:
 
     def restore_latest(self, session, state):
         prefix = os.path.join(self.directory, state['latest_checkpoint'])
+        check_fits(prefix, session.graph)
         self._epoch_saver.restore(session, prefix)
         kept = [os.path.join(self.directory, name) for name in state.get('epoch_checkpoints', [])]
         kept = [prefix for prefix in kept if tf.train.checkpoint_exists(prefix)]

@@ -78,7 +78,7 @@ def quiet_python_logging(verbose=False):
     warnings.filterwarnings('ignore', category=UserWarning, module='tensorflow')
 
 
-def session_config(use_gpu=False, logical_cpus=None, xla=False, threads=0):
+def session_config(use_gpu=False, logical_cpus=None, xla=False, threads=0, mixed_precision=False):
     """The ConfigProto every session of the toolkit uses.
 
     Grappler's dependency optimizer rewrites `Shape(x)` for a fed `placeholder_with_default` into
@@ -95,6 +95,11 @@ def session_config(use_gpu=False, logical_cpus=None, xla=False, threads=0):
     `xla` sets global_jit_level, which a GPU honours. On a CPU TensorFlow ignores it unless
     TF_XLA_FLAGS=--tf_xla_cpu_global_jit is set, and with that flag AlexNet's steps ran 13-28%
     slower than oneDNN's kernels (bench/RESULTS.md), so the toolkit does not set the flag.
+
+    `mixed_precision` turns on grappler's mixed-precision rewrite: float16 convolutions and matrix
+    products on a GPU, bfloat16 through oneDNN on a CPU (1.4-1.5x on an AVX512_BF16 CPU, bench/
+    RESULTS.md); variables and updates stay float32. The graph needs loss scaling for float16
+    (training.build_training_graph(mixed_precision=True)).
     """
     import tensorflow.compat.v1 as tf
     from tensorflow.core.protobuf import rewriter_config_pb2
@@ -110,4 +115,10 @@ def session_config(use_gpu=False, logical_cpus=None, xla=False, threads=0):
         config.device_count['CPU'] = logical_cpus  # logical CPU devices stand in for GPU towers
     if xla:
         config.graph_options.optimizer_options.global_jit_level = tf.OptimizerOptions.ON_1
+    if mixed_precision:
+        rewrite_options = config.graph_options.rewrite_options
+        if use_gpu:
+            rewrite_options.auto_mixed_precision = rewriter_config_pb2.RewriterConfig.ON
+        else:
+            rewrite_options.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
     return config

@@ -57,7 +57,7 @@ def _per_example_loss(logits, labels):
 def build_training_graph(images, labels, num_classes, train_layers, skip_layers, weights_path,
                          learning_rate, optimizer='sgd', momentum=0.9, weight_decay=0.0,
                          decay_steps=0, decay_factor=0.1, num_devices=1, use_gpu=False,
-                         model_device=None, input_layer=None, reuse=False):
+                         model_device=None, input_layer=None, reuse=False, mixed_precision=False):
     """Builds the model on `images` (a batch from tf.data) and everything one training step needs.
 
     `x`, `y` and `keep_prob` are placeholders with defaults: by default the batch flows straight from
@@ -67,6 +67,12 @@ def build_training_graph(images, labels, num_classes, train_layers, skip_layers,
 
     With `input_layer` ('flattened' for cached pool5 features), `images` holds that layer's output
     and only the layers after it are built; `reuse` shares variables an earlier AlexNet created.
+
+    `mixed_precision` adds dynamic loss scaling, which a session with grappler's mixed-precision
+    rewrite (tf_setup.session_config) needs: the loss is multiplied by a power of two (from 32768)
+    before the gradients and they are divided by it after, which is exact in float32, so float16
+    gradients do not underflow. A step whose scaled gradients overflow updates no weight and halves
+    the scale; the global step still counts it, so epochs and --resume keep their arithmetic.
     """
     x = tf.placeholder_with_default(images, images.shape, name='x')
     y = tf.placeholder_with_default(labels, [None, num_classes], name='y')
@@ -83,6 +89,9 @@ def build_training_graph(images, labels, num_classes, train_layers, skip_layers,
         sgd = tf.train.MomentumOptimizer(rate, momentum)
     else:
         sgd = tf.train.GradientDescentOptimizer(rate)
+    if mixed_precision:
+        loss_scale = tf.mixed_precision.DynamicLossScale()  # from 2**15, x2 after 2000 good steps
+        sgd = tf.mixed_precision.MixedPrecisionLossScaleOptimizer(sgd, loss_scale)
 
     devices = _tower_devices(num_devices, use_gpu)
     batch_count = tf.shape(x, out_type=tf.int64)[0]
@@ -116,7 +125,10 @@ def build_training_graph(images, labels, num_classes, train_layers, skip_layers,
                     share += weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed])
             tower_logits.append(tower_model.fc8)
             tower_loss_sums.append(share)
-            tower_grads.append(tf.gradients(share, var_list))
+            if mixed_precision:  # scales the loss, unscales the gradients
+                tower_grads.append([grad for grad, _ in sgd.compute_gradients(share, var_list)])
+            else:
+                tower_grads.append(tf.gradients(share, var_list))
 
     with tf.name_scope('loss'):
         loss = tf.add_n(tower_loss_sums) if len(devices) > 1 else tower_loss_sums[0]
@@ -135,20 +147,31 @@ def build_training_graph(images, labels, num_classes, train_layers, skip_layers,
 
     # A NaN/Inf loss or gradient stops the step before anything is updated or summarised: the update
     # and every summary depend on this check, so a histogram op never crashes on a NaN first.
-    # (Validation fetches only the metrics above, so it computes no gradient.)
-    loss_is_finite = tf.debugging.assert_all_finite(
-        tf.stack([loss, tf.linalg.global_norm(gradients)]), 'loss is not finite', name='loss_is_finite')
+    # (Validation fetches only the metrics above, so it computes no gradient.) With loss scaling an
+    # overflowing gradient is expected now and then and handled by the optimizer: only the loss counts.
+    checked = tf.stack([loss] if mixed_precision else [loss, tf.linalg.global_norm(gradients)])
+    loss_is_finite = tf.debugging.assert_all_finite(checked, 'loss is not finite', name='loss_is_finite')
     with tf.control_dependencies([loss_is_finite]):
         with tf.name_scope('train'):
-            train_op = sgd.apply_gradients(list(zip(gradients, var_list)), global_step=global_step)
+            if mixed_precision:
+                update = sgd.apply_gradients(list(zip(gradients, var_list)))
+                with tf.control_dependencies([update]):
+                    train_op = tf.assign_add(global_step, 1).op
+            else:
+                train_op = sgd.apply_gradients(list(zip(gradients, var_list)), global_step=global_step)
         # Tags set explicitly: tf.summary.* would derive them from op names, which the variables
         # already hold ('fc6/weights' would become 'fc6/weights_1').
-        summaries = [tf.raw_ops.ScalarSummary(tags=tag, values=value) for tag, value in
-                     (('cross_entropy', loss), ('accuracy', accuracy), ('learning_rate', rate))]
+        scalars = [('cross_entropy', loss), ('accuracy', accuracy), ('learning_rate', rate)]
+        if mixed_precision:
+            scalars.append(('loss_scale', loss_scale()))
+        summaries = [tf.raw_ops.ScalarSummary(tags=tag, values=value) for tag, value in scalars]
         with tf.name_scope('histogram_samples'):
             for gradient, variable in zip(gradients, var_list):
+                sample = histogram_sample(gradient)
+                if mixed_precision:  # an overflowed (skipped) step's gradients hold Inf/NaN
+                    sample = tf.where(tf.math.is_finite(sample), sample, tf.zeros_like(sample))
                 summaries.append(tf.raw_ops.HistogramSummary(tag=variable.op.name + '/gradient',
-                                                             values=histogram_sample(gradient)))
+                                                             values=sample))
                 summaries.append(tf.raw_ops.HistogramSummary(tag=variable.op.name,
                                                              values=histogram_sample(variable)))
         train_summaries = tf.summary.merge(summaries)

@@ -305,3 +305,40 @@ def test_gpu_asked_for_but_absent(dataset, tmp_path, capsys):
         pytest.skip('this machine has a GPU')
     assert run_main(finetune.main, flags(dataset, tmp_path, '--device', 'gpu')) == 2
     assert 'asks for 1 GPU(s), TensorFlow sees 0' in capsys.readouterr().err
+
+
+def test_mixed_precision_run_then_resumed_without_it(dataset, tmp_path, bvlc_npy):
+    """On a CPU --mixed_precision is grappler's bfloat16 rewrite plus loss scaling: the run trains,
+    logs its loss scale and saves it; a resume without the flag leaves the loss scale behind."""
+    result = run_cli(flags(dataset, tmp_path, '--num_epochs', '1', '--mixed_precision',
+                           '--cache_features', 'off', weights=bvlc_npy))
+    assert result.returncode == 0, result.stderr
+    state = read_state(tmp_path)
+    assert state['epochs_completed'] == 1 and np.isfinite(state['history'][0]['val_loss'])
+    reader = tf.train.load_checkpoint(str(tmp_path / 'ckpt' / 'model_epoch1.ckpt'))
+    assert reader.get_tensor('global_step') == 3
+    scale_names = [name for name in reader.get_variable_to_shape_map() if 'current_loss_scale' in name]
+    assert len(scale_names) == 1 and reader.get_tensor(scale_names[0]) == 2.0**15
+    events = event_accumulator.EventAccumulator(str(tmp_path / 'tb'))
+    events.Reload()
+    assert [e.value for e in events.Scalars('loss_scale')] == [2.0**15] * 3
+    resumed = run_cli(flags(dataset, tmp_path, '--num_epochs', '2', '--resume',
+                            '--cache_features', 'off', weights=bvlc_npy))
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_state(tmp_path)['history'][-1]['step'] == 6
+
+
+def test_resume_with_a_model_that_does_not_fit_the_checkpoint(dataset, tmp_path):
+    assert run_cli(flags(dataset, tmp_path, '--num_epochs', '1')).returncode == 0
+    resumed = run_cli(flags(dataset, tmp_path, '--num_epochs', '2', '--resume', '--mixed_precision'))
+    assert resumed.returncode == 2 and 'Traceback' not in resumed.stderr
+    assert len(resumed.stderr.strip().splitlines()) == 1
+    assert 'model_epoch1.ckpt: does not fit this run' in resumed.stderr
+    assert 'resume with the flags the run was started with' in resumed.stderr
+    assert '(current_loss_scale is not in it; good_steps is not in it)' in resumed.stderr
+    momentum = run_cli(flags(dataset, tmp_path, '--num_epochs', '2', '--resume', '--optimizer',
+                             'momentum'))
+    assert momentum.returncode == 2 and len(momentum.stderr.strip().splitlines()) == 1
+    assert ('(conv1/weights/Momentum is not in it; conv1/biases/Momentum is not in it and 14 more)'
+            in momentum.stderr)
+    assert read_state(tmp_path)['epochs_completed'] == 1  # nothing lost

@@ -211,3 +211,51 @@ def test_histogram_summaries_hold_samples_of_the_large_tensors():
     assert histograms['fc6/biases'].num == 4096
     weights = fc6['weights'].reshape(-1)
     assert weights.min() <= histograms['fc6/weights'].min <= histograms['fc6/weights'].max <= weights.max()
+
+
+def mixed_precision_steps(features, mixed_precision, steps=2, optimizer='momentum'):
+    """Steps of fc6-fc8 on pool5-sized `features` (a plain float32 session: no grappler rewrite, so
+    only the loss scaling differs between mixed_precision on and off)."""
+    labels = np.eye(3, dtype=np.float32)[np.arange(len(features)) % 3]
+    with tf.Graph().as_default():
+        tf.set_random_seed(4)
+        graph = training.build_training_graph(
+            tf.constant(features), tf.constant(labels), 3, ['fc6', 'fc7', 'fc8'],
+            list(TRAINABLE_LAYERS), None, 0.01, optimizer=optimizer, input_layer='flattened',
+            mixed_precision=mixed_precision)
+        with tf.Session(config=tf_setup.session_config(threads=1)) as session:
+            session.run(tf.global_variables_initializer())
+            before = session.run(graph.model.variables)
+            for _ in range(steps):
+                _, summary = session.run([graph.train_op, graph.train_summaries])
+            return (before, session.run(graph.model.variables), session.run(graph.global_step),
+                    tf.Summary.FromString(summary))
+
+
+def test_loss_scaling_changes_no_update_when_nothing_overflows():
+    features = np.random.default_rng(0).uniform(0, 30, (6, 9216)).astype(np.float32)
+    _, plain, plain_step, _ = mixed_precision_steps(features, False)
+    _, scaled, scaled_step, summary = mixed_precision_steps(features, True)
+    assert plain_step == scaled_step == 2
+    for layer in ('fc6', 'fc7', 'fc8'):
+        for kind in ('weights', 'biases'):  # scaling by a power of two is exact in float32
+            np.testing.assert_allclose(scaled[layer][kind], plain[layer][kind], rtol=1e-6, atol=1e-9)
+    scalars = {value.tag: value.simple_value for value in summary.value if value.HasField('simple_value')}
+    assert scalars['loss_scale'] == 2.0**15
+
+
+def test_an_overflowing_step_is_skipped_and_halves_the_loss_scale():
+    # fc7's outputs near 1e35 make fc8's gradient, times the loss scale 2^15, overflow float32,
+    # while the loss itself stays finite.
+    features = np.full((6, 9216), 1e35, np.float32)
+    before, after, step, summary = mixed_precision_steps(features, True, steps=1, optimizer='sgd')
+    assert step == 1  # counted, so epochs keep their length
+    for layer in ('fc6', 'fc7', 'fc8'):
+        np.testing.assert_array_equal(after[layer]['weights'], before[layer]['weights'])
+    scalars = {value.tag: value.simple_value for value in summary.value if value.HasField('simple_value')}
+    assert np.isfinite(scalars['cross_entropy'])
+    histogram = {value.tag: value.histo for value in summary.value if value.HasField('histo')}
+    assert histogram['fc8/weights/gradient'].num > 0  # written, Inf replaced, instead of crashing
+    _, _, _, second = mixed_precision_steps(features, True, steps=2, optimizer='sgd')
+    scales = {value.tag: value.simple_value for value in second.value if value.HasField('simple_value')}
+    assert scales['loss_scale'] < 2.0**15
