@@ -47,7 +47,7 @@ TOLERANCE = 1e-4
 TARGET_FC_VS_TORCH = 2.0
 TARGET_PIPELINE_VS_MEMORY = 0.85
 TARGET_CACHED_SPEEDUP = 3.0
-LOWER_PRECISION = ('bf16',)
+LOWER_PRECISION = ('mixed-precision',)
 SECOND_GROUP = ('chosen-2', 'dependency-optimizer', 'grouped', 'kernel-lrn')  # timed against their own worker of the chosen settings
 
 
@@ -56,15 +56,10 @@ SECOND_GROUP = ('chosen-2', 'dependency-optimizer', 'grouped', 'kernel-lrn')  # 
 def _tf_config(spec):
     import tf_setup
     from tensorflow.core.protobuf import rewriter_config_pb2
-    config = tf_setup.session_config(use_gpu=spec.get('use_gpu', False), xla=spec.get('xla', False))
-    if spec.get('amp') == 'bf16':
-        # Grappler's mixed-precision pass for oneDNN: bfloat16 where the CPU has it (AVX512_BF16
-        # here), float32 variables and updates; bfloat16 keeps float32's range, so no loss scaling.
-        config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 = \
-            rewriter_config_pb2.RewriterConfig.ON
-    elif spec.get('amp') == 'fp16':
-        # The same pass for a GPU, float16: speed only here (training.py has no loss scaling yet).
-        config.graph_options.rewrite_options.auto_mixed_precision = rewriter_config_pb2.RewriterConfig.ON
+    # 'mixed_precision': finetune.py --mixed_precision, i.e. on this CPU grappler's bfloat16 pass for
+    # oneDNN (float32 variables and updates) with the toolkit's loss scaling in the graph.
+    config = tf_setup.session_config(use_gpu=spec.get('use_gpu', False), xla=spec.get('xla', False),
+                                     mixed_precision=spec.get('mixed_precision', False))
     if spec.get('dependency_optimizer'):
         # Grappler's default, which tf_setup turns off so that feeding x stays correct.
         config.graph_options.rewrite_options.dependency_optimization = \
@@ -88,7 +83,7 @@ def _build_tf(spec):
         if kind == 'train':
             built, opened = common.training_contenders(
                 item['mode'], item['batch'], layers, config, item['sources'], spec.get('list_file'),
-                names=names)
+                names=names, mixed_precision=spec.get('mixed_precision', False))
             sessions += opened
             for source, contender in built.items():
                 contenders[f"{item['prefix']}/{item['mode']}/{source}/{item['batch']}"] = contender
@@ -105,7 +100,8 @@ def _build_tf(spec):
                 spec['list_file'], item['batch'], item['threads'])
 
     def check():
-        return common.tf_check_values(config, spec.get('check_variant', spec.get('variant')))
+        return common.tf_check_values(config, spec.get('check_variant', spec.get('variant')),
+                                      mixed_precision=spec.get('mixed_precision', False))
     return contenders, check
 
 
@@ -308,7 +304,8 @@ def plan(args, list_file):
         settings.append(('xla', {'kind': 'tf', 'xla': True, 'contenders': probes('xla')}, {}))
         settings.append(('xla-cpu', {'kind': 'tf', 'xla': True, 'contenders': probes('xla-cpu')},
                          {'TF_XLA_FLAGS': '--tf_xla_cpu_global_jit'}))
-        settings.append(('bf16', {'kind': 'tf', 'amp': 'bf16', 'contenders': probes('bf16')}, {}))
+        settings.append(('mixed-precision', {'kind': 'tf', 'mixed_precision': True,
+                                              'contenders': probes('mixed-precision')}, {}))
         # A second group (each process holds ~2 GiB), with its own worker of the chosen settings.
         graph_settings = [('chosen-2', {'kind': 'tf', 'contenders': probes('chosen-2')}, {}),
                           ('dependency-optimizer', {'kind': 'tf', 'dependency_optimizer': True,
@@ -500,7 +497,7 @@ def report(rates, equality, finetune, info, args, elapsed):
                 ('chosen-2', 'chosen, again (the second group of settings is timed against it)'),
                 ('grouped', 'native grouped conv (one conv2d per layer)'),
                 ('kernel-lrn', "TensorFlow's LRN kernel instead of the toolkit's band matmul"),
-                ('bf16', 'bfloat16 mixed precision (grappler onednn_bfloat16 pass)'),
+                ('mixed-precision', '--mixed_precision (bfloat16 pass for oneDNN + loss scaling)'),
                 ('dependency-optimizer', "grappler's dependency optimizer left on")]
     for prefix, label in settings:
         names = [f'{prefix}/{m}/memory/{b}' for m, b in probe]

@@ -229,7 +229,7 @@ class PipelineAlone:
 
 
 def training_contenders(mode, batch_size, layers, config, sources=('memory',), list_file=None,
-                        device=None, names=None):
+                        device=None, names=None, mixed_precision=False):
     """{source: contender} for one training graph of `mode` ('fc': fc6-fc8 trained; 'all').
 
     'memory' gets its own graph; 'pipeline', 'loop' and 'feed' share one graph on the JPEG pipeline
@@ -263,7 +263,7 @@ def training_contenders(mode, batch_size, layers, config, sources=('memory',), l
             with tf.device(device):
                 train = training.build_training_graph(
                     inputs[0], inputs[1], NUM_CLASSES, train_layers_of(mode), list(TRAINABLE_LAYERS),
-                    None, BENCH_LEARNING_RATE, model_device=device)
+                    None, BENCH_LEARNING_RATE, model_device=device, mixed_precision=mixed_precision)
         session = tf.Session(graph=graph, config=config)
         sessions.append(session)
         with graph.as_default():
@@ -337,7 +337,7 @@ def inference_contender(batch_size, layers, config, device=None, names=None):
     return Steps(session, model.fc8, None, batch_size), session
 
 
-def tf_check_values(config, names=None, train_layers=None):
+def tf_check_values(config, names=None, train_layers=None, mixed_precision=False):
     """Logits and loss on CHECK_IMAGES fixed images, before and after one SGD step (all layers).
 
     What bench.py compares between settings (oneDNN, threads, XLA, variants) and with PyTorch.
@@ -353,7 +353,8 @@ def tf_check_values(config, names=None, train_layers=None):
         x = tf.constant(images)
         y = tf.constant(labels)
         train = training.build_training_graph(x, y, NUM_CLASSES, train_layers or list(TRAINABLE_LAYERS),
-                                              list(TRAINABLE_LAYERS), None, CHECK_LEARNING_RATE)
+                                              list(TRAINABLE_LAYERS), None, CHECK_LEARNING_RATE,
+                                              mixed_precision=mixed_precision)
     with tf.Session(graph=graph, config=config) as session:
         with graph.as_default():
             session.run(tf.global_variables_initializer())

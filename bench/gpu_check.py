@@ -8,7 +8,7 @@ Measures, interleaved as bench.py does (median of --repeats rounds after a warm-
   an in-memory batch (on the GPU), the real JPEG pipeline (tf.data on the CPU), and the original
   feed_dict loop (the baseline, summaries by a second pass every 20 steps);
 - the same in-memory steps with XLA (`--xla`: global_jit ON_1, which a GPU compiles without flags)
-  and with grappler's float16 mixed-precision pass (speed only: training.py has no loss scaling);
+  and with `--mixed_precision` (grappler's float16 pass and the toolkit's dynamic loss scaling);
 - inference at batch 1 and 256;
 - the input pipeline alone with --threads threads (16: the lent machine's cores);
 - how far the GPU's logits and loss are from the CPU's (TensorFloat-32 may round matmuls and
@@ -35,13 +35,9 @@ import time  # noqa: E402
 import common  # noqa: E402
 
 
-def _config(use_gpu, xla=False, fp16=False):
+def _config(use_gpu, xla=False, mixed_precision=False):
     import tf_setup
-    from tensorflow.core.protobuf import rewriter_config_pb2
-    config = tf_setup.session_config(use_gpu=use_gpu, xla=xla)
-    if fp16:
-        config.graph_options.rewrite_options.auto_mixed_precision = rewriter_config_pb2.RewriterConfig.ON
-    return config
+    return tf_setup.session_config(use_gpu=use_gpu, xla=xla, mixed_precision=mixed_precision)
 
 
 def build(args, list_file, use_gpu):
@@ -57,9 +53,11 @@ def build(args, list_file, use_gpu):
                                                        device=device)
             sessions += opened
             contenders.update({f'{mode}/{source}/{batch}': c for source, c in built.items()})
-        for label, config in (('xla', _config(use_gpu, xla=True)), ('fp16', _config(use_gpu, fp16=True))):
+        for label, mixed in (('xla', False), ('mixed', True)):
+            config = _config(use_gpu, xla=not mixed, mixed_precision=mixed)
             built, opened = common.training_contenders(mode, args.batches[-1], layers, config,
-                                                       ('memory',), device=device)
+                                                       ('memory',), device=device,
+                                                       mixed_precision=mixed)
             sessions += opened
             contenders[f'{mode}/memory+{label}/{args.batches[-1]}'] = built['memory']
     for batch in (1, args.batches[-1]):
@@ -95,7 +93,7 @@ def table(rates, args):
     for mode, title in (('fc', 'fc6-fc8'), ('all', 'all layers')):
         for source, label in (('memory', 'in-memory'), ('pipeline', 'real JPEG pipeline'),
                               ('feed', 'feed_dict baseline'), ('memory+xla', 'in-memory, --xla'),
-                              ('memory+fp16', 'in-memory, fp16 graph rewrite (speed only)')):
+                              ('memory+mixed', 'in-memory, --mixed_precision')):
             lines.append(f'| {title}, {label} | '
                          + ' | '.join(cell(f'{mode}/{source}/{b}') for b in args.batches) + ' |')
     lines.append('')
