@@ -260,6 +260,10 @@ def training_contenders(mode, batch_size, layers, config, sources=('memory',), l
                     # Repeated: a step never waits for an epoch's restart, so the steady state is timed.
                     iterator = tf.data.make_initializable_iterator(generator.data.repeat())
                     inputs = iterator.get_next()
+                    # The baseline pulls from an iterator of its own: sharing one, whichever
+                    # contender ran after it found the prefetch buffer drained.
+                    feed_iterator = tf.data.make_initializable_iterator(generator.data.repeat())
+                    feed_inputs = feed_iterator.get_next()
             with tf.device(device):
                 train = training.build_training_graph(
                     inputs[0], inputs[1], NUM_CLASSES, train_layers_of(mode), list(TRAINABLE_LAYERS),
@@ -273,7 +277,7 @@ def training_contenders(mode, batch_size, layers, config, sources=('memory',), l
                 images.load(images_value, session)
                 labels.load(labels_value, session)
             else:
-                session.run(iterator.initializer)
+                session.run([iterator.initializer, feed_iterator.initializer])
         graph.finalize()  # nothing may add ops between steps (that would be a slow leak)
         for source in group:
             if source == 'memory' or source == 'pipeline':
@@ -282,7 +286,7 @@ def training_contenders(mode, batch_size, layers, config, sources=('memory',), l
             elif source == 'loop':
                 contenders[source] = ToolkitLoop(session, train, batch_size)
             elif source == 'feed':
-                contenders[source] = FeedDictLoop(session, train, inputs, batch_size)
+                contenders[source] = FeedDictLoop(session, train, feed_inputs, batch_size)
     return contenders, sessions
 
 
