@@ -557,7 +557,7 @@ def _parse_args(argv):
                         help='batch 32 only, fewer settings, no end-to-end runs (about 2 minutes)')
     parser.add_argument('--repeats', type=int, default=None, help='timed rounds (default 3)')
     parser.add_argument('--seconds', type=float, default=None,
-                        help='target length of one timed repeat (default 0.7, quick 0.5)')
+                        help='target length of one timed repeat (default 2, quick 0.5)')
     parser.add_argument('--images', type=int, default=None,
                         help='generated 500x375 JPEGs for the pipeline rows (default 256, quick 64)')
     parser.add_argument('--finetune_images', type=int, default=2500,
@@ -572,7 +572,7 @@ def _parse_args(argv):
     parser.add_argument('--json', help='also write every measurement to this JSON file')
     args = parser.parse_args(argv)
     args.repeats = args.repeats or 3
-    args.seconds = args.seconds or (0.5 if args.quick else 0.7)
+    args.seconds = args.seconds or (0.5 if args.quick else 2.0)
     args.no_finetune = args.no_finetune or args.quick
     args.images = args.images or (64 if args.quick else 256)
     if args.repeats < 3:

@@ -415,11 +415,13 @@ class Rates(dict):
 
 
 def interleave(names, run, repeats, target_seconds, seed=0, retries=3, foreign_limit=0.2):
-    """Rates: a warm-up run each, then `repeats` rounds in shuffled order.
+    """Rates: two warm-up runs each, then `repeats` rounds in shuffled order.
 
     `run(name, steps)` returns (seconds, images, cpu seconds its process used, settle included).
-    The warm-up's time (an overestimate: first runs create oneDNN primitives, autotune tf.data,
-    allocate) sets the steps of one repeat, so each lasts about `target_seconds`. Interleaving makes
+    The first warm-up creates oneDNN primitives, autotunes tf.data and allocates; the second one's
+    time sets the steps of one repeat, so each lasts about `target_seconds` (sized from the first,
+    repeats of the slower contenders were a single step, and a single step's luck or a pipeline's
+    prefilled buffer decided their figure). Interleaving makes
     a machine that gets busier mid-run slow every contender alike; beyond that, a repeat during
     which other processes used more than `foreign_limit` of one core (the machine's busy time
     from /proc/stat, less the contender's own) is run again, up to `retries` times, keeping the
@@ -427,8 +429,9 @@ def interleave(names, run, repeats, target_seconds, seed=0, retries=3, foreign_l
     """
     steps = {}
     for name in names:
+        run(name, 1)
         seconds, _, _ = run(name, 1)
-        steps[name] = max(1, min(50, math.ceil(target_seconds / max(seconds, 1e-6))))
+        steps[name] = max(1, min(500, math.ceil(target_seconds / max(seconds, 1e-6))))
     rng = random.Random(seed)
     rates = Rates((name, []) for name in names)
     order = list(names)
