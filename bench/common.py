@@ -419,13 +419,13 @@ def interleave(names, run, repeats, target_seconds, seed=0, retries=3, foreign_l
 
     `run(name, steps)` returns (seconds, images, cpu seconds its process used, settle included).
     The first warm-up creates oneDNN primitives, autotunes tf.data and allocates; the second one's
-    time sets the steps of one repeat, so each lasts about `target_seconds` (sized from the first,
-    repeats of the slower contenders were a single step, and a single step's luck or a pipeline's
-    prefilled buffer decided their figure). Interleaving makes
-    a machine that gets busier mid-run slow every contender alike; beyond that, a repeat during
-    which other processes used more than `foreign_limit` of one core (the machine's busy time
-    from /proc/stat, less the contender's own) is run again, up to `retries` times, keeping the
-    least disturbed: other people's jobs on a shared 2-core machine otherwise halve a figure.
+    time sets the steps of one repeat, so each lasts about `target_seconds` (sized from the slow
+    first run, repeats were one or a few steps long, and a step's luck or a pipeline's prefilled
+    buffer decided the figure). Interleaving makes a machine that gets busier mid-run slow every
+    contender alike; beyond that, a repeat during which other processes used more than
+    `foreign_limit` of one core (the machine's busy time from /proc/stat, less the contender's own)
+    is run again, up to `retries` times, keeping the least disturbed: other people's jobs on a
+    shared 2-core machine otherwise halve a figure.
     """
     steps = {}
     for name in names:
