@@ -22,8 +22,9 @@ import sys
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-import weights as weight_files
-from errors import ToolkitError
+from finetune_alexnet import weight_files
+from finetune_alexnet import cli
+from finetune_alexnet.errors import ToolkitError
 
 INPUT_SIZE = 227
 TRAINABLE_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
@@ -264,9 +265,8 @@ def format_layer_table(num_classes=1000):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Print AlexNet's layer table.")
-    parser.add_argument('--summary', action='store_true', help='print the layer table (the default)')
-    parser.add_argument('--num_classes', type=int, default=1000, help='width of fc8 (default 1000)')
+    parser = cli.ArgumentParser(description="Print AlexNet's layer table.")
+    parser.add_argument('--num_classes', type=int, default=1000, help='width of fc8')
     args = parser.parse_args(argv)
     if args.num_classes < 1:
         parser.error('--num_classes must be at least 1')
@@ -275,4 +275,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(cli.run(main))

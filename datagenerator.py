@@ -23,10 +23,10 @@ image decodes, 2 if the list file itself is wrong.
 import os
 import sys
 
+from finetune_alexnet import cli  # noqa: E402
+
 if __name__ == '__main__':
-    # --check decodes broken files on purpose, and TensorFlow's C++ log would print two warning lines
-    # for each of them next to our report. The level is read once, when TensorFlow loads.
-    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    cli.prepare(sys.argv[1:])  # before TensorFlow loads: quiet unless --verbose
 
 import argparse  # noqa: E402
 import re  # noqa: E402
@@ -34,8 +34,8 @@ import re  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 
-import preprocessing  # noqa: E402
-from errors import ToolkitError  # noqa: E402
+from finetune_alexnet import preprocessing  # noqa: E402
+from finetune_alexnet.errors import ToolkitError  # noqa: E402
 
 MODES = ('training', 'inference')
 # What session.run raises when a listed image cannot be read: a corrupt or truncated file, or one
@@ -367,7 +367,7 @@ def load_images(paths, center_crop=False):
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description='Check that every image of a list file exists and decodes, as training would '
                     'decode it. Prints the unreadable ones; exit status 1 if there are any, 2 if the '
                     'list file itself is wrong.')
@@ -387,20 +387,16 @@ def _parse_args(argv):
 
 def main(argv=None):
     args = _parse_args(argv)
-    try:
-        paths, _, line_numbers = _list_entries(args.check, args.num_classes, check_files=False)
-    except ToolkitError as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 2
+    paths, _, line_numbers = _list_entries(args.check, args.num_classes, check_files=False)
     bad = _unreadable(paths, args.workers)
     for position, reason in sorted(bad.items()):
         print(f'{args.check}:{line_numbers[position]}: {paths[position]}: {reason}')
     if bad:
         print(f'{args.check}: {len(bad)} of {len(paths)} images are unreadable', file=sys.stderr)
-        return 1
+        return cli.EXIT_CHECK_FAILED
     print(f'{args.check}: all {len(paths)} images decode', file=sys.stderr)
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(cli.run(main))

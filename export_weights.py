@@ -8,19 +8,21 @@ the step counter and the optimizer's slots stay behind in the checkpoint.
 """
 import sys
 
-import tf_setup
+from finetune_alexnet import cli
 
-tf_setup.configure_environment('--verbose' in sys.argv[1:])  # must precede the TensorFlow import
+if __name__ == '__main__':
+    cli.prepare(sys.argv[1:])  # before TensorFlow loads: quiet unless --verbose
 
 import argparse  # noqa: E402
 import os  # noqa: E402
 
 import tensorflow.compat.v1 as tf  # noqa: E402
 
-import model_info  # noqa: E402
-import weights as weight_files  # noqa: E402
+from finetune_alexnet import model_info  # noqa: E402
+from finetune_alexnet import weight_files  # noqa: E402
 from alexnet import INPUT_SIZE, TRAINABLE_LAYERS, AlexNet  # noqa: E402
-from errors import ToolkitError, run_main  # noqa: E402
+from finetune_alexnet import tf_setup  # noqa: E402
+from finetune_alexnet.errors import ToolkitError  # noqa: E402
 
 
 def model_variable_shapes(num_classes):
@@ -53,16 +55,15 @@ def export_checkpoint(checkpoint, output):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description='Write a fine-tuned checkpoint as a pickle-free weights file (BVLC layout, .npz).')
-    parser.add_argument('--checkpoint', required=True,
+    parser.add_argument('--checkpoint_path', '--checkpoint', required=True,
                         help='checkpoint prefix (runs/x/best.ckpt) or its folder (best.ckpt, else latest)')
     parser.add_argument('--output', required=True, help='the weights file to write, e.g. model.npz')
-    parser.add_argument('--verbose', action='store_true', help="show TensorFlow's log messages")
     args = parser.parse_args(argv)
     tf_setup.quiet_python_logging(args.verbose)  # first: disable_v2_behavior logs a deprecation
     tf.disable_v2_behavior()
-    prefix, info = export_checkpoint(args.checkpoint, args.output)
+    prefix, info = export_checkpoint(args.checkpoint_path, args.output)
     print(f"wrote {args.output}: {len(TRAINABLE_LAYERS)} layers of {prefix}, "
           f"{info['num_classes']} classes")
     if info['class_names']:
@@ -73,4 +74,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(run_main(main))
+    sys.exit(cli.run(main))

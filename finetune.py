@@ -10,10 +10,10 @@ layer, so fc6-fc8 all started random) and `--learning_rate 0.001` (0.01 sent the
 """
 import sys
 
-import tf_setup
+from finetune_alexnet import cli
 
 if __name__ == '__main__':
-    tf_setup.configure_environment('--verbose' in sys.argv[1:])  # must precede the TensorFlow import
+    cli.prepare(sys.argv[1:])  # before TensorFlow loads: quiet unless --verbose
 
 import argparse  # noqa: E402
 import math  # noqa: E402
@@ -26,16 +26,17 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 
-import checkpoints  # noqa: E402
+from finetune_alexnet import checkpoints  # noqa: E402
 import datagenerator  # noqa: E402
-import demo_data  # noqa: E402
-import feature_cache  # noqa: E402
-import model_info  # noqa: E402
-import progress  # noqa: E402
-import training  # noqa: E402
-import weights as weight_files  # noqa: E402
+from finetune_alexnet import demo_data  # noqa: E402
+from finetune_alexnet import feature_cache  # noqa: E402
+from finetune_alexnet import model_info  # noqa: E402
+from finetune_alexnet import progress  # noqa: E402
+from finetune_alexnet import training  # noqa: E402
+from finetune_alexnet import weight_files  # noqa: E402
 from alexnet import TRAINABLE_LAYERS, AlexNet  # noqa: E402
-from errors import ToolkitError, run_main  # noqa: E402
+from finetune_alexnet import tf_setup  # noqa: E402
+from finetune_alexnet.errors import ToolkitError  # noqa: E402
 
 DEFAULT_ROOT = os.path.join(tempfile.gettempdir(), 'finetune_alexnet')
 # The demo trains from scratch when there are no pretrained weights; these settings learn its two
@@ -59,7 +60,7 @@ def layer_list(text):
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description='Fine-tune AlexNet (BVLC weights) on image lists of "path label" lines.',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = parser.add_argument_group('data')
@@ -108,7 +109,6 @@ def get_args_parser():
                         help='epoch checkpoints kept (the best one is kept besides)')
     output.add_argument('--resume', action='store_true',
                         help='continue the run saved in --checkpoint_path')
-    output.add_argument('--verbose', action='store_true', help="show TensorFlow's own messages")
 
     devices = parser.add_argument_group('devices')
     devices.add_argument('--device', choices=('auto', 'cpu', 'gpu'), default='auto')
@@ -560,4 +560,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(run_main(main))
+    sys.exit(cli.run(main))

@@ -23,7 +23,8 @@ import sys
 from collections import Counter
 from typing import List, NamedTuple
 
-from errors import ToolkitError
+from finetune_alexnet import cli
+from finetune_alexnet.errors import ToolkitError
 
 # The file name endings of what preprocessing.decode_rgb reads; predict.py searches folders for them
 # too. (Kept here, free of TensorFlow, so that this command starts at once.)
@@ -229,7 +230,7 @@ def plural(count, noun):
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('folder', help='images in class sub-folders, or flat cat.0.jpg/dog.0.jpg names')
     parser.add_argument('--out_dir', required=True, help='where train.txt, val.txt and classes.txt go')
     parser.add_argument('--val_fraction', type=float, default=0.1, help='share of each class for validation')
@@ -241,14 +242,10 @@ def get_args_parser():
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    try:
-        check_val_fraction(args.val_fraction)
-        scan = scan_folder(args.folder)
-        train, val = split_stratified(scan.paths, scan.labels, args.val_fraction, args.seed)
-        list_files = write_lists(args.out_dir, train, val, scan.class_names, relative=args.relative)
-    except ToolkitError as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 2
+    check_val_fraction(args.val_fraction)
+    scan = scan_folder(args.folder)
+    train, val = split_stratified(scan.paths, scan.labels, args.val_fraction, args.seed)
+    list_files = write_lists(args.out_dir, train, val, scan.class_names, relative=args.relative)
 
     if scan.skipped_non_images:
         print(f'note: skipped {plural(len(scan.skipped_non_images), "non-image file")} '
@@ -263,4 +260,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(cli.run(main))

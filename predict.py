@@ -17,9 +17,10 @@ reason, unless --skip_bad_images.
 """
 import sys
 
-import tf_setup
+from finetune_alexnet import cli
 
-tf_setup.configure_environment('--verbose' in sys.argv[1:])  # must precede the TensorFlow import
+if __name__ == '__main__':
+    cli.prepare(sys.argv[1:])  # before TensorFlow loads: quiet unless --verbose
 
 import argparse  # noqa: E402
 import collections  # noqa: E402
@@ -31,10 +32,11 @@ import numpy as np  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 
 import datagenerator  # noqa: E402
-import model_info  # noqa: E402
-import weights as weight_files  # noqa: E402
+from finetune_alexnet import model_info  # noqa: E402
+from finetune_alexnet import weight_files  # noqa: E402
 from alexnet import INPUT_SIZE, TRAINABLE_LAYERS, AlexNet  # noqa: E402
-from errors import ToolkitError, run_main  # noqa: E402
+from finetune_alexnet import tf_setup  # noqa: E402
+from finetune_alexnet.errors import ToolkitError  # noqa: E402
 from make_lists import IMAGE_EXTENSIONS  # noqa: E402
 
 LIST_EXTENSION = '.txt'
@@ -364,7 +366,7 @@ def write_json(path, content):
 # --- command line --------------------------------------------------------------------------------
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description='Classify images with AlexNet: ImageNet weights or a fine-tuned checkpoint.',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('inputs', nargs='*',
@@ -372,7 +374,7 @@ def get_args_parser():
     model = parser.add_mutually_exclusive_group()
     model.add_argument('--weights_path', help='weights file (.npy or exported .npz); the default when '
                        f'no --checkpoint is given is {weight_files.DEFAULT_WEIGHTS_PATH}')
-    model.add_argument('--checkpoint', help='fine-tuned checkpoint prefix or its folder (best.ckpt, '
+    model.add_argument('--checkpoint_path', '--checkpoint', help='fine-tuned checkpoint prefix or its folder (best.ckpt, '
                        'else the latest); its model_info.json gives classes and pre-processing')
     parser.add_argument('--class_names', help='classes.txt of "label name" lines, overriding the names')
     parser.add_argument('--center_crop', action='store_true',
@@ -391,7 +393,6 @@ def get_args_parser():
     parser.add_argument('--json', help='also write predictions (and evaluation) to this JSON file')
     parser.add_argument('--skip_bad_images', action='store_true',
                         help='warn about unreadable images and go on without them')
-    parser.add_argument('--verbose', action='store_true', help="show TensorFlow's log messages")
     return parser
 
 
@@ -404,9 +405,9 @@ def parse_args(argv):
         parser.error('nothing to classify: give image files, folders or list files, or --evaluate LIST')
     if args.top_k < 1 or args.batch_size < 1:
         parser.error('--top_k and --batch_size must be at least 1')
-    if args.center_crop and args.checkpoint:
+    if args.center_crop and args.checkpoint_path:
         parser.error('--center_crop applies to --weights_path; a checkpoint brings its own pre-processing')
-    if not args.checkpoint and not args.weights_path:
+    if not args.checkpoint_path and not args.weights_path:
         args.weights_path = weight_files.DEFAULT_WEIGHTS_PATH
     return args
 
@@ -415,7 +416,7 @@ def main(argv=None):
     args = parse_args(argv)
     tf_setup.quiet_python_logging(args.verbose)  # first: disable_v2_behavior logs a deprecation
     tf.disable_v2_behavior()
-    with Classifier(weights_path=args.weights_path, checkpoint=args.checkpoint,
+    with Classifier(weights_path=args.weights_path, checkpoint=args.checkpoint_path,
                     center_crop=args.center_crop, batch_size=args.batch_size) as classifier:
         if args.class_names:
             classifier.class_names = model_info.read_class_names_file(args.class_names,
@@ -456,4 +457,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(run_main(main))
+    sys.exit(cli.run(main))

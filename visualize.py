@@ -13,9 +13,10 @@ display only; the network's input is never touched here (predict.Classifier pre-
 """
 import sys
 
-import tf_setup
+from finetune_alexnet import cli
 
-tf_setup.configure_environment('--verbose' in sys.argv[1:])  # must precede the TensorFlow import
+if __name__ == '__main__':
+    cli.prepare(sys.argv[1:])  # before TensorFlow loads: quiet unless --verbose
 
 import argparse  # noqa: E402
 import glob  # noqa: E402
@@ -25,8 +26,9 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-import weights as weight_files  # noqa: E402
-from errors import ToolkitError, run_main  # noqa: E402
+from finetune_alexnet import weight_files  # noqa: E402
+from finetune_alexnet import tf_setup  # noqa: E402
+from finetune_alexnet.errors import ToolkitError  # noqa: E402
 
 DEFAULT_IMAGES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'images')
 FIGURES = ('photos', 'top5', 'conv1_filters', 'conv2_filters', 'conv1_feature_maps')
@@ -176,18 +178,17 @@ def make_figures(classifier, paths, feature_image=None, top=5):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description="Write the notebook's figures as PNG files: top-5 bar charts, conv1 and conv2 "
         "filters, conv1 feature maps.")
     parser.add_argument('images', nargs='*', help=f'photos (default: the .jpg files in {DEFAULT_IMAGES})')
     model = parser.add_mutually_exclusive_group()
     model.add_argument('--weights_path', help='weights file (default bvlc_alexnet.npy)')
-    model.add_argument('--checkpoint', help='a fine-tuned checkpoint instead (prefix or folder)')
+    model.add_argument('--checkpoint_path', '--checkpoint', help='a fine-tuned checkpoint instead (prefix or folder)')
     parser.add_argument('--out_dir', required=True, help='folder for the PNG files (created if needed)')
     parser.add_argument('--feature_image', type=int, default=None,
                         help=f'which photo (0-based) to show the conv1 feature maps of (default: '
                         f'{FEATURE_PHOTO} if given, else the first)')
-    parser.add_argument('--verbose', action='store_true', help="show TensorFlow's log messages")
     args = parser.parse_args(argv)
 
     import matplotlib
@@ -202,8 +203,8 @@ def main(argv=None):
         raise ToolkitError(f"no images given and none in {DEFAULT_IMAGES}")
     if args.feature_image is not None and not 0 <= args.feature_image < len(paths):
         raise ToolkitError(f"--feature_image {args.feature_image}: there are {len(paths)} images")
-    weights_path = None if args.checkpoint else (args.weights_path or weight_files.DEFAULT_WEIGHTS_PATH)
-    with predict.Classifier(weights_path=weights_path, checkpoint=args.checkpoint) as classifier:
+    weights_path = None if args.checkpoint_path else (args.weights_path or weight_files.DEFAULT_WEIGHTS_PATH)
+    with predict.Classifier(weights_path=weights_path, checkpoint=args.checkpoint_path) as classifier:
         figures = make_figures(classifier, paths, args.feature_image)
     os.makedirs(args.out_dir, exist_ok=True)
     for name in FIGURES:
@@ -214,4 +215,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(run_main(main))
+    sys.exit(cli.run(main))

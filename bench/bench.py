@@ -54,7 +54,7 @@ SECOND_GROUP = ('chosen-2', 'dependency-optimizer', 'grouped', 'kernel-lrn')  # 
 # --- worker side --------------------------------------------------------------------------------
 
 def _tf_config(spec):
-    import tf_setup
+    from finetune_alexnet import tf_setup
     from tensorflow.core.protobuf import rewriter_config_pb2
     # 'mixed_precision': finetune.py --mixed_precision, i.e. on this CPU grappler's bfloat16 pass for
     # oneDNN (float32 variables and updates) with the toolkit's loss scaling in the graph.
@@ -72,7 +72,7 @@ def _tf_config(spec):
 def _build_tf(spec):
     """{name: contender} for a TensorFlow worker, and a function returning its check values."""
     import tensorflow.compat.v1 as tf
-    import tf_setup
+    from finetune_alexnet import tf_setup
     tf_setup.quiet_python_logging()
     tf.disable_v2_behavior()
     config = _tf_config(spec)
@@ -177,7 +177,7 @@ def worker_main(spec_json):
     os.dup2(2, 1)
     start = time.perf_counter()
     if spec['kind'] == 'tf':
-        import tf_setup
+        from finetune_alexnet import tf_setup
         tf_setup.configure_environment()  # as the toolkit's entry points do; the spec's env wins
     common.add_repo_to_path()
     contenders, check = (_build_tf if spec['kind'] == 'tf' else _build_torch)(spec)
@@ -384,7 +384,7 @@ def finetune_run(weights, train_file, val_file, cache, folder, seed, epochs, bat
 def finetune_comparison(args, folder):
     """A 10-epoch frozen-conv run on generated photos, cached features on vs off, same seed."""
     import bvlc_fixture
-    import demo_data
+    from finetune_alexnet import demo_data
     import make_lists
     per_class = args.finetune_images // 2
     images = demo_data.make_demo_images(os.path.join(folder, f'demo_{per_class}'), per_class, seed=0)
@@ -586,7 +586,7 @@ def main(argv=None):
         return worker_main(argv[1])
     args = _parse_args(argv)
     started = time.perf_counter()
-    import tf_setup
+    from finetune_alexnet import tf_setup
     tf_setup.configure_environment()  # the coordinator imports TensorFlow to write the JPEGs
     common.add_repo_to_path()
     import bench_pipeline

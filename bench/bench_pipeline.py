@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 
 import datagenerator  # noqa: E402
-import preprocessing  # noqa: E402
+from finetune_alexnet import preprocessing  # noqa: E402
 
 WIDTH, HEIGHT = 500, 375
 

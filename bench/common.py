@@ -238,7 +238,7 @@ def training_contenders(mode, batch_size, layers, config, sources=('memory',), l
     """
     import tensorflow.compat.v1 as tf
     import datagenerator
-    import training
+    from finetune_alexnet import training
     from alexnet import TRAINABLE_LAYERS
 
     contenders, sessions = {}, []
@@ -294,8 +294,8 @@ def cached_contender(batch_size, layers, config, cached_images=1024, device=None
     """fc6-fc8 trained from cached pool5 features, served by feature_cache's generator dataset."""
     import numpy as np
     import tensorflow.compat.v1 as tf
-    import feature_cache
-    import training
+    from finetune_alexnet import feature_cache
+    from finetune_alexnet import training
     from alexnet import TRAINABLE_LAYERS
 
     rng = np.random.default_rng(0)
@@ -347,7 +347,7 @@ def tf_check_values(config, names=None, train_layers=None, mixed_precision=False
     What bench.py compares between settings (oneDNN, threads, XLA, variants) and with PyTorch.
     """
     import tensorflow.compat.v1 as tf
-    import training
+    from finetune_alexnet import training
     from alexnet import TRAINABLE_LAYERS
 
     images, labels = fixed_batch(CHECK_IMAGES, seed=7)

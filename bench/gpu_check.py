@@ -23,7 +23,7 @@ import sys
 if __name__ == '__main__':
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import tf_setup
+    from finetune_alexnet import tf_setup
     tf_setup.configure_environment()  # before TensorFlow loads: oneDNN on the CPU, quiet start-up
 
 import argparse  # noqa: E402
@@ -36,7 +36,7 @@ import common  # noqa: E402
 
 
 def _config(use_gpu, xla=False, mixed_precision=False):
-    import tf_setup
+    from finetune_alexnet import tf_setup
     return tf_setup.session_config(use_gpu=use_gpu, xla=xla, mixed_precision=mixed_precision)
 
 
@@ -131,7 +131,7 @@ def main(argv=None):
     import tensorflow as tf2
     import tensorflow.compat.v1 as tf
     import bench_pipeline
-    import tf_setup
+    from finetune_alexnet import tf_setup
     tf_setup.quiet_python_logging()
     tf.disable_v2_behavior()
     gpus = tf2.config.list_physical_devices('GPU')

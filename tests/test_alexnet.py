@@ -12,7 +12,7 @@ import alexnet
 import bvlc_fixture
 import reference_alexnet
 from alexnet import AlexNet
-from errors import ToolkitError
+from finetune_alexnet.errors import ToolkitError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
-import checkpoints
+from finetune_alexnet import checkpoints
 
 
 def saved_value(prefix):

@@ -9,7 +9,8 @@ import tensorflow.compat.v1 as tf
 
 import datagenerator
 import image_files
-from errors import ToolkitError
+from finetune_alexnet import cli
+from finetune_alexnet.errors import ToolkitError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -456,5 +457,5 @@ def test_check_exits_0_when_every_image_decodes(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out == ''
     assert f'{list_file}: all 4 images decode' in captured.err
-    assert datagenerator.main(['--check', list_file, '--num_classes', '3']) == 2
+    assert cli.run(datagenerator.main, ['--check', list_file, '--num_classes', '3']) == 2
     assert 'line 4: label 3 is outside 0..2' in capsys.readouterr().err

@@ -11,11 +11,11 @@ import tensorflow.compat.v1 as tf
 
 import bvlc_fixture
 import export_weights
-import model_info
-import preprocessing
-import weights as weight_files
+from finetune_alexnet import model_info
+from finetune_alexnet import preprocessing
+from finetune_alexnet import weight_files
 from alexnet import TRAINABLE_LAYERS, AlexNet
-from errors import ToolkitError
+from finetune_alexnet.errors import ToolkitError
 from test_predict import REPO, error_line, make_checkpoint
 
 

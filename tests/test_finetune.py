@@ -13,9 +13,9 @@ import pytest
 import tensorflow.compat.v1 as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-import demo_data
+from finetune_alexnet import demo_data
 import finetune
-from errors import run_main
+from finetune_alexnet.cli import run as run_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONV = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')

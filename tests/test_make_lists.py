@@ -12,7 +12,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 import make_lists  # noqa: E402
-from errors import ToolkitError  # noqa: E402
+from finetune_alexnet import cli  # noqa: E402
+from finetune_alexnet.errors import ToolkitError  # noqa: E402
 
 
 def write_image(path, value=128):
@@ -55,7 +56,7 @@ def read_classes(classes_file):
 
 
 def run_main(args, capsys):
-    code = make_lists.main([str(arg) for arg in args])
+    code = cli.run(make_lists.main, [str(arg) for arg in args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

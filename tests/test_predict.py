@@ -12,11 +12,11 @@ import tensorflow.compat.v1 as tf
 
 import bvlc_fixture
 import datagenerator
-import model_info
+from finetune_alexnet import model_info
 import predict
-import weights as weight_files
+from finetune_alexnet import weight_files
 from alexnet import TRAINABLE_LAYERS, AlexNet
-from errors import ToolkitError
+from finetune_alexnet.errors import ToolkitError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FC8_SCALE = 0.01

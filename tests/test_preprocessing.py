@@ -7,7 +7,7 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 import image_files
-import preprocessing
+from finetune_alexnet import preprocessing
 
 MEAN_RGB = np.array([123.68, 116.779, 103.939])
 

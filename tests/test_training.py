@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
-import tf_setup
-import training
+from finetune_alexnet import tf_setup
+from finetune_alexnet import training
 from alexnet import TRAINABLE_LAYERS
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import visualize
-from errors import ToolkitError, run_main
+from finetune_alexnet.cli import run as run_main
+from finetune_alexnet.errors import ToolkitError
 from test_predict import write_noise
 
 

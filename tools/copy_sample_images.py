@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from errors import ToolkitError  # noqa: E402  (the repository root is not a package)
+from finetune_alexnet import cli  # noqa: E402  (the repository root is not a package)
+from finetune_alexnet.errors import ToolkitError  # noqa: E402
 
 DEFAULT_OUT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'images')
 
@@ -59,19 +60,15 @@ def copy_samples(wheel_path, out_dir):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('wheel', help='path of a downloaded scikit-image wheel (.whl)')
     parser.add_argument('--out_dir', default=DEFAULT_OUT_DIR, help='folder to write (default: images/)')
     args = parser.parse_args(argv)
-    try:
-        written = copy_samples(args.wheel, args.out_dir)
-    except ToolkitError as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 2
+    written = copy_samples(args.wheel, args.out_dir)
     for path in written:
         print(f'wrote {path} ({os.path.getsize(path) // 1024} KiB)')
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -16,7 +16,8 @@ import sys
 import zipfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from errors import ToolkitError  # noqa: E402  (the repository root is not a package)
+from finetune_alexnet import cli  # noqa: E402  (the repository root is not a package)
+from finetune_alexnet.errors import ToolkitError  # noqa: E402
 
 SYNSETS_MEMBER = 'timm/data/_info/imagenet_synsets.txt'
 LEMMAS_MEMBER = 'timm/data/_info/imagenet_synset_to_lemma.txt'
@@ -99,31 +100,27 @@ def render_module(class_names, source):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('wheel', nargs='?', help='path of a downloaded timm wheel (.whl)')
     source.add_argument('--installed', action='store_true', help='read the data from an installed timm')
-    parser.add_argument('--out', default=DEFAULT_OUTPUT, help='file to write (default: caffe_classes.py)')
+    parser.add_argument('--output', default=DEFAULT_OUTPUT, help='file to write')
     args = parser.parse_args(argv)
+    if args.installed:
+        synsets_text, lemmas_text, version = read_from_installed_timm()
+        source_name = f'timm {version}'
+    else:
+        synsets_text, lemmas_text = read_from_wheel(args.wheel)
+        source_name = os.path.basename(args.wheel)
+    class_names = build_class_names(synsets_text, lemmas_text)
     try:
-        if args.installed:
-            synsets_text, lemmas_text, version = read_from_installed_timm()
-            source_name = f'timm {version}'
-        else:
-            synsets_text, lemmas_text = read_from_wheel(args.wheel)
-            source_name = os.path.basename(args.wheel)
-        class_names = build_class_names(synsets_text, lemmas_text)
-        with open(args.out, 'w', encoding='utf-8') as handle:
+        with open(args.output, 'w', encoding='utf-8') as handle:
             handle.write(render_module(class_names, source_name))
-    except ToolkitError as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 2
     except OSError as exc:
-        print(f'error: {args.out}: cannot write ({exc.strerror})', file=sys.stderr)
-        return 2
-    print(f'wrote {len(class_names)} class names to {args.out}')
+        raise ToolkitError(f'{args.output}: cannot write ({exc.strerror})') from None
+    print(f'wrote {len(class_names)} class names to {args.output}')
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(cli.run(main))

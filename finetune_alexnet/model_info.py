@@ -23,9 +23,9 @@ import re
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-import checkpoints
-import preprocessing
-from errors import ToolkitError
+from finetune_alexnet import checkpoints
+from finetune_alexnet import preprocessing
+from finetune_alexnet.errors import ToolkitError
 
 MODEL_INFO = 'model_info.json'
 CLASS_NAMES_FILE = 'classes.txt'

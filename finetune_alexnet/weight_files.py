@@ -18,7 +18,7 @@ import zipfile
 
 import numpy as np
 
-from errors import ToolkitError
+from finetune_alexnet.errors import ToolkitError
 
 DEFAULT_WEIGHTS_PATH = 'bvlc_alexnet.npy'
 WEIGHT_KINDS = ('weights', 'biases')

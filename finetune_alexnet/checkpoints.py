@@ -21,7 +21,7 @@ import shutil
 
 import tensorflow.compat.v1 as tf
 
-from errors import ToolkitError
+from finetune_alexnet.errors import ToolkitError
 
 RUN_STATE = 'run_state.json'
 BEST = 'best.ckpt'

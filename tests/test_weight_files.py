@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import bvlc_fixture
-import weights
-from errors import ToolkitError
+from finetune_alexnet import weight_files as weights
+from finetune_alexnet.errors import ToolkitError
 
 
 @pytest.fixture

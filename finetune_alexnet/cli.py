@@ -1,0 +1,80 @@
+"""What every command shares: its argument parser, its start-up and how it ends (CONTRIBUTING.md).
+
+A command module reads top to bottom like this, and does nothing when it is merely imported:
+
+    import sys
+    from finetune_alexnet import cli
+    if __name__ == '__main__':
+        cli.prepare(sys.argv[1:])          # before TensorFlow loads: quiet logs unless --verbose
+    import tensorflow.compat.v1 as tf
+    ...
+    def main(argv=None):
+        args = cli.ArgumentParser(description=__doc__).parse_args(argv)
+        ...
+    if __name__ == '__main__':
+        sys.exit(cli.run(main))
+
+Exit statuses, the same for every command:
+    0 done; 1 a check that found problems (`datagenerator.py --check`); 2 a user mistake, printed
+    as one `error: ...` line (argparse's own complaints included); 128 + N after signal N
+    (130 for Ctrl-C, 143 for SIGTERM).
+"""
+import argparse
+import signal
+import sys
+
+from finetune_alexnet import tf_setup
+from finetune_alexnet.errors import ToolkitError
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: a bad flag raises ToolkitError instead of printing the usage.
+
+    Every command gets `--verbose` (TensorFlow's own log lines) from here, so the flag means the same
+    everywhere; the flags are shown with their defaults in `--help`.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault('formatter_class', argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.add_argument('--verbose', action='store_true',
+                          help="show TensorFlow's own log messages")
+
+    def error(self, message):
+        raise ToolkitError(f'{message} (see {self.prog} --help)')
+
+
+def prepare(argv):
+    """Set TensorFlow's environment up before it is imported: quiet unless `--verbose` is in argv.
+
+    TensorFlow's C++ runtime reads its variables once, when it loads, so this must run before the
+    command's own imports; only the `__main__` block calls it, so importing a command changes nothing.
+    """
+    tf_setup.configure_environment(verbose='--verbose' in argv)
+
+
+def run(main, argv=None):
+    """Run a command's `main(argv)` and turn its outcome into an exit status.
+
+    A ToolkitError becomes `error: <message>` and status 2; Ctrl-C that the command did not handle
+    itself becomes one line and status 130 instead of a traceback.
+    """
+    try:
+        status = main(argv)
+    except ToolkitError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print('error: interrupted', file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK if status is None else status
+
+
+def quiet_tensorflow(verbose=False):
+    """Hide TensorFlow's Python-side warnings unless `verbose` (call after TensorFlow is imported)."""
+    tf_setup.quiet_python_logging(verbose)
