@@ -15,19 +15,23 @@ Layer table (input 227x227x3, NHWC):
     fc7    4096 -> 4096, ReLU, dropout
     fc8    4096 -> num_classes (logits)
 """
-import argparse
 import collections
 import sys
 
-import numpy as np
-import tensorflow.compat.v1 as tf
-
-from finetune_alexnet import weight_files
 from finetune_alexnet import cli
-from finetune_alexnet.errors import ToolkitError
 
-INPUT_SIZE = 227
+if __name__ == '__main__':
+    cli.prepare(sys.argv[1:])  # before TensorFlow loads: quiet unless --verbose
+
+import numpy as np  # noqa: E402
+import tensorflow.compat.v1 as tf  # noqa: E402
+
+from finetune_alexnet import weight_files  # noqa: E402
+from finetune_alexnet.errors import ToolkitError  # noqa: E402
+from finetune_alexnet.preprocessing import INPUT_SIZE  # noqa: F401  (the one definition; users import it here)
+
 TRAINABLE_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
+CONV_LAYERS = TRAINABLE_LAYERS[:5]
 
 # One row per operation, in order. kernel/stride in pixels; depth = output channels (None: num_classes).
 Layer = collections.namedtuple('Layer', 'name kind kernel stride depth groups padding relu',
@@ -187,15 +191,18 @@ class AlexNet:
             logits = tf.nn.xw_plus_b(x, weights, biases)
         return tf.nn.relu(logits, name=layer.name) if layer.relu else tf.identity(logits, layer.name)
 
-    def load_initial_weights(self, session):
+    def load_initial_weights(self, session, layers=None):
         """Assign every layer of the weights file that is not in `skip_layer`.
 
-        The arrays are fed into the variables' initializers, so they never become graph constants
-        (the GraphDef stays small and `.meta` files hold no weights).
+        `layers` is the file's content when the caller has read it already (weight_files.load_weights),
+        so a 233 MB file is read once per process; None reads `weights_path`. The arrays are fed into
+        the variables' initializers, so they never become graph constants (the GraphDef stays small
+        and `.meta` files hold no weights).
         """
         path = self.WEIGHTS_PATH
         to_load = [name for name in self.variables if name not in self.SKIP_LAYER]
-        layers = weight_files.load_weights(path)
+        if layers is None:
+            layers = weight_files.load_weights(path)
         if 'fc8' in to_load and 'fc8' in layers:
             file_classes = layers['fc8']['biases'].shape[0]
             if file_classes != self.NUM_CLASSES:

@@ -28,13 +28,13 @@ from finetune_alexnet import cli  # noqa: E402
 if __name__ == '__main__':
     cli.prepare(sys.argv[1:])  # before TensorFlow loads: quiet unless --verbose
 
-import argparse  # noqa: E402
 import re  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 
 from finetune_alexnet import preprocessing  # noqa: E402
+from finetune_alexnet import tf_setup  # noqa: E402
 from finetune_alexnet.errors import ToolkitError  # noqa: E402
 
 MODES = ('training', 'inference')
@@ -121,6 +121,24 @@ def _error_reason(error):
     return useful[-1] if useful else error.message.strip()
 
 
+def unreadable_images_error(paths, workers=None, line_numbers=None, list_file=None, hint=None):
+    """The one message for images that failed to decode: a ToolkitError naming each bad file (with
+    its list line, when `line_numbers` are given) and why, to raise after a decode error.
+
+    Decodes `paths` again, in parallel (`_unreadable`): seconds per thousand images.
+    """
+    bad = _unreadable(paths, workers or os.cpu_count() or 1)
+    where = f'{list_file}: ' if list_file else ''
+    if not bad:
+        return ToolkitError(f'{where}an image failed to decode, but every image decodes now; was a '
+                            'file changed while it was being read?')
+    problems = [(f'line {line_numbers[position]}: ' if line_numbers else '')
+                + f'{paths[position]}: {reason}' for position, reason in sorted(bad.items())]
+    plural = 's' if len(bad) > 1 else ''
+    return ToolkitError(f'{where}{len(bad)} unreadable image{plural}: {_summarize(problems)}'
+                        + (f' ({hint})' if hint else ''))
+
+
 def _decode_only(path):
     """What a training step does to a file, short of resizing: read and decode it."""
     return tf.shape(preprocessing.decode_rgb(tf.io.read_file(path)))
@@ -137,6 +155,7 @@ def _unreadable(paths, workers):
             reasons[position] = 'file not found'
     if not present:
         return reasons
+    # One file per inter-op thread: decoding is the whole job, so --workers files decode at once.
     config = tf.ConfigProto(inter_op_parallelism_threads=workers, intra_op_parallelism_threads=1)
     with tf.Graph().as_default(), tf.Session(config=config) as session:
         dataset = tf.data.Dataset.from_tensor_slices(
@@ -147,7 +166,11 @@ def _unreadable(paths, workers):
         dataset = dataset.ignore_errors().batch(1024)
         options = tf.data.Options()
         options.threading.private_threadpool_size = workers
-        next_batch = tf.data.make_one_shot_iterator(dataset.with_options(options)).get_next()
+        # An initializable iterator: a one-shot one asks for a random seed, which fails while a
+        # seeded fine-tuning run (op determinism on) reports a bad image through this function.
+        iterator = tf.data.make_initializable_iterator(dataset.with_options(options))
+        next_batch = iterator.get_next()
+        session.run(iterator.initializer)
         decoded = set()
         try:
             while True:
@@ -195,8 +218,8 @@ class ImageDataGenerator:
     iterator over `self.data`: a different order each epoch, the same sequence of orders for the same
     `seed` in a fresh graph. To tie the order (and the crops) to the epoch number instead, so that a
     resumed run sees the orders of an uninterrupted one, feed it when initialising:
-    `session.run(init_op, {generator.epoch: epoch})`. `buffer_size` is kept from the original
-    signature and no longer matters: shuffling names is cheap, so the whole list is always shuffled.
+    `session.run(init_op, {generator.epoch: epoch})`. The whole list of names is shuffled (the
+    original's `buffer_size` is gone: shuffling names is cheap).
 
     `self.data` is not repeated: re-initialise its iterator for every epoch. Its last batch may be
     smaller than `batch_size` (no image is dropped). Attributes: `data`, `data_size`, `paths`,
@@ -212,8 +235,8 @@ class ImageDataGenerator:
     (the sum of the batch sizes) and pass the count to `describe_skipped` for the report.
     """
 
-    def __init__(self, txt_file, mode, batch_size, num_classes, shuffle=True, buffer_size=1000,
-                 seed=None, augment=False, skip_bad_images=False):
+    def __init__(self, txt_file, mode, batch_size, num_classes, shuffle=True, seed=None,
+                 augment=False, skip_bad_images=False):
         if mode not in MODES:
             raise ValueError(f'mode must be one of {MODES}, not {mode!r}')
         if batch_size < 1 or num_classes < 1:
@@ -224,7 +247,6 @@ class ImageDataGenerator:
         self.batch_size = batch_size
         self.num_classes = num_classes
         self.shuffle = shuffle
-        self.buffer_size = buffer_size
         self.seed = seed
         self.augment = augment
         self.skip_bad_images = skip_bad_images
@@ -280,20 +302,10 @@ class ImageDataGenerator:
         return tf.where(self.epoch >= 0, pinned, drawn)
 
     def unreadable_images_error(self, workers=None):
-        """A ToolkitError naming the list's unreadable images, to raise after a decode error.
-
-        Decodes the whole list again, in parallel (`find_bad_images`): seconds per thousand images.
-        """
-        bad = _unreadable(self.paths, workers or os.cpu_count() or 1)
-        if not bad:
-            return ToolkitError(f'{self.txt_file}: an image failed to decode during the run, but every '
-                                'listed image decodes now; was a file changed while training?')
-        problems = [f'line {self._line_numbers[position]}: {self.paths[position]}: {reason}'
-                    for position, reason in sorted(bad.items())]
-        plural = 's' if len(bad) > 1 else ''
-        return ToolkitError(f'{self.txt_file}: {len(bad)} unreadable image{plural}: '
-                            + _summarize(problems)
-                            + f' (list them all: python datagenerator.py --check {self.txt_file})')
+        """A ToolkitError naming the list's unreadable images (and lines), to raise after a decode error."""
+        return unreadable_images_error(
+            self.paths, workers, line_numbers=self._line_numbers, list_file=self.txt_file,
+            hint=f'list them all: python datagenerator.py --check {self.txt_file}')
 
     def describe_skipped(self, images_seen):
         """'skipped N unreadable images ...' for an epoch that yielded `images_seen`, or None if none."""
@@ -350,9 +362,11 @@ def load_images(paths, center_crop=False):
     naming any file that is missing or does not decode.
     """
     paths = list(paths)
-    with tf.Graph().as_default(), tf.Session() as session:
+    with tf.Graph().as_default(), tf.Session(config=tf_setup.session_config()) as session:
         dataset = images_dataset(paths, batch_size=64, center_crop=center_crop)
-        next_batch = tf.data.make_one_shot_iterator(dataset).get_next()
+        iterator = tf.data.make_initializable_iterator(dataset)  # no seed needed (see _unreadable)
+        next_batch = iterator.get_next()
+        session.run(iterator.initializer)
         batches = []
         try:
             while True:
@@ -360,9 +374,7 @@ def load_images(paths, center_crop=False):
         except tf.errors.OutOfRangeError:
             pass
         except IMAGE_ERRORS:
-            bad = find_bad_images(paths)
-            problems = [f'{path}: {reason}' for path, reason in bad] or ['an image failed to decode']
-            raise ToolkitError(f'cannot read {_summarize(problems)}') from None
+            raise unreadable_images_error(paths) from None
     return np.concatenate(batches)
 
 

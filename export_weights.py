@@ -13,11 +13,11 @@ from finetune_alexnet import cli
 if __name__ == '__main__':
     cli.prepare(sys.argv[1:])  # before TensorFlow loads: quiet unless --verbose
 
-import argparse  # noqa: E402
 import os  # noqa: E402
 
 import tensorflow.compat.v1 as tf  # noqa: E402
 
+from finetune_alexnet import checkpoints  # noqa: E402
 from finetune_alexnet import model_info  # noqa: E402
 from finetune_alexnet import weight_files  # noqa: E402
 from alexnet import INPUT_SIZE, TRAINABLE_LAYERS, AlexNet  # noqa: E402
@@ -37,7 +37,8 @@ def model_variable_shapes(num_classes):
 def read_checkpoint_layers(checkpoint):
     """(prefix, info, {layer: {'weights', 'biases'}}) of a fine-tuned checkpoint, shapes checked."""
     prefix, info = model_info.read_model_info(checkpoint)
-    model_info.check_checkpoint_variables(prefix, model_variable_shapes(info['num_classes']))
+    checkpoints.check_fits(prefix, model_variable_shapes(info['num_classes']), 'an AlexNet of this '
+                           'model_info.json', 'is it a checkpoint written by finetune.py?')
     reader = tf.train.load_checkpoint(prefix)
     layers = {layer: {kind: reader.get_tensor(f'{layer}/{kind}') for kind in weight_files.WEIGHT_KINDS}
               for layer in TRAINABLE_LAYERS}

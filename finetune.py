@@ -16,9 +16,12 @@ if __name__ == '__main__':
     cli.prepare(sys.argv[1:])  # before TensorFlow loads: quiet unless --verbose
 
 import argparse  # noqa: E402
+import collections  # noqa: E402
+import contextlib  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
+import shutil  # noqa: E402
 import signal  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -39,10 +42,19 @@ from finetune_alexnet import tf_setup  # noqa: E402
 from finetune_alexnet.errors import ToolkitError  # noqa: E402
 
 DEFAULT_ROOT = os.path.join(tempfile.gettempdir(), 'finetune_alexnet')
+# Flags whose default depends on whether the demo runs: the parser leaves them None when not given.
+RUN_DEFAULTS = {'num_epochs': 10, 'batch_size': 128, 'display_step': 20, 'optimizer': 'sgd',
+                'train_layers': ['fc8', 'fc7', 'fc6'], 'skip_layers': ['fc8'],
+                'checkpoint_path': os.path.join(DEFAULT_ROOT, 'checkpoints'),
+                'filewriter_path': os.path.join(DEFAULT_ROOT, 'tensorboard')}
 # The demo trains from scratch when there are no pretrained weights; these settings learn its two
-# classes within a few epochs on a CPU. Flags given on the command line still win.
-DEMO_DEFAULTS = {'num_epochs': 5, 'batch_size': 32, 'display_step': 3}
-DEMO_FROM_SCRATCH = {'optimizer': 'momentum'}
+# classes within a few epochs on a CPU. It has run folders of its own, replaced by each demo run, so
+# the README's first command can be run again and again. Flags given on the command line still win.
+DEMO_DEFAULTS = {'num_epochs': 5, 'batch_size': 32, 'display_step': 3, 'seed': 0,
+                 'checkpoint_path': os.path.join(DEFAULT_ROOT, 'demo_run', 'checkpoints'),
+                 'filewriter_path': os.path.join(DEFAULT_ROOT, 'demo_run', 'tensorboard')}
+DEMO_FROM_SCRATCH = {'optimizer': 'momentum', 'train_layers': list(TRAINABLE_LAYERS),
+                     'skip_layers': list(TRAINABLE_LAYERS)}
 DEMO_IMAGES_PER_CLASS = 120
 
 
@@ -61,8 +73,7 @@ def layer_list(text):
 
 def get_args_parser():
     parser = cli.ArgumentParser(
-        description='Fine-tune AlexNet (BVLC weights) on image lists of "path label" lines.',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description='Fine-tune AlexNet (BVLC weights) on image lists of "path label" lines.')
     data = parser.add_argument_group('data')
     data.add_argument('--train_file', help='training list; none (and no --val_file): run the demo')
     data.add_argument('--val_file', help='validation list')
@@ -79,18 +90,22 @@ def get_args_parser():
     model = parser.add_argument_group('model')
     model.add_argument('--weights_path', default=weight_files.DEFAULT_WEIGHTS_PATH,
                        help='the pretrained bvlc_alexnet.npy (see README)')
-    model.add_argument('--train_layers', type=layer_list, default='fc8,fc7,fc6',
-                       help="layers that learn (comma list, or 'all')")
-    model.add_argument('--skip_layers', type=layer_list, default='fc8',
-                       help='layers not loaded from the weights file (start random)')
+    model.add_argument('--train_layers', type=layer_list,
+                       help="layers that learn (comma list, or 'all'; default: fc8,fc7,fc6)")
+    model.add_argument('--skip_layers', type=layer_list,
+                       help='layers not loaded from the weights file, which start random '
+                       '(default: fc8)')
     model.add_argument('--dropout_rate', type=float, default=0.5,
                        help='fraction of fc6/fc7 units dropped while training')
 
     optimisation = parser.add_argument_group('optimisation')
     optimisation.add_argument('--learning_rate', type=float, default=0.001)
-    optimisation.add_argument('--num_epochs', type=int, default=10)
-    optimisation.add_argument('--batch_size', type=int, default=128)
-    optimisation.add_argument('--optimizer', choices=('sgd', 'momentum'), default='sgd')
+    optimisation.add_argument('--num_epochs', type=int, help='passes over the training list '
+                              '(default: 10; the demo: 5)')
+    optimisation.add_argument('--batch_size', type=int, help='images per step (default: 128; the '
+                              'demo: 32)')
+    optimisation.add_argument('--optimizer', choices=('sgd', 'momentum'),
+                              help='default: sgd (the demo from scratch: momentum)')
     optimisation.add_argument('--momentum', type=float, default=0.9)
     optimisation.add_argument('--weight_decay', type=float, default=0.0,
                               help='L2 on the trained weights (the paper: 5e-4)')
@@ -98,13 +113,18 @@ def get_args_parser():
                               help='multiply the learning rate by --lr_decay_factor every this many '
                               'epochs (0: constant)')
     optimisation.add_argument('--lr_decay_factor', type=float, default=0.1)
-    optimisation.add_argument('--seed', type=int, default=None, help='makes runs repeatable')
+    optimisation.add_argument('--seed', type=int, default=None,
+                              help="makes runs repeatable: seeds every random choice and turns on "
+                              "TensorFlow's op determinism (the demo: 0)")
 
     output = parser.add_argument_group('output')
-    output.add_argument('--filewriter_path', default=os.path.join(DEFAULT_ROOT, 'tensorboard'))
-    output.add_argument('--checkpoint_path', default=os.path.join(DEFAULT_ROOT, 'checkpoints'))
-    output.add_argument('--display_step', type=int, default=20,
-                        help='write summaries (and progress lines) every this many steps')
+    output.add_argument('--filewriter_path', help='TensorBoard logs (default: '
+                        f"{RUN_DEFAULTS['filewriter_path']})")
+    output.add_argument('--checkpoint_path', help='checkpoints, metrics and curves (default: '
+                        f"{RUN_DEFAULTS['checkpoint_path']})")
+    output.add_argument('--display_step', type=int,
+                        help='write summaries (and progress lines) every this many steps (default: '
+                        '20; the demo: 3)')
     output.add_argument('--keep_checkpoints', type=int, default=3,
                         help='epoch checkpoints kept (the best one is kept besides)')
     output.add_argument('--resume', action='store_true',
@@ -125,17 +145,24 @@ def get_args_parser():
 
 
 def parse_args(argv=None):
-    parser = get_args_parser()
-    given = {action.dest for action in parser._actions
-             if any(option in (argv if argv is not None else sys.argv[1:])
-                    for option in action.option_strings)}
-    args = parser.parse_args(argv)
-    if isinstance(args.train_layers, str):  # argparse leaves string defaults unconverted
-        args.train_layers = layer_list(args.train_layers)
-    if isinstance(args.skip_layers, str):
-        args.skip_layers = layer_list(args.skip_layers)
-    args.given = given
+    """The flags as given; `resolve_settings` fills in the defaults that depend on the demo."""
+    args = get_args_parser().parse_args(argv)
+    args.demo = args.demo or not (args.train_file or args.val_file)
     return args
+
+
+def resolve_settings(args):
+    """Every default filled in: the demo's (after making its data) where the demo runs, else the run's."""
+    if args.demo:
+        prepare_demo(args)
+    fill_defaults(args, RUN_DEFAULTS)
+
+
+def fill_defaults(args, defaults):
+    """Set each flag of `defaults` that is still None (not given on the command line)."""
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 def check_args(args):
@@ -191,7 +218,12 @@ def read_class_names(args):
 
 
 def prepare_demo(args):
-    """Generate the demo images and lists; choose settings that suit training with or without weights."""
+    """Generate the demo images and lists, and fill in the settings that suit them.
+
+    Without pretrained weights every layer trains from random initialisation. The demo's own run
+    folders (used unless --checkpoint_path / --filewriter_path are given) are cleared first when they
+    hold an earlier demo run, so the demo can be run any number of times.
+    """
     import make_lists
     folder = demo_data.make_demo_images(os.path.join(args.demo_dir, 'images'),
                                         images_per_class=DEMO_IMAGES_PER_CLASS, seed=0)
@@ -201,17 +233,29 @@ def prepare_demo(args):
     args.train_file = os.path.join(args.demo_dir, 'train.txt')
     args.val_file = os.path.join(args.demo_dir, 'val.txt')
     args.num_classes = len(class_names)
-    settings = dict(DEMO_DEFAULTS)
     if not os.path.exists(args.weights_path):
         print(f"note: {args.weights_path} not found, so the demo trains every layer from random "
               "initialisation (see README for the pretrained weights)")
-        args.train_layers, args.skip_layers = list(TRAINABLE_LAYERS), list(TRAINABLE_LAYERS)
-        settings.update(DEMO_FROM_SCRATCH)
-    for name, value in settings.items():
-        if name not in args.given:
-            setattr(args, name, value)
-    if args.seed is None:
-        args.seed = 0
+        fill_defaults(args, DEMO_FROM_SCRATCH)
+    if args.checkpoint_path is None and not args.resume:
+        clear_previous_demo_run()
+    fill_defaults(args, DEMO_DEFAULTS)
+    fill_defaults(args, RUN_DEFAULTS)
+
+
+def clear_previous_demo_run():
+    """Remove the demo's own run folders, but only when they hold a demo run (nothing else of yours)."""
+    checkpoint_path = DEMO_DEFAULTS['checkpoint_path']
+    try:
+        state = checkpoints.read_run_state(checkpoint_path)
+    except ToolkitError:
+        state = None
+    if state is None and os.path.exists(checkpoint_path) and os.listdir(checkpoint_path):
+        return  # not recognisably a demo run: leave it, and let the usual check refuse it
+    if state is not None and not state.get('args', {}).get('demo'):
+        return
+    for folder in (checkpoint_path, DEMO_DEFAULTS['filewriter_path']):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def print_label_counts(labels, num_classes, class_names):
@@ -251,23 +295,51 @@ class Source:
         self.data = data  # the ImageDataGenerator behind it, for naming unreadable images
 
 
-def train_one_epoch(session, graph, args, epoch, steps, first_step, writer, interrupted, source):
-    """Runs SGD steps first_step+1..steps; returns (loss, accuracy, images/s, images, finished)."""
-    bar = progress.EpochProgress(epoch, args.num_epochs, steps, args.display_step)
+class Pipeline(collections.namedtuple('Pipeline', [
+        'train_graph', 'train', 'val', 'weights_model', 'labels', 'prepare_cache', 'cache_files'])):
+    """The training graph and where its batches come from.
+
+    weights_model: the AlexNet whose variables the weights file is loaded into; labels: the image
+    pipeline's labels tensor (None on cached features), to count skipped images; prepare_cache:
+    fills the feature cache in a session (None without one); cache_files: files it may write.
+    """
+
+
+class Run:
+    """One fine-tuning run's settings and outputs, shared by the epoch loop's functions."""
+
+    def __init__(self, args, pipeline, state, keeper, writer, interrupted, steps_per_epoch):
+        self.args = args
+        self.pipeline = pipeline
+        self.train_graph = pipeline.train_graph
+        self.state = state
+        self.keeper = keeper
+        self.writer = writer
+        self.interrupted = interrupted
+        self.steps_per_epoch = steps_per_epoch
+        self.metrics_path = os.path.join(args.checkpoint_path, 'metrics.jsonl')
+        self.curves_path = os.path.join(args.checkpoint_path, 'curves.png')
+
+
+def train_one_epoch(session, run, epoch, first_step):
+    """Runs SGD steps first_step+1..steps_per_epoch; returns (loss, accuracy, images/s, images, finished)."""
+    args, train_graph = run.args, run.train_graph
+    bar = progress.EpochProgress(epoch, args.num_epochs, run.steps_per_epoch, args.display_step)
     losses, accuracies, images = [], [], 0
     start = time.perf_counter()
-    fetches = {'train': graph.train_op, 'loss': graph.loss, 'accuracy': graph.accuracy,
-               'count': graph.batch_count, 'step': graph.global_step}
-    feed = {graph.keep_prob: 1.0 - args.dropout_rate}
+    fetches = {'train': train_graph.train_op, 'loss': train_graph.loss,
+               'accuracy': train_graph.accuracy, 'count': train_graph.batch_count,
+               'step': train_graph.global_step}
+    feed = training_feed(args, train_graph.keep_prob)
     finished = True
-    for step in range(first_step + 1, steps + 1):
-        if interrupted.requested:
+    for step in range(first_step + 1, run.steps_per_epoch + 1):
+        if run.interrupted.requested:
             finished = False
             break
         # Summaries ride along in the same run call as the step: no second forward pass.
         with_summary = step % args.display_step == 0 or step == 1
         try:
-            result = session.run({**fetches, 'summary': graph.train_summaries} if with_summary
+            result = session.run({**fetches, 'summary': train_graph.train_summaries} if with_summary
                                  else fetches, feed)
         except tf.errors.OutOfRangeError:
             break  # fewer batches than planned: unreadable images were skipped
@@ -277,17 +349,13 @@ def train_one_epoch(session, graph, args, epoch, steps, first_step, writer, inte
                     f'the loss became NaN or infinite at epoch {epoch}, step {step}: lower the '
                     f'learning rate (now {args.learning_rate:g}); the last good checkpoint is in '
                     f'{args.checkpoint_path}') from None
-            raise step_error(error, source) from None
+            raise step_error(error, run.pipeline.train) from None
         except (tf.errors.UnknownError, tf.errors.DataLossError, tf.errors.NotFoundError) as error:
-            raise step_error(error, source) from None
+            raise step_error(error, run.pipeline.train) from None
         if with_summary:
-            writer.add_summary(result['summary'], result['step'])
+            run.writer.add_summary(result['summary'], result['step'])
         if result['step'] == 1:
-            expected = math.log(args.num_classes)
-            if abs(result['loss'] - expected) > max(1.0, 0.5 * expected):
-                print(f"note: the first loss, {result['loss']:.3f}, is far from ln({args.num_classes})"
-                      f" = {expected:.3f}: the new layers start with large outputs; if the loss does "
-                      "not fall, lower the learning rate")
+            warn_about_first_loss(result['loss'], args.num_classes)
         losses.append(result['loss'])
         accuracies.append(result['accuracy'])
         images += int(result['count'])
@@ -297,6 +365,19 @@ def train_one_epoch(session, graph, args, epoch, steps, first_step, writer, inte
     bar.finish()
     seconds = time.perf_counter() - start
     return _mean(losses), _mean(accuracies), images / seconds if images else 0.0, images, finished
+
+
+def training_feed(args, keep_prob):
+    """The feed of a training step: AlexNet's keep_prob is the probability of keeping a unit."""
+    return {keep_prob: 1.0 - args.dropout_rate}
+
+
+def warn_about_first_loss(loss, num_classes):
+    """A fresh classifier's first loss is about ln(num_classes); far from it, the start is off."""
+    expected = math.log(num_classes)
+    if abs(loss - expected) > max(1.0, 0.5 * expected):
+        print(f"note: the first loss, {loss:.3f}, is far from ln({num_classes}) = {expected:.3f}: the "
+              "new layers start with large outputs; if the loss does not fall, lower the learning rate")
 
 
 def step_error(error, source):
@@ -354,37 +435,37 @@ def epoch_seed(args, epoch):
     return None if args.seed is None else args.seed * 100_003 + epoch
 
 
-def build_sources(args, train_data, val_data, model_device, use_gpu, steps_per_epoch):
-    """The training graph, and the sources of its training and validation batches.
+def training_config(args, use_gpu, steps_per_epoch):
+    """The training graph's settings from the flags."""
+    return training.TrainingConfig(
+        num_classes=args.num_classes, train_layers=tuple(args.train_layers),
+        skip_layers=tuple(args.skip_layers), weights_path=args.weights_path,
+        learning_rate=args.learning_rate, optimizer=args.optimizer, momentum=args.momentum,
+        weight_decay=args.weight_decay, decay_steps=args.lr_decay_epochs * steps_per_epoch,
+        decay_factor=args.lr_decay_factor, num_devices=args.num_gpus, use_gpu=use_gpu,
+        model_device='/gpu:0' if use_gpu else '/cpu:0', mixed_precision=args.mixed_precision)
 
-    Returns (graph, train source, validation source, weight loader model, images' labels tensor,
-    cache preparation function or None).
-    """
+
+def build_pipeline(args, train_data, val_data, config):
+    """The training graph on the image pipeline, or on cached pool5 features (args.use_cache)."""
     with tf.device('/cpu:0'):  # the input pipeline stays on the CPU, whatever runs the model
         iterator = tf.data.Iterator.from_structure(tf.data.get_output_types(train_data.data),
                                                    tf.data.get_output_shapes(train_data.data))
         images, labels = iterator.get_next()
         training_init_op = iterator.make_initializer(train_data.data)
         validation_init_op = iterator.make_initializer(val_data.data)
-    common = dict(num_classes=args.num_classes, train_layers=args.train_layers,
-                  skip_layers=args.skip_layers, weights_path=args.weights_path,
-                  learning_rate=args.learning_rate, optimizer=args.optimizer,
-                  momentum=args.momentum, weight_decay=args.weight_decay,
-                  decay_steps=args.lr_decay_epochs * steps_per_epoch,
-                  decay_factor=args.lr_decay_factor, num_devices=args.num_gpus, use_gpu=use_gpu,
-                  model_device=model_device, mixed_precision=args.mixed_precision)
     if not args.use_cache:
-        graph = training.build_training_graph(images, labels, **common)
+        train_graph = training.build_training_graph(images, labels, config)
         # The epoch number pins the shuffle order, so a resumed run sees the orders an
         # uninterrupted one would have seen.
         train = Source(lambda session, epoch: session.run(training_init_op,
                                                           {train_data.epoch: epoch}), train_data)
         val = Source(lambda session, epoch: session.run(validation_init_op), val_data)
-        return graph, train, val, graph.model, labels, None
+        return Pipeline(train_graph, train, val, train_graph.model, labels, None, ())
 
     # Cached features: the full model on images (its conv layers make the features, and every
     # variable exists for the checkpoints), and fc6-fc8 again on the cache, sharing their variables.
-    with tf.device(model_device):
+    with tf.device(config.model_device):
         image_model = AlexNet(images, 1.0, args.num_classes, args.skip_layers, args.weights_path)
     features = image_model.end_points[feature_cache.FEATURE_LAYER]
     dataset, feeder = feature_cache.cached_dataset(args.num_classes, args.batch_size,
@@ -392,18 +473,19 @@ def build_sources(args, train_data, val_data, model_device, use_gpu, steps_per_e
     with tf.device('/cpu:0'):
         cache_iterator = tf.data.make_initializable_iterator(dataset)
         cached_features, cached_labels = cache_iterator.get_next()
-    graph = training.build_training_graph(cached_features, cached_labels, input_layer='flattened',
-                                          reuse=True, **common)
+    train_graph = training.build_training_graph(cached_features, cached_labels, config,
+                                                input_layer='flattened', reuse=True)
     cache = {}
+    cache_files = {name: os.path.join(args.checkpoint_path, f'features_{name}.npy')
+                   for name in ('train', 'val')}
 
     def prepare(session):
-        cache_file = os.path.join(args.checkpoint_path, 'features_{}.npy')
         for name, data, init_op in (('train', train_data, training_init_op),
                                     ('val', val_data, validation_init_op)):
             print(f'caching pool5 features of {data.txt_file}: {feature_cache.describe_size(data.data_size)}')
             try:
                 cache[name] = feature_cache.extract(session, init_op, features, labels, data.data_size,
-                                                    args.num_classes, cache_file.format(name))
+                                                    args.num_classes, cache_files[name])
             except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, tf.errors.NotFoundError):
                 raise data.unreadable_images_error() from None
 
@@ -416,15 +498,20 @@ def build_sources(args, train_data, val_data, model_device, use_gpu, steps_per_e
     def start_val(session, epoch):
         session.run(cache_iterator.initializer, feeder.start_epoch(*cache['val']))
 
-    return graph, Source(start_train, train_data), Source(start_val, val_data), image_model, None, prepare
+    return Pipeline(train_graph, Source(start_train, train_data), Source(start_val, val_data),
+                    image_model, None, prepare, tuple(cache_files.values()))
 
 
-def run(args):
-    use_gpu = args.device == 'gpu' or (args.device == 'auto' and gpu_count() > 0)
+def choose_device(args):
+    """True to run the model on a GPU; refuses --device gpu without enough of them."""
     if args.device == 'gpu' and gpu_count() < args.num_gpus:
         raise ToolkitError(f'--device gpu asks for {args.num_gpus} GPU(s), TensorFlow sees '
                            f'{gpu_count()}')
-    class_names = read_class_names(args)
+    return args.device == 'gpu' or (args.device == 'auto' and gpu_count() > 0)
+
+
+def previous_run_state(args):
+    """The run state to resume (None for a new run); refuses to overwrite a run or resume none."""
     state = checkpoints.read_run_state(args.checkpoint_path)
     if state and not args.resume:
         raise ToolkitError(f'{args.checkpoint_path} already holds a run (epoch '
@@ -432,17 +519,44 @@ def run(args):
                            'another --checkpoint_path')
     if args.resume and not state:
         raise ToolkitError(f'{args.checkpoint_path}: no run to resume (no {checkpoints.RUN_STATE})')
-    loads_weights = set(args.skip_layers) != set(TRAINABLE_LAYERS)
-    if not state and loads_weights:
-        weight_files.load_weights(args.weights_path)  # fails early, naming the file, if it is wrong
+    return state
+
+
+def choose_feature_cache(args):
     args.use_cache = (args.cache_features == 'on' or args.cache_features == 'auto'
                       and feature_cache.can_cache(args.train_layers, args.augment))
     if args.use_cache and not feature_cache.can_cache(args.train_layers, args.augment):
         raise ToolkitError('--cache_features on needs every conv layer frozen and no --augment')
 
-    if args.seed is not None:
-        tf.set_random_seed(args.seed)
-        np.random.seed(args.seed)
+
+@contextlib.contextmanager
+def seeded(seed):
+    """Seed every random choice, and make TensorFlow's kernels deterministic (None: leave both).
+
+    Without op determinism, multi-threaded gradient kernels may sum their shards in varying order
+    (on GPUs most of all), so two runs with one seed drift apart in the last bits and then further;
+    its cost is in bench/RESULTS.md. The switch is process-wide, so it is put back afterwards for
+    callers (tests, notebooks) that run more than one thing in a process.
+    """
+    if seed is None:
+        yield
+        return
+    tf.set_random_seed(seed)
+    np.random.seed(seed)
+    # tf.config.experimental.enable_op_determinism is not in compat.v1, and its state and the switch
+    # off are not exported at all: all three live in TensorFlow's config module.
+    from tensorflow.python.framework import config as tf_config
+    was_enabled = tf_config.is_op_determinism_enabled()
+    tf_config.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not was_enabled:
+            tf_config.disable_op_determinism()
+
+
+def make_datasets(args):
+    """The training and validation generators, and the number of steps per epoch."""
     with tf.device('/cpu:0'):
         train_data = datagenerator.ImageDataGenerator(
             args.train_file, 'training', args.batch_size, args.num_classes, shuffle=True,
@@ -454,9 +568,27 @@ def run(args):
     if steps_per_epoch == 0:
         raise ToolkitError(f'{args.train_file}: {train_data.data_size} images, fewer than one batch '
                            f'of --batch_size {args.batch_size}')
-    model_device = '/gpu:0' if use_gpu else '/cpu:0'
-    graph, train_source, val_source, loader, labels, prepare_cache = build_sources(
-        args, train_data, val_data, model_device, use_gpu, steps_per_epoch)
+    return train_data, val_data, steps_per_epoch
+
+
+def fine_tune(args):
+    """Checks what it can before building anything, then builds the graph and trains."""
+    use_gpu = choose_device(args)
+    class_names = read_class_names(args)
+    state = previous_run_state(args)
+    loads_weights = set(args.skip_layers) != set(TRAINABLE_LAYERS)
+    # Read once, here: a wrong file fails before anything is built, and the same arrays are loaded.
+    layers = weight_files.load_weights(args.weights_path) if not state and loads_weights else None
+    choose_feature_cache(args)
+    with seeded(args.seed):
+        return train(args, use_gpu, class_names, state, layers)
+
+
+def train(args, use_gpu, class_names, state, layers):
+    """Builds the graph and trains: a new run when `state` is None, else the run it describes."""
+    train_data, val_data, steps_per_epoch = make_datasets(args)
+    pipeline = build_pipeline(args, train_data, val_data,
+                              training_config(args, use_gpu, steps_per_epoch))
 
     keeper = checkpoints.CheckpointKeeper(args.checkpoint_path, args.keep_checkpoints)
     os.makedirs(args.filewriter_path, exist_ok=True)
@@ -474,70 +606,61 @@ def run(args):
             session.run(tf.global_variables_initializer())
             if state:
                 keeper.restore_latest(session, state)
-                print(f"resumed {state['latest_checkpoint']} at step {session.run(graph.global_step)}")
+                print(f"resumed {state['latest_checkpoint']} at step "
+                      f"{session.run(pipeline.train_graph.global_step)}")
             else:
                 writer.add_graph(session.graph)
-                if loads_weights:
-                    loader.load_initial_weights(session)
+                if layers is not None:
+                    pipeline.weights_model.load_initial_weights(session, layers)
+                del layers  # 233 MB no longer needed: the variables hold the weights now
                 model_info.write_model_info(args.checkpoint_path, args.num_classes, class_names,
                                             center_crop=args.augment)
                 state = {'epochs_completed': 0, 'best_val_accuracy': None, 'best_epoch': None,
-                         'history': [], 'args': {k: v for k, v in vars(args).items() if k != 'given'}}
+                         'history': [], 'args': dict(vars(args))}
             print(f'open TensorBoard with: tensorboard --logdir {args.filewriter_path}')
-            if prepare_cache:
-                prepare_cache(session)
-            return train_epochs(session, graph, args, state, keeper, writer, interrupted,
-                                train_source, val_source, labels, steps_per_epoch)
+            if pipeline.prepare_cache:
+                pipeline.prepare_cache(session)
+            run = Run(args, pipeline, state, keeper, writer, interrupted, steps_per_epoch)
+            return train_epochs(session, run)
     finally:
         interrupted.restore()
         writer.close()
+        for cache_file in pipeline.cache_files:
+            feature_cache.remove_cache_file(cache_file)  # features on disk are only for this run
 
 
-def train_epochs(session, graph, args, state, keeper, writer, interrupted, train_source, val_source,
-                 labels, steps_per_epoch):
-    global_step = int(session.run(graph.global_step))
+def train_epochs(session, run):
+    args, state = run.args, run.state
+    global_step = int(session.run(run.train_graph.global_step))
     # Resuming mid-epoch finishes that epoch's remaining steps, so the run ends with exactly
     # num_epochs * steps_per_epoch steps, as an uninterrupted one does.
-    first_epoch = global_step // steps_per_epoch + 1
-    steps_done = global_step % steps_per_epoch
-    metrics_path = os.path.join(args.checkpoint_path, 'metrics.jsonl')
-    curves_path = os.path.join(args.checkpoint_path, 'curves.png')
+    first_epoch = global_step // run.steps_per_epoch + 1
+    steps_done = global_step % run.steps_per_epoch
     for epoch in range(first_epoch, args.num_epochs + 1):
-        train_source.start(session, epoch)
+        run.pipeline.train.start(session, epoch)
         train_loss, train_accuracy, images_per_second, seen, finished = train_one_epoch(
-            session, graph, args, epoch, steps_per_epoch, steps_done, writer, interrupted,
-            train_source)
-        step = int(session.run(graph.global_step))
+            session, run, epoch, steps_done)
+        step = int(session.run(run.train_graph.global_step))
         if not finished:
-            keeper.save_interrupted(session, state)
+            run.keeper.save_interrupted(session, state)
             print(f'saved {os.path.join(args.checkpoint_path, checkpoints.INTERRUPTED)} at step '
                   f'{step}; continue with --resume')
-            return 130
+            return cli.EXIT_INTERRUPTED
         notes = []
-        if args.skip_bad_images and labels is not None and steps_done == 0:
-            note = train_source.data.describe_skipped(seen + count_rest(session, labels))
+        if args.skip_bad_images and run.pipeline.labels is not None and steps_done == 0:
+            note = run.pipeline.train.data.describe_skipped(seen + count_rest(session, run.pipeline.labels))
             notes += [note] if note else []
         steps_done = 0
-        val_loss, val_accuracy, val_count = evaluate(session, graph, val_source)
+        val_loss, val_accuracy, val_count = evaluate(session, run.train_graph, run.pipeline.val)
         if args.skip_bad_images:
-            note = val_source.data.describe_skipped(val_count)
+            note = run.pipeline.val.data.describe_skipped(val_count)
             notes += [note] if note else []
         record = {'epoch': epoch, 'step': step, 'train_loss': train_loss,
                   'train_accuracy': train_accuracy, 'val_loss': val_loss,
                   'val_accuracy': val_accuracy, 'val_images': val_count,
-                  'learning_rate': float(session.run(graph.learning_rate)),
+                  'learning_rate': float(session.run(run.train_graph.learning_rate)),
                   'images_per_second': images_per_second}
-        write_scalars(writer, step, {'validation/cross_entropy': val_loss,
-                                     'validation/accuracy': val_accuracy,
-                                     'images_per_second': images_per_second})
-        improved = state['best_val_accuracy'] is None or val_accuracy > state['best_val_accuracy']
-        if improved:
-            state['best_val_accuracy'], state['best_epoch'] = val_accuracy, epoch
-        state['epochs_completed'] = epoch
-        state['history'].append(record)
-        keeper.save_epoch(session, epoch, state, best=improved)
-        progress.append_metrics(metrics_path, record)
-        progress.plot_curves(state['history'], curves_path)
+        improved = finish_epoch(session, run, epoch, record)
         print(f'epoch {epoch}: train loss {train_loss:.4f} acc {train_accuracy:.3f}, validation '
               f'loss {val_loss:.4f} acc {val_accuracy:.4f}{" (best)" if improved else ""}')
         for note in notes:
@@ -548,15 +671,31 @@ def train_epochs(session, graph, args, state, keeper, writer, interrupted, train
     return 0
 
 
+def finish_epoch(session, run, epoch, record):
+    """Write the epoch's validation summaries, checkpoint, metrics and curves; True if it is the best."""
+    state = run.state
+    write_scalars(run.writer, record['step'], {'validation/cross_entropy': record['val_loss'],
+                                               'validation/accuracy': record['val_accuracy'],
+                                               'images_per_second': record['images_per_second']})
+    improved = state['best_val_accuracy'] is None or record['val_accuracy'] > state['best_val_accuracy']
+    if improved:
+        state['best_val_accuracy'], state['best_epoch'] = record['val_accuracy'], epoch
+    state['epochs_completed'] = epoch
+    state['history'].append(record)
+    run.keeper.save_epoch(session, epoch, state, best=improved)
+    progress.append_metrics(run.metrics_path, record)
+    progress.plot_curves(state['history'], run.curves_path)
+    return improved
+
+
 def main(argv=None):
     args = parse_args(argv)
     tf_setup.quiet_python_logging(args.verbose)
     tf.disable_v2_behavior()
-    if args.demo or (not args.train_file and not args.val_file):
-        prepare_demo(args)
+    resolve_settings(args)
     check_args(args)
     with tf.Graph().as_default():  # a fresh graph per run, also when called twice in one process
-        return run(args)
+        return fine_tune(args)
 
 
 if __name__ == '__main__':

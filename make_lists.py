@@ -15,7 +15,6 @@ path against the list file's folder). classes.txt has one `label name` line per 
 split into train and validation by the same fraction (a stratified split), the same way for one seed.
 """
 
-import argparse
 import math
 import os
 import random

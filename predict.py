@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 
 import datagenerator  # noqa: E402
+from finetune_alexnet import checkpoints  # noqa: E402
 from finetune_alexnet import model_info  # noqa: E402
 from finetune_alexnet import weight_files  # noqa: E402
 from alexnet import INPUT_SIZE, TRAINABLE_LAYERS, AlexNet  # noqa: E402
@@ -95,7 +96,8 @@ class Classifier:
         else:
             self.prefix = None
             self.source = os.fspath(weights_path)
-            self.num_classes = _weights_file_classes(self.source)
+            layers = weight_files.load_weights(self.source)  # read once: checked here, loaded below
+            self.num_classes = _weights_file_classes(self.source, layers)
             self.center_crop = bool(center_crop)
             names = class_names
         self.class_names = list(names) if names else default_class_names(self.num_classes)
@@ -113,12 +115,12 @@ class Classifier:
             self.model = AlexNet(images, 1.0, self.num_classes, skip_layer=[], weights_path=weights_path)
             self.end_points = dict(self.model.end_points, probabilities=tf.nn.softmax(self.model.fc8),
                                    positions=positions)
-            self.session = tf.Session(graph=self.graph)
+            self.session = tf.Session(graph=self.graph, config=tf_setup.session_config())
             try:
                 if checkpoint is not None:
                     self._restore(self.prefix)
                 else:
-                    self.model.load_initial_weights(self.session)
+                    self.model.load_initial_weights(self.session, layers)
             except BaseException:
                 self.session.close()
                 raise
@@ -126,8 +128,9 @@ class Classifier:
     def _restore(self, prefix):
         variables = {variable.op.name: variable for layer in TRAINABLE_LAYERS
                      for variable in self.model.variables[layer].values()}
-        model_info.check_checkpoint_variables(
-            prefix, {name: variable.shape.as_list() for name, variable in variables.items()})
+        checkpoints.check_fits(
+            prefix, {name: variable.shape.as_list() for name, variable in variables.items()},
+            f'an AlexNet of {self.num_classes} classes', 'is it a checkpoint written by finetune.py?')
         # Only the model's variables: the step counter and optimizer slots are not needed to predict.
         tf.train.Saver(var_list=variables).restore(self.session, prefix)
 
@@ -152,7 +155,8 @@ class Classifier:
             except tf.errors.OutOfRangeError:
                 break
             except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
-                raise unreadable_images_error(paths) from None
+                raise datagenerator.unreadable_images_error(
+                    paths, hint='fix or remove them, or pass --skip_bad_images') from None
         if not batches:
             raise ToolkitError(f"none of the {len(paths)} images could be read")
         outputs = {name: np.concatenate([batch[name] for batch in batches]) for name in fetches}
@@ -173,8 +177,7 @@ class Classifier:
         self.close()
 
 
-def _weights_file_classes(path):
-    layers = weight_files.load_weights(path)
+def _weights_file_classes(path, layers):
     if 'fc8' not in layers:
         raise ToolkitError(f"{path}: layer fc8 is missing from the file (it holds "
                            f"{', '.join(sorted(layers))}); prediction needs every layer")
@@ -205,17 +208,6 @@ def collect_inputs(inputs, num_classes):
         else:
             raise ToolkitError(f"{item}: no such image, folder or list file")
     return paths, labels
-
-
-def unreadable_images_error(paths):
-    """A ToolkitError naming each of `paths` that is missing or does not decode."""
-    bad = datagenerator.find_bad_images(paths)
-    if not bad:
-        return ToolkitError('an image failed to decode, but every one decodes now; was a file changed?')
-    shown = '; '.join(f'{path}: {reason}' for path, reason in bad[:10])
-    more = f'; and {len(bad) - 10} more' if len(bad) > 10 else ''
-    return ToolkitError(f"{len(bad)} unreadable image(s): {shown}{more} (fix or remove them, or pass "
-                        "--skip_bad_images)")
 
 
 # --- evaluation ----------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from finetune_alexnet import cli
 if __name__ == '__main__':
     cli.prepare(sys.argv[1:])  # before TensorFlow loads: quiet unless --verbose
 
-import argparse  # noqa: E402
 import glob  # noqa: E402
 import os  # noqa: E402
 

@@ -59,25 +59,37 @@ def read_run_state(directory):
     return state
 
 
-def check_fits(prefix, graph):
-    """Refuses, in one line, a checkpoint that lacks a variable of `graph` or holds another shape.
+def check_fits(prefix, expected_shapes, purpose="this run's model",
+               advice='resume with the flags the run was started with'):
+    """Refuses, in one line, a checkpoint that lacks a variable of `expected_shapes` ({name: shape})
+    or holds another shape, naming the first two differences; one definition for resume, predict.py
+    and the export.
 
     Resuming with another --num_classes, --optimizer or --mixed_precision than the run was started
     with does that; TensorFlow's own message would be a page long. (Variables in the checkpoint but not
-    in the graph, such as a loss scale when --mixed_precision is dropped, are simply left behind.)
+    expected, such as a loss scale when --mixed_precision is dropped, are simply left behind.)
     """
-    saved = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    try:
+        saved = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    except (tf.errors.OpError, ValueError) as error:
+        raise ToolkitError(f"{prefix}: unreadable checkpoint ({error.__class__.__name__}: "
+                           f"{str(error).splitlines()[0] if str(error) else ''})") from None
     problems = []
-    for variable in graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES):
-        name, shape = variable.op.name, variable.shape.as_list()
+    for name, shape in expected_shapes.items():
         if name not in saved:
             problems.append(f'{name} is not in it')
-        elif saved[name] != shape:
-            problems.append(f'{name} is {saved[name]} there, {shape} here')
+        elif list(saved[name]) != list(shape):
+            problems.append(f'{name} has shape {tuple(saved[name])}, expected {tuple(shape)}')
     if problems:
         more = f' and {len(problems) - 2} more' if len(problems) > 2 else ''
-        raise ToolkitError(f"{prefix}: does not fit this run's model ({'; '.join(problems[:2])}{more}); "
-                           'resume with the flags the run was started with')
+        raise ToolkitError(f"{prefix}: does not fit {purpose} ({'; '.join(problems[:2])}{more}); "
+                           f'{advice}')
+
+
+def graph_variable_shapes(graph):
+    """{name: shape} of every global variable of `graph`: what a checkpoint must hold to restore it."""
+    return {variable.op.name: variable.shape.as_list()
+            for variable in graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)}
 
 
 class CheckpointKeeper:
@@ -93,7 +105,7 @@ class CheckpointKeeper:
 
     def restore_latest(self, session, state):
         prefix = os.path.join(self.directory, state['latest_checkpoint'])
-        check_fits(prefix, session.graph)
+        check_fits(prefix, graph_variable_shapes(session.graph))
         self._epoch_saver.restore(session, prefix)
         kept = [os.path.join(self.directory, name) for name in state.get('epoch_checkpoints', [])]
         kept = [prefix for prefix in kept if tf.train.checkpoint_exists(prefix)]

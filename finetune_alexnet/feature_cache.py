@@ -11,9 +11,10 @@ import os
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-CONV_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
+from alexnet import CONV_LAYERS, layer_table
+
 FEATURE_LAYER = 'flattened'
-FEATURE_SIZE = 6 * 6 * 256
+FEATURE_SIZE = next(int(np.prod(shape)) for name, shape, _, _ in layer_table() if name == 'pool5')
 MEMORY_LIMIT_BYTES = 4 * 2**30
 
 
@@ -71,8 +72,8 @@ def cached_dataset(num_classes, batch_size, drop_remainder):
         return features, labels
 
     dataset = tf.data.Dataset.range(feeder.batch_count).map(gather)
-    # Nothing here for tf.data's autotuner to tune, and with it on, re-initialising the iterator
-    # waited ~0.9 s for the autotuner's thread of the previous epoch (measured per epoch).
+    # Nothing here for tf.data's autotuner to tune, and with it on, every re-initialisation of the
+    # iterator waits for the autotuner's thread of the previous epoch (bench/RESULTS.md).
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.prefetch(2).with_options(options), feeder

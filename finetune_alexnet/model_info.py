@@ -157,19 +157,3 @@ def class_names_of(prefix, info):
     if os.path.isfile(path):
         return read_class_names_file(path, info['num_classes'])
     return None
-
-
-def check_checkpoint_variables(prefix, expected_shapes):
-    """Fail with the variable's name unless the checkpoint holds each `{name: shape}` as expected."""
-    try:
-        found = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
-    except (tf.errors.OpError, ValueError) as error:
-        raise ToolkitError(f"{prefix}: unreadable checkpoint ({error.__class__.__name__}: "
-                           f"{str(error).splitlines()[0] if str(error) else ''})") from None
-    for name, shape in expected_shapes.items():
-        if name not in found:
-            raise ToolkitError(f"{prefix}: checkpoint has no variable {name} (is it an AlexNet "
-                               "checkpoint written by finetune.py?)")
-        if list(found[name]) != list(shape):
-            raise ToolkitError(f"{prefix}: variable {name} has shape {tuple(found[name])}, "
-                               f"expected {tuple(shape)}")

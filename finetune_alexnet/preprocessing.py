@@ -85,10 +85,9 @@ def _bgr_minus_mean(images_rgb):
     """The normalisation as one XLA-compiled loop.
 
     XLA fuses the cast, the channel reversal and the subtraction into a single pass over memory,
-    about four times faster than TensorFlow's kernels at their best (a 1x1 convolution), and the
-    plain `images[..., ::-1]` is a strided slice that copies element by element, ten times slower
-    again. On a batch of 128 that is the difference between 4 ms and 15 ms per batch. A subtraction
-    rounds the same way whatever runs it, so the values are those of the plain NumPy expression.
+    where TensorFlow's own kernels make several (the plain `images[..., ::-1]` is a strided slice
+    that copies element by element); bench/RESULTS.md has the measurement. A subtraction rounds
+    the same way whatever runs it, so the values are those of the plain NumPy expression.
     """
     images = tf.cast(images_rgb, tf.float32)
     return images[..., ::-1] - np.array(IMAGENET_MEAN_RGB[::-1], dtype=np.float32)

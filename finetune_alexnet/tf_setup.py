@@ -27,10 +27,9 @@ def configure_environment(verbose=False):
 
     TensorFlow turns its oneDNN kernels on by itself only on CPUs with neural-network instructions
     (AVX512_VNNI, AVX512_BF16, AMX: Intel Cascade Lake and newer, AMD Zen 4 and newer); on older
-    CPUs they are off. With them, AlexNet's
-    fine-tuning steps ran 1.7-2.3x faster on a 2-core Zen 5 (bench/RESULTS.md) and results agree
-    with plain TensorFlow to 3.4e-5. Setting the default makes every CPU get them; a user's own
-    TF_ENABLE_ONEDNN_OPTS still wins.
+    CPUs they are off. With them AlexNet's fine-tuning steps run markedly faster (bench/RESULTS.md)
+    and results agree with plain TensorFlow to float32 round-off. Setting the default makes every
+    CPU get them; a user's own TF_ENABLE_ONEDNN_OPTS still wins.
     """
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '0' if verbose else '2')
     os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
@@ -87,19 +86,17 @@ def session_config(use_gpu=False, logical_cpus=None, xla=False, threads=0, mixed
     once it is exhausted. Turning that one pass off keeps feeding correct; it costs nothing
     measurable for AlexNet (bench/RESULTS.md).
 
-    `threads` (0: TensorFlow's choice) caps both thread pools; 1 makes CPU gradients bit-repeatable,
-    since multi-threaded convolution back-props sum their shards in varying order. TensorFlow's
-    choice stays the default because it measured as fast as any other split (intra-op 2 with
-    inter-op 1 within 2%), while one thread each runs at ~0.6x (bench/RESULTS.md, 2 cores).
+    `threads` (0: TensorFlow's choice) caps both thread pools. TensorFlow's choice stays the default
+    because no other split measured faster (bench/RESULTS.md).
 
     `xla` sets global_jit_level, which a GPU honours. On a CPU TensorFlow ignores it unless
-    TF_XLA_FLAGS=--tf_xla_cpu_global_jit is set, and with that flag AlexNet's steps ran 13-28%
-    slower than oneDNN's kernels (bench/RESULTS.md), so the toolkit does not set the flag.
+    TF_XLA_FLAGS=--tf_xla_cpu_global_jit is set, and with that flag AlexNet's steps ran slower than
+    oneDNN's kernels (bench/RESULTS.md), so the toolkit does not set the flag.
 
     `mixed_precision` turns on grappler's mixed-precision rewrite: float16 convolutions and matrix
-    products on a GPU, bfloat16 through oneDNN on a CPU (1.4-1.5x on an AVX512_BF16 CPU, bench/
-    RESULTS.md); variables and updates stay float32. The graph needs loss scaling for float16
-    (training.build_training_graph(mixed_precision=True)).
+    products on a GPU, bfloat16 through oneDNN on a CPU (fast where the CPU has AVX512_BF16 or AMX);
+    variables and updates stay float32. The graph needs loss scaling for float16
+    (training.TrainingConfig(mixed_precision=True)).
     """
     import tensorflow.compat.v1 as tf
     from tensorflow.core.protobuf import rewriter_config_pb2

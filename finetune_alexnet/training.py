@@ -4,6 +4,7 @@ Kept apart from finetune.py's command line so tests and the benchmarks build exa
 users train. Nothing here runs a session.
 """
 import collections
+import dataclasses
 import math
 
 import tensorflow.compat.v1 as tf
@@ -12,13 +13,12 @@ from alexnet import AlexNet
 
 TrainingGraph = collections.namedtuple('TrainingGraph', [
     'x', 'y', 'keep_prob', 'model', 'logits', 'loss', 'accuracy', 'loss_sum', 'correct_count',
-    'batch_count', 'train_op', 'train_summaries', 'global_step', 'learning_rate', 'var_list',
-    'loss_is_finite'])
+    'batch_count', 'train_op', 'train_summaries', 'global_step', 'learning_rate', 'var_list'])
 
 
-# A histogram summary of every value of fc6 (37.7 M weights, and as many gradients) took 1.3 s each on
-# a 2-core CPU, more than the training step it rode along with. A strided sample of at most this many
-# values draws the same distribution in TensorBoard for a few milliseconds.
+# A histogram summary of every value of fc6 (37.7 M weights, and as many gradients) costs more than the
+# training step it rides along with (bench/RESULTS.md). A strided sample of at most this many values
+# draws the same distribution in TensorBoard at a negligible cost.
 HISTOGRAM_SAMPLE_SIZE = 2**16
 
 
@@ -54,90 +54,55 @@ def _per_example_loss(logits, labels):
     return tf.nn.softmax_cross_entropy_with_logits_v2(labels=tf.stop_gradient(labels), logits=logits)
 
 
-def build_training_graph(images, labels, num_classes, train_layers, skip_layers, weights_path,
-                         learning_rate, optimizer='sgd', momentum=0.9, weight_decay=0.0,
-                         decay_steps=0, decay_factor=0.1, num_devices=1, use_gpu=False,
-                         model_device=None, input_layer=None, reuse=False, mixed_precision=False):
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """What shapes the training graph; finetune.py fills it from its flags."""
+    num_classes: int
+    train_layers: tuple
+    skip_layers: tuple = ('fc8',)
+    weights_path: str = None
+    learning_rate: float = 0.001
+    optimizer: str = 'sgd'            # 'sgd' or 'momentum'
+    momentum: float = 0.9
+    weight_decay: float = 0.0         # L2 on the trained layers' weights (the paper: 5e-4)
+    decay_steps: int = 0              # multiply the rate by decay_factor every this many steps (0: off)
+    decay_factor: float = 0.1
+    num_devices: int = 1              # towers the batch is split over
+    use_gpu: bool = False
+    model_device: str = None
+    mixed_precision: bool = False
+
+
+def build_training_graph(images, labels, config, input_layer=None, reuse=False):
     """Builds the model on `images` (a batch from tf.data) and everything one training step needs.
 
     `x`, `y` and `keep_prob` are placeholders with defaults: by default the batch flows straight from
     the tf.data iterator into the graph, and a caller may still feed its own arrays (the benchmarks'
-    feed_dict baseline does). With `num_devices` > 1 the batch is split into equal towers, one per
-    device, and their gradients are averaged, as the paper trained on two GPUs.
+    feed_dict baseline does). With `config.num_devices` > 1 the batch is split into equal towers, one
+    per device, and their gradients are averaged, as the paper trained on two GPUs.
 
     With `input_layer` ('flattened' for cached pool5 features), `images` holds that layer's output
     and only the layers after it are built; `reuse` shares variables an earlier AlexNet created.
 
-    `mixed_precision` adds dynamic loss scaling, which a session with grappler's mixed-precision
-    rewrite (tf_setup.session_config) needs: the loss is multiplied by a power of two (from 32768)
-    before the gradients and they are divided by it after, which is exact in float32, so float16
-    gradients do not underflow. A step whose scaled gradients overflow updates no weight and halves
-    the scale; the global step still counts it, so epochs and --resume keep their arithmetic.
+    `config.mixed_precision` adds dynamic loss scaling, which a session with grappler's
+    mixed-precision rewrite (tf_setup.session_config) needs: the loss is multiplied by a power of two
+    (from 32768) before the gradients and they are divided by it after, which is exact in float32, so
+    float16 gradients do not underflow. A step whose scaled gradients overflow updates no weight and
+    halves the scale; the global step still counts it, so epochs and --resume keep their arithmetic.
     """
     x = tf.placeholder_with_default(images, images.shape, name='x')
-    y = tf.placeholder_with_default(labels, [None, num_classes], name='y')
+    y = tf.placeholder_with_default(labels, [None, config.num_classes], name='y')
     keep_prob = tf.placeholder_with_default(1.0, [], name='keep_prob')
     global_step = tf.train.get_or_create_global_step()
-
-    with tf.name_scope('learning_rate_schedule'):
-        if decay_steps:
-            rate = tf.train.exponential_decay(learning_rate, global_step, decay_steps, decay_factor,
-                                              staircase=True)
-        else:
-            rate = tf.constant(learning_rate, tf.float32)
-    if optimizer == 'momentum':
-        sgd = tf.train.MomentumOptimizer(rate, momentum)
-    else:
-        sgd = tf.train.GradientDescentOptimizer(rate)
-    if mixed_precision:
-        loss_scale = tf.mixed_precision.DynamicLossScale()  # from 2**15, x2 after 2000 good steps
-        sgd = tf.mixed_precision.MixedPrecisionLossScaleOptimizer(sgd, loss_scale)
-
-    devices = _tower_devices(num_devices, use_gpu)
+    rate, sgd, loss_scale = _optimizer(config, global_step)
     batch_count = tf.shape(x, out_type=tf.int64)[0]
-    if len(devices) > 1:
-        # Equal parts. A batch that does not divide evenly (validation's last) is padded with copies
-        # of its last image with all-zero labels, which add nothing to the loss or the gradients
-        # (an empty tower instead would trip oneDNN's convolution).
-        padding = tf.cast((len(devices) - batch_count % len(devices)) % len(devices), tf.int32)
-        x_parts = tf.split(tf.concat([x, tf.repeat(x[-1:], padding, axis=0)], 0), len(devices))
-        y_parts = tf.split(tf.concat([y, tf.zeros([padding, num_classes])], 0), len(devices))
-    else:
-        x_parts, y_parts = [x], [y]
-    tower_logits, tower_loss_sums, tower_grads = [], [], []
-    model = var_list = None
-    for index, device in enumerate(devices):
-        with tf.device(device or model_device), tf.name_scope(f'tower_{index}' if index else None), \
-                tf.variable_scope(tf.get_variable_scope(), reuse=reuse or index > 0):
-            tower_model = AlexNet(x_parts[index], keep_prob, num_classes, skip_layers, weights_path,
-                                  input_layer)
-            if model is None:
-                model = tower_model
-                var_list = trained_variables(model, train_layers)
-            with tf.name_scope('loss'):
-                loss_sum = tf.reduce_sum(_per_example_loss(tower_model.fc8, y_parts[index]))
-                # Each tower's share of the whole batch's mean: the towers' gradients then add up
-                # to exactly the gradient of one device's mean loss, whatever the split.
-                share = loss_sum / tf.cast(batch_count, tf.float32)
-                if weight_decay and index == 0:
-                    # The paper's weight decay on the trained layers' weights (not biases), once.
-                    decayed = [v for v in var_list if v.op.name.endswith('/weights')]
-                    share += weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed])
-            tower_logits.append(tower_model.fc8)
-            tower_loss_sums.append(share)
-            if mixed_precision:  # scales the loss, unscales the gradients
-                tower_grads.append([grad for grad, _ in sgd.compute_gradients(share, var_list)])
-            else:
-                tower_grads.append(tf.gradients(share, var_list))
+    towers = _build_towers(x, y, keep_prob, batch_count, sgd, config, input_layer, reuse)
 
     with tf.name_scope('loss'):
-        loss = tf.add_n(tower_loss_sums) if len(devices) > 1 else tower_loss_sums[0]
+        loss = tf.add_n(towers.loss_shares)
     with tf.name_scope('train'):
-        if len(devices) > 1:
-            gradients = [tf.add_n(list(grads)) for grads in zip(*tower_grads)]
-        else:
-            gradients = tower_grads[0]
-    logits = tf.concat(tower_logits, axis=0)[:batch_count] if len(devices) > 1 else tower_logits[0]
+        gradients = [tf.add_n(list(grads)) for grads in zip(*towers.gradients)]
+    logits = tf.concat(towers.logits, axis=0)[:batch_count] if len(towers.logits) > 1 else towers.logits[0]
     with tf.name_scope('metrics'):
         correct = tf.equal(tf.argmax(logits, 1), tf.argmax(y, 1))
         accuracy = tf.reduce_mean(tf.cast(correct, tf.float32))
@@ -149,35 +114,106 @@ def build_training_graph(images, labels, num_classes, train_layers, skip_layers,
     # and every summary depend on this check, so a histogram op never crashes on a NaN first.
     # (Validation fetches only the metrics above, so it computes no gradient.) With loss scaling an
     # overflowing gradient is expected now and then and handled by the optimizer: only the loss counts.
-    checked = tf.stack([loss] if mixed_precision else [loss, tf.linalg.global_norm(gradients)])
+    checked = tf.stack([loss] if config.mixed_precision else [loss, tf.linalg.global_norm(gradients)])
     loss_is_finite = tf.debugging.assert_all_finite(checked, 'loss is not finite', name='loss_is_finite')
     with tf.control_dependencies([loss_is_finite]):
-        with tf.name_scope('train'):
-            if mixed_precision:
-                update = sgd.apply_gradients(list(zip(gradients, var_list)))
-                with tf.control_dependencies([update]):
-                    train_op = tf.assign_add(global_step, 1).op
-            else:
-                train_op = sgd.apply_gradients(list(zip(gradients, var_list)), global_step=global_step)
-        # Tags set explicitly: tf.summary.* would derive them from op names, which the variables
-        # already hold ('fc6/weights' would become 'fc6/weights_1').
+        train_op = _apply(sgd, gradients, towers.var_list, global_step, config.mixed_precision)
         scalars = [('cross_entropy', loss), ('accuracy', accuracy), ('learning_rate', rate)]
-        if mixed_precision:
+        if config.mixed_precision:
             scalars.append(('loss_scale', loss_scale()))
-        summaries = [tf.raw_ops.ScalarSummary(tags=tag, values=value) for tag, value in scalars]
-        with tf.name_scope('histogram_samples'):
-            for gradient, variable in zip(gradients, var_list):
-                sample = histogram_sample(gradient)
-                if mixed_precision:  # an overflowed (skipped) step's gradients hold Inf/NaN
-                    sample = tf.where(tf.math.is_finite(sample), sample, tf.zeros_like(sample))
-                summaries.append(tf.raw_ops.HistogramSummary(tag=variable.op.name + '/gradient',
-                                                             values=sample))
-                summaries.append(tf.raw_ops.HistogramSummary(tag=variable.op.name,
-                                                             values=histogram_sample(variable)))
-        train_summaries = tf.summary.merge(summaries)
+        train_summaries = _summaries(scalars, gradients, towers.var_list, config.mixed_precision)
 
-    return TrainingGraph(x=x, y=y, keep_prob=keep_prob, model=model, logits=logits, loss=loss,
+    return TrainingGraph(x=x, y=y, keep_prob=keep_prob, model=towers.model, logits=logits, loss=loss,
                          accuracy=accuracy, loss_sum=loss_sum, correct_count=correct_count,
                          batch_count=batch_count, train_op=train_op, train_summaries=train_summaries,
-                         global_step=global_step, learning_rate=rate, var_list=var_list,
-                         loss_is_finite=loss_is_finite)
+                         global_step=global_step, learning_rate=rate, var_list=towers.var_list)
+
+
+def _optimizer(config, global_step):
+    """The learning rate (with its step decay), the optimizer, and its loss scale (mixed precision)."""
+    with tf.name_scope('learning_rate_schedule'):
+        if config.decay_steps:
+            rate = tf.train.exponential_decay(config.learning_rate, global_step, config.decay_steps,
+                                              config.decay_factor, staircase=True)
+        else:
+            rate = tf.constant(config.learning_rate, tf.float32)
+    if config.optimizer == 'momentum':
+        sgd = tf.train.MomentumOptimizer(rate, config.momentum)
+    else:
+        sgd = tf.train.GradientDescentOptimizer(rate)
+    loss_scale = None
+    if config.mixed_precision:
+        loss_scale = tf.mixed_precision.DynamicLossScale()  # from 2**15, x2 after 2000 good steps
+        sgd = tf.mixed_precision.MixedPrecisionLossScaleOptimizer(sgd, loss_scale)
+    return rate, sgd, loss_scale
+
+
+Towers = collections.namedtuple('Towers', ['model', 'var_list', 'logits', 'loss_shares', 'gradients'])
+
+
+def _build_towers(x, y, keep_prob, batch_count, sgd, config, input_layer, reuse):
+    """AlexNet once per device on an equal part of the batch; each tower's loss share and gradients."""
+    devices = _tower_devices(config.num_devices, config.use_gpu)
+    if len(devices) > 1:
+        # Equal parts. A batch that does not divide evenly (validation's last) is padded with copies
+        # of its last image with all-zero labels, which add nothing to the loss or the gradients
+        # (an empty tower instead would trip oneDNN's convolution).
+        padding = tf.cast((len(devices) - batch_count % len(devices)) % len(devices), tf.int32)
+        x_parts = tf.split(tf.concat([x, tf.repeat(x[-1:], padding, axis=0)], 0), len(devices))
+        y_parts = tf.split(tf.concat([y, tf.zeros([padding, config.num_classes])], 0), len(devices))
+    else:
+        x_parts, y_parts = [x], [y]
+    logits, shares, gradients = [], [], []
+    model = var_list = None
+    for index, device in enumerate(devices):
+        with tf.device(device or config.model_device), tf.name_scope(f'tower_{index}' if index else None), \
+                tf.variable_scope(tf.get_variable_scope(), reuse=reuse or index > 0):
+            tower_model = AlexNet(x_parts[index], keep_prob, config.num_classes, list(config.skip_layers),
+                                  config.weights_path, input_layer)
+            if model is None:
+                model = tower_model
+                var_list = trained_variables(model, config.train_layers)
+            with tf.name_scope('loss'):
+                loss_sum = tf.reduce_sum(_per_example_loss(tower_model.fc8, y_parts[index]))
+                # Each tower's share of the whole batch's mean: the towers' gradients then add up
+                # to exactly the gradient of one device's mean loss, whatever the split.
+                share = loss_sum / tf.cast(batch_count, tf.float32)
+                if config.weight_decay and index == 0:
+                    # The paper's weight decay on the trained layers' weights (not biases), once.
+                    decayed = [v for v in var_list if v.op.name.endswith('/weights')]
+                    share += config.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed])
+            logits.append(tower_model.fc8)
+            shares.append(share)
+            if config.mixed_precision:  # scales the loss, unscales the gradients
+                gradients.append([grad for grad, _ in sgd.compute_gradients(share, var_list)])
+            else:
+                gradients.append(tf.gradients(share, var_list))
+    return Towers(model, var_list, logits, shares, gradients)
+
+
+def _apply(sgd, gradients, var_list, global_step, mixed_precision):
+    """The update op; it always advances the global step, also when loss scaling skips the update."""
+    with tf.name_scope('train'):
+        if mixed_precision:
+            update = sgd.apply_gradients(list(zip(gradients, var_list)))
+            with tf.control_dependencies([update]):
+                return tf.assign_add(global_step, 1).op
+        return sgd.apply_gradients(list(zip(gradients, var_list)), global_step=global_step)
+
+
+def _summaries(scalars, gradients, var_list, mixed_precision):
+    """The merged training summaries: the scalars, and histograms of samples of each trained variable
+    and its gradient."""
+    # Tags set explicitly: tf.summary.* would derive them from op names, which the variables
+    # already hold ('fc6/weights' would become 'fc6/weights_1').
+    summaries = [tf.raw_ops.ScalarSummary(tags=tag, values=value) for tag, value in scalars]
+    with tf.name_scope('histogram_samples'):
+        for gradient, variable in zip(gradients, var_list):
+            sample = histogram_sample(gradient)
+            if mixed_precision:  # an overflowed (skipped) step's gradients hold Inf/NaN
+                sample = tf.where(tf.math.is_finite(sample), sample, tf.zeros_like(sample))
+            summaries.append(tf.raw_ops.HistogramSummary(tag=variable.op.name + '/gradient',
+                                                         values=sample))
+            summaries.append(tf.raw_ops.HistogramSummary(tag=variable.op.name,
+                                                         values=histogram_sample(variable)))
+    return tf.summary.merge(summaries)

@@ -342,3 +342,134 @@ def test_resume_with_a_model_that_does_not_fit_the_checkpoint(dataset, tmp_path)
     assert ('(conv1/weights/Momentum is not in it; conv1/biases/Momentum is not in it and 14 more)'
             in momentum.stderr)
     assert read_state(tmp_path)['epochs_completed'] == 1  # nothing lost
+
+
+# --- what each flag reaches: the settings no other test would notice being dropped or swapped ---
+
+def run_in_process(args, capsys):
+    """finetune.main in this process, as the shell would run it: (exit status, stdout, stderr)."""
+    code = run_main(finetune.main, [str(arg) for arg in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def resolved(argv):
+    args = finetune.parse_args(argv)
+    finetune.resolve_settings(args)
+    return args
+
+
+def test_dropout_rate_is_fed_as_a_keep_probability(dataset, tmp_path):
+    """--dropout_rate 0.3 must keep 70% of fc6's units in a training step (tf.nn.dropout in TF2 takes
+    a drop rate; AlexNet's keep_prob is the probability of keeping)."""
+    args = resolved(flags(dataset, tmp_path, '--dropout_rate', '0.3'))
+    feed = finetune.training_feed(args, keep_prob='keep')
+    assert feed == {'keep': pytest.approx(0.7)}
+    with tf.Graph().as_default():
+        x = tf.placeholder(tf.float32, [None, 227, 227, 3])
+        keep_prob = tf.placeholder_with_default(1.0, [])
+        from alexnet import AlexNet
+        model = AlexNet(x, keep_prob, 2, skip_layer=[])
+        with tf.Session() as session:
+            session.run(tf.global_variables_initializer())
+            images = np.random.default_rng(0).uniform(-50, 50, (4, 227, 227, 3))
+            fc6, dropped = session.run([model.end_points['fc6'], model.end_points['dropout6']],
+                                       {x: images, **finetune.training_feed(args, keep_prob)})
+    active = fc6 > 0
+    kept = (dropped[active] != 0).mean()
+    assert kept == pytest.approx(0.7, abs=0.02)
+    np.testing.assert_allclose(dropped[active][dropped[active] != 0],
+                               fc6[active][dropped[active] != 0] / 0.7, rtol=1e-5)
+
+
+def test_every_optimisation_flag_reaches_the_training_graph(dataset, tmp_path):
+    args = resolved(flags(dataset, tmp_path, '--weight_decay', '5e-4', '--momentum', '0.8',
+                          '--optimizer', 'momentum', '--lr_decay_epochs', '2',
+                          '--lr_decay_factor', '0.5', '--learning_rate', '0.02'))
+    config = finetune.training_config(args, use_gpu=False, steps_per_epoch=7)
+    assert (config.weight_decay, config.momentum, config.optimizer) == (5e-4, 0.8, 'momentum')
+    assert config.decay_steps == 14 and config.decay_factor == 0.5  # epochs x steps per epoch
+    assert config.learning_rate == 0.02 and config.num_classes == 2
+
+
+def test_learning_rate_decays_by_epochs_and_class_names_are_kept(dataset, tmp_path, capsys):
+    names = tmp_path / 'names.txt'
+    names.write_text('0 round thing\n1 square thing\n')
+    code, out, err = run_in_process(flags(dataset, tmp_path, '--num_epochs', '3', '--lr_decay_epochs',
+                                          '1', '--lr_decay_factor', '0.5', '--learning_rate', '0.01',
+                                          '--class_names', names), capsys)
+    assert code == 0, err
+    records = [json.loads(line) for line in (tmp_path / 'ckpt' / 'metrics.jsonl').read_text().splitlines()]
+    # The rate is read after each epoch's 3 steps: one decay per epoch, staircase.
+    assert [r['learning_rate'] for r in records] == pytest.approx([0.005, 0.0025, 0.00125])
+    info = json.loads((tmp_path / 'ckpt' / 'model_info.json').read_text())
+    assert info['class_names'] == ['round thing', 'square thing']
+
+
+def test_validation_takes_the_centre_crop_when_training_augments(dataset, tmp_path):
+    args = resolved(flags(dataset, tmp_path, '--augment'))
+    train_data, val_data, _ = finetune.make_datasets(args)
+    with tf.Session() as session:
+        iterator = tf.data.make_initializable_iterator(val_data.data)
+        images, _ = iterator.get_next()
+        session.run(iterator.initializer)
+        first = session.run(images)[0]
+    path = (dataset / val_data.paths[0]) if not os.path.isabs(val_data.paths[0]) else val_data.paths[0]
+    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB).astype(np.float32)
+    resized = cv2.resize(rgb, (256, 256), interpolation=cv2.INTER_LINEAR)
+    centre = resized[14:241, 14:241] - np.array([123.68, 116.779, 103.939], np.float32)
+    np.testing.assert_allclose(first, centre[..., ::-1], atol=1e-3)
+
+
+def test_first_loss_far_from_ln_classes_is_flagged(capsys):
+    finetune.warn_about_first_loss(0.70, 2)
+    assert capsys.readouterr().out == ''
+    finetune.warn_about_first_loss(9.5, 2)
+    out = capsys.readouterr().out
+    assert 'the first loss, 9.500, is far from ln(2) = 0.693' in out
+
+
+def test_demo_flags_given_any_way_win(tmp_path):
+    """Flags given as --flag=value or abbreviated still override the demo's settings."""
+    args = finetune.parse_args(['--demo_dir', str(tmp_path / 'demo'), '--batch_size=64', '--num_ep', '7',
+                                '--weights_path', str(tmp_path / 'absent.npy')])
+    finetune.resolve_settings(args)
+    assert (args.batch_size, args.num_epochs, args.display_step) == (64, 7, 3)
+
+
+@pytest.mark.slow
+def test_seed_repeats_a_run_bit_for_bit(dataset, tmp_path, capsys):
+    """Two runs with one --seed, every layer learning, end with identical weights: op determinism
+    makes the multi-threaded gradient kernels sum in a fixed order."""
+    finals = []
+    for name in ('first', 'second'):
+        code, _, err = run_in_process(flags(dataset, tmp_path / name, '--num_epochs', '1',
+                                            '--seed', '7'), capsys)
+        assert code == 0, err
+        reader = tf.train.load_checkpoint(str(tmp_path / name / 'ckpt' / 'model_epoch1.ckpt'))
+        finals.append({layer: reader.get_tensor(f'{layer}/weights') for layer in finetune.TRAINABLE_LAYERS})
+    for layer in finetune.TRAINABLE_LAYERS:
+        np.testing.assert_array_equal(finals[0][layer], finals[1][layer], err_msg=layer)
+
+
+def test_the_demo_replaces_its_own_previous_run_and_nothing_else(tmp_path, monkeypatch):
+    folders = {'checkpoint_path': tmp_path / 'demo_run' / 'checkpoints',
+               'filewriter_path': tmp_path / 'demo_run' / 'tensorboard'}
+    monkeypatch.setitem(finetune.DEMO_DEFAULTS, 'checkpoint_path', str(folders['checkpoint_path']))
+    monkeypatch.setitem(finetune.DEMO_DEFAULTS, 'filewriter_path', str(folders['filewriter_path']))
+
+    def leave_a_run(demo):
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        (folders['filewriter_path'] / 'events').write_text('x')
+        ckpt = folders['checkpoint_path']
+        (ckpt / 'model_epoch1.ckpt.index').write_text('x')
+        (ckpt / 'run_state.json').write_text(json.dumps(
+            {'latest_checkpoint': 'model_epoch1.ckpt', 'epochs_completed': 1, 'args': {'demo': demo}}))
+
+    leave_a_run(demo=False)  # a run of the user's own in the demo's folder: kept
+    finetune.clear_previous_demo_run()
+    assert (folders['checkpoint_path'] / 'run_state.json').exists()
+    leave_a_run(demo=True)  # an earlier demo run: replaced
+    finetune.clear_previous_demo_run()
+    assert not folders['checkpoint_path'].exists() and not folders['filewriter_path'].exists()

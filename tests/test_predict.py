@@ -343,3 +343,29 @@ def test_class_names_file_overrides_and_is_checked(two_class, photos, tmp_path, 
     names.write_text('0 yes\n')
     with pytest.raises(ToolkitError, match=r'names labels \[0\], expected 0..1'):
         predict.main(['--weights_path', two_class['npz'], '--class_names', str(names), photos[0]])
+
+
+def test_center_crop_flag_crops_a_weights_file_model(two_class, photos, tmp_path):
+    json_path = tmp_path / 'out.json'
+    assert predict.main(['--weights_path', two_class['npz'], '--center_crop', '--json', str(json_path),
+                         '--top_k', '2'] + photos) == 0
+    records = json.loads(json_path.read_text())['predictions']
+    probabilities = np.array([[entry['probability'] for entry in sorted(record['top'],
+                                                                        key=lambda e: e['index'])]
+                              for record in records])
+    np.testing.assert_allclose(probabilities, forward_pass(photos, 2, two_class['npz'], center_crop=True),
+                               atol=1e-5)
+
+
+def test_max_mistakes_limits_the_listing_but_not_the_json(colour_model, tmp_path, capsys):
+    blue = (0, 0, 255)
+    listing = tmp_path / 'val.txt'
+    listing.write_text(''.join(f"{write_solid(tmp_path / f'blue{index}.png', blue)} 0\n"
+                               for index in range(3)))
+    json_path = tmp_path / 'eval.json'
+    assert predict.main(['--checkpoint_path', colour_model, '--evaluate', str(listing),
+                         '--max_mistakes', '1', '--json', str(json_path)]) == 0
+    out = capsys.readouterr().out
+    assert '3 misclassified' in out and out.count('.png  (true: ') == 1
+    assert '... and 2 more (all of them in --json)' in out
+    assert len(json.loads(json_path.read_text())['evaluation']['mistakes']) == 3

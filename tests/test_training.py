@@ -18,9 +18,11 @@ def batch(size=4, num_classes=3, seed=0):
 def build(num_classes=3, train_layers=('fc6', 'fc7', 'fc8'), num_devices=1, **kwargs):
     images = tf.placeholder(tf.float32, [None, 227, 227, 3])
     labels = tf.placeholder(tf.float32, [None, num_classes])
-    return training.build_training_graph(
-        images, labels, num_classes, list(train_layers), list(TRAINABLE_LAYERS), None,
-        kwargs.pop('learning_rate', 0.01), num_devices=num_devices, **kwargs)
+    config = training.TrainingConfig(
+        num_classes=num_classes, train_layers=tuple(train_layers), skip_layers=TRAINABLE_LAYERS,
+        learning_rate=kwargs.pop('learning_rate', 0.01), num_devices=num_devices,
+        **{key: kwargs.pop(key) for key in list(kwargs) if key not in ('input_layer', 'reuse')})
+    return training.build_training_graph(images, labels, config, **kwargs)
 
 
 def one_step(num_devices, train_layers, optimizer='sgd', steps=1, weight_decay=0.0,
@@ -219,10 +221,11 @@ def mixed_precision_steps(features, mixed_precision, steps=2, optimizer='momentu
     labels = np.eye(3, dtype=np.float32)[np.arange(len(features)) % 3]
     with tf.Graph().as_default():
         tf.set_random_seed(4)
-        graph = training.build_training_graph(
-            tf.constant(features), tf.constant(labels), 3, ['fc6', 'fc7', 'fc8'],
-            list(TRAINABLE_LAYERS), None, 0.01, optimizer=optimizer, input_layer='flattened',
-            mixed_precision=mixed_precision)
+        config = training.TrainingConfig(num_classes=3, train_layers=('fc6', 'fc7', 'fc8'),
+                                         skip_layers=TRAINABLE_LAYERS, learning_rate=0.01,
+                                         optimizer=optimizer, mixed_precision=mixed_precision)
+        graph = training.build_training_graph(tf.constant(features), tf.constant(labels), config,
+                                              input_layer='flattened')
         with tf.Session(config=tf_setup.session_config(threads=1)) as session:
             session.run(tf.global_variables_initializer())
             before = session.run(graph.model.variables)

@@ -5,6 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
+import bvlc_fixture
+import predict
 import visualize
 from finetune_alexnet.cli import run as run_main
 from finetune_alexnet.errors import ToolkitError
@@ -107,3 +109,22 @@ def test_command_line_errors_are_one_line(tmp_path, capsys):
 def test_feature_maps_default_to_the_cat():
     assert visualize.feature_photo_index(['images/astronaut.jpg', 'images/chelsea.jpg']) == 1
     assert visualize.feature_photo_index(['a.png', 'b.png']) == 0
+
+
+def test_checkpoint_path_shows_a_fine_tuned_model(tmp_path):
+    """--checkpoint_path draws the fine-tuned model's own filters and its class names."""
+    import test_predict
+    layers = bvlc_fixture.random_weights(num_classes=2, seed=5)
+    test_predict.make_checkpoint(str(tmp_path / 'run'), layers, class_names=['cat', 'dog'])
+    photo = write_noise(tmp_path / 'one.png', 1)
+    out_dir = tmp_path / 'figures'
+    assert visualize.main(['--checkpoint_path', str(tmp_path / 'run'), '--out_dir', str(out_dir),
+                           photo]) == 0
+    assert sorted(os.listdir(out_dir)) == sorted(f'{name}.png' for name in visualize.FIGURES)
+    with predict.Classifier(checkpoint=str(tmp_path / 'run')) as classifier:
+        figures = visualize.make_figures(classifier, [photo])
+    # The checkpoint's own filters, not the ImageNet file's, and its class names on the bars.
+    np.testing.assert_array_equal(shown(figures['conv1_filters']),
+                                  shown(visualize.conv1_filters_figure(layers['conv1']['weights'])))
+    labels = [label.get_text() for label in figures['top5'].axes[1].get_yticklabels()]
+    assert sorted(labels) == ['cat', 'dog']

@@ -1,0 +1,77 @@
+"""The conventions every command follows (CONTRIBUTING.md): one `error:` line and status 2 for a user
+mistake, argparse's own complaints included; quiet TensorFlow; nothing happens at import."""
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from finetune_alexnet import cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMANDS = ['finetune', 'predict', 'make_lists', 'visualize', 'export_weights', 'datagenerator',
+            'alexnet']
+
+
+# A flag taking a number, per command (export_weights has none).
+NUMERIC_FLAG = {'finetune': '--batch_size', 'predict': '--top_k', 'make_lists': '--seed',
+                'visualize': '--feature_image', 'datagenerator': '--num_classes',
+                'alexnet': '--num_classes'}
+# A command with required arguments names those first, which is as good.
+MISTAKES = [(command, ['--no_such_flag'], 'arguments') for command in COMMANDS]
+MISTAKES += [(command, [flag, 'many'], f"argument {flag}: invalid int value: 'many'")
+             for command, flag in NUMERIC_FLAG.items()]
+
+
+@pytest.mark.parametrize('command, argv, message', MISTAKES)
+def test_flag_mistakes_are_one_error_line_and_status_2(command, argv, message, capsys):
+    module = importlib.import_module(command)
+    assert cli.run(module.main, argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), captured.err
+    assert message in lines[0] and '--help' in lines[0]
+    assert 'usage:' not in captured.err
+
+
+def test_finetune_train_layers_typo_is_one_line(capsys):
+    import finetune
+    assert cli.run(finetune.main, ['--train_layers', 'fc9']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: argument --train_layers: unknown layer fc9; valid: conv1')
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_importing_a_command_changes_nothing():
+    """No threads, no environment variables, no reading of the importer's command line."""
+    script = (
+        'import os, sys, threading\n'
+        'sys.argv = ["host", "--verbose", "--no_such_flag"]\n'
+        'before_env, before_threads = dict(os.environ), threading.active_count()\n'
+        f'for name in {COMMANDS!r}:\n'
+        '    __import__(name)\n'
+        'assert threading.active_count() == before_threads, threading.enumerate()\n'
+        'changed = {k for k in set(os.environ) | set(before_env) if os.environ.get(k) != before_env.get(k)}\n'
+        'assert not changed, changed\n'
+        'print("ok")\n')
+    result = subprocess.run([sys.executable, '-c', script], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == 'ok', result.stderr
+
+
+def test_commands_keep_tensorflow_quiet_unless_verbose():
+    quiet = subprocess.run([sys.executable, 'alexnet.py', '--num_classes', '3'], cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and quiet.stderr == '', quiet.stderr
+    verbose = subprocess.run([sys.executable, 'alexnet.py', '--num_classes', '3', '--verbose'],
+                             cwd=REPO, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '0'})
+    assert verbose.returncode == 0 and verbose.stdout == quiet.stdout
+
+
+def test_keyboard_interrupt_is_one_line_and_status_130(capsys):
+    def main(argv):
+        raise KeyboardInterrupt
+    assert cli.run(main, []) == 130
+    assert capsys.readouterr().err == 'error: interrupted\n'
