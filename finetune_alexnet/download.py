@@ -24,7 +24,8 @@ from typing import NamedTuple, Optional
 
 from finetune_alexnet.errors import ToolkitError
 
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 20  # for hashing files
+READ_BYTES = 256 * 1024  # at most this much per network read, so the bar moves on slow links
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_RETRIES = 4
 DEFAULT_BACKOFF = 2.0
@@ -137,7 +138,7 @@ class DownloadProgress:
         step = self._step(done)
         if step > self.last_step:
             self.last_step = step
-            percent = f'{100 * done // self.total}%' if self.total else human_bytes(done)
+            percent = f'{10 * step}%' if self.total else human_bytes(done)
             self.stream.write(f'{self.label}: {percent} ({self._numbers(done)})\n')
             self.stream.flush()
 
@@ -227,7 +228,7 @@ def _receive(url, part, response, offset, total, progress):
         with open(part, 'ab') as stream:
             while True:
                 try:
-                    chunk = response.read(CHUNK_BYTES)
+                    chunk = response.read1(READ_BYTES)  # what has arrived, without waiting for more
                 except (socket.timeout, TimeoutError, ConnectionError, http.client.HTTPException,
                         OSError) as error:
                     raise _Retry(f'connection lost after {human_bytes(done)} '
@@ -251,9 +252,10 @@ def _receive(url, part, response, offset, total, progress):
 
 def _fetch(url, part, settings, progress):
     """Make `part` hold the whole body of `url`, resuming and retrying; returns its size."""
-    failures = 0
+    failures = attempts = 0
     best = os.path.getsize(part) if os.path.exists(part) else 0
     while True:
+        attempts += 1
         try:
             response, offset, total = _start(url, part, settings, progress)
             if response is None:
@@ -272,11 +274,10 @@ def _fetch(url, part, settings, progress):
                     message += f'; no network? {settings.manual_hint}'.rstrip('; ')
                 elif size:
                     message += f'; rerun to resume from {part} ({human_bytes(size)})'
-                raise ToolkitError(message + f' (gave up after {failures} tries)') from None
+                raise ToolkitError(message + f' (gave up after {attempts} tries)') from None
             delay = min(settings.backoff * 2 ** max(failures - 1, 0), MAX_BACKOFF)
-            progress.stream.write(f'\n{retry.args[0]}; retrying in {delay:.0f} s\n'
-                                  if progress.is_terminal else
-                                  f'{retry.args[0]}; retrying in {delay:.0f} s\n')
+            newline = '\n' if progress.is_terminal else ''  # off the bar's line
+            progress.stream.write(f'{newline}{retry.args[0]}; retrying in {delay:.0f} s\n')
             progress.stream.flush()
             time.sleep(delay)
 
