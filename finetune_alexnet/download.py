@@ -90,8 +90,9 @@ class DownloadProgress:
     """A bar (bytes, rate, time left) on a terminal; off a terminal, one line per 10% (or 100 MiB
     when the size is unknown), so logs stay short."""
 
-    def __init__(self, label, stream=None):
+    def __init__(self, label, stream=None, amount=None):
         self.label = label
+        self.amount = amount or human_bytes  # how a count is written: bytes, or e.g. files
         self.stream = stream or sys.stdout
         self.is_terminal = self.stream.isatty()
         self.total = None
@@ -116,8 +117,8 @@ class DownloadProgress:
     def _numbers(self, done):
         elapsed = time.monotonic() - self.start_time
         rate = (done - self.start_bytes) / elapsed if elapsed > 0 else 0.0
-        text = human_bytes(done) + (f' of {human_bytes(self.total)}' if self.total else '')
-        text += f', {human_bytes(rate)}/s'
+        text = self.amount(done) + (f' of {self.amount(self.total)}' if self.total else '')
+        text += f', {self.amount(rate)}/s'
         if self.total and rate > 0:
             text += f', {_clock((self.total - done) / rate)} left'
         return text
@@ -138,7 +139,7 @@ class DownloadProgress:
         step = self._step(done)
         if step > self.last_step:
             self.last_step = step
-            percent = f'{10 * step}%' if self.total else human_bytes(done)
+            percent = f'{10 * step}%' if self.total else self.amount(done)
             self.stream.write(f'{self.label}: {percent} ({self._numbers(done)})\n')
             self.stream.flush()
 
