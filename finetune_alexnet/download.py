@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 from finetune_alexnet.errors import ToolkitError
 

@@ -10,8 +10,6 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pytest
-
 CHUNK = 64 * 1024
 
 
@@ -125,9 +123,8 @@ def closed_port_url(path='/file'):
     return f'http://127.0.0.1:{port}{path}'
 
 
-@pytest.fixture
-def file_server():
-    """A FileServer for one test (import this fixture into a test module to use it)."""
+def serve():
+    """A FileServer for one test, closed afterwards: `yield from serve()` in a fixture."""
     server = FileServer()
     yield server
     server.close()

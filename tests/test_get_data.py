@@ -11,14 +11,19 @@ import pytest
 
 import datagenerator
 import get_data
+import http_fixture
 import image_files
 import make_lists
 from finetune_alexnet import datasets
 from finetune_alexnet.errors import ToolkitError
-from http_fixture import file_server  # noqa: F401  (a fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOOD_PER_CLASS = 12
+
+
+@pytest.fixture
+def file_server():
+    yield from http_fixture.serve()
 
 
 def photo(seed, colour):

@@ -11,10 +11,16 @@ import pytest
 import bvlc_fixture
 import caffemodel_fixture
 import get_weights
+import http_fixture
 from finetune_alexnet.errors import ToolkitError
-from http_fixture import closed_port_url, file_server  # noqa: F401  (file_server is a fixture)
+from http_fixture import closed_port_url
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def file_server():
+    yield from http_fixture.serve()
 
 
 def sha256_of(path):
