@@ -1,0 +1,139 @@
+"""Download a data set, keep the images that decode, and write the lists finetune.py reads.
+
+    python get_data.py cats_vs_dogs --out_dir data [--val_fraction 0.1] [--seed 0]
+    python get_data.py --list
+
+It downloads the archive into --out_dir (resumable, like get_weights.py; `--url` for a mirror),
+extracts it safely (no member may land outside --out_dir), drops what is not a usable image
+(zero-byte files, Thumbs.db, non-images, truncated or corrupt files: every image is decoded with the
+training pipeline's own decoder, in parallel), writes the dropped files and why to `dropped.txt`, and
+writes train.txt, val.txt and classes.txt exactly as make_lists.py does. A rerun reuses the download
+and the extracted folder, and only writes the lists again (with the new --val_fraction/--seed).
+"""
+import sys
+
+from finetune_alexnet import cli
+
+if __name__ == '__main__':
+    cli.prepare(sys.argv[1:])  # before TensorFlow loads: quiet unless --verbose
+
+import os  # noqa: E402
+
+import tensorflow.compat.v1 as tf  # noqa: E402
+
+import datagenerator  # noqa: E402
+import make_lists  # noqa: E402
+from finetune_alexnet import datasets  # noqa: E402
+from finetune_alexnet import download  # noqa: E402
+from finetune_alexnet import tf_setup  # noqa: E402
+from finetune_alexnet.errors import ToolkitError  # noqa: E402
+
+
+def get_args_parser():
+    parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('dataset', nargs='?', help=f"the data set: {', '.join(datasets.DATASETS)}")
+    parser.add_argument('--list', action='store_true', help='print the data sets this command knows')
+    parser.add_argument('--out_dir', help='where the archive, the images and the lists go')
+    parser.add_argument('--url', help='download the archive from this mirror instead')
+    parser.add_argument('--sha256', help='demand this SHA-256 of the archive')
+    parser.add_argument('--val_fraction', type=float, default=0.1, help='share of each class for validation')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the split and of the train order')
+    parser.add_argument('--relative', action='store_true',
+                        help='write paths relative to --out_dir instead of absolute paths')
+    parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
+                        help='images decoded at once when checking them')
+    parser.add_argument('--timeout', type=float, default=download.DEFAULT_TIMEOUT,
+                        help='seconds without data before a connection counts as lost')
+    parser.add_argument('--retries', type=int, default=download.DEFAULT_RETRIES,
+                        help='tries after a failure that made no progress, with growing pauses')
+    return parser
+
+
+def parse_args(argv):
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        return args
+    if not args.dataset:
+        parser.error('name a data set (--list shows them)')
+    args.dataset = datasets.get(args.dataset)
+    if not args.out_dir:
+        parser.error('--out_dir is required')
+    make_lists.check_val_fraction(args.val_fraction)
+    args.sha256 = download.check_digest_flag('sha256', args.sha256) or args.dataset.sha256
+    if args.url:
+        download.check_url(args.url)
+    for flag, value, least in (('--workers', args.workers, 1), ('--retries', args.retries, 0)):
+        if value < least:
+            parser.error(f'{flag} must be at least {least}, got {value}')
+    if args.timeout <= 0:
+        parser.error(f'--timeout must be positive, got {args.timeout}')
+    return args
+
+
+def fetch_and_prepare(args):
+    """The clean image folder (downloading and extracting only what is not there yet); returns
+    (folder, {reason: [file]} dropped)."""
+    dataset, out_dir = args.dataset, args.out_dir
+    folder = os.path.join(out_dir, dataset.root)
+    report = os.path.join(out_dir, datasets.REPORT_NAME)
+    if os.path.isdir(folder):
+        print(f'{folder}: already extracted and checked; reusing it')
+        return folder, datasets.read_report(report)
+    url = args.url or dataset.url
+    archive = os.path.join(out_dir, dataset.archive)
+    hint = (f'download {url} by hand (a browser or curl) into {out_dir}/ and rerun this command: '
+            'it uses the file it finds there')
+    result = download.download(url, archive, sha256=args.sha256, timeout=args.timeout,
+                               retries=args.retries, manual_hint=hint,
+                               check=lambda path: datasets.check_archive(path, dataset))
+    if result.reused:
+        print(f'{archive}: already downloaded; reusing it')
+    dropped = datasets.prepare(dataset, archive, out_dir, datagenerator.find_bad_images,
+                               make_lists.is_image, workers=args.workers)
+    print(f'(the archive {archive} is no longer needed and can be deleted)')
+    return folder, dropped
+
+
+def describe_dropped(dropped, report):
+    if not dropped:
+        return ['dropped nothing: every file is an image that decodes']
+    total = sum(len(files) for files in dropped.values())
+    lines = [f'dropped {make_lists.plural(total, "file")} (listed in {report}):']
+    for reason, files in dropped.items():
+        example = files[0] if len(files) == 1 else f'{files[0]}, ...'
+        lines.append(f'  {len(files):>6}  {reason} ({example})')
+    return lines
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.list:
+        for line in datasets.listing():
+            print(line)
+        return 0
+    tf_setup.quiet_python_logging(args.verbose)  # first: disable_v2_behavior logs a deprecation
+    tf.disable_v2_behavior()
+    try:
+        os.makedirs(args.out_dir, exist_ok=True)
+    except OSError as error:
+        raise ToolkitError(f'--out_dir {args.out_dir}: cannot create it ({error.strerror})') from None
+
+    folder, dropped = fetch_and_prepare(args)
+    scan = make_lists.scan_folder(folder)
+    train, val = make_lists.split_stratified(scan.paths, scan.labels, args.val_fraction, args.seed)
+    list_files = make_lists.write_lists(args.out_dir, train, val, scan.class_names, args.relative)
+
+    for line in describe_dropped(dropped, os.path.join(args.out_dir, datasets.REPORT_NAME)):
+        print(line)
+    for line in make_lists.count_table(train, val, scan.class_names):
+        print(line)
+    print('wrote ' + ', '.join(list_files.values()))
+    print('next: python finetune.py --train_file {train} --val_file {val} --num_classes {n} '
+          '--weights_path bvlc_alexnet.npy'.format(train=list_files['train.txt'],
+                                                    val=list_files['val.txt'], n=len(scan.class_names)))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(cli.run(main))

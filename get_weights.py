@@ -1,0 +1,174 @@
+"""Get the pretrained BVLC AlexNet weights, and prove they are AlexNet's.
+
+    python get_weights.py                                   # bvlc_alexnet.npy from the Toronto mirror
+    python get_weights.py --source berkeley                 # BVLC's .caffemodel, converted to .npz
+    python get_weights.py --caffemodel FILE --output OUT.npz    # convert a local .caffemodel
+    python get_weights.py --url URL [--sha256 HEX | --sha1 HEX] # any mirror
+
+A download goes to OUTPUT.part and is renamed to OUTPUT only when it is complete, its digests match
+and it loads as AlexNet (all eight layers, every shape), so a file at OUTPUT is always a good one. A
+dropped connection is resumed; so is a rerun after Ctrl-C. A conversion writes the pickle-free `.npz`
+that `--weights_path` takes everywhere.
+"""
+import sys
+
+from finetune_alexnet import cli
+
+if __name__ == '__main__':
+    cli.prepare(sys.argv[1:])  # before TensorFlow loads: quiet unless --verbose
+
+import os  # noqa: E402
+
+import tensorflow.compat.v1 as tf  # noqa: E402
+
+from alexnet import INPUT_SIZE, TRAINABLE_LAYERS, AlexNet  # noqa: E402
+from finetune_alexnet import caffemodel  # noqa: E402
+from finetune_alexnet import download  # noqa: E402
+from finetune_alexnet import tf_setup  # noqa: E402
+from finetune_alexnet import weight_files  # noqa: E402
+from finetune_alexnet.errors import ToolkitError  # noqa: E402
+
+TORONTO_URL = 'http://www.cs.toronto.edu/~guerzhoy/tf_alexnet/bvlc_alexnet.npy'
+BERKELEY_URL = 'http://dl.caffe.berkeleyvision.org/bvlc_alexnet.caffemodel'
+# Published by BVLC in Caffe's models/bvlc_alexnet/readme.md (`sha1:`).
+BERKELEY_SHA1 = '9116a64c0fbe4459d18f4bb6b56d647b63920377'
+CAFFEMODEL_NAME = 'bvlc_alexnet.caffemodel'
+DEFAULT_OUTPUTS = {'toronto': weight_files.DEFAULT_WEIGHTS_PATH, 'convert': 'bvlc_alexnet.npz'}
+
+
+def get_args_parser():
+    parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--source', choices=('toronto', 'berkeley'), default='toronto',
+                        help="toronto: the converted bvlc_alexnet.npy; berkeley: BVLC's own "
+                             ".caffemodel, converted here to .npz")
+    parser.add_argument('--url', help='download from this mirror instead (a .npy for --source '
+                                      'toronto, a .caffemodel for --source berkeley)')
+    parser.add_argument('--caffemodel', metavar='FILE',
+                        help='convert this local .caffemodel (no download)')
+    parser.add_argument('--output', help='the weights file to write (default: bvlc_alexnet.npy, '
+                                         'or bvlc_alexnet.npz for a converted .caffemodel)')
+    parser.add_argument('--sha256', help='demand this SHA-256 of the downloaded (or --caffemodel) file')
+    parser.add_argument('--sha1', help='demand this SHA-1 (default for --source berkeley: BVLC\'s '
+                                       'published ' + BERKELEY_SHA1 + ')')
+    parser.add_argument('--timeout', type=float, default=download.DEFAULT_TIMEOUT,
+                        help='seconds without data before a connection counts as lost')
+    parser.add_argument('--retries', type=int, default=download.DEFAULT_RETRIES,
+                        help='tries after a failure that made no progress, with growing pauses')
+    return parser
+
+
+def parse_args(argv):
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    args.sha256 = download.check_digest_flag('sha256', args.sha256)
+    args.sha1 = download.check_digest_flag('sha1', args.sha1)
+    if args.caffemodel and (args.url or args.source != 'toronto'):
+        parser.error('--caffemodel converts a local file: drop --url and --source')
+    if args.url:
+        download.check_url(args.url)
+    if args.timeout <= 0:
+        parser.error(f'--timeout must be positive, got {args.timeout}')
+    if args.retries < 0:
+        parser.error(f'--retries must be at least 0, got {args.retries}')
+    converting = bool(args.caffemodel) or args.source == 'berkeley'
+    if args.output is None:
+        args.output = DEFAULT_OUTPUTS['convert' if converting else 'toronto']
+    if converting and not args.output.endswith('.npz'):
+        parser.error(f'--output {args.output}: a converted model is written as .npz (pickle-free); '
+                     'name it OUT.npz')
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise ToolkitError(f'--output {args.output}: folder {folder} does not exist')
+    return args
+
+
+def alexnet_shapes(num_classes):
+    """{layer: {'weights': shape, 'biases': shape}} of AlexNet, read off a throwaway graph."""
+    with tf.Graph().as_default():
+        images = tf.placeholder(tf.float32, [None, INPUT_SIZE, INPUT_SIZE, 3])
+        model = AlexNet(images, 1.0, num_classes, skip_layer=[])
+        return {layer: {kind: tuple(variable.shape.as_list())
+                        for kind, variable in model.variables[layer].items()}
+                for layer in TRAINABLE_LAYERS}
+
+
+def class_count(layers):
+    """fc8's width in a weights dict: 1000 for ImageNet, fewer for a fine-tuned model."""
+    biases = layers.get('fc8', {}).get('biases')
+    return int(biases.shape[0]) if biases is not None and biases.ndim == 1 and biases.size else 1000
+
+
+def check_alexnet(path, layers):
+    """ToolkitError naming the first missing layer or wrong shape; returns fc8's class count."""
+    num_classes = class_count(layers)
+    caffemodel.check_shapes(path, layers, alexnet_shapes(num_classes))
+    return num_classes
+
+
+def prove(path):
+    """Load a weights file with the safe loader and check all eight layers; returns its class count."""
+    return check_alexnet(path, weight_files.load_weights(path))
+
+
+def report(path, num_classes, sha256=None):
+    size = os.path.getsize(path)
+    sha256 = sha256 or download.file_digests(path)[0]
+    print(f'{path}: {size:,} bytes ({download.human_bytes(size)}), SHA-256 {sha256}')
+    print(f'{path}: all {len(TRAINABLE_LAYERS)} layers load and have AlexNet\'s shapes '
+          f'(fc8: {num_classes} classes)')
+
+
+def convert(source, output, sha256=None, sha1=None):
+    """Convert a .caffemodel to our .npz, then read the .npz back and check it."""
+    if sha256 or sha1:
+        download.verify_digests(source, sha256, sha1)
+    print(f'converting {source}')
+    layers = caffemodel.read_alexnet(source)
+    check_alexnet(source, layers)
+    weight_files.save_weights(output, layers)
+    del layers
+    report(output, prove(output))
+
+
+def fetch(url, output, args, check, manual_hint, sha256=None, sha1=None):
+    result = download.download(url, output, sha256=sha256, sha1=sha1, check=check,
+                               timeout=args.timeout, retries=args.retries, manual_hint=manual_hint)
+    if result.reused:
+        print(f'{output} is already there (complete and verified): nothing downloaded')
+    return result
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    tf_setup.quiet_python_logging(args.verbose)  # first: disable_v2_behavior logs a deprecation
+    tf.disable_v2_behavior()
+    if args.caffemodel:
+        convert(args.caffemodel, args.output, args.sha256, args.sha1)
+    elif args.source == 'berkeley':
+        url = args.url or BERKELEY_URL
+        sha1 = args.sha1 if (args.sha1 or args.sha256) else BERKELEY_SHA1
+        local = os.path.join(os.path.dirname(os.path.abspath(args.output)), CAFFEMODEL_NAME)
+        hint = (f'download {url} by hand (a browser or curl) and run: python get_weights.py '
+                f'--caffemodel {CAFFEMODEL_NAME} --output {args.output}')
+        # The digest proves the download; the conversion then proves it is AlexNet.
+        fetch(url, local, args, check=None, manual_hint=hint, sha256=args.sha256, sha1=sha1)
+        convert(local, args.output)
+        print(f'(the downloaded {local} can be deleted now)')
+    else:
+        url = args.url or TORONTO_URL
+        hint = (f'download {url} by hand (a browser or curl) and pass its path to finetune.py '
+                'and predict.py with --weights_path')
+        proved = {}
+
+        def check(path):  # runs on the .part, so a file that is not AlexNet is never renamed
+            proved['num_classes'] = prove(path)
+
+        result = fetch(url, args.output, args, check=check, manual_hint=hint, sha256=args.sha256,
+                       sha1=args.sha1)
+        report(args.output, proved['num_classes'], result.sha256)
+    print(f'next: python finetune.py --weights_path {args.output} --train_file ... --val_file ...')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(cli.run(main))

@@ -1,0 +1,126 @@
+"""get_weights.py end to end against a local server: download, prove, Ctrl-C and resume, Berkeley's route."""
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import bvlc_fixture
+import caffemodel_fixture
+import get_weights
+import http_fixture
+from finetune_alexnet.errors import ToolkitError
+from http_fixture import closed_port_url
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def file_server():
+    yield from http_fixture.serve()
+
+
+def sha256_of(path):
+    with open(path, 'rb') as stream:
+        return hashlib.sha256(stream.read()).hexdigest()
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_rerun_resumes_and_gives_the_identical_file(tmp_path, file_server, bvlc_npy):
+    data = open(bvlc_npy, 'rb').read()
+    url = file_server.add('/tf_alexnet/bvlc_alexnet.npy', data, delay=0.02)  # ~3 MiB/s at first
+    output = tmp_path / 'bvlc_alexnet.npy'
+    part = tmp_path / 'bvlc_alexnet.npy.part'
+    command = [sys.executable, 'get_weights.py', '--url', url, '--output', str(output)]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 120
+    while not (part.exists() and part.stat().st_size > 2_000_000):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert 'rerun to resume' in out and err.strip().splitlines() == ['error: interrupted']
+    assert not output.exists()
+    held = part.stat().st_size
+    assert 2_000_000 < held < len(data)
+
+    file_server.files['/tf_alexnet/bvlc_alexnet.npy'].delay = 0.0
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert output.read_bytes() == data and not part.exists()
+    assert file_server.ranges('/tf_alexnet/bvlc_alexnet.npy') == [None, f'bytes={held}-']
+    digest = hashlib.sha256(data).hexdigest()
+    assert f'{output}: {len(data):,} bytes (232.6 MiB), SHA-256 {digest}' in result.stdout
+    assert "all 8 layers load and have AlexNet's shapes (fc8: 1000 classes)" in result.stdout
+    assert f'resuming {part}' in result.stdout
+
+
+def test_a_file_that_is_not_alexnet_is_never_renamed(tmp_path, file_server, capsys):
+    small = bvlc_fixture.write_bvlc_npy(str(tmp_path / 'served.npy'),
+                                        bvlc_fixture.random_weights(layers=['conv1']))
+    url = file_server.add('/bvlc_alexnet.npy', open(small, 'rb').read())
+    output = tmp_path / 'bvlc_alexnet.npy'
+    with pytest.raises(ToolkitError) as error:
+        get_weights.main(['--url', url, '--output', str(output)])
+    assert str(error.value).startswith(f'{output}.part: not AlexNet: layer conv2 is missing')
+    assert not output.exists() and (tmp_path / 'bvlc_alexnet.npy.part').exists()
+
+    page = file_server.add('/page.npy', b'<html><body>Moved</body></html>')
+    with pytest.raises(ToolkitError, match=r'page.npy.part: not a weights file'):
+        get_weights.main(['--url', page, '--output', str(tmp_path / 'page.npy')])
+
+
+def test_http_and_network_errors_name_url_and_the_way_round(tmp_path, file_server):
+    url = file_server.url('/gone/bvlc_alexnet.npy')
+    with pytest.raises(ToolkitError) as error:
+        get_weights.main(['--url', url, '--output', str(tmp_path / 'w.npy')])
+    assert str(error.value) == f'{url}: HTTP 404 Not Found'
+
+    offline = closed_port_url('/bvlc_alexnet.caffemodel')
+    with pytest.raises(ToolkitError) as error:
+        get_weights.main(['--source', 'berkeley', '--url', offline, '--retries', '0',
+                          '--output', str(tmp_path / 'w.npz')])
+    message = str(error.value)
+    assert 'connection refused' in message and 'no network?' in message
+    assert f'python get_weights.py --caffemodel bvlc_alexnet.caffemodel --output {tmp_path / "w.npz"}' \
+        in message
+
+
+def test_flags_are_checked_before_any_download(tmp_path):
+    with pytest.raises(ToolkitError, match='--caffemodel converts a local file: drop --url'):
+        get_weights.main(['--caffemodel', 'x.caffemodel', '--url', 'http://127.0.0.1:9/x'])
+    with pytest.raises(ToolkitError, match=r'--output w.npy: a converted model is written as .npz'):
+        get_weights.main(['--source', 'berkeley', '--output', 'w.npy'])
+    with pytest.raises(ToolkitError, match='is not a SHA1 digest'):
+        get_weights.main(['--sha1', 'beef'])
+    with pytest.raises(ToolkitError, match=r'folder .*nowhere does not exist'):
+        get_weights.main(['--output', str(tmp_path / 'nowhere' / 'w.npy')])
+
+
+@pytest.mark.slow
+def test_berkeley_route_verifies_bvlcs_sha1_then_converts(tmp_path, file_server, capsys):
+    model = caffemodel_fixture.write_caffemodel(str(tmp_path / 'served.caffemodel'),
+                                                caffemodel_fixture.random_caffe_weights(seed=2), 'v1')
+    data = open(model, 'rb').read()
+    os.remove(model)
+    url = file_server.add('/bvlc_alexnet.caffemodel', data)
+    output = tmp_path / 'bvlc_alexnet.npz'
+    # Our fixture is not BVLC's file: the published SHA-1 is checked by default and refuses it.
+    with pytest.raises(ToolkitError) as error:
+        get_weights.main(['--source', 'berkeley', '--url', url, '--output', str(output)])
+    actual_sha1 = hashlib.sha1(data).hexdigest()
+    assert f'SHA-1 mismatch: expected {get_weights.BERKELEY_SHA1}, got {actual_sha1}' in str(error.value)
+    assert not output.exists() and not (tmp_path / 'bvlc_alexnet.caffemodel').exists()
+
+    assert get_weights.main(['--source', 'berkeley', '--url', url, '--sha1', actual_sha1,
+                             '--output', str(output)]) == 0
+    printed = capsys.readouterr().out
+    assert f'{output}: ' in printed and f'SHA-256 {sha256_of(output)}' in printed
+    assert (tmp_path / 'bvlc_alexnet.caffemodel').read_bytes() == data
+    # The second try resumed the complete .part the first one kept (416), not a new download.
+    assert file_server.ranges('/bvlc_alexnet.caffemodel') == [None, f'bytes={len(data)}-']
