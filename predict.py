@@ -36,6 +36,7 @@ from finetune_alexnet import checkpoints  # noqa: E402
 from finetune_alexnet import model_info  # noqa: E402
 from finetune_alexnet import weight_files  # noqa: E402
 from alexnet import INPUT_SIZE, TRAINABLE_LAYERS, AlexNet  # noqa: E402
+from alexnet import ARCHITECTURE  # noqa: E402
 from finetune_alexnet import tf_setup  # noqa: E402
 from finetune_alexnet.errors import ToolkitError  # noqa: E402
 from make_lists import IMAGE_EXTENSIONS  # noqa: E402
@@ -355,6 +356,66 @@ def write_json(path, content):
         stream.write('\n')
 
 
+# --- features on disk ---------------------------------------------------------------------------
+
+FEATURE_LAYERS = tuple(layer.name for layer in ARCHITECTURE)
+
+
+def add_feature_arguments(parser):
+    parser.add_argument('--features', metavar='LAYER', help='instead of classifying, write this '
+                        f"layer's outputs ({', '.join(FEATURE_LAYERS)}) for every input to --output, "
+                        'an .npz of features, paths and (for list inputs) labels')
+    parser.add_argument('--output', help='with --features: the .npz file to write')
+    return parser
+
+
+def check_feature_arguments(args):
+    """Refuse --features flag mistakes before the model is built."""
+    if args.features not in FEATURE_LAYERS:
+        raise ToolkitError(f"--features {args.features}: unknown layer; valid: {', '.join(FEATURE_LAYERS)}")
+    if args.evaluate or args.csv or args.json:
+        raise ToolkitError('--features writes features only: give the images or lists as inputs, '
+                           'without --evaluate, --csv or --json')
+    if not args.output:
+        raise ToolkitError('--features needs --output FILE.npz')
+    if not args.output.endswith('.npz'):
+        raise ToolkitError(f'--output {args.output}: the features file should end in .npz')
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise ToolkitError(f'--output {args.output}: folder {folder} does not exist')
+
+
+def write_features(args):
+    """--features LAYER --output FILE: the layer's outputs for every input, batched through the
+    prediction pipeline, saved with np.savez (no pickles) as
+
+        features  float32 [n, ...]: the layer's output, one row per image (pool5: [n, 6, 6, 256])
+        paths     str [n]: the images, in input order (unreadable ones left out with --skip_bad_images)
+        labels    int64 [n]: the list files' labels, -1 for images given directly (only when a list
+                  file is among the inputs)
+        layer     str: the layer's name
+    """
+    check_feature_arguments(args)
+    with Classifier(weights_path=args.weights_path, checkpoint=args.checkpoint_path,
+                    center_crop=args.center_crop, batch_size=args.batch_size) as classifier:
+        paths, labels = collect_inputs(args.inputs, classifier.num_classes)
+        result = classifier.run(paths, layers=[args.features], skip_bad_images=args.skip_bad_images)
+    kept = result.positions.tolist()
+    if len(kept) < len(paths):
+        skipped = sorted(set(range(len(paths))) - set(kept))
+        print(f"warning: skipped {len(skipped)} unreadable image(s): "
+              f"{', '.join(paths[i] for i in skipped)}", file=sys.stderr)
+    features = result.outputs[args.features]
+    content = {'features': features, 'paths': np.array([paths[i] for i in kept], dtype=str),
+               'layer': np.array(args.features)}
+    if any(label is not None for label in labels):
+        content['labels'] = np.array([-1 if labels[i] is None else labels[i] for i in kept], np.int64)
+    np.savez(args.output, **content)
+    print(f"wrote {args.output}: {args.features} features {list(features.shape)} of {len(kept)} images"
+          f"{', with labels' if 'labels' in content else ''}")
+    return 0
+
+
 # --- command line --------------------------------------------------------------------------------
 
 def get_args_parser():
@@ -385,7 +446,7 @@ def get_args_parser():
     parser.add_argument('--json', help='also write predictions (and evaluation) to this JSON file')
     parser.add_argument('--skip_bad_images', action='store_true',
                         help='warn about unreadable images and go on without them')
-    return parser
+    return add_feature_arguments(parser)
 
 
 def parse_args(argv):
@@ -408,6 +469,8 @@ def main(argv=None):
     args = parse_args(argv)
     tf_setup.quiet_python_logging(args.verbose)  # first: disable_v2_behavior logs a deprecation
     tf.disable_v2_behavior()
+    if args.features:
+        return write_features(args)
     with Classifier(weights_path=args.weights_path, checkpoint=args.checkpoint_path,
                     center_crop=args.center_crop, batch_size=args.batch_size) as classifier:
         if args.class_names:

@@ -11,6 +11,7 @@
     feature_cache  pool5 features computed once when no conv layer learns
     progress       progress bar, metrics file, curves
     demo_data      the built-in demo images
+    serving        the exported SavedModel (TF Serving, TF 2) and TFLite graphs
 
 The user-facing modules stay at the root: `alexnet.py` (the model), `datagenerator.py` (the input
 pipeline), `caffe_classes.py` and the commands.

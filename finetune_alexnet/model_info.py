@@ -1,6 +1,6 @@
 """What a fine-tuned checkpoint carries besides its weights: `model_info.json`.
 
-finetune.py writes it beside its checkpoints; predict.py and export_weights.py read it, so a
+finetune.py writes it beside its checkpoints; predict.py and export.py read it, so a
 fine-tuned model needs no other flag: its class count, class names and pre-processing come with it.
 
     {"format": 1, "num_classes": 2, "class_names": ["cat", "dog"] or null,

@@ -10,14 +10,14 @@ import pytest
 from finetune_alexnet import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = ['finetune', 'predict', 'make_lists', 'visualize', 'export_weights', 'datagenerator',
-            'alexnet']
+COMMANDS = ['finetune', 'predict', 'make_lists', 'visualize', 'export', 'datagenerator',
+            'alexnet', 'get_weights', 'get_data']
 
 
-# A flag taking a number, per command (export_weights has none).
+# A flag taking a number, per command (export has none).
 NUMERIC_FLAG = {'finetune': '--batch_size', 'predict': '--top_k', 'make_lists': '--seed',
                 'visualize': '--feature_image', 'datagenerator': '--num_classes',
-                'alexnet': '--num_classes'}
+                'alexnet': '--num_classes', 'get_weights': '--retries', 'get_data': '--seed'}
 # A command with required arguments names those first, which is as good.
 MISTAKES = [(command, ['--no_such_flag'], 'arguments') for command in COMMANDS]
 MISTAKES += [(command, [flag, 'many'], f"argument {flag}: invalid int value: 'many'")

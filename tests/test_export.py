@@ -1,17 +1,28 @@
-"""export_weights.py and model_info.py: the checkpoint contract, and checkpoint -> weights file round trip."""
+"""export.py and model_info.py: the checkpoint contract, checkpoint -> weights file round trip, and the
+SavedModel and TFLite exports, checked in a fresh TensorFlow 2 process against predict.py."""
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
 import zipfile
 
+import cv2
 import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
 import bvlc_fixture
-import export_weights
+import datagenerator
+import export
+import finetune
+import image_files
+import predict
+from finetune_alexnet import demo_data
 from finetune_alexnet import model_info
+from finetune_alexnet import serving
+from finetune_alexnet.cli import run as run_main
 from finetune_alexnet import preprocessing
 from finetune_alexnet import weight_files
 from alexnet import TRAINABLE_LAYERS, AlexNet
@@ -30,7 +41,7 @@ def checkpoint(tmp_path_factory):
 
 def test_export_then_load_is_bit_exact(checkpoint, tmp_path, capsys):
     output = str(tmp_path / 'exported.npz')
-    assert export_weights.main(['--checkpoint', os.path.dirname(checkpoint), '--output', output]) == 0
+    assert export.main(['--checkpoint', os.path.dirname(checkpoint), '--output', output]) == 0
     assert 'cat, dog' in capsys.readouterr().out
     # Pickle-free: every entry is a plain array, named like the graph's variables.
     with zipfile.ZipFile(output) as archive:
@@ -57,13 +68,13 @@ def test_export_leaves_the_step_counter_and_optimizer_slots_behind(checkpoint, t
     names = tf.train.load_checkpoint(checkpoint).get_variable_to_shape_map()
     assert 'global_step' in names and 'fc8/weights/Momentum' in names
     output = str(tmp_path / 'out.npz')
-    export_weights.export_checkpoint(checkpoint, output)
+    export.export_checkpoint(checkpoint, output)
     assert set(weight_files.load_weights(output)) == set(TRAINABLE_LAYERS)
 
 
 def test_export_errors_name_the_problem(checkpoint, tmp_path):
     with pytest.raises(ToolkitError, match='folder .*nowhere does not exist'):
-        export_weights.export_checkpoint(checkpoint, str(tmp_path / 'nowhere' / 'out.npz'))
+        export.export_checkpoint(checkpoint, str(tmp_path / 'nowhere' / 'out.npz'))
     # model_info.json claiming another class count: the shape check names the variable.
     folder = tmp_path / 'wrong_classes'
     folder.mkdir()
@@ -71,7 +82,7 @@ def test_export_errors_name_the_problem(checkpoint, tmp_path):
         os.link(checkpoint + suffix, str(folder / 'best.ckpt') + suffix)
     model_info.write_model_info(str(folder), 5, None, center_crop=False)
     with pytest.raises(ToolkitError, match=r'fc8/weights has shape \(4096, 2\), expected \(4096, 5\)'):
-        export_weights.export_checkpoint(str(folder), str(tmp_path / 'out.npz'))
+        export.export_checkpoint(str(folder), str(tmp_path / 'out.npz'))
     assert not os.path.exists(tmp_path / 'out.npz')
 
 
@@ -83,11 +94,11 @@ def test_a_checkpoint_of_something_else_is_refused(tmp_path):
             tf.train.Saver().save(session, str(tmp_path / 'best.ckpt'), write_meta_graph=False)
     model_info.write_model_info(str(tmp_path), 2, None, center_crop=False)
     with pytest.raises(ToolkitError, match=r'conv1/weights has shape \(3, 3, 3, 4\)'):
-        export_weights.export_checkpoint(str(tmp_path), str(tmp_path / 'out.npz'))
+        export.export_checkpoint(str(tmp_path), str(tmp_path / 'out.npz'))
 
 
 def test_export_command_line_missing_checkpoint_exits_2(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(REPO, 'export_weights.py'), '--checkpoint',
+    result = subprocess.run([sys.executable, os.path.join(REPO, 'export.py'), '--checkpoint',
                              str(tmp_path / 'none.ckpt'), '--output', str(tmp_path / 'out.npz')],
                             capture_output=True, text=True, cwd=REPO, timeout=120)
     assert 'none.ckpt: checkpoint not found' in error_line(result)
@@ -159,3 +170,288 @@ def test_class_names_file(tmp_path):
     path.write_text('zero cat\n')
     with pytest.raises(ToolkitError, match='classes.txt:1: expected "label name"'):
         model_info.read_class_names_file(str(path), 1)
+
+
+# --- SavedModel and TFLite: a short fine-tune, exported, against predict.py ------------------------
+
+# Run in a fresh interpreter with `python -I` (no current folder, no PYTHONPATH on sys.path) from a
+# folder outside the repository: plain TensorFlow 2 and the exported folder, nothing of ours.
+LOAD_SAVED_MODEL = r'''
+import sys
+import numpy as np
+import tensorflow as tf
+assert not any('finetune_alexnet' in name for name in sys.modules)
+model_dir, files_list, decoded_npz, output = sys.argv[1:]
+model = tf.saved_model.load(model_dir)
+files = [open(path, 'rb').read() for path in open(files_list).read().splitlines()]
+results = {}
+served = model.signatures['serving_default'](image_bytes=tf.constant(files))
+for key, value in served.items():
+    results['files_' + key] = value.numpy()
+decoded = np.load(decoded_npz)
+for name in decoded.files:
+    outputs = model.signatures['predict_images'](images=tf.constant(decoded[name][np.newaxis]))
+    for key, value in outputs.items():
+        results[f'images_{name}_{key}'] = value.numpy()
+results['signatures'] = np.array(sorted(model.signatures))
+np.savez(output, **results)
+'''
+
+
+def run_fresh_tensorflow(model_dir, paths, decoded, folder):
+    """The SavedModel's outputs, computed by plain TF 2 in a subprocess: {name: array}."""
+    folder.mkdir(exist_ok=True)
+    (folder / 'files.txt').write_text('\n'.join(paths) + '\n')
+    np.savez(folder / 'decoded.npz', **decoded)
+    environment = {key: value for key, value in os.environ.items() if key != 'PYTHONPATH'}
+    result = subprocess.run([sys.executable, '-I', '-c', LOAD_SAVED_MODEL, model_dir,
+                             str(folder / 'files.txt'), str(folder / 'decoded.npz'),
+                             str(folder / 'out.npz')],
+                            cwd=str(folder), env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with np.load(folder / 'out.npz', allow_pickle=True) as outputs:
+        return {name: outputs[name] for name in outputs.files}
+
+
+@pytest.fixture(scope='module')
+def fine_tuned(tmp_path_factory):
+    """A run folder from a short fine-tune (one epoch of fc7-fc8, with --augment: centre-crop inference).
+
+    Its pretrained fixture's fc7 is scaled down: with random conv and fc6 weights the demo's flat
+    colours give fc7 outputs in the hundreds, logits far apart and probabilities of exactly 0 and 1,
+    which would hide any difference; scaled, the probabilities are moderate and every digit counts.
+    """
+    folder = tmp_path_factory.mktemp('fine_tune')
+    layers = bvlc_fixture.random_weights(num_classes=1000, seed=4)
+    layers['fc7'] = {kind: value * np.float32(1e-4) for kind, value in layers['fc7'].items()}
+    pretrained = str(folder / 'pretrained.npz')
+    weight_files.save_weights(pretrained, layers)
+    del layers
+    demo_data.make_demo_images(str(folder / 'images'), images_per_class=4, seed=5)
+    lines = [f'images/{name}/{file} {label}' for label, name in enumerate(demo_data.CLASS_NAMES)
+             for file in sorted(os.listdir(folder / 'images' / name))]
+    (folder / 'train.txt').write_text('\n'.join(lines[::2]) + '\n')
+    (folder / 'val.txt').write_text('\n'.join(lines[1::2]) + '\n')
+    (folder / 'classes.txt').write_text('0 disk\n1 square\n')
+    status = run_main(finetune.main, [
+        '--train_file', str(folder / 'train.txt'), '--val_file', str(folder / 'val.txt'),
+        '--num_classes', '2', '--batch_size', '4', '--num_epochs', '1', '--augment', '--seed', '3',
+        '--train_layers', 'fc8,fc7', '--skip_layers', 'fc8', '--learning_rate', '0.0001',
+        '--weights_path', pretrained, '--checkpoint_path', str(folder / 'run'),
+        '--filewriter_path', str(folder / 'tensorboard')])
+    assert status == 0
+    return str(folder / 'run')
+
+
+@pytest.fixture(scope='module')
+def pictures(tmp_path_factory):
+    """A JPEG, a grey PNG, an RGBA PNG, a BMP and a GIF of several sizes, and their RGB pixels."""
+    folder = tmp_path_factory.mktemp('pictures')
+    rgb = image_files.random_rgb(90, 120, seed=11)
+    smooth = cv2.GaussianBlur(image_files.random_rgb(300, 260, seed=12), (0, 0), 6)
+    grey = image_files.random_rgb(70, 64, seed=13)[..., 0]
+    rgba = np.dstack([image_files.random_rgb(50, 80, seed=14), np.full((50, 80), 128, np.uint8)])
+    gif = image_files.flat_rgb(40, 30, (200, 30, 60))
+    gif[10:30] = (10, 200, 90)
+    paths = [image_files.write_jpeg(folder / 'photo.jpg', smooth),
+             image_files.write_png(folder / 'grey.png', grey),
+             image_files.write_png(folder / 'alpha.png', rgba),
+             image_files.write_bmp(folder / 'noise.bmp', rgb),
+             image_files.write(folder / 'two.gif', image_files.gif_bytes([gif]))]
+    # What a client that decodes the files itself sends to predict_images (lossless ones: exact).
+    decoded = {'grey': np.repeat(grey[..., np.newaxis], 3, axis=2), 'alpha': rgba[..., :3],
+               'noise': rgb, 'two': gif}
+    return paths, decoded
+
+
+def classify_with_predict(checkpoint, paths):
+    with predict.Classifier(checkpoint=checkpoint) as classifier:
+        result = classifier.run(paths)
+        return result.probabilities, classifier.class_names
+
+
+@pytest.fixture(scope='module')
+def saved_model(fine_tuned, pictures, tmp_path_factory):
+    """The fine-tuned model exported as a SavedModel, and its outputs computed by a fresh TF 2."""
+    folder = tmp_path_factory.mktemp('serving')
+    output = str(folder / 'models' / 'demo' / '1')
+    printed = _capture_main(['--checkpoint', fine_tuned, '--format', 'savedmodel', '--output', output])
+    outputs = run_fresh_tensorflow(output, pictures[0], pictures[1], folder / 'client')
+    return output, printed, outputs
+
+
+def _capture_main(argv):
+    stream = io.StringIO()  # capsys cannot serve module-scoped fixtures
+    with contextlib.redirect_stdout(stream):
+        assert run_main(export.main, argv) == 0
+    return stream.getvalue()
+
+
+@pytest.mark.slow
+def test_saved_model_equals_predict_in_a_fresh_tensorflow(saved_model, fine_tuned, pictures):
+    _, _, outputs = saved_model
+    expected, names = classify_with_predict(fine_tuned, pictures[0])
+    assert names == ['disk', 'square']
+    assert list(outputs['signatures']) == ['predict_images', 'serving_default']
+    probabilities = outputs['files_probabilities']
+    assert probabilities.dtype == np.float32 and probabilities.shape == (len(pictures[0]), 2)
+    # Moderate probabilities, so the comparison sees every digit rather than saturated 0s and 1s.
+    assert np.all((probabilities > 1e-4) & (probabilities < 1 - 1e-4)), probabilities
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5, rtol=0)
+    top = [[entry[1] for entry in row] for row in predict.decode_predictions(expected, names, top=5)]
+    classes = [[name.decode() for name in row] for row in outputs['files_classes']]
+    assert [row[0] for row in classes] == [row[0] for row in top]
+    assert classes == top  # k = min(5, 2) = 2, best first
+    scores = [[entry[2] for entry in row] for row in predict.decode_predictions(expected, names, top=5)]
+    np.testing.assert_allclose(outputs['files_scores'], scores, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_predict_images_equals_serving_default(saved_model, pictures):
+    _, _, outputs = saved_model
+    paths, decoded = pictures
+    stems = [os.path.splitext(os.path.basename(path))[0] for path in paths]
+    for name in decoded:  # named after the files
+        row = stems.index(name)
+        np.testing.assert_allclose(outputs[f'images_{name}_probabilities'][0],
+                                   outputs['files_probabilities'][row], atol=1e-6, rtol=0)
+        assert list(outputs[f'images_{name}_classes'][0]) == list(outputs['files_classes'][row])
+
+
+@pytest.mark.slow
+def test_saved_model_assets_printout_and_saved_model_cli(saved_model, fine_tuned):
+    output, printed, _ = saved_model
+    assert (open(os.path.join(output, 'assets', 'labels.txt')).read() == 'disk\nsquare\n')
+    with open(os.path.join(output, 'assets', 'model_info.json')) as stream:
+        info = json.load(stream)
+    with open(os.path.join(fine_tuned, 'model_info.json')) as stream:
+        trained = json.load(stream)
+    assert info['preprocessing'] == trained['preprocessing'] and info['preprocessing']['center_crop']
+    assert info['class_names'] == ['disk', 'square']
+    assert sorted(os.listdir(output)) == ['assets', 'saved_model.pb', 'variables']
+    # Only the finished folder is left: no partial or temporary folders beside it.
+    assert os.listdir(os.path.dirname(output)) == ['1']
+    assert f'wrote {output} (SavedModel, ' in printed
+    assert ('signature serving_default: inputs image_bytes string [-1]; outputs classes string [-1, 2], '
+            'probabilities float32 [-1, 2], scores float32 [-1, 2]') in printed
+    assert 'signature predict_images: inputs images uint8 [-1, -1, -1, 3]' in printed
+    assert "tf.saved_model.load(" in printed
+    cli_run = subprocess.run([sys.executable, '-m', 'tensorflow.python.tools.saved_model_cli', 'show',
+                              '--dir', output, '--all'], capture_output=True, text=True, timeout=300)
+    assert cli_run.returncode == 0, cli_run.stderr[-2000:]
+    shown = cli_run.stdout
+    assert "signature_def['serving_default']" in shown and "signature_def['predict_images']" in shown
+    assert 'inputs[\'image_bytes\'] tensor_info:\n        dtype: DT_STRING\n        shape: (-1)' in shown
+    assert 'Method name is: tensorflow/serving/predict' in shown
+
+
+@pytest.mark.slow
+def test_imagenet_export_carries_caffe_class_names_and_weights_once(bvlc_npy, pictures, tmp_path):
+    from caffe_classes import class_names
+    output = str(tmp_path / 'alexnet' / '1')
+    _capture_main(['--weights_path', bvlc_npy, '--format', 'savedmodel', '--output', output])
+    size = serving.folder_size(output)
+    weights_bytes = sum(value.nbytes for layer in weight_files.load_weights(bvlc_npy).values()
+                        for value in layer.values())
+    assert weights_bytes < size < 250e6  # 233 MB of weights, once
+    labels = open(os.path.join(output, 'assets', 'labels.txt'), encoding='utf-8').read().splitlines()
+    assert labels == list(class_names)
+    outputs = run_fresh_tensorflow(output, pictures[0][:1], {}, tmp_path / 'client')
+    probabilities = outputs['files_probabilities']
+    assert probabilities.shape == (1, 1000)
+    order = np.argsort(-probabilities[0], kind='stable')[:5]
+    assert [name.decode() for name in outputs['files_classes'][0]] == [class_names[i] for i in order]
+
+
+def _run_tflite(path, inputs):
+    interpreter = tf.lite.Interpreter(model_path=path)
+    detail = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(detail['index'], list(inputs.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(detail['index'], inputs)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]['index'])
+
+
+@pytest.mark.slow
+def test_tflite_float32_and_float16_equal_predict(fine_tuned, pictures, tmp_path):
+    paths = pictures[0]
+    expected, _ = classify_with_predict(fine_tuned, paths)
+    inputs = datagenerator.load_images(paths, center_crop=True)  # the model was trained with --augment
+    sizes = {}
+    for quantize, tolerance in ((None, 1e-4), ('float16', 1e-2)):
+        output = str(tmp_path / f'demo_{quantize or "float32"}.tflite')
+        printed = _capture_main(['--checkpoint', fine_tuned, '--format', 'tflite', '--output', output]
+                                + (['--quantize', quantize] if quantize else []))
+        assert 'TFLite has no JPEG decoder op' in printed
+        np.testing.assert_allclose(_run_tflite(output, inputs), expected, atol=tolerance, rtol=0)
+        stem = output[:-len('.tflite')]
+        assert open(stem + '.labels.txt').read() == 'disk\nsquare\n'
+        with open(stem + '.model_info.json') as stream:
+            assert json.load(stream)['preprocessing']['center_crop'] is True
+        sizes[quantize] = os.path.getsize(output)
+    assert 0.45 < sizes['float16'] / sizes[None] < 0.55
+
+
+# --- export errors ---------------------------------------------------------------------------------
+
+def _error_of(argv, capsys):
+    assert run_main(export.main, argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), captured.err
+    return lines[0]
+
+
+def test_export_refuses_unknown_format_and_quantize_without_one(checkpoint, tmp_path, capsys):
+    base = ['--checkpoint', checkpoint, '--output', str(tmp_path / 'out')]
+    assert "invalid choice: 'onnx'" in _error_of(base + ['--format', 'onnx'], capsys)
+    assert ('--quantize float16 applies to --format tflite, not savedmodel'
+            in _error_of(base + ['--format', 'savedmodel', '--quantize', 'float16'], capsys))
+    assert '--quantize float16 applies to --format tflite, not npz' in _error_of(
+        base + ['--quantize', 'float16'], capsys)
+    assert 'invalid choice' in _error_of(base + ['--format', 'tflite', '--quantize', 'int4'], capsys)
+    assert not os.path.exists(tmp_path / 'out')
+
+
+def test_export_refuses_a_non_empty_output_unless_overwrite(checkpoint, tmp_path, capsys):
+    folder = tmp_path / 'models' / '1'
+    folder.mkdir(parents=True)
+    (folder / 'saved_model.pb').write_bytes(b'old')
+    argv = ['--checkpoint', checkpoint, '--format', 'savedmodel', '--output', str(folder)]
+    assert f'{folder}: folder exists and is not empty' in _error_of(argv, capsys)
+    assert (folder / 'saved_model.pb').read_bytes() == b'old'
+    npz = tmp_path / 'model.npz'
+    npz.write_bytes(b'old')
+    assert f'{npz}: exists (pass --overwrite' in _error_of(['--checkpoint', checkpoint, '--output',
+                                                             str(npz)], capsys)
+    assert run_main(export.main, argv + ['--overwrite']) == 0
+    assert sorted(os.listdir(folder)) == ['assets', 'saved_model.pb', 'variables']
+    assert os.listdir(folder.parent) == ['1']
+
+
+def test_export_refuses_missing_and_foreign_checkpoints_before_writing(tmp_path, capsys):
+    output = str(tmp_path / 'models' / '1')
+    argv = ['--format', 'savedmodel', '--output', output]
+    assert 'none.ckpt: checkpoint not found' in _error_of(
+        ['--checkpoint', str(tmp_path / 'none.ckpt')] + argv, capsys)
+    foreign = tmp_path / 'foreign'
+    foreign.mkdir()
+    with tf.Graph().as_default():
+        tf.get_variable('dense/kernel', shape=[3, 4])
+        with tf.Session() as session:
+            session.run(tf.global_variables_initializer())
+            tf.train.Saver().save(session, str(foreign / 'best.ckpt'), write_meta_graph=False)
+    model_info.write_model_info(str(foreign), 2, None, center_crop=False)
+    assert 'checkpoint has no variable conv1/weights' in _error_of(['--checkpoint', str(foreign)] + argv,
+                                                                   capsys)
+    assert 'missing.npy' in _error_of(['--weights_path', str(tmp_path / 'missing.npy')] + argv, capsys)
+    assert not os.path.exists(tmp_path / 'models')
+
+
+def test_export_command_line_unknown_format_exits_2(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(REPO, 'export.py'), '--checkpoint',
+                             str(tmp_path), '--format', 'onnx', '--output', str(tmp_path / 'x')],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2
+    assert "argument --format: invalid choice: 'onnx'" in error_line(result)
