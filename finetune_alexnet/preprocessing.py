@@ -93,16 +93,15 @@ def _bgr_minus_mean(images_rgb):
     return images[..., ::-1] - np.array(IMAGENET_MEAN_RGB[::-1], dtype=np.float32)
 
 
-def normalize(images_rgb):
+def normalize(images_rgb, compiled=True):
     """float32 BGR minus the ImageNet mean, from RGB in [0, 255]: one image [h, w, 3] or a batch.
 
     Exactly `float32(rgb)[..., ::-1] - float32(mean_bgr)`, computed by an XLA-compiled function
     (see `_bgr_minus_mean`); compiled once per shape, so a pipeline compiles it twice, for its full
-    batches and its last one.
+    batches and its last one. `compiled=False` builds the same body as plain ops, for graphs that
+    leave this process (TF Serving runs XLA functions only when started with a flag for it); a
+    subtraction rounds alike either way.
     """
-    return _bgr_minus_mean(images_rgb)
-
-
-def preprocess(image_bytes, training=False, augment=False, seed=None):
-    """The whole chain for one file's bytes: float32 [227, 227, 3], BGR, mean subtracted."""
-    return normalize(resize_for_model(decode_rgb(image_bytes), training, augment, seed))
+    if compiled:
+        return _bgr_minus_mean(images_rgb)
+    return _bgr_minus_mean.python_function(images_rgb)

@@ -43,16 +43,6 @@ FLOAT16 = 'float16'
 ExportedModel = collections.namedtuple('ExportedModel', 'layers class_names center_crop')
 
 
-def _normalize(images_rgb):
-    """preprocessing's normalisation, its own body without the XLA compilation.
-
-    `preprocessing.normalize` runs `_bgr_minus_mean` as an XLA-compiled function; TF Serving runs
-    XLA-compiled functions only when started with --xla_cpu_compilation_enabled, so the exported
-    graph calls the same Python body as plain ops (a subtraction rounds alike either way).
-    """
-    return preprocessing._bgr_minus_mean.python_function(images_rgb)
-
-
 def _resize_each(images, center_crop):
     """float32 [n, 227, 227, 3] RGB from a batch of decoded images, one `resize_for_model` each."""
     return tf.map_fn(lambda image: preprocessing.resize_for_model(image, augment=center_crop), images,
@@ -66,12 +56,12 @@ def preprocess_encoded(image_bytes, center_crop):
         lambda data: preprocessing.resize_for_model(preprocessing.decode_rgb(data), augment=center_crop),
         image_bytes, fn_output_signature=tf.TensorSpec([INPUT_SIZE, INPUT_SIZE, 3], tf.float32),
         back_prop=False)
-    return _normalize(decoded_and_resized)
+    return preprocessing.normalize(decoded_and_resized, compiled=False)
 
 
 def preprocess_decoded(images_rgb, center_crop):
     """Model input from a batch of decoded uint8 RGB images: preprocessing's resize and normalisation."""
-    return _normalize(_resize_each(images_rgb, center_crop))
+    return preprocessing.normalize(_resize_each(images_rgb, center_crop), compiled=False)
 
 
 def _classifier(inputs, class_names):

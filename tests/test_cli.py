@@ -47,6 +47,7 @@ def test_importing_a_command_changes_nothing():
     """No threads, no environment variables, no reading of the importer's command line."""
     script = (
         'import os, sys, threading\n'
+        'import tensorflow, matplotlib.pyplot  # their own import-time doings are not ours\n'
         'sys.argv = ["host", "--verbose", "--no_such_flag"]\n'
         'before_env, before_threads = dict(os.environ), threading.active_count()\n'
         f'for name in {COMMANDS!r}:\n'

@@ -52,6 +52,19 @@ def test_constants_are_the_caffe_ones():
     assert preprocessing.RESIZE_SIZE == 256
 
 
+def whole_chain(image_bytes):
+    """What the pipeline does to one file's bytes: float32 [227, 227, 3], BGR, mean subtracted."""
+    return preprocessing.normalize(preprocessing.resize_for_model(preprocessing.decode_rgb(image_bytes)))
+
+
+def test_normalize_uncompiled_is_the_same_arithmetic():
+    images = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3)).astype(np.float32)
+    compiled = run(preprocessing.normalize, images)
+    plain = run(lambda x: preprocessing.normalize(x, compiled=False), images)
+    np.testing.assert_array_equal(compiled, plain)
+    np.testing.assert_array_equal(plain, images[..., ::-1] - np.float32([103.939, 116.779, 123.68]))
+
+
 def test_module_holds_no_tensors():
     # A tensor made at import would belong to whatever graph was the default then.
     assert not [name for name, value in vars(preprocessing).items() if isinstance(value, tf.Tensor)]
@@ -61,7 +74,7 @@ def test_pinned_values_on_a_two_by_two_image(tmp_path):
     pixels = np.array([[[10, 20, 30], [50, 60, 70]],
                        [[90, 100, 110], [130, 140, 150]]], np.uint8)
     data = image_files.encode(pixels, '.png')
-    out = run(preprocessing.preprocess, data)
+    out = run(whole_chain, data)
     assert out.shape == (227, 227, 3) and out.dtype == np.float32
     # The corner copies the top-left pixel; output pixel 113 samples input coordinate 0.5 exactly,
     # the average of all four pixels (70, 80, 90). Both as B, G, R minus the mean.
@@ -73,7 +86,7 @@ def test_pinned_values_on_a_two_by_two_image(tmp_path):
 
 def test_uniform_image_is_exactly_the_colour_minus_the_mean():
     flat = image_files.flat_rgb(5, 9, (10, 20, 30))
-    out = run(preprocessing.preprocess, image_files.encode(flat, '.png'))
+    out = run(whole_chain, image_files.encode(flat, '.png'))
     expected = np.float32([30, 20, 10]) - np.float32([103.939, 116.779, 123.68])
     assert np.array_equal(out, np.broadcast_to(expected, (227, 227, 3)))
 
@@ -81,7 +94,7 @@ def test_uniform_image_is_exactly_the_colour_minus_the_mean():
 @pytest.mark.parametrize('height, width', [(1, 1), (1, 500), (3, 2), (33, 700), (375, 500), (300, 227)])
 def test_any_size_matches_the_numpy_reference(height, width):
     image = image_files.random_rgb(height, width, seed=height * width)
-    out = run(preprocessing.preprocess, image_files.encode(image, '.png'))
+    out = run(whole_chain, image_files.encode(image, '.png'))
     np.testing.assert_allclose(out, reference_preprocess(image), atol=1e-4)
 
 
