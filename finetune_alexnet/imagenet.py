@@ -122,14 +122,14 @@ def read_caffe_val(path, lines=None):
 
 def read_meta_mat(path):
     """{ILSVRC2012 id: wnid} for the 1000 classes (ids 1..1000) in the devkit's meta.mat."""
+    if not os.path.isfile(path):
+        raise ToolkitError(f"{path}: meta.mat not found; the devkit keeps it beside "
+                           "ILSVRC2012_validation_ground_truth.txt in its data/ folder (or pass --meta)")
     try:
         import scipy.io
     except ImportError:
         raise ToolkitError(f"{path}: reading the devkit's meta.mat needs scipy (pip install scipy), or "
                            "give Kaggle's LOC_val_solution.csv or Caffe's val.txt as --labels") from None
-    if not os.path.isfile(path):
-        raise ToolkitError(f"{path}: meta.mat not found; the devkit keeps it beside "
-                           "ILSVRC2012_validation_ground_truth.txt in its data/ folder (or pass --meta)")
     try:
         synsets = scipy.io.loadmat(path, squeeze_me=True)['synsets']
         records = [(int(synset['ILSVRC2012_ID']), str(synset['WNID'])) for synset in synsets.ravel()]
@@ -191,7 +191,7 @@ def read_ground_truth(path, meta_path=None):
         form = read_kaggle_solution
     elif _NUMBER.fullmatch(first):
         return read_devkit_ground_truth(path, meta_path, lines)
-    elif len(first.split()) == 2:
+    elif len(first.split()) == 2 and _IMAGE_ID.fullmatch(image_id(first.split()[0])):
         form = read_caffe_val
     else:
         raise ToolkitError(f'{path}:{entries[0][0]}: not a ground-truth file; expected {_FORMS}')

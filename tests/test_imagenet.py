@@ -143,24 +143,27 @@ def test_val_list_with_relative_paths_and_a_subset_of_the_images(ilsvrc, tmp_pat
 
 
 def test_meta_mat_is_found_beside_the_ground_truth_or_given(ilsvrc, tmp_path):
-    if not has_scipy():
-        pytest.skip('reading meta.mat needs scipy, which is not installed')
-    beside = imagenet.read_ground_truth(ilsvrc['devkit'])
     elsewhere = tmp_path / 'ground_truth.txt'
     elsewhere.write_text(open(ilsvrc['devkit']).read())
     with pytest.raises(ToolkitError, match=r'meta\.mat not found; the devkit keeps it beside'):
         imagenet.read_ground_truth(str(elsewhere))
+    if not has_scipy():
+        pytest.skip('reading meta.mat needs scipy, which is not installed')
+    beside = imagenet.read_ground_truth(ilsvrc['devkit'])
     given = imagenet.read_ground_truth(str(elsewhere),
                                        os.path.join(os.path.dirname(ilsvrc['devkit']), 'meta.mat'))
     assert given.labels == beside.labels
     assert beside.labels['ILSVRC2012_val_00000001'] == ilsvrc_fixture.CAFFE_LABEL[ilsvrc['wnids'][0]]
 
 
-def test_devkit_form_without_scipy_says_so_in_one_line(ilsvrc, monkeypatch):
+def test_devkit_form_without_scipy_says_so_in_one_line(ilsvrc, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, 'scipy', None)  # makes `import scipy.io` fail
     monkeypatch.setitem(sys.modules, 'scipy.io', None)
+    ground_truth = tmp_path / 'ILSVRC2012_validation_ground_truth.txt'
+    ground_truth.write_text(open(ilsvrc['devkit']).read())
+    (tmp_path / 'meta.mat').write_bytes(b'MATLAB 5.0 MAT-file')
     with pytest.raises(ToolkitError) as error:
-        imagenet.read_ground_truth(ilsvrc['devkit'])
+        imagenet.read_ground_truth(str(ground_truth))
     message = str(error.value)
     assert 'meta.mat needs scipy (pip install scipy)' in message and '\n' not in message
     assert "LOC_val_solution.csv or Caffe's val.txt" in message
@@ -253,6 +256,7 @@ def test_image_without_ground_truth_is_named(ilsvrc, tmp_path, capsys):
     (['folder', '--labels', 'y.csv'], '--labels and --meta go with --imagenet_val'),
     (['--imagenet_val', 'x', '--labels', 'y.csv', '--seed', '3'], '--seed splits a FOLDER'),
     (['--imagenet_val', 'x', '--labels', 'missing.csv'], 'missing.csv: ground-truth file not found'),
+    (['--imagenet_val', 'x', '--labels', os.path.join(REPO, 'README.md')], 'README.md:1: not a ground-truth'),
 ])
 def test_flag_mistakes_are_one_line(tmp_path, capsys, args, message):
     code, out, err = run_main(args + ['--out_dir', tmp_path / 'lists'], capsys)
