@@ -261,8 +261,8 @@ def wilson_interval(successes, trials, z=Z_95):
     """(low, high): the Wilson score interval of a proportion, 95% by default.
 
     The accuracy of n images is a sample of the model's accuracy on all the images it could meet. The
-    Wilson interval (Wilson 1927) keeps its stated coverage for small n and for accuracies near 0 or 1,
-    where the plain p +- z sqrt(p(1-p)/n) does not (and can leave [0, 1]).
+    Wilson interval (Wilson 1927) stays close to its stated coverage for small n and for accuracies
+    near 0 or 1, where the plain p +- z sqrt(p(1-p)/n) does not (and can leave [0, 1]).
     """
     if trials <= 0:
         return (0.0, 1.0)

@@ -5,7 +5,6 @@ resize, slicing, mirroring, one forward pass per crop); the Wilson intervals aga
 the quadratic that defines them.
 """
 import json
-import os
 
 import cv2
 import numpy as np
