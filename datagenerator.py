@@ -324,14 +324,17 @@ def _missing_files_error(paths):
     return None
 
 
-def images_dataset(paths, batch_size, center_crop=False, skip_bad_images=False):
+def images_dataset(paths, batch_size, center_crop=False, skip_bad_images=False, ten_crop=False,
+                   resize_size=preprocessing.RESIZE_SIZE):
     """A dataset of (images float32 [b, 227, 227, 3], positions int64 [b]) for unlabelled files.
 
     For prediction: pre-processed exactly as in training, in the order given; `positions` index into
     `paths`, so results map back to files even when `skip_bad_images` drops some. `center_crop`
-    resizes to 256 and takes the centre 227 crop, as inference does for a model trained with
-    augmentation. Missing files raise ToolkitError at once; an undecodable one makes session.run raise
-    one of `IMAGE_ERRORS` (use `find_bad_images` to name it) unless skipped.
+    resizes to `resize_size` (256) and takes the centre 227 crop, as inference does for a model trained
+    with augmentation. `ten_crop` instead gives each image's ten crops (`preprocessing.ten_crops`):
+    images are then [10 b, 227, 227, 3], image i's crops in rows 10 i ... 10 i + 9, so one forward pass
+    covers the batch's ten crops. Missing files raise ToolkitError at once; an undecodable one makes
+    session.run raise one of `IMAGE_ERRORS` (use `find_bad_images` to name it) unless skipped.
     """
     _check_graph_mode('images_dataset')
     if not paths:
@@ -342,7 +345,16 @@ def images_dataset(paths, batch_size, center_crop=False, skip_bad_images=False):
 
     def load(path, position):
         image = preprocessing.decode_rgb(tf.io.read_file(path))
-        return preprocessing.resize_for_model(image, training=False, augment=center_crop), position
+        if ten_crop:
+            return preprocessing.ten_crops(image, resize_size), position
+        return preprocessing.resize_for_model(image, training=False, augment=center_crop,
+                                              resize_size=resize_size), position
+
+    def finish_batch(images, positions):
+        if ten_crop:  # [b, 10, 227, 227, 3] -> [10 b, 227, 227, 3]: image after image
+            size = preprocessing.INPUT_SIZE
+            images = tf.reshape(images, [-1, size, size, 3])
+        return preprocessing.normalize(images), positions
 
     positions = np.arange(len(paths), dtype=np.int64)
     dataset = tf.data.Dataset.from_tensor_slices((list(paths), positions))
@@ -350,8 +362,7 @@ def images_dataset(paths, batch_size, center_crop=False, skip_bad_images=False):
     if skip_bad_images:
         dataset = dataset.ignore_errors()
     dataset = dataset.batch(batch_size)
-    dataset = dataset.map(lambda images, positions: (preprocessing.normalize(images), positions),
-                          num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

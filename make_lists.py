@@ -1,6 +1,7 @@
 """Write train.txt, val.txt and classes.txt for a folder of labelled images.
 
     python make_lists.py FOLDER --out_dir DIR [--val_fraction 0.1] [--seed 0] [--relative]
+    python make_lists.py --imagenet_val DIR --labels FILE [--meta meta.mat] --out_dir lists
 
 FOLDER is in one of two layouts:
 
@@ -13,6 +14,13 @@ Each line of train.txt and val.txt is `path label`. The path may contain spaces;
 field. Paths are absolute, or with --relative relative to DIR (the data pipeline resolves a relative
 path against the list file's folder). classes.txt has one `label name` line per class. Every class is
 split into train and validation by the same fraction (a stratified split), the same way for one seed.
+
+With --imagenet_val, DIR is ImageNet's ILSVRC2012 validation set (`ILSVRC2012_val_00000001.JPEG` ...,
+flat or in WordNet-id folders) and --labels its ground truth: Kaggle's LOC_val_solution.csv, the
+devkit's ILSVRC2012_validation_ground_truth.txt (with the devkit's meta.mat beside it, or --meta), or
+Caffe's val.txt. Only val.txt is written, every image in it, labelled in the BVLC weights' order
+(sorted WordNet ids, the order of caffe_classes.py), for `predict.py --evaluate`
+(see finetune_alexnet/imagenet.py).
 """
 
 import math
@@ -23,6 +31,7 @@ from collections import Counter
 from typing import List, NamedTuple
 
 from finetune_alexnet import cli
+from finetune_alexnet import imagenet
 from finetune_alexnet.errors import ToolkitError
 
 # The file name endings of what preprocessing.decode_rgb reads; predict.py searches folders for them
@@ -230,17 +239,68 @@ def plural(count, noun):
 
 def get_args_parser():
     parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('folder', help='images in class sub-folders, or flat cat.0.jpg/dog.0.jpg names')
+    parser.add_argument('folder', nargs='?',
+                        help='images in class sub-folders, or flat cat.0.jpg/dog.0.jpg names')
     parser.add_argument('--out_dir', required=True, help='where train.txt, val.txt and classes.txt go')
     parser.add_argument('--val_fraction', type=float, default=0.1, help='share of each class for validation')
     parser.add_argument('--seed', type=int, default=0, help='seed of the split and of the train order')
     parser.add_argument('--relative', action='store_true',
                         help='write paths relative to --out_dir instead of absolute paths')
+    imagenet_flags = parser.add_argument_group('ImageNet validation set')
+    imagenet_flags.add_argument('--imagenet_val', metavar='DIR',
+                                help='instead of FOLDER: the ILSVRC2012 validation images (flat or in '
+                                'wnid folders); writes only val.txt, in BVLC label order')
+    imagenet_flags.add_argument('--labels', metavar='FILE',
+                                help="with --imagenet_val: LOC_val_solution.csv, the devkit's "
+                                "ILSVRC2012_validation_ground_truth.txt, or Caffe's val.txt")
+    imagenet_flags.add_argument('--meta', metavar='MAT',
+                                help="the devkit's meta.mat, if not beside the ground truth (needs scipy)")
     return parser
 
 
+def parse_args(argv):
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.imagenet_val is None:
+        if args.folder is None:
+            parser.error('give a FOLDER of images, or --imagenet_val DIR --labels FILE')
+        if args.labels or args.meta:
+            parser.error('--labels and --meta go with --imagenet_val')
+        return args
+    if args.folder is not None:
+        parser.error(f'give either FOLDER ({args.folder}) or --imagenet_val, not both')
+    if not args.labels:
+        parser.error('--imagenet_val needs --labels: the ground truth of the validation images')
+    for flag in ('val_fraction', 'seed'):
+        if getattr(args, flag) != parser.get_default(flag):
+            parser.error(f'--{flag} splits a FOLDER into train and val; --imagenet_val lists every image')
+    return args
+
+
+def write_imagenet_val(args):
+    """make_lists.py --imagenet_val: val.txt of the ILSVRC2012 validation images, BVLC labels."""
+    ground_truth = imagenet.read_ground_truth(args.labels, args.meta)
+    pairs, missing = imagenet.find_validation_images(args.imagenet_val, ground_truth, IMAGE_EXTENSIONS)
+    for path, _ in pairs:
+        check_path_fits_a_line(path)
+    try:
+        os.makedirs(args.out_dir, exist_ok=True)
+    except OSError as exc:
+        raise ToolkitError(f'{args.out_dir}: cannot create folder ({exc.strerror})') from None
+    val_file = os.path.join(args.out_dir, 'val.txt')
+    write_list(val_file, pairs, args.relative)
+    if missing:
+        print(f'note: {plural(missing, "image")} of {args.labels} not in {args.imagenet_val}')
+    classes = len({label for _, label in pairs})
+    print(f'wrote {val_file}: {plural(len(pairs), "image")} of {classes} '
+          f'{"class" if classes == 1 else "classes"}')
+    return 0
+
+
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+    args = parse_args(argv)
+    if args.imagenet_val is not None:
+        return write_imagenet_val(args)
     check_val_fraction(args.val_fraction)
     scan = scan_folder(args.folder)
     train, val = split_stratified(scan.paths, scan.labels, args.val_fraction, args.seed)

@@ -3,6 +3,8 @@
     python predict.py images/                                   # bvlc_alexnet.npy, ImageNet's classes
     python predict.py --checkpoint runs/x photo.jpg list.txt    # a fine-tuned model, nothing else needed
     python predict.py --checkpoint runs/x --evaluate val.txt    # accuracy, precision/recall, confusion
+    python predict.py --evaluate lists/val.txt --center_crop    # ImageNet's validation set, as BVLC did
+    python predict.py --evaluate lists/val.txt --ten_crop       # ... and as the paper did
 
 Inputs are image files, folders (searched recursively) and list files (`.txt`, "path label" lines as
 finetune.py reads them). A checkpoint brings its class count, class names and pre-processing in
@@ -14,6 +16,12 @@ Images go through the one pre-processing definition (preprocessing.py, via datag
 batches inside the graph; class names come out of the one decoder here, `decode_predictions`, which
 the notebook and visualize.py use too. An unreadable image stops the run with its name and TensorFlow's
 reason, unless --skip_bad_images.
+
+`--ten_crop` classifies each image by its ten crops (four corners and centre of the 256x256 resize,
+and their mirror images; preprocessing.ten_crops) and averages the ten probability vectors: one batch
+of `--batch_size` images is one forward pass of ten times as many crops. Evaluation reports top-1 and
+top-k accuracy with 95% Wilson score intervals, and for the ImageNet weights the published figures
+(finetune_alexnet/imagenet.py) beside them.
 """
 import sys
 
@@ -33,12 +41,14 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 
 import datagenerator  # noqa: E402
 from finetune_alexnet import checkpoints  # noqa: E402
+from finetune_alexnet import imagenet  # noqa: E402
 from finetune_alexnet import model_info  # noqa: E402
 from finetune_alexnet import weight_files  # noqa: E402
 from alexnet import INPUT_SIZE, TRAINABLE_LAYERS, AlexNet  # noqa: E402
 from alexnet import ARCHITECTURE  # noqa: E402
 from finetune_alexnet import tf_setup  # noqa: E402
 from finetune_alexnet.errors import ToolkitError  # noqa: E402
+from finetune_alexnet.preprocessing import RESIZE_SIZE  # noqa: E402
 from make_lists import IMAGE_EXTENSIONS  # noqa: E402
 
 LIST_EXTENSION = '.txt'
@@ -81,11 +91,12 @@ class Classifier:
     Give either `weights_path` (a BVLC `.npy` or exported `.npz`; the class count is read off its fc8)
     or `checkpoint` (a fine-tuned model: class count, names and pre-processing from model_info.json).
     `class_names` overrides the names; `center_crop` applies to weight files only (a checkpoint says).
-    Use as a context manager, or call close().
+    `ten_crop` averages each image's probabilities over its ten crops (either model); `resize_size` is
+    the square the crops are taken from. Use as a context manager, or call close().
     """
 
     def __init__(self, weights_path=None, checkpoint=None, class_names=None, center_crop=False,
-                 batch_size=32):
+                 batch_size=32, ten_crop=False, resize_size=RESIZE_SIZE):
         if (weights_path is None) == (checkpoint is None):
             raise ValueError('give exactly one of weights_path and checkpoint')
         if checkpoint is not None:
@@ -106,6 +117,7 @@ class Classifier:
             raise ToolkitError(f"{len(self.class_names)} class names for a model of "
                                f"{self.num_classes} classes")
         self.batch_size = batch_size
+        self.ten_crop, self.resize_size = bool(ten_crop), int(resize_size)
         self.graph = tf.Graph()
         with self.graph.as_default():
             # One iterator, re-initialised with a dataset of each run's files: the model is built once.
@@ -114,7 +126,12 @@ class Classifier:
                                          tf.TensorShape([None])))
             images, positions = self._iterator.get_next()
             self.model = AlexNet(images, 1.0, self.num_classes, skip_layer=[], weights_path=weights_path)
-            self.end_points = dict(self.model.end_points, probabilities=tf.nn.softmax(self.model.fc8),
+            # Rows per image: 10 with ten crops, else 1. The crops' probabilities are averaged, as
+            # Caffe's classifier averages its `prob` output over `oversample`'s crops.
+            crops = tf.shape(images)[0] // tf.maximum(tf.shape(positions)[0], 1)
+            probabilities = tf.reduce_mean(
+                tf.reshape(tf.nn.softmax(self.model.fc8), [-1, crops, self.num_classes]), axis=1)
+            self.end_points = dict(self.model.end_points, probabilities=probabilities,
                                    positions=positions)
             self.session = tf.Session(graph=self.graph, config=tf_setup.session_config())
             try:
@@ -135,17 +152,24 @@ class Classifier:
         # Only the model's variables: the step counter and optimizer slots are not needed to predict.
         tf.train.Saver(var_list=variables).restore(self.session, prefix)
 
+    @property
+    def crop_mode(self):
+        """'ten_crop', 'center_crop' (of the resize) or 'whole' (the image resized to 227)."""
+        return 'ten_crop' if self.ten_crop else 'center_crop' if self.center_crop else 'whole'
+
     def run(self, paths, layers=(), skip_bad_images=False):
         """Predictions(probabilities [n, num_classes], {layer: outputs [n, ...]}, positions [n]).
 
         Images are decoded and pre-processed inside the graph (datagenerator.images_dataset), in
         batches, in order. An unreadable file raises ToolkitError naming it, unless `skip_bad_images`:
         then it is left out, and `positions` (indices into `paths`) says which files the rows are.
+        With ten crops, probabilities are the crops' mean and layer outputs are [n, 10, ...].
         """
         paths = [os.fspath(path) for path in paths]
         with self.graph.as_default():
             dataset = datagenerator.images_dataset(paths, self.batch_size, center_crop=self.center_crop,
-                                                   skip_bad_images=skip_bad_images)
+                                                   skip_bad_images=skip_bad_images,
+                                                   ten_crop=self.ten_crop, resize_size=self.resize_size)
             initializer = self._iterator.make_initializer(dataset)
         fetches = {name: self.end_points[name] for name in ('probabilities', 'positions', *layers)}
         self.session.run(initializer)
@@ -162,6 +186,9 @@ class Classifier:
             raise ToolkitError(f"none of the {len(paths)} images could be read")
         outputs = {name: np.concatenate([batch[name] for batch in batches]) for name in fetches}
         probabilities, positions = outputs.pop('probabilities'), outputs.pop('positions')
+        if self.ten_crop:
+            outputs = {name: value.reshape((len(positions), -1) + value.shape[1:])
+                       for name, value in outputs.items()}
         return Predictions(probabilities, outputs, positions)
 
     def layer_weights(self, layer):
@@ -220,11 +247,33 @@ def confusion_matrix(labels, predicted, num_classes):
     return counts
 
 
+Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile: a two-sided 95% interval
+
+
+def wilson_interval(successes, trials, z=Z_95):
+    """(low, high): the Wilson score interval of a proportion, 95% by default.
+
+    The accuracy of n images is a sample of the model's accuracy on all the images it could meet. The
+    Wilson interval (Wilson 1927) stays close to its stated coverage for small n and for accuracies
+    near 0 or 1, where the plain p +- z sqrt(p(1-p)/n) does not (and can leave [0, 1]).
+    """
+    if trials <= 0:
+        return (0.0, 1.0)
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z / (1 + z * z / trials) * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
+    # At p = 0 or 1 one end is exactly 0 or 1; rounding would leave it a hair inside.
+    low = 0.0 if successes == 0 else float(centre - half)
+    high = 1.0 if successes == trials else float(centre + half)
+    return (low, high)
+
+
 def evaluate(probs, labels, class_names, top=5):
     """Accuracy, top-k accuracy and per-class precision/recall of `probs` against `labels`.
 
     Precision of a class never predicted, and recall of a class absent from the labels, are None
     (undefined), not 0. Classes that neither occur nor are predicted are left out of `per_class`.
+    `accuracy_interval` and `top_k_accuracy_interval` are 95% Wilson score intervals.
     """
     labels = np.asarray(labels, np.int64)
     predicted = np.argmax(probs, axis=1)
@@ -242,9 +291,38 @@ def evaluate(probs, labels, class_names, top=5):
             'predicted': predicted_count,
             'precision': true_positives / predicted_count if predicted_count else None,
             'recall': true_positives / support if support else None})
-    return {'images': int(len(labels)), 'accuracy': float(np.mean(predicted == labels)),
-            'top_k': top, 'top_k_accuracy': float(np.mean(np.any(top_k == labels[:, None], axis=1))),
+    right = int(np.sum(predicted == labels))
+    right_top_k = int(np.sum(np.any(top_k == labels[:, None], axis=1)))
+    return {'images': int(len(labels)), 'accuracy': right / len(labels),
+            'accuracy_interval': wilson_interval(right, len(labels)),
+            'top_k': top, 'top_k_accuracy': right_top_k / len(labels),
+            'top_k_accuracy_interval': wilson_interval(right_top_k, len(labels)),
             'per_class': per_class, 'confusion_matrix': counts}
+
+
+def published_accuracy(classifier):
+    """The published ImageNet figures to show beside ours: for the 1000-class weights files only."""
+    if classifier.prefix is not None or classifier.num_classes != imagenet.NUM_CLASSES:
+        return None
+    return imagenet.PUBLISHED_ACCURACY['ten_crop' if classifier.ten_crop else 'center_crop']
+
+
+def format_accuracy(report, published=None, crop_mode=None):
+    """Top-1 and top-k accuracy with their 95% Wilson intervals, and the published figures if given."""
+    rows = [('top-1', report['accuracy'], report['accuracy_interval'], 'top1'),
+            (f"top-{report['top_k']}", report['top_k_accuracy'], report['top_k_accuracy_interval'],
+             'top5' if report['top_k'] == 5 else None)]
+    lines = [f"{report['images']} images; accuracy with its 95% interval (Wilson score)"
+             + (f"; published ({published['source']})" if published else '') + ':']
+    for name, value, (low, high), key in rows:
+        line = f"  {name:<6} {value:7.2%}  [{low:.2%}, {high:.2%}]"
+        if published and key:
+            line += f"   published {published[key]:.1%}"
+        lines.append(line)
+    if published and crop_mode == 'whole':
+        lines.append('  (these images were resized whole to 227x227; the published figures are of '
+                     'crops: --center_crop or --ten_crop)')
+    return '\n'.join(lines)
 
 
 def mistakes(paths, probs, labels, class_names):
@@ -317,7 +395,7 @@ def format_table(records):
     return '\n'.join(lines)
 
 
-def format_evaluation(report, wrong, max_mistakes):
+def format_evaluation(report, wrong, max_mistakes, published=None, crop_mode=None):
     lines = [f"{report['images']} images: accuracy {report['accuracy']:.4f}, "
              f"top-{report['top_k']} accuracy {report['top_k_accuracy']:.4f}",
              '', f"{'class':<30} {'images':>7} {'predicted':>9} {'precision':>9} {'recall':>7}"]
@@ -333,6 +411,8 @@ def format_evaluation(report, wrong, max_mistakes):
                      f"(true: {entry['class']}, predicted: {entry['predicted_class']})")
     if len(shown) < len(wrong):
         lines.append(f"  ... and {len(wrong) - len(shown)} more (all of them in --json)")
+    # Last, where a long per-class table cannot push it off the screen.
+    lines += ['', format_accuracy(report, published, crop_mode)]
     return '\n'.join(lines)
 
 
@@ -376,6 +456,9 @@ def check_feature_arguments(args):
     if args.evaluate or args.csv or args.json:
         raise ToolkitError('--features writes features only: give the images or lists as inputs, '
                            'without --evaluate, --csv or --json')
+    if args.ten_crop:
+        raise ToolkitError('--features takes one view per image: use --center_crop or no crop, '
+                           'not --ten_crop')
     if not args.output:
         raise ToolkitError('--features needs --output FILE.npz')
     if not args.output.endswith('.npz'):
@@ -397,7 +480,8 @@ def write_features(args):
     """
     check_feature_arguments(args)
     with Classifier(weights_path=args.weights_path, checkpoint=args.checkpoint_path,
-                    center_crop=args.center_crop, batch_size=args.batch_size) as classifier:
+                    center_crop=args.center_crop, batch_size=args.batch_size,
+                    resize_size=args.resize) as classifier:
         paths, labels = collect_inputs(args.inputs, classifier.num_classes)
         result = classifier.run(paths, layers=[args.features], skip_bad_images=args.skip_bad_images)
     kept = result.positions.tolist()
@@ -432,7 +516,13 @@ def get_args_parser():
     parser.add_argument('--class_names', help='classes.txt of "label name" lines, overriding the names')
     parser.add_argument('--center_crop', action='store_true',
                         help='with --weights_path: classify the centre 227 crop of a 256 resize '
-                        'instead of the whole image resized to 227')
+                        'instead of the whole image resized to 227 (how BVLC measured its weights)')
+    parser.add_argument('--ten_crop', action='store_true',
+                        help='average the probabilities of the four corner and the centre 227 crops '
+                        "of the 256 resize and of their mirror images (the paper's test-time crops)")
+    parser.add_argument('--resize', type=int, default=RESIZE_SIZE, metavar='SIZE',
+                        help='with --center_crop or --ten_crop (or a checkpoint trained with '
+                        '--augment): the square the 227 crops are taken from')
     parser.add_argument('--evaluate', metavar='LIST',
                         help='a "path label" list: report accuracy, per-class precision/recall, the '
                         'confusion matrix and the misclassified images')
@@ -460,19 +550,36 @@ def parse_args(argv):
         parser.error('--top_k and --batch_size must be at least 1')
     if args.center_crop and args.checkpoint_path:
         parser.error('--center_crop applies to --weights_path; a checkpoint brings its own pre-processing')
+    if args.center_crop and args.ten_crop:
+        parser.error('give --center_crop or --ten_crop, not both')
+    if args.resize < INPUT_SIZE:
+        parser.error(f'--resize {args.resize} is smaller than the {INPUT_SIZE}x{INPUT_SIZE} crop')
     if not args.checkpoint_path and not args.weights_path:
         args.weights_path = weight_files.DEFAULT_WEIGHTS_PATH
     return args
 
 
+def check_resize(args):
+    """--resize only means something when 227 crops are taken; say so before the model is built."""
+    if args.resize == RESIZE_SIZE or args.center_crop or args.ten_crop:
+        return
+    if args.checkpoint_path and model_info.read_model_info(args.checkpoint_path)[1]['preprocessing'][
+            'center_crop']:
+        return
+    raise ToolkitError(f'--resize {args.resize}: nothing is cropped (images are resized whole to '
+                       f'{INPUT_SIZE}x{INPUT_SIZE}); add --center_crop or --ten_crop')
+
+
 def main(argv=None):
     args = parse_args(argv)
+    check_resize(args)
     tf_setup.quiet_python_logging(args.verbose)  # first: disable_v2_behavior logs a deprecation
     tf.disable_v2_behavior()
     if args.features:
         return write_features(args)
     with Classifier(weights_path=args.weights_path, checkpoint=args.checkpoint_path,
-                    center_crop=args.center_crop, batch_size=args.batch_size) as classifier:
+                    center_crop=args.center_crop, batch_size=args.batch_size, ten_crop=args.ten_crop,
+                    resize_size=args.resize) as classifier:
         if args.class_names:
             classifier.class_names = model_info.read_class_names_file(args.class_names,
                                                                       classifier.num_classes)
@@ -491,17 +598,18 @@ def main(argv=None):
             labels = [labels[position] for position in result.positions]
         probs = result.probabilities
         names, source = classifier.class_names, classifier.source
+        published, crop_mode = published_accuracy(classifier), classifier.crop_mode
     decoded = decode_predictions(probs, names, args.top_k)
     records = prediction_records(paths, labels, decoded, names)
     content = {'model': source, 'predictions': records}
     if args.evaluate:
         report = evaluate(probs, labels, names, args.top_k)
         wrong = mistakes(paths, probs, labels, names)
-        print(format_evaluation(report, wrong, args.max_mistakes))
+        print(format_evaluation(report, wrong, args.max_mistakes, published, crop_mode))
         confusion_figure(report['confusion_matrix'], names).savefig(args.confusion_matrix, dpi=100)
         print(f"confusion matrix: {args.confusion_matrix}")
         content['evaluation'] = dict(report, confusion_matrix=report['confusion_matrix'].tolist(),
-                                     mistakes=wrong)
+                                     mistakes=wrong, crops=crop_mode, published=published)
     else:
         print(format_table(records))
     if args.csv:

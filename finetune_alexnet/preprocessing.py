@@ -12,6 +12,9 @@ what Caffe fed it:
 
 With the paper's augmentation (off by default) step 2 becomes: resize to 256x256, then take a random
 227x227 crop and flip it left-right half of the time in training, or take the centre crop in inference.
+For evaluation as the paper's section 4.1 and Caffe's `oversample` do, `ten_crops` gives the four
+corner crops and the centre crop of the 256x256 resize and their mirror images; the caller averages
+the network's probabilities over them.
 
 Steps 1-2 run once per image (`decode_rgb`, `resize_for_model`); steps 3-4 (`normalize`) run on any
 [..., 3] tensor, so the data pipeline applies them once per batch, where they are cheapest.
@@ -55,29 +58,53 @@ def _bilinear(image, size):
     return tf.squeeze(resized, axis=0)
 
 
-def resize_for_model(image_rgb, training=False, augment=False, seed=None):
+def _check_resize_size(resize_size):
+    if resize_size < INPUT_SIZE:
+        raise ValueError(f'resize size {resize_size} is smaller than the {INPUT_SIZE}x{INPUT_SIZE} crop')
+
+
+def _crop(image, top, left):
+    return image[top:top + INPUT_SIZE, left:left + INPUT_SIZE, :]
+
+
+def resize_for_model(image_rgb, training=False, augment=False, seed=None, resize_size=RESIZE_SIZE):
     """float32 [227, 227, 3] RGB in [0, 255] from a decoded image of any size.
 
     Without `augment`: a bilinear resize straight to 227x227. With `augment`: a bilinear resize to
-    256x256, then in training a 227x227 crop at a random place, flipped left-right half of the time;
-    in inference the centre crop, so prediction is deterministic. `seed` (int32/int64 [2], required
-    for training with augmentation) drives the crop and the flip through stateless random ops, so one
-    seed always gives the same crop: the caller varies it per image and per epoch.
+    `resize_size` (256) squared, then in training a 227x227 crop at a random place, flipped left-right
+    half of the time; in inference the centre crop, so prediction is deterministic. `seed` (int32/int64
+    [2], required for training with augmentation) drives the crop and the flip through stateless random
+    ops, so one seed always gives the same crop: the caller varies it per image and per epoch.
     """
     if not augment:
         return _bilinear(image_rgb, INPUT_SIZE)
-    resized = _bilinear(image_rgb, RESIZE_SIZE)
+    _check_resize_size(resize_size)
+    resized = _bilinear(image_rgb, resize_size)
+    spare = resize_size - INPUT_SIZE
     if not training:
-        margin = (RESIZE_SIZE - INPUT_SIZE) // 2
-        return resized[margin:margin + INPUT_SIZE, margin:margin + INPUT_SIZE, :]
+        return _crop(resized, spare // 2, spare // 2)
     if seed is None:
         raise ValueError('resize_for_model: training with augmentation needs a seed')
     # Three draws from 0..29: the crop's top and left, and the flip (drawn below 15 half of the time).
-    draws = tf.random.stateless_uniform([3], seed=seed, minval=0, maxval=RESIZE_SIZE - INPUT_SIZE + 1,
-                                        dtype=tf.int32)
+    draws = tf.random.stateless_uniform([3], seed=seed, minval=0, maxval=spare + 1, dtype=tf.int32)
     crop = tf.slice(resized, [draws[0], draws[1], 0], [INPUT_SIZE, INPUT_SIZE, 3])
-    flip = draws[2] < (RESIZE_SIZE - INPUT_SIZE + 1) // 2
+    flip = draws[2] < (spare + 1) // 2
     return tf.cond(flip, lambda: tf.reverse(crop, axis=[1]), lambda: crop)
+
+
+def ten_crops(image_rgb, resize_size=RESIZE_SIZE):
+    """float32 [10, 227, 227, 3] RGB in [0, 255]: the paper's test-time crops of a decoded image.
+
+    Caffe's `oversample`, in its order: of the bilinear `resize_size` (256) squared resize, the crops
+    at the top-left, top-right, bottom-left and bottom-right corners and the centre crop (the one
+    `resize_for_model` gives in inference), then the same five mirrored left-right.
+    """
+    _check_resize_size(resize_size)
+    resized = _bilinear(image_rgb, resize_size)
+    far, centre = resize_size - INPUT_SIZE, (resize_size - INPUT_SIZE) // 2
+    crops = tf.stack([_crop(resized, top, left)
+                      for top, left in ((0, 0), (0, far), (far, 0), (far, far), (centre, centre))])
+    return tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
 
 
 @tf.function(jit_compile=True)

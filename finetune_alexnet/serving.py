@@ -20,7 +20,6 @@ TFLite has no image decoder op, so a `.tflite` takes what the network takes: flo
 probabilities; its labels and model_info.json are written beside it.
 """
 import collections
-import json
 import os
 import shutil
 import tempfile

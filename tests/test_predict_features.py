@@ -96,6 +96,7 @@ def test_features_of_images_alone_have_no_labels_and_skip_bad_images(weights, in
     (['--features', 'fc7', '--output', 'feats.txt'], '--output feats.txt: the features file should end'),
     (['--features', 'fc7', '--output', 'x.npz', '--csv', 'a.csv'], '--features writes features only'),
     (['--features', 'fc7', '--output', '/nowhere/x.npz'], 'folder /nowhere does not exist'),
+    (['--features', 'fc7', '--output', 'x.npz', '--ten_crop'], '--features takes one view per image'),
 ])
 def test_feature_flag_mistakes_are_one_line(weights, inputs, extra, message, capsys):
     assert run_main(predict.main, ['--weights_path', weights, *extra, inputs[0][0]]) == 2
