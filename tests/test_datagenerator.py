@@ -347,7 +347,7 @@ def test_load_images_names_an_unreadable_file(tmp_path):
     _, paths = bad_set(tmp_path)
     with pytest.raises(ToolkitError) as caught:
         datagenerator.load_images(paths)
-    assert str(caught.value).startswith(f'1 unreadable image: {paths[1]}: jpeg::Uncompress failed')
+    assert str(caught.value).startswith(f'2 unreadable images: {paths[1]}: jpeg::Uncompress failed')
     assert paths[3] in str(caught.value)
     images = datagenerator.load_images([paths[0]])
     assert images.shape == (1, 227, 227, 3) and images.dtype == np.float32
