@@ -1,26 +1,18 @@
 """How fast the toolkit fine-tunes AlexNet on this machine: one table of images/s and ratios.
 
-    python bench/bench.py [--quick] [--only PATTERNS] [--device cpu|gpu] [--json FILE]
+    python bench/bench.py [--quick] [--only 'fc/*,e2e/*'] [--device cpu|gpu] [--json FILE]
 
-Every configuration runs in its own fresh subprocess, one after the other, as a user runs one command
-at a time (TensorFlow reads its oneDNN settings once, at load, and its thread pools are per process):
-
-- the fine-tuning step, fc6-fc8 trained (`fc`) and all layers (`all`), at each --batches size, fed
-  from an in-memory batch (`memory`: the step's own speed), from the real JPEG pipeline
-  (`pipeline`: datagenerator.ImageDataGenerator), through finetune.py's own loop (`loop`: the
-  command itself, images/s from its metrics.jsonl), and through the original script's loop (`feed`,
-  the baseline: each batch pulled into NumPy and fed back through feed_dict, summaries by a second
-  pass every 20 steps); with --mixed_precision (`mixed`); fc6-fc8 from cached pool5 features
-  (`cached`); the same steps in PyTorch (`torch`, only when torch is importable);
-- inference at batch 1 and the largest batch (`infer/tf`, `infer/torch`);
-- the input pipeline alone against plain OpenCV decode+resize on the same threads (`input`);
-- a 10-epoch frozen-conv finetune.py run on 2,500 generated images, --cache_features on and off
-  (`e2e`: wall seconds, start-up included);
-- the PyTorch peer's equality check: the same logits and SGD step as our graph on the same weights.
-
-A configuration's key (`fc/memory/128`, `infer/tf/1`, `e2e/on`, `check/torch`) is what --only
-matches. Weights are random (speed does not depend on their values), written once in the
-bvlc_alexnet layout with finetune_alexnet.weight_files. Figures go in bench/RESULTS.md.
+Each configuration runs in a fresh subprocess, one after the other, as a user runs one command at a
+time (TensorFlow reads its oneDNN settings at load; its thread pools are per process). Its key says
+what it is: `fc/memory/128` is the step that trains fc6-fc8 (`all`: every layer) at batch 128 from
+an in-memory batch; `pipeline` feeds it from the JPEG pipeline (datagenerator), `loop` is finetune.py
+itself (images/s from its metrics.jsonl), `feed` the original's loop, the baseline (each batch pulled
+into NumPy and fed back through feed_dict, summaries by a second pass every 20 steps), `cached` the
+step from cached pool5 features, `mixed` --mixed_precision, `torch` the PyTorch peer (when torch is
+importable). Then `infer/*` (batch 1 and the largest), `input/*` (the pipeline alone against plain
+OpenCV), `e2e/*` (a 10-epoch frozen-conv finetune.py run, --cache_features off and on) and
+`check/*` (the PyTorch peer's logits and SGD step against ours). Weights are random (speed does not
+depend on them), written once in the BVLC layout. Figures go in bench/RESULTS.md.
 """
 import os
 import sys
@@ -62,7 +54,7 @@ LAYER_SHAPES = {'conv1': (11, 11, 3, 96), 'conv2': (5, 5, 48, 256), 'conv3': (3,
                 'conv4': (3, 3, 192, 384), 'conv5': (3, 3, 192, 256), 'fc6': (9216, 4096),
                 'fc7': (4096, 4096), 'fc8': (4096, 1000)}
 FC_LAYERS = ('fc6', 'fc7', 'fc8')
-LABELS = {'memory': 'in-memory batch', 'pipeline': 'real JPEG pipeline',
+SOURCES = {'memory': 'in-memory batch', 'pipeline': 'real JPEG pipeline',
           'loop': "finetune.py's loop (pipeline, summaries ride along)",
           'feed': "baseline: the original's feed_dict loop", 'cached': 'cached pool5 features',
           'mixed': 'in-memory batch, --mixed_precision', 'torch': 'PyTorch peer, in-memory batch'}
@@ -286,16 +278,11 @@ def measure_input(spec):
     return timed(epoch, len(paths), spec['seconds'])
 
 
-def check_batch():
-    """The equality check's images and 1000-class labels, the same in both frameworks."""
-    return fixed_batch(CHECK_IMAGES, num_classes=1000, seed=7)
-
-
 def check_tf(spec):
-    """Our graph's logits and loss on check_batch(), before and after one SGD step on all layers."""
+    """Our graph's logits and loss on fixed images, before and after one SGD step on all layers."""
     import tensorflow.compat.v1 as tf
     from alexnet import TRAINABLE_LAYERS
-    images, labels = check_batch()
+    images, labels = fixed_batch(CHECK_IMAGES, num_classes=1000, seed=7)
     graph = tf.Graph()
     with graph.as_default():
         train = training_graph((tf.constant(images), tf.constant(labels)), None, num_classes=1000,
@@ -323,10 +310,10 @@ def _torch_model(spec, num_classes, dropout_rate):
 
 
 def check_torch(spec):
-    """The PyTorch peer's values for check_tf's batch, weights and step."""
+    """The PyTorch peer's values for check_tf's images, weights and step."""
     import torch
     import torch_alexnet
-    images, labels = check_batch()
+    images, labels = fixed_batch(CHECK_IMAGES, num_classes=1000, seed=7)
     model = _torch_model(spec, 1000, dropout_rate=0.0)  # dropout off, as keep_prob 1 in check_tf
     step = torch_alexnet.train_step_fn(model, torch_alexnet.CONV_LAYERS + FC_LAYERS, images, labels,
                                        RUN_LEARNING_RATE)
@@ -335,7 +322,7 @@ def check_torch(spec):
     for after_step in (False, True):
         if after_step:
             step()
-        logits = torch_alexnet.logits(model, images)
+        logits = torch_alexnet.inference_fn(model, images)().numpy()
         values += [logits.tolist(),
                    float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), targets))]
     return values
@@ -375,33 +362,51 @@ def worker(spec):
 # --- coordinator side ------------------------------------------------------------------------------
 
 def configurations(args):
-    """{key: spec} of every configuration, in the order they run and are printed."""
+    """{key: spec} of every configuration, in the order they run and are printed.
+
+    A spec's `label` names its row and `versus` (key over key, and what that means) its ratio.
+    """
     batches, big = args.batches, args.batches[-1]
-    torch = args.torch
     configs = {}
 
-    def add(key, **spec):
-        configs[key] = dict(spec, framework=spec.get('framework', 'tf'), device=args.device)
+    def add(key, label, versus=None, framework='tf', **spec):
+        configs[key] = dict(spec, label=label, versus=versus, framework=framework, device=args.device)
 
     for mode in ('fc', 'all'):
-        for source in ('memory', 'pipeline', 'loop', 'feed', 'cached', 'mixed', 'torch'):
-            if (source == 'cached' and mode != 'fc') or (source == 'torch' and not torch):
-                continue
-            for batch in ([big] if source == 'mixed' else batches):
-                add(f'{mode}/{source}/{batch}', kind='loop' if source == 'loop' else 'step',
-                    mode=mode, source=source, batch=batch,
-                    framework='torch' if source == 'torch' else 'tf')
-    for framework in ('tf', 'torch') if torch else ('tf',):
-        for batch in (1, big):
-            add(f'infer/{framework}/{batch}', kind='infer', framework=framework, batch=batch)
-    for source in ('pipeline', 'opencv'):
-        add(f'input/{source}/{big}', kind='input', source=source, batch=big,
-            framework='tf' if source == 'pipeline' else 'opencv')
+        step = f"{'fc6-fc8' if mode == 'fc' else 'all-layer'} step"
+        for batch in batches:
+            for source in ('memory', 'pipeline', 'loop', 'feed'):
+                add(f'{mode}/{source}/{batch}', f'{step}, {SOURCES[source]}',
+                    None if source == 'feed' else (f'{mode}/{source}/{batch}', f'{mode}/feed/{batch}',
+                                                   'the feed_dict baseline'),
+                    kind='loop' if source == 'loop' else 'step', mode=mode, source=source, batch=batch)
+            for source in ['cached'] * (mode == 'fc') + ['mixed'] * (batch == big):
+                add(f'{mode}/{source}/{batch}', f'{step}, {SOURCES[source]}',
+                    (f'{mode}/{source}/{batch}', f'{mode}/memory/{batch}', 'the in-memory step'),
+                    kind='step', mode=mode, source=source, batch=batch)
+            if args.torch:
+                add(f'{mode}/torch/{batch}', f'{step}, {SOURCES["torch"]}',
+                    (f'{mode}/memory/{batch}', f'{mode}/torch/{batch}', 'ours over PyTorch'),
+                    'torch', kind='step', mode=mode, batch=batch)
+    for batch in (1, big):
+        add(f'infer/tf/{batch}', 'inference, toolkit graph', kind='infer', batch=batch)
+        if args.torch:
+            add(f'infer/torch/{batch}', 'inference, PyTorch peer',
+                (f'infer/tf/{batch}', f'infer/torch/{batch}', 'ours over PyTorch'), 'torch',
+                kind='infer', batch=batch)
+    threads = f'{os.cpu_count()} threads'
+    add(f'input/pipeline/{big}', f'input pipeline alone (500x375 JPEGs), {threads}',
+        (f'input/pipeline/{big}', f'input/opencv/{big}', 'plain OpenCV'), kind='input',
+        source='pipeline', batch=big)
+    add(f'input/opencv/{big}', f'plain OpenCV decode+resize, {threads}', None, 'opencv',
+        kind='input', source='opencv', batch=big)
     for cache in ('off', 'on'):
-        add(f'e2e/{cache}', kind='e2e', cache=cache, batch=args.e2e_batch)
-    if torch:
-        add('check/tf', kind='check')
-        add('check/torch', kind='check', framework='torch')
+        add(f'e2e/{cache}', f'{args.e2e_epochs}-epoch finetune.py run, fc6-fc8, {args.e2e_images} '
+            f'images, --cache_features {cache}', ('e2e/on', 'e2e/off', 'the uncached run')
+            if cache == 'on' else None, kind='e2e', cache=cache, batch=args.e2e_batch)
+    if args.torch:
+        add('check/tf', 'equality check, ours', kind='check')
+        add('check/torch', 'equality check, PyTorch', framework='torch', kind='check')
     return configs
 
 
@@ -460,68 +465,27 @@ def measure(key, spec, args):
     return run_worker(spec)
 
 
-def ratio_text(key, values, args):
-    """The ratio a row is read by, or ''."""
-    def over(a, b):
-        return values[a] / values[b] if values.get(a) and values.get(b) else None
-    parts = key.split('/')
-    text = ''
-    if parts[0] in ('fc', 'all'):
-        mode, source, batch = parts
-        if source in ('memory', 'pipeline', 'loop'):
-            value, text = over(key, f'{mode}/feed/{batch}'), 'the feed_dict baseline'
-        elif source in ('cached', 'mixed'):
-            value, text = over(key, f'{mode}/memory/{batch}'), 'the in-memory step'
-        elif source == 'torch':
-            value, text = over(f'{mode}/memory/{batch}', key), 'ours (in-memory) over PyTorch'
-        else:
-            value = None
-    elif parts[0] == 'infer' and parts[1] == 'torch':
-        value, text = over(f'infer/tf/{parts[2]}', key), 'ours over PyTorch'
-    elif parts[:2] == ['input', 'pipeline']:
-        value, text = over(key, f'input/opencv/{parts[2]}'), 'OpenCV decode+resize'
-    elif parts[0] == 'e2e':
-        wall = f"{args.walls[key]:.1f} s wall" if key in args.walls else ''
-        speedup = over(key, 'e2e/off') if key == 'e2e/on' else None
-        return f'{wall}; {speedup:.2f}x the uncached run' if speedup else wall
-    else:
-        value = None
-    return f'{value:.2f}x {text}' if value else ''
-
-
-def label(key, spec, args):
-    parts = key.split('/')
-    if parts[0] in ('fc', 'all'):
-        return f"{'fc6-fc8' if parts[0] == 'fc' else 'all-layer'} step, {LABELS[parts[1]]}"
-    if parts[0] == 'infer':
-        return f"inference, {'toolkit graph' if parts[1] == 'tf' else 'PyTorch peer'}"
-    if parts[0] == 'input':
-        threads = os.cpu_count()
-        return ('input pipeline alone (500x375 JPEGs)' if parts[1] == 'pipeline'
-                else 'plain OpenCV decode+resize') + f', {threads} threads'
-    return (f"{args.e2e_epochs}-epoch finetune.py run, fc6-fc8, {args.e2e_images} images, "
-            f"--cache_features {spec['cache']}")
+def ratio_text(key, spec, values, args):
+    """The ratio a row is read by; for the end-to-end runs, their wall seconds first."""
+    parts = [f'{args.walls[key]:.1f} s wall'] if key in args.walls else []
+    if spec['versus'] and values.get(spec['versus'][0]) and values.get(spec['versus'][1]):
+        numerator, denominator, meaning = spec['versus']
+        parts.append(f'{values[numerator] / values[denominator]:.2f}x {meaning}')
+    return '; '.join(parts)
 
 
 def machine():
-    """The CPU model (from /proc/cpuinfo, else lscpu) and the versions in the table's heading."""
-    cpu = None
+    """The CPU (lscpu's model name, family and model) and the versions, for the table's heading."""
     try:
-        with open('/proc/cpuinfo') as stream:
-            cpu = next((line.split(':', 1)[1].strip() for line in stream
-                        if line.startswith('model name')), None)
-    except OSError:
-        pass
-    if cpu is None:
         lscpu = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
-        cpu = next((line.split(':', 1)[1].strip() for line in lscpu.splitlines()
-                    if line.startswith('Model name')), platform.processor())
-    versions = []
-    for package in ('tensorflow', 'torch'):
-        try:
-            versions.append(f'{package} {importlib.metadata.version(package)}')
-        except importlib.metadata.PackageNotFoundError:
-            pass
+    except OSError:
+        lscpu = ''
+    fields = dict((part.strip() for part in line.split(':', 1)) for line in lscpu.splitlines()
+                  if ':' in line)
+    cpu = (f"{fields.get('Model name', platform.processor())} (family {fields.get('CPU family')}, "
+           f"model {fields.get('Model')})")
+    versions = [f'{name} {importlib.metadata.version(name)}' for name in ('tensorflow', 'torch')
+                if importlib.util.find_spec(name)]
     return f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, {', '.join(versions)}"
 
 
@@ -533,8 +497,8 @@ def table(configs, values, failed, args):
         if key.startswith('check/'):
             continue
         value = 'failed' if key in failed else f'{values[key]:.1f}'
-        lines.append(f"| {label(key, spec, args)} | {key} | {spec['batch']} | {value} | "
-                     f"{ratio_text(key, values, args)} |")
+        lines.append(f"| {spec['label']} | {key} | {spec['batch']} | {value} | "
+                     f"{ratio_text(key, spec, values, args)} |")
     lines.append('')
     if 'check/torch' in values and 'check/tf' in values:
         reference = [np.asarray(v, np.float64) for v in values['check/tf']]

@@ -89,13 +89,6 @@ def to_nchw(images_nhwc):
     return torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))
 
 
-def logits(model, images_nhwc):
-    """Logits at test time (no dropout, no autograd) for NHWC images, as a NumPy array."""
-    model.eval()
-    with torch.inference_mode():
-        return model(to_nchw(images_nhwc)).numpy()
-
-
 def train_step_fn(model, train_layers, images_nhwc, labels_onehot, learning_rate=0.001):
     """A function running one SGD step on the fixed batch: the plain PyTorch fine-tuning loop."""
     parameters = model.freeze(train_layers)

@@ -74,3 +74,25 @@ def test_bad_batches_flag_is_one_error_line(tmp_path):
     result = run_bench('--batches', '32,big', '--cache_dir', str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.strip() == 'error: --batches 32,big: a comma list of whole numbers'
+
+
+def test_equality_line_holds_the_largest_relative_difference():
+    # The PyTorch peer is optional (and absent here); the comparison of its values with ours is
+    # checked on made-up values: logits [2, 3] and a loss, before and after a step.
+    sys.path.insert(0, os.path.join(REPO, 'bench'))
+    try:
+        import bench
+    finally:
+        sys.path.remove(os.path.join(REPO, 'bench'))
+    ours = [[[1.0, -4.0, 2.0], [0.5, 0.0, 3.0]], 2.5, [[1.0, -4.0, 2.0], [0.5, 0.0, 3.0]], 2.4]
+    peer = [[[1.0, -4.0, 2.0], [0.5, 0.0, 3.0002]], 2.5, [[1.0, -4.0, 2.0], [0.5, 0.0, 3.0]], 2.4001]
+    configs = {'check/tf': {}, 'check/torch': {}}
+    values = {'check/tf': ours, 'check/torch': peer}
+    args = type('Args', (), {'device': 'cpu', 'torch': True, 'walls': {}})()
+    text = bench.table(configs, values, set(), args)
+    # 0.0002 / max |logits| 4 = 5e-5 beats the loss's 0.0001 / max(1, 2.4) = 4.2e-5.
+    assert values['check/difference'] == pytest.approx(5e-5, rel=1e-6)
+    assert 'differ by 5.0e-05' in text and 'equal to 0.0001' in text
+    values['check/torch'] = [peer[0], 2.5, peer[2], 2.4005]  # 0.0005 / 2.4 = 2.1e-4
+    text = bench.table(configs, values, set(), args)
+    assert 'differ by 2.1e-04' in text and 'DIFFERENT to 0.0001' in text
