@@ -26,6 +26,7 @@ from finetune_alexnet import cli  # noqa: E402
 if __name__ == '__main__':
     cli.prepare(sys.argv[1:])  # before TensorFlow loads (in a worker): quiet, oneDNN on
 
+import concurrent.futures  # noqa: E402
 import fnmatch  # noqa: E402
 import importlib.metadata  # noqa: E402
 import importlib.util  # noqa: E402
@@ -250,8 +251,8 @@ def measure_input(spec):
     threads = os.cpu_count() or 1
     if spec['source'] == 'opencv':
         import cv2
-        from concurrent.futures import ThreadPoolExecutor
-        pool = ThreadPoolExecutor(threads, initializer=cv2.setNumThreads, initargs=(1,))
+        pool = concurrent.futures.ThreadPoolExecutor(threads, initializer=cv2.setNumThreads,
+                                                     initargs=(1,))
 
         def epoch():
             for _ in pool.map(lambda path: cv2.resize(cv2.imread(path), (227, 227)), paths):
@@ -517,7 +518,8 @@ def table(configs, values, failed, args):
 def parse_args(argv):
     parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true',
-                        help='every configuration briefly: batch 8, short windows, small data')
+                        help='every configuration briefly, two at a time: batch 8, short windows, '
+                        'small data (a smoke run, not measurements)')
     parser.add_argument('--only', help='comma list of key patterns to run (fc/*, infer/tf/1, e2e/*)')
     parser.add_argument('--batches', help='training batch sizes (default 32,128; quick 8)')
     parser.add_argument('--seconds', type=float, help='timed window per configuration (default 8; '
@@ -567,17 +569,23 @@ def main(argv=None):
     if 'e2e' in kinds:
         args.e2e_lists = write_demo_lists(args.cache_dir, args.e2e_images)
     values, failed = {}, set()
-    for key, spec in configs.items():
-        spec.update(weights=weights, seconds=args.seconds, list_file=getattr(args, 'list_file', None))
+
+    def run(key):
+        spec = dict(configs[key], weights=weights, seconds=args.seconds,
+                    list_file=getattr(args, 'list_file', None))
         started = time.perf_counter()
         try:
             values[key] = measure(key, spec, args)
         except RuntimeError as error:
             failed.add(key)
             print(f'error: {key}: {error}', file=sys.stderr)
-            continue
+            return
         shown = 'values' if key.startswith('check/') else f'{values[key]:.1f}'
         print(f'{key}: {shown} ({time.perf_counter() - started:.0f} s)', file=sys.stderr, flush=True)
+    # One configuration at a time, so that none slows another; --quick, a smoke run whose figures
+    # are not measurements, runs two at once to overlap their start-up (mostly one core each).
+    with concurrent.futures.ThreadPoolExecutor(2 if args.quick else 1) as pool:
+        list(pool.map(run, configs))
     text = table(configs, values, failed, args)
     print(text)
     if args.json:
