@@ -1,636 +1,601 @@
-"""How fast the toolkit fine-tunes AlexNet on this machine, against the obvious alternatives, in one run.
+"""How fast the toolkit fine-tunes AlexNet on this machine: one table of images/s and ratios.
 
-    python bench/bench.py [--quick] [--repeats 3] [--json results.json] [--no_finetune]
+    python bench/bench.py [--quick] [--only 'fc/*,e2e/*'] [--device cpu|gpu] [--json FILE]
 
-Measures, all in the same run (bench/RESULTS.md holds a recorded run and what was chosen):
-
-1. a fine-tune step, fc6-fc8 trained (conv frozen) and all layers, at batch 32 and 128, from an
-   in-memory batch;
-2. the same from the real JPEG pipeline (500x375 JPEGs written once, bench_pipeline.write_images),
-   bare and as finetune.py's loop runs it (summaries riding along every 20 steps);
-3. the original script's loop as the baseline: batches pulled into NumPy and fed back through
-   feed_dict, summaries by a second pass every 20 steps;
-4. inference at batch 1 and 128; the fc6-fc8 step from cached pool5 features;
-5. the input pipeline alone;
-6. the peer: the same AlexNet fine-tuned in PyTorch on the CPU (bench/torch_alexnet.py; skipped with
-   a note when torch is not installed);
-7. the settings tried for speed: oneDNN off, thread pools, XLA, native grouped convolution,
-   TensorFlow's LRN kernel instead of the toolkit's matrix-product LRN; and that logits and losses agree to 1e-4 across them and with PyTorch;
-8. end to end, a 10-epoch frozen-conv `finetune.py` run with --cache_features on and off.
-
-Each contender lives in a worker process (TensorFlow reads oneDNN and XLA settings once, at load, and
-its thread pools are per process), started once and kept waiting on a pipe. The rounds interleave
-every contender of every worker, in a new random order each round, so a machine that gets busier
-mid-run slows all of them alike; each figure is the median over the rounds, after a warm-up. No
-figure is ever asserted in tests/: this is a measurement, not a test.
+Each configuration runs in a fresh subprocess, one after the other, as a user runs one command at a
+time (TensorFlow reads its oneDNN settings at load; its thread pools are per process). Its key says
+what it is: `fc/memory/128` is the step that trains fc6-fc8 (`all`: every layer) at batch 128 from
+an in-memory batch; `pipeline` feeds it from the JPEG pipeline (datagenerator), `loop` is finetune.py
+itself (images/s from its metrics.jsonl), `feed` the original's loop, the baseline (each batch pulled
+into NumPy and fed back through feed_dict, summaries by a second pass every 20 steps), `cached` the
+step from cached pool5 features, `mixed` --mixed_precision, `torch` the PyTorch peer (when torch is
+importable). Then `infer/*` (batch 1 and the largest), `input/*` (the pipeline alone against plain
+OpenCV), `e2e/*` (a 10-epoch frozen-conv finetune.py run, --cache_features off and on) and
+`check/*` (the PyTorch peer's logits and SGD step against ours). Weights are random (speed does not
+depend on them), written once in the BVLC layout. Figures go in bench/RESULTS.md.
 """
 import os
 import sys
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __name__ == '__main__':
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
 
-import argparse  # noqa: E402
+from finetune_alexnet import cli  # noqa: E402
+
+if __name__ == '__main__':
+    cli.prepare(sys.argv[1:])  # before TensorFlow loads (in a worker): quiet, oneDNN on
+
+import concurrent.futures  # noqa: E402
+import fnmatch  # noqa: E402
+import importlib.metadata  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
-import resource  # noqa: E402
+import platform  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-import common  # noqa: E402
+import numpy as np  # noqa: E402
 
-WORKER_FLAG = '--worker'
-TOLERANCE = 1e-4
-TARGET_FC_VS_TORCH = 2.0
-TARGET_PIPELINE_VS_MEMORY = 0.85
-TARGET_CACHED_SPEEDUP = 3.0
-LOWER_PRECISION = ('mixed-precision',)
-SECOND_GROUP = ('chosen-2', 'dependency-optimizer', 'grouped', 'kernel-lrn')  # timed against their own worker of the chosen settings
+from finetune_alexnet.errors import ToolkitError  # noqa: E402
+
+NUM_CLASSES = 2
+DISPLAY_STEP = 20  # finetune.py's default, and the original script's
+KEEP_PROB = 0.5  # finetune.py's default --dropout_rate 0.5
+# Speed does not depend on the learning rate. These keep random weights finite: hundreds of steps
+# on one in-memory batch, and ten epochs of finetune.py (its NaN guard would stop a diverging run).
+STEP_LEARNING_RATE = 1e-7
+RUN_LEARNING_RATE = 1e-5
+CHECK_IMAGES = 8
+CHECK_TOLERANCE = 1e-4
+LAYER_SHAPES = {'conv1': (11, 11, 3, 96), 'conv2': (5, 5, 48, 256), 'conv3': (3, 3, 256, 384),
+                'conv4': (3, 3, 192, 384), 'conv5': (3, 3, 192, 256), 'fc6': (9216, 4096),
+                'fc7': (4096, 4096), 'fc8': (4096, 1000)}
+FC_LAYERS = ('fc6', 'fc7', 'fc8')
+SOURCES = {'memory': 'in-memory batch', 'pipeline': 'real JPEG pipeline',
+          'loop': "finetune.py's loop (pipeline, summaries ride along)",
+          'feed': "baseline: the original's feed_dict loop", 'cached': 'cached pool5 features',
+          'mixed': 'in-memory batch, --mixed_precision', 'torch': 'PyTorch peer, in-memory batch'}
 
 
-# --- worker side --------------------------------------------------------------------------------
+# --- data the configurations share, written once into --cache_dir --------------------------------
 
-def _tf_config(spec):
+def write_weights(path):
+    """Random He-scaled weights in bvlc_alexnet.npy's layout (1000 classes), as a pickle-free .npz."""
+    from finetune_alexnet import weight_files
+    if not os.path.exists(path):
+        rng = np.random.default_rng(0)
+        layers = {name: {'weights': rng.standard_normal(shape, np.float32)
+                         * np.float32(np.sqrt(2 / np.prod(shape[:-1]))),
+                         'biases': rng.uniform(-0.1, 0.1, shape[-1:]).astype(np.float32)}
+                  for name, shape in LAYER_SHAPES.items()}
+        weight_files.save_weights(path, layers)
+    return path
+
+
+def write_jpegs(folder, count):
+    """`count` photo-like 500x375 JPEGs (the Kaggle cats-vs-dogs size) and a list file of them."""
+    import cv2
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[0:375, 0:500].astype(np.float32)
+    lines = []
+    for index in range(count):
+        path = os.path.join(folder, f'{index:05d}.jpg')
+        # Drawn even when the file exists, so image k is the same whatever `count` is.
+        slope_x, slope_y, phase = rng.uniform(0.005, 0.05, 3)
+        noise = rng.normal(0, 12, (375, 500, 3))
+        if not os.path.exists(path):
+            # Smooth colour waves plus sensor-like noise: compresses (and decodes) like a photo.
+            waves = np.stack([127 + 100 * np.sin(slope_x * cols + slope_y * rows + phase + channel)
+                              for channel in range(3)], axis=-1)
+            image = np.clip(waves + noise, 0, 255).astype(np.uint8)
+            cv2.imwrite(path + '.part.jpg', image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+            os.replace(path + '.part.jpg', path)  # never a half-written JPEG under the real name
+        lines.append(f'{path} {index % NUM_CLASSES}\n')
+    list_file = os.path.join(folder, f'list_{count}.txt')
+    with open(list_file, 'w') as stream:
+        stream.writelines(lines)
+    return list_file
+
+
+def write_demo_lists(folder, images):
+    """finetune.py's demo images (generated disks and squares), split 80/20 by make_lists."""
+    import make_lists
+    from finetune_alexnet import demo_data
+    per_class = images // 2
+    image_folder = os.path.join(folder, f'demo_{per_class}')
+    if not os.path.isdir(image_folder):
+        demo_data.make_demo_images(image_folder, per_class, seed=0)
+    paths, labels, class_names = make_lists.find_images(image_folder)
+    train, val = make_lists.split_stratified(paths, labels, val_fraction=0.2, seed=0)
+    return make_lists.write_lists(os.path.join(folder, f'lists_{per_class}'), train, val, class_names)
+
+
+# --- worker side: one configuration in this process ------------------------------------------------
+
+def fixed_batch(batch_size, num_classes=NUM_CLASSES, seed=0):
+    """float32 images in the range of mean-subtracted pixels, and one-hot labels."""
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(-125, 150, (batch_size, 227, 227, 3)).astype(np.float32)
+    return images, np.eye(num_classes, dtype=np.float32)[rng.integers(0, num_classes, batch_size)]
+
+
+def timed(step, images_per_step, seconds):
+    """images/s of `step()` over at least `seconds` (and 3 steps), after two warm-up steps.
+
+    The warm-up creates oneDNN's primitives and fills the pipeline; the first step is several times
+    slower than the rest.
+    """
+    step()
+    step()
+    steps, start = 0, time.perf_counter()
+    while steps < 3 or time.perf_counter() - start < seconds:
+        step()
+        steps += 1
+    return steps * images_per_step / (time.perf_counter() - start)
+
+
+def training_graph(inputs, input_layer, **settings):
+    """training.build_training_graph on (images, labels), with finetune.py's settings."""
+    from finetune_alexnet import training
+    if hasattr(training, 'TrainingConfig'):  # the config-object form (issue 11)
+        return training.build_training_graph(*inputs, training.TrainingConfig(**settings),
+                                             input_layer=input_layer)
+    settings['train_layers'], settings['skip_layers'] = (list(settings['train_layers']),
+                                                         list(settings['skip_layers']))
+    return training.build_training_graph(*inputs, input_layer=input_layer, **settings)
+
+
+def _session(tf, spec, graph, mixed_precision=False):
     from finetune_alexnet import tf_setup
-    from tensorflow.core.protobuf import rewriter_config_pb2
-    # 'mixed_precision': finetune.py --mixed_precision, i.e. on this CPU grappler's bfloat16 pass for
-    # oneDNN (float32 variables and updates) with the toolkit's loss scaling in the graph.
-    config = tf_setup.session_config(use_gpu=spec.get('use_gpu', False), xla=spec.get('xla', False),
-                                     mixed_precision=spec.get('mixed_precision', False))
-    if spec.get('dependency_optimizer'):
-        # Grappler's default, which tf_setup turns off so that feeding x stays correct.
-        config.graph_options.rewrite_options.dependency_optimization = \
-            rewriter_config_pb2.RewriterConfig.DEFAULT
-    if 'threads' in spec:
-        config.intra_op_parallelism_threads, config.inter_op_parallelism_threads = spec['threads']
-    return config
+    if spec['device'] == 'gpu' and not tf.config.list_physical_devices('GPU'):
+        raise ToolkitError('--device gpu: TensorFlow sees no GPU')
+    config = tf_setup.session_config(use_gpu=spec['device'] == 'gpu', mixed_precision=mixed_precision)
+    return tf.Session(graph=graph, config=config)
 
 
-def _build_tf(spec):
-    """{name: contender} for a TensorFlow worker, and a function returning its check values."""
+def measure_tf_step(spec):
+    """A training step of `spec['mode']` fed from memory, the JPEG pipeline, feed_dict or the cache."""
     import tensorflow.compat.v1 as tf
-    from finetune_alexnet import tf_setup
-    tf_setup.quiet_python_logging()
-    tf.disable_v2_behavior()
-    config = _tf_config(spec)
-    layers = common.fixture_layers()
-    contenders, sessions = {}, []
-    for item in spec['contenders']:
-        kind, names = item['kind'], item.get('variant')
-        if kind == 'train':
-            built, opened = common.training_contenders(
-                item['mode'], item['batch'], layers, config, item['sources'], spec.get('list_file'),
-                names=names, mixed_precision=spec.get('mixed_precision', False))
-            sessions += opened
-            for source, contender in built.items():
-                contenders[f"{item['prefix']}/{item['mode']}/{source}/{item['batch']}"] = contender
-        elif kind == 'cached':
-            contender, session = common.cached_contender(item['batch'], layers, config)
-            sessions.append(session)
-            contenders[f"{item['prefix']}/fc/cached/{item['batch']}"] = contender
-        elif kind == 'infer':
-            contender, session = common.inference_contender(item['batch'], layers, config, names=names)
-            sessions.append(session)
-            contenders[f"{item['prefix']}/infer/memory/{item['batch']}"] = contender
-        elif kind == 'pipeline':
-            contenders[f"{item['prefix']}/pipeline/alone/{item['batch']}"] = common.PipelineAlone(
-                spec['list_file'], item['batch'], item['threads'])
+    import datagenerator
+    from alexnet import TRAINABLE_LAYERS
+    from finetune_alexnet import feature_cache
+    source, batch = spec['source'], spec['batch']
+    device = '/gpu:0' if spec['device'] == 'gpu' else '/cpu:0'
+    graph = tf.Graph()
+    with graph.as_default():
+        with tf.device('/cpu:0'):  # the input pipeline stays on the CPU, as in finetune.py
+            if source in ('pipeline', 'feed'):
+                data = datagenerator.ImageDataGenerator(spec['list_file'], 'training', batch,
+                                                        NUM_CLASSES, shuffle=True, seed=0)
+                # Repeated: a step never waits for an epoch's restart, so the steady state is timed.
+                iterator = tf.data.make_initializable_iterator(data.data.repeat())
+                inputs = iterator.get_next()
+            elif source == 'cached':
+                dataset, feeder = feature_cache.cached_dataset(NUM_CLASSES, batch, drop_remainder=True)
+                iterator = tf.data.make_initializable_iterator(dataset.repeat())
+                inputs = iterator.get_next()
+        if source in ('memory', 'mixed'):
+            images_value, labels_value = fixed_batch(batch)
+            with tf.device(device):  # the batch sits in variables the step reads: no feed, no copy
+                images = tf.Variable(tf.zeros(images_value.shape), trainable=False)
+                labels = tf.Variable(tf.zeros(labels_value.shape), trainable=False)
+            inputs = images.read_value(), labels.read_value()
+        train = training_graph(
+            inputs, 'flattened' if source == 'cached' else None, num_classes=NUM_CLASSES,
+            train_layers=FC_LAYERS if spec['mode'] == 'fc' else TRAINABLE_LAYERS,
+            skip_layers=('fc8',), weights_path=spec['weights'], learning_rate=STEP_LEARNING_RATE,
+            model_device=device, use_gpu=spec['device'] == 'gpu', mixed_precision=source == 'mixed')
+        initialize = tf.global_variables_initializer()
+    session = _session(tf, spec, graph, mixed_precision=source == 'mixed')
+    session.run(initialize)
+    train.model.load_initial_weights(session)
+    if source in ('memory', 'mixed'):
+        images.load(images_value, session)
+        labels.load(labels_value, session)
+    elif source == 'cached':
+        rng = np.random.default_rng(0)
+        count = 8 * batch  # pool5 follows a ReLU: non-negative, of the random weights' scale
+        features = rng.uniform(0, 60, (count, feature_cache.FEATURE_SIZE)).astype(np.float32)
+        labels_value = np.eye(NUM_CLASSES, dtype=np.float32)[rng.integers(0, NUM_CLASSES, count)]
+        session.run(iterator.initializer, feeder.start_epoch(features, labels_value, shuffle_seed=0))
+    else:
+        session.run(iterator.initializer)
+    graph.finalize()  # nothing may add ops between steps (that would be a slow leak)
+    train_feed = {train.keep_prob: KEEP_PROB}
+    if source != 'feed':
+        return timed(lambda: session.run(train.train_op, train_feed), batch, spec['seconds'])
+    steps = [0]
 
-    def check():
-        return common.tf_check_values(config, spec.get('check_variant', spec.get('variant')),
-                                      mixed_precision=spec.get('mixed_precision', False))
-    return contenders, check
+    def original_step():
+        # The original script: the batch comes out to NumPy and goes back in through feed_dict, and
+        # every DISPLAY_STEP steps a second run with the same feed computes the summaries (forward
+        # pass and gradients again).
+        images_value, labels_value = session.run(inputs)
+        feed = {train.x: images_value, train.y: labels_value, train.keep_prob: KEEP_PROB}
+        session.run(train.train_op, feed)
+        steps[0] += 1
+        if steps[0] % DISPLAY_STEP == 0:
+            session.run(train.train_summaries, feed)
+    return timed(original_step, batch, spec['seconds'])
 
 
-def _build_torch(spec):
+def measure_tf_inference(spec):
+    """AlexNet's forward pass (dropout off) on an in-memory batch, fetching the logits."""
+    import tensorflow.compat.v1 as tf
+    from alexnet import AlexNet
+    images_value, _ = fixed_batch(spec['batch'])
+    graph = tf.Graph()
+    with graph.as_default():
+        with tf.device('/gpu:0' if spec['device'] == 'gpu' else '/cpu:0'):
+            images = tf.Variable(tf.zeros(images_value.shape), trainable=False)
+            model = AlexNet(images.read_value(), 1.0, NUM_CLASSES, ['fc8'], spec['weights'])
+        initialize = tf.global_variables_initializer()
+    session = _session(tf, spec, graph)
+    session.run(initialize)
+    model.load_initial_weights(session)
+    images.load(images_value, session)
+    graph.finalize()
+    return timed(lambda: session.run(model.fc8), spec['batch'], spec['seconds'])
+
+
+def measure_input(spec):
+    """Whole epochs of the input pipeline alone (batches consumed in the graph), or of plain OpenCV
+    decode+resize in a thread pool of the same size, one OpenCV thread per worker."""
+    import datagenerator
+    paths, _ = datagenerator.read_list(spec['list_file'])
+    threads = os.cpu_count() or 1
+    if spec['source'] == 'opencv':
+        import cv2
+        pool = concurrent.futures.ThreadPoolExecutor(threads, initializer=cv2.setNumThreads,
+                                                     initargs=(1,))
+
+        def epoch():
+            for _ in pool.map(lambda path: cv2.resize(cv2.imread(path), (227, 227)), paths):
+                pass
+        return timed(epoch, len(paths), spec['seconds'])
+    import tensorflow.compat.v1 as tf
+    graph = tf.Graph()
+    with graph.as_default():
+        data = datagenerator.ImageDataGenerator(spec['list_file'], 'training', spec['batch'],
+                                                NUM_CLASSES, shuffle=True, seed=0)
+        iterator = tf.data.make_initializable_iterator(data.data)
+        images, labels = iterator.get_next()
+        # Touching one value makes session.run wait for the whole batch, as a training step does.
+        touch = images[0, 0, 0, 0] + labels[0, 0]
+    session = _session(tf, dict(spec, device='cpu'), graph)
+
+    def epoch():
+        session.run(iterator.initializer)
+        try:
+            while True:
+                session.run(touch)
+        except tf.errors.OutOfRangeError:
+            pass
+    return timed(epoch, len(paths), spec['seconds'])
+
+
+def check_tf(spec):
+    """Our graph's logits and loss on fixed images, before and after one SGD step on all layers."""
+    import tensorflow.compat.v1 as tf
+    from alexnet import TRAINABLE_LAYERS
+    images, labels = fixed_batch(CHECK_IMAGES, num_classes=1000, seed=7)
+    graph = tf.Graph()
+    with graph.as_default():
+        train = training_graph((tf.constant(images), tf.constant(labels)), None, num_classes=1000,
+                               train_layers=TRAINABLE_LAYERS, skip_layers=(),
+                               weights_path=spec['weights'], learning_rate=RUN_LEARNING_RATE)
+        initialize = tf.global_variables_initializer()
+    with _session(tf, spec, graph) as session:
+        session.run(initialize)
+        train.model.load_initial_weights(session)
+        before = session.run([train.logits, train.loss])  # keep_prob defaults to 1: no dropout
+        session.run(train.train_op)
+        after = session.run([train.logits, train.loss])
+    return [value.tolist() for value in before + after]
+
+
+def _torch_model(spec, num_classes, dropout_rate):
     import torch
     import torch_alexnet
-    torch.set_num_threads(spec.get('threads', os.cpu_count() or 1))
-    layers = common.fixture_layers()
-    contenders = {}
-    for item in spec['contenders']:
-        model = torch_alexnet.load_layers(torch_alexnet.AlexNet(common.NUM_CLASSES,
-                                                                1 - common.KEEP_PROB), layers)
-        images, labels = common.fixed_batch(item['batch'])
-        if item['kind'] == 'train':
-            step = torch_alexnet.train_step_fn(model, common.train_layers_of(item['mode']), images,
-                                               labels, common.BENCH_LEARNING_RATE)
-            name = f"{item['prefix']}/{item['mode']}/memory/{item['batch']}"
-        else:
-            step = torch_alexnet.inference_fn(model, images)
-            name = f"{item['prefix']}/infer/memory/{item['batch']}"
-        contenders[name] = _Callable(step, item['batch'])
-
-    def check():
-        return torch_check_values()
-    return contenders, check
+    from finetune_alexnet import weight_files
+    torch.set_num_threads(os.cpu_count() or 1)
+    layers = weight_files.load_weights(spec['weights'])
+    if num_classes != 1000:
+        del layers['fc8']  # a new classifier, as --skip_layers fc8
+    return torch_alexnet.load_layers(torch_alexnet.AlexNet(num_classes, dropout_rate), layers)
 
 
-class _Callable:
-    def __init__(self, function, batch_size):
-        self.function, self.batch_size = function, batch_size
-
-    def run(self, steps):
-        start = time.perf_counter()
-        for _ in range(steps):
-            self.function()
-        return time.perf_counter() - start, steps * self.batch_size
-
-
-def torch_check_values():
-    """The PyTorch peer's logits and loss on tf_check_values' images and weights, before and after
-    one SGD step on all layers: the same numbers, if the two are the same network."""
-    import numpy as np
+def check_torch(spec):
+    """The PyTorch peer's values for check_tf's images, weights and step."""
     import torch
     import torch_alexnet
-    images, labels = common.fixed_batch(common.CHECK_IMAGES, seed=7)
-    model = torch_alexnet.load_layers(torch_alexnet.AlexNet(common.NUM_CLASSES, 0.0),
-                                      common.fixture_layers(seed=1))
-    logits = torch_alexnet.logits(model, images)
+    images, labels = fixed_batch(CHECK_IMAGES, num_classes=1000, seed=7)
+    model = _torch_model(spec, 1000, dropout_rate=0.0)  # dropout off, as keep_prob 1 in check_tf
+    step = torch_alexnet.train_step_fn(model, torch_alexnet.CONV_LAYERS + FC_LAYERS, images, labels,
+                                       RUN_LEARNING_RATE)
     targets = torch.from_numpy(np.argmax(labels, axis=1))
-    loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), targets))
-    step = torch_alexnet.train_step_fn(model, common.train_layers_of('all'), images, labels,
-                                       common.CHECK_LEARNING_RATE)
-    step()  # dropout rate 0: the same deterministic step as TensorFlow's keep_prob 1
-    logits_after = torch_alexnet.logits(model, images)
-    loss_after = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits_after), targets))
-    return {'logits': logits.tolist(), 'loss': loss, 'logits_after_step': logits_after.tolist(),
-            'loss_after_step': loss_after}
-
-
-def _resident_mib():
-    try:
-        with open('/proc/self/status') as stream:
-            return next(int(line.split()[1]) // 1024 for line in stream if line.startswith('VmRSS:'))
-    except (OSError, StopIteration):
-        return None
-
-
-def worker_main(spec_json):
-    """Build the contenders of `spec`, then answer run/check requests on stdin, one JSON line each."""
-    spec = json.loads(spec_json)
-    # Replies go to the original stdout; anything a library prints goes to stderr (the worker's log).
-    replies = os.fdopen(os.dup(1), 'w')
-    os.dup2(2, 1)
-    start = time.perf_counter()
-    if spec['kind'] == 'tf':
-        from finetune_alexnet import tf_setup
-        tf_setup.configure_environment()  # as the toolkit's entry points do; the spec's env wins
-    common.add_repo_to_path()
-    contenders, check = (_build_tf if spec['kind'] == 'tf' else _build_torch)(spec)
-    replies.write(json.dumps({'ready': sorted(contenders), 'setup_seconds': time.perf_counter() - start,
-                              'max_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
-                              'rss_mib': _resident_mib()})
-                  + '\n')
-    replies.flush()
-    for line in sys.stdin:
-        request = json.loads(line)
-        if 'run' in request:
-            seconds, images, cpu = common.timed_in_process(contenders[request['run']], request['steps'])
-            reply = {'seconds': seconds, 'images': images, 'cpu': cpu}
-        elif 'check' in request:
-            reply = {'values': check()}
-        else:
-            break
-        replies.write(json.dumps(reply) + '\n')
-        replies.flush()
-    return 0
-
-
-# --- coordinator side ---------------------------------------------------------------------------
-
-class Worker:
-    """A worker process: its spec, environment, pipes and log file."""
-
-    def __init__(self, name, spec, env, log_dir):
-        self.name = name
-        self.log_path = os.path.join(log_dir, f'{name}.log')
-        self.log = open(self.log_path, 'w')
-        environment = dict(os.environ, **env)
-        self.process = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), WORKER_FLAG, json.dumps(spec)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-            env=environment, cwd=common.ROOT)
-        self.names = []
-
-    def wait_ready(self):
-        reply = self._read()
-        self.names = reply['ready']
-        return reply
-
-    def request(self, **message):
-        self.process.stdin.write(json.dumps(message) + '\n')
-        self.process.stdin.flush()
-        return self._read()
-
-    def _read(self):
-        line = self.process.stdout.readline()
-        if not line:
-            self.process.wait()
-            with open(self.log_path) as stream:
-                tail = stream.read()[-3000:]
-            raise RuntimeError(f'worker {self.name} stopped (exit {self.process.returncode}); '
-                               f'its log ({self.log_path}) ends:\n{tail}')
-        return json.loads(line)
-
-    def close(self):
-        if self.process.poll() is None:
-            try:
-                self.process.stdin.write(json.dumps({'quit': True}) + '\n')
-                self.process.stdin.close()
-                self.process.wait(timeout=60)
-            except (BrokenPipeError, subprocess.TimeoutExpired):
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-
-
-def torch_available():
-    import importlib.util
-    return importlib.util.find_spec('torch') is not None
-
-
-def plan(args, list_file):
-    """[(phase, [(worker name, spec, environment)])]: every contender of the run, by process.
-
-    One process per training graph pair (in-memory, and pipeline with its loops), as a user runs one
-    graph per process: measured here, a process holding thirty graphs ran the same step 4-11% slower.
-    Two phases, each with its processes alive only while it runs, so that they fit in memory
-    (~1.7 GiB each): the main table, then the settings tried, against a worker of the chosen
-    settings built exactly like theirs.
-    """
-    batches = [32] if args.quick else [32, 128]
-    cores = os.cpu_count() or 1
-    main = []
-    # --quick leaves out finetune.py's loop: like the baseline it pays a summary pass each repeat.
-    sources = ['memory', 'pipeline', 'feed'] + ([] if args.quick else ['loop'])
-    for mode in ('fc', 'all'):
-        for batch in batches:
-            main.append((f'tf-{mode}-{batch}', {'kind': 'tf', 'list_file': list_file, 'contenders': [
-                {'kind': 'train', 'prefix': 'tf', 'mode': mode, 'batch': batch, 'sources': sources}]}, {}))
-    misc = [{'kind': 'cached', 'prefix': 'tf', 'batch': batch} for batch in batches]
-    misc += [{'kind': 'infer', 'prefix': 'tf', 'batch': batch} for batch in (1, batches[-1])]
-    misc.append({'kind': 'pipeline', 'prefix': 'tf', 'batch': batches[-1], 'threads': cores})
-    main.append(('tf', {'kind': 'tf', 'list_file': list_file, 'contenders': misc}, {}))
-    if args.torch:
-        for mode in ('fc', 'all'):
-            main.append((f'torch-{mode}', {'kind': 'torch', 'threads': cores, 'contenders': [
-                {'kind': 'train', 'prefix': 'torch', 'mode': mode, 'batch': batch}
-                for batch in batches]}, {}))
-        main.append(('torch', {'kind': 'torch', 'threads': cores, 'contenders': [
-            {'kind': 'infer', 'prefix': 'torch', 'batch': batch} for batch in (1, batches[-1])]}, {}))
-
-    # The settings tried, each on the headline step (fc6-fc8, largest batch) and an all-layer step.
-    probe = [('fc', batches[-1]), ('all', batches[0])]
-
-    def probes(prefix, names=None):
-        return [{'kind': 'train', 'prefix': prefix, 'mode': mode, 'batch': batch, 'sources': ['memory'],
-                 'variant': names} for mode, batch in probe]
-
-    settings = [('chosen', {'kind': 'tf', 'contenders': probes('chosen')}, {}),
-                # The reference of the equality checks: TensorFlow's plain kernels throughout.
-                ('onednn-off', {'kind': 'tf', 'contenders': probes('onednn-off'),
-                                'check_variant': ['kernel-lrn']},
-                 {'TF_ENABLE_ONEDNN_OPTS': '0'})]
-    phases = [('main table', main), ('settings', settings)]
-    if not args.quick:
-        settings.append((f'threads-{cores}-1', {'kind': 'tf', 'threads': [cores, 1],
-                                                'contenders': probes(f'threads-{cores}-1')}, {}))
-        # XLA as finetune.py --xla asks for it (global_jit ON_1) and with the flag that lets the CPU
-        # compile at all; auto-clustering on the CPU is off without it.
-        settings.append(('xla', {'kind': 'tf', 'xla': True, 'contenders': probes('xla')}, {}))
-        settings.append(('xla-cpu', {'kind': 'tf', 'xla': True, 'contenders': probes('xla-cpu')},
-                         {'TF_XLA_FLAGS': '--tf_xla_cpu_global_jit'}))
-        settings.append(('mixed-precision', {'kind': 'tf', 'mixed_precision': True,
-                                              'contenders': probes('mixed-precision')}, {}))
-        # A second group (each process holds ~2 GiB), with its own worker of the chosen settings.
-        graph_settings = [('chosen-2', {'kind': 'tf', 'contenders': probes('chosen-2')}, {}),
-                          ('dependency-optimizer', {'kind': 'tf', 'dependency_optimizer': True,
-                                                    'contenders': probes('dependency-optimizer')}, {})]
-        for prefix, names in (('grouped', ['grouped']), ('kernel-lrn', ['kernel-lrn'])):
-            graph_settings.append((prefix, {'kind': 'tf', 'variant': names,
-                                            'contenders': probes(prefix, names)}, {}))
-        phases.append(('graph settings', graph_settings))
-    return phases
-
-
-def measure(workers, repeats, target_seconds):
-    """{contender: [images/s per round]} over every worker's contenders, interleaved."""
-    owners = {name: worker for worker in workers for name in worker.names}
-    return common.interleave(list(owners), lambda name, steps: _run(owners[name], name, steps),
-                             repeats, target_seconds)
-
-
-def _run(worker, name, steps):
-    reply = worker.request(run=name, steps=steps)
-    return reply['seconds'], reply['images'], reply['cpu']
-
-
-def checks(workers):
-    """{setting: logits and losses} for the equality checks, from one worker per setting.
-
-    The workers of the chosen settings all run the same graph as 'tf', and the PyTorch workers the
-    same peer as 'torch'.
-    """
-    values = {}
-    for worker in workers:
-        if not worker.name.startswith(('tf-', 'torch-', 'chosen')):
-            values[worker.name] = worker.request(check=True)['values']
+    values = []
+    for after_step in (False, True):
+        if after_step:
+            step()
+        logits = torch_alexnet.inference_fn(model, images)().numpy()
+        values += [logits.tolist(),
+                   float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), targets))]
     return values
 
 
-def compare(values):
-    """[(setting, reference, largest relative difference)] against plain TensorFlow."""
-    reference = 'onednn-off' if 'onednn-off' in values else 'tf'
-    results = []
-    for name, value in values.items():
-        if name == reference:
-            continue
-        difference = max(common.max_relative_difference(value[key], values[reference][key])
-                         for key in ('logits', 'logits_after_step'))
-        loss_difference = max(abs(value[key] - values[reference][key]) / max(1.0, abs(values[reference][key]))
-                              for key in ('loss', 'loss_after_step'))
-        results.append((name, reference, max(difference, loss_difference)))
-    return results
+def measure_torch(spec):
+    """The PyTorch peer: the plain PyTorch fine-tuning loop on an in-memory batch, or inference."""
+    import torch_alexnet
+    images, labels = fixed_batch(spec['batch'])
+    model = _torch_model(spec, NUM_CLASSES, dropout_rate=1 - KEEP_PROB)
+    if spec['kind'] == 'infer':
+        step = torch_alexnet.inference_fn(model, images)
+    else:
+        train_layers = FC_LAYERS if spec['mode'] == 'fc' else torch_alexnet.CONV_LAYERS + FC_LAYERS
+        step = torch_alexnet.train_step_fn(model, train_layers, images, labels, STEP_LEARNING_RATE)
+    return timed(step, spec['batch'], spec['seconds'])
 
 
-def finetune_run(weights, train_file, val_file, cache, folder, seed, epochs, batch_size, display_step):
-    """Wall seconds and the final metrics of one finetune.py run (a fresh process, as a user runs it)."""
-    checkpoint = os.path.join(folder, f'cache_{cache}')
-    shutil.rmtree(checkpoint, ignore_errors=True)
-    command = [sys.executable, os.path.join(common.ROOT, 'finetune.py'), '--train_file', train_file,
-               '--val_file', val_file, '--weights_path', weights, '--checkpoint_path',
-               os.path.join(checkpoint, 'checkpoints'), '--filewriter_path',
-               os.path.join(checkpoint, 'tensorboard'), '--seed', str(seed), '--num_epochs', str(epochs),
-               '--batch_size', str(batch_size), '--cache_features', cache,
-               '--display_step', str(display_step),
-               # fixture weights are random and large: the default rate makes the loss diverge
-               '--learning_rate', '1e-5']
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=common.ROOT)
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        raise RuntimeError(f'finetune.py --cache_features {cache} failed:\n{result.stderr[-2000:]}')
-    with open(os.path.join(checkpoint, 'checkpoints', 'metrics.jsonl')) as stream:
-        history = [json.loads(line) for line in stream]
-    return {'seconds': seconds, 'final': history[-1],
-            'best_val_accuracy': max(record['val_accuracy'] for record in history),
-            'train_images_per_second': statistics.median(r['images_per_second'] for r in history)}
+def worker(spec):
+    """Run one configuration; its result is the last line of stdout, as JSON."""
+    if spec['framework'] == 'tf':
+        import tensorflow.compat.v1 as tf
+        from finetune_alexnet import tf_setup
+        tf_setup.quiet_python_logging()
+        tf.disable_v2_behavior()
+    if spec['kind'] == 'check':
+        result = check_tf(spec) if spec['framework'] == 'tf' else check_torch(spec)
+    elif spec['framework'] == 'torch':
+        result = measure_torch(spec)
+    else:
+        result = {'step': measure_tf_step, 'infer': measure_tf_inference,
+                  'input': measure_input}[spec['kind']](spec)
+    print(json.dumps(result))
+    return 0
 
 
-def finetune_comparison(args, folder):
-    """A 10-epoch frozen-conv run on generated photos, cached features on vs off, same seed."""
-    import bvlc_fixture
-    from finetune_alexnet import demo_data
-    import make_lists
-    per_class = args.finetune_images // 2
-    images = demo_data.make_demo_images(os.path.join(folder, f'demo_{per_class}'), per_class, seed=0)
-    paths, labels, class_names = make_lists.find_images(images)
-    train, val = make_lists.split_stratified(paths, labels, val_fraction=0.2, seed=0)
-    lists = make_lists.write_lists(os.path.join(folder, f'lists_{per_class}'), train, val, class_names)
-    weights = os.path.join(folder, 'bvlc_alexnet_fixture.npy')
-    if not os.path.exists(weights):
-        bvlc_fixture.write_bvlc_npy(weights, bvlc_fixture.random_weights(num_classes=1000, seed=0))
-    runs = {}
-    for cache in ('off', 'on'):
-        runs[cache] = finetune_run(weights, lists['train.txt'], lists['val.txt'], cache, folder, seed=0,
-                                   epochs=10, batch_size=args.finetune_batch,
-                                   display_step=args.finetune_display_step)
-    return {'train_images': len(train), 'val_images': len(val), 'runs': runs}
+# --- coordinator side ------------------------------------------------------------------------------
 
+def configurations(args):
+    """{key: spec} of every configuration, in the order they run and are printed.
 
-def _median(values):
-    return statistics.median(values) if values else None
+    A spec's `label` names its row and `versus` (key over key, and what that means) its ratio.
+    """
+    batches, big = args.batches, args.batches[-1]
+    configs = {}
 
+    def add(key, label, versus=None, framework='tf', **spec):
+        configs[key] = dict(spec, label=label, versus=versus, framework=framework, device=args.device)
 
-def report(rates, equality, finetune, info, args, elapsed):
-    """The table of images/s, the ratios, the settings and the targets, as Markdown."""
-    median = {name: _median(values) for name, values in rates.items()}
-    batches = [32] if args.quick else [32, 128]
-    lines = []
-    add = lines.append
-    add(f"# AlexNet fine-tuning speed, {time.strftime('%Y-%m-%d')}")
-    add('')
-    add(f"{info['cpu']} ({info['vendor']}, family {info['cpu_family']}), {info['cores']} cores, "
-        f"{info.get('memory_gib')} GiB; Python {info['python']}, TensorFlow {info['tensorflow']}, "
-        f"NumPy {info['numpy']}, OpenCV {info['cv2']}, PyTorch {info['torch'] or 'absent'}; load "
-        f"average {info['load_before']:.2f} before, {info['load_after']:.2f} after; {elapsed:.0f} s.")
-    add(f'images/s, median of {args.repeats} interleaved rounds after warm-up (min-max in brackets); '
-        f'{getattr(rates, "retried", 0)} repeats were run again because other processes took over '
-        f'20% of a core during them, {getattr(rates, "disturbed", 0)} stayed disturbed after 3 retries.')
-    add('')
-
-    def cell(name):
-        if name not in rates:
-            return '-'
-        values = rates[name]
-        return f'{median[name]:.1f} [{min(values):.0f}-{max(values):.0f}]'
-
-    header = '| contender | ' + ' | '.join(f'batch {b}' for b in batches) + ' |'
-    add(header)
-    add('|' + ' --- |' * (len(batches) + 1))
-    labels = [('memory', 'in-memory batch'), ('pipeline', 'real JPEG pipeline'),
-              ('loop', 'finetune.py loop (pipeline, summaries ride along)'),
-              ('feed', 'baseline: original feed_dict loop')]
-    for mode, title in (('fc', 'fc6-fc8 step'), ('all', 'all-layer step')):
-        for source, label in labels:
-            add(f'| {title}, {label} | ' + ' | '.join(cell(f'tf/{mode}/{source}/{b}') for b in batches) + ' |')
-        if mode == 'fc':
-            add(f'| {title}, cached pool5 features | '
-                + ' | '.join(cell(f'tf/fc/cached/{b}') for b in batches) + ' |')
-        add(f'| {title}, PyTorch peer | '
-            + ' | '.join(cell(f'torch/{mode}/memory/{b}') for b in batches) + ' |')
-    add('')
-    add('| inference | batch 1 | batch ' + str(batches[-1]) + ' |')
-    add('| --- | --- | --- |')
-    for prefix, label in (('tf', 'TensorFlow (toolkit graph)'), ('torch', 'PyTorch peer')):
-        add(f'| {label} | {cell(f"{prefix}/infer/memory/1")} | {cell(f"{prefix}/infer/memory/{batches[-1]}")} |')
-    add('')
-    add(f"Input pipeline alone (500x375 JPEGs, batch {batches[-1]}, {info['cores']} threads): "
-        f"{cell(f'tf/pipeline/alone/{batches[-1]}')} images/s.")
-    add('')
-
-    def ratio(a, b):
-        return median[a] / median[b] if median.get(a) and median.get(b) else None
-
-    add('## Ratios')
-    add('')
-    targets = []
     for mode in ('fc', 'all'):
-        for b in batches:
-            parts = []
-            vs_torch = ratio(f'tf/{mode}/memory/{b}', f'torch/{mode}/memory/{b}')
-            if vs_torch is not None:
-                parts.append(f'TF/PyTorch {vs_torch:.2f}x')
-                if mode == 'fc':
-                    targets.append((f'fc6-fc8 step >= {TARGET_FC_VS_TORCH}x PyTorch, batch {b}',
-                                    vs_torch, vs_torch >= TARGET_FC_VS_TORCH))
-            pipe = ratio(f'tf/{mode}/pipeline/{b}', f'tf/{mode}/memory/{b}')
-            parts.append(f'pipeline/in-memory {pipe:.2f}')
-            targets.append((f'{mode} step: pipeline >= {TARGET_PIPELINE_VS_MEMORY} x in-memory, batch {b}',
-                            pipe, pipe >= TARGET_PIPELINE_VS_MEMORY))
-            for source in ('memory', 'pipeline', 'loop'):
-                over = ratio(f'tf/{mode}/{source}/{b}', f'tf/{mode}/feed/{b}')
-                if over is None:
-                    continue
-                parts.append(f'{source}/feed_dict {over:.2f}')
-                targets.append((f'{mode} step: {source} >= feed_dict baseline, batch {b}', over, over >= 1.0))
-            cached = ratio(f'tf/fc/cached/{b}', f'tf/fc/memory/{b}') if mode == 'fc' else None
-            if cached:
-                parts.append(f'cached/in-memory {cached:.2f}')
-            add(f"- {'fc6-fc8' if mode == 'fc' else 'all layers'}, batch {b}: " + ', '.join(parts))
-    add('')
-    add('## Settings tried (in-memory step, images/s, each setting in its own process, measured together)')
-    add('')
-    probe = [('fc', batches[-1]), ('all', batches[0])]
-    add('| setting | ' + ' | '.join(f'{"fc6-fc8" if m == "fc" else "all layers"} b{b}' for m, b in probe)
-        + ' | vs chosen (each column) |')
-    add('|' + ' --- |' * (len(probe) + 2))
-    settings = [('chosen', 'chosen: oneDNN on, TF thread defaults (tf_setup.session_config)'),
-                ('onednn-off', 'oneDNN off (TF_ENABLE_ONEDNN_OPTS=0)'),
-                (f'threads-{os.cpu_count()}-1', f'intra-op {os.cpu_count()}, inter-op 1'),
-                ('xla', 'XLA as --xla sets it (global_jit ON_1)'),
-                ('xla-cpu', 'XLA ON_1 + TF_XLA_FLAGS=--tf_xla_cpu_global_jit'),
-                ('chosen-2', 'chosen, again (the second group of settings is timed against it)'),
-                ('grouped', 'native grouped conv (one conv2d per layer)'),
-                ('kernel-lrn', "TensorFlow's LRN kernel instead of the toolkit's band matmul"),
-                ('mixed-precision', '--mixed_precision (bfloat16 pass for oneDNN + loss scaling)'),
-                ('dependency-optimizer', "grappler's dependency optimizer left on")]
-    for prefix, label in settings:
-        names = [f'{prefix}/{m}/memory/{b}' for m, b in probe]
-        if not any(name in rates for name in names):
+        step = f"{'fc6-fc8' if mode == 'fc' else 'all-layer'} step"
+        for batch in batches:
+            for source in ('memory', 'pipeline', 'loop', 'feed'):
+                add(f'{mode}/{source}/{batch}', f'{step}, {SOURCES[source]}',
+                    None if source == 'feed' else (f'{mode}/{source}/{batch}', f'{mode}/feed/{batch}',
+                                                   'the feed_dict baseline'),
+                    kind='loop' if source == 'loop' else 'step', mode=mode, source=source, batch=batch)
+            for source in ['cached'] * (mode == 'fc') + ['mixed'] * (batch == big):
+                add(f'{mode}/{source}/{batch}', f'{step}, {SOURCES[source]}',
+                    (f'{mode}/{source}/{batch}', f'{mode}/memory/{batch}', 'the in-memory step'),
+                    kind='step', mode=mode, source=source, batch=batch)
+            if args.torch:
+                add(f'{mode}/torch/{batch}', f'{step}, {SOURCES["torch"]}',
+                    (f'{mode}/memory/{batch}', f'{mode}/torch/{batch}', 'ours over PyTorch'),
+                    'torch', kind='step', mode=mode, batch=batch)
+    for batch in (1, big):
+        add(f'infer/tf/{batch}', 'inference, toolkit graph', kind='infer', batch=batch)
+        if args.torch:
+            add(f'infer/torch/{batch}', 'inference, PyTorch peer',
+                (f'infer/tf/{batch}', f'infer/torch/{batch}', 'ours over PyTorch'), 'torch',
+                kind='infer', batch=batch)
+    threads = f'{os.cpu_count()} threads'
+    add(f'input/pipeline/{big}', f'input pipeline alone (500x375 JPEGs), {threads}',
+        (f'input/pipeline/{big}', f'input/opencv/{big}', 'plain OpenCV'), kind='input',
+        source='pipeline', batch=big)
+    add(f'input/opencv/{big}', f'plain OpenCV decode+resize, {threads}', None, 'opencv',
+        kind='input', source='opencv', batch=big)
+    for cache in ('off', 'on'):
+        add(f'e2e/{cache}', f'{args.e2e_epochs}-epoch finetune.py run, fc6-fc8, {args.e2e_images} '
+            f'images, --cache_features {cache}', ('e2e/on', 'e2e/off', 'the uncached run')
+            if cache == 'on' else None, kind='e2e', cache=cache, batch=args.e2e_batch)
+    if args.torch:
+        add('check/tf', 'equality check, ours', kind='check')
+        add('check/torch', 'equality check, PyTorch', framework='torch', kind='check')
+    return configs
+
+
+def run_worker(spec):
+    command = [sys.executable, os.path.abspath(__file__), '--worker', json.dumps(spec)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if result.returncode != 0:
+        raise RuntimeError(last_line(result))
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def last_line(result):
+    """A failed subprocess's reason: the last line of its stderr (its `error:` line or exception)."""
+    lines = result.stderr.strip().splitlines() or [f'exit status {result.returncode}']
+    return lines[-1].removeprefix('error: ')
+
+
+def run_finetune(spec, args, train_file, val_file, epochs, train_layers, cache):
+    """finetune.py as a user runs it; (wall seconds, [images/s of each epoch] from metrics.jsonl)."""
+    folder = tempfile.mkdtemp(prefix='alexnet-bench-run-')
+    command = [sys.executable, os.path.join(ROOT, 'finetune.py'), '--train_file', train_file,
+               '--val_file', val_file, '--num_classes', str(NUM_CLASSES), '--weights_path',
+               spec['weights'], '--checkpoint_path', os.path.join(folder, 'checkpoints'),
+               '--filewriter_path', os.path.join(folder, 'tensorboard'), '--batch_size',
+               str(spec['batch']), '--num_epochs', str(epochs), '--train_layers', train_layers,
+               '--cache_features', cache, '--learning_rate', str(RUN_LEARNING_RATE),
+               '--keep_checkpoints', '1', '--device', spec['device']]
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    seconds = time.perf_counter() - start
+    try:
+        if result.returncode != 0:
+            raise RuntimeError(f'finetune.py: {last_line(result)}')
+        with open(os.path.join(folder, 'checkpoints', 'metrics.jsonl')) as stream:
+            rates = [json.loads(line)['images_per_second'] for line in stream]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return seconds, rates
+
+
+def measure(key, spec, args):
+    """images/s of one configuration (for check: the values); e2e's wall seconds go in args.walls."""
+    if spec['kind'] == 'loop':
+        # The first epoch builds oneDNN's primitives: the median of the later ones is the steady state
+        # (--quick runs one epoch).
+        _, rates = run_finetune(spec, args, args.list_file, args.val_list, args.loop_epochs,
+                                'fc6,fc7,fc8' if spec['mode'] == 'fc' else 'all', 'off')
+        return statistics.median(rates[1:] or rates)
+    if spec['kind'] == 'e2e':
+        train_file = args.e2e_lists['train.txt']
+        seconds, _ = run_finetune(spec, args, train_file, args.e2e_lists['val.txt'],
+                                  args.e2e_epochs, 'fc6,fc7,fc8', spec['cache'])
+        args.walls[key] = seconds
+        with open(train_file) as stream:
+            return sum(1 for _ in stream) * args.e2e_epochs / seconds
+    return run_worker(spec)
+
+
+def ratio_text(key, spec, values, args):
+    """The ratio a row is read by; for the end-to-end runs, their wall seconds first."""
+    parts = [f'{args.walls[key]:.1f} s wall'] if key in args.walls else []
+    if spec['versus'] and values.get(spec['versus'][0]) and values.get(spec['versus'][1]):
+        numerator, denominator, meaning = spec['versus']
+        parts.append(f'{values[numerator] / values[denominator]:.2f}x {meaning}')
+    return '; '.join(parts)
+
+
+def machine():
+    """The CPU (lscpu's model name, family and model) and the versions, for the table's heading."""
+    try:
+        lscpu = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
+    except OSError:
+        lscpu = ''
+    fields = dict((part.strip() for part in line.split(':', 1)) for line in lscpu.splitlines()
+                  if ':' in line)
+    cpu = (f"{fields.get('Model name', platform.processor())} (family {fields.get('CPU family')}, "
+           f"model {fields.get('Model')})")
+    versions = [f'{name} {importlib.metadata.version(name)}' for name in ('tensorflow', 'torch')
+                if importlib.util.find_spec(name)]
+    return f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, {', '.join(versions)}"
+
+
+def table(configs, values, failed, args):
+    lines = [f"AlexNet fine-tuning speed, {time.strftime('%Y-%m-%d')}: {machine()}; device "
+             f"{args.device}; load average {os.getloadavg()[0]:.2f}", '',
+             '| configuration | key | batch | images/s | ratio |', '| --- | --- | --- | --- | --- |']
+    for key, spec in configs.items():
+        if key.startswith('check/'):
             continue
-        comparator = 'chosen-2' if prefix in SECOND_GROUP else 'chosen'
-        versus = [ratio(name, f'{comparator}/{m}/memory/{b}') for name, (m, b) in zip(names, probe)]
-        add(f'| {label} | ' + ' | '.join(cell(name) for name in names) + ' | '
-            + ' / '.join(f'{v:.2f}x' if v else '-' for v in versus) + ' |')
-    add('')
-    add(f'## Equality (max |difference| / max(1, max |reference|), tolerance {TOLERANCE:g})')
-    add('')
-    add(f'Logits and loss of {common.CHECK_IMAGES} fixed images, before and after one SGD step on all '
-        'layers (fixture weights), against plain TensorFlow (oneDNN off).')
-    add('')
-    results, _ = equality
-    for name, reference, difference in results:
-        verdict = 'ok' if difference <= TOLERANCE else 'DIFFERS'
-        if name in LOWER_PRECISION:
-            verdict += ' (lower precision by design: not held to the tolerance, never a default)'
-        add(f'- {name} vs {reference}: {difference:.2e} {verdict}')
-        if name not in LOWER_PRECISION:
-            targets.append((f'{name} equals {reference} to {TOLERANCE:g}', difference,
-                            difference <= TOLERANCE))
-    if finetune:
-        add('')
-        add('## Cached features, end to end')
-        add('')
-        off, on = finetune['runs']['off'], finetune['runs']['on']
-        speedup = off['seconds'] / on['seconds']
-        add(f"10 epochs of finetune.py, fc6-fc8 trained, {finetune['train_images']} training and "
-            f"{finetune['val_images']} validation images (generated, 320x240), batch "
-            f"{args.finetune_batch}, --display_step {args.finetune_display_step}, seed 0, fixture "
-            "weights, learning rate 1e-5; each a fresh process, start-up included:")
-        add('')
-        add('| --cache_features | wall s | final train loss / acc | final val loss / acc | best val acc |')
-        add('| --- | --- | --- | --- | --- |')
-        for cache, run in (('off', off), ('on', on)):
-            final = run['final']
-            add(f"| {cache} | {run['seconds']:.1f} | {final['train_loss']:.3f} / {final['train_accuracy']:.3f} "
-                f"| {final['val_loss']:.3f} / {final['val_accuracy']:.3f} | {run['best_val_accuracy']:.3f} |")
-        add('')
-        add(f'Speed-up end to end: {speedup:.2f}x.')
-        targets.append((f'cached 10-epoch run >= {TARGET_CACHED_SPEEDUP}x faster end to end', speedup,
-                        speedup >= TARGET_CACHED_SPEEDUP))
-    add('')
-    add('## Targets')
-    add('')
-    for label, value, met in targets:
-        add(f"- {'met' if met else 'NOT MET'}: {label} ({value:.3g})")
+        value = 'failed' if key in failed else f'{values[key]:.1f}'
+        lines.append(f"| {spec['label']} | {key} | {spec['batch']} | {value} | "
+                     f"{ratio_text(key, spec, values, args)} |")
+    lines.append('')
+    if 'check/torch' in values and 'check/tf' in values:
+        reference = [np.asarray(v, np.float64) for v in values['check/tf']]
+        difference = max(float(np.max(np.abs(np.asarray(v) - r)) / max(1.0, float(np.max(np.abs(r)))))
+                         for v, r in zip(values['check/torch'], reference))
+        values['check/difference'] = difference
+        lines.append(f"PyTorch peer against our graph, same weights: logits and loss of {CHECK_IMAGES} "
+                     f"images before and after one SGD step on all layers differ by {difference:.1e} "
+                     f"(max |difference| / max(1, max |ours|)): "
+                     f"{'equal' if difference <= CHECK_TOLERANCE else 'DIFFERENT'} to {CHECK_TOLERANCE:g}.")
+    elif not args.torch:
+        lines.append('No PyTorch rows or equality check: torch is not installed (or --no_torch).')
     return '\n'.join(lines)
 
 
-def _parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv):
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true',
-                        help='batch 32 only, fewer settings, no end-to-end runs (about 2 minutes)')
-    parser.add_argument('--repeats', type=int, default=None, help='timed rounds (default 3)')
-    parser.add_argument('--seconds', type=float, default=None,
-                        help='target length of one timed repeat (default 2, quick 0.5)')
-    parser.add_argument('--images', type=int, default=None,
-                        help='generated 500x375 JPEGs for the pipeline rows (default 256, quick 64)')
-    parser.add_argument('--finetune_images', type=int, default=2500,
-                        help='generated images for the end-to-end runs (80%% train, 20%% validation)')
-    parser.add_argument('--finetune_batch', type=int, default=128, help="finetune.py's default")
-    parser.add_argument('--finetune_display_step', type=int, default=20, help="finetune.py's default")
-    parser.add_argument('--no_finetune', action='store_true',
-                        help='skip the end-to-end runs (--quick always skips them)')
-    parser.add_argument('--no_torch', action='store_true', help='skip the PyTorch rows')
-    parser.add_argument('--cache_dir', default=os.path.join(tempfile.gettempdir(), 'alexnet-bench-500x375'),
-                        help='where generated JPEGs and the weight fixture are kept between runs')
-    parser.add_argument('--json', help='also write every measurement to this JSON file')
+                        help='every configuration briefly, two at a time: batch 8, short windows, '
+                        'small data (a smoke run, not measurements)')
+    parser.add_argument('--only', help='comma list of key patterns to run (fc/*, infer/tf/1, e2e/*)')
+    parser.add_argument('--batches', help='training batch sizes (default 32,128; quick 8)')
+    parser.add_argument('--seconds', type=float, help='timed window per configuration (default 8; '
+                        'quick 1)')
+    parser.add_argument('--device', choices=('cpu', 'gpu'), default='cpu')
+    parser.add_argument('--no_torch', action='store_true', help='leave the PyTorch peer out')
+    parser.add_argument('--cache_dir', default=os.path.join(tempfile.gettempdir(), 'alexnet-bench'),
+                        help='where the generated images and weights are kept between runs')
+    parser.add_argument('--json', help='also write every figure to this JSON file')
     args = parser.parse_args(argv)
-    args.repeats = args.repeats or 3
-    args.seconds = args.seconds or (0.5 if args.quick else 2.0)
-    args.no_finetune = args.no_finetune or args.quick
-    args.images = args.images or (64 if args.quick else 256)
-    if args.repeats < 3:
-        parser.error('--repeats must be at least 3 (a median of fewer says little)')
+    try:
+        args.batches = [int(b) for b in (args.batches or ('8' if args.quick else '32,128')).split(',')]
+    except ValueError:
+        raise ToolkitError(f'--batches {args.batches}: a comma list of whole numbers') from None
+    if min(args.batches) < 1 or (args.seconds is not None and args.seconds <= 0):
+        raise ToolkitError('--batches and --seconds must be positive')
+    args.seconds = args.seconds or (1.0 if args.quick else 8.0)
+    # Epoch sizes: several steps at the largest batch; the validation list stays small.
+    args.jpegs = 4 * args.batches[-1] if args.quick else 5 * args.batches[-1]
+    args.loop_epochs = 1 if args.quick else 3
+    args.e2e_images, args.e2e_epochs = (64, 1) if args.quick else (2500, 10)
+    args.e2e_batch = 8 if args.quick else 128
+    args.torch = not args.no_torch and importlib.util.find_spec('torch') is not None
+    args.walls = {}
     return args
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == [WORKER_FLAG]:
-        return worker_main(argv[1])
-    args = _parse_args(argv)
-    started = time.perf_counter()
-    from finetune_alexnet import tf_setup
-    tf_setup.configure_environment()  # the coordinator imports TensorFlow to write the JPEGs
-    common.add_repo_to_path()
-    import bench_pipeline
-    import tensorflow as tf
-    info = common.machine_info()
-    info['tensorflow'] = tf.__version__
-    info['load_before'] = common.load_average()
-    args.torch = torch_available() and not args.no_torch
-    if not args.torch:
-        info['torch'] = None
-    list_file = bench_pipeline.write_images(args.cache_dir, args.images)
-    if not args.torch:
-        print('note: PyTorch is not installed (or --no_torch): the PyTorch rows are skipped; '
-              'pip install torch==2.13.0 to measure the peer', file=sys.stderr)
-    log_dir = tempfile.mkdtemp(prefix='alexnet-bench-logs-')
-    rates, values = common.Rates(), {}
-    for phase, specs in plan(args, list_file):
-        workers = [Worker(name, spec, env, log_dir) for name, spec, env in specs]
+    if argv[:1] == ['--worker']:
+        return worker(json.loads(argv[1]))
+    args = parse_args(argv)
+    configs = configurations(args)
+    if args.only:
+        patterns = [p.strip() for p in args.only.split(',') if p.strip()]
+        unmatched = [p for p in patterns if not fnmatch.filter(configs, p)]
+        if unmatched:
+            raise ToolkitError(f"--only {','.join(unmatched)} matches no configuration; keys are "
+                               f"like {', '.join(list(configs)[:3])}, ... (see --help)")
+        configs = {k: v for k, v in configs.items() if any(fnmatch.fnmatch(k, p) for p in patterns)}
+    os.makedirs(args.cache_dir, exist_ok=True)
+    weights = write_weights(os.path.join(args.cache_dir, 'random_weights.npz'))
+    kinds = {spec['kind'] for spec in configs.values()}
+    if kinds & {'step', 'loop', 'input'}:
+        args.list_file = write_jpegs(os.path.join(args.cache_dir, 'jpegs'), args.jpegs)
+        args.val_list = write_jpegs(os.path.join(args.cache_dir, 'jpegs'), min(32, args.jpegs))
+    if 'e2e' in kinds:
+        args.e2e_lists = write_demo_lists(args.cache_dir, args.e2e_images)
+    values, failed = {}, set()
+
+    def run(key):
+        spec = dict(configs[key], weights=weights, seconds=args.seconds,
+                    list_file=getattr(args, 'list_file', None))
+        started = time.perf_counter()
         try:
-            for worker in workers:
-                ready = worker.wait_ready()
-                print(f"{phase}: worker {worker.name}: {len(worker.names)} contenders ready "
-                      f"({ready['setup_seconds']:.0f} s, {ready['rss_mib']} MiB, peak {ready['max_rss_mib']} MiB)", file=sys.stderr)
-            values.update(checks(workers))
-            print(f'{phase}: equality checks done; timing', file=sys.stderr)
-            measured = measure(workers, args.repeats, args.seconds)
-        finally:
-            for worker in workers:
-                worker.close()
-        rates.update(measured)
-        rates.retried += measured.retried
-        rates.disturbed += measured.disturbed
-    equality = (compare(values), values)
-    finetune = None if args.no_finetune else finetune_comparison(args, args.cache_dir)
-    info['load_after'] = common.load_average()
-    text = report(rates, equality, finetune, info, args, time.perf_counter() - started)
+            values[key] = measure(key, spec, args)
+        except RuntimeError as error:
+            failed.add(key)
+            print(f'error: {key}: {error}', file=sys.stderr)
+            return
+        shown = 'values' if key.startswith('check/') else f'{values[key]:.1f}'
+        print(f'{key}: {shown} ({time.perf_counter() - started:.0f} s)', file=sys.stderr, flush=True)
+    # One configuration at a time, so that none slows another; --quick, a smoke run whose figures
+    # are not measurements, runs two at once to overlap their start-up (mostly one core each).
+    with concurrent.futures.ThreadPoolExecutor(2 if args.quick else 1) as pool:
+        list(pool.map(run, configs))
+    text = table(configs, values, failed, args)
     print(text)
     if args.json:
         with open(args.json, 'w') as stream:
-            json.dump({'info': info, 'rates': rates, 'equality': equality[0], 'check_values': equality[1],
-                       'finetune': finetune, 'args': vars(args)}, stream, indent=1)
-    shutil.rmtree(log_dir, ignore_errors=True)
-    return 0
+            json.dump({'machine': machine(), 'values': {k: v for k, v in values.items()
+                                                        if not k.startswith('check/')},
+                       'check_difference': values.get('check/difference'), 'failed': sorted(failed),
+                       'table': text}, stream, indent=1)
+    return 1 if failed or values.get('check/difference', 0) > CHECK_TOLERANCE else 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -3,7 +3,8 @@
 Same layers as alexnet.py (groups, Caffe's LRN, the same shapes), in PyTorch's own NCHW layout, so
 the benchmark compares two frameworks on one network rather than two networks. `load_layers` copies
 weights in the `bvlc_alexnet.npy` layout ({layer: {'weights', 'biases'}}, TensorFlow's HWIO/[in, out])
-into it; `check_same_logits` in bench.py then shows the peer computes our graph's logits to 1e-4.
+into it; bench.py's equality check (`--only check/*`) compares the peer's logits and one SGD step
+with our graph's on the same weights.
 
 PyTorch is a benchmark-only dependency: nothing in the toolkit imports this module, and bench.py
 skips the PyTorch rows with a note when torch is not installed.
@@ -57,36 +58,35 @@ class AlexNet(nn.Module):
 
 
 def load_layers(model, layers):
-    """Copy {layer: {'weights', 'biases'}} in bvlc_alexnet.npy's layout into the PyTorch model."""
+    """Copy {layer: {'weights', 'biases'}} in bvlc_alexnet.npy's layout into the PyTorch model.
+
+    Layers absent from `layers` keep their fresh values (a new fc8, as finetune.py's --skip_layers fc8).
+    """
+    def weights(name):
+        array = layers[name]['weights']
+        if name in CONV_LAYERS:
+            # HWIO -> OIHW; the groups split the same way in both (first half of filters, first
+            # half of the input channels).
+            return array.transpose(3, 2, 0, 1)
+        if name == 'fc6':
+            # fc6's rows are pool5 flattened in (h, w, c) order (TensorFlow's NHWC); PyTorch
+            # flattens (c, h, w). Reordering the rows once here costs nothing per step, unlike a
+            # permute of pool5 in every forward pass.
+            return array.reshape(6, 6, 256, -1).transpose(3, 2, 0, 1).reshape(-1, 9216)
+        return array.T
+
     with torch.no_grad():
-        for name in CONV_LAYERS:
-            # HWIO -> OIHW; the groups split the same way in both (first half of filters, first half
-            # of the input channels).
-            getattr(model, name).weight.copy_(torch.from_numpy(
-                np.ascontiguousarray(layers[name]['weights'].transpose(3, 2, 0, 1))))
-            getattr(model, name).bias.copy_(torch.from_numpy(layers[name]['biases']))
-        # fc6's rows are pool5 flattened in (h, w, c) order (TensorFlow's NHWC); PyTorch flattens
-        # (c, h, w). Reordering the rows once here costs nothing per step, unlike a permute of pool5.
-        fc6 = layers['fc6']['weights'].reshape(6, 6, 256, -1).transpose(3, 2, 0, 1).reshape(-1, 9216)
-        model.fc6.weight.copy_(torch.from_numpy(np.ascontiguousarray(fc6)))
-        model.fc6.bias.copy_(torch.from_numpy(layers['fc6']['biases']))
-        for name in ('fc7', 'fc8'):
-            getattr(model, name).weight.copy_(torch.from_numpy(
-                np.ascontiguousarray(layers[name]['weights'].T)))
-            getattr(model, name).bias.copy_(torch.from_numpy(layers[name]['biases']))
+        for name in CONV_LAYERS + FC_LAYERS:
+            if name in layers:
+                layer = getattr(model, name)
+                layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(weights(name))))
+                layer.bias.copy_(torch.from_numpy(layers[name]['biases']))
     return model
 
 
 def to_nchw(images_nhwc):
     """A contiguous NCHW tensor from NHWC float32 images, as a PyTorch data loader would give it."""
     return torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))
-
-
-def logits(model, images_nhwc):
-    """Logits at test time (no dropout, no autograd) for NHWC images, as a NumPy array."""
-    model.eval()
-    with torch.inference_mode():
-        return model(to_nchw(images_nhwc)).numpy()
 
 
 def train_step_fn(model, train_layers, images_nhwc, labels_onehot, learning_rate=0.001):

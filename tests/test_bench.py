@@ -1,0 +1,98 @@
+"""bench/bench.py: a --quick run on a reduced set prints every row it was asked for, with real figures.
+
+No speed is asserted (the machine is shared); what is checked is that every configuration ran in
+its subprocess, the table holds each asked-for row with a positive images/s equal to the one in the
+JSON file, and each ratio is the quotient of the rows it names.
+"""
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(REPO, 'bench', 'bench.py')
+# Every kind of measurement: the step from memory, through the original's feed_dict loop and
+# through finetune.py itself (a subprocess of its own), inference, and the input pipeline alone.
+REDUCED = 'fc/memory/*,fc/feed/*,fc/loop/*,infer/tf/1,input/*'
+EXPECTED = ['fc/memory/8', 'fc/loop/8', 'fc/feed/8', 'infer/tf/1', 'input/pipeline/8',
+            'input/opencv/8']
+
+
+def run_bench(*args):
+    return subprocess.run([sys.executable, BENCH, *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=900)
+
+
+def table_rows(stdout):
+    """{key: (batch, images/s, ratio)} from the Markdown table's body rows."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip('|').split('|')]
+        if len(cells) == 5 and '/' in cells[1] and cells[2].isdigit():
+            rows[cells[1]] = (int(cells[2]), cells[3], cells[4])
+    return rows
+
+
+@pytest.mark.slow
+def test_quick_run_prints_every_asked_row_with_positive_figures(tmp_path):
+    result = run_bench('--quick', '--no_torch', '--seconds', '0.5', '--only', REDUCED,
+                       '--cache_dir', str(tmp_path / 'cache'), '--json', str(tmp_path / 'bench.json'))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r'AlexNet fine-tuning speed, \d{4}-\d\d-\d\d: .+, \d+ cores; .*tensorflow 2\.',
+                     result.stdout)
+    rows = table_rows(result.stdout)
+    assert list(rows) == EXPECTED
+    with open(tmp_path / 'bench.json') as stream:
+        recorded = json.load(stream)
+    assert recorded['failed'] == []
+    for key, (batch, shown, _) in rows.items():
+        assert batch == (1 if key == 'infer/tf/1' else 8)
+        value = recorded['values'][key]
+        assert math.isfinite(value) and value > 0
+        assert float(shown) == pytest.approx(value, abs=0.051)
+    values = recorded['values']
+    for key, reference in (('fc/memory/8', 'fc/feed/8'), ('fc/loop/8', 'fc/feed/8'),
+                           ('input/pipeline/8', 'input/opencv/8')):
+        ratio = float(rows[key][2].split('x ')[0])
+        assert ratio == pytest.approx(values[key] / values[reference], abs=0.006)
+    assert 'No PyTorch rows or equality check' in result.stdout
+
+
+def test_unknown_configuration_is_one_error_line(tmp_path):
+    result = run_bench('--only', 'fc/nothing/*', '--cache_dir', str(tmp_path))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1  # one line, no traceback
+    assert result.stderr.startswith('error: --only fc/nothing/* matches no configuration')
+    assert os.listdir(tmp_path) == []  # refused before any image or weight was written
+
+
+def test_bad_batches_flag_is_one_error_line(tmp_path):
+    result = run_bench('--batches', '32,big', '--cache_dir', str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == 'error: --batches 32,big: a comma list of whole numbers'
+
+
+def test_equality_line_holds_the_largest_relative_difference():
+    # The PyTorch peer is optional (and absent here); the comparison of its values with ours is
+    # checked on made-up values: logits [2, 3] and a loss, before and after a step.
+    sys.path.insert(0, os.path.join(REPO, 'bench'))
+    try:
+        import bench
+    finally:
+        sys.path.remove(os.path.join(REPO, 'bench'))
+    ours = [[[1.0, -4.0, 2.0], [0.5, 0.0, 3.0]], 2.5, [[1.0, -4.0, 2.0], [0.5, 0.0, 3.0]], 2.4]
+    peer = [[[1.0, -4.0, 2.0], [0.5, 0.0, 3.0002]], 2.5, [[1.0, -4.0, 2.0], [0.5, 0.0, 3.0]], 2.4001]
+    configs = {'check/tf': {}, 'check/torch': {}}
+    values = {'check/tf': ours, 'check/torch': peer}
+    args = type('Args', (), {'device': 'cpu', 'torch': True, 'walls': {}})()
+    text = bench.table(configs, values, set(), args)
+    # 0.0002 / max |logits| 4 = 5e-5 beats the loss's 0.0001 / max(1, 2.4) = 4.2e-5.
+    assert values['check/difference'] == pytest.approx(5e-5, rel=1e-6)
+    assert 'differ by 5.0e-05' in text and 'equal to 0.0001' in text
+    values['check/torch'] = [peer[0], 2.5, peer[2], 2.4005]  # 0.0005 / 2.4 = 2.1e-4
+    text = bench.table(configs, values, set(), args)
+    assert 'differ by 2.1e-04' in text and 'DIFFERENT to 0.0001' in text
