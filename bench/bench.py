@@ -142,12 +142,8 @@ def timed(step, images_per_step, seconds):
 def training_graph(inputs, input_layer, **settings):
     """training.build_training_graph on (images, labels), with finetune.py's settings."""
     from finetune_alexnet import training
-    if hasattr(training, 'TrainingConfig'):  # the config-object form (issue 11)
-        return training.build_training_graph(*inputs, training.TrainingConfig(**settings),
-                                             input_layer=input_layer)
-    settings['train_layers'], settings['skip_layers'] = (list(settings['train_layers']),
-                                                         list(settings['skip_layers']))
-    return training.build_training_graph(*inputs, input_layer=input_layer, **settings)
+    return training.build_training_graph(*inputs, training.TrainingConfig(**settings),
+                                         input_layer=input_layer)
 
 
 def _session(tf, spec, graph, mixed_precision=False):
