@@ -58,7 +58,8 @@ FC_LAYERS = ('fc6', 'fc7', 'fc8')
 SOURCES = {'memory': 'in-memory batch', 'pipeline': 'real JPEG pipeline',
           'loop': "finetune.py's loop (pipeline, summaries ride along)",
           'feed': "baseline: the original's feed_dict loop", 'cached': 'cached pool5 features',
-          'mixed': 'in-memory batch, --mixed_precision', 'torch': 'PyTorch peer, in-memory batch'}
+          'mixed': 'in-memory batch, --mixed_precision', 'torch': 'PyTorch peer, in-memory batch',
+          'seeded': "in-memory batch, --seed (TensorFlow's op determinism on)"}
 
 
 # --- data the configurations share, written once into --cache_dir --------------------------------
@@ -175,7 +176,11 @@ def measure_tf_step(spec):
                 dataset, feeder = feature_cache.cached_dataset(NUM_CLASSES, batch, drop_remainder=True)
                 iterator = tf.data.make_initializable_iterator(dataset.repeat())
                 inputs = iterator.get_next()
-        if source in ('memory', 'mixed'):
+        if source == 'seeded':  # what finetune.py --seed does (finetune.seeded)
+            from tensorflow.python.framework import config as tf_config
+            tf.set_random_seed(0)
+            tf_config.enable_op_determinism()
+        if source in ('memory', 'mixed', 'seeded'):
             images_value, labels_value = fixed_batch(batch)
             with tf.device(device):  # the batch sits in variables the step reads: no feed, no copy
                 images = tf.Variable(tf.zeros(images_value.shape), trainable=False)
@@ -190,7 +195,7 @@ def measure_tf_step(spec):
     session = _session(tf, spec, graph, mixed_precision=source == 'mixed')
     session.run(initialize)
     train.model.load_initial_weights(session)
-    if source in ('memory', 'mixed'):
+    if source in ('memory', 'mixed', 'seeded'):
         images.load(images_value, session)
         labels.load(labels_value, session)
     elif source == 'cached':
@@ -377,7 +382,7 @@ def configurations(args):
                     None if source == 'feed' else (f'{mode}/{source}/{batch}', f'{mode}/feed/{batch}',
                                                    'the feed_dict baseline'),
                     kind='loop' if source == 'loop' else 'step', mode=mode, source=source, batch=batch)
-            for source in ['cached'] * (mode == 'fc') + ['mixed'] * (batch == big):
+            for source in ['cached'] * (mode == 'fc') + ['mixed', 'seeded'] * (batch == big):
                 add(f'{mode}/{source}/{batch}', f'{step}, {SOURCES[source]}',
                     (f'{mode}/{source}/{batch}', f'{mode}/memory/{batch}', 'the in-memory step'),
                     kind='step', mode=mode, source=source, batch=batch)
