@@ -1,9 +1,9 @@
 """Export a model to run outside this repository: weights file, SavedModel (TF Serving, TF 2), TFLite.
 
-    python export.py --checkpoint runs/x --output cats_dogs.npz                        # weights (.npz)
-    python export.py --checkpoint runs/x --format savedmodel --output models/cats_dogs/1
+    python export.py --checkpoint_path runs/x --output cats_dogs.npz                        # weights (.npz)
+    python export.py --checkpoint_path runs/x --format savedmodel --output models/cats_dogs/1
     python export.py --weights_path bvlc_alexnet.npy --format savedmodel --output models/alexnet/1
-    python export.py --checkpoint runs/x --format tflite --quantize float16 --output cats_dogs.tflite
+    python export.py --checkpoint_path runs/x --format tflite --quantize float16 --output cats_dogs.tflite
 
 `npz` (the default) writes the pickle-free weights file that weight_files.save_weights writes
 (`conv1/weights` ... `fc8/biases`, float32): `AlexNet(..., skip_layer=[], weights_path=...)` loads it,

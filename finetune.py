@@ -77,7 +77,7 @@ def get_args_parser():
     data = parser.add_argument_group('data')
     data.add_argument('--train_file', help='training list; none (and no --val_file): run the demo')
     data.add_argument('--val_file', help='validation list')
-    data.add_argument('--num_classes', type=int, default=2)
+    data.add_argument('--num_classes', type=int, default=2, help='classes in the lists')
     data.add_argument('--class_names', help='classes.txt ("label name" lines); default: the '
                       'classes.txt beside --train_file, if any')
     data.add_argument('--augment', action='store_true',
@@ -85,7 +85,8 @@ def get_args_parser():
     data.add_argument('--skip_bad_images', action='store_true',
                       help='skip unreadable images (and count them) instead of stopping')
     data.add_argument('--demo', action='store_true', help='fine-tune on the generated demo data set')
-    data.add_argument('--demo_dir', default=os.path.join(DEFAULT_ROOT, 'demo_data'))
+    data.add_argument('--demo_dir', default=os.path.join(DEFAULT_ROOT, 'demo_data'),
+                      help="where the demo's images and lists are written")
 
     model = parser.add_argument_group('model')
     model.add_argument('--weights_path', default=weight_files.DEFAULT_WEIGHTS_PATH,
@@ -99,7 +100,7 @@ def get_args_parser():
                        help='fraction of fc6/fc7 units dropped while training')
 
     optimisation = parser.add_argument_group('optimisation')
-    optimisation.add_argument('--learning_rate', type=float, default=0.001)
+    optimisation.add_argument('--learning_rate', type=float, default=0.001, help='SGD step size')
     optimisation.add_argument('--num_epochs', type=int, help='passes over the training list '
                               '(default: 10; the demo: 5)')
     optimisation.add_argument('--batch_size', type=int, help='images per step (default: 128; the '

@@ -1,8 +1,8 @@
 """Classify photos with AlexNet: the ImageNet weights or your fine-tuned checkpoint.
 
     python predict.py images/                                   # bvlc_alexnet.npy, ImageNet's classes
-    python predict.py --checkpoint runs/x photo.jpg list.txt    # a fine-tuned model, nothing else needed
-    python predict.py --checkpoint runs/x --evaluate val.txt    # accuracy, precision/recall, confusion
+    python predict.py --checkpoint_path runs/x photo.jpg list.txt    # a fine-tuned model, nothing else needed
+    python predict.py --checkpoint_path runs/x --evaluate val.txt    # accuracy, precision/recall, confusion
     python predict.py --evaluate lists/val.txt --center_crop    # ImageNet's validation set, as BVLC did
     python predict.py --evaluate lists/val.txt --ten_crop       # ... and as the paper did
 
@@ -30,7 +30,6 @@ from finetune_alexnet import cli
 if __name__ == '__main__':
     cli.prepare(sys.argv[1:])  # before TensorFlow loads: quiet unless --verbose
 
-import argparse  # noqa: E402
 import collections  # noqa: E402
 import csv  # noqa: E402
 import json  # noqa: E402
@@ -504,13 +503,12 @@ def write_features(args):
 
 def get_args_parser():
     parser = cli.ArgumentParser(
-        description='Classify images with AlexNet: ImageNet weights or a fine-tuned checkpoint.',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description='Classify images with AlexNet: ImageNet weights or a fine-tuned checkpoint.')
     parser.add_argument('inputs', nargs='*',
                         help='image files, folders (searched recursively) and .txt lists of "path label"')
     model = parser.add_mutually_exclusive_group()
     model.add_argument('--weights_path', help='weights file (.npy or exported .npz); the default when '
-                       f'no --checkpoint is given is {weight_files.DEFAULT_WEIGHTS_PATH}')
+                       f'no --checkpoint_path is given is {weight_files.DEFAULT_WEIGHTS_PATH}')
     model.add_argument('--checkpoint_path', '--checkpoint', help='fine-tuned checkpoint prefix or its folder (best.ckpt, '
                        'else the latest); its model_info.json gives classes and pre-processing')
     parser.add_argument('--class_names', help='classes.txt of "label name" lines, overriding the names')

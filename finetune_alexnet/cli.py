@@ -32,6 +32,18 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """`--help` shows each flag's default, unless there is none to show (None, off) or its help text
+    already says it (flags whose default depends on another flag)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ''
+        if (not action.option_strings or 'default' in text
+                or action.default in (None, False, argparse.SUPPRESS)):
+            return text
+        return f'{text} (default: %(default)s)'.lstrip()
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors: a bad flag raises ToolkitError instead of printing the usage.
 
@@ -40,7 +52,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault('formatter_class', argparse.ArgumentDefaultsHelpFormatter)
+        kwargs['formatter_class'] = HelpFormatter
         super().__init__(*args, **kwargs)
         self.add_argument('--verbose', action='store_true',
                           help="show TensorFlow's own log messages")

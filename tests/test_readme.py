@@ -38,3 +38,12 @@ def test_readme_names_every_top_level_module():
     modules = [name for name in os.listdir(REPO) if name.endswith('.py')]
     missing = [name for name in modules if not re.search(rf'`{re.escape(name)}`', readme)]
     assert missing == []
+
+
+def test_readme_layout_names_every_module_of_the_package():
+    readme = read('README.md')
+    package = os.path.join(REPO, 'finetune_alexnet')
+    modules = [name for name in os.listdir(package) if name.endswith('.py') and name != '__init__.py']
+    missing = [name for name in modules if f'`{name}`' not in readme and
+               not re.search(rf'`{re.escape(name)}`,', readme)]
+    assert missing == []
