@@ -8,7 +8,6 @@ by eye. scikit-image is only the source of the files, never a dependency of the 
     python tools/copy_sample_images.py /tmp/skwheel/scikit_image-*.whl
 """
 
-import argparse
 import os
 import sys
 import zipfile

@@ -13,7 +13,6 @@ validation ground truth names (Kaggle's LOC_val_solution.csv, the devkit's meta.
     python tools/make_caffe_classes.py /tmp/timmwheel/timm-*.whl            # or: --installed
 """
 
-import argparse
 import os
 import sys
 import zipfile
