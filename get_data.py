@@ -42,10 +42,7 @@ def get_args_parser():
                         help='write paths relative to --out_dir instead of absolute paths')
     parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
                         help='images decoded at once when checking them')
-    parser.add_argument('--timeout', type=float, default=download.DEFAULT_TIMEOUT,
-                        help='seconds without data before a connection counts as lost')
-    parser.add_argument('--retries', type=int, default=download.DEFAULT_RETRIES,
-                        help='tries after a failure that made no progress, with growing pauses')
+    download.add_connection_flags(parser)
     return parser
 
 

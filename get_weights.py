@@ -50,10 +50,7 @@ def get_args_parser():
     parser.add_argument('--sha256', help='demand this SHA-256 of the downloaded (or --caffemodel) file')
     parser.add_argument('--sha1', help='demand this SHA-1 (default for --source berkeley: BVLC\'s '
                                        'published ' + BERKELEY_SHA1 + ')')
-    parser.add_argument('--timeout', type=float, default=download.DEFAULT_TIMEOUT,
-                        help='seconds without data before a connection counts as lost')
-    parser.add_argument('--retries', type=int, default=download.DEFAULT_RETRIES,
-                        help='tries after a failure that made no progress, with growing pauses')
+    download.add_connection_flags(parser)
     return parser
 
 

@@ -46,6 +46,14 @@ class Downloaded(NamedTuple):
     reused: bool
 
 
+def add_connection_flags(parser):
+    """--timeout and --retries, the same for every command that downloads."""
+    parser.add_argument('--timeout', type=float, default=DEFAULT_TIMEOUT,
+                        help='seconds without data before a connection counts as lost')
+    parser.add_argument('--retries', type=int, default=DEFAULT_RETRIES,
+                        help='tries after a failure that made no progress, with growing pauses')
+
+
 def file_digests(path):
     """(sha256 hex, sha1 hex) of a file, read in chunks."""
     sha256, sha1 = hashlib.sha256(), hashlib.sha1()
