@@ -33,13 +33,14 @@ from finetune_alexnet import checkpoints  # noqa: E402
 import datagenerator  # noqa: E402
 from finetune_alexnet import demo_data  # noqa: E402
 from finetune_alexnet import feature_cache  # noqa: E402
+from finetune_alexnet import feature_store  # noqa: E402
 from finetune_alexnet import lr_finder  # noqa: E402
 from finetune_alexnet import model_info  # noqa: E402
 from finetune_alexnet import progress  # noqa: E402
 from finetune_alexnet import summaries  # noqa: E402
 from finetune_alexnet import training  # noqa: E402
 from finetune_alexnet import weight_files  # noqa: E402
-from alexnet import TRAINABLE_LAYERS, AlexNet  # noqa: E402
+from alexnet import CONV_LAYERS, TRAINABLE_LAYERS, AlexNet  # noqa: E402
 from finetune_alexnet import tf_setup  # noqa: E402
 from finetune_alexnet.errors import ToolkitError  # noqa: E402
 
@@ -198,6 +199,11 @@ def get_args_parser():
     devices.add_argument('--cache_features', choices=('auto', 'on', 'off'), default='auto',
                          help='train fc layers from pool5 features computed once (auto: when no '
                          'conv layer is trained and --augment is off)')
+    devices.add_argument('--cache_dir', default=feature_store.DEFAULT_DIR,
+                         help="cached pool5 features kept on disk for later runs on the same images "
+                         "('none': this run only)")
+    devices.add_argument('--cache_max_gb', type=float, default=feature_store.DEFAULT_MAX_GB,
+                         help='size limit of --cache_dir; least recently used sets go first')
     return parser
 
 
@@ -251,6 +257,7 @@ def check_args(args):
          f'--class_weights lists {len(args.class_weights)} weights for --num_classes '
          f'{args.num_classes}' if isinstance(args.class_weights, tuple) else ''),
         (not (args.projector and args.num_gpus > 1), '--projector needs --num_gpus 1'),
+        (args.cache_max_gb > 0, f'--cache_max_gb must be positive, got {args.cache_max_gb}'),
     ]
     for ok, message in checks:
         if not ok:
@@ -579,15 +586,29 @@ def build_pipeline(args, train_data, val_data, config):
     cache_files = {name: os.path.join(args.checkpoint_path, f'features_{name}.npy')
                    for name in ('train', 'val')}
 
+    store = shared_feature_store(args)
+
     def prepare(session):
+        conv_digest = conv_weights_digest(session, image_model) if store else None
         for name, data, init_op in (('train', train_data, training_init_op),
                                     ('val', val_data, validation_init_op)):
+            key = feature_store.set_key(conv_digest, data.paths, data.labels, args.num_classes,
+                                        feature_settings(args, config)) if store else None
+            stored, note = store.load(key) if store else (None, None)
+            if note:
+                print(f'note: {note}')
+            if stored is not None:
+                print(f'pool5 features of {data.txt_file}: from {store.root}')
+                cache[name] = stored
+                continue
             print(f'caching pool5 features of {data.txt_file}: {feature_cache.describe_size(data.data_size)}')
             try:
                 cache[name] = feature_cache.extract(session, init_op, features, labels, data.data_size,
                                                     args.num_classes, cache_files[name])
             except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, tf.errors.NotFoundError):
                 raise data.unreadable_images_error() from None
+            if store:
+                store.save(key, *cache[name])
 
     def start_train(session, epoch):
         seed = epoch_seed(args, epoch)
@@ -600,6 +621,26 @@ def build_pipeline(args, train_data, val_data, config):
 
     return Pipeline(train_graph, Source(start_train, train_data), Source(start_val, val_data),
                     image_model, None, prepare, tuple(cache_files.values()))
+
+
+def shared_feature_store(args):
+    """The on-disk feature store of --cache_dir, or None ('none', or conv layers that start random)."""
+    if args.cache_dir == 'none' or set(args.skip_layers) & set(CONV_LAYERS):
+        return None  # randomly initialised conv layers make features no later run can reuse
+    return feature_store.FeatureStore(args.cache_dir, int(args.cache_max_gb * 2**30))
+
+
+def conv_weights_digest(session, model):
+    """The digest of conv1-conv5 as the session holds them: what, with the images, makes pool5."""
+    variables = {variable.op.name: variable for layer in CONV_LAYERS
+                 for variable in model.variables[layer].values()}
+    return feature_store.arrays_digest(session.run(variables))
+
+
+def feature_settings(args, config):
+    """What besides weights and images changes the cached numbers."""
+    return {'device': 'gpu' if config.use_gpu else 'cpu', 'mixed_precision': args.mixed_precision,
+            'xla': args.xla, 'skip_bad_images': args.skip_bad_images}
 
 
 def choose_device(args):

@@ -53,6 +53,11 @@ def read_state(run_dir):
     return json.loads((run_dir / 'ckpt' / 'run_state.json').read_text())
 
 
+def log_dir(run_dir):
+    """The run's own TensorBoard sub-folder, as its checkpoint folder records it."""
+    return run_dir / 'tb' / read_state(run_dir)['run_name']
+
+
 def run_cli(args, **kwargs):
     return subprocess.run([sys.executable, 'finetune.py', *args], cwd=REPO, capture_output=True,
                           text=True, timeout=300, **kwargs)
@@ -115,7 +120,7 @@ def test_run_state_metrics_curves_and_model_info(finetuned):
 
 def test_tensorboard_reads_the_summaries(finetuned):
     run_dir, _ = finetuned
-    events = event_accumulator.EventAccumulator(str(run_dir / 'tb'), size_guidance={
+    events = event_accumulator.EventAccumulator(str(log_dir(run_dir)), size_guidance={
         event_accumulator.SCALARS: 0, event_accumulator.HISTOGRAMS: 0})
     events.Reload()
     tags = events.Tags()
@@ -319,7 +324,7 @@ def test_mixed_precision_run_then_resumed_without_it(dataset, tmp_path, bvlc_npy
     assert reader.get_tensor('global_step') == 3
     scale_names = [name for name in reader.get_variable_to_shape_map() if 'current_loss_scale' in name]
     assert len(scale_names) == 1 and reader.get_tensor(scale_names[0]) == 2.0**15
-    events = event_accumulator.EventAccumulator(str(tmp_path / 'tb'))
+    events = event_accumulator.EventAccumulator(str(log_dir(tmp_path)))
     events.Reload()
     assert [e.value for e in events.Scalars('loss_scale')] == [2.0**15] * 3
     resumed = run_cli(flags(dataset, tmp_path, '--num_epochs', '2', '--resume',
