@@ -40,7 +40,8 @@ def dataset(tmp_path_factory):
 def flags(dataset, run_dir, *extra, weights=None):
     args = ['--train_file', str(dataset / 'train.txt'), '--val_file', str(dataset / 'val.txt'),
             '--batch_size', '4', '--num_epochs', '2', '--display_step', '1', '--seed', '1',
-            '--checkpoint_path', str(run_dir / 'ckpt'), '--filewriter_path', str(run_dir / 'tb')]
+            '--checkpoint_path', str(run_dir / 'ckpt'), '--filewriter_path', str(run_dir / 'tb'),
+            '--cache_dir', str(run_dir / 'feature_cache')]  # each run computes its own features
     if weights:
         args += ['--weights_path', weights]
     else:  # no pretrained file: every layer from scratch
