@@ -532,8 +532,10 @@ def test_warm_start_reproduces_the_earlier_runs_validation_before_training(finet
 def test_warm_start_refuses_a_checkpoint_whose_fc8_does_not_fit(finetuned, dataset, tmp_path, bvlc_npy,
                                                                 capsys):
     earlier_dir, _ = finetuned
-    code, _, err = run_in_process(flags(dataset, tmp_path, '--num_classes', '3', '--init_checkpoint',
-                                        earlier_dir / 'ckpt', weights=bvlc_npy), capsys)
+    names = tmp_path / 'names.txt'
+    names.write_text('0 a\n1 b\n2 c\n')
+    code, _, err = run_in_process(flags(dataset, tmp_path, '--num_classes', '3', '--class_names', names,
+                                        '--init_checkpoint', earlier_dir / 'ckpt', weights=bvlc_npy), capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert 'does not fit --init_checkpoint (fc8/weights has shape (4096, 2), expected (4096, 3)' in err
     assert 'add the layers that differ' in err
