@@ -276,7 +276,9 @@ def validation_summary(outputs, paths, class_names, num_classes):
         curve = pr_curve_summary.pb(f'pr_curve/{tag_name(name)}', labels == label,
                                     probabilities[:, label], num_thresholds=PR_CURVE_THRESHOLDS,
                                     display_name=f'{name} (PR curve)')
-        summary.value.extend(as_tf_summary(curve).value)
+        value, = as_tf_summary(curve).value
+        value.tag = f'pr_curve/{tag_name(name)}'  # the plugin would append '/pr_curves'
+        summary.value.append(value)
     return summary
 
 
