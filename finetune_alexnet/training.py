@@ -72,7 +72,7 @@ class TrainingConfig:
     use_gpu: bool = False
     model_device: str = None
     mixed_precision: bool = False
-    # Per-class loss weights (None: every class 1); `balanced_class_weights` makes Caffe-free ones.
+    # Per-class loss weights (None: every class 1); `balanced_class_weights` makes the balanced ones.
     class_weights: tuple = None
     # ((layer, multiplier), ...): Caffe's lr_mult, that layer's update scaled by the multiplier.
     lr_mult: tuple = ()
