@@ -791,6 +791,11 @@ def train(args, use_gpu, class_names, state, layers):
     os.makedirs(args.log_dir, exist_ok=True)
     writer = tf.summary.FileWriter(args.log_dir)
     print_label_counts(train_data.labels, args.num_classes, class_names)
+    weights = class_weight_values(args, train_data.labels)
+    if weights is not None:
+        names = class_names or [f'class {label}' for label in range(args.num_classes)]
+        print('class weights of the loss: ' + ', '.join(f'{name} {weight:.3g}'
+                                                        for name, weight in zip(names, weights)))
     print(f'{train_data.data_size} training images ({steps_per_epoch} steps of {args.batch_size} per '
           f'epoch), {val_data.data_size} validation images; training {",".join(args.train_layers)} on '
           f'{"GPU" if use_gpu else "CPU"}')

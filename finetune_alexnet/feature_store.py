@@ -30,8 +30,8 @@ from finetune_alexnet.errors import ToolkitError
 
 FORMAT = 1
 # Where the XDG convention puts caches: $XDG_CACHE_HOME, else ~/.cache.
-DEFAULT_DIR = os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'),
-                           'finetune_alexnet')
+DEFAULT_DIR = os.path.join(
+    os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'), 'finetune_alexnet')
 DEFAULT_MAX_GB = 20
 META = 'meta.json'
 FEATURES = 'features.npy'

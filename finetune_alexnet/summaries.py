@@ -10,7 +10,6 @@ TensorBoard's plugins (hparams, pr_curve) build their summaries as TensorBoard's
 are re-read as `tf.Summary` so the run's `tf.summary.FileWriter` writes them with everything else.
 """
 import datetime
-import io
 import os
 import re
 

@@ -495,8 +495,8 @@ def test_the_demo_replaces_its_own_previous_run_and_nothing_else(tmp_path, monke
 def test_early_stopping_stops_at_the_right_epoch(dataset, tmp_path, bvlc_npy, capsys):
     """A vanishing learning rate holds validation accuracy still: best at epoch 1, so with
     --early_stopping 2 the run stops after epoch 3 of 6, and says so."""
-    code, out, err = run_in_process(flags(dataset, tmp_path, '--num_epochs', '6', '--early_stopping', '2',
-                                          '--learning_rate', '1e-30', weights=bvlc_npy), capsys)
+    code, out, err = run_in_process(flags(dataset, tmp_path, '--num_epochs', '6', '--early_stopping',
+                                          '2', '--learning_rate', '1e-30', weights=bvlc_npy), capsys)
     assert code == 0, err
     state = read_state(tmp_path)
     assert state['epochs_completed'] == 3 and state['best_epoch'] == 1
@@ -513,7 +513,8 @@ def test_warm_start_reproduces_the_earlier_runs_validation_before_training(finet
     earlier = read_state(earlier_dir)
     best = next(r for r in earlier['history'] if r['epoch'] == earlier['best_epoch'])
     code, out, err = run_in_process(flags(dataset, tmp_path, '--num_epochs', '1', '--train_layers', 'fc8',
-                                          '--init_checkpoint', earlier_dir / 'ckpt', weights=bvlc_npy), capsys)
+                                          '--init_checkpoint', earlier_dir / 'ckpt', weights=bvlc_npy),
+                                    capsys)
     assert code == 0, err
     line = next(line for line in out.splitlines() if line.startswith('warm start from'))
     assert str(earlier_dir / 'ckpt' / 'best.ckpt') in line

@@ -50,16 +50,20 @@ def test_find_lr_suggests_a_rate_where_the_loss_falls_and_writes_nothing_else(
         demo_images, tmp_path, bvlc_npy, capsys, monkeypatch):
     recorded = []
     original = lr_finder.range_test
-    monkeypatch.setattr(lr_finder, 'range_test',
-                        lambda *args, **kwargs: recorded.append(original(*args, **kwargs)) or recorded[-1])
+
+    def recording(*args, **kwargs):
+        recorded.append(original(*args, **kwargs))
+        return recorded[-1]
+
+    monkeypatch.setattr(lr_finder, 'range_test', recording)
     plot = tmp_path / 'range.png'
     code = run_main(finetune.main, [
         '--train_file', str(demo_images / 'train.txt'), '--val_file', str(demo_images / 'val.txt'),
         # Fresh fc layers on the (fixture's) conv features, every image in each step and no dropout:
         # the loss then follows the rate, not the batch or the dropout mask.
         '--weights_path', bvlc_npy, '--skip_layers', 'fc6,fc7,fc8', '--dropout_rate', '0',
-        '--batch_size', '20', '--seed', '0', '--find_lr', str(plot), '--find_lr_steps', '100', '--checkpoint_path', str(tmp_path / 'ckpt'),
-        '--filewriter_path', str(tmp_path / 'tb'), '--cache_dir', str(tmp_path / 'cache')])
+        '--batch_size', '20', '--seed', '0', '--find_lr', str(plot), '--find_lr_steps', '100',
+        '--checkpoint_path', str(tmp_path / 'ckpt'), '--filewriter_path', str(tmp_path / 'tb'), '--cache_dir', str(tmp_path / 'cache')])
     out, err = capsys.readouterr()
     assert code == 0, err
     result = recorded[0]
@@ -84,4 +88,5 @@ def test_find_lr_refuses_a_plot_in_a_missing_folder(demo_images, tmp_path, capsy
                                     '--val_file', str(demo_images / 'val.txt'),
                                     '--find_lr', str(tmp_path / 'nowhere' / 'plot.png')])
     assert code == 2
-    assert f'--find_lr {tmp_path / "nowhere" / "plot.png"}: its folder does not exist' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f'--find_lr {tmp_path / "nowhere" / "plot.png"}: its folder does not exist' in err
