@@ -63,7 +63,8 @@ def test_find_lr_suggests_a_rate_where_the_loss_falls_and_writes_nothing_else(
         # the loss then follows the rate, not the batch or the dropout mask.
         '--weights_path', bvlc_npy, '--skip_layers', 'fc6,fc7,fc8', '--dropout_rate', '0',
         '--batch_size', '20', '--seed', '0', '--find_lr', str(plot), '--find_lr_steps', '100',
-        '--checkpoint_path', str(tmp_path / 'ckpt'), '--filewriter_path', str(tmp_path / 'tb'), '--cache_dir', str(tmp_path / 'cache')])
+        '--checkpoint_path', str(tmp_path / 'ckpt'), '--filewriter_path', str(tmp_path / 'tb'),
+        '--cache_dir', str(tmp_path / 'cache')])
     out, err = capsys.readouterr()
     assert code == 0, err
     result = recorded[0]
