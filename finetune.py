@@ -311,8 +311,8 @@ def prepare_demo(args):
         print(f"note: {args.weights_path} not found, so the demo trains every layer from random "
               "initialisation (see README for the pretrained weights)")
         fill_defaults(args, DEMO_FROM_SCRATCH)
-    if args.checkpoint_path is None and not args.resume:
-        clear_previous_demo_run()
+    if args.checkpoint_path is None and not args.resume and not args.find_lr:
+        clear_previous_demo_run()  # (the range test writes no run, so it replaces none)
     fill_defaults(args, DEMO_DEFAULTS)
     fill_defaults(args, RUN_DEFAULTS)
 
