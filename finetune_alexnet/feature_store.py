@@ -19,6 +19,7 @@ are removed until the cache is within its size limit (use touches meta.json).
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -37,6 +38,7 @@ META = 'meta.json'
 FEATURES = 'features.npy'
 LABELS = 'labels.npy'
 _CHUNK = 2**24
+STALE_SECONDS = 24 * 3600
 
 
 def arrays_digest(arrays):
@@ -165,7 +167,7 @@ class FeatureStore:
         found = []
         for name in os.listdir(self.root):
             meta = os.path.join(self.root, name, META)
-            if name.startswith('.') or not os.path.isfile(meta):
+            if not re.fullmatch('[0-9a-f]{64}', name) or not os.path.isfile(meta):
                 continue
             folder = os.path.join(self.root, name)
             try:
@@ -176,7 +178,19 @@ class FeatureStore:
         return sorted(found)
 
     def evict(self, keep=None):
-        """Removes least-recently-used sets until the total is within max_bytes; returns their keys."""
+        """Removes least-recently-used sets until the total is within max_bytes; returns their keys.
+
+        Staging folders that a killed run left behind (over a day old) go too.
+        """
+        for name in os.listdir(self.root):
+            path = os.path.join(self.root, name)
+            try:
+                stale = (name.endswith(('.partial', '.removed'))
+                         and time.time() - os.path.getmtime(path) > STALE_SECONDS)
+            except OSError:
+                continue
+            if stale:
+                shutil.rmtree(path, ignore_errors=True)
         sets = self.sets()
         total = sum(size for _, size, _ in sets)
         removed = []

@@ -154,3 +154,15 @@ def test_an_unusable_cache_dir_is_one_line(tmp_path):
     blocker.write_text('x')
     with pytest.raises(feature_store.ToolkitError, match=f'--cache_dir {blocker}/sub: cannot create it'):
         feature_store.FeatureStore(str(blocker / 'sub'), 2**30)
+
+
+def test_staging_left_by_a_killed_run_is_cleared_after_a_day(tmp_path, images):
+    store = feature_store.FeatureStore(str(tmp_path / 'cache'), 2**30)
+    old = os.path.join(store.root, '.abc.partial')
+    fresh = os.path.join(store.root, '.def.partial')
+    for folder in (old, fresh):
+        os.makedirs(folder)
+    day_ago = time.time() - feature_store.STALE_SECONDS - 60
+    os.utime(old, (day_ago, day_ago))
+    store.save(key_of(images), *arrays())
+    assert not os.path.exists(old) and os.path.exists(fresh)  # fresh: perhaps another run's, writing
