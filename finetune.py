@@ -33,11 +33,14 @@ from finetune_alexnet import checkpoints  # noqa: E402
 import datagenerator  # noqa: E402
 from finetune_alexnet import demo_data  # noqa: E402
 from finetune_alexnet import feature_cache  # noqa: E402
+from finetune_alexnet import feature_store  # noqa: E402
+from finetune_alexnet import lr_finder  # noqa: E402
 from finetune_alexnet import model_info  # noqa: E402
 from finetune_alexnet import progress  # noqa: E402
+from finetune_alexnet import summaries  # noqa: E402
 from finetune_alexnet import training  # noqa: E402
 from finetune_alexnet import weight_files  # noqa: E402
-from alexnet import TRAINABLE_LAYERS, AlexNet  # noqa: E402
+from alexnet import CONV_LAYERS, TRAINABLE_LAYERS, AlexNet  # noqa: E402
 from finetune_alexnet import tf_setup  # noqa: E402
 from finetune_alexnet.errors import ToolkitError  # noqa: E402
 
@@ -71,6 +74,38 @@ def layer_list(text):
     return names
 
 
+def class_weights_flag(text):
+    """'none', 'balanced', or one weight per class ('1,3.5')."""
+    if text in ('none', 'balanced'):
+        return text
+    try:
+        weights = tuple(float(value) for value in text.split(','))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'none', 'balanced' or a comma list of numbers, "
+                                         f"got {text!r}") from None
+    if not all(math.isfinite(w) and w >= 0 for w in weights):
+        raise argparse.ArgumentTypeError(f'class weights must be finite and >= 0, got {text!r}')
+    return weights
+
+
+def lr_mult_flag(text):
+    """'fc8=10,fc7=2' as (('fc8', 10.0), ('fc7', 2.0))."""
+    pairs = []
+    for item in (part.strip() for part in text.split(',') if part.strip()):
+        layer, _, value = item.partition('=')
+        if layer not in TRAINABLE_LAYERS:
+            raise argparse.ArgumentTypeError(f"unknown layer {layer!r} in {item!r}; valid: "
+                                             f"{', '.join(TRAINABLE_LAYERS)}")
+        try:
+            factor = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'expected LAYER=NUMBER, got {item!r}') from None
+        if not (math.isfinite(factor) and factor > 0):
+            raise argparse.ArgumentTypeError(f'the multiplier must be positive, got {item!r}')
+        pairs.append((layer, factor))
+    return tuple(pairs)
+
+
 def get_args_parser():
     parser = cli.ArgumentParser(
         description='Fine-tune AlexNet (BVLC weights) on image lists of "path label" lines.')
@@ -98,6 +133,10 @@ def get_args_parser():
                        '(default: fc8)')
     model.add_argument('--dropout_rate', type=float, default=0.5,
                        help='fraction of fc6/fc7 units dropped while training')
+    model.add_argument('--init_checkpoint',
+                       help="start from a previous run's model weights (a checkpoint prefix, or a run "
+                       "folder: its best.ckpt), not its optimizer or step; --skip_layers then "
+                       "defaults to none")
 
     optimisation = parser.add_argument_group('optimisation')
     optimisation.add_argument('--learning_rate', type=float, default=0.001, help='SGD step size')
@@ -114,13 +153,32 @@ def get_args_parser():
                               help='multiply the learning rate by --lr_decay_factor every this many '
                               'epochs (0: constant)')
     optimisation.add_argument('--lr_decay_factor', type=float, default=0.1)
+    optimisation.add_argument('--class_weights', type=class_weights_flag, default='none',
+                              help="weight each class's loss: 'balanced' (inverse frequency, "
+                              "mean 1) or one weight per class, e.g. '1,4'")
+    optimisation.add_argument('--lr_mult', type=lr_mult_flag, default=(),
+                              help="per-layer learning-rate multipliers, e.g. 'fc8=10' (Caffe's "
+                              'lr_mult)')
+    optimisation.add_argument('--early_stopping', type=int, default=0, metavar='N',
+                              help='stop after N epochs without a better validation accuracy (0: off)')
+    optimisation.add_argument('--find_lr', nargs='?', const='lr_finder.png', metavar='PNG',
+                              help='no run: a learning-rate range test (1e-6 to 1, exponentially); '
+                              'saves the loss-vs-rate plot to PNG and prints a suggested rate')
+    optimisation.add_argument('--find_lr_steps', type=int, default=lr_finder.DEFAULT_STEPS,
+                              help='steps of the range test at most')
     optimisation.add_argument('--seed', type=int, default=None,
                               help="makes runs repeatable: seeds every random choice and turns on "
                               "TensorFlow's op determinism (the demo: 0)")
 
     output = parser.add_argument_group('output')
-    output.add_argument('--filewriter_path', help='TensorBoard logs (default: '
-                        f"{RUN_DEFAULTS['filewriter_path']})")
+    output.add_argument('--filewriter_path', help='TensorBoard root: each run writes to its own '
+                        f"sub-folder (default: {RUN_DEFAULTS['filewriter_path']})")
+    output.add_argument('--run_name', help="the run's sub-folder of --filewriter_path (default: the "
+                        'date-time and the flags that differ from the defaults)')
+    output.add_argument('--projector', action='store_true',
+                        help="at the end, write fc7 features of up to "
+                        f"{summaries.PROJECTOR_MAX_IMAGES} validation images for TensorBoard's "
+                        'projector')
     output.add_argument('--checkpoint_path', help='checkpoints, metrics and curves (default: '
                         f"{RUN_DEFAULTS['checkpoint_path']})")
     output.add_argument('--display_step', type=int,
@@ -142,6 +200,11 @@ def get_args_parser():
     devices.add_argument('--cache_features', choices=('auto', 'on', 'off'), default='auto',
                          help='train fc layers from pool5 features computed once (auto: when no '
                          'conv layer is trained and --augment is off)')
+    devices.add_argument('--cache_dir', default=feature_store.DEFAULT_DIR,
+                         help="cached pool5 features kept on disk for later runs on the same images "
+                         "('none': this run only)")
+    devices.add_argument('--cache_max_gb', type=float, default=feature_store.DEFAULT_MAX_GB,
+                         help='size limit of --cache_dir; least recently used sets go first')
     return parser
 
 
@@ -154,6 +217,8 @@ def parse_args(argv=None):
 
 def resolve_settings(args):
     """Every default filled in: the demo's (after making its data) where the demo runs, else the run's."""
+    if args.init_checkpoint and args.skip_layers is None:
+        args.skip_layers = []  # a warm start loads every layer the checkpoint has
     if args.demo:
         prepare_demo(args)
     fill_defaults(args, RUN_DEFAULTS)
@@ -187,6 +252,13 @@ def check_args(args):
         (args.batch_size % args.num_gpus == 0,
          f'--batch_size {args.batch_size} must divide evenly over --num_gpus {args.num_gpus}'),
         (bool(args.train_layers), '--train_layers names no layer'),
+        (args.early_stopping >= 0, f'--early_stopping must be >= 0, got {args.early_stopping}'),
+        (args.find_lr_steps >= 10, f'--find_lr_steps must be at least 10, got {args.find_lr_steps}'),
+        (not isinstance(args.class_weights, tuple) or len(args.class_weights) == args.num_classes,
+         f'--class_weights lists {len(args.class_weights)} weights for --num_classes '
+         f'{args.num_classes}' if isinstance(args.class_weights, tuple) else ''),
+        (not (args.projector and args.num_gpus > 1), '--projector needs --num_gpus 1'),
+        (args.cache_max_gb > 0, f'--cache_max_gb must be positive, got {args.cache_max_gb}'),
     ]
     for ok, message in checks:
         if not ok:
@@ -195,9 +267,11 @@ def check_args(args):
     if frozen_random:
         raise ToolkitError(f"--skip_layers {','.join(frozen_random)} would stay random and frozen: "
                            f"add them to --train_layers, or stop skipping them")
-    if 'fc8' not in args.skip_layers and args.num_classes != 1000:
-        raise ToolkitError(f"--num_classes {args.num_classes} needs a new classifier: add fc8 to "
-                           "--skip_layers (the weights file's fc8 has 1000 classes)")
+    untrained = [layer for layer, _ in args.lr_mult if layer not in args.train_layers]
+    if untrained:
+        raise ToolkitError(f"--lr_mult names {','.join(untrained)}, which --train_layers does not train")
+    if args.find_lr and not os.path.isdir(os.path.dirname(os.path.abspath(args.find_lr))):
+        raise ToolkitError(f'--find_lr {args.find_lr}: its folder does not exist')
     for flag in ('train_file', 'val_file'):
         if not getattr(args, flag):
             raise ToolkitError(f'--{flag} is required (or run --demo)')
@@ -238,8 +312,8 @@ def prepare_demo(args):
         print(f"note: {args.weights_path} not found, so the demo trains every layer from random "
               "initialisation (see README for the pretrained weights)")
         fill_defaults(args, DEMO_FROM_SCRATCH)
-    if args.checkpoint_path is None and not args.resume:
-        clear_previous_demo_run()
+    if args.checkpoint_path is None and not args.resume and not args.find_lr:
+        clear_previous_demo_run()  # (the range test writes no run, so it replaces none)
     fill_defaults(args, DEMO_DEFAULTS)
     fill_defaults(args, RUN_DEFAULTS)
 
@@ -267,7 +341,8 @@ def print_label_counts(labels, num_classes, class_names):
     share = counts.max() / counts.sum()
     if share > 0.8:
         print(f'warning: {names[int(counts.argmax())]} holds {share:.0%} of the training images; '
-              'accuracy will look good even for a model that always answers it')
+              'accuracy will look good even for a model that always answers it: try '
+              '--class_weights balanced, and watch the per-class recall in TensorBoard')
 
 
 class Interrupted:
@@ -309,8 +384,10 @@ class Pipeline(collections.namedtuple('Pipeline', [
 class Run:
     """One fine-tuning run's settings and outputs, shared by the epoch loop's functions."""
 
-    def __init__(self, args, pipeline, state, keeper, writer, interrupted, steps_per_epoch):
+    def __init__(self, args, pipeline, state, keeper, writer, interrupted, steps_per_epoch,
+                 class_names=None):
         self.args = args
+        self.class_names = class_names
         self.pipeline = pipeline
         self.train_graph = pipeline.train_graph
         self.state = state
@@ -320,6 +397,14 @@ class Run:
         self.steps_per_epoch = steps_per_epoch
         self.metrics_path = os.path.join(args.checkpoint_path, 'metrics.jsonl')
         self.curves_path = os.path.join(args.checkpoint_path, 'curves.png')
+        graph = pipeline.train_graph
+        # What the validation pass fetches besides its metrics, for the pictures and the projector.
+        with tf.name_scope('validation_outputs'):
+            self.picture_fetches = {'probabilities': tf.nn.softmax(graph.logits),
+                                    'labels': tf.argmax(graph.y, 1),
+                                    'features': graph.model.end_points['fc7']}
+        folder = os.path.dirname(os.path.abspath(pipeline.val.data.txt_file))
+        self.val_paths = [os.path.join(folder, path) for path in pipeline.val.data.paths]
 
 
 def train_one_epoch(session, run, epoch, first_step):
@@ -404,14 +489,26 @@ def count_rest(session, labels):
             return rest
 
 
-def evaluate(session, graph, source):
-    """Loss and accuracy over every validation image, the last partial batch weighted by its size."""
+def evaluate(session, graph, source, outputs=None, picture_fetches=None):
+    """Loss and accuracy over every validation image, the last partial batch weighted by its size.
+
+    With `outputs` (a summaries.ValidationOutputs), the same run calls also fetch `picture_fetches`
+    (each image's class probabilities and label, and fc7 while the projector wants rows) for the
+    pictures: no second pass.
+    """
     source.start(session, None)
     loss_sum = correct = count = 0
+    metrics = [graph.loss_sum, graph.correct_count, graph.batch_count]
     while True:
         try:
-            batch_loss, batch_correct, batch_count = session.run(
-                [graph.loss_sum, graph.correct_count, graph.batch_count])
+            fetches = {'metrics': metrics}
+            if outputs is not None:
+                fetches.update({name: tensor for name, tensor in picture_fetches.items()
+                                if name != 'features' or outputs.wants_features})
+            result = session.run(fetches)
+            batch_loss, batch_correct, batch_count = result['metrics']
+            if outputs is not None:
+                outputs.add(result['probabilities'], result['labels'], result.get('features'))
         except tf.errors.OutOfRangeError:
             break
         except (tf.errors.InvalidArgumentError, tf.errors.UnknownError,
@@ -436,9 +533,19 @@ def epoch_seed(args, epoch):
     return None if args.seed is None else args.seed * 100_003 + epoch
 
 
-def training_config(args, use_gpu, steps_per_epoch):
+def class_weight_values(args, train_labels):
+    """The loss weight of each class (None: unweighted), from --class_weights and the training labels."""
+    if args.class_weights == 'none':
+        return None
+    if args.class_weights == 'balanced':
+        return training.balanced_class_weights(train_labels, args.num_classes)
+    return tuple(args.class_weights)
+
+
+def training_config(args, use_gpu, steps_per_epoch, train_labels=None):
     """The training graph's settings from the flags."""
     return training.TrainingConfig(
+        class_weights=class_weight_values(args, train_labels), lr_mult=tuple(args.lr_mult),
         num_classes=args.num_classes, train_layers=tuple(args.train_layers),
         skip_layers=tuple(args.skip_layers), weights_path=args.weights_path,
         learning_rate=args.learning_rate, optimizer=args.optimizer, momentum=args.momentum,
@@ -480,15 +587,29 @@ def build_pipeline(args, train_data, val_data, config):
     cache_files = {name: os.path.join(args.checkpoint_path, f'features_{name}.npy')
                    for name in ('train', 'val')}
 
+    store = shared_feature_store(args)
+
     def prepare(session):
+        conv_digest = conv_weights_digest(session, image_model) if store else None
         for name, data, init_op in (('train', train_data, training_init_op),
                                     ('val', val_data, validation_init_op)):
+            key = feature_store.set_key(conv_digest, data.paths, data.labels, args.num_classes,
+                                        feature_settings(args, config)) if store else None
+            stored, note = store.load(key) if store else (None, None)
+            if note:
+                print(f'note: {note}')
+            if stored is not None:
+                print(f'pool5 features of {data.txt_file}: from {store.root}')
+                cache[name] = stored
+                continue
             print(f'caching pool5 features of {data.txt_file}: {feature_cache.describe_size(data.data_size)}')
             try:
                 cache[name] = feature_cache.extract(session, init_op, features, labels, data.data_size,
                                                     args.num_classes, cache_files[name])
             except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, tf.errors.NotFoundError):
                 raise data.unreadable_images_error() from None
+            if store:
+                store.save(key, *cache[name])
 
     def start_train(session, epoch):
         seed = epoch_seed(args, epoch)
@@ -501,6 +622,26 @@ def build_pipeline(args, train_data, val_data, config):
 
     return Pipeline(train_graph, Source(start_train, train_data), Source(start_val, val_data),
                     image_model, None, prepare, tuple(cache_files.values()))
+
+
+def shared_feature_store(args):
+    """The on-disk feature store of --cache_dir, or None ('none', or conv layers that start random)."""
+    if args.cache_dir == 'none' or set(args.skip_layers) & set(CONV_LAYERS):
+        return None  # randomly initialised conv layers make features no later run can reuse
+    return feature_store.FeatureStore(args.cache_dir, int(args.cache_max_gb * 2**30))
+
+
+def conv_weights_digest(session, model):
+    """The digest of conv1-conv5 as the session holds them: what, with the images, makes pool5."""
+    variables = {variable.op.name: variable for layer in CONV_LAYERS
+                 for variable in model.variables[layer].values()}
+    return feature_store.arrays_digest(session.run(variables))
+
+
+def feature_settings(args, config):
+    """What besides weights and images changes the cached numbers."""
+    return {'device': 'gpu' if config.use_gpu else 'cpu', 'mixed_precision': args.mixed_precision,
+            'xla': args.xla, 'skip_bad_images': args.skip_bad_images}
 
 
 def choose_device(args):
@@ -576,25 +717,86 @@ def fine_tune(args):
     """Checks what it can before building anything, then builds the graph and trains."""
     use_gpu = choose_device(args)
     class_names = read_class_names(args)
-    state = previous_run_state(args)
-    loads_weights = set(args.skip_layers) != set(TRAINABLE_LAYERS)
+    state = None if args.find_lr else previous_run_state(args)
+    if args.init_checkpoint and not state:
+        args.init_checkpoint = model_info.resolve_checkpoint(args.init_checkpoint)
+    loads_weights = set(args.skip_layers) != set(TRAINABLE_LAYERS) and not args.init_checkpoint
     # Read once, here: a wrong file fails before anything is built, and the same arrays are loaded.
     layers = weight_files.load_weights(args.weights_path) if not state and loads_weights else None
+    check_classifier_fits(args, layers)
     choose_feature_cache(args)
     with seeded(args.seed):
+        if args.find_lr:
+            return find_learning_rate(args, use_gpu, layers)
         return train(args, use_gpu, class_names, state, layers)
+
+
+def check_classifier_fits(args, layers):
+    """Keeping the file's fc8 needs its classes to be --num_classes (the file decides, not 1000)."""
+    if layers is None or 'fc8' in args.skip_layers or 'fc8' not in layers:
+        return
+    file_classes = layers['fc8']['biases'].shape[0]
+    if file_classes != args.num_classes:
+        raise ToolkitError(f"{args.weights_path}: its fc8 has {file_classes} classes, --num_classes is "
+                           f"{args.num_classes}: add fc8 to --skip_layers to train a new classifier")
+
+
+def find_learning_rate(args, use_gpu, layers):
+    """--find_lr: the range test on the training data; writes its plot and nothing else."""
+    train_data, val_data, steps_per_epoch = make_datasets(args)
+    pipeline = build_pipeline(args, train_data, val_data,
+                              training_config(args, use_gpu, steps_per_epoch, train_data.labels))
+    config = tf_setup.session_config(use_gpu, xla=args.xla, mixed_precision=args.mixed_precision)
+    try:
+        with tf.Session(config=config) as session:
+            session.run(tf.global_variables_initializer())
+            if layers is not None:
+                pipeline.weights_model.load_initial_weights(session, layers)
+            del layers
+            if args.init_checkpoint:
+                warm_start(session, args, pipeline)
+            if pipeline.prepare_cache:
+                pipeline.prepare_cache(session)
+            result = lr_finder.range_test(
+                session, pipeline.train_graph, lambda epoch: pipeline.train.start(session, epoch),
+                training_feed(args, pipeline.train_graph.keep_prob), args.find_lr_steps)
+    finally:
+        for cache_file in pipeline.cache_files:
+            feature_cache.remove_cache_file(cache_file)
+    lr_finder.plot(result, args.find_lr)
+    print(lr_finder.describe(result))
+    print(f'plot of loss against learning rate: {args.find_lr}')
+    return 0
+
+
+def warm_start(session, args, pipeline):
+    """Loads the model weights of --init_checkpoint (not its optimizer or step), except --skip_layers."""
+    variables = {variable.op.name: variable
+                 for layer, kinds in pipeline.weights_model.variables.items()
+                 if layer not in args.skip_layers for variable in kinds.values()}
+    checkpoints.check_fits(args.init_checkpoint, {name: v.shape.as_list() for name, v in variables.items()},
+                           purpose='--init_checkpoint',
+                           advice='add the layers that differ (fc8 for another --num_classes) to '
+                           '--skip_layers')
+    tf.train.Saver(variables).restore(session, args.init_checkpoint)
 
 
 def train(args, use_gpu, class_names, state, layers):
     """Builds the graph and trains: a new run when `state` is None, else the run it describes."""
     train_data, val_data, steps_per_epoch = make_datasets(args)
     pipeline = build_pipeline(args, train_data, val_data,
-                              training_config(args, use_gpu, steps_per_epoch))
+                              training_config(args, use_gpu, steps_per_epoch, train_data.labels))
 
     keeper = checkpoints.CheckpointKeeper(args.checkpoint_path, args.keep_checkpoints)
-    os.makedirs(args.filewriter_path, exist_ok=True)
-    writer = tf.summary.FileWriter(args.filewriter_path)
+    args.log_dir = run_log_dir(args, state)
+    os.makedirs(args.log_dir, exist_ok=True)
+    writer = tf.summary.FileWriter(args.log_dir)
     print_label_counts(train_data.labels, args.num_classes, class_names)
+    weights = class_weight_values(args, train_data.labels)
+    if weights is not None:
+        names = class_names or [f'class {label}' for label in range(args.num_classes)]
+        print('class weights of the loss: ' + ', '.join(f'{name} {weight:.3g}'
+                                                        for name, weight in zip(names, weights)))
     print(f'{train_data.data_size} training images ({steps_per_epoch} steps of {args.batch_size} per '
           f'epoch), {val_data.data_size} validation images; training {",".join(args.train_layers)} on '
           f'{"GPU" if use_gpu else "CPU"}')
@@ -611,23 +813,52 @@ def train(args, use_gpu, class_names, state, layers):
                       f"{session.run(pipeline.train_graph.global_step)}")
             else:
                 writer.add_graph(session.graph)
+                for summary in summaries.hparams_summaries(args, args.run_name):
+                    writer.add_summary(summary, 0)
                 if layers is not None:
                     pipeline.weights_model.load_initial_weights(session, layers)
                 del layers  # 233 MB no longer needed: the variables hold the weights now
+                if args.init_checkpoint:
+                    warm_start(session, args, pipeline)
                 model_info.write_model_info(args.checkpoint_path, args.num_classes, class_names,
                                             center_crop=args.augment)
                 state = {'epochs_completed': 0, 'best_val_accuracy': None, 'best_epoch': None,
-                         'history': [], 'args': dict(vars(args))}
-            print(f'open TensorBoard with: tensorboard --logdir {args.filewriter_path}')
+                         'history': [], 'run_name': args.run_name, 'args': dict(vars(args))}
+            print(f'open TensorBoard with: tensorboard --logdir {args.filewriter_path} '
+                  f'(this run: {args.run_name})')
             if pipeline.prepare_cache:
                 pipeline.prepare_cache(session)
-            run = Run(args, pipeline, state, keeper, writer, interrupted, steps_per_epoch)
+            run = Run(args, pipeline, state, keeper, writer, interrupted, steps_per_epoch, class_names)
+            if args.init_checkpoint and state['epochs_completed'] == 0:
+                report_warm_start(session, run)
             return train_epochs(session, run)
     finally:
         interrupted.restore()
         writer.close()
         for cache_file in pipeline.cache_files:
             feature_cache.remove_cache_file(cache_file)  # features on disk are only for this run
+
+
+def run_log_dir(args, state):
+    """The run's TensorBoard folder under --filewriter_path: new, or the resumed run's own."""
+    if state is not None:
+        # A run from before runs had names wrote to the root itself.
+        args.run_name = state.get('run_name')
+        return os.path.join(args.filewriter_path, args.run_name) if args.run_name else args.filewriter_path
+    defaults = {**{action.dest: action.default for action in get_args_parser()._actions},
+                **RUN_DEFAULTS, **(DEMO_DEFAULTS if args.demo else {})}
+    name = summaries.safe_run_name(args.run_name) if args.run_name else \
+        summaries.default_run_name(args, defaults)
+    args.run_name = summaries.new_run_folder(args.filewriter_path, name)
+    return os.path.join(args.filewriter_path, args.run_name)
+
+
+def report_warm_start(session, run):
+    """The warm-started model's validation loss and accuracy before any step, as a check."""
+    loss, accuracy, _ = evaluate(session, run.train_graph, run.pipeline.val)
+    run.state['init_val_accuracy'] = accuracy
+    print(f'warm start from {run.args.init_checkpoint}: validation loss {loss:.4f} acc '
+          f'{accuracy:.4f} before training')
 
 
 def train_epochs(session, run):
@@ -637,6 +868,7 @@ def train_epochs(session, run):
     # num_epochs * steps_per_epoch steps, as an uninterrupted one does.
     first_epoch = global_step // run.steps_per_epoch + 1
     steps_done = global_step % run.steps_per_epoch
+    outputs = None
     for epoch in range(first_epoch, args.num_epochs + 1):
         run.pipeline.train.start(session, epoch)
         train_loss, train_accuracy, images_per_second, seen, finished = train_one_epoch(
@@ -652,7 +884,11 @@ def train_epochs(session, run):
             note = run.pipeline.train.data.describe_skipped(seen + count_rest(session, run.pipeline.labels))
             notes += [note] if note else []
         steps_done = 0
-        val_loss, val_accuracy, val_count = evaluate(session, run.train_graph, run.pipeline.val)
+        outputs = summaries.ValidationOutputs(
+            keep_features=summaries.PROJECTOR_MAX_IMAGES if args.projector else 0)
+        val_loss, val_accuracy, val_count = evaluate(session, run.train_graph, run.pipeline.val,
+                                                     outputs, run.picture_fetches)
+        write_validation_pictures(run, step, outputs)
         if args.skip_bad_images:
             note = run.pipeline.val.data.describe_skipped(val_count)
             notes += [note] if note else []
@@ -666,21 +902,44 @@ def train_epochs(session, run):
               f'loss {val_loss:.4f} acc {val_accuracy:.4f}{" (best)" if improved else ""}')
         for note in notes:
             print(f'note: {note}')
+        if args.early_stopping and epoch - state['best_epoch'] >= args.early_stopping:
+            print(f"early stopping after epoch {epoch}: no better validation accuracy for "
+                  f"{args.early_stopping} epoch(s) since epoch {state['best_epoch']}")
+            break
+    if args.projector and outputs is not None and outputs.features is not None:
+        count = len(outputs.features)
+        summaries.write_projector(run.writer.get_logdir(), outputs.features, run.val_paths,
+                                  outputs.labels, outputs.probabilities.argmax(axis=1),
+                                  run.class_names, args.num_classes)
+        print(f'projector: fc7 features of {count} validation images in {run.writer.get_logdir()}')
+    run.writer.add_summary(summaries.hparams_end_summary(),
+                           state['history'][-1]['step'] if state['history'] else 0)
     print(f"done: best validation accuracy {state['best_val_accuracy']:.4f} at epoch "
           f"{state['best_epoch']}; checkpoints, metrics.jsonl and curves.png in "
-          f"{args.checkpoint_path}; TensorBoard logs in {args.filewriter_path}")
+          f"{args.checkpoint_path}; TensorBoard logs in {run.writer.get_logdir()}")
     return 0
+
+
+def write_validation_pictures(run, step, outputs):
+    """The epoch's mistakes grid, confusion matrix, per-class precision/recall and PR curves."""
+    # Skipped unreadable images would shift the paths against the outputs: thumbnails only if aligned.
+    paths = run.val_paths if len(outputs.labels) == len(run.val_paths) else [''] * len(outputs.labels)
+    run.writer.add_summary(summaries.validation_summary(outputs, paths, run.class_names,
+                                                        run.args.num_classes), step)
 
 
 def finish_epoch(session, run, epoch, record):
     """Write the epoch's validation summaries, checkpoint, metrics and curves; True if it is the best."""
     state = run.state
-    write_scalars(run.writer, record['step'], {'validation/cross_entropy': record['val_loss'],
-                                               'validation/accuracy': record['val_accuracy'],
-                                               'images_per_second': record['images_per_second']})
     improved = state['best_val_accuracy'] is None or record['val_accuracy'] > state['best_val_accuracy']
     if improved:
         state['best_val_accuracy'], state['best_epoch'] = record['val_accuracy'], epoch
+    state['best_val_loss'] = min(state.get('best_val_loss') or math.inf, record['val_loss'])
+    write_scalars(run.writer, record['step'], {'validation/cross_entropy': record['val_loss'],
+                                               'validation/accuracy': record['val_accuracy'],
+                                               'images_per_second': record['images_per_second'],
+                                               'hparams/best_val_accuracy': state['best_val_accuracy'],
+                                               'hparams/best_val_loss': state['best_val_loss']})
     state['epochs_completed'] = epoch
     state['history'].append(record)
     run.keeper.save_epoch(session, epoch, state, best=improved)

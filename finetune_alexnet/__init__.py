@@ -9,6 +9,9 @@
     checkpoints    what a run saves, and how it resumes
     model_info     what a checkpoint carries: class names, pre-processing
     feature_cache  pool5 features computed once when no conv layer learns
+    feature_store  those features kept on disk for later runs, shared and size-limited
+    summaries      TensorBoard runs, HParams, validation pictures, PR curves, projector
+    lr_finder      the learning-rate range test
     progress       progress bar, metrics file, curves
     demo_data      the built-in demo images
     serving        the exported SavedModel (TF Serving, TF 2) and TFLite graphs

@@ -4,7 +4,8 @@ With conv1-conv5 frozen and no augmentation, an image's pool5 output is the same
 it is where ~90% of a training step's arithmetic goes (`python alexnet.py`). So the run pushes each
 image through the convolutions once, keeps the 9216 floats per image (36 KiB; 25,000 images take
 0.9 GB), and trains fc6-fc8 from those. Features stay in memory up to `MEMORY_LIMIT_BYTES`; beyond
-that they go to a file in the checkpoint folder, read back through a memory map.
+that they go to a file in the checkpoint folder, read back through a memory map. feature_store keeps
+them on disk for later runs on the same images.
 """
 import os
 

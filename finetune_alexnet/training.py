@@ -7,6 +7,7 @@ import collections
 import dataclasses
 import math
 
+import numpy as np
 import tensorflow.compat.v1 as tf
 
 from alexnet import AlexNet
@@ -71,6 +72,24 @@ class TrainingConfig:
     use_gpu: bool = False
     model_device: str = None
     mixed_precision: bool = False
+    # Per-class loss weights (None: every class 1); `balanced_class_weights` makes the balanced ones.
+    class_weights: tuple = None
+    # ((layer, multiplier), ...): Caffe's lr_mult, that layer's update scaled by the multiplier.
+    lr_mult: tuple = ()
+
+
+def balanced_class_weights(labels, num_classes):
+    """Inverse class frequency of integer `labels`, normalised to mean 1 over the classes present.
+
+    A class absent from `labels` gets weight 1: it contributes no training example, so its weight
+    only matters for a loss computed elsewhere, where 1 (no weighting) is the neutral choice.
+    """
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=num_classes)[:num_classes]
+    present = counts > 0
+    inverse = np.where(present, 1.0 / np.maximum(counts, 1), 0.0)
+    weights = np.ones(num_classes)
+    weights[present] = inverse[present] / inverse[present].mean()
+    return tuple(float(w) for w in weights)
 
 
 def build_training_graph(images, labels, config, input_layer=None, reuse=False):
@@ -102,6 +121,7 @@ def build_training_graph(images, labels, config, input_layer=None, reuse=False):
         loss = tf.add_n(towers.loss_shares)
     with tf.name_scope('train'):
         gradients = [tf.add_n(list(grads)) for grads in zip(*towers.gradients)]
+        gradients = _scale_by_lr_mult(gradients, towers.var_list, config.lr_mult)
     logits = tf.concat(towers.logits, axis=0)[:batch_count] if len(towers.logits) > 1 else towers.logits[0]
     with tf.name_scope('metrics'):
         correct = tf.equal(tf.argmax(logits, 1), tf.argmax(y, 1))
@@ -129,6 +149,17 @@ def build_training_graph(images, labels, config, input_layer=None, reuse=False):
                          global_step=global_step, learning_rate=rate, var_list=towers.var_list)
 
 
+def _scale_by_lr_mult(gradients, var_list, lr_mult):
+    """Each gradient times its layer's multiplier: plain SGD's and momentum's updates (and the
+    weight decay inside the gradient) scale by exactly that factor, as Caffe's lr_mult does."""
+    multipliers = dict(lr_mult)
+    scaled = []
+    for gradient, variable in zip(gradients, var_list):
+        factor = multipliers.get(variable.op.name.split('/')[0], 1.0)
+        scaled.append(gradient if factor == 1.0 else gradient * factor)
+    return scaled
+
+
 def _optimizer(config, global_step):
     """The learning rate (with its step decay), the optimizer, and its loss scale (mixed precision)."""
     with tf.name_scope('learning_rate_schedule'):
@@ -137,6 +168,8 @@ def _optimizer(config, global_step):
                                               config.decay_factor, staircase=True)
         else:
             rate = tf.constant(config.learning_rate, tf.float32)
+        # Feedable, so the learning-rate range test (lr_finder) sets each step's rate.
+        rate = tf.placeholder_with_default(rate, [], name='learning_rate')
     if config.optimizer == 'momentum':
         sgd = tf.train.MomentumOptimizer(rate, config.momentum)
     else:
@@ -174,7 +207,13 @@ def _build_towers(x, y, keep_prob, batch_count, sgd, config, input_layer, reuse)
                 model = tower_model
                 var_list = trained_variables(model, config.train_layers)
             with tf.name_scope('loss'):
-                loss_sum = tf.reduce_sum(_per_example_loss(tower_model.fc8, y_parts[index]))
+                per_example = _per_example_loss(tower_model.fc8, y_parts[index])
+                if config.class_weights is not None:
+                    # Each example's loss times its class's weight; the weights have mean 1, so
+                    # the loss keeps its scale. (Padding rows have all-zero labels: weight 0.)
+                    weights = tf.constant(config.class_weights, tf.float32)
+                    per_example *= tf.reduce_sum(y_parts[index] * weights, axis=1)
+                loss_sum = tf.reduce_sum(per_example)
                 # Each tower's share of the whole batch's mean: the towers' gradients then add up
                 # to exactly the gradient of one device's mean loss, whatever the split.
                 share = loss_sum / tf.cast(batch_count, tf.float32)

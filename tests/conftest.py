@@ -1,7 +1,14 @@
 """Shared fixtures: TF1 graph mode for every test, and weight files in the real file's layout."""
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's start-up notices out of the output
+# finetune.py keeps pool5 features in $XDG_CACHE_HOME/finetune_alexnet: the tests' runs (and the
+# commands they start) must not fill the user's own cache.
+os.environ['XDG_CACHE_HOME'] = tempfile.mkdtemp(prefix='finetune_alexnet_test_cache_')
+atexit.register(shutil.rmtree, os.environ['XDG_CACHE_HOME'], True)
 
 import pytest  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402

@@ -13,7 +13,9 @@ import pytest
 import tensorflow.compat.v1 as tf
 from tensorboard.backend.event_processing import event_accumulator
 
+import bvlc_fixture
 from finetune_alexnet import demo_data
+from finetune_alexnet import weight_files
 import finetune
 from finetune_alexnet.cli import run as run_main
 
@@ -40,7 +42,8 @@ def dataset(tmp_path_factory):
 def flags(dataset, run_dir, *extra, weights=None):
     args = ['--train_file', str(dataset / 'train.txt'), '--val_file', str(dataset / 'val.txt'),
             '--batch_size', '4', '--num_epochs', '2', '--display_step', '1', '--seed', '1',
-            '--checkpoint_path', str(run_dir / 'ckpt'), '--filewriter_path', str(run_dir / 'tb')]
+            '--checkpoint_path', str(run_dir / 'ckpt'), '--filewriter_path', str(run_dir / 'tb'),
+            '--cache_dir', str(run_dir / 'feature_cache')]  # each run computes its own features
     if weights:
         args += ['--weights_path', weights]
     else:  # no pretrained file: every layer from scratch
@@ -51,6 +54,11 @@ def flags(dataset, run_dir, *extra, weights=None):
 
 def read_state(run_dir):
     return json.loads((run_dir / 'ckpt' / 'run_state.json').read_text())
+
+
+def log_dir(run_dir):
+    """The run's own TensorBoard sub-folder, as its checkpoint folder records it."""
+    return run_dir / 'tb' / read_state(run_dir)['run_name']
 
 
 def run_cli(args, **kwargs):
@@ -115,7 +123,7 @@ def test_run_state_metrics_curves_and_model_info(finetuned):
 
 def test_tensorboard_reads_the_summaries(finetuned):
     run_dir, _ = finetuned
-    events = event_accumulator.EventAccumulator(str(run_dir / 'tb'), size_guidance={
+    events = event_accumulator.EventAccumulator(str(log_dir(run_dir)), size_guidance={
         event_accumulator.SCALARS: 0, event_accumulator.HISTOGRAMS: 0})
     events.Reload()
     tags = events.Tags()
@@ -240,6 +248,13 @@ def test_unreadable_image_is_named_or_skipped(dataset, tmp_path):
     (['--batch_size', '64'], 'fewer than one batch'),
     (['--momentum', '1.5'], '--momentum must be in [0, 1)'),
     (['--keep_checkpoints', '0'], '--keep_checkpoints must be at least 1'),
+    (['--class_weights', '1,2,3'], '--class_weights lists 3 weights for --num_classes 2'),
+    (['--class_weights', 'heavy'], "expected 'none', 'balanced' or a comma list of numbers"),
+    (['--lr_mult', 'fc9=2'], "unknown layer 'fc9'"),
+    (['--lr_mult', 'fc8=-1'], 'the multiplier must be positive'),
+    (['--lr_mult', 'conv1=2'], '--lr_mult names conv1, which --train_layers does not train'),
+    (['--early_stopping', '-1'], '--early_stopping must be >= 0'),
+    (['--init_checkpoint', '/nonexistent/run'], '/nonexistent/run: checkpoint not found'),
 ])
 def test_bad_flags_fail_in_one_line(dataset, tmp_path, bvlc_npy, capsys, extra, message):
     code = run_main(finetune.main, flags(dataset, tmp_path, *extra, weights=bvlc_npy))
@@ -319,7 +334,7 @@ def test_mixed_precision_run_then_resumed_without_it(dataset, tmp_path, bvlc_npy
     assert reader.get_tensor('global_step') == 3
     scale_names = [name for name in reader.get_variable_to_shape_map() if 'current_loss_scale' in name]
     assert len(scale_names) == 1 and reader.get_tensor(scale_names[0]) == 2.0**15
-    events = event_accumulator.EventAccumulator(str(tmp_path / 'tb'))
+    events = event_accumulator.EventAccumulator(str(log_dir(tmp_path)))
     events.Reload()
     assert [e.value for e in events.Scalars('loss_scale')] == [2.0**15] * 3
     resumed = run_cli(flags(dataset, tmp_path, '--num_epochs', '2', '--resume',
@@ -473,3 +488,96 @@ def test_the_demo_replaces_its_own_previous_run_and_nothing_else(tmp_path, monke
     leave_a_run(demo=True)  # an earlier demo run: replaced
     finetune.clear_previous_demo_run()
     assert not folders['checkpoint_path'].exists() and not folders['filewriter_path'].exists()
+
+
+# ---- issue 15: experiments (TensorBoard itself is read back in test_summaries.py) -----------------
+
+def test_early_stopping_stops_at_the_right_epoch(dataset, tmp_path, bvlc_npy, capsys):
+    """A vanishing learning rate holds validation accuracy still: best at epoch 1, so with
+    --early_stopping 2 the run stops after epoch 3 of 6, and says so."""
+    code, out, err = run_in_process(flags(dataset, tmp_path, '--num_epochs', '6', '--early_stopping',
+                                          '2', '--learning_rate', '1e-30', weights=bvlc_npy), capsys)
+    assert code == 0, err
+    state = read_state(tmp_path)
+    assert state['epochs_completed'] == 3 and state['best_epoch'] == 1
+    assert [r['epoch'] for r in state['history']] == [1, 2, 3]
+    assert 'early stopping after epoch 3: no better validation accuracy for 2 epoch(s) since epoch 1' in out
+    assert 'epoch 4' not in out
+
+
+def test_warm_start_reproduces_the_earlier_runs_validation_before_training(finetuned, dataset, tmp_path,
+                                                                           bvlc_npy, capsys):
+    """--init_checkpoint with a run folder takes its best.ckpt's model weights (fc8 included: the
+    skip default becomes none), not its step: the first validation equals the earlier run's best."""
+    earlier_dir, _ = finetuned
+    earlier = read_state(earlier_dir)
+    best = next(r for r in earlier['history'] if r['epoch'] == earlier['best_epoch'])
+    code, out, err = run_in_process(flags(dataset, tmp_path, '--num_epochs', '1', '--train_layers', 'fc8',
+                                          '--init_checkpoint', earlier_dir / 'ckpt', weights=bvlc_npy),
+                                    capsys)
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.startswith('warm start from'))
+    assert str(earlier_dir / 'ckpt' / 'best.ckpt') in line
+    loss, accuracy = float(line.split('loss ')[1].split()[0]), float(line.split('acc ')[1].split()[0])
+    assert accuracy == pytest.approx(earlier['best_val_accuracy'], abs=1e-4)
+    assert loss == pytest.approx(best['val_loss'], rel=1e-3)
+    state = read_state(tmp_path)
+    assert state['init_val_accuracy'] == pytest.approx(earlier['best_val_accuracy'])
+    assert state['args']['skip_layers'] == []
+    reader = tf.train.load_checkpoint(str(tmp_path / 'ckpt' / 'model_epoch1.ckpt'))
+    assert reader.get_tensor('global_step') == 3  # a new run: its own steps, not the earlier 6
+    before = tf.train.load_checkpoint(str(earlier_dir / 'ckpt' / 'best.ckpt'))
+    np.testing.assert_array_equal(reader.get_tensor('fc7/weights'), before.get_tensor('fc7/weights'))
+
+
+def test_warm_start_refuses_a_checkpoint_whose_fc8_does_not_fit(finetuned, dataset, tmp_path, bvlc_npy,
+                                                                capsys):
+    earlier_dir, _ = finetuned
+    names = tmp_path / 'names.txt'
+    names.write_text('0 a\n1 b\n2 c\n')
+    code, _, err = run_in_process(flags(dataset, tmp_path, '--num_classes', '3', '--class_names', names,
+                                        '--init_checkpoint', earlier_dir / 'ckpt', weights=bvlc_npy), capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert 'does not fit --init_checkpoint (fc8/weights has shape (4096, 2), expected (4096, 3)' in err
+    assert 'add the layers that differ' in err
+
+
+def test_fc8_is_kept_from_any_weights_file_with_num_classes_outputs(dataset, tmp_path, capsys):
+    """Our own 2-class export loads whole with --num_classes 2 (the file decides, not the number 1000);
+    a 3-class file is refused in one line naming the file."""
+    two = bvlc_fixture.random_weights(num_classes=2, seed=4)
+    weights_file = tmp_path / 'two_classes.npz'
+    weight_files.save_weights(weights_file, two)
+    code, _, err = run_in_process(flags(dataset, tmp_path / 'run', '--num_epochs', '1', '--skip_layers',
+                                        'none', '--train_layers', 'fc7', weights=str(weights_file)), capsys)
+    assert code == 0, err
+    reader = tf.train.load_checkpoint(str(tmp_path / 'run' / 'ckpt' / 'model_epoch1.ckpt'))
+    np.testing.assert_array_equal(reader.get_tensor('fc8/weights'), two['fc8']['weights'])  # loaded, frozen
+    weight_files.save_weights(tmp_path / 'three.npz', bvlc_fixture.random_weights(num_classes=3, seed=4))
+    code, _, err = run_in_process(flags(dataset, tmp_path / 'other', '--skip_layers', 'none',
+                                        weights=str(tmp_path / 'three.npz')), capsys)
+    assert code == 2
+    assert f'{tmp_path / "three.npz"}: its fc8 has 3 classes, --num_classes is 2' in err
+
+
+def test_class_weights_balanced_reach_the_graph_and_the_warning_suggests_them(dataset, tmp_path, capsys):
+    args = resolved(flags(dataset, tmp_path, '--class_weights', 'balanced', '--lr_mult', 'fc8=10'))
+    config = finetune.training_config(args, use_gpu=False, steps_per_epoch=3,
+                                      train_labels=[0, 0, 0, 1])
+    assert config.class_weights == pytest.approx((0.5, 1.5)) and config.lr_mult == (('fc8', 10.0),)
+    finetune.print_label_counts(np.array([0] * 9 + [1]), 2, None)
+    assert '--class_weights balanced' in capsys.readouterr().out
+
+
+def test_a_resumed_run_continues_in_its_own_tensorboard_folder(dataset, tmp_path, bvlc_npy, capsys):
+    code, _, err = run_in_process(flags(dataset, tmp_path, '--num_epochs', '1', '--run_name', 'first try',
+                                        weights=bvlc_npy), capsys)
+    assert code == 0, err
+    assert read_state(tmp_path)['run_name'] == 'first-try'
+    code, out, err = run_in_process(flags(dataset, tmp_path, '--num_epochs', '2', '--resume',
+                                          weights=bvlc_npy), capsys)
+    assert code == 0, err
+    assert os.listdir(tmp_path / 'tb') == ['first-try']
+    events = event_accumulator.EventAccumulator(str(tmp_path / 'tb' / 'first-try'))
+    events.Reload()
+    assert [e.step for e in events.Scalars('validation/accuracy')] == [3, 6]

@@ -262,3 +262,92 @@ def test_an_overflowing_step_is_skipped_and_halves_the_loss_scale():
     _, _, _, second = mixed_precision_steps(features, True, steps=2, optimizer='sgd')
     scales = {value.tag: value.simple_value for value in second.value if value.HasField('simple_value')}
     assert scales['loss_scale'] < 2.0**15
+
+
+def features_graph(num_classes=3, train_layers=('fc7', 'fc8'), **config):
+    """fc6-fc8 on a pool5-features placeholder: the loss and update arithmetic without the convs."""
+    features = tf.placeholder(tf.float32, [None, 9216])
+    labels = tf.placeholder(tf.float32, [None, num_classes])
+    settings = dict(num_classes=num_classes, train_layers=tuple(train_layers),
+                    skip_layers=TRAINABLE_LAYERS, learning_rate=0.1)
+    settings.update(config)
+    return training.build_training_graph(features, labels, training.TrainingConfig(**settings),
+                                         input_layer='flattened')
+
+
+def features_batch(size=6, num_classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.eye(num_classes, dtype=np.float32)[rng.integers(0, num_classes, size)]
+    return rng.uniform(0, 3, (size, 9216)).astype(np.float32), labels
+
+
+def log_softmax(logits):
+    logits = logits.astype(np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def test_balanced_class_weights_are_inverse_frequency_with_mean_one():
+    weights = training.balanced_class_weights([0, 0, 0, 1, 1, 2], 3)
+    # 1/3, 1/2, 1 over their mean 11/18.
+    np.testing.assert_allclose(weights, np.array([1 / 3, 1 / 2, 1]) * 18 / 11)
+    assert np.mean(weights) == pytest.approx(1.0)
+    # A class without a training image gets the neutral weight 1; the others still average 1.
+    np.testing.assert_allclose(training.balanced_class_weights([0, 1, 1, 1], 3), [1.5, 0.5, 1.0])
+
+
+@pytest.mark.parametrize('num_devices', [1, 2])
+def test_class_weights_weight_each_example_loss_as_computed_by_hand(num_devices):
+    features, labels = features_batch(size=5)  # 5 over 2 towers: a padded row, which must weigh 0
+    class_weights = (0.25, 2.0, 0.75)
+    with tf.Graph().as_default():
+        tf.set_random_seed(4)
+        graph = features_graph(class_weights=class_weights, num_devices=num_devices)
+        with tf.Session(config=tf_setup.session_config(logical_cpus=2)) as session:
+            session.run(tf.global_variables_initializer())
+            loss, logits, unweighted_sum = session.run(
+                [graph.loss, graph.logits, graph.loss_sum], {graph.x: features, graph.y: labels})
+    cross_entropy = -(labels * log_softmax(logits)).sum(axis=1)
+    example_weights = np.array(class_weights)[labels.argmax(axis=1)]
+    assert loss == pytest.approx((example_weights * cross_entropy).mean(), rel=1e-5)
+    # Validation's loss stays unweighted, so runs with and without weights compare.
+    assert unweighted_sum == pytest.approx(cross_entropy.sum(), rel=1e-5)
+
+
+@pytest.mark.parametrize('optimizer', ['sgd', 'momentum'])
+def test_lr_mult_scales_that_layers_update_exactly(optimizer):
+    """Caffe's lr_mult: fc8's step is 10 x rate x gradient (weight decay included), fc7's is not
+    scaled. (Momentum's first step is rate x gradient too; it carries the scaled gradient on.)"""
+    features, labels = features_batch()
+    with tf.Graph().as_default():
+        tf.set_random_seed(3)
+        graph = features_graph(lr_mult=(('fc8', 10.0),), learning_rate=0.01, optimizer=optimizer,
+                               weight_decay=5e-3)
+        weights = {layer: graph.model.variables[layer]['weights'] for layer in ('fc7', 'fc8')}
+        gradients = dict(zip(weights, tf.gradients(graph.loss, list(weights.values()))))
+        with tf.Session(config=tf_setup.session_config()) as session:
+            session.run(tf.global_variables_initializer())
+            feed = {graph.x: features, graph.y: labels}
+            before, grads = session.run([weights, gradients], feed)
+            session.run(graph.train_op, feed)
+            after = session.run(weights)
+    assert np.abs(grads['fc8']).max() > 1e-3  # a real step
+    np.testing.assert_allclose(after['fc8'], before['fc8'] - 0.01 * 10 * grads['fc8'], rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(after['fc7'], before['fc7'] - 0.01 * grads['fc7'], rtol=1e-5, atol=1e-8)
+
+
+def test_the_learning_rate_can_be_fed_for_one_step():
+    features, labels = features_batch()
+    with tf.Graph().as_default():
+        tf.set_random_seed(3)
+        graph = features_graph(train_layers=('fc8',), learning_rate=0.01)
+        weights = graph.model.variables['fc8']['weights']
+        gradient = tf.gradients(graph.loss, weights)[0]
+        with tf.Session(config=tf_setup.session_config()) as session:
+            session.run(tf.global_variables_initializer())
+            feed = {graph.x: features, graph.y: labels}
+            w0, g0 = session.run([weights, gradient], feed)
+            session.run(graph.train_op, {**feed, graph.learning_rate: 0.3})
+            w1 = session.run(weights)
+            assert session.run(graph.learning_rate) == pytest.approx(0.01)  # fed for that step only
+    np.testing.assert_allclose(w1, w0 - 0.3 * g0, rtol=1e-5, atol=1e-8)

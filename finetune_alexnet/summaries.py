@@ -1,0 +1,329 @@
+"""What a run shows in TensorBoard beyond its training curves: one sub-folder per run, the HParams
+dashboard, and per-epoch pictures from the validation pass (worst mistakes, confusion matrix,
+per-class precision/recall and PR curves), and the projector's fc7 embedding at the end of a run.
+
+Everything is computed from what the validation pass already fetches (each image's class
+probabilities, and fc7 with --projector): no second pass over the data. Image files are read again
+only for the few thumbnails shown (the worst mistakes, and the projector's sprite).
+
+TensorBoard's plugins (hparams, pr_curve) build their summaries as TensorBoard's own protobufs; they
+are re-read as `tf.Summary` so the run's `tf.summary.FileWriter` writes them with everything else.
+"""
+import datetime
+import os
+import re
+
+import cv2
+import numpy as np
+import tensorflow.compat.v1 as tf
+from tensorboard.plugins.hparams import api_pb2 as hparams_api_pb2
+from tensorboard.plugins.hparams import summary as hparams_v1_summary
+from tensorboard.plugins.hparams import summary_v2 as hparams_summary
+from tensorboard.plugins.pr_curve import summary as pr_curve_summary
+from tensorboard.plugins.projector import projector_config_pb2
+from google.protobuf import text_format
+
+MISTAKES_SHOWN = 16
+THUMBNAIL_SIZE = 64
+PROJECTOR_MAX_IMAGES = 2000
+PROJECTOR_TENSOR = 'fc7_embedding'
+PROJECTOR_CONFIG = 'projector_config.pbtxt'
+PR_CURVE_THRESHOLDS = 101
+
+# The flags shown in a default run name when they differ from their defaults, and how.
+RUN_NAME_FLAGS = (('learning_rate', 'lr'), ('train_layers', ''), ('skip_layers', 'skip'),
+                  ('optimizer', ''), ('momentum', 'mom'), ('weight_decay', 'wd'),
+                  ('batch_size', 'bs'), ('num_epochs', 'ep'), ('dropout_rate', 'drop'),
+                  ('augment', 'aug'), ('class_weights', 'cw'), ('lr_mult', 'lrmult'),
+                  ('seed', 'seed'), ('init_checkpoint', 'init'))
+# The HParams dashboard's columns: hyper-parameters, and the metrics each run logs as scalars.
+HPARAMS = ('learning_rate', 'optimizer', 'momentum', 'weight_decay', 'batch_size', 'train_layers',
+           'skip_layers', 'augment', 'dropout_rate', 'seed', 'class_weights', 'lr_mult', 'num_epochs')
+METRICS = (('hparams/best_val_accuracy', 'best validation accuracy'),
+           ('hparams/best_val_loss', 'lowest validation loss'),
+           ('validation/accuracy', 'final validation accuracy'),
+           ('validation/cross_entropy', 'final validation loss'))
+
+
+def _flag_text(value):
+    if isinstance(value, bool):
+        return '' if value else None
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return 'none'
+        return ','.join(f'{v[0]}={v[1]:g}' if isinstance(v, tuple) else _flag_text(v) for v in value)
+    if isinstance(value, float):
+        return f'{value:g}'
+    if value is not None and os.sep in str(value):
+        return os.path.basename(os.path.normpath(str(value)))
+    return str(value)
+
+
+def default_run_name(args, defaults, now=None):
+    """The date-time and the flags that differ from `defaults`, e.g. `2026-11-29_1412_lr0.01_fc7,fc8`."""
+    now = now or datetime.datetime.now()
+    parts = [now.strftime('%Y-%m-%d_%H%M')]
+    for flag, short in RUN_NAME_FLAGS:
+        value = getattr(args, flag, None)
+        if flag not in defaults or value == defaults[flag]:
+            continue
+        text = _flag_text(value)
+        if text is not None:
+            parts.append(short + text)
+    return safe_run_name('_'.join(parts))
+
+
+def safe_run_name(name):
+    """`name` as one folder name: path separators and other odd characters become '-'."""
+    return re.sub(r'[^\w.,=+-]', '-', name).strip('.') or 'run'
+
+
+def new_run_folder(root, name):
+    """`root/name`, or `root/name_2`, `_3`... when an earlier run has that name already."""
+    candidate, number = name, 1
+    while os.path.exists(os.path.join(root, candidate)):
+        number += 1
+        candidate = f'{name}_{number}'
+    return candidate
+
+
+def as_tf_summary(proto):
+    """A TensorBoard-package Summary protobuf as the `tf.Summary` a FileWriter accepts."""
+    return tf.Summary.FromString(proto.SerializeToString())
+
+
+def hparam_values(args):
+    """The run's hyper-parameters as the plain values (numbers, strings, booleans) HParams shows."""
+    values = {}
+    for name in HPARAMS:
+        value = getattr(args, name, None)
+        if isinstance(value, (list, tuple)):
+            value = _flag_text(value)
+        elif value is None:
+            value = 'none'
+        values[name] = value
+    return values
+
+
+def hparams_summaries(args, run_name, start_time_secs=None):
+    """The experiment's columns and this run's values, as two `tf.Summary` protos for its writer.
+
+    Every run writes the same experiment description (TensorBoard picks one), so a root holding any
+    subset of runs shows the whole table.
+    """
+    values = hparam_values(args)
+    config = hparams_summary.hparams_config_pb(
+        hparams=[hparams_summary.HParam(name) for name in values],
+        metrics=[hparams_summary.Metric(tag, display_name=title) for tag, title in METRICS])
+    session = hparams_summary.hparams_pb(values, trial_id=run_name, start_time_secs=start_time_secs)
+    return [as_tf_summary(config), as_tf_summary(session)]
+
+
+def hparams_end_summary():
+    """Marks the run's session as finished in the HParams dashboard."""
+    return as_tf_summary(hparams_v1_summary.session_end_pb(hparams_api_pb2.STATUS_SUCCESS))
+
+
+class ValidationOutputs:
+    """Collects what each validation batch fetched: class probabilities, true labels, fc7 rows."""
+
+    def __init__(self, keep_features=0):
+        self.keep_features = keep_features  # fc7 rows kept (the projector's first N images)
+        self._probabilities, self._labels, self._features = [], [], []
+        self._feature_rows = 0
+
+    def add(self, probabilities, labels, features=None):
+        self._probabilities.append(np.asarray(probabilities, np.float32))
+        self._labels.append(np.asarray(labels, np.int64))
+        if features is not None and self._feature_rows < self.keep_features:
+            rows = np.asarray(features[:self.keep_features - self._feature_rows], np.float32)
+            self._features.append(rows)
+            self._feature_rows += len(rows)
+
+    @property
+    def wants_features(self):
+        return self._feature_rows < self.keep_features
+
+    @property
+    def probabilities(self):
+        return np.concatenate(self._probabilities) if self._probabilities else np.zeros((0, 0))
+
+    @property
+    def labels(self):
+        return np.concatenate(self._labels) if self._labels else np.zeros(0, np.int64)
+
+    @property
+    def features(self):
+        return np.concatenate(self._features) if self._features else None
+
+
+def confusion_matrix(labels, predictions, num_classes):
+    """counts[true, predicted]."""
+    counts = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(counts, (labels, predictions), 1)
+    return counts
+
+
+def precision_recall(counts):
+    """Per-class precision and recall from a confusion matrix (nan where undefined: no prediction of,
+    or no image of, that class)."""
+    true_positives = np.diag(counts).astype(np.float64)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        precision = true_positives / counts.sum(axis=0)
+        recall = true_positives / counts.sum(axis=1)
+    return precision, recall
+
+
+def class_names_or_numbers(class_names, num_classes):
+    return list(class_names) if class_names else [f'class {label}' for label in range(num_classes)]
+
+
+def tag_name(name):
+    return re.sub(r'[^\w.-]', '_', name)
+
+
+def read_thumbnail(path, size=THUMBNAIL_SIZE):
+    """An RGB thumbnail (size x size) of the image at `path`; grey when it cannot be read."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        return np.full((size, size, 3), 128, np.uint8)
+    return cv2.cvtColor(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+
+
+def worst_mistakes(probabilities, labels, count=MISTAKES_SHOWN):
+    """Indices of the wrongly classified images, most confident (in the wrong class) first."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    confidence = probabilities[wrong, predicted[wrong]]
+    return wrong[np.argsort(-confidence, kind='stable')][:count]
+
+
+def mistakes_grid(paths, probabilities, labels, class_names, count=MISTAKES_SHOWN, size=96):
+    """An RGB grid of the worst mistakes, each captioned `true > predicted probability`; None if none."""
+    indices = worst_mistakes(probabilities, labels, count)
+    if len(indices) == 0:
+        return None
+    columns = min(4, len(indices))
+    rows = -(-len(indices) // columns)
+    caption = 28
+    grid = np.full((rows * (size + caption), columns * size, 3), 255, np.uint8)
+    for slot, index in enumerate(indices):
+        row, column = divmod(slot, columns)
+        top, left = row * (size + caption), column * size
+        grid[top:top + size, left:left + size] = read_thumbnail(paths[index], size)
+        predicted = int(probabilities[index].argmax())
+        lines = (f'{class_names[labels[index]]}'[:14],
+                 f'>{class_names[predicted]}'[:10] + f' {probabilities[index, predicted]:.2f}')
+        for number, text in enumerate(lines):
+            cv2.putText(grid, text, (left + 2, top + size + 11 + 12 * number), cv2.FONT_HERSHEY_PLAIN,
+                        0.8, (0, 0, 0), 1, cv2.LINE_AA)
+    return grid
+
+
+def confusion_matrix_image(counts, class_names):
+    """The confusion matrix drawn by matplotlib, as an RGB array."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    size = min(12, 2 + 0.5 * len(counts))
+    figure, axes = plt.subplots(figsize=(size, size), dpi=80)
+    axes.imshow(counts, cmap='Blues')
+    if len(counts) <= 30:  # beyond that, the labels and numbers overlap
+        axes.set_xticks(range(len(counts)), class_names, rotation=90)
+        axes.set_yticks(range(len(counts)), class_names)
+        for (true, predicted), value in np.ndenumerate(counts):
+            axes.text(predicted, true, str(value), ha='center', va='center',
+                      color='white' if value > counts.max() / 2 else 'black')
+    axes.set_xlabel('predicted')
+    axes.set_ylabel('true')
+    figure.tight_layout()
+    figure.canvas.draw()
+    image = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(figure)
+    return image
+
+
+def image_value(tag, rgb):
+    ok, png = cv2.imencode('.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    return tf.Summary.Value(tag=tag, image=tf.Summary.Image(
+        height=rgb.shape[0], width=rgb.shape[1], colorspace=3, encoded_image_string=png.tobytes()))
+
+
+def validation_summary(outputs, paths, class_names, num_classes):
+    """The epoch's pictures and per-class numbers as one `tf.Summary`.
+
+    `paths` are the validation images in the order the (unshuffled) pass saw them.
+    """
+    probabilities, labels = outputs.probabilities, outputs.labels
+    names = class_names_or_numbers(class_names, num_classes)
+    predicted = probabilities.argmax(axis=1)
+    counts = confusion_matrix(labels, predicted, num_classes)
+    precision, recall = precision_recall(counts)
+    values = []
+    for label, name in enumerate(names):
+        for kind, numbers in (('precision', precision), ('recall', recall)):
+            if np.isfinite(numbers[label]):
+                values.append(tf.Summary.Value(tag=f'validation_{kind}/{tag_name(name)}',
+                                               simple_value=float(numbers[label])))
+    values.append(image_value('validation/confusion_matrix', confusion_matrix_image(counts, names)))
+    grid = mistakes_grid(paths, probabilities, labels, names)
+    if grid is not None:
+        values.append(image_value('validation/worst_mistakes', grid))
+    summary = tf.Summary(value=values)
+    for label, name in enumerate(names):
+        curve = pr_curve_summary.pb(f'pr_curve/{tag_name(name)}', labels == label,
+                                    probabilities[:, label], num_thresholds=PR_CURVE_THRESHOLDS,
+                                    display_name=f'{name} (PR curve)')
+        value, = as_tf_summary(curve).value
+        value.tag = f'pr_curve/{tag_name(name)}'  # the plugin would append '/pr_curves'
+        summary.value.append(value)
+    return summary
+
+
+def sprite(paths, size):
+    """The projector's sprite: thumbnails in row-major order on a square grid, as an RGB array."""
+    columns = int(np.ceil(np.sqrt(len(paths))))
+    image = np.full((columns * size, columns * size, 3), 255, np.uint8)
+    for index, path in enumerate(paths):
+        row, column = divmod(index, columns)
+        image[row * size:(row + 1) * size, column * size:(column + 1) * size] = read_thumbnail(path, size)
+    return image
+
+
+def write_projector(log_dir, features, paths, labels, predicted, class_names, num_classes):
+    """fc7 features of the first images, a sprite and metadata, as TensorBoard's projector reads them.
+
+    The features go into a checkpoint of their own (the projector reads a checkpoint's tensor by
+    name); metadata.tsv holds each image's path and true and predicted class.
+    """
+    count = len(features)
+    paths, labels, predicted = list(paths[:count]), labels[:count], predicted[:count]
+    names = class_names_or_numbers(class_names, num_classes)
+    folder = os.path.join(log_dir, 'projector')
+    os.makedirs(folder, exist_ok=True)
+    # Thumbnails shrink with the count: the sprite must stay within 8192 x 8192 pixels.
+    size = int(min(THUMBNAIL_SIZE, 8192 // int(np.ceil(np.sqrt(count)))))
+    ok, png = cv2.imencode('.png', cv2.cvtColor(sprite(paths, size), cv2.COLOR_RGB2BGR))
+    assert ok
+    with open(os.path.join(folder, 'sprite.png'), 'wb') as stream:
+        stream.write(png.tobytes())
+    with open(os.path.join(folder, 'metadata.tsv'), 'w') as stream:
+        stream.write('path\ttrue\tpredicted\n')
+        for path, true, guess in zip(paths, labels, predicted):
+            stream.write(f"{path.replace(chr(9), ' ')}\t{names[true]}\t{names[guess]}\n")
+    prefix = os.path.join(folder, 'embedding.ckpt')
+    with tf.Graph().as_default():
+        value = tf.placeholder(tf.float32, features.shape)
+        variable = tf.Variable(value, name=PROJECTOR_TENSOR)
+        with tf.Session() as session:
+            session.run(variable.initializer, {value: features})
+            tf.train.Saver([variable]).save(session, prefix, write_meta_graph=False,
+                                            write_state=False)
+    config = projector_config_pb2.ProjectorConfig(model_checkpoint_path=prefix)
+    embedding = config.embeddings.add(tensor_name=PROJECTOR_TENSOR,
+                                      metadata_path=os.path.join('projector', 'metadata.tsv'))
+    embedding.sprite.image_path = os.path.join('projector', 'sprite.png')
+    embedding.sprite.single_image_dim.extend([size, size])
+    with open(os.path.join(log_dir, PROJECTOR_CONFIG), 'w') as stream:
+        stream.write(text_format.MessageToString(config))

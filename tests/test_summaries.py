@@ -1,0 +1,272 @@
+"""What a run shows in TensorBoard: run names, the pictures' numbers against hand-made references, and,
+end to end, two runs with different learning rates read back through a real `tensorboard` server's
+HTTP API (runs, scalars, images, PR curves, HParams, projector)."""
+import datetime
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+
+from finetune_alexnet import demo_data
+from finetune_alexnet import summaries
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TENSORBOARD = os.path.join(os.path.dirname(sys.executable), 'tensorboard')
+
+
+class Args:
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+
+DEFAULTS = {'learning_rate': 0.001, 'train_layers': ['fc8', 'fc7', 'fc6'], 'skip_layers': ['fc8'],
+            'optimizer': 'sgd', 'momentum': 0.9, 'weight_decay': 0.0, 'batch_size': 128,
+            'num_epochs': 10, 'dropout_rate': 0.5, 'augment': False, 'class_weights': 'none',
+            'lr_mult': (), 'seed': None, 'init_checkpoint': None}
+
+
+def test_default_run_name_is_the_time_and_the_flags_that_differ():
+    args = Args(**{**DEFAULTS, 'learning_rate': 0.01, 'train_layers': ['fc7', 'fc8']})
+    when = datetime.datetime(2026, 11, 29, 14, 12)
+    assert summaries.default_run_name(args, DEFAULTS, when) == '2026-11-29_1412_lr0.01_fc7,fc8'
+    args = Args(**{**DEFAULTS, 'augment': True, 'lr_mult': (('fc8', 10.0),), 'class_weights': 'balanced',
+                   'init_checkpoint': '/runs/stage1/best.ckpt'})
+    assert summaries.default_run_name(args, DEFAULTS, when) == \
+        '2026-11-29_1412_aug_cwbalanced_lrmultfc8=10_initbest.ckpt'
+    assert summaries.default_run_name(Args(**DEFAULTS), DEFAULTS, when) == '2026-11-29_1412'
+
+
+def test_run_names_are_one_folder_and_never_reuse_one(tmp_path):
+    assert summaries.safe_run_name('a/b c') == 'a-b-c'
+    assert summaries.new_run_folder(str(tmp_path), 'x') == 'x'
+    (tmp_path / 'x').mkdir()
+    (tmp_path / 'x_2').mkdir()
+    assert summaries.new_run_folder(str(tmp_path), 'x') == 'x_3'
+
+
+def test_confusion_matrix_precision_and_recall_by_hand():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    predicted = np.array([0, 1, 1, 1, 1, 0])
+    counts = summaries.confusion_matrix(labels, predicted, 3)
+    np.testing.assert_array_equal(counts, [[1, 2, 0], [0, 2, 0], [1, 0, 0]])
+    precision, recall = summaries.precision_recall(counts)
+    np.testing.assert_allclose(precision[:2], [1 / 2, 2 / 4])
+    np.testing.assert_allclose(recall, [1 / 3, 1.0, 0.0])
+    assert np.isnan(precision[2])  # never predicted: undefined, and not logged
+
+
+def test_worst_mistakes_are_the_most_confident_wrong_answers():
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.05, 0.95], [0.7, 0.3]])
+    labels = np.array([0, 0, 1, 0, 0])
+    assert list(summaries.worst_mistakes(probabilities, labels)) == [3, 1, 2]
+    assert list(summaries.worst_mistakes(probabilities, labels, count=2)) == [3, 1]
+    assert summaries.mistakes_grid(['x'] * 2, probabilities[:1], labels[:1], ['a', 'b']) is None
+
+
+def test_mistakes_grid_shows_the_images_in_order(tmp_path):
+    paths = []
+    for index, colour in enumerate([(0, 0, 255), (0, 255, 0), (255, 0, 0)]):  # BGR: red, green, blue
+        path = str(tmp_path / f'{index}.png')
+        cv2.imwrite(path, np.full((50, 70, 3), colour, np.uint8))
+        paths.append(path)
+    probabilities = np.array([[0.4, 0.6], [0.1, 0.9], [0.8, 0.2]])
+    labels = np.array([0, 0, 1])
+    grid = summaries.mistakes_grid(paths, probabilities, labels, ['cat', 'dog'], size=32)
+    assert grid.shape == (32 + 28, 3 * 32, 3)
+    # Most confident first: the green image (dog 0.9), the blue one (cat 0.8), the red one (dog 0.6).
+    np.testing.assert_array_equal(grid[16, 16], [0, 255, 0])
+    np.testing.assert_array_equal(grid[16, 48], [0, 0, 255])
+    np.testing.assert_array_equal(grid[16, 80], [255, 0, 0])
+    assert (grid[32:, :] < 128).any()  # captions drawn below
+
+
+def test_hparam_values_are_plain_values():
+    args = Args(**{**DEFAULTS, 'train_layers': ['fc7', 'fc8'], 'lr_mult': (('fc8', 10.0),)})
+    values = summaries.hparam_values(args)
+    assert values['train_layers'] == 'fc7,fc8' and values['lr_mult'] == 'fc8=10'
+    assert values['seed'] == 'none' and values['learning_rate'] == 0.001 and values['augment'] is False
+
+
+# ---- end to end, through TensorBoard's own server --------------------------------------------------
+
+@pytest.fixture(scope='module')
+def small_dataset(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('data')
+    demo_data.make_demo_images(str(folder / 'images'), images_per_class=7, seed=5)
+    train, val = [], []
+    for label, name in enumerate(demo_data.CLASS_NAMES):
+        files = sorted(os.listdir(folder / 'images' / name))
+        train += [f'images/{name}/{f} {label}' for f in files[:4]]
+        val += [f'images/{name}/{f} {label}' for f in files[4:]]
+    (folder / 'train.txt').write_text('\n'.join(train) + '\n')
+    (folder / 'val.txt').write_text('\n'.join(val) + '\n')
+    (folder / 'classes.txt').write_text('0 disk\n1 square\n')
+    return folder
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
+class TensorBoard:
+    def __init__(self, logdir):
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [TENSORBOARD, '--logdir', str(logdir), '--host', '127.0.0.1', '--port', str(self.port),
+             '--load_fast', 'false', '--reload_interval', '1'],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def get(self, path, **query):
+        url = f'http://127.0.0.1:{self.port}{path}'
+        if query:
+            url += '?' + urllib.parse.urlencode(query)
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.read()
+
+    def json(self, path, **query):
+        return json.loads(self.get(path, **query))
+
+    def wait_for_runs(self, count, timeout=120):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                runs = self.json('/data/runs')
+                if len(runs) >= count:
+                    return runs
+            except OSError:
+                pass
+            time.sleep(1)
+        raise AssertionError('TensorBoard did not list the runs in time')
+
+    def close(self):
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope='module')
+def two_runs(tmp_path_factory, small_dataset, bvlc_npy):
+    """Two runs into one TensorBoard root, learning rates 1e-6 and 1e-5, with --projector."""
+    root = tmp_path_factory.mktemp('sweep')
+    outputs = {}
+    for rate in ('1e-06', '1e-05'):
+        result = subprocess.run(
+            [sys.executable, 'finetune.py', '--train_file', str(small_dataset / 'train.txt'),
+             '--val_file', str(small_dataset / 'val.txt'), '--batch_size', '4', '--num_epochs', '2',
+             '--seed', '1', '--learning_rate', rate, '--weights_path', bvlc_npy, '--projector',
+             '--checkpoint_path', str(root / f'ckpt_{rate}'), '--filewriter_path', str(root / 'tb'),
+             '--cache_dir', str(root / 'cache')],
+            cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        state = json.loads((root / f'ckpt_{rate}' / 'run_state.json').read_text())
+        outputs[rate] = state
+    board = TensorBoard(root / 'tb')
+    try:
+        board.wait_for_runs(2)
+        yield board, outputs, root
+    finally:
+        board.close()
+
+
+@pytest.mark.slow
+def test_each_run_is_its_own_tensorboard_run(two_runs):
+    board, states, _ = two_runs
+    runs = board.json('/data/runs')
+    names = {rate: state['run_name'] for rate, state in states.items()}
+    assert sorted(runs) == sorted(names.values())
+    assert '_lr1e-06_' in names['1e-06'] and '_lr1e-05_' in names['1e-05']
+    for rate, name in names.items():
+        accuracy = board.json('/data/plugin/scalars/scalars', run=name, tag='validation/accuracy')
+        history = states[rate]['history']
+        assert [step for _, step, _ in accuracy] == [r['step'] for r in history] == [2, 4]
+        assert [value for _, _, value in accuracy] == pytest.approx([r['val_accuracy'] for r in history])
+        rates = board.json('/data/plugin/scalars/scalars', run=name, tag='learning_rate')
+        assert rates and [value for _, _, value in rates] == pytest.approx([float(rate)] * len(rates))
+        best = board.json('/data/plugin/scalars/scalars', run=name, tag='hparams/best_val_accuracy')
+        assert best[-1][2] == pytest.approx(states[rate]['best_val_accuracy'])
+
+
+@pytest.mark.slow
+def test_pictures_and_per_class_numbers_come_from_the_validation_pass(two_runs):
+    board, states, root = two_runs
+    name = states['1e-05']['run_name']
+    tags = board.json('/data/plugin/images/tags')[name]
+    assert 'validation/confusion_matrix' in tags
+    entries = board.json('/data/plugin/images/images', run=name, tag='validation/confusion_matrix',
+                         sample=0)
+    assert [entry['step'] for entry in entries] == [2, 4]
+    png = board.get('/data/plugin/images/individualImage?' + entries[-1]['query'])
+    picture = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert picture is not None and picture.shape[0] > 100
+    # Per-class recall against the last epoch's accuracy: with 3 + 3 images, the mean of the two
+    # recalls is the accuracy.
+    recalls = [board.json('/data/plugin/scalars/scalars', run=name, tag=f'validation_recall/{c}')[-1][2]
+               for c in ('disk', 'square')]
+    assert np.mean(recalls) == pytest.approx(states['1e-05']['history'][-1]['val_accuracy'])
+    curves = board.json('/data/plugin/pr_curves/pr_curves', run=name, tag='pr_curve/disk')[name]
+    assert [curve['step'] for curve in curves] == [2, 4]
+    last = curves[-1]
+    # At the lowest threshold every image is called "disk": the 3 disks are true positives, the 3
+    # squares false positives, so precision is 1/2 and recall 1.
+    assert last['true_positives'][0] == 3 and last['false_positives'][0] == 3
+    assert last['precision'][0] == pytest.approx(0.5) and last['recall'][0] == pytest.approx(1.0)
+    if states['1e-05']['history'][-1]['val_accuracy'] < 1:
+        assert 'validation/worst_mistakes' in tags
+
+
+@pytest.mark.slow
+def test_hparams_dashboard_compares_the_runs(two_runs):
+    board, states, _ = two_runs
+    experiment = board.json('/data/plugin/hparams/experiment', request=json.dumps({'experimentName': ''}))
+    hparams = {info['name'] for info in experiment['hparamInfos']}
+    assert {'learning_rate', 'optimizer', 'batch_size', 'train_layers', 'skip_layers', 'augment',
+            'dropout_rate', 'seed', 'class_weights', 'weight_decay', 'momentum'} <= hparams
+    metrics = {info['name']['tag'] for info in experiment['metricInfos']}
+    assert {'hparams/best_val_accuracy', 'validation/accuracy', 'validation/cross_entropy'} <= metrics
+    request = {'experimentName': '', 'allowedStatuses': ['STATUS_SUCCESS', 'STATUS_UNKNOWN',
+                                                         'STATUS_RUNNING', 'STATUS_FAILURE'],
+               'colParams': [{'hparam': 'learning_rate'},
+                             {'metric': {'tag': 'hparams/best_val_accuracy'}}],
+               'startIndex': 0, 'sliceSize': 10}
+    groups = board.json('/data/plugin/hparams/session_groups', request=json.dumps(request))
+    found = {}
+    for group in groups['sessionGroups']:
+        best = [m['value'] for m in group['metricValues']
+                if m['name']['tag'] == 'hparams/best_val_accuracy']
+        found[group['hparams']['learning_rate']] = best[0]
+    assert found == pytest.approx({float(rate): state['best_val_accuracy']
+                                   for rate, state in states.items()})
+
+
+@pytest.mark.slow
+def test_projector_serves_fc7_features_sprite_and_metadata(two_runs, small_dataset):
+    board, states, root = two_runs
+    name = states['1e-06']['run_name']
+    assert name in board.json('/data/plugin/projector/runs')
+    info = board.json('/data/plugin/projector/info', run=name)
+    embedding = info['embeddings'][0]
+    assert embedding['tensorName'] == summaries.PROJECTOR_TENSOR
+    assert embedding['tensorShape'] == [6, 4096]
+    tensor = np.frombuffer(board.get('/data/plugin/projector/tensor', run=name,
+                                     name=summaries.PROJECTOR_TENSOR), np.float32).reshape(6, 4096)
+    assert np.isfinite(tensor).all() and (tensor >= 0).all() and tensor.max() > 0  # ReLU outputs
+    metadata = board.get('/data/plugin/projector/metadata', run=name,
+                         name=summaries.PROJECTOR_TENSOR).decode().splitlines()
+    assert metadata[0] == 'path\ttrue\tpredicted' and len(metadata) == 7
+    assert [line.split('\t')[1] for line in metadata[1:]] == ['disk'] * 3 + ['square'] * 3
+    first_disk = sorted(os.listdir(small_dataset / 'images' / 'disk'))[4]
+    assert metadata[1].split('\t')[0] == str(small_dataset / 'images' / 'disk' / first_disk)
+    sprite = cv2.imdecode(np.frombuffer(board.get('/data/plugin/projector/sprite_image', run=name,
+                                                  name=summaries.PROJECTOR_TENSOR), np.uint8),
+                          cv2.IMREAD_COLOR)
+    size = embedding['sprite']['singleImageDim']
+    assert sprite.shape[:2] == (3 * size[0], 3 * size[1])  # 6 thumbnails on a 3 x 3 grid
