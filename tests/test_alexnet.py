@@ -92,6 +92,7 @@ def test_layer_table_agrees_with_the_graph():
                 assert counted == params, name
 
 
+@pytest.mark.slow
 def test_summary_command_prints_the_table():
     result = subprocess.run([sys.executable, 'alexnet.py', '--num_classes', '2'], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
@@ -101,6 +102,7 @@ def test_summary_command_prints_the_table():
     assert 'MiB' in result.stdout
 
 
+@pytest.mark.slow
 def test_loading_assigns_file_values_and_keeps_skipped_layers(tmp_path):
     layers = bvlc_fixture.random_weights(num_classes=1000, seed=3,
                                          layers=['conv1', 'conv2', 'conv3', 'conv4', 'conv5',
@@ -123,6 +125,7 @@ def test_loading_assigns_file_values_and_keeps_skipped_layers(tmp_path):
     assert not np.array_equal(before['fc8']['weights'], layers['fc8']['weights'])
 
 
+@pytest.mark.slow
 def test_loading_the_full_file_keeps_the_graph_small(bvlc_npy):
     with tf.Graph().as_default() as graph:
         _, _, model = build(num_classes=1000, weights_path=bvlc_npy)

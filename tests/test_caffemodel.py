@@ -188,6 +188,7 @@ def test_truncated_file_and_text_file_are_refused(tmp_path):
         caffemodel.read_alexnet(str(prototxt))
 
 
+@pytest.mark.slow
 def test_command_reports_a_truncated_caffemodel_in_one_line(tmp_path):
     whole = caffemodel_fixture.write_caffemodel(str(tmp_path / 'whole.caffemodel'),
                                                 tiny_caffe_weights(), 'v1')

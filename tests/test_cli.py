@@ -43,6 +43,7 @@ def test_finetune_train_layers_typo_is_one_line(capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_importing_a_command_changes_nothing():
     """No threads, no environment variables, no reading of the importer's command line."""
     script = (
@@ -61,6 +62,7 @@ def test_importing_a_command_changes_nothing():
     assert result.returncode == 0 and result.stdout.strip() == 'ok', result.stderr
 
 
+@pytest.mark.slow
 def test_commands_keep_tensorflow_quiet_unless_verbose():
     quiet = subprocess.run([sys.executable, 'alexnet.py', '--num_classes', '3'], cwd=REPO,
                            capture_output=True, text=True, timeout=300)

@@ -362,6 +362,7 @@ def test_bad_arguments(tmp_path):
             datagenerator.ImageDataGenerator(list_file, 'training', 0, 2)
 
 
+@pytest.mark.slow
 def test_eager_mode_is_refused_with_a_hint(tmp_path):
     """In a fresh process (this one runs in TF1 mode, see conftest.py) with TF2's eager default."""
     list_file = labelled_list(tmp_path, photo_set(tmp_path / 'photos', 1))
@@ -408,6 +409,7 @@ def run_python(args, cwd=REPO):
                           text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_in_tf1_mode_as_the_trainer_runs_it(tmp_path):
     paths = photo_set(tmp_path / 'photos', 5)
     paths.append(image_files.write(tmp_path / 'broken.png', b'\x89PNG\r\n\x1a\n broken'))
@@ -425,6 +427,7 @@ def test_in_tf1_mode_as_the_trainer_runs_it(tmp_path):
 
 # The --check command.
 
+@pytest.mark.slow
 def test_check_command_lists_bad_files_and_exits_1(tmp_path):
     list_file, paths = bad_set(tmp_path)
     os.remove(paths[4])
@@ -441,6 +444,7 @@ def test_check_command_lists_bad_files_and_exits_1(tmp_path):
     assert 'Traceback' not in result.stderr
 
 
+@pytest.mark.slow
 def test_check_command_exits_2_on_a_bad_list(tmp_path):
     list_file = write_list(tmp_path / 'list.txt', ['a.png zero'])
     result = run_python([os.path.join(REPO, 'datagenerator.py'), '--check', list_file,

@@ -97,6 +97,7 @@ def test_a_checkpoint_of_something_else_is_refused(tmp_path):
         export.export_checkpoint(str(tmp_path), str(tmp_path / 'out.npz'))
 
 
+@pytest.mark.slow
 def test_export_command_line_missing_checkpoint_exits_2(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(REPO, 'export.py'), '--checkpoint',
                              str(tmp_path / 'none.ckpt'), '--output', str(tmp_path / 'out.npz')],
@@ -449,6 +450,7 @@ def test_export_refuses_missing_and_foreign_checkpoints_before_writing(tmp_path,
     assert not os.path.exists(tmp_path / 'models')
 
 
+@pytest.mark.slow
 def test_export_command_line_unknown_format_exits_2(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(REPO, 'export.py'), '--checkpoint',
                              str(tmp_path), '--format', 'onnx', '--output', str(tmp_path / 'x')],

@@ -74,6 +74,7 @@ def finetuned(tmp_path_factory, dataset, bvlc_npy):
     return run_dir, result
 
 
+@pytest.mark.slow
 def test_run_prints_a_clean_summary(finetuned):
     _, result = finetuned
     assert result.returncode == 0, result.stderr
@@ -85,6 +86,7 @@ def test_run_prints_a_clean_summary(finetuned):
     assert 'done: best validation accuracy' in result.stdout
 
 
+@pytest.mark.slow
 def test_checkpoints_hold_the_model_and_no_graph(finetuned, bvlc_layers):
     run_dir, _ = finetuned
     files = sorted(os.listdir(run_dir / 'ckpt'))
@@ -104,6 +106,7 @@ def test_checkpoints_hold_the_model_and_no_graph(finetuned, bvlc_layers):
         assert not np.array_equal(reader.get_tensor(f'{layer}/weights'), bvlc_layers[layer]['weights'])
 
 
+@pytest.mark.slow
 def test_run_state_metrics_curves_and_model_info(finetuned):
     run_dir, _ = finetuned
     state = read_state(run_dir)
@@ -121,6 +124,7 @@ def test_run_state_metrics_curves_and_model_info(finetuned):
     assert info['num_classes'] == 2 and info['class_names'] == ['disk', 'square']
 
 
+@pytest.mark.slow
 def test_tensorboard_reads_the_summaries(finetuned):
     run_dir, _ = finetuned
     events = event_accumulator.EventAccumulator(str(log_dir(run_dir)), size_guidance={
@@ -142,6 +146,7 @@ def test_tensorboard_reads_the_summaries(finetuned):
     assert learning_rates == pytest.approx([0.001] * 6)
 
 
+@pytest.mark.slow
 def test_cached_features_give_the_same_forward_values(dataset, tmp_path, bvlc_npy):
     """With the weights held still (a vanishing learning rate), validating from cached pool5
     features and from the full network must give the same loss: the cache changes no value."""
@@ -158,6 +163,7 @@ def test_cached_features_give_the_same_forward_values(dataset, tmp_path, bvlc_np
     assert outcomes['on']['val_accuracy'] == outcomes['off']['val_accuracy']
 
 
+@pytest.mark.slow
 def test_resume_continues_the_global_step(dataset, tmp_path):
     first = run_cli(flags(dataset, tmp_path, '--num_epochs', '1'))
     assert first.returncode == 0, first.stderr
@@ -173,6 +179,7 @@ def test_resume_continues_the_global_step(dataset, tmp_path):
     assert reader.get_tensor('global_step') == 9
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_resume_finishes_the_same_number_of_steps(dataset, tmp_path):
     args = flags(dataset, tmp_path, '--num_epochs', '50')
     process = subprocess.Popen([sys.executable, 'finetune.py', *args], cwd=REPO,
@@ -197,6 +204,7 @@ def test_ctrl_c_saves_and_resume_finishes_the_same_number_of_steps(dataset, tmp_
     assert not (tmp_path / 'ckpt' / 'interrupted.ckpt.index').exists()
 
 
+@pytest.mark.slow
 def test_nan_guard_stops_and_keeps_the_last_checkpoint(dataset, tmp_path):
     assert run_cli(flags(dataset, tmp_path, '--num_epochs', '1')).returncode == 0
     result = run_cli(flags(dataset, tmp_path, '--num_epochs', '5', '--resume',
@@ -211,6 +219,7 @@ def test_nan_guard_stops_and_keeps_the_last_checkpoint(dataset, tmp_path):
     assert np.isfinite(reader.get_tensor('fc8/weights')).all()
 
 
+@pytest.mark.slow
 def test_two_logical_devices_train(dataset, tmp_path):
     result = run_cli(flags(dataset, tmp_path, '--num_epochs', '1', '--num_gpus', '2',
                            '--device', 'cpu'))
@@ -218,6 +227,7 @@ def test_two_logical_devices_train(dataset, tmp_path):
     assert read_state(tmp_path)['history'][0]['step'] == 3
 
 
+@pytest.mark.slow
 def test_unreadable_image_is_named_or_skipped(dataset, tmp_path):
     broken = tmp_path / 'broken.jpg'
     broken.write_bytes(open(dataset / 'images' / 'disk' / 'disk.0000.jpg', 'rb').read()[:300])
@@ -263,6 +273,7 @@ def test_bad_flags_fail_in_one_line(dataset, tmp_path, bvlc_npy, capsys, extra, 
     assert message in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_bad_layer_name_and_missing_weights_from_the_shell(dataset, tmp_path):
     result = run_cli(flags(dataset, tmp_path, '--train_layers', 'fc9'))
     assert result.returncode == 2 and 'unknown layer fc9' in result.stderr
@@ -286,6 +297,7 @@ def test_bad_list_files_fail_cleanly(dataset, tmp_path, capsys):
     assert 'missing.txt' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_runs_on_the_pretrained_weights(tmp_path, bvlc_npy):
     result = run_cli(['--demo', '--demo_dir', str(tmp_path / 'demo'), '--num_epochs', '1',
                       '--weights_path', bvlc_npy, '--checkpoint_path', str(tmp_path / 'ckpt'),
@@ -322,6 +334,7 @@ def test_gpu_asked_for_but_absent(dataset, tmp_path, capsys):
     assert 'asks for 1 GPU(s), TensorFlow sees 0' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_mixed_precision_run_then_resumed_without_it(dataset, tmp_path, bvlc_npy):
     """On a CPU --mixed_precision is grappler's bfloat16 rewrite plus loss scaling: the run trains,
     logs its loss scale and saves it; a resume without the flag leaves the loss scale behind."""
@@ -343,6 +356,7 @@ def test_mixed_precision_run_then_resumed_without_it(dataset, tmp_path, bvlc_npy
     assert read_state(tmp_path)['history'][-1]['step'] == 6
 
 
+@pytest.mark.slow
 def test_resume_with_a_model_that_does_not_fit_the_checkpoint(dataset, tmp_path):
     assert run_cli(flags(dataset, tmp_path, '--num_epochs', '1')).returncode == 0
     resumed = run_cli(flags(dataset, tmp_path, '--num_epochs', '2', '--resume', '--mixed_precision'))
@@ -407,6 +421,7 @@ def test_every_optimisation_flag_reaches_the_training_graph(dataset, tmp_path):
     assert config.learning_rate == 0.02 and config.num_classes == 2
 
 
+@pytest.mark.slow
 def test_learning_rate_decays_by_epochs_and_class_names_are_kept(dataset, tmp_path, capsys):
     names = tmp_path / 'names.txt'
     names.write_text('0 round thing\n1 square thing\n')

@@ -165,6 +165,7 @@ def test_flags_and_names_are_checked(tmp_path, capsys):
         get_data.main(['cats_vs_dogs', '--out_dir', str(tmp_path), '--val_fraction', '1.5'])
 
 
+@pytest.mark.slow
 def test_command_fails_in_one_line_on_404(tmp_path, file_server):
     url = file_server.url('/nothing.zip')
     result = subprocess.run([sys.executable, 'get_data.py', 'cats_vs_dogs', '--out_dir', str(tmp_path),

@@ -154,6 +154,7 @@ def labelled_list(path, paths, probabilities, ranks):
     return str(path)
 
 
+@pytest.mark.slow
 def test_ten_crop_evaluation_reports_hand_computed_accuracy_and_intervals(model, photos, tmp_path, capsys):
     photos = photos[:5]
     with predict.Classifier(weights_path=model, ten_crop=True) as classifier:

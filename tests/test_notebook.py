@@ -62,6 +62,7 @@ def test_notebook_is_stored_without_outputs():
     assert ids[-2:] == ['imagenet-md', 'imagenet-val']  # the optional section comes last
 
 
+@pytest.mark.slow
 def test_notebook_runs_headless_and_draws_its_figures(bvlc_npy, monkeypatch):
     notebook = execute(read_notebook(), bvlc_npy, monkeypatch)
     for cell in code_cells(notebook):

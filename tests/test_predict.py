@@ -160,6 +160,7 @@ def test_checkpoint_probabilities_equal_the_models_forward_pass(two_class, photo
     assert expected.min() > 1e-3, 'probabilities should be moderate, not saturated'
 
 
+@pytest.mark.slow
 def test_a_centre_crop_model_predicts_on_the_centre_crop(tmp_path, two_class, photos):
     make_checkpoint(str(tmp_path), two_class['layers'], center_crop=True, extra_variables=False)
     with predict.Classifier(checkpoint=str(tmp_path)) as classifier:
@@ -177,6 +178,7 @@ def test_classes_txt_beside_the_checkpoint_names_the_classes(tmp_path, two_class
         assert classifier.class_names == ['left', 'right']
 
 
+@pytest.mark.slow
 def test_imagenet_weights_table_csv_and_json(bvlc_npy, photos, tmp_path, capsys):
     from caffe_classes import class_names
     csv_path, json_path = str(tmp_path / 'p.csv'), str(tmp_path / 'p.json')
@@ -306,6 +308,7 @@ def test_unreadable_images_are_named(two_class, photos, tmp_path, capsys):
         assert [record['path'] for record in json.load(stream)['predictions']] == [photos[0]]
 
 
+@pytest.mark.slow
 def test_bad_image_and_missing_weights_exit_2_with_one_line(two_class, tmp_path):
     broken = tmp_path / 'broken.png'
     broken.write_bytes(b'\x89PNG\r\n\x1a\n truncated')

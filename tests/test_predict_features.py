@@ -104,6 +104,7 @@ def test_feature_flag_mistakes_are_one_line(weights, inputs, extra, message, cap
     assert len(err) == 1 and err[0].startswith('error: ') and message in err[0], err
 
 
+@pytest.mark.slow
 def test_feature_flags_from_the_shell(weights, inputs, tmp_path):
     result = subprocess.run([sys.executable, os.path.join(REPO, 'predict.py'), '--weights_path', weights,
                              '--features', 'fc10', '--output', str(tmp_path / 'f.npz'), inputs[0][0]],

@@ -71,6 +71,7 @@ def test_plain_sgd_step_is_learning_rate_times_gradient():
     np.testing.assert_allclose(w1, w0 - 0.5 * g0, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_two_towers_give_the_same_loss_and_updates_as_one_device():
     losses_one, before, after_one, _ = one_step(1, TRAINABLE_LAYERS, optimizer='momentum', steps=2,
                                                 learning_rate=1e-4)
@@ -99,6 +100,7 @@ def test_towers_run_on_separate_devices():
     assert devices == {'/device:CPU:0', '/device:CPU:1'}
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_the_step_before_any_update_or_summary():
     images, labels = batch()
     labels[0, 0] = np.nan  # a NaN image pixel may vanish in ReLU/max-pool; a NaN label cannot
@@ -115,6 +117,7 @@ def test_nan_loss_stops_the_step_before_any_update_or_summary():
         np.testing.assert_array_equal(before[layer]['weights'], after[layer]['weights'])
 
 
+@pytest.mark.slow
 def test_weight_decay_adds_half_squared_norm_of_trained_weights():
     images, labels = batch()
     with tf.Graph().as_default():
@@ -179,6 +182,7 @@ def test_towers_count_a_partial_batch_exactly(size):
     assert sum_two == pytest.approx(sum_one, rel=1e-5) and loss_two == pytest.approx(loss_one, rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('shape', [(9216, 4096), (4096, 2), (3, 3, 48, 256), (4096,), (2,)])
 def test_histogram_sample_is_a_strided_sample_that_reaches_every_column(shape):
     values = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
@@ -235,6 +239,7 @@ def mixed_precision_steps(features, mixed_precision, steps=2, optimizer='momentu
                     tf.Summary.FromString(summary))
 
 
+@pytest.mark.slow
 def test_loss_scaling_changes_no_update_when_nothing_overflows():
     features = np.random.default_rng(0).uniform(0, 30, (6, 9216)).astype(np.float32)
     _, plain, plain_step, _ = mixed_precision_steps(features, False)
@@ -247,6 +252,7 @@ def test_loss_scaling_changes_no_update_when_nothing_overflows():
     assert scalars['loss_scale'] == 2.0**15
 
 
+@pytest.mark.slow
 def test_an_overflowing_step_is_skipped_and_halves_the_loss_scale():
     # fc7's outputs near 1e35 make fc8's gradient, times the loss scale 2^15, overflow float32,
     # while the loss itself stays finite.

@@ -111,6 +111,7 @@ def test_feature_maps_default_to_the_cat():
     assert visualize.feature_photo_index(['a.png', 'b.png']) == 0
 
 
+@pytest.mark.slow
 def test_checkpoint_path_shows_a_fine_tuned_model(tmp_path):
     """--checkpoint_path draws the fine-tuned model's own filters and its class names."""
     import test_predict
