@@ -218,12 +218,14 @@ class ImageDataGenerator:
     iterator over `self.data`: a different order each epoch, the same sequence of orders for the same
     `seed` in a fresh graph. To tie the order (and the crops) to the epoch number instead, so that a
     resumed run sees the orders of an uninterrupted one, feed it when initialising:
-    `session.run(init_op, {generator.epoch: epoch})`. The whole list of names is shuffled (the
-    original's `buffer_size` is gone: shuffling names is cheap).
+    `session.run(init_op, {generator.epoch: epoch})`; feed `generator.skip` as well (a count of
+    images) to start the epoch that many places into its order, as a run resumed mid-epoch must:
+    the skipped names are dropped before anything is read or decoded. The whole list of names is
+    shuffled (the original's `buffer_size` is gone: shuffling names is cheap).
 
     `self.data` is not repeated: re-initialise its iterator for every epoch. Its last batch may be
     smaller than `batch_size` (no image is dropped). Attributes: `data`, `data_size`, `paths`,
-    `labels` (int64 array), `num_classes`, `txt_file`, `epoch` (the optional feed above).
+    `labels` (int64 array), `num_classes`, `txt_file`, `epoch` and `skip` (the optional feeds above).
 
     A file that fails to decode makes session.run raise one of `IMAGE_ERRORS`; catch it and raise
     `unreadable_images_error()`, which names the file:
@@ -253,6 +255,7 @@ class ImageDataGenerator:
         self.paths, self.labels, self._line_numbers = _list_entries(txt_file, num_classes, True)
         self.data_size = len(self.paths)
         self.epoch = tf.placeholder_with_default(tf.constant(-1, tf.int64), [], name='epoch')
+        self.skip = tf.placeholder_with_default(tf.constant(0, tf.int64), [], name='skip')
         self.data = self._build_dataset()
 
     def _build_dataset(self):
@@ -273,7 +276,8 @@ class ImageDataGenerator:
             image = preprocessing.decode_rgb(tf.io.read_file(path))
             return preprocessing.resize_for_model(image, training, self.augment, crop_key), label
 
-        dataset = tf.data.Dataset.from_tensor_slices((paths, labels, positions))
+        # Skipped before the map: a resumed epoch reads no file it will not train on.
+        dataset = tf.data.Dataset.from_tensor_slices((paths, labels, positions)).skip(self.skip)
         # In order, so that a seed fixes the batches too; decoding still runs on every core.
         dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if self.skip_bad_images:
