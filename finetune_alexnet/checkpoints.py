@@ -129,7 +129,9 @@ def verify_checkpoint(prefix):
     for name in names:
         try:
             reader.get_tensor(name)
-        except (tf.errors.OpError, ValueError) as error:
+        # A short file surfaces as IndexError ("Read less bytes than requested") from the reader's
+        # Python wrapper, a checksum mismatch as DataLossError.
+        except (tf.errors.OpError, ValueError, IndexError) as error:
             data_files = sorted(glob.glob(glob.escape(prefix) + '.data-*'))
             return (data_files[0] if len(data_files) == 1 else prefix + '.data-*'), \
                 f'tensor {name}: {_first_line(error)}'
@@ -270,6 +272,7 @@ class CheckpointKeeper:
         # Saver's own pruning would delete them before, leaving a window where run_state.json
         # points at a removed checkpoint.
         self.keep = keep
+        self._kept = []  # epoch checkpoints kept, oldest first (run_state.json's epoch_checkpoints)
         self._epoch_saver = tf.train.Saver(max_to_keep=None, save_relative_paths=True)
         self._single_saver = tf.train.Saver(max_to_keep=None, save_relative_paths=True)
 
@@ -277,6 +280,9 @@ class CheckpointKeeper:
         """Restore checkpoint `prefix` (see restorable_checkpoint) and carry on the run's pruning."""
         check_fits(prefix, graph_variable_shapes(session.graph))
         self._epoch_saver.restore(session, prefix)
+        # Carry on pruning the kept epoch checkpoints where the interrupted run left off.
+        self._kept = [name for name in state.get('epoch_checkpoints', [])
+                      if tf.train.checkpoint_exists(os.path.join(self.directory, name))]
 
     def restore_latest(self, session, state):
         prefix, _ = restorable_checkpoint(self.directory, state)
@@ -289,12 +295,12 @@ class CheckpointKeeper:
             prefix = self._epoch_saver.save(session, target, write_meta_graph=False,
                                             write_state=True)
             name = os.path.basename(prefix)
-            listed = [kept for kept in state.get('epoch_checkpoints', []) if kept != name] + [name]
+            listed = [kept for kept in self._kept if kept != name] + [name]
             kept, dropped = listed[-self.keep:], listed[:-self.keep]
             if best:
                 self._link_best(prefix)
             self._commit(prefix, dict(state, epoch_checkpoints=kept))
-        state['epoch_checkpoints'] = kept
+        self._kept = state['epoch_checkpoints'] = kept
         state['latest_checkpoint'] = name
         self._remove_interrupted(keep=None)
         for old in dropped:  # only now that run_state.json no longer lists them

@@ -1,12 +1,14 @@
 """CheckpointKeeper: epoch rotation, best.ckpt as links to the best epoch's files, run state."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
 from finetune_alexnet import checkpoints
+from finetune_alexnet.errors import ToolkitError
 
 
 def saved_value(prefix):
@@ -69,3 +71,147 @@ def test_saving_an_epoch_again_leaves_best_linked_to_it_unchanged(tmp_path):
     run_epochs(tmp_path, [(5.0, False)])
     np.testing.assert_array_equal(saved_value(str(tmp_path / 'model_epoch1.ckpt')), np.full(1000, 5.0))
     np.testing.assert_array_equal(saved_value(str(tmp_path / 'best.ckpt')), np.full(1000, 1.0))
+
+
+# --- damaged checkpoints, run_state.json validation, resume settings, a full disk ---
+
+def small_checkpoint(directory, epochs=2, keep=2):
+    """Epoch checkpoints of a 1000-float variable; returns the run state the keeper wrote."""
+    run_epochs(directory, [(float(epoch), False) for epoch in range(1, epochs + 1)], keep=keep)
+    return json.loads((directory / checkpoints.RUN_STATE).read_text())
+
+
+def truncate(path, size=None):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2 if size is None else size])
+
+
+def flip_byte(path, position):
+    data = bytearray(path.read_bytes())
+    data[position] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize('damage, culprit', [
+    (lambda prefix: truncate(prefix.with_name(prefix.name + '.data-00000-of-00001')), '.data-'),
+    (lambda prefix: truncate(prefix.with_name(prefix.name + '.data-00000-of-00001'), 0), '.data-'),
+    (lambda prefix: flip_byte(prefix.with_name(prefix.name + '.data-00000-of-00001'), 1500), '.data-'),
+    (lambda prefix: truncate(prefix.with_name(prefix.name + '.index'), 0), '.index'),
+    (lambda prefix: truncate(prefix.with_name(prefix.name + '.index')), '.index'),
+])
+def test_verify_names_the_damaged_file(tmp_path, damage, culprit):
+    small_checkpoint(tmp_path)
+    prefix = tmp_path / 'model_epoch2.ckpt'
+    assert checkpoints.verify_checkpoint(str(prefix)) is None
+    damage(prefix)
+    damaged_file, reason = checkpoints.verify_checkpoint(str(prefix))
+    assert culprit in damaged_file and damaged_file.startswith(str(prefix)) and reason
+    with pytest.raises(ToolkitError, match=r'^' + re.escape(damaged_file) + ': damaged checkpoint'):
+        checkpoints.check_intact(str(prefix))
+    assert checkpoints.verify_checkpoint(str(tmp_path / 'model_epoch1.ckpt')) is None
+
+
+def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, capsys):
+    state = small_checkpoint(tmp_path, epochs=3, keep=3)
+    state['history'] = [{'epoch': epoch, 'val_accuracy': accuracy}
+                        for epoch, accuracy in ((1, 0.5), (2, 0.9), (3, 0.7))]
+    truncate(tmp_path / 'model_epoch3.ckpt.data-00000-of-00001')
+    prefix, cut = checkpoints.restorable_checkpoint(str(tmp_path), state)
+    assert prefix == str(tmp_path / 'model_epoch2.ckpt')
+    assert cut['epochs_completed'] == 2 and [r['epoch'] for r in cut['history']] == [1, 2]
+    assert cut['best_epoch'] == 2 and cut['best_val_accuracy'] == 0.9
+    assert cut['epoch_checkpoints'] == ['model_epoch1.ckpt', 'model_epoch2.ckpt']
+    assert 'model_epoch3.ckpt.data-00000-of-00001 is damaged' in capsys.readouterr().err
+    for name in ('model_epoch1.ckpt', 'model_epoch2.ckpt'):
+        flip_byte(tmp_path / f'{name}.data-00000-of-00001', 100)
+    with pytest.raises(ToolkitError, match='no intact checkpoint to resume'):
+        checkpoints.restorable_checkpoint(str(tmp_path), state)
+
+
+VALID_STATE = {'epochs_completed': 1, 'latest_checkpoint': 'model_epoch1.ckpt', 'history': [],
+               'best_val_accuracy': 0.5, 'best_epoch': 1, 'args': {}}
+
+
+@pytest.mark.parametrize('content, message', [
+    ('null', 'expected a JSON object, found NoneType'),
+    ('[]', 'expected a JSON object, found list'),
+    ('{"epochs_completed": 1}', "the key 'latest_checkpoint' is missing"),
+    (json.dumps(dict(VALID_STATE, epochs_completed='1')), "epochs_completed should be an integer, found '1'"),
+    (json.dumps(dict(VALID_STATE, history=None)), 'history should be a list, found None'),
+    (json.dumps(dict(VALID_STATE, history=[1])), 'history should be a list of epoch records'),
+    (json.dumps(dict(VALID_STATE, latest_checkpoint='../x.ckpt')), "'../x.ckpt' is not a checkpoint name"),
+    ('{"epochs_completed": ', 'unreadable run state'),
+])
+def test_run_state_is_validated_in_one_line(tmp_path, content, message):
+    (tmp_path / checkpoints.RUN_STATE).write_text(content)
+    with pytest.raises(ToolkitError) as error:
+        checkpoints.read_run_state(str(tmp_path))
+    assert str(error.value).startswith(str(tmp_path / checkpoints.RUN_STATE) + ': ')
+    assert message in str(error.value) and '\n' not in str(error.value)
+    (tmp_path / checkpoints.RUN_STATE).write_text(json.dumps(VALID_STATE))
+    assert checkpoints.read_run_state(str(tmp_path)) == VALID_STATE
+
+
+def test_other_settings_are_named_with_old_and_new_values(tmp_path):
+    saved = {'batch_size': 4, 'optimizer': 'sgd', 'train_file_sha256': 'aa', 'augment': False}
+    checkpoints.check_same_settings(str(tmp_path), saved, dict(saved))
+    checkpoints.check_same_settings(str(tmp_path), None, dict(saved))  # an older run state
+    with pytest.raises(ToolkitError) as error:
+        checkpoints.check_same_settings(str(tmp_path), saved, dict(saved, batch_size=2,
+                                                                   train_file_sha256='bb'))
+    assert "batch_size 4 -> 2; train_file_sha256 'aa' -> 'bb'" in str(error.value)
+    assert 'optimizer' not in str(error.value)
+
+
+def test_file_digest_is_sha256(tmp_path):
+    import hashlib
+    (tmp_path / 'list.txt').write_bytes(b'a.jpg 0\n' * 1000)
+    assert checkpoints.file_digest(str(tmp_path / 'list.txt')) == hashlib.sha256(
+        b'a.jpg 0\n' * 1000).hexdigest()
+
+
+@pytest.mark.parametrize('where', ['checkpoint', 'run_state'])
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch, where):
+    """A failing write (ENOSPC) in the save or in run_state.json: one message, no partial file, and
+    the previous checkpoint and run_state.json still resumable."""
+    with tf.Graph().as_default():
+        variable = tf.get_variable('value', initializer=np.zeros(1000, np.float32))
+        keeper = checkpoints.CheckpointKeeper(str(tmp_path), 2)
+        with tf.Session() as session:
+            session.run(tf.global_variables_initializer())
+            variable.load(np.full(1000, 1.0, np.float32), session)
+            state = {'epochs_completed': 1, 'history': [], 'best_val_accuracy': None,
+                     'best_epoch': None, 'args': {}}
+            keeper.save_epoch(session, 1, state)
+            before = (tmp_path / checkpoints.RUN_STATE).read_text()
+            if where == 'checkpoint':
+                real_save = tf.train.Saver.save
+
+                def full_disk_save(saver, sess, prefix, **kwargs):
+                    # What TensorFlow leaves when the disk fills mid-write: a temporary data file.
+                    with open(prefix + '.data-00000-of-00001.tempstate123', 'wb') as stream:
+                        stream.write(b'\0' * 4096)
+                    raise tf.errors.ResourceExhaustedError(None, None, f'{prefix}.data-00000-of-'
+                                                           '00001.tempstate123; No space left on device')
+                monkeypatch.setattr(tf.train.Saver, 'save', full_disk_save)
+            else:
+                real_dump = json.dump
+
+                def full_disk_dump(content, stream, **kwargs):
+                    real_dump(content, stream, **kwargs)
+                    raise OSError(28, 'No space left on device')
+                monkeypatch.setattr(checkpoints.json, 'dump', full_disk_dump)
+            variable.load(np.full(1000, 2.0, np.float32), session)
+            with pytest.raises(checkpoints.DiskFull) as error:
+                keeper.save_epoch(session, 2, dict(state, epochs_completed=2))
+    message = str(error.value)
+    assert message.startswith(f'{tmp_path}: disk full while saving model_epoch2.ckpt (needs about ')
+    assert '(needs about 4,000 bytes, ' in message  # the variable: 1000 float32
+    assert ' free); model_epoch1.ckpt and run_state.json are intact' in message
+    left = sorted(os.listdir(tmp_path))
+    assert not [name for name in left if 'model_epoch2' in name or 'tempstate' in name
+                or name.endswith('.partial')], left
+    assert (tmp_path / checkpoints.RUN_STATE).read_text() == before
+    state = checkpoints.read_run_state(str(tmp_path))
+    prefix, _ = checkpoints.restorable_checkpoint(str(tmp_path), state)
+    np.testing.assert_array_equal(saved_value(prefix), np.full(1000, 1.0))
