@@ -215,3 +215,168 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch, where)
     state = checkpoints.read_run_state(str(tmp_path))
     prefix, _ = checkpoints.restorable_checkpoint(str(tmp_path), state)
     np.testing.assert_array_equal(saved_value(prefix), np.full(1000, 1.0))
+
+
+# --- end to end through finetune.py: exact resume, resume checks, damaged run folders ---
+
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import finetune  # noqa: E402
+import tiny_runs  # noqa: E402
+from finetune_alexnet import cli  # noqa: E402
+from finetune_alexnet import progress  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+    return tiny_runs.make_dataset(tmp_path_factory.mktemp('data'))
+
+
+def all_tensors(prefix):
+    reader = tf.train.load_checkpoint(str(prefix))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+def stop_at(monkeypatch, epoch, step, signum=signal.SIGTERM):
+    """Send this process `signum` (a real signal) right after training step `step` of `epoch`."""
+    real_update = progress.EpochProgress.update
+
+    def update(bar, done, *args):
+        real_update(bar, done, *args)
+        if bar.epoch == epoch and done == step:
+            os.kill(os.getpid(), signum)
+    monkeypatch.setattr(progress.EpochProgress, 'update', update)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('path', ['images', 'cached_features'])
+def test_a_run_stopped_mid_epoch_and_resumed_ends_with_the_uninterrupted_weights(
+        dataset, tmp_path, monkeypatch, capsys, bvlc_npy, path):
+    """3 steps per epoch, stopped after step 2 of epoch 2: the resume must train step 3 of epoch 2 on
+    that epoch's last batch (the old code restarted the epoch's order and trained its first)."""
+    weights = bvlc_npy if path == 'cached_features' else None
+    straight, stopped = tmp_path / 'straight', tmp_path / 'stopped'
+    assert cli.run(finetune.main, tiny_runs.flags(dataset, straight, weights=weights)) == 0
+    assert ('caching pool5 features' in capsys.readouterr().out) == (path == 'cached_features')
+    with monkeypatch.context() as patch:
+        stop_at(patch, epoch=2, step=2)
+        assert cli.run(finetune.main, tiny_runs.flags(dataset, stopped, weights=weights)) == 143
+    out = capsys.readouterr()
+    assert 'SIGTERM: saving a checkpoint after this step' in out.err
+    assert 'interrupted_step5.ckpt at step 5; continue with --resume' in out.out
+    assert tiny_runs.read_state(stopped)['latest_checkpoint'] == 'interrupted_step5.ckpt'
+    assert cli.run(finetune.main, tiny_runs.flags(dataset, stopped, '--resume', weights=weights)) == 0
+    expected = all_tensors(straight / 'ckpt' / 'model_epoch2.ckpt')
+    found = all_tensors(stopped / 'ckpt' / 'model_epoch2.ckpt')
+    assert sorted(found) == sorted(expected) and found['global_step'] == 6
+    for name, value in expected.items():
+        np.testing.assert_allclose(found[name], value, rtol=0, atol=1e-6, err_msg=name)
+    assert not list((stopped / 'ckpt').glob('interrupted*'))  # the epoch's save replaced it
+    state = tiny_runs.read_state(stopped)
+    assert [record['step'] for record in state['history']] == [3, 6]
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory, dataset):
+    """A two-epoch run (both epoch checkpoints kept), through the command line."""
+    run_dir = tmp_path_factory.mktemp('finished')
+    result = tiny_runs.run_cli(tiny_runs.flags(dataset, run_dir))
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def linked_copy(run_dir, tmp_path):
+    """A copy of the run whose files are hard links (cheap): damage a file by replacing it, never in place."""
+    shutil.copytree(run_dir / 'ckpt', tmp_path / 'ckpt', copy_function=os.link)
+    return tmp_path
+
+
+def replace_file(path, change):
+    data = bytearray(path.read_bytes())
+    data = change(data)
+    path.unlink()  # breaks the hard link: the original run stays intact
+    path.write_bytes(bytes(data))
+
+
+def test_resume_with_other_settings_is_refused_naming_each(dataset, finished_run, tmp_path, capsys):
+    run_dir = linked_copy(finished_run, tmp_path)
+    changed = tmp_path / 'train.txt'
+    changed.write_text(''.join(line.replace('images/', str(dataset / 'images') + '/') + '\n'
+                               for line in (dataset / 'train.txt').read_text().splitlines()[:-4]))
+    args = tiny_runs.flags(dataset, run_dir, '--resume', '--num_epochs', '3', batch_size=2)
+    args[args.index('--train_file') + 1] = str(changed)
+    before = (run_dir / 'ckpt' / 'run_state.json').read_text()
+    assert cli.run(finetune.main, args) == 2
+    line = tiny_runs.one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {run_dir / 'ckpt' / 'run_state.json'}: the run was started with "
+                           'other settings (batch_size 4 -> 2; train_file_sha256 ')
+    assert "optimizer" not in line and 'resume with the run' in line
+    assert (run_dir / 'ckpt' / 'run_state.json').read_text() == before
+
+
+@pytest.mark.slow
+def test_resume_falls_back_past_a_damaged_latest_checkpoint(dataset, finished_run, tmp_path):
+    run_dir = linked_copy(finished_run, tmp_path)
+    replace_file(run_dir / 'ckpt' / 'model_epoch2.ckpt.data-00000-of-00001', lambda data: data[:1000])
+    result = tiny_runs.run_cli(tiny_runs.flags(dataset, run_dir, '--resume', '--num_epochs', '3'))
+    assert result.returncode == 0, result.stderr
+    assert 'Traceback' not in result.stderr
+    assert result.stderr.strip() == (
+        f"warning: {run_dir / 'ckpt' / 'model_epoch2.ckpt.data-00000-of-00001'} is damaged "
+        "(tensor conv1/biases: IndexError: Read less bytes than requested); resuming from "
+        "model_epoch1.ckpt instead")
+    state = tiny_runs.read_state(run_dir)
+    assert [record['step'] for record in state['history']] == [3, 6, 9]
+    assert tf.train.load_checkpoint(str(run_dir / 'ckpt' / 'model_epoch3.ckpt')).get_tensor(
+        'global_step') == 9
+
+
+def test_no_intact_checkpoint_is_one_line(dataset, finished_run, tmp_path):
+    run_dir = linked_copy(finished_run, tmp_path)
+    for name in ('model_epoch1.ckpt', 'model_epoch2.ckpt'):
+        replace_file(run_dir / 'ckpt' / f'{name}.data-00000-of-00001',
+                     lambda data: data[:5000] + bytes([data[5000] ^ 0xFF]) + data[5001:])
+    result = tiny_runs.run_cli(tiny_runs.flags(dataset, run_dir, '--resume', '--num_epochs', '3'))
+    assert result.returncode == 2
+    line = tiny_runs.one_error_line(result.stderr)
+    assert line.startswith(f"error: {run_dir / 'ckpt'}: no intact checkpoint to resume "
+                           '(model_epoch2.ckpt, model_epoch1.ckpt: ')
+    assert 'model_epoch2.ckpt.data-00000-of-00001 is damaged' in line
+    assert sorted(p.name for p in (run_dir / 'ckpt').glob('model_epoch*')) == [
+        'model_epoch1.ckpt.data-00000-of-00001', 'model_epoch1.ckpt.index',
+        'model_epoch2.ckpt.data-00000-of-00001', 'model_epoch2.ckpt.index']
+
+
+@pytest.mark.parametrize('content, message', [
+    ('null', 'expected a JSON object, found NoneType'),
+    ('[]', 'expected a JSON object, found list'),
+    ('{"epochs_completed": 2}', "the key 'latest_checkpoint' is missing"),
+])
+def test_resume_with_a_broken_run_state_is_one_line(dataset, finished_run, tmp_path, capsys,
+                                                      content, message):
+    run_dir = linked_copy(finished_run, tmp_path)
+    (run_dir / 'ckpt' / 'run_state.json').unlink()
+    (run_dir / 'ckpt' / 'run_state.json').write_text(content)
+    assert cli.run(finetune.main, tiny_runs.flags(dataset, run_dir, '--resume', '--num_epochs', '3')) == 2
+    line = tiny_runs.one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {run_dir / 'ckpt' / 'run_state.json'}: ") and message in line
+    assert not (run_dir / 'ckpt' / 'model_epoch3.ckpt.index').exists()
+
+
+@pytest.mark.parametrize('command', ['predict.py', 'export_weights.py'])
+def test_predict_and_export_name_the_damaged_file(dataset, finished_run, tmp_path, command):
+    run_dir = linked_copy(finished_run, tmp_path)
+    damaged = run_dir / 'ckpt' / 'best.ckpt.data-00000-of-00001'
+    replace_file(damaged, lambda data: data[:-10])
+    args = (['--checkpoint_path', str(run_dir / 'ckpt'), str(dataset / 'images' / 'disk')]
+            if command == 'predict.py' else
+            ['--checkpoint_path', str(run_dir / 'ckpt'), '--output', str(tmp_path / 'out.npz')])
+    result = subprocess.run([sys.executable, command, *args], cwd=tiny_runs.REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    line = tiny_runs.one_error_line(result.stderr)
+    assert line.startswith(f'error: {damaged}: damaged checkpoint (tensor ')
+    assert not (tmp_path / 'out.npz').exists()
