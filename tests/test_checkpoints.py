@@ -324,10 +324,11 @@ def test_resume_falls_back_past_a_damaged_latest_checkpoint(dataset, finished_ru
     result = tiny_runs.run_cli(tiny_runs.flags(dataset, run_dir, '--resume', '--num_epochs', '3'))
     assert result.returncode == 0, result.stderr
     assert 'Traceback' not in result.stderr
-    assert result.stderr.strip() == (
-        f"warning: {run_dir / 'ckpt' / 'model_epoch2.ckpt.data-00000-of-00001'} is damaged "
-        "(tensor conv1/biases: IndexError: Read less bytes than requested); resuming from "
-        "model_epoch1.ckpt instead")
+    warning = result.stderr.strip()
+    assert warning.startswith(f"warning: {run_dir / 'ckpt' / 'model_epoch2.ckpt.data-00000-of-00001'} "
+                              "is damaged (tensor conv1/")
+    assert warning.endswith('Read less bytes than requested); resuming from model_epoch1.ckpt instead')
+    assert len(warning.splitlines()) == 1
     state = tiny_runs.read_state(run_dir)
     assert [record['step'] for record in state['history']] == [3, 6, 9]
     assert tf.train.load_checkpoint(str(run_dir / 'ckpt' / 'model_epoch3.ckpt')).get_tensor(
