@@ -34,6 +34,7 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 import datagenerator  # noqa: E402
 from finetune_alexnet import checkpoints  # noqa: E402
 from finetune_alexnet import model_info  # noqa: E402
+from finetune_alexnet import run_folder  # noqa: E402
 from finetune_alexnet import weight_files  # noqa: E402
 from alexnet import INPUT_SIZE, TRAINABLE_LAYERS, AlexNet  # noqa: E402
 from finetune_alexnet import tf_setup  # noqa: E402
@@ -406,6 +407,9 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    for flag in ('csv', 'json', 'confusion_matrix'):  # before any work, not after it
+        if getattr(args, flag) and (flag != 'confusion_matrix' or args.evaluate):
+            run_folder.check_output_file(getattr(args, flag), f'--{flag}')
     tf_setup.quiet_python_logging(args.verbose)  # first: disable_v2_behavior logs a deprecation
     tf.disable_v2_behavior()
     with Classifier(weights_path=args.weights_path, checkpoint=args.checkpoint_path,
