@@ -32,6 +32,7 @@ from finetune_alexnet import checkpoints  # noqa: E402
 import datagenerator  # noqa: E402
 from finetune_alexnet import demo_data  # noqa: E402
 from finetune_alexnet import feature_cache  # noqa: E402
+from finetune_alexnet import image_header  # noqa: E402
 from finetune_alexnet import model_info  # noqa: E402
 from finetune_alexnet import progress  # noqa: E402
 from finetune_alexnet import run_folder  # noqa: E402
@@ -85,6 +86,9 @@ def get_args_parser():
                       help="the paper's augmentation: random 227 crops of a 256 resize, flips")
     data.add_argument('--skip_bad_images', action='store_true',
                       help='skip unreadable images (and count them) instead of stopping')
+    data.add_argument('--max_pixels', type=int, default=image_header.DEFAULT_MAX_PIXELS,
+                      help='refuse images larger than this (width x height, read from the file '
+                      'header before decoding)')
     data.add_argument('--demo', action='store_true', help='fine-tune on the generated demo data set')
     data.add_argument('--demo_dir', default=os.path.join(DEFAULT_ROOT, 'demo_data'))
 
@@ -184,6 +188,7 @@ def check_args(args):
         (0 < args.lr_decay_factor <= 1,
          f'--lr_decay_factor must be in (0, 1], got {args.lr_decay_factor}'),
         (args.num_gpus >= 1, f'--num_gpus must be at least 1, got {args.num_gpus}'),
+        (args.max_pixels >= 1, f'--max_pixels must be at least 1, got {args.max_pixels}'),
         (args.batch_size % args.num_gpus == 0,
          f'--batch_size {args.batch_size} must divide evenly over --num_gpus {args.num_gpus}'),
         (bool(args.train_layers), '--train_layers names no layer'),
@@ -570,10 +575,11 @@ def make_datasets(args):
     with tf.device('/cpu:0'):
         train_data = datagenerator.ImageDataGenerator(
             args.train_file, 'training', args.batch_size, args.num_classes, shuffle=True,
-            seed=args.seed, augment=args.augment, skip_bad_images=args.skip_bad_images)
+            seed=args.seed, augment=args.augment, skip_bad_images=args.skip_bad_images,
+            max_pixels=args.max_pixels)
         val_data = datagenerator.ImageDataGenerator(
             args.val_file, 'inference', args.batch_size, args.num_classes, shuffle=False,
-            augment=args.augment, skip_bad_images=args.skip_bad_images)
+            augment=args.augment, skip_bad_images=args.skip_bad_images, max_pixels=args.max_pixels)
     steps_per_epoch = train_data.data_size // args.batch_size
     if steps_per_epoch == 0:
         raise ToolkitError(f'{args.train_file}: {train_data.data_size} images, fewer than one batch '

@@ -33,6 +33,7 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 
 import datagenerator  # noqa: E402
 from finetune_alexnet import checkpoints  # noqa: E402
+from finetune_alexnet import image_header  # noqa: E402
 from finetune_alexnet import model_info  # noqa: E402
 from finetune_alexnet import run_folder  # noqa: E402
 from finetune_alexnet import weight_files  # noqa: E402
@@ -135,7 +136,8 @@ class Classifier:
         # Only the model's variables: the step counter and optimizer slots are not needed to predict.
         tf.train.Saver(var_list=variables).restore(self.session, prefix)
 
-    def run(self, paths, layers=(), skip_bad_images=False):
+    def run(self, paths, layers=(), skip_bad_images=False,
+            max_pixels=image_header.DEFAULT_MAX_PIXELS):
         """Predictions(probabilities [n, num_classes], {layer: outputs [n, ...]}, positions [n]).
 
         Images are decoded and pre-processed inside the graph (datagenerator.images_dataset), in
@@ -145,7 +147,8 @@ class Classifier:
         paths = [os.fspath(path) for path in paths]
         with self.graph.as_default():
             dataset = datagenerator.images_dataset(paths, self.batch_size, center_crop=self.center_crop,
-                                                   skip_bad_images=skip_bad_images)
+                                                   skip_bad_images=skip_bad_images,
+                                                   max_pixels=max_pixels)
             initializer = self._iterator.make_initializer(dataset)
         fetches = {name: self.end_points[name] for name in ('probabilities', 'positions', *layers)}
         self.session.run(initializer)
@@ -384,6 +387,9 @@ def get_args_parser():
     parser.add_argument('--batch_size', type=int, default=32, help='images per forward pass')
     parser.add_argument('--csv', help='also write the predictions to this CSV file')
     parser.add_argument('--json', help='also write predictions (and evaluation) to this JSON file')
+    parser.add_argument('--max_pixels', type=int, default=image_header.DEFAULT_MAX_PIXELS,
+                        help='refuse (with --skip_bad_images: skip) images larger than this, '
+                        'width x height from the file header')
     parser.add_argument('--skip_bad_images', action='store_true',
                         help='warn about unreadable images and go on without them')
     return parser
@@ -422,7 +428,8 @@ def main(argv=None):
             paths, labels = list(paths), [int(label) for label in labels]
         else:
             paths, labels = collect_inputs(args.inputs, classifier.num_classes)
-        result = classifier.run(paths, skip_bad_images=args.skip_bad_images)
+        result = classifier.run(paths, skip_bad_images=args.skip_bad_images,
+                                max_pixels=args.max_pixels)
         if len(result.positions) < len(paths):
             kept = set(result.positions.tolist())
             skipped = [path for position, path in enumerate(paths) if position not in kept]
