@@ -144,6 +144,14 @@ def _as_layer_dict(path, layer, value):
         if not isinstance(array, np.ndarray) or array.dtype.kind != 'f':
             raise ToolkitError(f"{path}: layer {layer} {kind} is not a float array")
         arrays[kind] = np.asarray(array, dtype=np.float32)
+        finite = np.isfinite(arrays[kind])
+        if not finite.all():
+            bad = arrays[kind][~finite]
+            counts = [f'{int(count)} {name}' for name, count in
+                      (('NaN', np.isnan(bad).sum()), ('infinite', np.isinf(bad).sum())) if count]
+            raise ToolkitError(f"{path}: layer {layer} {kind} holds {' and '.join(counts)} "
+                               f"value{'s' if bad.size > 1 else ''} (of {arrays[kind].size}); the "
+                               'file is damaged or came from a diverged run')
     return arrays
 
 
