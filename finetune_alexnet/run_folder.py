@@ -7,7 +7,8 @@
   checkpoint folder. The OS releases it when the holder exits or dies (even by kill -9), so a stale
   lock cannot block a later run; the file only records who holds it, for the refusal's message.
 - `remove_stale_files`: what a killed save leaves (TensorFlow's `*.tempstate*` files, our own
-  `*.partial` files) and interrupted checkpoints that run_state.json does not point at.
+  `*.partial` files), a killed run's feature cache files, and interrupted checkpoints that
+  run_state.json does not point at. Safe because the caller holds the folder's lock.
 """
 import datetime
 import errno
@@ -108,7 +109,8 @@ def remove_stale_files(folder, latest_checkpoint=None):
     if not os.path.isdir(folder):
         return []
     removed = []
-    patterns = ('*.tempstate*', '*.partial', '*_temp', '*_temp_*')
+    # features_*.npy: a feature cache a killed run did not get to remove (it can take gigabytes).
+    patterns = ('*.tempstate*', '*.partial', '*_temp', '*_temp_*', 'features_*.npy')
     for pattern in patterns:
         for path in glob.glob(os.path.join(glob.escape(folder), pattern)):
             if os.path.isdir(path):

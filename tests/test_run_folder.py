@@ -105,13 +105,14 @@ def test_predict_refuses_an_output_in_a_missing_folder_before_any_work(dataset, 
 
 def test_stale_files_of_killed_saves_are_removed_at_start(tmp_path):
     names = ['model_epoch3.ckpt.data-00000-of-00001.tempstate9817', 'run_state.json.partial',
+             'features_train.npy',
              'best.ckpt.index.partial', 'interrupted_step7.ckpt.index', 'interrupted_step9.ckpt.index',
              'interrupted_step9.ckpt.data-00000-of-00001', 'model_epoch2.ckpt.index', 'notes.txt']
     for name in names:
         (tmp_path / name).write_text('x')
     removed = run_folder.remove_stale_files(str(tmp_path), latest_checkpoint='interrupted_step9.ckpt')
-    assert sorted(removed) == sorted(names[:4])
-    assert sorted(os.listdir(tmp_path)) == sorted(names[4:])
+    assert sorted(removed) == sorted(names[:5])
+    assert sorted(os.listdir(tmp_path)) == sorted(names[5:])
 
 
 @pytest.fixture
