@@ -185,8 +185,6 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch, where)
             keeper.save_epoch(session, 1, state)
             before = (tmp_path / checkpoints.RUN_STATE).read_text()
             if where == 'checkpoint':
-                real_save = tf.train.Saver.save
-
                 def full_disk_save(saver, sess, prefix, **kwargs):
                     # What TensorFlow leaves when the disk fills mid-write: a temporary data file.
                     with open(prefix + '.data-00000-of-00001.tempstate123', 'wb') as stream:
