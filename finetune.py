@@ -153,6 +153,7 @@ def parse_args(argv=None):
     """The flags as given; `resolve_settings` fills in the defaults that depend on the demo."""
     args = get_args_parser().parse_args(argv)
     args.demo = args.demo or not (args.train_file or args.val_file)
+    args.order_seed = args.seed  # until choose_order_seed knows the run
     return args
 
 
@@ -423,7 +424,17 @@ def write_scalars(writer, step, values):
 
 
 def epoch_seed(args, epoch):
-    return None if args.seed is None else args.seed * 100_003 + epoch
+    return None if args.order_seed is None else args.order_seed * 100_003 + epoch
+
+
+def choose_order_seed(args, state):
+    """The seed of every epoch's shuffle order: --seed, else drawn once per run and kept in
+    run_state.json, so that a resumed unseeded run replays the orders of its own epochs (skipping
+    the consumed part of another order would train some images twice and others never)."""
+    if state and state.get('order_seed') is not None:
+        args.order_seed = state['order_seed']
+    else:
+        args.order_seed = args.seed if args.seed is not None else int(np.random.randint(2**31))
 
 
 def training_config(args, use_gpu, steps_per_epoch):
@@ -575,7 +586,7 @@ def make_datasets(args):
     with tf.device('/cpu:0'):
         train_data = datagenerator.ImageDataGenerator(
             args.train_file, 'training', args.batch_size, args.num_classes, shuffle=True,
-            seed=args.seed, augment=args.augment, skip_bad_images=args.skip_bad_images,
+            seed=args.order_seed, augment=args.augment, skip_bad_images=args.skip_bad_images,
             max_pixels=args.max_pixels)
         val_data = datagenerator.ImageDataGenerator(
             args.val_file, 'inference', args.batch_size, args.num_classes, shuffle=False,
@@ -596,6 +607,7 @@ def fine_tune(args):
     # Signals are caught from here on, so a SIGTERM while the weights load still ends in one line.
     with run_folder.RunLock(args.checkpoint_path), signals.StopRequests() as stop:
         state = previous_run_state(args)
+        choose_order_seed(args, state)
         run_folder.remove_stale_files(args.checkpoint_path,
                                       state['latest_checkpoint'] if state else None)
         loads_weights = set(args.skip_layers) != set(TRAINABLE_LAYERS)
@@ -637,7 +649,8 @@ def train(args, use_gpu, class_names, state, layers, stop):
                 model_info.write_model_info(args.checkpoint_path, args.num_classes, class_names,
                                             center_crop=args.augment)
                 state = {'epochs_completed': 0, 'best_val_accuracy': None, 'best_epoch': None,
-                         'history': [], 'args': dict(vars(args)), 'settings': run_settings(args)}
+                         'history': [], 'args': dict(vars(args)), 'settings': run_settings(args),
+                         'order_seed': args.order_seed}
             print(f'open TensorBoard with: tensorboard --logdir {args.filewriter_path}')
             if pipeline.prepare_cache:
                 pipeline.prepare_cache(session)

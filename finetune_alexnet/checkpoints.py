@@ -43,7 +43,7 @@ INTERRUPTED = 'interrupted'  # interrupted_step{S}.ckpt
 _STATE_KEYS = {'epochs_completed': int, 'latest_checkpoint': str, 'history': list,
                'best_val_accuracy': (numbers.Real, type(None)), 'best_epoch': (int, type(None)),
                'args': dict}
-_OPTIONAL_STATE_KEYS = {'epoch_checkpoints': list, 'settings': dict}
+_OPTIONAL_STATE_KEYS = {'epoch_checkpoints': list, 'settings': dict, 'order_seed': int}
 
 
 def epoch_prefix(directory, epoch):

@@ -379,3 +379,26 @@ def test_predict_and_export_name_the_damaged_file(dataset, finished_run, tmp_pat
     line = tiny_runs.one_error_line(result.stderr)
     assert line.startswith(f'error: {damaged}: damaged checkpoint (tensor ')
     assert not (tmp_path / 'out.npz').exists()
+
+
+def test_an_unseeded_run_resumes_with_its_own_shuffle_orders(dataset, tmp_path, monkeypatch, capsys):
+    """Without --seed the orders come from a seed drawn once per run and kept in run_state.json:
+    skipping the consumed part of another order would train some images twice and others never."""
+    args = tiny_runs.flags(dataset, tmp_path, '--keep_checkpoints', '1')
+    del args[args.index('--seed'):args.index('--seed') + 2]
+    with monkeypatch.context() as patch:
+        stop_at(patch, epoch=1, step=2)
+        assert cli.run(finetune.main, args) == 143
+    order_seed = tiny_runs.read_state(tmp_path)['order_seed']
+    assert isinstance(order_seed, int)
+    seeds = []
+    real_init = finetune.datagenerator.ImageDataGenerator.__init__
+
+    def recording_init(generator, *init_args, **kwargs):
+        seeds.append(kwargs.get('seed'))
+        real_init(generator, *init_args, **kwargs)
+    monkeypatch.setattr(finetune.datagenerator.ImageDataGenerator, '__init__', recording_init)
+    assert cli.run(finetune.main, args + ['--resume', '--num_epochs', '1']) == 0
+    assert seeds[0] == order_seed  # the training generator (validation is not shuffled)
+    assert tiny_runs.read_state(tmp_path)['order_seed'] == order_seed
+    capsys.readouterr()
