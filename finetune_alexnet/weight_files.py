@@ -183,12 +183,21 @@ def save_weights(path, layers):
     """Write ``{layer: {'weights', 'biases'}}`` as a pickle-free `.npz` that `load_weights` reads.
 
     Written to a temporary name first and renamed, so an interrupted export never leaves half a file
-    under the final name.
+    under the final name; a failed write (a full disk) removes the temporary file. A folder, or a
+    file in a missing folder, is refused before anything is written.
     """
     path = os.fspath(path)
+    from finetune_alexnet import run_folder
+    run_folder.check_output_file(path, 'the output')  # before 233 MB are written, not after
     flat = {f"{layer}/{kind}": np.asarray(arrays[kind], dtype=np.float32)
             for layer, arrays in layers.items() for kind in WEIGHT_KINDS}
     partial = path + '.partial'
-    with open(partial, 'wb') as stream:
-        np.savez(stream, **flat)
-    os.replace(partial, path)
+    try:
+        with open(partial, 'wb') as stream:
+            np.savez(stream, **flat)
+        os.replace(partial, path)
+    except OSError as error:
+        if os.path.exists(partial):
+            os.remove(partial)  # a full disk must not stay full of half a file
+        raise ToolkitError(f"{path}: could not write the weights file ({error.strerror}); nothing "
+                           "was left behind") from None

@@ -402,3 +402,15 @@ def test_an_unseeded_run_resumes_with_its_own_shuffle_orders(dataset, tmp_path, 
     assert seeds[0] == order_seed  # the training generator (validation is not shuffled)
     assert tiny_runs.read_state(tmp_path)['order_seed'] == order_seed
     capsys.readouterr()
+
+
+def test_export_into_a_folder_is_one_line_and_leaves_nothing(finished_run, tmp_path):
+    folder = tmp_path / 'out'
+    folder.mkdir()
+    result = subprocess.run([sys.executable, 'export_weights.py', '--checkpoint_path',
+                             str(finished_run / 'ckpt'), '--output', str(folder)],
+                            cwd=tiny_runs.REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert tiny_runs.one_error_line(result.stderr) == \
+        f'error: {folder}: the output is a folder; give a file name'
+    assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ['out']

@@ -177,3 +177,23 @@ def test_a_command_refuses_nan_weights_in_one_line(tmp_path, small_layers):
     assert result.stderr.strip() == (f'error: {path}: layer conv1 weights holds 1 NaN value (of '
                                      f"{small_layers['conv1']['weights'].size}); the file is damaged "
                                      'or came from a diverged run')
+
+
+def test_saving_into_a_folder_or_a_missing_folder_is_refused_first(tmp_path, small_layers):
+    with pytest.raises(ToolkitError, match=r': the output is a folder; give a file name$'):
+        weights.save_weights(str(tmp_path), small_layers)
+    with pytest.raises(ToolkitError, match=r'w.npz: the output is in a folder that does not exist'):
+        weights.save_weights(str(tmp_path / 'missing' / 'w.npz'), small_layers)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_failed_write_leaves_no_partial_file(tmp_path, small_layers, monkeypatch):
+    def full_disk(stream, **arrays):
+        stream.write(b'\0' * 1000)
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(weights.np, 'savez', full_disk)
+    with pytest.raises(ToolkitError) as error:
+        weights.save_weights(str(tmp_path / 'w.npz'), small_layers)
+    assert str(error.value) == (f"{tmp_path / 'w.npz'}: could not write the weights file (No space left "
+                                'on device); nothing was left behind')
+    assert list(tmp_path.iterdir()) == []
