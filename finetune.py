@@ -544,7 +544,11 @@ def previous_run_state(args):
         raise ToolkitError(f'{args.checkpoint_path}: no run to resume (no {checkpoints.RUN_STATE})')
     if state:
         checkpoints.check_same_settings(args.checkpoint_path, state.get('settings'), run_settings(args))
+        latest = state['latest_checkpoint']
         _, state = checkpoints.restorable_checkpoint(args.checkpoint_path, state)
+        if state['latest_checkpoint'] != latest:  # fell back: the later epochs will be trained again
+            progress.write_metrics(os.path.join(args.checkpoint_path, 'metrics.jsonl'),
+                                   state['history'])
     return state
 
 

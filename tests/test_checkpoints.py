@@ -329,6 +329,8 @@ def test_resume_falls_back_past_a_damaged_latest_checkpoint(dataset, finished_ru
     assert len(warning.splitlines()) == 1
     state = tiny_runs.read_state(run_dir)
     assert [record['step'] for record in state['history']] == [3, 6, 9]
+    metrics = [json.loads(line) for line in (run_dir / 'ckpt' / 'metrics.jsonl').read_text().splitlines()]
+    assert [record['epoch'] for record in metrics] == [1, 2, 3]  # epoch 2's first record replaced
     assert tf.train.load_checkpoint(str(run_dir / 'ckpt' / 'model_epoch3.ckpt')).get_tensor(
         'global_step') == 9
 
