@@ -250,8 +250,9 @@ class ImageDataGenerator:
     resumed run sees the orders of an uninterrupted one, feed it when initialising:
     `session.run(init_op, {generator.epoch: epoch})`; feed `generator.skip` as well (a count of
     images) to start the epoch that many places into its order, as a run resumed mid-epoch must:
-    the skipped names are dropped before anything is read or decoded. The whole list of names is
-    shuffled (the original's `buffer_size` is gone: shuffling names is cheap).
+    the skipped names are dropped before anything is read or decoded (with `skip_bad_images` after
+    decoding, since dropped images shift the batches). The whole list of names is shuffled (the
+    original's `buffer_size` is gone: shuffling names is cheap).
 
     `self.data` is not repeated: re-initialise its iterator for every epoch. Its last batch may be
     smaller than `batch_size` (no image is dropped). Attributes: `data`, `data_size`, `paths`,
@@ -310,12 +311,16 @@ class ImageDataGenerator:
             image = preprocessing.decode_rgb(tf.io.read_file(path))
             return preprocessing.resize_for_model(image, training, self.augment, crop_key), label
 
-        # Skipped before the map: a resumed epoch reads no file it will not train on.
-        dataset = tf.data.Dataset.from_tensor_slices((paths, labels, positions)).skip(self.skip)
+        dataset = tf.data.Dataset.from_tensor_slices((paths, labels, positions))
+        if not self.skip_bad_images:
+            # Skipped before the map: a resumed epoch reads no file it will not train on.
+            dataset = dataset.skip(self.skip)
         # In order, so that a seed fixes the batches too; decoding still runs on every core.
         dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if self.skip_bad_images:
-            dataset = dataset.ignore_errors()
+            # Dropped images shift the batches, so the consumed part is counted in decoded images:
+            # decoded again, but a resumed epoch still starts where the interrupted one stopped.
+            dataset = dataset.ignore_errors().skip(self.skip)
         dataset = dataset.batch(self.batch_size)
 
         def finish_batch(images, labels):
