@@ -33,6 +33,7 @@ import re  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 
+from finetune_alexnet import image_header  # noqa: E402
 from finetune_alexnet import preprocessing  # noqa: E402
 from finetune_alexnet import tf_setup  # noqa: E402
 from finetune_alexnet.errors import ToolkitError  # noqa: E402
@@ -144,15 +145,44 @@ def _decode_only(path):
     return tf.shape(preprocessing.decode_rgb(tf.io.read_file(path)))
 
 
-def _unreadable(paths, workers):
-    """{position in paths: reason} for every file that is missing or fails to decode."""
+def oversized_images(paths, max_pixels):
+    """{position in paths: reason} for every image whose header says it is over `max_pixels`."""
+    reasons = {}
+    for position, path in enumerate(paths):
+        reason = image_header.too_large(path, max_pixels)
+        if reason:
+            reasons[position] = reason
+    return reasons
+
+
+def oversized_images_error(paths, max_pixels, line_numbers=None, list_file=None):
+    """A ToolkitError naming the images over `max_pixels` (checked from their headers), or None."""
+    big = oversized_images(paths, max_pixels)
+    if not big:
+        return None
+    problems = [(f'line {line_numbers[position]}: ' if line_numbers else '')
+                + f'{paths[position]}: {reason}' for position, reason in sorted(big.items())]
+    plural = 's' if len(big) > 1 else ''
+    return ToolkitError(f"{f'{list_file}: ' if list_file else ''}{len(big)} image{plural} too large "
+                        f'to decode safely: {_summarize(problems)} (raise --max_pixels if you mean it)')
+
+
+def _unreadable(paths, workers, max_pixels=image_header.DEFAULT_MAX_PIXELS):
+    """{position in paths: reason} for every file that is missing, too large or fails to decode.
+
+    Sizes come from the headers first: an image over `max_pixels` is reported, never decoded.
+    """
     reasons = {}
     present = []
     for position, path in enumerate(paths):
-        if os.path.isfile(path):
-            present.append(position)
-        else:
+        if not os.path.isfile(path):
             reasons[position] = 'file not found'
+            continue
+        too_large = image_header.too_large(path, max_pixels)
+        if too_large:
+            reasons[position] = too_large
+        else:
+            present.append(position)
     if not present:
         return reasons
     # One file per inter-op thread: decoding is the whole job, so --workers files decode at once.
@@ -190,7 +220,7 @@ def _unreadable(paths, workers):
     return reasons
 
 
-def find_bad_images(paths, workers=None):
+def find_bad_images(paths, workers=None, max_pixels=image_header.DEFAULT_MAX_PIXELS):
     """[(path, reason)], in list order, for every file that is missing or fails to decode.
 
     Decodes every file with the training pipeline's decoder, `workers` files at a time (default: one
@@ -198,7 +228,7 @@ def find_bad_images(paths, workers=None):
     failures are decoded again, one by one, to get TensorFlow's reason.
     """
     paths = list(paths)
-    reasons = _unreadable(paths, workers or os.cpu_count() or 1)
+    reasons = _unreadable(paths, workers or os.cpu_count() or 1, max_pixels)
     return [(paths[position], reasons[position]) for position in sorted(reasons)]
 
 
@@ -218,12 +248,15 @@ class ImageDataGenerator:
     iterator over `self.data`: a different order each epoch, the same sequence of orders for the same
     `seed` in a fresh graph. To tie the order (and the crops) to the epoch number instead, so that a
     resumed run sees the orders of an uninterrupted one, feed it when initialising:
-    `session.run(init_op, {generator.epoch: epoch})`. The whole list of names is shuffled (the
+    `session.run(init_op, {generator.epoch: epoch})`; feed `generator.skip` as well (a count of
+    images) to start the epoch that many places into its order, as a run resumed mid-epoch must:
+    the skipped names are dropped before anything is read or decoded (with `skip_bad_images` after
+    decoding, since dropped images shift the batches). The whole list of names is shuffled (the
     original's `buffer_size` is gone: shuffling names is cheap).
 
     `self.data` is not repeated: re-initialise its iterator for every epoch. Its last batch may be
     smaller than `batch_size` (no image is dropped). Attributes: `data`, `data_size`, `paths`,
-    `labels` (int64 array), `num_classes`, `txt_file`, `epoch` (the optional feed above).
+    `labels` (int64 array), `num_classes`, `txt_file`, `epoch` and `skip` (the optional feeds above).
 
     A file that fails to decode makes session.run raise one of `IMAGE_ERRORS`; catch it and raise
     `unreadable_images_error()`, which names the file:
@@ -236,7 +269,7 @@ class ImageDataGenerator:
     """
 
     def __init__(self, txt_file, mode, batch_size, num_classes, shuffle=True, seed=None,
-                 augment=False, skip_bad_images=False):
+                 augment=False, skip_bad_images=False, max_pixels=image_header.DEFAULT_MAX_PIXELS):
         if mode not in MODES:
             raise ValueError(f'mode must be one of {MODES}, not {mode!r}')
         if batch_size < 1 or num_classes < 1:
@@ -251,8 +284,13 @@ class ImageDataGenerator:
         self.augment = augment
         self.skip_bad_images = skip_bad_images
         self.paths, self.labels, self._line_numbers = _list_entries(txt_file, num_classes, True)
+        # From the headers, before any graph is built: one such image could exhaust the memory.
+        too_large = oversized_images_error(self.paths, max_pixels, self._line_numbers, txt_file)
+        if too_large:
+            raise too_large
         self.data_size = len(self.paths)
         self.epoch = tf.placeholder_with_default(tf.constant(-1, tf.int64), [], name='epoch')
+        self.skip = tf.placeholder_with_default(tf.constant(0, tf.int64), [], name='skip')
         self.data = self._build_dataset()
 
     def _build_dataset(self):
@@ -274,10 +312,15 @@ class ImageDataGenerator:
             return preprocessing.resize_for_model(image, training, self.augment, crop_key), label
 
         dataset = tf.data.Dataset.from_tensor_slices((paths, labels, positions))
+        if not self.skip_bad_images:
+            # Skipped before the map: a resumed epoch reads no file it will not train on.
+            dataset = dataset.skip(self.skip)
         # In order, so that a seed fixes the batches too; decoding still runs on every core.
         dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if self.skip_bad_images:
-            dataset = dataset.ignore_errors()
+            # Dropped images shift the batches, so the consumed part is counted in decoded images:
+            # decoded again, but a resumed epoch still starts where the interrupted one stopped.
+            dataset = dataset.ignore_errors().skip(self.skip)
         dataset = dataset.batch(self.batch_size)
 
         def finish_batch(images, labels):
@@ -325,7 +368,7 @@ def _missing_files_error(paths):
 
 
 def images_dataset(paths, batch_size, center_crop=False, skip_bad_images=False, ten_crop=False,
-                   resize_size=preprocessing.RESIZE_SIZE):
+                   resize_size=preprocessing.RESIZE_SIZE, max_pixels=image_header.DEFAULT_MAX_PIXELS):
     """A dataset of (images float32 [b, 227, 227, 3], positions int64 [b]) for unlabelled files.
 
     For prediction: pre-processed exactly as in training, in the order given; `positions` index into
@@ -333,8 +376,9 @@ def images_dataset(paths, batch_size, center_crop=False, skip_bad_images=False, 
     resizes to `resize_size` (256) and takes the centre 227 crop, as inference does for a model trained
     with augmentation. `ten_crop` instead gives each image's ten crops (`preprocessing.ten_crops`):
     images are then [10 b, 227, 227, 3], image i's crops in rows 10 i ... 10 i + 9, so one forward pass
-    covers the batch's ten crops. Missing files raise ToolkitError at once; an undecodable one makes
-    session.run raise one of `IMAGE_ERRORS` (use `find_bad_images` to name it) unless skipped.
+    covers the batch's ten crops. Missing files, and images over `max_pixels` (from their headers)
+    unless skipped, raise ToolkitError at once; an undecodable one makes session.run raise one of
+    `IMAGE_ERRORS` (use `find_bad_images` to name it) unless skipped.
     """
     _check_graph_mode('images_dataset')
     if not paths:
@@ -342,6 +386,15 @@ def images_dataset(paths, batch_size, center_crop=False, skip_bad_images=False, 
     missing = _missing_files_error(paths)
     if missing:
         raise missing
+    positions = np.arange(len(paths), dtype=np.int64)
+    too_large = oversized_images_error(paths, max_pixels)
+    if too_large and not skip_bad_images:
+        raise too_large
+    if too_large:
+        keep = sorted(set(range(len(paths))) - set(oversized_images(paths, max_pixels)))
+        paths, positions = [paths[position] for position in keep], positions[keep]
+        if not paths:
+            raise too_large
 
     def load(path, position):
         image = preprocessing.decode_rgb(tf.io.read_file(path))
@@ -356,7 +409,6 @@ def images_dataset(paths, batch_size, center_crop=False, skip_bad_images=False, 
             images = tf.reshape(images, [-1, size, size, 3])
         return preprocessing.normalize(images), positions
 
-    positions = np.arange(len(paths), dtype=np.int64)
     dataset = tf.data.Dataset.from_tensor_slices((list(paths), positions))
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if skip_bad_images:
@@ -400,7 +452,12 @@ def _parse_args(argv):
                         help='also check that every label lies in 0..num_classes-1')
     parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
                         help='files decoded at once (default: the number of CPU cores)')
+    parser.add_argument('--max_pixels', type=int, default=image_header.DEFAULT_MAX_PIXELS,
+                        help='report images larger than this (width x height, from the file '
+                        'header) without decoding them')
     args = parser.parse_args(argv)
+    if args.max_pixels < 1:
+        parser.error('--max_pixels must be at least 1')
     if args.workers < 1:
         parser.error('--workers must be at least 1')
     if args.num_classes is not None and args.num_classes < 1:
@@ -411,7 +468,7 @@ def _parse_args(argv):
 def main(argv=None):
     args = _parse_args(argv)
     paths, _, line_numbers = _list_entries(args.check, args.num_classes, check_files=False)
-    bad = _unreadable(paths, args.workers)
+    bad = _unreadable(paths, args.workers, args.max_pixels)
     for position, reason in sorted(bad.items()):
         print(f'{args.check}:{line_numbers[position]}: {paths[position]}: {reason}')
     if bad:

@@ -22,7 +22,6 @@ import math  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
-import signal  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
@@ -34,9 +33,12 @@ import datagenerator  # noqa: E402
 from finetune_alexnet import demo_data  # noqa: E402
 from finetune_alexnet import feature_cache  # noqa: E402
 from finetune_alexnet import feature_store  # noqa: E402
+from finetune_alexnet import image_header  # noqa: E402
 from finetune_alexnet import lr_finder  # noqa: E402
 from finetune_alexnet import model_info  # noqa: E402
 from finetune_alexnet import progress  # noqa: E402
+from finetune_alexnet import run_folder  # noqa: E402
+from finetune_alexnet import signals  # noqa: E402
 from finetune_alexnet import summaries  # noqa: E402
 from finetune_alexnet import training  # noqa: E402
 from finetune_alexnet import weight_files  # noqa: E402
@@ -119,6 +121,9 @@ def get_args_parser():
                       help="the paper's augmentation: random 227 crops of a 256 resize, flips")
     data.add_argument('--skip_bad_images', action='store_true',
                       help='skip unreadable images (and count them) instead of stopping')
+    data.add_argument('--max_pixels', type=int, default=image_header.DEFAULT_MAX_PIXELS,
+                      help='refuse images larger than this (width x height, read from the file '
+                      'header before decoding)')
     data.add_argument('--demo', action='store_true', help='fine-tune on the generated demo data set')
     data.add_argument('--demo_dir', default=os.path.join(DEFAULT_ROOT, 'demo_data'),
                       help="where the demo's images and lists are written")
@@ -212,6 +217,7 @@ def parse_args(argv=None):
     """The flags as given; `resolve_settings` fills in the defaults that depend on the demo."""
     args = get_args_parser().parse_args(argv)
     args.demo = args.demo or not (args.train_file or args.val_file)
+    args.order_seed = args.seed  # until choose_order_seed knows the run
     return args
 
 
@@ -249,6 +255,7 @@ def check_args(args):
         (0 < args.lr_decay_factor <= 1,
          f'--lr_decay_factor must be in (0, 1], got {args.lr_decay_factor}'),
         (args.num_gpus >= 1, f'--num_gpus must be at least 1, got {args.num_gpus}'),
+        (args.max_pixels >= 1, f'--max_pixels must be at least 1, got {args.max_pixels}'),
         (args.batch_size % args.num_gpus == 0,
          f'--batch_size {args.batch_size} must divide evenly over --num_gpus {args.num_gpus}'),
         (bool(args.train_layers), '--train_layers names no layer'),
@@ -325,7 +332,8 @@ def clear_previous_demo_run():
         state = checkpoints.read_run_state(checkpoint_path)
     except ToolkitError:
         state = None
-    if state is None and os.path.exists(checkpoint_path) and os.listdir(checkpoint_path):
+    if (state is None and os.path.exists(checkpoint_path)
+            and set(os.listdir(checkpoint_path)) - {run_folder.LOCK_FILE}):
         return  # not recognisably a demo run: leave it, and let the usual check refuse it
     if state is not None and not state.get('args', {}).get('demo'):
         return
@@ -345,29 +353,13 @@ def print_label_counts(labels, num_classes, class_names):
               '--class_weights balanced, and watch the per-class recall in TensorBoard')
 
 
-class Interrupted:
-    """Ctrl-C sets a flag that the loop checks between steps, so the run can save before exiting."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.requested:  # a second Ctrl-C: the user really wants out
-            raise KeyboardInterrupt
-        self.requested = True
-        print('\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)',
-              file=sys.stderr)
-
-    def restore(self):
-        signal.signal(signal.SIGINT, self._previous)
-
-
 class Source:
     """Where a phase's batches come from: the image pipeline, or cached pool5 features."""
 
     def __init__(self, start, data):
-        self.start = start  # start(session, epoch) initialises the iterator; epoch None: validation
+        # start(session, epoch, skip_steps) initialises the iterator, skip_steps batches into the
+        # epoch's order (a resumed epoch); epoch None: validation
+        self.start = start
         self.data = data  # the ImageDataGenerator behind it, for naming unreadable images
 
 
@@ -530,7 +522,17 @@ def write_scalars(writer, step, values):
 
 
 def epoch_seed(args, epoch):
-    return None if args.seed is None else args.seed * 100_003 + epoch
+    return None if args.order_seed is None else args.order_seed * 100_003 + epoch
+
+
+def choose_order_seed(args, state):
+    """The seed of every epoch's shuffle order: --seed, else drawn once per run and kept in
+    run_state.json, so that a resumed unseeded run replays the orders of its own epochs (skipping
+    the consumed part of another order would train some images twice and others never)."""
+    if state and state.get('order_seed') is not None:
+        args.order_seed = state['order_seed']
+    else:
+        args.order_seed = args.seed if args.seed is not None else int(np.random.randint(2**31))
 
 
 def class_weight_values(args, train_labels):
@@ -566,9 +568,10 @@ def build_pipeline(args, train_data, val_data, config):
         train_graph = training.build_training_graph(images, labels, config)
         # The epoch number pins the shuffle order, so a resumed run sees the orders an
         # uninterrupted one would have seen.
-        train = Source(lambda session, epoch: session.run(training_init_op,
-                                                          {train_data.epoch: epoch}), train_data)
-        val = Source(lambda session, epoch: session.run(validation_init_op), val_data)
+        train = Source(lambda session, epoch, skip_steps=0: session.run(
+            training_init_op, {train_data.epoch: epoch,
+                               train_data.skip: skip_steps * args.batch_size}), train_data)
+        val = Source(lambda session, epoch, skip_steps=0: session.run(validation_init_op), val_data)
         return Pipeline(train_graph, train, val, train_graph.model, labels, None, ())
 
     # Cached features: the full model on images (its conv layers make the features, and every
@@ -611,13 +614,13 @@ def build_pipeline(args, train_data, val_data, config):
             if store:
                 store.save(key, *cache[name])
 
-    def start_train(session, epoch):
+    def start_train(session, epoch, skip_steps=0):
         seed = epoch_seed(args, epoch)
         feed = feeder.start_epoch(*cache['train'], shuffle_seed=int(np.random.randint(2**31))
-                                  if seed is None else seed)
+                                  if seed is None else seed, skip_batches=skip_steps)
         session.run(cache_iterator.initializer, feed)
 
-    def start_val(session, epoch):
+    def start_val(session, epoch, skip_steps=0):
         session.run(cache_iterator.initializer, feeder.start_epoch(*cache['val']))
 
     return Pipeline(train_graph, Source(start_train, train_data), Source(start_val, val_data),
@@ -652,8 +655,28 @@ def choose_device(args):
     return args.device == 'gpu' or (args.device == 'auto' and gpu_count() > 0)
 
 
+def run_settings(args):
+    """What shapes a run and must not change on --resume; kept in run_state.json."""
+    return {'batch_size': args.batch_size, 'num_gpus': args.num_gpus,
+            'train_file_sha256': checkpoints.file_digest(args.train_file),
+            'val_file_sha256': checkpoints.file_digest(args.val_file),
+            'num_classes': args.num_classes, 'train_layers': list(args.train_layers),
+            'skip_layers': list(args.skip_layers), 'optimizer': args.optimizer,
+            'augment': args.augment, 'cache_features': args.use_cache}
+
+
+def check_output_paths(args):
+    """Both output folders writable (or creatable), before anything is read or built."""
+    run_folder.check_output_folder(args.checkpoint_path, '--checkpoint_path')
+    run_folder.check_output_folder(args.filewriter_path, '--filewriter_path')
+
+
 def previous_run_state(args):
-    """The run state to resume (None for a new run); refuses to overwrite a run or resume none."""
+    """The run state to resume (None for a new run); refuses to overwrite a run or resume none.
+
+    On --resume, also refuses other settings than the run's, and picks the checkpoint to restore
+    (the latest, else the newest intact one): `state['latest_checkpoint']` names it.
+    """
     state = checkpoints.read_run_state(args.checkpoint_path)
     if state and not args.resume:
         raise ToolkitError(f'{args.checkpoint_path} already holds a run (epoch '
@@ -661,6 +684,13 @@ def previous_run_state(args):
                            'another --checkpoint_path')
     if args.resume and not state:
         raise ToolkitError(f'{args.checkpoint_path}: no run to resume (no {checkpoints.RUN_STATE})')
+    if state:
+        checkpoints.check_same_settings(args.checkpoint_path, state.get('settings'), run_settings(args))
+        latest = state['latest_checkpoint']
+        _, state = checkpoints.restorable_checkpoint(args.checkpoint_path, state)
+        if state['latest_checkpoint'] != latest:  # fell back: the later epochs will be trained again
+            progress.write_metrics(os.path.join(args.checkpoint_path, 'metrics.jsonl'),
+                                   state['history'])
     return state
 
 
@@ -702,10 +732,11 @@ def make_datasets(args):
     with tf.device('/cpu:0'):
         train_data = datagenerator.ImageDataGenerator(
             args.train_file, 'training', args.batch_size, args.num_classes, shuffle=True,
-            seed=args.seed, augment=args.augment, skip_bad_images=args.skip_bad_images)
+            seed=args.order_seed, augment=args.augment, skip_bad_images=args.skip_bad_images,
+            max_pixels=args.max_pixels)
         val_data = datagenerator.ImageDataGenerator(
             args.val_file, 'inference', args.batch_size, args.num_classes, shuffle=False,
-            augment=args.augment, skip_bad_images=args.skip_bad_images)
+            augment=args.augment, skip_bad_images=args.skip_bad_images, max_pixels=args.max_pixels)
     steps_per_epoch = train_data.data_size // args.batch_size
     if steps_per_epoch == 0:
         raise ToolkitError(f'{args.train_file}: {train_data.data_size} images, fewer than one batch '
@@ -715,20 +746,40 @@ def make_datasets(args):
 
 def fine_tune(args):
     """Checks what it can before building anything, then builds the graph and trains."""
+    check_output_paths(args)
     use_gpu = choose_device(args)
     class_names = read_class_names(args)
-    state = None if args.find_lr else previous_run_state(args)
-    if args.init_checkpoint and not state:
-        args.init_checkpoint = model_info.resolve_checkpoint(args.init_checkpoint)
-    loads_weights = set(args.skip_layers) != set(TRAINABLE_LAYERS) and not args.init_checkpoint
-    # Read once, here: a wrong file fails before anything is built, and the same arrays are loaded.
-    layers = weight_files.load_weights(args.weights_path) if not state and loads_weights else None
-    check_classifier_fits(args, layers)
     choose_feature_cache(args)
-    with seeded(args.seed):
-        if args.find_lr:
+    if args.find_lr:  # a range test, not a run: no run state, no lock, nothing saved
+        choose_order_seed(args, None)
+        layers = initial_weights(args, None)
+        with seeded(args.seed):
             return find_learning_rate(args, use_gpu, layers)
-        return train(args, use_gpu, class_names, state, layers)
+    # Signals are caught from here on, so a SIGTERM while the weights load still ends in one line.
+    with run_folder.RunLock(args.checkpoint_path), signals.StopRequests() as stop:
+        state = previous_run_state(args)
+        choose_order_seed(args, state)
+        run_folder.remove_stale_files(args.checkpoint_path,
+                                      state['latest_checkpoint'] if state else None)
+        layers = initial_weights(args, state)
+        with seeded(args.seed):
+            return train(args, use_gpu, class_names, state, layers, stop)
+
+
+def initial_weights(args, state):
+    """The weights file's layers when a new run loads some (None: resumed, all fresh, or warm-started
+    from --init_checkpoint), read once here: a wrong file fails before anything is built, and the
+    same arrays are loaded."""
+    if state:
+        return None
+    if args.init_checkpoint:
+        args.init_checkpoint = model_info.resolve_checkpoint(args.init_checkpoint)
+        return None
+    if set(args.skip_layers) == set(TRAINABLE_LAYERS):
+        return None
+    layers = weight_files.load_weights(args.weights_path)
+    check_classifier_fits(args, layers)
+    return layers
 
 
 def check_classifier_fits(args, layers):
@@ -781,7 +832,7 @@ def warm_start(session, args, pipeline):
     tf.train.Saver(variables).restore(session, args.init_checkpoint)
 
 
-def train(args, use_gpu, class_names, state, layers):
+def train(args, use_gpu, class_names, state, layers, stop):
     """Builds the graph and trains: a new run when `state` is None, else the run it describes."""
     train_data, val_data, steps_per_epoch = make_datasets(args)
     pipeline = build_pipeline(args, train_data, val_data,
@@ -803,12 +854,12 @@ def train(args, use_gpu, class_names, state, layers):
     config = tf_setup.session_config(use_gpu, xla=args.xla, mixed_precision=args.mixed_precision,
                                      logical_cpus=args.num_gpus if not use_gpu and args.num_gpus > 1
                                      else None)
-    interrupted = Interrupted()
     try:
         with tf.Session(config=config) as session:
             session.run(tf.global_variables_initializer())
             if state:
-                keeper.restore_latest(session, state)
+                keeper.restore(session, os.path.join(args.checkpoint_path,
+                                                     state['latest_checkpoint']), state)
                 print(f"resumed {state['latest_checkpoint']} at step "
                       f"{session.run(pipeline.train_graph.global_step)}")
             else:
@@ -823,17 +874,17 @@ def train(args, use_gpu, class_names, state, layers):
                 model_info.write_model_info(args.checkpoint_path, args.num_classes, class_names,
                                             center_crop=args.augment)
                 state = {'epochs_completed': 0, 'best_val_accuracy': None, 'best_epoch': None,
-                         'history': [], 'run_name': args.run_name, 'args': dict(vars(args))}
+                         'history': [], 'run_name': args.run_name, 'args': dict(vars(args)),
+                         'settings': run_settings(args), 'order_seed': args.order_seed}
             print(f'open TensorBoard with: tensorboard --logdir {args.filewriter_path} '
                   f'(this run: {args.run_name})')
             if pipeline.prepare_cache:
                 pipeline.prepare_cache(session)
-            run = Run(args, pipeline, state, keeper, writer, interrupted, steps_per_epoch, class_names)
+            run = Run(args, pipeline, state, keeper, writer, stop, steps_per_epoch, class_names)
             if args.init_checkpoint and state['epochs_completed'] == 0:
                 report_warm_start(session, run)
             return train_epochs(session, run)
     finally:
-        interrupted.restore()
         writer.close()
         for cache_file in pipeline.cache_files:
             feature_cache.remove_cache_file(cache_file)  # features on disk are only for this run
@@ -864,21 +915,21 @@ def report_warm_start(session, run):
 def train_epochs(session, run):
     args, state = run.args, run.state
     global_step = int(session.run(run.train_graph.global_step))
-    # Resuming mid-epoch finishes that epoch's remaining steps, so the run ends with exactly
-    # num_epochs * steps_per_epoch steps, as an uninterrupted one does.
+    # Resuming mid-epoch starts that epoch's pinned order just past the batches already trained on
+    # (skipped before decoding), so a resumed run trains on exactly the images of an uninterrupted
+    # one, in its order, and ends after num_epochs * steps_per_epoch steps as that one does.
     first_epoch = global_step // run.steps_per_epoch + 1
     steps_done = global_step % run.steps_per_epoch
     outputs = None
     for epoch in range(first_epoch, args.num_epochs + 1):
-        run.pipeline.train.start(session, epoch)
+        run.pipeline.train.start(session, epoch, steps_done)
         train_loss, train_accuracy, images_per_second, seen, finished = train_one_epoch(
             session, run, epoch, steps_done)
         step = int(session.run(run.train_graph.global_step))
         if not finished:
-            run.keeper.save_interrupted(session, state)
-            print(f'saved {os.path.join(args.checkpoint_path, checkpoints.INTERRUPTED)} at step '
-                  f'{step}; continue with --resume')
-            return cli.EXIT_INTERRUPTED
+            prefix = run.keeper.save_interrupted(session, state, step)
+            print(f'saved {prefix} at step {step}; continue with --resume (and the same flags)')
+            return run.interrupted.exit_status
         notes = []
         if args.skip_bad_images and run.pipeline.labels is not None and steps_done == 0:
             note = run.pipeline.train.data.describe_skipped(seen + count_rest(session, run.pipeline.labels))

@@ -23,6 +23,7 @@ Caffe's val.txt. Only val.txt is written, every image in it, labelled in the BVL
 (see finetune_alexnet/imagenet.py).
 """
 
+import hashlib
 import math
 import os
 import random
@@ -46,6 +47,8 @@ class FolderScan(NamedTuple):
     class_names: List[str]    # sorted; the label of a class is its position here
     skipped_non_images: List[str]
     skipped_outside_classes: List[str]  # loose files next to the class sub-folders
+    skipped_links: List[str] = []       # 'path (why)': dangling symlinks, symlinks back up the tree
+    duplicates: List[List[str]] = []    # groups of paths with the same content
 
 
 def is_image(file_name):
@@ -63,17 +66,55 @@ def check_path_fits_a_line(path):
         raise ToolkitError(f'{path!r}: file name contains a line break and cannot go in an image list')
 
 
-def scan_class_folders(folder, class_folders, loose_files):
+def is_dangling(path):
+    return os.path.islink(path) and not os.path.exists(path)
+
+
+def loops_back(path, directory):
+    """Whether the symlinked folder `path` leads to `directory` or a folder above it (a loop)."""
+    target = os.path.realpath(path)
+    here = os.path.realpath(directory)
+    return here == target or here.startswith(target.rstrip(os.sep) + os.sep)
+
+
+def walk_class_folder(class_dir, skipped_links, seen):
+    """os.walk that follows symlinked folders, except into a folder it is already under (a loop
+    such as `loop -> .` would list every image again, under another label) or one in `seen` (the
+    real paths of the class folders and of every folder walked so far)."""
+    for directory, sub_dirs, files in os.walk(class_dir, followlinks=True):
+        kept = []
+        for name in sorted(sub_dirs):
+            path = os.path.join(directory, name)
+            if is_hidden(name):
+                continue
+            if os.path.islink(path):
+                if loops_back(path, directory):
+                    skipped_links.append(f'{path} (a symlink to a folder above it)')
+                    continue
+                if os.path.realpath(path) in seen:
+                    skipped_links.append(f'{path} (a symlink to a folder already listed)')
+                    continue
+            seen.add(os.path.realpath(path))
+            kept.append(name)
+        sub_dirs[:] = kept
+        yield directory, files
+
+
+def scan_class_folders(folder, class_folders, loose_files, skipped_links=None):
     """Scan the sub-folder layout: each sub-folder (searched recursively) is one class."""
     paths, labels, non_images = [], [], []
+    skipped_links = [] if skipped_links is None else skipped_links
+    seen = {os.path.realpath(os.path.join(folder, name)) for name in class_folders}
     for label, class_name in enumerate(class_folders):
         class_dir = os.path.join(folder, class_name)
         found = 0
-        for directory, sub_dirs, files in os.walk(class_dir):
-            sub_dirs[:] = sorted(name for name in sub_dirs if not is_hidden(name))
+        for directory, files in walk_class_folder(class_dir, skipped_links, seen):
             for file_name in sorted(files):
                 path = os.path.join(directory, file_name)
                 if is_hidden(file_name):
+                    continue
+                if is_dangling(path):
+                    skipped_links.append(f'{path} (a dangling symlink)')
                     continue
                 if not is_image(file_name):
                     non_images.append(path)
@@ -86,14 +127,18 @@ def scan_class_folders(folder, class_folders, loose_files):
             # An empty class would still take a label and leave the model a class it never sees.
             raise ToolkitError(f'{class_dir}: class folder has no images')
     outside = [os.path.join(folder, name) for name in loose_files]
-    return FolderScan(paths, labels, list(class_folders), non_images, outside)
+    return FolderScan(paths, labels, list(class_folders), non_images, outside, skipped_links)
 
 
-def scan_flat_folder(folder, files):
+def scan_flat_folder(folder, files, skipped_links=None):
     """Scan Kaggle's flat layout: `cat.0.jpg` is class 'cat'."""
     named, non_images = [], []
+    skipped_links = [] if skipped_links is None else skipped_links
     for file_name in files:
         path = os.path.join(folder, file_name)
+        if is_dangling(path):
+            skipped_links.append(f'{path} (a dangling symlink)')
+            continue
         if not is_image(file_name):
             non_images.append(path)
             continue
@@ -108,7 +153,7 @@ def scan_flat_folder(folder, files):
     named.sort(key=lambda item: (label_of[item[0]], item[1]))
     paths = [path for _, path in named]
     labels = [label_of[class_name] for class_name, _ in named]
-    return FolderScan(paths, labels, class_names, non_images, [])
+    return FolderScan(paths, labels, class_names, non_images, [], skipped_links)
 
 
 def scan_folder(folder):
@@ -119,12 +164,22 @@ def scan_folder(folder):
         raise ToolkitError(f'{folder}: not a folder (give the folder that holds the images)')
     root = os.path.abspath(folder)
     entries = sorted(entry for entry in os.listdir(root) if not is_hidden(entry))
-    class_folders = [name for name in entries if os.path.isdir(os.path.join(root, name))]
+    skipped_links = []
+    class_folders = []
+    for name in entries:
+        path = os.path.join(root, name)
+        if not os.path.isdir(path):
+            continue
+        if os.path.islink(path) and loops_back(path, root):
+            skipped_links.append(f'{path} (a symlink to a folder above it)')
+        else:
+            class_folders.append(name)
     files = [name for name in entries if not os.path.isdir(os.path.join(root, name))]
     if class_folders:
-        scan = scan_class_folders(root, class_folders, files)
+        scan = scan_class_folders(root, class_folders, files, skipped_links)
     else:
-        scan = scan_flat_folder(root, files)
+        scan = scan_flat_folder(root, files, skipped_links)
+    scan = scan._replace(duplicates=find_duplicates(scan.paths))
 
     # Messages name the folder as the user typed it.
     if not scan.paths:
@@ -132,6 +187,25 @@ def scan_folder(folder):
     if len(scan.class_names) < 2:
         raise ToolkitError(f'{folder}: found only one class ({scan.class_names[0]!r}); need at least two')
     return scan
+
+
+def find_duplicates(paths):
+    """Groups of paths whose files have the same content (sha256), in list order; only files of
+    equal size are read."""
+    by_size = {}
+    for path in paths:
+        by_size.setdefault(os.path.getsize(path), []).append(path)
+    by_digest = {}
+    for group in by_size.values():
+        if len(group) < 2:
+            continue
+        for path in group:
+            with open(path, 'rb') as stream:
+                digest = hashlib.file_digest(stream, 'sha256').hexdigest()
+            by_digest.setdefault(digest, []).append(path)
+    position = {path: number for number, path in enumerate(paths)}
+    return sorted((group for group in by_digest.values() if len(group) > 1),
+                  key=lambda group: position[group[0]])
 
 
 def find_images(folder):
@@ -312,6 +386,16 @@ def main(argv=None):
     if scan.skipped_outside_classes:
         print(f'note: skipped {plural(len(scan.skipped_outside_classes), "file")} '
               'outside the class sub-folders')
+    for link in scan.skipped_links:
+        print(f'note: skipped {link}')
+    if scan.duplicates:
+        label_of = dict(zip(scan.paths, scan.labels))
+        print(f'note: {plural(len(scan.duplicates), "group")} of files with the same content (kept; '
+              'remove copies so that validation does not test on training images):')
+        for group in scan.duplicates:
+            classes = sorted({scan.class_names[label_of[path]] for path in group})
+            across = f" (in different classes: {', '.join(classes)})" if len(classes) > 1 else ''
+            print(f"  {' = '.join(group)}{across}")
     for line in count_table(train, val, scan.class_names):
         print(line)
     print('wrote ' + ', '.join(list_files.values()))

@@ -41,7 +41,9 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 import datagenerator  # noqa: E402
 from finetune_alexnet import checkpoints  # noqa: E402
 from finetune_alexnet import imagenet  # noqa: E402
+from finetune_alexnet import image_header  # noqa: E402
 from finetune_alexnet import model_info  # noqa: E402
+from finetune_alexnet import run_folder  # noqa: E402
 from finetune_alexnet import weight_files  # noqa: E402
 from alexnet import INPUT_SIZE, TRAINABLE_LAYERS, AlexNet  # noqa: E402
 from alexnet import ARCHITECTURE  # noqa: E402
@@ -156,7 +158,8 @@ class Classifier:
         """'ten_crop', 'center_crop' (of the resize) or 'whole' (the image resized to 227)."""
         return 'ten_crop' if self.ten_crop else 'center_crop' if self.center_crop else 'whole'
 
-    def run(self, paths, layers=(), skip_bad_images=False):
+    def run(self, paths, layers=(), skip_bad_images=False,
+            max_pixels=image_header.DEFAULT_MAX_PIXELS):
         """Predictions(probabilities [n, num_classes], {layer: outputs [n, ...]}, positions [n]).
 
         Images are decoded and pre-processed inside the graph (datagenerator.images_dataset), in
@@ -168,7 +171,8 @@ class Classifier:
         with self.graph.as_default():
             dataset = datagenerator.images_dataset(paths, self.batch_size, center_crop=self.center_crop,
                                                    skip_bad_images=skip_bad_images,
-                                                   ten_crop=self.ten_crop, resize_size=self.resize_size)
+                                                   ten_crop=self.ten_crop, resize_size=self.resize_size,
+                                                   max_pixels=max_pixels)
             initializer = self._iterator.make_initializer(dataset)
         fetches = {name: self.end_points[name] for name in ('probabilities', 'positions', *layers)}
         self.session.run(initializer)
@@ -482,7 +486,8 @@ def write_features(args):
                     center_crop=args.center_crop, batch_size=args.batch_size,
                     resize_size=args.resize) as classifier:
         paths, labels = collect_inputs(args.inputs, classifier.num_classes)
-        result = classifier.run(paths, layers=[args.features], skip_bad_images=args.skip_bad_images)
+        result = classifier.run(paths, layers=[args.features], skip_bad_images=args.skip_bad_images,
+                                max_pixels=args.max_pixels)
     kept = result.positions.tolist()
     if len(kept) < len(paths):
         skipped = sorted(set(range(len(paths))) - set(kept))
@@ -532,6 +537,9 @@ def get_args_parser():
     parser.add_argument('--batch_size', type=int, default=32, help='images per forward pass')
     parser.add_argument('--csv', help='also write the predictions to this CSV file')
     parser.add_argument('--json', help='also write predictions (and evaluation) to this JSON file')
+    parser.add_argument('--max_pixels', type=int, default=image_header.DEFAULT_MAX_PIXELS,
+                        help='refuse (with --skip_bad_images: skip) images larger than this, '
+                        'width x height from the file header')
     parser.add_argument('--skip_bad_images', action='store_true',
                         help='warn about unreadable images and go on without them')
     return add_feature_arguments(parser)
@@ -571,6 +579,9 @@ def check_resize(args):
 def main(argv=None):
     args = parse_args(argv)
     check_resize(args)
+    for flag in ('csv', 'json', 'confusion_matrix'):  # before any work, not after it
+        if getattr(args, flag) and (flag != 'confusion_matrix' or args.evaluate):
+            run_folder.check_output_file(getattr(args, flag), f'--{flag}')
     tf_setup.quiet_python_logging(args.verbose)  # first: disable_v2_behavior logs a deprecation
     tf.disable_v2_behavior()
     if args.features:
@@ -586,7 +597,8 @@ def main(argv=None):
             paths, labels = list(paths), [int(label) for label in labels]
         else:
             paths, labels = collect_inputs(args.inputs, classifier.num_classes)
-        result = classifier.run(paths, skip_bad_images=args.skip_bad_images)
+        result = classifier.run(paths, skip_bad_images=args.skip_bad_images,
+                                max_pixels=args.max_pixels)
         if len(result.positions) < len(paths):
             kept = set(result.positions.tolist())
             skipped = [path for position, path in enumerate(paths) if position not in kept]

@@ -5,27 +5,45 @@
     best.ckpt.*             the epoch with the best validation accuracy so far: hard links to that
                             epoch's files (a copy where the file system has no links), so it costs
                             no second save and survives the epoch checkpoint's removal
-    interrupted.ckpt.*      written on Ctrl-C, mid-epoch
-    run_state.json          epoch, global step, best accuracy, arguments, metrics history, and which
-                            checkpoint is the latest; rewritten atomically after each save
+    interrupted_step{S}.ckpt.*  written on Ctrl-C, SIGTERM or SIGHUP, mid-epoch, at global step S
+                            (a new name each time, so the one run_state.json points at is never
+                            overwritten in place)
+    run_state.json          epoch, global step, best accuracy, arguments, metrics history, which
+                            checkpoint is the latest, and the settings that shape the run (checked on
+                            --resume); rewritten atomically after each save
     model_info.json         what prediction needs: classes, class names, pre-processing
 
 No `.meta` graph files are written: the graph is rebuilt from code, and a graph never holds weights.
-TensorFlow writes each checkpoint to temporary files and renames them, and run_state.json is replaced
-only after the save succeeded, so a crash while saving leaves the previous checkpoint readable.
+TensorFlow writes each checkpoint to temporary files (`*.tempstate*`) and renames them, and
+run_state.json is replaced only after the save succeeded, so a crash while saving leaves the previous
+checkpoint readable. A checkpoint is verified (every tensor read back against the sizes and CRC32C
+checksums its index records) before it is restored or predicted with; `--resume` falls back to the
+newest intact checkpoint that run_state.json lists when the latest is damaged.
 """
+import contextlib
+import errno
 import glob
+import hashlib
 import json
+import numbers
 import os
+import re
 import shutil
+import sys
 
+import numpy as np
 import tensorflow.compat.v1 as tf
 
 from finetune_alexnet.errors import ToolkitError
 
 RUN_STATE = 'run_state.json'
 BEST = 'best.ckpt'
-INTERRUPTED = 'interrupted.ckpt'
+INTERRUPTED = 'interrupted'  # interrupted_step{S}.ckpt
+# run_state.json's keys and the types each must have; read_run_state refuses any other content.
+_STATE_KEYS = {'epochs_completed': int, 'latest_checkpoint': str, 'history': list,
+               'best_val_accuracy': (numbers.Real, type(None)), 'best_epoch': (int, type(None)),
+               'args': dict}
+_OPTIONAL_STATE_KEYS = {'epoch_checkpoints': list, 'settings': dict, 'order_seed': int}
 
 
 def epoch_prefix(directory, epoch):
@@ -42,8 +60,43 @@ def write_json_atomically(path, content):
     os.replace(partial, path)
 
 
+def _check_state(path, state):
+    """One-line ToolkitError for a run_state.json that is not what finetune.py writes."""
+    advice = f'remove {RUN_STATE} to start afresh'
+    if not isinstance(state, dict):
+        raise ToolkitError(f'{path}: expected a JSON object, found {type(state).__name__}; {advice}')
+    for key, kind in {**_STATE_KEYS, **_OPTIONAL_STATE_KEYS}.items():
+        if key not in state:
+            if key in _STATE_KEYS:
+                raise ToolkitError(f'{path}: the key {key!r} is missing; {advice}')
+            continue
+        value = state[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise ToolkitError(f'{path}: {key} should be {_describe_kind(kind)}, found {value!r}; '
+                               f'{advice}')
+    if state['epochs_completed'] < 0:
+        raise ToolkitError(f"{path}: epochs_completed should be >= 0, found {state['epochs_completed']}")
+    if not all(isinstance(record, dict) and isinstance(record.get('epoch'), int)
+               for record in state['history']):
+        raise ToolkitError(f'{path}: history should be a list of epoch records; {advice}')
+    names = [state['latest_checkpoint']] + state.get('epoch_checkpoints', [])
+    for name in names:
+        if not isinstance(name, str) or not name or os.path.basename(name) != name:
+            raise ToolkitError(f'{path}: {name!r} is not a checkpoint name in this folder; {advice}')
+
+
+def _describe_kind(kind):
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    words = {int: 'an integer', str: 'a string', list: 'a list', dict: 'an object',
+             numbers.Real: 'a number', type(None): 'null'}
+    return ' or '.join(words[k] for k in kinds)
+
+
 def read_run_state(directory):
-    """The saved run state, or None when the folder holds no run."""
+    """The saved run state, checked (keys and types), or None when the folder holds no run.
+
+    Whether its checkpoints are intact is `restorable_checkpoint`'s question, asked on --resume.
+    """
     path = os.path.join(directory, RUN_STATE)
     if not os.path.exists(path):
         return None
@@ -52,11 +105,94 @@ def read_run_state(directory):
             state = json.load(stream)
     except (OSError, ValueError) as error:
         raise ToolkitError(f"{path}: unreadable run state ({error}); remove it to start afresh") from None
-    latest = state.get('latest_checkpoint')
-    if not latest or not tf.train.checkpoint_exists(os.path.join(directory, latest)):
-        raise ToolkitError(f"{path}: its checkpoint {latest!r} is missing; remove {RUN_STATE} to "
-                           "start afresh")
+    _check_state(path, state)
     return state
+
+
+def verify_checkpoint(prefix):
+    """None if checkpoint `prefix` reads back whole, else (the damaged file, why) .
+
+    Reads every tensor: TensorFlow's bundle reader checks each against the offset, size and CRC32C
+    checksum that the index records, so a truncated, zero-byte or flipped-byte `.data` file fails
+    here, as does an index that is not a readable table.
+    """
+    index = prefix + '.index'
+    if not os.path.isfile(index):
+        return index, 'missing'
+    if os.path.getsize(index) == 0:
+        return index, 'empty (zero bytes)'
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        names = sorted(reader.get_variable_to_shape_map())
+    except (tf.errors.OpError, ValueError) as error:
+        return index, _first_line(error)
+    for name in names:
+        try:
+            reader.get_tensor(name)
+        # A short file surfaces as IndexError ("Read less bytes than requested") from the reader's
+        # Python wrapper, a checksum mismatch as DataLossError.
+        except (tf.errors.OpError, ValueError, IndexError) as error:
+            data_files = sorted(glob.glob(glob.escape(prefix) + '.data-*'))
+            return (data_files[0] if len(data_files) == 1 else prefix + '.data-*'), \
+                f'tensor {name}: {_first_line(error)}'
+    return None
+
+
+def _first_line(error):
+    text = str(getattr(error, 'message', '') or error).strip()
+    return f"{error.__class__.__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def check_intact(prefix):
+    """Refuses a damaged checkpoint in one line naming the damaged file (predict.py and the export)."""
+    damage = verify_checkpoint(prefix)
+    if damage:
+        raise ToolkitError(f'{damage[0]}: damaged checkpoint ({damage[1]})')
+
+
+def restorable_checkpoint(directory, state):
+    """(prefix, state) of the checkpoint to resume from: the latest, else the newest intact one.
+
+    When the latest checkpoint is damaged, prints which file and why, and falls back to the newest
+    intact epoch checkpoint that run_state.json lists; `state` is then cut back to that epoch (its
+    history, best epoch and latest checkpoint), so the epochs after it are trained again. Refuses in
+    one line when none is intact.
+    """
+    candidates = [state['latest_checkpoint']]
+    candidates += sorted((name for name in state.get('epoch_checkpoints', []) if name not in candidates),
+                         key=_checkpoint_epoch, reverse=True)
+    damaged = []
+    for name in candidates:
+        prefix = os.path.join(directory, name)
+        damage = verify_checkpoint(prefix)
+        if damage is None:
+            if damaged:
+                print(f'warning: {damaged[0][0]} is damaged ({damaged[0][1]}); resuming from {name} '
+                      'instead', file=sys.stderr)
+                state = _cut_back(state, name)
+            return prefix, state
+        damaged.append(damage)
+    listed = ', '.join(candidates)
+    raise ToolkitError(f'{directory}: no intact checkpoint to resume ({listed}: {damaged[0][0]} is '
+                       f'damaged: {damaged[0][1]}); remove the folder or choose another '
+                       '--checkpoint_path to start afresh')
+
+
+def _checkpoint_epoch(name):
+    match = re.fullmatch(r'model_epoch(\d+)\.ckpt', name)
+    return int(match.group(1)) if match else -1
+
+
+def _cut_back(state, name):
+    """The run state as it was when epoch checkpoint `name` was the latest."""
+    epoch = _checkpoint_epoch(name)
+    history = [record for record in state['history'] if record['epoch'] <= epoch]
+    best = max(history, key=lambda record: record.get('val_accuracy', float('-inf')), default=None)
+    return dict(state, epochs_completed=epoch, history=history, latest_checkpoint=name,
+                best_val_accuracy=best['val_accuracy'] if best else None,
+                best_epoch=best['epoch'] if best else None,
+                epoch_checkpoints=[kept for kept in state.get('epoch_checkpoints', [])
+                                   if _checkpoint_epoch(kept) <= epoch])
 
 
 def check_fits(prefix, expected_shapes, purpose="this run's model",
@@ -92,6 +228,38 @@ def graph_variable_shapes(graph):
             for variable in graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)}
 
 
+class DiskFull(ToolkitError):
+    """No space left while saving: partial files were removed, the previous checkpoint stands."""
+
+
+def _is_disk_full(error):
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    # TensorFlow maps ENOSPC to RESOURCE_EXHAUSTED; its message carries the C library's words.
+    return isinstance(error, tf.errors.OpError) and (
+        isinstance(error, tf.errors.ResourceExhaustedError) or 'No space left' in str(error.message))
+
+
+def _remove_files_of(prefix):
+    """Every file a save of `prefix` may have left: the checkpoint's own and TensorFlow's temporaries."""
+    for path in glob.glob(glob.escape(prefix) + '*'):
+        rest = path[len(prefix):]
+        if rest.startswith(('.index', '.data-', '_temp')) or 'tempstate' in rest:
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+
+
+def session_bytes(session):
+    """Bytes of every global variable of the session's graph: about what one checkpoint takes."""
+    total = 0
+    for variable in session.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES):
+        shape = variable.shape.as_list()
+        total += int(np.prod(shape)) * variable.dtype.base_dtype.size
+    return total
+
+
 class CheckpointKeeper:
     """Saves epoch, best and interrupted checkpoints of one run, and its run state."""
 
@@ -100,27 +268,43 @@ class CheckpointKeeper:
         os.makedirs(directory, exist_ok=True)
         # Weights stay out of any graph file (write_meta_graph=False below) and paths are relative,
         # so a checkpoint folder can be moved.
-        self._epoch_saver = tf.train.Saver(max_to_keep=keep, save_relative_paths=True)
+        # The keeper prunes old epochs itself, after run_state.json has moved on from them: the
+        # Saver's own pruning would delete them before, leaving a window where run_state.json
+        # points at a removed checkpoint.
+        self.keep = keep
+        self._kept = []  # epoch checkpoints kept, oldest first (run_state.json's epoch_checkpoints)
+        self._epoch_saver = tf.train.Saver(max_to_keep=None, save_relative_paths=True)
         self._single_saver = tf.train.Saver(max_to_keep=None, save_relative_paths=True)
 
-    def restore_latest(self, session, state):
-        prefix = os.path.join(self.directory, state['latest_checkpoint'])
+    def restore(self, session, prefix, state):
+        """Restore checkpoint `prefix` (see restorable_checkpoint) and carry on the run's pruning."""
         check_fits(prefix, graph_variable_shapes(session.graph))
         self._epoch_saver.restore(session, prefix)
-        kept = [os.path.join(self.directory, name) for name in state.get('epoch_checkpoints', [])]
-        kept = [prefix for prefix in kept if tf.train.checkpoint_exists(prefix)]
         # Carry on pruning the kept epoch checkpoints where the interrupted run left off.
-        self._epoch_saver.recover_last_checkpoints(kept)
+        self._kept = [name for name in state.get('epoch_checkpoints', [])
+                      if tf.train.checkpoint_exists(os.path.join(self.directory, name))]
+
+    def restore_latest(self, session, state):
+        prefix, _ = restorable_checkpoint(self.directory, state)
+        self.restore(session, prefix, state)
 
     def save_epoch(self, session, epoch, state, best=False):
         """Saves epoch `epoch`; with `best`, best.ckpt becomes this checkpoint too."""
-        prefix = self._epoch_saver.save(session, epoch_prefix(self.directory, epoch),
-                                        write_meta_graph=False, write_state=True)
-        state['epoch_checkpoints'] = [os.path.basename(p) for p in self._epoch_saver.last_checkpoints]
-        if best:
-            self._link_best(prefix)
-        self._commit(prefix, state)
-        self._remove_interrupted()
+        target = epoch_prefix(self.directory, epoch)
+        with self._space_check(session, target, state):
+            prefix = self._epoch_saver.save(session, target, write_meta_graph=False,
+                                            write_state=True)
+            name = os.path.basename(prefix)
+            listed = [kept for kept in self._kept if kept != name] + [name]
+            kept, dropped = listed[-self.keep:], listed[:-self.keep]
+            if best:
+                self._link_best(prefix)
+            self._commit(prefix, dict(state, epoch_checkpoints=kept))
+        self._kept = state['epoch_checkpoints'] = kept
+        state['latest_checkpoint'] = name
+        self._remove_interrupted(keep=None)
+        for old in dropped:  # only now that run_state.json no longer lists them
+            _remove_files_of(os.path.join(self.directory, old))
 
     def _link_best(self, prefix):
         """best.ckpt.* become other names for the files of checkpoint `prefix`.
@@ -139,23 +323,86 @@ class CheckpointKeeper:
                 os.remove(partial)
             try:
                 os.link(source, partial)
-            except OSError:  # no hard links here (some network and FAT file systems)
+            except OSError as error:  # no hard links here (some network and FAT file systems)
+                if _is_disk_full(error):
+                    raise
                 shutil.copyfile(source, partial)
             os.replace(partial, best + suffix)
         for stale in glob.glob(glob.escape(best) + '.*'):
             if stale[len(best):] not in suffixes:
                 os.remove(stale)
 
-    def save_interrupted(self, session, state):
-        prefix = self._single_saver.save(session, os.path.join(self.directory, INTERRUPTED),
-                                         write_meta_graph=False, write_state=False)
-        self._commit(prefix, state)
+    def save_interrupted(self, session, state, step):
+        """Saves interrupted_step{step}.ckpt and points run_state.json at it; returns its prefix.
+
+        A fresh name per step: rewriting the checkpoint that run_state.json points at would leave it
+        half old, half new if the process died between TensorFlow's renames of its two files.
+        """
+        target = os.path.join(self.directory, f'{INTERRUPTED}_step{step}.ckpt')
+        if state.get('latest_checkpoint') == os.path.basename(target):
+            return target  # no step since that checkpoint: it holds exactly this state
+        with self._space_check(session, target, state):
+            prefix = self._single_saver.save(session, target, write_meta_graph=False,
+                                             write_state=False)
+            self._commit(prefix, dict(state))
+        state['latest_checkpoint'] = os.path.basename(prefix)
+        self._remove_interrupted(keep=os.path.basename(prefix))
+        return prefix
+
+    @contextlib.contextmanager
+    def _space_check(self, session, target, state):
+        """Turns a full disk during a save into one line, and removes what the save left half-written."""
+        try:
+            yield
+        except (OSError, tf.errors.OpError) as error:
+            if not _is_disk_full(error):
+                raise
+            _remove_files_of(target)
+            for partial in glob.glob(os.path.join(glob.escape(self.directory), '*.partial')):
+                os.remove(partial)
+            free = shutil.disk_usage(self.directory).free
+            previous = state.get('latest_checkpoint')
+            kept = (f'{previous} and {RUN_STATE} are intact: free some space and continue with '
+                    '--resume' if previous else 'no earlier checkpoint of this run')
+            raise DiskFull(f'{self.directory}: disk full while saving {os.path.basename(target)} '
+                           f'(needs about {session_bytes(session):,} bytes, {free:,} free); '
+                           f'{kept}') from None
 
     def _commit(self, prefix, state):
         state['latest_checkpoint'] = os.path.basename(prefix)
         write_json_atomically(os.path.join(self.directory, RUN_STATE), state)
 
-    def _remove_interrupted(self):
-        for name in os.listdir(self.directory):
-            if name.startswith(INTERRUPTED + '.'):
-                os.remove(os.path.join(self.directory, name))
+    def _remove_interrupted(self, keep):
+        """Removes interrupted checkpoints other than `keep` (None: all), which nothing points at."""
+        remove_interrupted(self.directory, keep)
+
+
+def remove_interrupted(directory, keep):
+    for name in os.listdir(directory):
+        if name.startswith(INTERRUPTED + '_step') and (keep is None or not name.startswith(keep + '.')):
+            os.remove(os.path.join(directory, name))
+
+
+def file_digest(path):
+    """sha256 of a file's content, hex: how run_state.json recognises the run's list files."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as stream:
+        for block in iter(lambda: stream.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_same_settings(directory, saved, current):
+    """Refuses --resume when a setting that shapes the run differs, naming each with old and new value.
+
+    `saved` is run_state.json's `settings` (None in a run state written before settings were kept:
+    nothing to compare), `current` this invocation's.
+    """
+    if saved is None:
+        return
+    differences = [f'{key} {saved.get(key)!r} -> {value!r}' for key, value in current.items()
+                   if key in saved and saved[key] != value]
+    if differences:
+        raise ToolkitError(f"{os.path.join(directory, RUN_STATE)}: the run was started with other "
+                           f"settings ({'; '.join(differences)}); resume with the run's own flags and "
+                           'list files, or start a new run in another --checkpoint_path')

@@ -23,6 +23,7 @@ import argparse
 import signal
 import sys
 
+from finetune_alexnet import signals
 from finetune_alexnet import tf_setup
 from finetune_alexnet.errors import ToolkitError
 
@@ -74,13 +75,17 @@ def run(main, argv=None):
     """Run a command's `main(argv)` and turn its outcome into an exit status.
 
     A ToolkitError becomes `error: <message>` and status 2; Ctrl-C that the command did not handle
-    itself becomes one line and status 130 instead of a traceback.
+    itself becomes one line and status 130 instead of a traceback; so does a second stop signal
+    (`signals.Aborted`), with status 128 + its number.
     """
     try:
         status = main(argv)
     except ToolkitError as error:
         print(f'error: {error}', file=sys.stderr)
         return EXIT_USER_ERROR
+    except signals.Aborted as error:
+        print(f'error: {error}', file=sys.stderr)
+        return error.exit_status
     except KeyboardInterrupt:
         print('error: interrupted', file=sys.stderr)
         return EXIT_INTERRUPTED

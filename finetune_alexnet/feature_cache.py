@@ -86,20 +86,26 @@ class Feeder:
     def __init__(self, batch_size, drop_remainder):
         self.batch_size, self.drop_remainder = batch_size, drop_remainder
         self.features = self.labels = self.order = None
+        self.first_batch = 0
         self.batch_count = tf.placeholder(tf.int64, [], name='cached_batch_count')
 
-    def start_epoch(self, features, labels, shuffle_seed=None):
-        """Points the feeder at `features` and `labels`; returns the feed for the iterator's initializer."""
+    def start_epoch(self, features, labels, shuffle_seed=None, skip_batches=0):
+        """Points the feeder at `features` and `labels`; returns the feed for the iterator's initializer.
+
+        `skip_batches`: start that many batches into the epoch's order (a run resumed mid-epoch).
+        """
         self.features, self.labels = features, labels
         self.order = np.arange(len(features))
         if shuffle_seed is not None:
             np.random.default_rng(shuffle_seed).shuffle(self.order)
         count = len(features)
         full, rest = divmod(count, self.batch_size)
-        return {self.batch_count: full if self.drop_remainder or not rest else full + 1}
+        total = full if self.drop_remainder or not rest else full + 1
+        self.first_batch = min(skip_batches, total)
+        return {self.batch_count: total - self.first_batch}
 
     def batch(self, index):
-        start = int(index) * self.batch_size
+        start = (int(index) + self.first_batch) * self.batch_size
         # Sorted indices read a memory map front to back; the batch's order does not matter.
         rows = np.sort(self.order[start:start + self.batch_size])
         return self.features[rows], self.labels[rows]

@@ -114,8 +114,12 @@ def _check_model_info(path, info):
 
 
 def read_model_info(checkpoint):
-    """(checkpoint prefix, the checked content of model_info.json beside it) for `checkpoint`."""
+    """(checkpoint prefix, the checked content of model_info.json beside it) for `checkpoint`.
+
+    The checkpoint is verified first (every tensor against its recorded size and checksum).
+    """
     prefix = resolve_checkpoint(checkpoint)
+    checkpoints.check_intact(prefix)  # a damaged file fails here in one line, naming it
     path = os.path.join(os.path.dirname(prefix), MODEL_INFO)
     if not os.path.isfile(path):
         raise ToolkitError(f"{path}: not found beside checkpoint {prefix}; finetune.py writes it when "

@@ -41,6 +41,14 @@ def append_metrics(path, record):
         stream.write(json.dumps(record) + '\n')
 
 
+def write_metrics(path, records):
+    """Replace the metrics file by `records` (a resume that fell back to an earlier epoch)."""
+    partial = path + '.partial'
+    with open(partial, 'w') as stream:
+        stream.writelines(json.dumps(record) + '\n' for record in records)
+    os.replace(partial, path)
+
+
 def plot_curves(history, path):
     """Loss and accuracy per epoch, training and validation, as a PNG (written atomically)."""
     import matplotlib

@@ -144,6 +144,14 @@ def _as_layer_dict(path, layer, value):
         if not isinstance(array, np.ndarray) or array.dtype.kind != 'f':
             raise ToolkitError(f"{path}: layer {layer} {kind} is not a float array")
         arrays[kind] = np.asarray(array, dtype=np.float32)
+        finite = np.isfinite(arrays[kind])
+        if not finite.all():
+            bad = arrays[kind][~finite]
+            counts = [f'{int(count)} {name}' for name, count in
+                      (('NaN', np.isnan(bad).sum()), ('infinite', np.isinf(bad).sum())) if count]
+            raise ToolkitError(f"{path}: layer {layer} {kind} holds {' and '.join(counts)} "
+                               f"value{'s' if bad.size > 1 else ''} (of {arrays[kind].size}); the "
+                               'file is damaged or came from a diverged run')
     return arrays
 
 
@@ -175,12 +183,21 @@ def save_weights(path, layers):
     """Write ``{layer: {'weights', 'biases'}}`` as a pickle-free `.npz` that `load_weights` reads.
 
     Written to a temporary name first and renamed, so an interrupted export never leaves half a file
-    under the final name.
+    under the final name; a failed write (a full disk) removes the temporary file. A folder, or a
+    file in a missing folder, is refused before anything is written.
     """
     path = os.fspath(path)
+    from finetune_alexnet import run_folder
+    run_folder.check_output_file(path, 'the output')  # before 233 MB are written, not after
     flat = {f"{layer}/{kind}": np.asarray(arrays[kind], dtype=np.float32)
             for layer, arrays in layers.items() for kind in WEIGHT_KINDS}
     partial = path + '.partial'
-    with open(partial, 'wb') as stream:
-        np.savez(stream, **flat)
-    os.replace(partial, path)
+    try:
+        with open(partial, 'wb') as stream:
+            np.savez(stream, **flat)
+        os.replace(partial, path)
+    except OSError as error:
+        if os.path.exists(partial):
+            os.remove(partial)  # a full disk must not stay full of half a file
+        raise ToolkitError(f"{path}: could not write the weights file ({error.strerror}); nothing "
+                           "was left behind") from None

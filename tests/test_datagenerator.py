@@ -463,3 +463,31 @@ def test_check_exits_0_when_every_image_decodes(tmp_path, capsys):
     assert f'{list_file}: all 4 images decode' in captured.err
     assert cli.run(datagenerator.main, ['--check', list_file, '--num_classes', '3']) == 2
     assert 'line 4: label 3 is outside 0..2' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('skip_bad_images', [False, True])
+def test_skip_starts_the_pinned_epoch_order_past_the_consumed_images(tmp_path, skip_bad_images):
+    """What a run resumed mid-epoch feeds: the epoch's own order, minus the images already trained
+    on. With skip_bad_images the count is of images that decoded (a bad one shifts the batches)."""
+    paths = photo_set(tmp_path / 'photos', 9)
+    if skip_bad_images:
+        paths[4] = image_files.write(tmp_path / 'bad.png', b'not an image')
+    list_file = labelled_list(tmp_path, paths)
+    with tf.Graph().as_default():
+        generator = datagenerator.ImageDataGenerator(list_file, 'training', 2, 9, shuffle=True,
+                                                     seed=5, skip_bad_images=skip_bad_images)
+        iterator = tf.data.make_initializable_iterator(generator.data)
+        labels = tf.argmax(iterator.get_next()[1], axis=1)
+        with tf.Session() as session:
+            def epoch_labels(skip):
+                session.run(iterator.initializer, {generator.epoch: 3, generator.skip: skip})
+                found = []
+                while True:
+                    try:
+                        found += session.run(labels).tolist()
+                    except tf.errors.OutOfRangeError:
+                        return found
+            whole = epoch_labels(0)
+            assert len(whole) == (8 if skip_bad_images else 9) and len(set(whole)) == len(whole)
+            for skip in (2, 4, 6):
+                assert epoch_labels(skip) == whole[skip:]

@@ -326,3 +326,66 @@ def test_command_line_run_succeeds_and_errors_without_traceback(tmp_path):
                          capture_output=True, text=True, cwd=str(tmp_path))
     assert bad.returncode == 2
     assert bad.stderr == f'error: {missing}: no such folder\n'
+
+
+# --- symlinks and duplicates ---
+
+def listed_pairs(list_file):
+    """[(path, label)] of a list file (the label is the last field)."""
+    return [(path, int(label)) for path, label in
+            (line.rsplit(' ', 1) for line in list_file.read_text().splitlines() if line.strip())]
+
+
+def write_bytes_image(path, seed):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes([seed]) * (100 + seed))
+
+
+def test_a_symlink_loop_is_not_followed_into_a_new_class(tmp_path, capsys):
+    data = tmp_path / 'data'
+    for name, seed in (('cat/a.jpg', 1), ('cat/b.jpg', 2), ('dog/c.jpg', 3), ('dog/d.jpg', 4)):
+        write_bytes_image(data / name, seed)
+    os.symlink('.', data / 'loop')                 # the issue's `loop -> .`: a third class otherwise
+    os.symlink('..', data / 'cat' / 'up')          # a loop inside a class folder
+    os.symlink(str(data / 'dog'), data / 'cat' / 'dogs_again')  # a folder listed already
+    os.symlink(str(data / 'cat' / 'gone.jpg'), data / 'dog' / 'dangling.jpg')
+    os.makedirs(tmp_path / 'elsewhere')
+    write_bytes_image(tmp_path / 'elsewhere' / 'e.jpg', 5)
+    os.symlink(str(tmp_path / 'elsewhere'), data / 'dog' / 'linked')  # an ordinary linked folder
+    assert make_lists.main([str(data), '--out_dir', str(tmp_path / 'lists'), '--val_fraction', '0.5']) == 0
+    out = capsys.readouterr().out
+    listed = dict(listed_pairs(tmp_path / 'lists' / 'train.txt')
+                  + listed_pairs(tmp_path / 'lists' / 'val.txt'))
+    assert sorted(os.path.relpath(path, data) for path in listed) == [
+        'cat/a.jpg', 'cat/b.jpg', 'dog/c.jpg', 'dog/d.jpg', 'dog/linked/e.jpg']
+    assert (tmp_path / 'lists' / 'classes.txt').read_text() == '0 cat\n1 dog\n'
+    assert f"note: skipped {data / 'loop'} (a symlink to a folder above it)" in out
+    assert f"note: skipped {data / 'cat' / 'up'} (a symlink to a folder above it)" in out
+    assert f"note: skipped {data / 'cat' / 'dogs_again'} (a symlink to a folder already listed)" in out
+    assert f"note: skipped {data / 'dog' / 'dangling.jpg'} (a dangling symlink)" in out
+
+
+def test_duplicates_are_reported_not_refused(tmp_path, capsys):
+    data = tmp_path / 'data'
+    write_bytes_image(data / 'cat' / 'a.jpg', 1)
+    write_bytes_image(data / 'cat' / 'a copy.jpg', 1)
+    write_bytes_image(data / 'dog' / 'same as a.jpg', 1)
+    write_bytes_image(data / 'dog' / 'b.jpg', 2)
+    write_bytes_image(data / 'dog' / 'c.jpg', 3)  # same size as none: never read
+    assert make_lists.find_duplicates([str(data / 'cat' / 'a.jpg'), str(data / 'dog' / 'b.jpg')]) == []
+    assert make_lists.main([str(data), '--out_dir', str(tmp_path / 'lists')]) == 0
+    out = capsys.readouterr().out
+    assert 'note: 1 group of files with the same content (kept;' in out
+    assert (f"  {data / 'cat' / 'a copy.jpg'} = {data / 'cat' / 'a.jpg'} = {data / 'dog' / 'same as a.jpg'}"
+            ' (in different classes: cat, dog)') in out
+    assert len(listed_pairs(tmp_path / 'lists' / 'train.txt')
+               + listed_pairs(tmp_path / 'lists' / 'val.txt')) == 5
+
+
+def test_flat_layout_skips_dangling_symlinks(tmp_path, capsys):
+    data = tmp_path / 'flat'
+    for name, seed in (('cat.0.jpg', 1), ('cat.1.jpg', 2), ('dog.0.jpg', 3), ('dog.1.jpg', 4)):
+        write_bytes_image(data / name, seed)
+    os.symlink(str(data / 'nothing.jpg'), data / 'dog.2.jpg')
+    assert make_lists.main([str(data), '--out_dir', str(tmp_path / 'lists')]) == 0
+    assert f"note: skipped {data / 'dog.2.jpg'} (a dangling symlink)" in capsys.readouterr().out

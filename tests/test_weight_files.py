@@ -134,3 +134,66 @@ def test_layer_with_wrong_structure(tmp_path):
     np.save(path, {'conv1': [np.zeros(3, np.float32)]}, allow_pickle=True)
     with pytest.raises(ToolkitError, match=r'layer conv1 should hold \[weights, biases\]'):
         weights.load_weights(path)
+
+
+@pytest.mark.parametrize('value, words', [(np.nan, '1 NaN value'), (np.inf, '1 infinite value'),
+                                          (-np.inf, '1 infinite value')])
+@pytest.mark.parametrize('write', ['npy', 'npz'])
+def test_nan_or_infinite_values_are_refused_naming_the_layer(tmp_path, small_layers, value, words,
+                                                             write):
+    small_layers['fc8']['biases'][3] = value
+    path = str(tmp_path / f'w.{write}')
+    if write == 'npy':
+        bvlc_fixture.write_bvlc_npy(path, small_layers)
+    else:
+        weights.save_weights(path, small_layers)
+    with pytest.raises(ToolkitError) as error:
+        weights.load_weights(path)
+    assert str(error.value) == (f'{path}: layer fc8 biases holds {words} (of 5); the file is damaged '
+                                'or came from a diverged run')
+
+
+def test_many_bad_values_are_counted_by_kind(tmp_path, small_layers):
+    small_layers['conv1']['weights'].flat[:3] = np.nan
+    small_layers['conv1']['weights'].flat[3:5] = np.inf
+    path = weights.save_weights(str(tmp_path / 'w.npz'), small_layers) or str(tmp_path / 'w.npz')
+    with pytest.raises(ToolkitError, match=r'layer conv1 weights holds 3 NaN and 2 infinite values \(of '):
+        weights.load_weights(path)
+
+
+def test_a_command_refuses_nan_weights_in_one_line(tmp_path, small_layers):
+    import os
+    import subprocess
+    import sys
+    small_layers['conv1']['weights'].flat[7] = np.nan
+    path = str(tmp_path / 'w.npy')
+    bvlc_fixture.write_bvlc_npy(path, small_layers)
+    image = tmp_path / 'x.png'
+    image.write_bytes(b'')
+    result = subprocess.run([sys.executable, 'predict.py', '--weights_path', path, str(image)],
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    assert result.stderr.strip() == (f'error: {path}: layer conv1 weights holds 1 NaN value (of '
+                                     f"{small_layers['conv1']['weights'].size}); the file is damaged "
+                                     'or came from a diverged run')
+
+
+def test_saving_into_a_folder_or_a_missing_folder_is_refused_first(tmp_path, small_layers):
+    with pytest.raises(ToolkitError, match=r': the output is a folder; give a file name$'):
+        weights.save_weights(str(tmp_path), small_layers)
+    with pytest.raises(ToolkitError, match=r'w.npz: the output is in a folder that does not exist'):
+        weights.save_weights(str(tmp_path / 'missing' / 'w.npz'), small_layers)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_failed_write_leaves_no_partial_file(tmp_path, small_layers, monkeypatch):
+    def full_disk(stream, **arrays):
+        stream.write(b'\0' * 1000)
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(weights.np, 'savez', full_disk)
+    with pytest.raises(ToolkitError) as error:
+        weights.save_weights(str(tmp_path / 'w.npz'), small_layers)
+    assert str(error.value) == (f"{tmp_path / 'w.npz'}: could not write the weights file (No space left "
+                                'on device); nothing was left behind')
+    assert list(tmp_path.iterdir()) == []

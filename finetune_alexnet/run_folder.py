@@ -1,0 +1,127 @@
+"""A run's output folders: checked before any work, held by one run at a time, tidied at start.
+
+- `check_output_folder` / `check_output_file`: an output path is refused in one line before any
+  long work when it cannot be written (a file where a folder should be, a missing or read-only
+  parent folder, a folder where a file should be).
+- `RunLock`: an OS file lock (`fcntl.flock`) on `<folder>/.lock`, so two runs never share a
+  checkpoint folder. The OS releases it when the holder exits or dies (even by kill -9), so a stale
+  lock cannot block a later run; the file only records who holds it, for the refusal's message.
+- `remove_stale_files`: what a killed save leaves (TensorFlow's `*.tempstate*` files, our own
+  `*.partial` files), a killed run's feature cache files, and interrupted checkpoints that
+  run_state.json does not point at. Safe because the caller holds the folder's lock.
+"""
+import datetime
+import errno
+import fcntl
+import glob
+import os
+import shutil
+
+from finetune_alexnet.errors import ToolkitError
+
+LOCK_FILE = '.lock'
+
+
+def _nearest_existing(path):
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def check_output_folder(path, flag):
+    """Refuses `path` (given as `flag`) unless it is a writable folder, or one that can be created."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ToolkitError(f'{path}: {flag} is a file, not a folder')
+    existing = _nearest_existing(path)
+    if not os.path.isdir(existing):
+        raise ToolkitError(f'{path}: {flag} cannot be created: {existing} is a file, not a folder')
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ToolkitError(f'{path}: {flag} is not writable ({existing} is read-only for this user)')
+
+
+def check_output_file(path, flag):
+    """Refuses output file `path` (given as `flag`) unless its folder exists and it can be written."""
+    if os.path.isdir(path):
+        raise ToolkitError(f'{path}: {flag} is a folder; give a file name')
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ToolkitError(f'{path}: {flag} is in a folder that does not exist ({folder})')
+    if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path)
+                                                    and not os.access(path, os.W_OK)):
+        raise ToolkitError(f'{path}: {flag} is not writable')
+
+
+class RunLock:
+    """Holds `<folder>/.lock` for the life of a run (a context manager); refuses a second holder."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.path = os.path.join(folder, LOCK_FILE)
+        self._stream = None
+
+    def acquire(self):
+        os.makedirs(self.folder, exist_ok=True)
+        # 'a+': opening must not wipe the holder's record before we know whether we get the lock.
+        stream = open(self.path, 'a+')
+        try:
+            fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                stream.close()
+                raise
+            stream.seek(0)
+            holder = stream.read().strip() or 'another process'
+            stream.close()
+            raise ToolkitError(f'{self.folder}: another run is using this folder ({holder}); wait '
+                               'for it to finish, or choose another --checkpoint_path') from None
+        stream.seek(0)
+        stream.truncate()
+        started = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
+        stream.write(f'PID {os.getpid()}, started {started}\n')
+        stream.flush()
+        self._stream = stream
+        return self
+
+    def release(self):
+        if self._stream is not None:
+            # Unlocked by closing; the file stays (removing it would let a third run lock a new
+            # inode while a second still waits on the old one).
+            self._stream.close()
+            self._stream = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
+def remove_stale_files(folder, latest_checkpoint=None):
+    """Removes what killed saves left in `folder`; returns the names removed.
+
+    `latest_checkpoint`: the checkpoint run_state.json points at, which is kept whatever its name.
+    """
+    if not os.path.isdir(folder):
+        return []
+    removed = []
+    # features_*.npy: a feature cache a killed run did not get to remove (it can take gigabytes).
+    patterns = ('*.tempstate*', '*.partial', '*_temp', '*_temp_*', 'features_*.npy')
+    for pattern in patterns:
+        for path in glob.glob(os.path.join(glob.escape(folder), pattern)):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.exists(path):
+                os.remove(path)
+            removed.append(os.path.basename(path))
+    from finetune_alexnet import checkpoints
+    for name in sorted(os.listdir(folder)):
+        if (name.startswith(checkpoints.INTERRUPTED + '_step')
+                and not (latest_checkpoint and name.startswith(latest_checkpoint + '.'))):
+            os.remove(os.path.join(folder, name))
+            removed.append(name)
+    return removed

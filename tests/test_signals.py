@@ -1,0 +1,91 @@
+"""SIGTERM, SIGHUP and Ctrl-C stop a real finetune.py after saving; a second signal aborts cleanly."""
+import os
+import signal
+import time
+
+import pytest
+import tensorflow.compat.v1 as tf
+
+import tiny_runs
+from finetune_alexnet import checkpoints
+from finetune_alexnet import signals
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+    return tiny_runs.make_dataset(tmp_path_factory.mktemp('data'))
+
+
+def wait_for(path, process, seconds=240):
+    deadline = time.time() + seconds
+    while time.time() < deadline and process.poll() is None:
+        if path.exists():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f'{path} did not appear (exit status {process.poll()})')
+
+
+def assert_consistent(ckpt):
+    """run_state.json points at a checkpoint that reads back whole; nothing it does not list is left."""
+    state = checkpoints.read_run_state(str(ckpt))
+    assert checkpoints.verify_checkpoint(str(ckpt / state['latest_checkpoint'])) is None
+    return state
+
+
+def test_stop_requests_flag_the_first_signal_and_abort_on_the_second():
+    with signals.StopRequests() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert stop.requested and stop.exit_status == 129
+        with pytest.raises(signals.Aborted) as aborted:
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert aborted.value.exit_status == 143
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_in_epoch_1_saves_a_resumable_checkpoint(dataset, tmp_path, signum):
+    process = tiny_runs.popen(tiny_runs.flags(dataset, tmp_path, epochs=50))
+    # model_info.json is written as training starts: the signal lands in epoch 1, before any save.
+    wait_for(tmp_path / 'ckpt' / 'model_info.json', process)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=240)
+    assert process.returncode == 128 + signum, stderr
+    name = signal.Signals(signum).name
+    assert stderr.strip() == f'{name}: saving a checkpoint after this step ({name} again to abort)'
+    assert 'continue with --resume' in stdout
+    state = assert_consistent(tmp_path / 'ckpt')
+    assert state['latest_checkpoint'].startswith('interrupted_step') and state['epochs_completed'] == 0
+    step = int(tf.train.load_checkpoint(str(tmp_path / 'ckpt' / state['latest_checkpoint']))
+               .get_tensor('global_step'))
+    assert step < 3 and state['latest_checkpoint'] == f'interrupted_step{step}.ckpt'
+    resumed = tiny_runs.run_cli(tiny_runs.flags(dataset, tmp_path, '--resume', epochs=1))
+    assert resumed.returncode == 0, resumed.stderr
+    assert tiny_runs.read_state(tmp_path)['history'][-1]['step'] == 3
+    assert not list((tmp_path / 'ckpt').glob('interrupted*'))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_a_second_signal_aborts_in_one_line_and_leaves_the_run_resumable(dataset, tmp_path, signum):
+    process = tiny_runs.popen(tiny_runs.flags(dataset, tmp_path, epochs=50))
+    wait_for(tmp_path / 'ckpt' / 'run_state.json', process)  # epoch 1 is saved
+    process.send_signal(signum)
+    time.sleep(0.05)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=240)
+    assert process.returncode == 128 + signum, stderr
+    assert 'Traceback' not in stderr and 'KeyboardInterrupt' not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith('error:')]
+    name = signal.Signals(signum).name
+    assert errors == [f'error: {name} again: aborted without saving; the last complete checkpoint '
+                      'is kept, continue it with --resume']
+    assert_consistent(tmp_path / 'ckpt')
+    # A second run in the folder removes whatever the aborted save left half-written.
+    resumed = tiny_runs.run_cli(tiny_runs.flags(dataset, tmp_path, '--resume', epochs=2))
+    assert resumed.returncode == 0, resumed.stderr
+    left = os.listdir(tmp_path / 'ckpt')
+    assert not [name for name in left if 'tempstate' in name or name.endswith('.partial')
+                or name.startswith('interrupted')], left
+    assert [record['step'] for record in tiny_runs.read_state(tmp_path)['history']][-1] == 6
