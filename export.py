@@ -27,6 +27,7 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 
 from finetune_alexnet import checkpoints  # noqa: E402
 from finetune_alexnet import model_info  # noqa: E402
+from finetune_alexnet import run_folder  # noqa: E402
 from finetune_alexnet import serving  # noqa: E402
 from finetune_alexnet import weight_files  # noqa: E402
 from alexnet import INPUT_SIZE, TRAINABLE_LAYERS, AlexNet  # noqa: E402
@@ -76,16 +77,10 @@ def read_weights_file(path):
 
 def export_checkpoint(checkpoint, output):
     """Write the checkpoint's eight layers to `output` as a weights file; returns (prefix, info)."""
-    _check_output_folder(output)
+    run_folder.check_output_file(output, 'the output')
     prefix, info, layers = read_checkpoint_layers(checkpoint)
     weight_files.save_weights(output, layers)
     return prefix, info
-
-
-def _check_output_folder(output):
-    folder = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(folder):
-        raise ToolkitError(f"{output}: folder {folder} does not exist")
 
 
 def check_output(output, export_format, overwrite):
@@ -97,9 +92,7 @@ def check_output(output, export_format, overwrite):
             raise ToolkitError(f"{output}: folder exists and is not empty (pass --overwrite to replace "
                                "it, or give a new version number)")
         return
-    _check_output_folder(output)
-    if os.path.isdir(output):
-        raise ToolkitError(f"{output}: is a folder; --format {export_format} writes a file")
+    run_folder.check_output_file(output, f'--output (--format {export_format} writes a file)')
     existing = [output] if os.path.exists(output) else []
     if export_format == 'tflite':
         existing += [path for path in serving.tflite_side_files(output) if os.path.exists(path)]

@@ -367,7 +367,7 @@ def test_resume_with_a_broken_run_state_is_one_line(dataset, finished_run, tmp_p
     assert not (run_dir / 'ckpt' / 'model_epoch3.ckpt.index').exists()
 
 
-@pytest.mark.parametrize('command', ['predict.py', 'export_weights.py'])
+@pytest.mark.parametrize('command', ['predict.py', 'export.py'])
 def test_predict_and_export_name_the_damaged_file(dataset, finished_run, tmp_path, command):
     run_dir = linked_copy(finished_run, tmp_path)
     damaged = run_dir / 'ckpt' / 'best.ckpt.data-00000-of-00001'
@@ -409,10 +409,10 @@ def test_an_unseeded_run_resumes_with_its_own_shuffle_orders(dataset, tmp_path, 
 def test_export_into_a_folder_is_one_line_and_leaves_nothing(finished_run, tmp_path):
     folder = tmp_path / 'out'
     folder.mkdir()
-    result = subprocess.run([sys.executable, 'export_weights.py', '--checkpoint_path',
+    result = subprocess.run([sys.executable, 'export.py', '--checkpoint_path',
                              str(finished_run / 'ckpt'), '--output', str(folder)],
                             cwd=tiny_runs.REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert tiny_runs.one_error_line(result.stderr) == \
-        f'error: {folder}: the output is a folder; give a file name'
+        f'error: {folder}: --output (--format npz writes a file) is a folder; give a file name'
     assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ['out']

@@ -73,7 +73,7 @@ def test_export_leaves_the_step_counter_and_optimizer_slots_behind(checkpoint, t
 
 
 def test_export_errors_name_the_problem(checkpoint, tmp_path):
-    with pytest.raises(ToolkitError, match='folder .*nowhere does not exist'):
+    with pytest.raises(ToolkitError, match='the output is in a folder that does not exist .*nowhere'):
         export.export_checkpoint(checkpoint, str(tmp_path / 'nowhere' / 'out.npz'))
     # model_info.json claiming another class count: the shape check names the variable.
     folder = tmp_path / 'wrong_classes'
