@@ -277,8 +277,8 @@ def check_args(args):
     untrained = [layer for layer, _ in args.lr_mult if layer not in args.train_layers]
     if untrained:
         raise ToolkitError(f"--lr_mult names {','.join(untrained)}, which --train_layers does not train")
-    if args.find_lr and not os.path.isdir(os.path.dirname(os.path.abspath(args.find_lr))):
-        raise ToolkitError(f'--find_lr {args.find_lr}: its folder does not exist')
+    if args.find_lr:
+        run_folder.check_output_file(args.find_lr, '--find_lr')
     for flag in ('train_file', 'val_file'):
         if not getattr(args, flag):
             raise ToolkitError(f'--{flag} is required (or run --demo)')
@@ -337,8 +337,19 @@ def clear_previous_demo_run():
         return  # not recognisably a demo run: leave it, and let the usual check refuse it
     if state is not None and not state.get('args', {}).get('demo'):
         return
-    for folder in (checkpoint_path, DEMO_DEFAULTS['filewriter_path']):
-        shutil.rmtree(folder, ignore_errors=True)
+    if os.path.isdir(checkpoint_path):
+        lock = run_folder.RunLock(checkpoint_path)
+        try:
+            lock.acquire()
+        except ToolkitError:
+            return  # a demo is running there now: its lock refuses this run, naming it
+        try:  # everything but the lock file, which must stay (see RunLock.release)
+            for name in set(os.listdir(checkpoint_path)) - {run_folder.LOCK_FILE}:
+                path = os.path.join(checkpoint_path, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        finally:
+            lock.release()
+    shutil.rmtree(DEMO_DEFAULTS['filewriter_path'], ignore_errors=True)
 
 
 def print_label_counts(labels, num_classes, class_names):
@@ -556,7 +567,7 @@ def training_config(args, use_gpu, steps_per_epoch, train_labels=None):
         model_device='/gpu:0' if use_gpu else '/cpu:0', mixed_precision=args.mixed_precision)
 
 
-def build_pipeline(args, train_data, val_data, config):
+def build_pipeline(args, train_data, val_data, config, spill_dir=None):
     """The training graph on the image pipeline, or on cached pool5 features (args.use_cache)."""
     with tf.device('/cpu:0'):  # the input pipeline stays on the CPU, whatever runs the model
         iterator = tf.data.Iterator.from_structure(tf.data.get_output_types(train_data.data),
@@ -587,7 +598,8 @@ def build_pipeline(args, train_data, val_data, config):
     train_graph = training.build_training_graph(cached_features, cached_labels, config,
                                                 input_layer='flattened', reuse=True)
     cache = {}
-    cache_files = {name: os.path.join(args.checkpoint_path, f'features_{name}.npy')
+    # Features too large for memory spill to files here (the run's folder unless told otherwise).
+    cache_files = {name: os.path.join(spill_dir or args.checkpoint_path, f'features_{name}.npy')
                    for name in ('train', 'val')}
 
     store = shared_feature_store(args)
@@ -774,6 +786,7 @@ def initial_weights(args, state):
         return None
     if args.init_checkpoint:
         args.init_checkpoint = model_info.resolve_checkpoint(args.init_checkpoint)
+        checkpoints.check_intact(args.init_checkpoint)  # a damaged file named, not a traceback later
         return None
     if set(args.skip_layers) == set(TRAINABLE_LAYERS):
         return None
@@ -795,8 +808,11 @@ def check_classifier_fits(args, layers):
 def find_learning_rate(args, use_gpu, layers):
     """--find_lr: the range test on the training data; writes its plot and nothing else."""
     train_data, val_data, steps_per_epoch = make_datasets(args)
+    # Not a run: it holds no run folder, so any feature spill goes to a folder of its own.
+    spill_dir = tempfile.mkdtemp(prefix='find_lr_')
     pipeline = build_pipeline(args, train_data, val_data,
-                              training_config(args, use_gpu, steps_per_epoch, train_data.labels))
+                              training_config(args, use_gpu, steps_per_epoch, train_data.labels),
+                              spill_dir)
     config = tf_setup.session_config(use_gpu, xla=args.xla, mixed_precision=args.mixed_precision)
     try:
         with tf.Session(config=config) as session:
@@ -812,8 +828,7 @@ def find_learning_rate(args, use_gpu, layers):
                 session, pipeline.train_graph, lambda epoch: pipeline.train.start(session, epoch),
                 training_feed(args, pipeline.train_graph.keep_prob), args.find_lr_steps)
     finally:
-        for cache_file in pipeline.cache_files:
-            feature_cache.remove_cache_file(cache_file)
+        shutil.rmtree(spill_dir, ignore_errors=True)
     lr_finder.plot(result, args.find_lr)
     print(lr_finder.describe(result))
     print(f'plot of loss against learning rate: {args.find_lr}')
@@ -834,6 +849,7 @@ def warm_start(session, args, pipeline):
 
 def train(args, use_gpu, class_names, state, layers, stop):
     """Builds the graph and trains: a new run when `state` is None, else the run it describes."""
+    resumed = state is not None
     train_data, val_data, steps_per_epoch = make_datasets(args)
     pipeline = build_pipeline(args, train_data, val_data,
                               training_config(args, use_gpu, steps_per_epoch, train_data.labels))
@@ -881,7 +897,7 @@ def train(args, use_gpu, class_names, state, layers, stop):
             if pipeline.prepare_cache:
                 pipeline.prepare_cache(session)
             run = Run(args, pipeline, state, keeper, writer, stop, steps_per_epoch, class_names)
-            if args.init_checkpoint and state['epochs_completed'] == 0:
+            if args.init_checkpoint and not resumed:
                 report_warm_start(session, run)
             return train_epochs(session, run)
     finally:
@@ -918,8 +934,10 @@ def train_epochs(session, run):
     # Resuming mid-epoch starts that epoch's pinned order just past the batches already trained on
     # (skipped before decoding), so a resumed run trains on exactly the images of an uninterrupted
     # one, in its order, and ends after num_epochs * steps_per_epoch steps as that one does.
-    first_epoch = global_step // run.steps_per_epoch + 1
-    steps_done = global_step % run.steps_per_epoch
+    # From the run state rather than global_step // steps_per_epoch: with --skip_bad_images an epoch
+    # can end a step or more early, and the division would then land in the wrong epoch.
+    first_epoch = state['epochs_completed'] + 1
+    steps_done = global_step - (state['history'][-1]['step'] if state['history'] else 0)
     outputs = None
     for epoch in range(first_epoch, args.num_epochs + 1):
         run.pipeline.train.start(session, epoch, steps_done)
@@ -959,7 +977,7 @@ def train_epochs(session, run):
             break
     if args.projector and outputs is not None and outputs.features is not None:
         count = len(outputs.features)
-        summaries.write_projector(run.writer.get_logdir(), outputs.features, run.val_paths,
+        summaries.write_projector(run.writer.get_logdir(), outputs.features, aligned_val_paths(run, outputs),
                                   outputs.labels, outputs.probabilities.argmax(axis=1),
                                   run.class_names, args.num_classes)
         print(f'projector: fc7 features of {count} validation images in {run.writer.get_logdir()}')
@@ -971,11 +989,18 @@ def train_epochs(session, run):
     return 0
 
 
+def aligned_val_paths(run, outputs):
+    """The validation images' paths, or blanks when skipped unreadable images would shift them
+    against the outputs (so no picture or projector row is put under another image's name)."""
+    if len(outputs.labels) == len(run.val_paths):
+        return run.val_paths
+    return [''] * len(outputs.labels)
+
+
 def write_validation_pictures(run, step, outputs):
     """The epoch's mistakes grid, confusion matrix, per-class precision/recall and PR curves."""
-    # Skipped unreadable images would shift the paths against the outputs: thumbnails only if aligned.
-    paths = run.val_paths if len(outputs.labels) == len(run.val_paths) else [''] * len(outputs.labels)
-    run.writer.add_summary(summaries.validation_summary(outputs, paths, run.class_names,
+    run.writer.add_summary(summaries.validation_summary(outputs, aligned_val_paths(run, outputs),
+                                                        run.class_names,
                                                         run.args.num_classes), step)
 
 

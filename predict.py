@@ -466,9 +466,7 @@ def check_feature_arguments(args):
         raise ToolkitError('--features needs --output FILE.npz')
     if not args.output.endswith('.npz'):
         raise ToolkitError(f'--output {args.output}: the features file should end in .npz')
-    folder = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(folder):
-        raise ToolkitError(f'--output {args.output}: folder {folder} does not exist')
+    run_folder.check_output_file(args.output, '--output')
 
 
 def write_features(args):

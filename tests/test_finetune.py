@@ -503,7 +503,14 @@ def test_the_demo_replaces_its_own_previous_run_and_nothing_else(tmp_path, monke
     assert (folders['checkpoint_path'] / 'run_state.json').exists()
     leave_a_run(demo=True)  # an earlier demo run: replaced
     finetune.clear_previous_demo_run()
-    assert not folders['checkpoint_path'].exists() and not folders['filewriter_path'].exists()
+    assert [p.name for p in folders['checkpoint_path'].iterdir()] == ['.lock']  # the lock file stays
+    assert not folders['filewriter_path'].exists()
+    leave_a_run(demo=True)  # a demo still running there (holding the folder's lock): left alone
+    from finetune_alexnet import run_folder
+    # flock treats each open of the file on its own, so this process's own lock is a holder too.
+    with run_folder.RunLock(str(folders['checkpoint_path'])):
+        finetune.clear_previous_demo_run()
+    assert (folders['checkpoint_path'] / 'run_state.json').exists()
 
 
 # ---- issue 15: experiments (TensorBoard itself is read back in test_summaries.py) -----------------

@@ -90,4 +90,4 @@ def test_find_lr_refuses_a_plot_in_a_missing_folder(demo_images, tmp_path, capsy
                                     '--find_lr', str(tmp_path / 'nowhere' / 'plot.png')])
     assert code == 2
     err = capsys.readouterr().err
-    assert f'--find_lr {tmp_path / "nowhere" / "plot.png"}: its folder does not exist' in err
+    assert f'{tmp_path / "nowhere" / "plot.png"}: --find_lr is in a folder that does not exist' in err

@@ -95,7 +95,7 @@ def test_features_of_images_alone_have_no_labels_and_skip_bad_images(weights, in
     (['--features', 'fc7'], '--features needs --output FILE.npz'),
     (['--features', 'fc7', '--output', 'feats.txt'], '--output feats.txt: the features file should end'),
     (['--features', 'fc7', '--output', 'x.npz', '--csv', 'a.csv'], '--features writes features only'),
-    (['--features', 'fc7', '--output', '/nowhere/x.npz'], 'folder /nowhere does not exist'),
+    (['--features', 'fc7', '--output', '/nowhere/x.npz'], '--output is in a folder that does not exist (/nowhere)'),
     (['--features', 'fc7', '--output', 'x.npz', '--ten_crop'], '--features takes one view per image'),
 ])
 def test_feature_flag_mistakes_are_one_line(weights, inputs, extra, message, capsys):
