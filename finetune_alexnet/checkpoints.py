@@ -188,9 +188,11 @@ def _cut_back(state, name):
     epoch = _checkpoint_epoch(name)
     history = [record for record in state['history'] if record['epoch'] <= epoch]
     best = max(history, key=lambda record: record.get('val_accuracy', float('-inf')), default=None)
+    losses = [record['val_loss'] for record in history if 'val_loss' in record]
     return dict(state, epochs_completed=epoch, history=history, latest_checkpoint=name,
                 best_val_accuracy=best['val_accuracy'] if best else None,
                 best_epoch=best['epoch'] if best else None,
+                best_val_loss=min(losses) if losses else None,
                 epoch_checkpoints=[kept for kept in state.get('epoch_checkpoints', [])
                                    if _checkpoint_epoch(kept) <= epoch])
 
