@@ -15,6 +15,7 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 
 import bvlc_fixture  # noqa: E402
 
+tf.get_logger().setLevel('ERROR')  # as the commands do: no deprecation notices in the output
 tf.disable_v2_behavior()  # what every entry point of the toolkit does
 
 

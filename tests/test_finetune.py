@@ -14,9 +14,9 @@ import tensorflow.compat.v1 as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 import bvlc_fixture
-from finetune_alexnet import demo_data
 from finetune_alexnet import weight_files
 import finetune
+import tiny_runs
 from finetune_alexnet.cli import run as run_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,17 +26,7 @@ CONV = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
 @pytest.fixture(scope='module')
 def dataset(tmp_path_factory):
     """12 training and 5 validation images of the demo's two classes, with list files."""
-    folder = tmp_path_factory.mktemp('data')
-    demo_data.make_demo_images(str(folder / 'images'), images_per_class=9, seed=3)
-    train, val = [], []
-    for label, name in enumerate(demo_data.CLASS_NAMES):
-        files = sorted(os.listdir(folder / 'images' / name))
-        train += [f'images/{name}/{f} {label}' for f in files[:6]]
-        val += [f'images/{name}/{f} {label}' for f in files[6:]]
-    (folder / 'train.txt').write_text('\n'.join(train) + '\n')
-    (folder / 'val.txt').write_text('\n'.join(val[:5]) + '\n')  # 5: a partial batch of 4
-    (folder / 'classes.txt').write_text('0 disk\n1 square\n')
-    return folder
+    return tiny_runs.make_dataset(tmp_path_factory.mktemp('data'), class_names=True)
 
 
 def flags(dataset, run_dir, *extra, weights=None):

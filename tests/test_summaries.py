@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from finetune_alexnet import demo_data
+import tiny_runs
+
 from finetune_alexnet import summaries
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,17 +100,8 @@ def test_hparam_values_are_plain_values():
 
 @pytest.fixture(scope='module')
 def small_dataset(tmp_path_factory):
-    folder = tmp_path_factory.mktemp('data')
-    demo_data.make_demo_images(str(folder / 'images'), images_per_class=7, seed=5)
-    train, val = [], []
-    for label, name in enumerate(demo_data.CLASS_NAMES):
-        files = sorted(os.listdir(folder / 'images' / name))
-        train += [f'images/{name}/{f} {label}' for f in files[:4]]
-        val += [f'images/{name}/{f} {label}' for f in files[4:]]
-    (folder / 'train.txt').write_text('\n'.join(train) + '\n')
-    (folder / 'val.txt').write_text('\n'.join(val) + '\n')
-    (folder / 'classes.txt').write_text('0 disk\n1 square\n')
-    return folder
+    return tiny_runs.make_dataset(tmp_path_factory.mktemp('data'), images_per_class=7,
+                                  train_per_class=4, val_images=6, seed=5, class_names=True)
 
 
 def free_port():

@@ -10,16 +10,21 @@ from finetune_alexnet import demo_data
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def make_dataset(folder):
-    """12 training and 5 validation images of the demo's two classes, with list files."""
-    demo_data.make_demo_images(str(folder / 'images'), images_per_class=9, seed=3)
+def make_dataset(folder, images_per_class=9, train_per_class=6, val_images=5, seed=3,
+                 class_names=False):
+    """The demo's two classes, `train_per_class` of each for training and `val_images` of the rest for
+    validation (by default 12 and 5: a partial last batch of 4), with list files (and classes.txt)."""
+    demo_data.make_demo_images(str(folder / 'images'), images_per_class=images_per_class, seed=seed)
     train, val = [], []
     for label, name in enumerate(demo_data.CLASS_NAMES):
         files = sorted(os.listdir(folder / 'images' / name))
-        train += [f'images/{name}/{f} {label}' for f in files[:6]]
-        val += [f'images/{name}/{f} {label}' for f in files[6:]]
+        train += [f'images/{name}/{f} {label}' for f in files[:train_per_class]]
+        val += [f'images/{name}/{f} {label}' for f in files[train_per_class:]]
     (folder / 'train.txt').write_text('\n'.join(train) + '\n')
-    (folder / 'val.txt').write_text('\n'.join(val[:5]) + '\n')
+    (folder / 'val.txt').write_text('\n'.join(val[:val_images]) + '\n')
+    if class_names:
+        (folder / 'classes.txt').write_text(''.join(f'{label} {name}\n' for label, name
+                                                    in enumerate(demo_data.CLASS_NAMES)))
     return folder
 
 
