@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import cv2
 import numpy as np
@@ -54,6 +55,13 @@ def log_dir(run_dir):
 def run_cli(args, **kwargs):
     return subprocess.run([sys.executable, 'finetune.py', *args], cwd=REPO, capture_output=True,
                           text=True, timeout=300, **kwargs)
+
+
+def run_here(capsys, args):
+    """finetune.py's main in this process (no interpreter start-up), seen as run_cli sees a process."""
+    code = run_main(finetune.main, [str(arg) for arg in args])
+    captured = capsys.readouterr()
+    return types.SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
 
 
 @pytest.fixture(scope='module')
@@ -137,13 +145,13 @@ def test_tensorboard_reads_the_summaries(finetuned):
 
 
 @pytest.mark.slow
-def test_cached_features_give_the_same_forward_values(dataset, tmp_path, bvlc_npy):
+def test_cached_features_give_the_same_forward_values(dataset, tmp_path, bvlc_npy, capsys):
     """With the weights held still (a vanishing learning rate), validating from cached pool5
     features and from the full network must give the same loss: the cache changes no value."""
     outcomes = {}
     for mode in ('off', 'on'):
         run_dir = tmp_path / mode
-        result = run_cli(flags(dataset, run_dir, '--cache_features', mode, '--num_epochs', '1',
+        result = run_here(capsys, flags(dataset, run_dir, '--cache_features', mode, '--num_epochs', '1',
                                '--learning_rate', '1e-30', weights=bvlc_npy))
         assert result.returncode == 0, result.stderr
         assert ('caching pool5 features' in result.stdout) == (mode == 'on')
@@ -154,13 +162,13 @@ def test_cached_features_give_the_same_forward_values(dataset, tmp_path, bvlc_np
 
 
 @pytest.mark.slow
-def test_resume_continues_the_global_step(dataset, tmp_path):
-    first = run_cli(flags(dataset, tmp_path, '--num_epochs', '1'))
+def test_resume_continues_the_global_step(dataset, tmp_path, capsys):
+    first = run_here(capsys, flags(dataset, tmp_path, '--num_epochs', '1'))
     assert first.returncode == 0, first.stderr
     assert read_state(tmp_path)['epochs_completed'] == 1
-    again = run_cli(flags(dataset, tmp_path, '--num_epochs', '2'))
+    again = run_here(capsys, flags(dataset, tmp_path, '--num_epochs', '2'))
     assert again.returncode == 2 and 'already holds a run' in again.stderr  # nothing overwritten
-    resumed = run_cli(flags(dataset, tmp_path, '--num_epochs', '3', '--resume'))
+    resumed = run_here(capsys, flags(dataset, tmp_path, '--num_epochs', '3', '--resume'))
     assert resumed.returncode == 0, resumed.stderr
     assert 'resumed model_epoch1.ckpt at step 3' in resumed.stdout
     state = read_state(tmp_path)
@@ -195,9 +203,9 @@ def test_ctrl_c_saves_and_resume_finishes_the_same_number_of_steps(dataset, tmp_
 
 
 @pytest.mark.slow
-def test_nan_guard_stops_and_keeps_the_last_checkpoint(dataset, tmp_path):
-    assert run_cli(flags(dataset, tmp_path, '--num_epochs', '1')).returncode == 0
-    result = run_cli(flags(dataset, tmp_path, '--num_epochs', '5', '--resume',
+def test_nan_guard_stops_and_keeps_the_last_checkpoint(dataset, tmp_path, capsys):
+    assert run_here(capsys, flags(dataset, tmp_path, '--num_epochs', '1')).returncode == 0
+    result = run_here(capsys, flags(dataset, tmp_path, '--num_epochs', '5', '--resume',
                            '--learning_rate', '1e30'))
     assert result.returncode == 2
     assert result.stderr.startswith('error: the loss became NaN or infinite at epoch 2')
@@ -218,7 +226,7 @@ def test_two_logical_devices_train(dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_unreadable_image_is_named_or_skipped(dataset, tmp_path):
+def test_unreadable_image_is_named_or_skipped(dataset, tmp_path, capsys):
     broken = tmp_path / 'broken.jpg'
     broken.write_bytes(open(dataset / 'images' / 'disk' / 'disk.0000.jpg', 'rb').read()[:300])
     lines = [f'{dataset}/{line}' for line in (dataset / 'train.txt').read_text().splitlines()]
@@ -227,12 +235,12 @@ def test_unreadable_image_is_named_or_skipped(dataset, tmp_path):
     bad_list.write_text('\n'.join(lines) + '\n')
     args = flags(dataset, tmp_path, '--num_epochs', '1')
     args[args.index('--train_file') + 1] = str(bad_list)
-    result = run_cli(args)
+    result = run_here(capsys, args)
     assert result.returncode == 2
     assert str(broken) in result.stderr and 'line 3' in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     args[args.index('--checkpoint_path') + 1] = str(tmp_path / 'skip')
-    skipped = run_cli(args + ['--skip_bad_images'])
+    skipped = run_here(capsys, args + ['--skip_bad_images'])
     assert skipped.returncode == 0, skipped.stderr
     assert 'skipped 1 unreadable image of 12' in skipped.stdout
 
@@ -325,10 +333,10 @@ def test_gpu_asked_for_but_absent(dataset, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_mixed_precision_run_then_resumed_without_it(dataset, tmp_path, bvlc_npy):
+def test_mixed_precision_run_then_resumed_without_it(dataset, tmp_path, bvlc_npy, capsys):
     """On a CPU --mixed_precision is grappler's bfloat16 rewrite plus loss scaling: the run trains,
     logs its loss scale and saves it; a resume without the flag leaves the loss scale behind."""
-    result = run_cli(flags(dataset, tmp_path, '--num_epochs', '1', '--mixed_precision',
+    result = run_here(capsys, flags(dataset, tmp_path, '--num_epochs', '1', '--mixed_precision',
                            '--cache_features', 'off', weights=bvlc_npy))
     assert result.returncode == 0, result.stderr
     state = read_state(tmp_path)
@@ -340,23 +348,23 @@ def test_mixed_precision_run_then_resumed_without_it(dataset, tmp_path, bvlc_npy
     events = event_accumulator.EventAccumulator(str(log_dir(tmp_path)))
     events.Reload()
     assert [e.value for e in events.Scalars('loss_scale')] == [2.0**15] * 3
-    resumed = run_cli(flags(dataset, tmp_path, '--num_epochs', '2', '--resume',
+    resumed = run_here(capsys, flags(dataset, tmp_path, '--num_epochs', '2', '--resume',
                             '--cache_features', 'off', weights=bvlc_npy))
     assert resumed.returncode == 0, resumed.stderr
     assert read_state(tmp_path)['history'][-1]['step'] == 6
 
 
 @pytest.mark.slow
-def test_resume_with_a_model_that_does_not_fit_the_checkpoint(dataset, tmp_path):
-    assert run_cli(flags(dataset, tmp_path, '--num_epochs', '1')).returncode == 0
-    resumed = run_cli(flags(dataset, tmp_path, '--num_epochs', '2', '--resume', '--mixed_precision'))
+def test_resume_with_a_model_that_does_not_fit_the_checkpoint(dataset, tmp_path, capsys):
+    assert run_here(capsys, flags(dataset, tmp_path, '--num_epochs', '1')).returncode == 0
+    resumed = run_here(capsys, flags(dataset, tmp_path, '--num_epochs', '2', '--resume', '--mixed_precision'))
     assert resumed.returncode == 2 and 'Traceback' not in resumed.stderr
     assert len(resumed.stderr.strip().splitlines()) == 1
     assert 'model_epoch1.ckpt: does not fit this run' in resumed.stderr
     assert 'resume with the flags the run was started with' in resumed.stderr
     assert '(current_loss_scale is not in it; good_steps is not in it)' in resumed.stderr
     # Another optimizer is refused from run_state.json's settings, before any checkpoint is read.
-    momentum = run_cli(flags(dataset, tmp_path, '--num_epochs', '2', '--resume', '--optimizer',
+    momentum = run_here(capsys, flags(dataset, tmp_path, '--num_epochs', '2', '--resume', '--optimizer',
                              'momentum'))
     assert momentum.returncode == 2 and len(momentum.stderr.strip().splitlines()) == 1
     assert "other settings (optimizer 'sgd' -> 'momentum')" in momentum.stderr
