@@ -90,8 +90,3 @@ def run(main, argv=None):
         print('error: interrupted', file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_OK if status is None else status
-
-
-def quiet_tensorflow(verbose=False):
-    """Hide TensorFlow's Python-side warnings unless `verbose` (call after TensorFlow is imported)."""
-    tf_setup.quiet_python_logging(verbose)
