@@ -698,9 +698,10 @@ def previous_run_state(args):
         raise ToolkitError(f'{args.checkpoint_path}: no run to resume (no {checkpoints.RUN_STATE})')
     if state:
         checkpoints.check_same_settings(args.checkpoint_path, state.get('settings'), run_settings(args))
-        latest = state['latest_checkpoint']
+        latest, best_epoch = state['latest_checkpoint'], state['best_epoch']
         _, state = checkpoints.restorable_checkpoint(args.checkpoint_path, state)
         if state['latest_checkpoint'] != latest:  # fell back: the later epochs will be trained again
+            checkpoints.repair_best(args.checkpoint_path, best_epoch, state)
             progress.write_metrics(os.path.join(args.checkpoint_path, 'metrics.jsonl'),
                                    state['history'])
     return state

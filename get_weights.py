@@ -24,9 +24,9 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 from alexnet import INPUT_SIZE, TRAINABLE_LAYERS, AlexNet  # noqa: E402
 from finetune_alexnet import caffemodel  # noqa: E402
 from finetune_alexnet import download  # noqa: E402
+from finetune_alexnet import run_folder  # noqa: E402
 from finetune_alexnet import tf_setup  # noqa: E402
 from finetune_alexnet import weight_files  # noqa: E402
-from finetune_alexnet.errors import ToolkitError  # noqa: E402
 
 TORONTO_URL = 'http://www.cs.toronto.edu/~guerzhoy/tf_alexnet/bvlc_alexnet.npy'
 BERKELEY_URL = 'http://dl.caffe.berkeleyvision.org/bvlc_alexnet.caffemodel'
@@ -73,9 +73,8 @@ def parse_args(argv):
     if converting and not args.output.endswith('.npz'):
         parser.error(f'--output {args.output}: a converted model is written as .npz (pickle-free); '
                      'name it OUT.npz')
-    folder = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(folder):
-        raise ToolkitError(f'--output {args.output}: folder {folder} does not exist')
+    if not os.path.isfile(args.output):  # a complete file there is checked and reused, not written
+        run_folder.check_output_file(args.output, '--output')
     return args
 
 

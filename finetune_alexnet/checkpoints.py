@@ -262,6 +262,55 @@ def session_bytes(session):
     return total
 
 
+def link_best(directory, prefix):
+    """best.ckpt.* in `directory` become other names for the files of checkpoint `prefix`.
+
+    The epoch checkpoint was just written, so linking saves a second serialisation of ~230 MB.
+    TensorFlow writes checkpoints to temporary files and renames them, and the epoch saver only
+    unlinks old ones, so no later save can change a linked file. Each best file is swapped in
+    with an atomic rename, the index last (a reader opens it first).
+    """
+    best = os.path.join(directory, BEST)
+    sources = sorted(glob.glob(glob.escape(prefix) + '.*'), key=lambda path: path.endswith('.index'))
+    suffixes = [source[len(prefix):] for source in sources]
+    for source, suffix in zip(sources, suffixes):
+        partial = f'{best}{suffix}.partial'
+        if os.path.lexists(partial):
+            os.remove(partial)
+        try:
+            os.link(source, partial)
+        except OSError as error:  # no hard links here (some network and FAT file systems)
+            if _is_disk_full(error):
+                raise
+            shutil.copyfile(source, partial)
+        os.replace(partial, best + suffix)
+    for stale in glob.glob(glob.escape(best) + '.*'):
+        if stale[len(best):] not in suffixes:
+            os.remove(stale)
+
+
+def repair_best(directory, best_epoch_before, state):
+    """After a fall-back (restorable_checkpoint), best.ckpt must not hold an epoch trained again.
+
+    `best_epoch_before` is the run state's best epoch before the fall-back, `state` the cut-back
+    state. When the best epoch is one that will be trained again, best.ckpt becomes the cut-back
+    state's best epoch if its checkpoint is still kept and intact; otherwise best.ckpt is removed
+    (a folder then means its latest checkpoint, and the next epoch that beats the best writes it).
+    """
+    if best_epoch_before is None or best_epoch_before <= state['epochs_completed']:
+        return
+    best, epoch = os.path.join(directory, BEST), state['best_epoch']
+    said = f'warning: {best} held epoch {best_epoch_before}, which is trained again;'
+    prefix = epoch_prefix(directory, epoch) if epoch else None
+    if epoch and os.path.basename(prefix) in state.get('epoch_checkpoints', []) \
+            and verify_checkpoint(prefix) is None:
+        link_best(directory, prefix)
+        print(f'{said} it holds epoch {epoch} again', file=sys.stderr)
+        return
+    _remove_files_of(best)
+    print(f'{said} removed it (the best epoch before it is no longer kept)', file=sys.stderr)
+
+
 class CheckpointKeeper:
     """Saves epoch, best and interrupted checkpoints of one run, and its run state."""
 
@@ -300,39 +349,13 @@ class CheckpointKeeper:
             listed = [kept for kept in self._kept if kept != name] + [name]
             kept, dropped = listed[-self.keep:], listed[:-self.keep]
             if best:
-                self._link_best(prefix)
+                link_best(self.directory, prefix)
             self._commit(prefix, dict(state, epoch_checkpoints=kept))
         self._kept = state['epoch_checkpoints'] = kept
         state['latest_checkpoint'] = name
         self._remove_interrupted(keep=None)
         for old in dropped:  # only now that run_state.json no longer lists them
             _remove_files_of(os.path.join(self.directory, old))
-
-    def _link_best(self, prefix):
-        """best.ckpt.* become other names for the files of checkpoint `prefix`.
-
-        The epoch checkpoint was just written, so linking saves a second serialisation of ~230 MB.
-        TensorFlow writes checkpoints to temporary files and renames them, and the epoch saver only
-        unlinks old ones, so no later save can change a linked file. Each best file is swapped in
-        with an atomic rename, the index last (a reader opens it first).
-        """
-        best = os.path.join(self.directory, BEST)
-        sources = sorted(glob.glob(glob.escape(prefix) + '.*'), key=lambda path: path.endswith('.index'))
-        suffixes = [source[len(prefix):] for source in sources]
-        for source, suffix in zip(sources, suffixes):
-            partial = f'{best}{suffix}.partial'
-            if os.path.lexists(partial):
-                os.remove(partial)
-            try:
-                os.link(source, partial)
-            except OSError as error:  # no hard links here (some network and FAT file systems)
-                if _is_disk_full(error):
-                    raise
-                shutil.copyfile(source, partial)
-            os.replace(partial, best + suffix)
-        for stale in glob.glob(glob.escape(best) + '.*'):
-            if stale[len(best):] not in suffixes:
-                os.remove(stale)
 
     def save_interrupted(self, session, state, step):
         """Saves interrupted_step{step}.ckpt and points run_state.json at it; returns its prefix.

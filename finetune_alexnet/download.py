@@ -22,6 +22,7 @@ import urllib.parse
 import urllib.request
 from typing import NamedTuple
 
+from finetune_alexnet import run_folder
 from finetune_alexnet.errors import ToolkitError
 
 CHUNK_BYTES = 1 << 20  # for hashing files
@@ -313,15 +314,13 @@ def download(url, output, sha256=None, sha1=None, check=None, timeout=DEFAULT_TI
     """
     output = os.fspath(output)
     stream = stream or sys.stdout
-    folder = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(folder):
-        raise ToolkitError(f'{output}: folder {folder} does not exist')
     if os.path.isfile(output):
         found_sha256, found_sha1 = verify_digests(output, sha256, sha1)
         if check:
             check(output)
         return Downloaded(output, os.path.getsize(output), found_sha256, found_sha1, True)
 
+    run_folder.check_output_file(output, 'the download')
     part = output + '.part'
     settings = _Settings(timeout, retries, backoff, manual_hint)
     progress = DownloadProgress(os.path.basename(output), stream)

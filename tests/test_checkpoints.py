@@ -128,6 +128,34 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, capsys):
         checkpoints.restorable_checkpoint(str(tmp_path), state)
 
 
+def test_a_fall_back_past_the_best_epoch_relinks_best_or_removes_it(tmp_path, capsys):
+    # Epoch 3 was the best; damaging it damages best.ckpt too (the same files). Falling back to
+    # epoch 2 makes epoch 2 the best again, and best.ckpt its files, while epoch 2 is kept.
+    run_epochs(tmp_path, [(1.0, True), (2.0, True), (3.0, True)], keep=3)
+    state = json.loads((tmp_path / checkpoints.RUN_STATE).read_text())
+    state['history'] = [{'epoch': epoch, 'val_accuracy': accuracy}
+                        for epoch, accuracy in ((1, 0.5), (2, 0.7), (3, 0.9))]
+    state['best_epoch'], state['best_val_accuracy'] = 3, 0.9
+    truncate(tmp_path / 'model_epoch3.ckpt.data-00000-of-00001')
+    assert checkpoints.verify_checkpoint(str(tmp_path / 'best.ckpt')) is not None
+    _, cut = checkpoints.restorable_checkpoint(str(tmp_path), state)
+    assert cut['best_epoch'] == 2
+    checkpoints.repair_best(str(tmp_path), 3, cut)
+    for suffix in ('.index', '.data-00000-of-00001'):
+        assert os.path.samefile(tmp_path / f'best.ckpt{suffix}', tmp_path / f'model_epoch2.ckpt{suffix}')
+    np.testing.assert_array_equal(saved_value(str(tmp_path / 'best.ckpt')), np.full(1000, 2.0))
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"warning: {tmp_path / 'best.ckpt'} held epoch 3, which is trained again; it holds epoch 2 again")
+    # A best epoch no longer kept cannot be linked: best.ckpt goes (the folder then means latest).
+    checkpoints.repair_best(str(tmp_path), 3, dict(cut, epoch_checkpoints=['model_epoch1.ckpt']))
+    assert not list(tmp_path.glob('best.ckpt*'))
+    assert 'removed it (the best epoch before it is no longer kept)' in capsys.readouterr().err
+    # A best epoch at or before the one resumed from is left alone.
+    (tmp_path / 'best.ckpt.index').write_bytes(b'kept')
+    checkpoints.repair_best(str(tmp_path), 2, cut)
+    assert (tmp_path / 'best.ckpt.index').read_bytes() == b'kept'
+
+
 VALID_STATE = {'epochs_completed': 1, 'latest_checkpoint': 'model_epoch1.ckpt', 'history': [],
                'best_val_accuracy': 0.5, 'best_epoch': 1, 'args': {}}
 
@@ -318,15 +346,18 @@ def test_resume_with_other_settings_is_refused_naming_each(dataset, finished_run
 @pytest.mark.slow
 def test_resume_falls_back_past_a_damaged_latest_checkpoint(dataset, finished_run, tmp_path):
     run_dir = linked_copy(finished_run, tmp_path)
+    best_epoch = tiny_runs.read_state(run_dir)['best_epoch']
     replace_file(run_dir / 'ckpt' / 'model_epoch2.ckpt.data-00000-of-00001', lambda data: data[:1000])
     result = tiny_runs.run_cli(tiny_runs.flags(dataset, run_dir, '--resume', '--num_epochs', '3'))
     assert result.returncode == 0, result.stderr
     assert 'Traceback' not in result.stderr
-    warning = result.stderr.strip()
+    warning, *best_warning = result.stderr.strip().splitlines()
     assert warning.startswith(f"warning: {run_dir / 'ckpt' / 'model_epoch2.ckpt.data-00000-of-00001'} "
                               "is damaged (tensor conv1/")
     assert warning.endswith('Read less bytes than requested); resuming from model_epoch1.ckpt instead')
-    assert len(warning.splitlines()) == 1
+    # best.ckpt never holds an epoch that is trained again (see the unit test for how it is mended).
+    assert best_warning == ([f"warning: {run_dir / 'ckpt' / 'best.ckpt'} held epoch 2, which is trained "
+                             'again; it holds epoch 1 again'] if best_epoch == 2 else [])
     state = tiny_runs.read_state(run_dir)
     assert [record['step'] for record in state['history']] == [3, 6, 9]
     metrics = [json.loads(line) for line in (run_dir / 'ckpt' / 'metrics.jsonl').read_text().splitlines()]

@@ -175,3 +175,10 @@ def test_digest_flags_and_urls_are_checked():
         download.check_digest_flag('sha256', 'xyz')
     with pytest.raises(ToolkitError, match='only http:// and https://'):
         download.check_url('ftp://example.org/file')
+
+
+def test_output_in_a_missing_folder_is_refused_before_any_request(tmp_path):
+    # The same one output check every command uses; port 9 is closed, so a request would fail
+    # differently (and slowly, through the retries).
+    with pytest.raises(ToolkitError, match=r'w.npy: the download is in a folder that does not exist'):
+        download.download(closed_port_url(), str(tmp_path / 'nowhere' / 'w.npy'), retries=0)
