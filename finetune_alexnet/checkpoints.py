@@ -18,7 +18,8 @@ TensorFlow writes each checkpoint to temporary files (`*.tempstate*`) and rename
 run_state.json is replaced only after the save succeeded, so a crash while saving leaves the previous
 checkpoint readable. A checkpoint is verified (every tensor read back against the sizes and CRC32C
 checksums its index records) before it is restored or predicted with; `--resume` falls back to the
-newest intact checkpoint that run_state.json lists when the latest is damaged.
+newest intact checkpoint that run_state.json lists when the latest is damaged, and best.ckpt is
+mended if it held an epoch that is trained again (repair_best).
 """
 import contextlib
 import errno
