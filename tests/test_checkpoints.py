@@ -245,10 +245,9 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch, where)
 
 # --- end to end through finetune.py: exact resume, resume checks, damaged run folders ---
 
+import importlib  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 
 import finetune  # noqa: E402
 import tiny_runs  # noqa: E402
@@ -307,10 +306,9 @@ def test_a_run_stopped_mid_epoch_and_resumed_ends_with_the_uninterrupted_weights
 
 @pytest.fixture(scope='module')
 def finished_run(tmp_path_factory, dataset):
-    """A two-epoch run (both epoch checkpoints kept), through the command line."""
+    """A two-epoch run (both epoch checkpoints kept)."""
     run_dir = tmp_path_factory.mktemp('finished')
-    result = tiny_runs.run_cli(tiny_runs.flags(dataset, run_dir))
-    assert result.returncode == 0, result.stderr
+    assert cli.run(finetune.main, tiny_runs.flags(dataset, run_dir)) == 0
     return run_dir
 
 
@@ -344,11 +342,11 @@ def test_resume_with_other_settings_is_refused_naming_each(dataset, finished_run
 
 
 @pytest.mark.slow
-def test_resume_falls_back_past_a_damaged_latest_checkpoint(dataset, finished_run, tmp_path):
+def test_resume_falls_back_past_a_damaged_latest_checkpoint(dataset, finished_run, tmp_path, capsys):
     run_dir = linked_copy(finished_run, tmp_path)
     best_epoch = tiny_runs.read_state(run_dir)['best_epoch']
     replace_file(run_dir / 'ckpt' / 'model_epoch2.ckpt.data-00000-of-00001', lambda data: data[:1000])
-    result = tiny_runs.run_cli(tiny_runs.flags(dataset, run_dir, '--resume', '--num_epochs', '3'))
+    result = tiny_runs.run_here(capsys, tiny_runs.flags(dataset, run_dir, '--resume', '--num_epochs', '3'))
     assert result.returncode == 0, result.stderr
     assert 'Traceback' not in result.stderr
     warning, *best_warning = result.stderr.strip().splitlines()
@@ -366,12 +364,12 @@ def test_resume_falls_back_past_a_damaged_latest_checkpoint(dataset, finished_ru
         'global_step') == 9
 
 
-def test_no_intact_checkpoint_is_one_line(dataset, finished_run, tmp_path):
+def test_no_intact_checkpoint_is_one_line(dataset, finished_run, tmp_path, capsys):
     run_dir = linked_copy(finished_run, tmp_path)
     for name in ('model_epoch1.ckpt', 'model_epoch2.ckpt'):
         replace_file(run_dir / 'ckpt' / f'{name}.data-00000-of-00001',
                      lambda data: data[:5000] + bytes([data[5000] ^ 0xFF]) + data[5001:])
-    result = tiny_runs.run_cli(tiny_runs.flags(dataset, run_dir, '--resume', '--num_epochs', '3'))
+    result = tiny_runs.run_here(capsys, tiny_runs.flags(dataset, run_dir, '--resume', '--num_epochs', '3'))
     assert result.returncode == 2
     line = tiny_runs.one_error_line(result.stderr)
     assert line.startswith(f"error: {run_dir / 'ckpt'}: no intact checkpoint to resume "
@@ -398,18 +396,16 @@ def test_resume_with_a_broken_run_state_is_one_line(dataset, finished_run, tmp_p
     assert not (run_dir / 'ckpt' / 'model_epoch3.ckpt.index').exists()
 
 
-@pytest.mark.parametrize('command', ['predict.py', 'export.py'])
-def test_predict_and_export_name_the_damaged_file(dataset, finished_run, tmp_path, command):
+@pytest.mark.parametrize('command', ['predict', 'export'])
+def test_predict_and_export_name_the_damaged_file(dataset, finished_run, tmp_path, capsys, command):
     run_dir = linked_copy(finished_run, tmp_path)
     damaged = run_dir / 'ckpt' / 'best.ckpt.data-00000-of-00001'
     replace_file(damaged, lambda data: data[:-10])
     args = (['--checkpoint_path', str(run_dir / 'ckpt'), str(dataset / 'images' / 'disk')]
-            if command == 'predict.py' else
+            if command == 'predict' else
             ['--checkpoint_path', str(run_dir / 'ckpt'), '--output', str(tmp_path / 'out.npz')])
-    result = subprocess.run([sys.executable, command, *args], cwd=tiny_runs.REPO,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2
-    line = tiny_runs.one_error_line(result.stderr)
+    assert cli.run(importlib.import_module(command).main, args) == 2
+    line = tiny_runs.one_error_line(capsys.readouterr().err)
     assert line.startswith(f'error: {damaged}: damaged checkpoint (tensor ')
     assert not (tmp_path / 'out.npz').exists()
 
@@ -437,13 +433,11 @@ def test_an_unseeded_run_resumes_with_its_own_shuffle_orders(dataset, tmp_path, 
     capsys.readouterr()
 
 
-def test_export_into_a_folder_is_one_line_and_leaves_nothing(finished_run, tmp_path):
+def test_export_into_a_folder_is_one_line_and_leaves_nothing(finished_run, tmp_path, capsys):
+    import export
     folder = tmp_path / 'out'
     folder.mkdir()
-    result = subprocess.run([sys.executable, 'export.py', '--checkpoint_path',
-                             str(finished_run / 'ckpt'), '--output', str(folder)],
-                            cwd=tiny_runs.REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2
-    assert tiny_runs.one_error_line(result.stderr) == \
+    assert cli.run(export.main, ['--checkpoint_path', str(finished_run / 'ckpt'), '--output', str(folder)]) == 2
+    assert tiny_runs.one_error_line(capsys.readouterr().err) == \
         f'error: {folder}: --output (--format npz writes a file) is a folder; give a file name'
     assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ['out']

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 import datagenerator
+import finetune
 import get_data
 import http_fixture
 import image_files
 import make_lists
+from finetune_alexnet import cli
 from finetune_alexnet import datasets
 from finetune_alexnet.errors import ToolkitError
 
@@ -108,14 +110,11 @@ def test_lists_hold_exactly_the_good_images_and_finetune_runs_on_them(tmp_path, 
     assert sorted(path for path, _ in read_list(out_dir / 'train.txt') + read_list(out_dir / 'val.txt')) \
         == listed
 
-    result = subprocess.run(
-        [sys.executable, 'finetune.py', '--train_file', str(out_dir / 'train.txt'),
-         '--val_file', str(out_dir / 'val.txt'), '--num_classes', '2', '--num_epochs', '1',
-         '--batch_size', '8', '--weights_path', bvlc_npy, '--seed', '0',
-         '--checkpoint_path', str(tmp_path / 'run' / 'checkpoints'),
-         '--filewriter_path', str(tmp_path / 'run' / 'tensorboard')],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert cli.run(finetune.main, [
+        '--train_file', str(out_dir / 'train.txt'), '--val_file', str(out_dir / 'val.txt'),
+        '--num_classes', '2', '--num_epochs', '1', '--batch_size', '8', '--weights_path', bvlc_npy,
+        '--seed', '0', '--checkpoint_path', str(tmp_path / 'run' / 'checkpoints'),
+        '--filewriter_path', str(tmp_path / 'run' / 'tensorboard')]) == 0, capsys.readouterr().err[-2000:]
     metrics = [json.loads(line) for line in
                (tmp_path / 'run' / 'checkpoints' / 'metrics.jsonl').read_text().splitlines()]
     assert [record['epoch'] for record in metrics] == [1]

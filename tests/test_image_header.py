@@ -1,6 +1,7 @@
 """Image sizes from file headers (checked against what the decoders give), and --max_pixels in the list
 check, training and prediction: a 23000x23000 PNG is refused by name, never decoded."""
 import io
+import json
 import os
 import struct
 import subprocess
@@ -137,21 +138,17 @@ def test_training_refuses_an_oversized_image_naming_its_line(tmp_path, capsys):
     assert not (tmp_path / 'ckpt' / 'run_state.json').exists()
 
 
-def test_prediction_refuses_or_skips_oversized_images(tmp_path, bvlc_npy):
+def test_prediction_refuses_or_skips_oversized_images(tmp_path, bvlc_npy, capsys):
+    import predict
     big, small = tmp_path / 'big.png', tmp_path / 'small.png'
     image_files.write_png(big, image_files.random_rgb(60, 60))
     image_files.write_png(small, image_files.random_rgb(20, 20))
-    command = [sys.executable, 'predict.py', '--weights_path', bvlc_npy, '--max_pixels', '1000',
-               str(big), str(small)]
-    refused = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2
-    assert tiny_runs.one_error_line(refused.stderr) == (
+    args = ['--weights_path', bvlc_npy, '--max_pixels', '1000', str(big), str(small)]
+    assert cli.run(predict.main, args) == 2
+    assert tiny_runs.one_error_line(capsys.readouterr().err) == (
         f'error: 1 image too large to decode safely: {big}: 60x60 = 0.0 megapixels, over '
         '--max_pixels 1000 (raise --max_pixels if you mean it)')
-    skipped = subprocess.run(command + ['--skip_bad_images', '--json', str(tmp_path / 'out.json')],
-                             cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert skipped.returncode == 0, skipped.stderr
-    import json
+    assert cli.run(predict.main, args + ['--skip_bad_images', '--json', str(tmp_path / 'out.json')]) == 0
     predictions = json.loads((tmp_path / 'out.json').read_text())['predictions']
     assert [record['path'] for record in predictions] == [str(small)]
-    assert f'skipped 1 unreadable image(s): {big}' in skipped.stderr
+    assert f'skipped 1 unreadable image(s): {big}' in capsys.readouterr().err

@@ -2,8 +2,7 @@
 import csv
 import json
 import os
-import subprocess
-import sys
+import types
 
 import cv2
 import numpy as np
@@ -12,6 +11,7 @@ import tensorflow.compat.v1 as tf
 
 import bvlc_fixture
 import datagenerator
+from finetune_alexnet import cli
 from finetune_alexnet import model_info
 import predict
 from finetune_alexnet import weight_files
@@ -280,14 +280,15 @@ def test_evaluate_leaves_undefined_precision_as_none():
 
 # --- bad input -----------------------------------------------------------------------------------
 
-def run_predict(*args):
-    return subprocess.run([sys.executable, os.path.join(REPO, 'predict.py'), *args],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+def run_predict(capsys, *args):
+    """predict.py's main as the command runs it (exit status and stderr), in this process."""
+    code = cli.run(predict.main, [str(arg) for arg in args])
+    return types.SimpleNamespace(returncode=code, stderr=capsys.readouterr().err)
 
 
 def error_line(result):
-    """The one line our error handling printed (TensorFlow's C++ runtime may log start-up notices
-    before it, whatever TF_CPP_MIN_LOG_LEVEL says)."""
+    """The one line our error handling printed (in a subprocess, TensorFlow's C++ runtime may log
+    start-up notices before it, whatever TF_CPP_MIN_LOG_LEVEL says)."""
     assert result.returncode == 2, result.stderr
     assert 'Traceback' not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -308,13 +309,12 @@ def test_unreadable_images_are_named(two_class, photos, tmp_path, capsys):
         assert [record['path'] for record in json.load(stream)['predictions']] == [photos[0]]
 
 
-@pytest.mark.slow
-def test_bad_image_and_missing_weights_exit_2_with_one_line(two_class, tmp_path):
+def test_bad_image_and_missing_weights_exit_2_with_one_line(two_class, tmp_path, capsys):
     broken = tmp_path / 'broken.png'
     broken.write_bytes(b'\x89PNG\r\n\x1a\n truncated')
-    line = error_line(run_predict('--checkpoint', two_class['dir'], str(broken)))
+    line = error_line(run_predict(capsys, '--checkpoint', two_class['dir'], str(broken)))
     assert f'{broken}: ' in line and '1 unreadable image' in line
-    line = error_line(run_predict('--weights_path', str(tmp_path / 'nowhere.npy'), str(broken)))
+    line = error_line(run_predict(capsys, '--weights_path', str(tmp_path / 'nowhere.npy'), str(broken)))
     assert line == f"error: {tmp_path / 'nowhere.npy'}: weights file not found; {weight_files.WHERE_TO_GET}"
 
 

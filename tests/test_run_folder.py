@@ -48,13 +48,13 @@ def test_the_os_releases_the_lock_of_a_killed_holder(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_runs_on_one_folder_the_second_is_refused(dataset, tmp_path):
+def test_two_runs_on_one_folder_the_second_is_refused(dataset, tmp_path, capsys):
     first = tiny_runs.popen(tiny_runs.flags(dataset, tmp_path, epochs=50))
     lock = tmp_path / 'ckpt' / run_folder.LOCK_FILE
     deadline = time.time() + 120
     while not (lock.exists() and lock.read_text()) and time.time() < deadline:
         time.sleep(0.1)
-    second = tiny_runs.run_cli(tiny_runs.flags(dataset, tmp_path, '--resume', epochs=50))
+    second = tiny_runs.run_here(capsys, tiny_runs.flags(dataset, tmp_path, '--resume', epochs=50))
     first.send_signal(signal.SIGTERM)
     first.communicate(timeout=240)
     assert second.returncode == 2
@@ -90,16 +90,14 @@ def test_output_file_checks(tmp_path):
         run_folder.check_output_file(str(tmp_path), '--output')
 
 
-def test_predict_refuses_an_output_in_a_missing_folder_before_any_work(dataset, tmp_path):
+def test_predict_refuses_an_output_in_a_missing_folder_before_any_work(dataset, tmp_path, capsys):
+    import predict
     for flag in ('--csv', '--json', '--confusion_matrix'):
         target = tmp_path / 'missing' / 'out'
-        result = subprocess.run(
-            [sys.executable, 'predict.py', '--weights_path', str(tmp_path / 'absent.npy'), flag,
-             str(target), '--evaluate', str(dataset / 'train.txt')], cwd=tiny_runs.REPO, capture_output=True,
-            text=True, timeout=120)
-        assert result.returncode == 2
+        assert cli.run(predict.main, ['--weights_path', str(tmp_path / 'absent.npy'), flag, str(target),
+                                      '--evaluate', str(dataset / 'train.txt')]) == 2
         # Refused before the (absent) weights file is even read.
-        assert tiny_runs.one_error_line(result.stderr) == \
+        assert tiny_runs.one_error_line(capsys.readouterr().err) == \
             f'error: {target}: {flag} is in a folder that does not exist ({target.parent})'
 
 
@@ -129,11 +127,11 @@ def small_disk(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_full_disk_while_saving_is_one_line_and_leaves_the_run_resumable(dataset, tmp_path,
+def test_a_full_disk_while_saving_is_one_line_and_leaves_the_run_resumable(dataset, tmp_path, capsys,
                                                                               small_disk):
     args = tiny_runs.flags(dataset, tmp_path, epochs=2)
     args[args.index('--checkpoint_path') + 1] = str(small_disk / 'ckpt')
-    result = tiny_runs.run_cli(args)
+    result = tiny_runs.run_here(capsys, args)
     assert result.returncode == 2
     line = tiny_runs.one_error_line(result.stderr)
     match = re.fullmatch(rf"error: {re.escape(str(small_disk / 'ckpt'))}: disk full while saving "
@@ -151,7 +149,7 @@ def test_a_full_disk_while_saving_is_one_line_and_leaves_the_run_resumable(datas
     assert checkpoints.verify_checkpoint(str(small_disk / 'ckpt' / 'model_epoch1.ckpt')) is None
     # Space freed (the file system grown): the run resumes from epoch 1 and finishes.
     subprocess.run(['mount', '-o', 'remount,size=700m', str(small_disk)], check=True)
-    resumed = tiny_runs.run_cli(args + ['--resume'])
+    resumed = tiny_runs.run_here(capsys, args + ['--resume'])
     assert resumed.returncode == 0, resumed.stderr
     assert [record['step'] for record in checkpoints.read_run_state(
         str(small_disk / 'ckpt'))['history']] == [3, 6]

@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 import pytest
 
+import finetune
 import tiny_runs
-
+from finetune_alexnet import cli
 from finetune_alexnet import summaries
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TENSORBOARD = os.path.join(os.path.dirname(sys.executable), 'tensorboard')
 
 
@@ -151,14 +151,12 @@ def two_runs(tmp_path_factory, small_dataset, bvlc_npy):
     root = tmp_path_factory.mktemp('sweep')
     outputs = {}
     for rate in ('1e-06', '1e-05'):
-        result = subprocess.run(
-            [sys.executable, 'finetune.py', '--train_file', str(small_dataset / 'train.txt'),
-             '--val_file', str(small_dataset / 'val.txt'), '--batch_size', '4', '--num_epochs', '2',
-             '--seed', '1', '--learning_rate', rate, '--weights_path', bvlc_npy, '--projector',
-             '--checkpoint_path', str(root / f'ckpt_{rate}'), '--filewriter_path', str(root / 'tb'),
-             '--cache_dir', str(root / 'cache')],
-            cwd=REPO, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr
+        assert cli.run(finetune.main, [
+            '--train_file', str(small_dataset / 'train.txt'),
+            '--val_file', str(small_dataset / 'val.txt'), '--batch_size', '4', '--num_epochs', '2',
+            '--seed', '1', '--learning_rate', rate, '--weights_path', bvlc_npy, '--projector',
+            '--checkpoint_path', str(root / f'ckpt_{rate}'), '--filewriter_path', str(root / 'tb'),
+            '--cache_dir', str(root / 'cache')]) == 0
         state = json.loads((root / f'ckpt_{rate}' / 'run_state.json').read_text())
         outputs[rate] = state
     board = TensorBoard(root / 'tb')

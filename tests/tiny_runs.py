@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 from finetune_alexnet import demo_data
 
@@ -45,6 +46,18 @@ def flags(dataset, run_dir, *extra, weights=None, batch_size=4, epochs=2):
 def run_cli(args, timeout=300, **kwargs):
     return subprocess.run([sys.executable, 'finetune.py', *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def run_here(capsys, args):
+    """finetune.py's main in this process (no interpreter start-up), seen as run_cli sees a process.
+
+    A subprocess costs seconds of TensorFlow start-up: use one only where the test is about the
+    process (signals, exit status from the shell, settings fixed at TensorFlow's start)."""
+    import finetune
+    from finetune_alexnet import cli
+    code = cli.run(finetune.main, [str(arg) for arg in args])
+    captured = capsys.readouterr()
+    return types.SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
 
 
 def popen(args):
