@@ -38,6 +38,10 @@ from finetune_alexnet import preprocessing  # noqa: E402
 from finetune_alexnet import tf_setup  # noqa: E402
 from finetune_alexnet.errors import ToolkitError  # noqa: E402
 
+# The pipeline's functions are plain TensorFlow ops (Python `if`s on settings, tf.cond on tensors):
+# AutoGraph would only re-parse their source, which costs about a second of every command's start.
+NOT_CONVERTED = tf.autograph.experimental.do_not_convert
+
 MODES = ('training', 'inference')
 # What session.run raises when a listed image cannot be read: a corrupt or truncated file, or one
 # that was deleted after the list was checked.
@@ -190,7 +194,7 @@ def _unreadable(paths, workers, max_pixels=image_header.DEFAULT_MAX_PIXELS):
     with tf.Graph().as_default(), tf.Session(config=config) as session:
         dataset = tf.data.Dataset.from_tensor_slices(
             (np.array(present, dtype=np.int64), [paths[position] for position in present]))
-        dataset = dataset.map(lambda position, path: (position, _decode_only(path)),
+        dataset = dataset.map(NOT_CONVERTED(lambda position, path: (position, _decode_only(path))),
                               num_parallel_calls=workers, deterministic=False)
         # Dropping failures keeps the pass going; whatever does not come out is a bad file.
         dataset = dataset.ignore_errors().batch(1024)
@@ -304,6 +308,7 @@ class ImageDataGenerator:
         paths = tf.gather(tf.constant(self.paths), positions)
         labels = tf.gather(tf.constant(self.labels), positions)
 
+        @NOT_CONVERTED
         def load(path, label, position):
             # Each image's crop depends on the epoch and on the image, not on the order of decoding.
             crop_key = (tf.random.experimental.stateless_fold_in(epoch_key, position) if random_crops
@@ -323,6 +328,7 @@ class ImageDataGenerator:
             dataset = dataset.ignore_errors().skip(self.skip)
         dataset = dataset.batch(self.batch_size)
 
+        @NOT_CONVERTED
         def finish_batch(images, labels):
             return preprocessing.normalize(images), tf.one_hot(labels, self.num_classes)
         dataset = dataset.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
@@ -396,6 +402,7 @@ def images_dataset(paths, batch_size, center_crop=False, skip_bad_images=False, 
         if not paths:
             raise too_large
 
+    @NOT_CONVERTED
     def load(path, position):
         image = preprocessing.decode_rgb(tf.io.read_file(path))
         if ten_crop:
@@ -403,6 +410,7 @@ def images_dataset(paths, batch_size, center_crop=False, skip_bad_images=False, 
         return preprocessing.resize_for_model(image, training=False, augment=center_crop,
                                               resize_size=resize_size), position
 
+    @NOT_CONVERTED
     def finish_batch(images, positions):
         if ten_crop:  # [b, 10, 227, 227, 3] -> [10 b, 227, 227, 3]: image after image
             size = preprocessing.INPUT_SIZE

@@ -65,6 +65,7 @@ def cached_dataset(num_classes, batch_size, drop_remainder):
     """
     feeder = Feeder(batch_size, drop_remainder)
 
+    @tf.autograph.experimental.do_not_convert  # plain ops: AutoGraph would only re-parse the source
     def gather(index):
         features, labels = tf.numpy_function(feeder.batch, [index], (tf.float32, tf.float32),
                                              name='cached_batch')

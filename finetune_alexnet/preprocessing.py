@@ -107,7 +107,7 @@ def ten_crops(image_rgb, resize_size=RESIZE_SIZE):
     return tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
 
 
-@tf.function(jit_compile=True)
+@tf.function(jit_compile=True, autograph=False)
 def _bgr_minus_mean(images_rgb):
     """The normalisation as one XLA-compiled loop.
 

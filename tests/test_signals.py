@@ -83,15 +83,22 @@ def test_a_second_signal_aborts_in_one_line_and_leaves_the_run_resumable(dataset
     process = tiny_runs.popen(tiny_runs.flags(dataset, tmp_path, epochs=50))
     wait_for(tmp_path / 'ckpt' / 'run_state.json', process)  # epoch 1 is saved
     process.send_signal(signum)
-    time.sleep(0.05)
+    # Two signals that arrive before Python's handler has run are one signal (the OS does not queue
+    # them), so the second is sent once the first is acknowledged: during the save it started.
+    acknowledged = []
+    for line in process.stderr:
+        acknowledged.append(line)
+        if 'saving a checkpoint after this step' in line:
+            break
     process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=240)
+    stderr = ''.join(acknowledged) + stderr
     assert process.returncode == 128 + signum, stderr
     assert 'Traceback' not in stderr and 'KeyboardInterrupt' not in stderr
     errors = [line for line in stderr.splitlines() if line.startswith('error:')]
     name = signal.Signals(signum).name
     assert errors == [f'error: {name} again: aborted without saving; the last complete checkpoint '
-                      'is kept, continue it with --resume']
+                      'is kept, continue it with --resume'], stderr + stdout[-600:]
     assert_consistent(tmp_path / 'ckpt')
     # A second run in the folder removes whatever the aborted save left half-written.
     resumed = tiny_runs.run_here(capsys, tiny_runs.flags(dataset, tmp_path, '--resume', epochs=2))
