@@ -437,7 +437,8 @@ def test_export_into_a_folder_is_one_line_and_leaves_nothing(finished_run, tmp_p
     import export
     folder = tmp_path / 'out'
     folder.mkdir()
-    assert cli.run(export.main, ['--checkpoint_path', str(finished_run / 'ckpt'), '--output', str(folder)]) == 2
+    assert cli.run(export.main, ['--checkpoint_path', str(finished_run / 'ckpt'),
+                                 '--output', str(folder)]) == 2
     assert tiny_runs.one_error_line(capsys.readouterr().err) == \
         f'error: {folder}: --output (--format npz writes a file) is a folder; give a file name'
     assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ['out']

@@ -1,5 +1,6 @@
 """finetune.py end to end on tiny runs: files written and read back by TensorFlow's and TensorBoard's
-own readers, frozen layers, resume, Ctrl-C, the NaN guard, and every kind of bad input."""
+own readers, frozen layers, resume, the NaN guard, and every kind of bad input (signals are in
+test_signals.py)."""
 import json
 import os
 import subprocess

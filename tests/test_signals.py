@@ -44,7 +44,8 @@ def test_stop_requests_flag_the_first_signal_and_abort_on_the_second(capsys, fir
         os.kill(os.getpid(), first)
         assert stop.requested and stop.exit_status == 128 + first
         said = signals.name(first)
-        assert capsys.readouterr().err == f'\n{said}: saving a checkpoint after this step ({said} again to abort)\n'
+        assert capsys.readouterr().err == \
+            f'\n{said}: saving a checkpoint after this step ({said} again to abort)\n'
         with pytest.raises(signals.Aborted) as aborted:
             os.kill(os.getpid(), second)
         assert aborted.value.exit_status == 128 + second
