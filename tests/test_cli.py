@@ -2,8 +2,10 @@
 mistake, argparse's own complaints included; quiet TensorFlow; nothing happens at import."""
 import importlib
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -78,3 +80,16 @@ def test_keyboard_interrupt_is_one_line_and_status_130(capsys):
         raise KeyboardInterrupt
     assert cli.run(main, []) == 130
     assert capsys.readouterr().err == 'error: interrupted\n'
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_tensorflow_loads_is_one_line_and_status_130():
+    # A second into the command TensorFlow is still loading (it takes several here); should the
+    # imports be done, main's own Ctrl-C handling must end the same way.
+    process = subprocess.Popen([sys.executable, 'alexnet.py', '--num_classes', '3'], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr
+    assert stderr == 'error: interrupted\n' and stdout == ''
