@@ -25,6 +25,7 @@ import datagenerator  # noqa: E402
 import make_lists  # noqa: E402
 from finetune_alexnet import datasets  # noqa: E402
 from finetune_alexnet import download  # noqa: E402
+from finetune_alexnet import run_folder  # noqa: E402
 from finetune_alexnet import tf_setup  # noqa: E402
 from finetune_alexnet.errors import ToolkitError  # noqa: E402
 
@@ -111,6 +112,7 @@ def main(argv=None):
         return 0
     tf_setup.quiet_python_logging(args.verbose)  # first: disable_v2_behavior logs a deprecation
     tf.disable_v2_behavior()
+    run_folder.check_output_folder(args.out_dir, '--out_dir')  # the one output check, before the download
     try:
         os.makedirs(args.out_dir, exist_ok=True)
     except OSError as error:

@@ -162,6 +162,11 @@ def test_flags_and_names_are_checked(tmp_path, capsys):
         get_data.main(['cats_vs_dogs'])
     with pytest.raises(ToolkitError, match=r'--val_fraction 1.5 is outside \(0, 1\)'):
         get_data.main(['cats_vs_dogs', '--out_dir', str(tmp_path), '--val_fraction', '1.5'])
+    blocker = tmp_path / 'blocker'
+    blocker.write_text('a file')
+    with pytest.raises(ToolkitError, match=rf'{blocker}/data: --out_dir cannot be created: {blocker} is a '
+                                           'file, not a folder'):
+        get_data.main(['cats_vs_dogs', '--out_dir', str(blocker / 'data'), '--url', 'http://127.0.0.1:9/x'])
 
 
 @pytest.mark.slow
