@@ -9,7 +9,8 @@ an in-memory batch; `pipeline` feeds it from the JPEG pipeline (datagenerator), 
 itself (images/s from its metrics.jsonl), `feed` the original's loop, the baseline (each batch pulled
 into NumPy and fed back through feed_dict, summaries by a second pass every 20 steps), `cached` the
 step from cached pool5 features, `mixed` --mixed_precision, `torch` the PyTorch peer (when torch is
-importable). Then `infer/*` (batch 1 and the largest), `input/*` (the pipeline alone against plain
+importable). Then `infer/*` (batch 1 and the largest), `eval/*` (predict.py's classifier on
+JPEGs: the centre crop against Caffe's ten crops), `input/*` (the pipeline alone against plain
 OpenCV), `e2e/*` (a 10-epoch frozen-conv finetune.py run, --cache_features off and on) and
 `check/*` (the PyTorch peer's logits and SGD step against ours). Weights are random (speed does not
 depend on them), written once in the BVLC layout. Figures go in bench/RESULTS.md.
@@ -51,6 +52,7 @@ STEP_LEARNING_RATE = 1e-7
 RUN_LEARNING_RATE = 1e-5
 CHECK_IMAGES = 8
 CHECK_TOLERANCE = 1e-4
+EVAL_IMAGES = 64  # ten crops classify at a few images/s here: a pass of 64 takes seconds
 LAYER_SHAPES = {'conv1': (11, 11, 3, 96), 'conv2': (5, 5, 48, 256), 'conv3': (3, 3, 256, 384),
                 'conv4': (3, 3, 192, 384), 'conv5': (3, 3, 192, 256), 'fc6': (9216, 4096),
                 'fc7': (4096, 4096), 'fc8': (4096, 1000)}
@@ -244,6 +246,19 @@ def measure_tf_inference(spec):
     return timed(lambda: session.run(model.fc8), spec['batch'], spec['seconds'])
 
 
+def measure_evaluation(spec):
+    """predict.py's Classifier on EVAL_IMAGES of the JPEGs, whole passes: `center` crops once per
+    image, `tencrop` classifies Caffe's ten crops of each (one batch of 10 x batch crops)."""
+    import datagenerator
+    import predict
+    paths, _ = datagenerator.read_list(spec['list_file'])
+    paths = paths[:EVAL_IMAGES]
+    classifier = predict.Classifier(weights_path=spec['weights'], center_crop=True,
+                                    batch_size=spec['batch'], ten_crop=spec['source'] == 'tencrop')
+    with classifier:
+        return timed(lambda: classifier.run(paths), len(paths), spec['seconds'])
+
+
 def measure_input(spec):
     """Whole epochs of the input pipeline alone (batches consumed in the graph), or of plain OpenCV
     decode+resize in a thread pool of the same size, one OpenCV thread per worker."""
@@ -355,7 +370,7 @@ def worker(spec):
     elif spec['framework'] == 'torch':
         result = measure_torch(spec)
     else:
-        result = {'step': measure_tf_step, 'infer': measure_tf_inference,
+        result = {'step': measure_tf_step, 'infer': measure_tf_inference, 'eval': measure_evaluation,
                   'input': measure_input}[spec['kind']](spec)
     print(json.dumps(result))
     return 0
@@ -396,6 +411,11 @@ def configurations(args):
             add(f'infer/torch/{batch}', 'inference, PyTorch peer',
                 (f'infer/tf/{batch}', f'infer/torch/{batch}', 'ours over PyTorch'), 'torch',
                 kind='infer', batch=batch)
+    add(f'eval/center/{big}', f'evaluation, centre crop ({EVAL_IMAGES} JPEGs)', kind='eval',
+        source='center', batch=big)
+    add(f'eval/tencrop/{big}', f'evaluation, ten crops ({EVAL_IMAGES} JPEGs)',
+        (f'eval/tencrop/{big}', f'eval/center/{big}', 'the centre crop'), kind='eval',
+        source='tencrop', batch=big)
     threads = f'{os.cpu_count()} threads'
     add(f'input/pipeline/{big}', f'input pipeline alone (500x375 JPEGs), {threads}',
         (f'input/pipeline/{big}', f'input/opencv/{big}', 'plain OpenCV'), kind='input',
@@ -564,7 +584,7 @@ def main(argv=None):
     os.makedirs(args.cache_dir, exist_ok=True)
     weights = write_weights(os.path.join(args.cache_dir, 'random_weights.npz'))
     kinds = {spec['kind'] for spec in configs.values()}
-    if kinds & {'step', 'loop', 'input'}:
+    if kinds & {'step', 'loop', 'input', 'eval'}:
         args.list_file = write_jpegs(os.path.join(args.cache_dir, 'jpegs'), args.jpegs)
         args.val_list = write_jpegs(os.path.join(args.cache_dir, 'jpegs'), min(32, args.jpegs))
     if 'e2e' in kinds:

@@ -68,10 +68,12 @@ def prepare(argv):
     TensorFlow's C++ runtime reads its variables once, when it loads, so this must run before the
     command's own imports; only the `__main__` block calls it, so importing a command changes nothing.
     Ctrl-C while the imports run (TensorFlow takes seconds to load) ends the command as `run` does,
-    in one line with status 130, instead of a traceback through the import machinery.
+    in one line with status 130, instead of a traceback through the import machinery; a second stop
+    signal during a run ends the process at once (signals.leave_at_once).
     """
     tf_setup.configure_environment(verbose='--verbose' in argv)
     signal.signal(signal.SIGINT, _interrupted_while_loading)
+    signals.leave_at_once(before_exit=tf_setup.restore_stderr)
 
 
 def _interrupted_while_loading(signum, frame):

@@ -4,15 +4,41 @@ SIGTERM is what `docker stop`, Slurm and Kubernetes send before killing a job; S
 ssh session sends. All three set a flag that the loop checks between steps, so the step in flight
 finishes, a checkpoint is saved, and the command exits with 128 + the signal's number.
 
-A second signal means "out, now": it raises `Aborted`, which `cli.run` turns into one line and the
-exit status of the second signal. Checkpoints are committed by renaming files into place (see
+A second signal means "out, now". Checkpoints are committed by renaming files into place (see
 checkpoints.py), so aborting in the middle of a save leaves the last complete checkpoint and the
-run_state.json that points at it untouched.
+run_state.json that points at it untouched, and the next run removes what the save left half-written.
+In a command's own process (`leave_at_once`, which `cli.prepare` calls) the handler prints the one
+`error:` line and ends the process there and then: an exception raised from a signal handler can land
+in a finalizer (a weakref callback, a `__del__`), where Python prints it as "Exception ignored" and
+carries on. Elsewhere (tests, notebooks, anything that calls `main` in-process) it raises `Aborted`,
+which `cli.run` turns into that line and the exit status of the second signal; should a finalizer
+swallow it, leaving the `with` block raises it again.
 """
+import os
 import signal
 import sys
 
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_leave_at_once = None  # once a command asks: what to run just before leaving
+
+
+def leave_at_once(before_exit=lambda: None):
+    """From now on a second stop signal ends this process at once (see above), after `before_exit()`
+    (which must pass on whatever the process still holds for the terminal); for commands only."""
+    global _leave_at_once
+    _leave_at_once = before_exit
+
+
+def _leave(aborted):
+    """Print the abort's one line and end the process: no clean-up runs, none is needed (above)."""
+    for stream, text in ((sys.stderr, f'error: {aborted}\n'), (sys.stdout, '')):
+        try:
+            stream.write(text)
+            stream.flush()
+        except (OSError, RuntimeError, ValueError):  # a closed pipe; a write this one interrupted
+            pass
+    _leave_at_once()
+    os._exit(aborted.exit_status)
 
 
 class Aborted(BaseException):
@@ -41,6 +67,7 @@ class StopRequests:
     def __init__(self, signals=HANDLED):
         self.signals = signals
         self.signum = None
+        self.aborted = None  # the Aborted of a second signal, once one came
         self._previous = {}
 
     @property
@@ -53,7 +80,10 @@ class StopRequests:
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise Aborted(signum)
+            self.aborted = Aborted(signum)
+            if _leave_at_once is not None:
+                _leave(self.aborted)
+            raise self.aborted
         self.signum = signum
         print(f'\n{name(signum)}: saving a checkpoint after this step ({name(signum)} again to abort)',
               file=sys.stderr, flush=True)
@@ -63,8 +93,10 @@ class StopRequests:
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, traceback):
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()
+        if self.aborted is not None and exc_type is None:  # a finalizer swallowed it
+            raise self.aborted
         return False

@@ -59,11 +59,28 @@ def hide_native_log_lines():
     thread.start()
 
     def drain():
+        if not thread.is_alive():
+            return
         sys.stderr.flush()
         os.dup2(terminal, 2)  # closes the pipe's last write end: the pump sees end of file
         thread.join(timeout=5)
 
+    global _drain_native_log_filter
+    _drain_native_log_filter = drain
     atexit.register(drain)
+
+
+_drain_native_log_filter = None
+
+
+def restore_stderr():
+    """Hand file descriptor 2 back to the terminal, after passing on what the filter still holds.
+
+    The atexit hook does this at a normal exit; a process that leaves through os._exit (a second stop
+    signal, see signals.py) calls it first, or its last lines are lost in the pipe.
+    """
+    if _drain_native_log_filter is not None:
+        _drain_native_log_filter()
 
 
 def quiet_python_logging(verbose=False):

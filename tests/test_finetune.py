@@ -3,9 +3,6 @@ own readers, frozen layers, resume, the NaN guard, and every kind of bad input (
 test_signals.py)."""
 import json
 import os
-import subprocess
-import sys
-import types
 
 import cv2
 import numpy as np
@@ -17,9 +14,9 @@ import bvlc_fixture
 from finetune_alexnet import weight_files
 import finetune
 import tiny_runs
+from tiny_runs import run_cli, run_here
 from finetune_alexnet.cli import run as run_main
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONV = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
 
 
@@ -49,18 +46,6 @@ def read_state(run_dir):
 def log_dir(run_dir):
     """The run's own TensorBoard sub-folder, as its checkpoint folder records it."""
     return run_dir / 'tb' / read_state(run_dir)['run_name']
-
-
-def run_cli(args, **kwargs):
-    return subprocess.run([sys.executable, 'finetune.py', *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, **kwargs)
-
-
-def run_here(capsys, args):
-    """finetune.py's main in this process (no interpreter start-up), seen as run_cli sees a process."""
-    code = run_main(finetune.main, [str(arg) for arg in args])
-    captured = capsys.readouterr()
-    return types.SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
 
 
 @pytest.fixture(scope='module')
