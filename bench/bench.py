@@ -247,12 +247,12 @@ def measure_tf_inference(spec):
 
 
 def measure_evaluation(spec):
-    """predict.py's Classifier on EVAL_IMAGES of the JPEGs, whole passes: `center` crops once per
-    image, `tencrop` classifies Caffe's ten crops of each (one batch of 10 x batch crops)."""
+    """predict.py's Classifier on one batch of the JPEGs, whole passes: `center` crops once per image,
+    `tencrop` classifies Caffe's ten crops of each (10 x batch crops in one forward pass)."""
     import datagenerator
     import predict
     paths, _ = datagenerator.read_list(spec['list_file'])
-    paths = paths[:EVAL_IMAGES]
+    paths = paths[:spec['batch']]
     classifier = predict.Classifier(weights_path=spec['weights'], center_crop=True,
                                     batch_size=spec['batch'], ten_crop=spec['source'] == 'tencrop')
     with classifier:
@@ -411,11 +411,12 @@ def configurations(args):
             add(f'infer/torch/{batch}', 'inference, PyTorch peer',
                 (f'infer/tf/{batch}', f'infer/torch/{batch}', 'ours over PyTorch'), 'torch',
                 kind='infer', batch=batch)
-    add(f'eval/center/{big}', f'evaluation, centre crop ({EVAL_IMAGES} JPEGs)', kind='eval',
-        source='center', batch=big)
-    add(f'eval/tencrop/{big}', f'evaluation, ten crops ({EVAL_IMAGES} JPEGs)',
-        (f'eval/tencrop/{big}', f'eval/center/{big}', 'the centre crop'), kind='eval',
-        source='tencrop', batch=big)
+    images = 8 if args.quick else EVAL_IMAGES  # one batch of them
+    add('eval/center', f'evaluation, centre crop ({images} JPEGs)', kind='eval', source='center',
+        batch=images)
+    add('eval/tencrop', f'evaluation, ten crops ({images} JPEGs)',
+        ('eval/tencrop', 'eval/center', 'the centre crop'), kind='eval', source='tencrop',
+        batch=images)
     threads = f'{os.cpu_count()} threads'
     add(f'input/pipeline/{big}', f'input pipeline alone (500x375 JPEGs), {threads}',
         (f'input/pipeline/{big}', f'input/opencv/{big}', 'plain OpenCV'), kind='input',
