@@ -11,6 +11,15 @@ os.environ['XDG_CACHE_HOME'] = tempfile.mkdtemp(prefix='finetune_alexnet_test_ca
 atexit.register(shutil.rmtree, os.environ['XDG_CACHE_HOME'], True)
 
 import pytest  # noqa: E402
+
+from finetune_alexnet import tf_setup  # noqa: E402
+
+if 'PYTEST_XDIST_WORKER' not in os.environ:
+    # The process that reports (workers' stderr is not shown): TensorFlow's C++ runtime logs notices
+    # as it loads, whatever TF_CPP_MIN_LOG_LEVEL says, and pytest would print them after its summary.
+    # The commands drop them through the same filter.
+    tf_setup.hide_native_log_lines()
+
 import tensorflow.compat.v1 as tf  # noqa: E402
 
 import bvlc_fixture  # noqa: E402
