@@ -128,6 +128,47 @@ def test_tensorboard_reads_the_summaries(finetuned):
     assert learning_rates == pytest.approx([0.001] * 6)
 
 
+# Next to the other tests of the `finetuned` run: pytest-xdist tends to hand one worker a module's
+# neighbouring tests, and a module fixture runs once in every worker that needs it.
+@pytest.mark.slow
+def test_warm_start_reproduces_the_earlier_runs_validation_before_training(finetuned, dataset, tmp_path,
+                                                                           bvlc_npy, capsys):
+    """--init_checkpoint with a run folder takes its best.ckpt's model weights (fc8 included: the
+    skip default becomes none), not its step: the first validation equals the earlier run's best."""
+    earlier_dir, _ = finetuned
+    earlier = read_state(earlier_dir)
+    best = next(r for r in earlier['history'] if r['epoch'] == earlier['best_epoch'])
+    code, out, err = run_in_process(flags(dataset, tmp_path, '--num_epochs', '1', '--train_layers', 'fc8',
+                                          '--init_checkpoint', earlier_dir / 'ckpt', weights=bvlc_npy),
+                                    capsys)
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.startswith('warm start from'))
+    assert str(earlier_dir / 'ckpt' / 'best.ckpt') in line
+    loss, accuracy = float(line.split('loss ')[1].split()[0]), float(line.split('acc ')[1].split()[0])
+    assert accuracy == pytest.approx(earlier['best_val_accuracy'], abs=1e-4)
+    assert loss == pytest.approx(best['val_loss'], rel=1e-3)
+    state = read_state(tmp_path)
+    assert state['init_val_accuracy'] == pytest.approx(earlier['best_val_accuracy'])
+    assert state['args']['skip_layers'] == []
+    reader = tf.train.load_checkpoint(str(tmp_path / 'ckpt' / 'model_epoch1.ckpt'))
+    assert reader.get_tensor('global_step') == 3  # a new run: its own steps, not the earlier 6
+    before = tf.train.load_checkpoint(str(earlier_dir / 'ckpt' / 'best.ckpt'))
+    np.testing.assert_array_equal(reader.get_tensor('fc7/weights'), before.get_tensor('fc7/weights'))
+
+
+@pytest.mark.slow
+def test_warm_start_refuses_a_checkpoint_whose_fc8_does_not_fit(finetuned, dataset, tmp_path, bvlc_npy,
+                                                                capsys):
+    earlier_dir, _ = finetuned
+    names = tmp_path / 'names.txt'
+    names.write_text('0 a\n1 b\n2 c\n')
+    code, _, err = run_in_process(flags(dataset, tmp_path, '--num_classes', '3', '--class_names', names,
+                                        '--init_checkpoint', earlier_dir / 'ckpt', weights=bvlc_npy), capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert 'does not fit --init_checkpoint (fc8/weights has shape (4096, 2), expected (4096, 3)' in err
+    assert 'add the layers that differ' in err
+
+
 @pytest.mark.slow
 def test_cached_features_give_the_same_forward_values(dataset, tmp_path, bvlc_npy, capsys):
     """With the weights held still (a vanishing learning rate), validating from cached pool5
@@ -483,43 +524,6 @@ def test_early_stopping_stops_at_the_right_epoch(dataset, tmp_path, bvlc_npy, ca
     assert [r['epoch'] for r in state['history']] == [1, 2, 3]
     assert 'early stopping after epoch 3: no better validation accuracy for 2 epoch(s) since epoch 1' in out
     assert 'epoch 4' not in out
-
-
-def test_warm_start_reproduces_the_earlier_runs_validation_before_training(finetuned, dataset, tmp_path,
-                                                                           bvlc_npy, capsys):
-    """--init_checkpoint with a run folder takes its best.ckpt's model weights (fc8 included: the
-    skip default becomes none), not its step: the first validation equals the earlier run's best."""
-    earlier_dir, _ = finetuned
-    earlier = read_state(earlier_dir)
-    best = next(r for r in earlier['history'] if r['epoch'] == earlier['best_epoch'])
-    code, out, err = run_in_process(flags(dataset, tmp_path, '--num_epochs', '1', '--train_layers', 'fc8',
-                                          '--init_checkpoint', earlier_dir / 'ckpt', weights=bvlc_npy),
-                                    capsys)
-    assert code == 0, err
-    line = next(line for line in out.splitlines() if line.startswith('warm start from'))
-    assert str(earlier_dir / 'ckpt' / 'best.ckpt') in line
-    loss, accuracy = float(line.split('loss ')[1].split()[0]), float(line.split('acc ')[1].split()[0])
-    assert accuracy == pytest.approx(earlier['best_val_accuracy'], abs=1e-4)
-    assert loss == pytest.approx(best['val_loss'], rel=1e-3)
-    state = read_state(tmp_path)
-    assert state['init_val_accuracy'] == pytest.approx(earlier['best_val_accuracy'])
-    assert state['args']['skip_layers'] == []
-    reader = tf.train.load_checkpoint(str(tmp_path / 'ckpt' / 'model_epoch1.ckpt'))
-    assert reader.get_tensor('global_step') == 3  # a new run: its own steps, not the earlier 6
-    before = tf.train.load_checkpoint(str(earlier_dir / 'ckpt' / 'best.ckpt'))
-    np.testing.assert_array_equal(reader.get_tensor('fc7/weights'), before.get_tensor('fc7/weights'))
-
-
-def test_warm_start_refuses_a_checkpoint_whose_fc8_does_not_fit(finetuned, dataset, tmp_path, bvlc_npy,
-                                                                capsys):
-    earlier_dir, _ = finetuned
-    names = tmp_path / 'names.txt'
-    names.write_text('0 a\n1 b\n2 c\n')
-    code, _, err = run_in_process(flags(dataset, tmp_path, '--num_classes', '3', '--class_names', names,
-                                        '--init_checkpoint', earlier_dir / 'ckpt', weights=bvlc_npy), capsys)
-    assert code == 2 and len(err.strip().splitlines()) == 1
-    assert 'does not fit --init_checkpoint (fc8/weights has shape (4096, 2), expected (4096, 3)' in err
-    assert 'add the layers that differ' in err
 
 
 def test_fc8_is_kept_from_any_weights_file_with_num_classes_outputs(dataset, tmp_path, capsys):
