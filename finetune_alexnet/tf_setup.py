@@ -58,9 +58,7 @@ def hide_native_log_lines():
     thread = threading.Thread(target=pump, name='stderr-filter', daemon=True)
     thread.start()
 
-    def drain():
-        if not thread.is_alive():
-            return
+    def drain():  # twice (restore_stderr, then atexit) is harmless: the second call finds it done
         sys.stderr.flush()
         os.dup2(terminal, 2)  # closes the pipe's last write end: the pump sees end of file
         thread.join(timeout=5)
