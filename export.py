@@ -28,7 +28,7 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 from finetune_alexnet import checkpoints  # noqa: E402
 from finetune_alexnet import model_info  # noqa: E402
 from finetune_alexnet import run_folder  # noqa: E402
-from finetune_alexnet import serving  # noqa: E402
+from finetune_alexnet.infer import serving  # noqa: E402
 from finetune_alexnet import weight_files  # noqa: E402
 from alexnet import INPUT_SIZE, TRAINABLE_LAYERS, AlexNet  # noqa: E402
 from finetune_alexnet import tf_setup  # noqa: E402

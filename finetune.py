@@ -31,16 +31,16 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 from finetune_alexnet import checkpoints  # noqa: E402
 import datagenerator  # noqa: E402
 from finetune_alexnet import demo_data  # noqa: E402
-from finetune_alexnet import feature_cache  # noqa: E402
-from finetune_alexnet import feature_store  # noqa: E402
+from finetune_alexnet.train import feature_cache  # noqa: E402
+from finetune_alexnet.train import feature_store  # noqa: E402
 from finetune_alexnet import image_header  # noqa: E402
-from finetune_alexnet import lr_finder  # noqa: E402
+from finetune_alexnet.train import lr_finder  # noqa: E402
 from finetune_alexnet import model_info  # noqa: E402
-from finetune_alexnet import progress  # noqa: E402
+from finetune_alexnet.train import progress  # noqa: E402
 from finetune_alexnet import run_folder  # noqa: E402
 from finetune_alexnet import signals  # noqa: E402
-from finetune_alexnet import summaries  # noqa: E402
-from finetune_alexnet import training  # noqa: E402
+from finetune_alexnet.train import summaries  # noqa: E402
+from finetune_alexnet.train import graph as training  # noqa: E402
 from finetune_alexnet import weight_files  # noqa: E402
 from alexnet import CONV_LAYERS, TRAINABLE_LAYERS, AlexNet  # noqa: E402
 from finetune_alexnet import tf_setup  # noqa: E402

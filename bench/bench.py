@@ -144,7 +144,7 @@ def timed(step, images_per_step, seconds):
 
 def training_graph(inputs, input_layer, **settings):
     """training.build_training_graph on (images, labels), with finetune.py's settings."""
-    from finetune_alexnet import training
+    from finetune_alexnet.train import graph as training
     return training.build_training_graph(*inputs, training.TrainingConfig(**settings),
                                          input_layer=input_layer)
 
@@ -162,7 +162,7 @@ def measure_tf_step(spec):
     import tensorflow.compat.v1 as tf
     import datagenerator
     from alexnet import TRAINABLE_LAYERS
-    from finetune_alexnet import feature_cache
+    from finetune_alexnet.train import feature_cache
     source, batch = spec['source'], spec['batch']
     device = '/gpu:0' if spec['device'] == 'gpu' else '/cpu:0'
     graph = tf.Graph()

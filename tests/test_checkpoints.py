@@ -252,7 +252,7 @@ import signal  # noqa: E402
 import finetune  # noqa: E402
 import tiny_runs  # noqa: E402
 from finetune_alexnet import cli  # noqa: E402
-from finetune_alexnet import progress  # noqa: E402
+from finetune_alexnet.train import progress  # noqa: E402
 
 
 @pytest.fixture(scope='module')

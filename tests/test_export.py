@@ -21,7 +21,7 @@ import image_files
 import predict
 from finetune_alexnet import demo_data
 from finetune_alexnet import model_info
-from finetune_alexnet import serving
+from finetune_alexnet.infer import serving
 from finetune_alexnet.cli import run as run_main
 from finetune_alexnet import preprocessing
 from finetune_alexnet import weight_files

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
-from finetune_alexnet import feature_cache
+from finetune_alexnet.train import feature_cache
 
 
 def epoch_batches(count, batch_size, drop_remainder, seeds):

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from finetune_alexnet import feature_store
+from finetune_alexnet.train import feature_store
 
 SETTINGS = {'device': 'cpu', 'mixed_precision': False, 'xla': False, 'skip_bad_images': False}
 

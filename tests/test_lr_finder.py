@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from finetune_alexnet import demo_data
-from finetune_alexnet import lr_finder
+from finetune_alexnet.train import lr_finder
 from finetune_alexnet.cli import run as run_main
 import finetune
 

@@ -18,7 +18,7 @@ import pytest
 import finetune
 import tiny_runs
 from finetune_alexnet import cli
-from finetune_alexnet import summaries
+from finetune_alexnet.train import summaries
 
 TENSORBOARD = os.path.join(os.path.dirname(sys.executable), 'tensorboard')
 

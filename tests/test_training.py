@@ -4,7 +4,7 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 from finetune_alexnet import tf_setup
-from finetune_alexnet import training
+from finetune_alexnet.train import graph as training
 from alexnet import TRAINABLE_LAYERS
 
 

@@ -1,0 +1,1 @@
+"""The training engine: the graph, its inputs, what a run writes while it learns."""
