@@ -203,12 +203,7 @@ class AlexNet:
         to_load = [name for name in self.variables if name not in self.SKIP_LAYER]
         if layers is None:
             layers = weight_files.load_weights(path)
-        if 'fc8' in to_load and 'fc8' in layers:
-            file_classes = layers['fc8']['biases'].shape[0]
-            if file_classes != self.NUM_CLASSES:
-                raise ToolkitError(f"{path}: fc8 has {file_classes} classes but num_classes is "
-                                   f"{self.NUM_CLASSES}; skip fc8 (add it to skip_layer / "
-                                   "--skip_layers) to train a new classifier")
+        check_classifier_fits(layers, self.NUM_CLASSES, self.SKIP_LAYER, path)
         feeds, initializers = {}, []
         for name in to_load:
             if name not in layers:
@@ -223,6 +218,16 @@ class AlexNet:
                 feeds[variable.initial_value] = layers[name][kind]
                 initializers.append(variable.initializer)
         session.run(initializers, feed_dict=feeds)
+
+
+def check_classifier_fits(layers, num_classes, skip_layers, path):
+    """Keeping the file's fc8 needs its width to be `num_classes` (the file decides, not 1000)."""
+    if 'fc8' in skip_layers or 'fc8' not in layers:
+        return
+    file_classes = layers['fc8']['biases'].shape[0]
+    if file_classes != num_classes:
+        raise ToolkitError(f"{path}: its fc8 has {file_classes} classes, --num_classes is "
+                           f"{num_classes}: add fc8 to --skip_layers to train a new classifier")
 
 
 def layer_table(num_classes=1000, input_size=INPUT_SIZE):

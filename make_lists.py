@@ -34,10 +34,7 @@ from typing import List, NamedTuple
 from finetune_alexnet import cli
 from finetune_alexnet import imagenet
 from finetune_alexnet.errors import ToolkitError
-
-# The file name endings of what preprocessing.decode_rgb reads; predict.py searches folders for them
-# too. (Kept here, free of TensorFlow, so that this command starts at once.)
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
+from finetune_alexnet.image_header import IMAGE_EXTENSIONS
 
 
 class FolderScan(NamedTuple):

@@ -50,7 +50,7 @@ from alexnet import ARCHITECTURE  # noqa: E402
 from finetune_alexnet import tf_setup  # noqa: E402
 from finetune_alexnet.errors import ToolkitError  # noqa: E402
 from finetune_alexnet.preprocessing import RESIZE_SIZE  # noqa: E402
-from make_lists import IMAGE_EXTENSIONS  # noqa: E402
+from finetune_alexnet.image_header import IMAGE_EXTENSIONS  # noqa: E402
 
 LIST_EXTENSION = '.txt'
 

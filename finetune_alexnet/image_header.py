@@ -13,6 +13,8 @@ import os
 import struct
 
 DEFAULT_MAX_PIXELS = 100_000_000
+# The file name endings of what preprocessing.decode_rgb reads: what folder scans look for.
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
 # JPEG start-of-frame markers: C0-CF except C4 (Huffman tables), C8 (reserved), CC (arithmetic tables).
 _SOF_MARKERS = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _MAX_JPEG_SEGMENTS = 1000  # a real file reaches its SOF within a few dozen segments

@@ -242,7 +242,7 @@ def test_num_classes_other_than_1000_needs_fc8_skipped(bvlc_npy):
     with tf.Graph().as_default():
         _, _, model = build(num_classes=2, weights_path=bvlc_npy)
         with tf.Session() as session:
-            with pytest.raises(ToolkitError, match=r'fc8 has 1000 classes but num_classes is 2; skip fc8'):
+            with pytest.raises(ToolkitError, match=r'its fc8 has 1000 classes, --num_classes is 2: add fc8 to --skip_layers'):
                 model.load_initial_weights(session)
 
 
