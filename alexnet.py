@@ -69,10 +69,9 @@ def local_response_normalization(x, name=None):
     The forward pass is built from a matrix product instead of TensorFlow's LRN kernel, which spends
     most of its time in a generic `pow`: the sums of squares over each 2r+1 neighbouring channels
     are x^2 times a band matrix of ones (one oneDNN/BLAS matmul), and d^-0.75 = rsqrt(d) *
-    sqrt(rsqrt(d)). The backward pass is TensorFlow's own LRNGrad kernel, which was as fast as the
-    composite ops' gradients or faster. Measured on a 2-core CPU (bench/RESULTS.md): the fc6-fc8
-    step (frozen LRN, forward only) 1.11-1.20x as fast as with the kernel, the all-layer step no
-    slower. Values and gradients agree with the kernel to ~1e-6 relative (tests/test_alexnet.py).
+    sqrt(rsqrt(d)). The backward pass is TensorFlow's own LRNGrad kernel, as fast as the composite
+    ops' gradients or faster (bench/RESULTS.md has the measurements). Values and gradients agree with
+    the kernel to ~1e-6 relative (tests/test_alexnet.py).
     """
     channels = int(x.shape[-1])
     index = np.arange(channels)
@@ -261,6 +260,28 @@ def layer_table(num_classes=1000, input_size=INPUT_SIZE):
         elif layer.kind in ('lrn', 'pool'):
             rows.append((layer.name, (height, width, channels), 0, 0))
     return rows
+
+
+def variable_shapes(num_classes):
+    """{layer: {'weights': shape, 'biases': shape}} of AlexNet's variables, from ARCHITECTURE alone.
+
+    No graph is built. A conv layer's weights are HWIO [kernel, kernel, input channels / groups,
+    filters], an fc layer's [inputs, outputs]; biases are [outputs]. These are the variables' shapes
+    and the weight files' (the keys are the variable names without '/weights', '/biases').
+    """
+    by_name = {layer.name: layer for layer in ARCHITECTURE}
+    shapes = {}
+    height, width, channels = INPUT_SIZE, INPUT_SIZE, 3  # the previous row's output
+    for name, output, _, _ in layer_table(num_classes):
+        layer = by_name[name]
+        if layer.kind == 'conv':
+            weights = (layer.kernel, layer.kernel, channels // layer.groups, output[2])
+        elif layer.kind == 'fc':
+            weights = (height * width * channels, output[2])
+        if layer.kind in ('conv', 'fc'):
+            shapes[name] = {'weights': weights, 'biases': (output[2],)}
+        height, width, channels = output
+    return shapes
 
 
 def format_layer_table(num_classes=1000):

@@ -35,7 +35,6 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 
 from finetune_alexnet import image_header  # noqa: E402
 from finetune_alexnet import preprocessing  # noqa: E402
-from finetune_alexnet import tf_setup  # noqa: E402
 from finetune_alexnet.errors import ToolkitError  # noqa: E402
 
 # The pipeline's functions are plain TensorFlow ops (Python `if`s on settings, tf.cond on tensors):
@@ -424,29 +423,6 @@ def images_dataset(paths, batch_size, center_crop=False, skip_bad_images=False, 
     dataset = dataset.batch(batch_size)
     dataset = dataset.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def load_images(paths, center_crop=False):
-    """float32 [n, 227, 227, 3] model input for the files, through the training pipeline's own ops.
-
-    For the notebook and a handful of files: runs its own graph and session. Raises ToolkitError
-    naming any file that is missing or does not decode.
-    """
-    paths = list(paths)
-    with tf.Graph().as_default(), tf.Session(config=tf_setup.session_config()) as session:
-        dataset = images_dataset(paths, batch_size=64, center_crop=center_crop)
-        iterator = tf.data.make_initializable_iterator(dataset)  # no seed needed (see _unreadable)
-        next_batch = iterator.get_next()
-        session.run(iterator.initializer)
-        batches = []
-        try:
-            while True:
-                batches.append(session.run(next_batch)[0])
-        except tf.errors.OutOfRangeError:
-            pass
-        except IMAGE_ERRORS:
-            raise unreadable_images_error(paths) from None
-    return np.concatenate(batches)
 
 
 def _parse_args(argv):

@@ -12,7 +12,8 @@ counter and optimizer slots stay behind in the checkpoint.
 
 `savedmodel` and `tflite` carry the class names and pre-processing with them (serving.py describes
 what they take and return). A checkpoint brings both in its model_info.json; a weights file is
-named by caffe_classes for 1000 classes (else --class_names or 'class i').
+named by caffe_classes for 1000 classes (else --class_names or 'class i': infer/classifier.py's
+default_class_names).
 """
 import sys
 
@@ -30,22 +31,19 @@ from finetune_alexnet import model_info  # noqa: E402
 from finetune_alexnet import run_folder  # noqa: E402
 from finetune_alexnet.infer import serving  # noqa: E402
 from finetune_alexnet import weight_files  # noqa: E402
-from alexnet import INPUT_SIZE, TRAINABLE_LAYERS, AlexNet  # noqa: E402
+from alexnet import INPUT_SIZE, TRAINABLE_LAYERS, variable_shapes  # noqa: E402
 from finetune_alexnet import tf_setup  # noqa: E402
 from finetune_alexnet.errors import ToolkitError  # noqa: E402
-from predict import default_class_names  # noqa: E402
+from finetune_alexnet.infer.classifier import default_class_names  # noqa: E402
 
 FORMATS = ('npz', 'savedmodel', 'tflite')
 QUANTIZATIONS = {'tflite': (serving.FLOAT16,)}
 
 
 def model_variable_shapes(num_classes):
-    """{'conv1/weights': shape, ...} of AlexNet with `num_classes`, read off a throwaway graph."""
-    with tf.Graph().as_default():
-        images = tf.placeholder(tf.float32, [None, INPUT_SIZE, INPUT_SIZE, 3])
-        model = AlexNet(images, 1.0, num_classes, skip_layer=[])
-        return {variable.op.name: variable.shape.as_list()
-                for layer in TRAINABLE_LAYERS for variable in model.variables[layer].values()}
+    """{'conv1/weights': shape, ...}: AlexNet's variables by name, as checkpoints hold them."""
+    return {f'{layer}/{kind}': shape for layer, kinds in variable_shapes(num_classes).items()
+            for kind, shape in kinds.items()}
 
 
 def read_checkpoint_layers(checkpoint):
@@ -66,21 +64,12 @@ def read_weights_file(path):
     if missing:
         raise ToolkitError(f"{path}: layer(s) {', '.join(missing)} missing from the file (it holds "
                            f"{', '.join(sorted(layers))}); an export needs every layer")
-    expected = model_variable_shapes(int(layers['fc8']['biases'].shape[0]))
-    for name, shape in expected.items():
-        layer, kind = name.split('/')
-        if list(layers[layer][kind].shape) != shape:
-            raise ToolkitError(f"{path}: layer {layer} {kind} has shape {layers[layer][kind].shape}, "
-                               f"expected {tuple(shape)}")
+    for layer, kinds in variable_shapes(int(layers['fc8']['biases'].shape[0])).items():
+        for kind, shape in kinds.items():
+            if layers[layer][kind].shape != shape:
+                raise ToolkitError(f"{path}: layer {layer} {kind} has shape {layers[layer][kind].shape}, "
+                                   f"expected {shape}")
     return layers
-
-
-def export_checkpoint(checkpoint, output):
-    """Write the checkpoint's eight layers to `output` as a weights file; returns (prefix, info)."""
-    run_folder.check_output_file(output, 'the output')
-    prefix, info, layers = read_checkpoint_layers(checkpoint)
-    weight_files.save_weights(output, layers)
-    return prefix, info
 
 
 def check_output(output, export_format, overwrite):

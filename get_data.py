@@ -22,9 +22,9 @@ import os  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 
 import datagenerator  # noqa: E402
-import make_lists  # noqa: E402
 from finetune_alexnet import datasets  # noqa: E402
 from finetune_alexnet import download  # noqa: E402
+from finetune_alexnet import image_lists  # noqa: E402
 from finetune_alexnet import run_folder  # noqa: E402
 from finetune_alexnet import tf_setup  # noqa: E402
 from finetune_alexnet.errors import ToolkitError  # noqa: E402
@@ -57,7 +57,7 @@ def parse_args(argv):
     args.dataset = datasets.get(args.dataset)
     if not args.out_dir:
         parser.error('--out_dir is required')
-    make_lists.check_val_fraction(args.val_fraction)
+    image_lists.check_val_fraction(args.val_fraction)
     args.sha256 = download.check_digest_flag('sha256', args.sha256) or args.dataset.sha256
     if args.url:
         download.check_url(args.url)
@@ -88,20 +88,9 @@ def fetch_and_prepare(args):
     if result.reused:
         print(f'{archive}: already downloaded; reusing it')
     dropped = datasets.prepare(dataset, archive, out_dir, datagenerator.find_bad_images,
-                               make_lists.is_image, workers=args.workers)
+                               workers=args.workers)
     print(f'(the archive {archive} is no longer needed and can be deleted)')
     return folder, dropped
-
-
-def describe_dropped(dropped, report):
-    if not dropped:
-        return ['dropped nothing: every file is an image that decodes']
-    total = sum(len(files) for files in dropped.values())
-    lines = [f'dropped {make_lists.plural(total, "file")} (listed in {report}):']
-    for reason, files in dropped.items():
-        example = files[0] if len(files) == 1 else f'{files[0]}, ...'
-        lines.append(f'  {len(files):>6}  {reason} ({example})')
-    return lines
 
 
 def main(argv=None):
@@ -119,18 +108,15 @@ def main(argv=None):
         raise ToolkitError(f'--out_dir {args.out_dir}: cannot create it ({error.strerror})') from None
 
     folder, dropped = fetch_and_prepare(args)
-    scan = make_lists.scan_folder(folder)
-    train, val = make_lists.split_stratified(scan.paths, scan.labels, args.val_fraction, args.seed)
-    list_files = make_lists.write_lists(args.out_dir, train, val, scan.class_names, args.relative)
+    lists = image_lists.write_folder_lists(folder, args.out_dir, args.val_fraction, args.seed, args.relative)
 
-    for line in describe_dropped(dropped, os.path.join(args.out_dir, datasets.REPORT_NAME)):
+    for line in datasets.describe_dropped(dropped, os.path.join(args.out_dir, datasets.REPORT_NAME)):
         print(line)
-    for line in make_lists.count_table(train, val, scan.class_names):
+    for line in image_lists.summary(lists):
         print(line)
-    print('wrote ' + ', '.join(list_files.values()))
-    print('next: python finetune.py --train_file {train} --val_file {val} --num_classes {n} '
-          '--weights_path bvlc_alexnet.npy'.format(train=list_files['train.txt'],
-                                                    val=list_files['val.txt'], n=len(scan.class_names)))
+    files = lists.files
+    print(f"next: python finetune.py --train_file {files['train.txt']} --val_file {files['val.txt']} "
+          f"--num_classes {len(lists.scan.class_names)} --weights_path bvlc_alexnet.npy")
     return 0
 
 

@@ -19,9 +19,7 @@ if __name__ == '__main__':
 
 import os  # noqa: E402
 
-import tensorflow.compat.v1 as tf  # noqa: E402
-
-from alexnet import INPUT_SIZE, TRAINABLE_LAYERS, AlexNet  # noqa: E402
+from alexnet import TRAINABLE_LAYERS, variable_shapes  # noqa: E402
 from finetune_alexnet import caffemodel  # noqa: E402
 from finetune_alexnet import download  # noqa: E402
 from finetune_alexnet import run_folder  # noqa: E402
@@ -78,16 +76,6 @@ def parse_args(argv):
     return args
 
 
-def alexnet_shapes(num_classes):
-    """{layer: {'weights': shape, 'biases': shape}} of AlexNet, read off a throwaway graph."""
-    with tf.Graph().as_default():
-        images = tf.placeholder(tf.float32, [None, INPUT_SIZE, INPUT_SIZE, 3])
-        model = AlexNet(images, 1.0, num_classes, skip_layer=[])
-        return {layer: {kind: tuple(variable.shape.as_list())
-                        for kind, variable in model.variables[layer].items()}
-                for layer in TRAINABLE_LAYERS}
-
-
 def class_count(layers):
     """fc8's width in a weights dict: 1000 for ImageNet, fewer for a fine-tuned model."""
     biases = layers.get('fc8', {}).get('biases')
@@ -97,11 +85,11 @@ def class_count(layers):
 def check_alexnet(path, layers):
     """ToolkitError naming the first missing layer or wrong shape; returns fc8's class count."""
     num_classes = class_count(layers)
-    caffemodel.check_shapes(path, layers, alexnet_shapes(num_classes))
+    caffemodel.check_shapes(path, layers, variable_shapes(num_classes))
     return num_classes
 
 
-def prove(path):
+def check_weights_file(path):
     """Load a weights file with the safe loader and check all eight layers; returns its class count."""
     return check_alexnet(path, weight_files.load_weights(path))
 
@@ -123,7 +111,7 @@ def convert(source, output, sha256=None, sha1=None):
     check_alexnet(source, layers)
     weight_files.save_weights(output, layers)
     del layers
-    report(output, prove(output))
+    report(output, check_weights_file(output))
 
 
 def fetch(url, output, args, check, manual_hint, sha256=None, sha1=None):
@@ -136,8 +124,7 @@ def fetch(url, output, args, check, manual_hint, sha256=None, sha1=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    tf_setup.quiet_python_logging(args.verbose)  # first: disable_v2_behavior logs a deprecation
-    tf.disable_v2_behavior()
+    tf_setup.quiet_python_logging(args.verbose)
     if args.caffemodel:
         convert(args.caffemodel, args.output, args.sha256, args.sha1)
     elif args.source == 'berkeley':
@@ -157,7 +144,7 @@ def main(argv=None):
         proved = {}
 
         def check(path):  # runs on the .part, so a file that is not AlexNet is never renamed
-            proved['num_classes'] = prove(path)
+            proved['num_classes'] = check_weights_file(path)
 
         result = fetch(url, args.output, args, check=check, manual_hint=hint, sha256=args.sha256,
                        sha1=args.sha1)

@@ -9,7 +9,8 @@ without Jupyter:
 
 Two colour orders meet here. OpenCV reads photos as BGR and the Caffe weights expect BGR input, so
 conv1's filters are BGR too; matplotlib shows RGB. Photos and filters are therefore flipped to RGB for
-display only; the network's input is never touched here (predict.Classifier pre-processes).
+display only; the network's input is never touched here (the inference engine's Classifier,
+finetune_alexnet/infer/classifier.py, pre-processes).
 """
 import sys
 
@@ -95,7 +96,7 @@ def photos_figure(photos, titles=None):
 
 
 def predictions_figure(photos, decoded, titles=None):
-    """Each photo (RGB) beside a bar chart of its top classes, from predict.decode_predictions."""
+    """Each photo (RGB) beside a bar chart of its top classes, from classifier.decode_predictions."""
     figure = Figure(figsize=(11, 2.8 * len(photos)))
     for index, (photo, top) in enumerate(zip(photos, decoded)):
         image_axes = figure.add_subplot(len(photos), 2, 2 * index + 1)
@@ -154,18 +155,18 @@ def feature_maps_figure(conv1_maps, title='conv1 feature maps', columns=12):
 
 
 def make_figures(classifier, paths, feature_image=None, top=5):
-    """{name: Figure} of FIGURES for the image files `paths`, computed with a predict.Classifier.
+    """{name: Figure} of FIGURES for the image files `paths`, computed with a classifier.Classifier.
 
     `feature_image` (an index into `paths`) picks the photo of the feature maps; None: see
     feature_photo_index.
     """
-    import predict
+    from finetune_alexnet.infer.classifier import decode_predictions
     if feature_image is None:
         feature_image = feature_photo_index(paths)
     result = classifier.run(paths, layers=['conv1'])
     photos = [read_rgb(path) for path in paths]
     titles = [os.path.basename(path) for path in paths]
-    decoded = predict.decode_predictions(result.probabilities, classifier.class_names, top)
+    decoded = decode_predictions(result.probabilities, classifier.class_names, top)
     return {
         'photos': photos_figure(photos, titles),
         'top5': predictions_figure(photos, decoded, titles),
@@ -193,7 +194,7 @@ def main(argv=None):
     import matplotlib
     matplotlib.use('Agg')  # files only: never open a window
     import tensorflow.compat.v1 as tf
-    import predict
+    from finetune_alexnet.infer.classifier import Classifier
     tf_setup.quiet_python_logging(args.verbose)  # first: disable_v2_behavior logs a deprecation
     tf.disable_v2_behavior()
 
@@ -203,7 +204,7 @@ def main(argv=None):
     if args.feature_image is not None and not 0 <= args.feature_image < len(paths):
         raise ToolkitError(f"--feature_image {args.feature_image}: there are {len(paths)} images")
     weights_path = None if args.checkpoint_path else (args.weights_path or weight_files.DEFAULT_WEIGHTS_PATH)
-    with predict.Classifier(weights_path=weights_path, checkpoint=args.checkpoint_path) as classifier:
+    with Classifier(weights_path=weights_path, checkpoint=args.checkpoint_path) as classifier:
         figures = make_figures(classifier, paths, args.feature_image)
     os.makedirs(args.out_dir, exist_ok=True)
     for name in FIGURES:

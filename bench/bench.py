@@ -19,8 +19,6 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if __name__ == '__main__':
-    sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
 
 from finetune_alexnet import cli  # noqa: E402
 
@@ -178,7 +176,7 @@ def measure_tf_step(spec):
                 dataset, feeder = feature_cache.cached_dataset(NUM_CLASSES, batch, drop_remainder=True)
                 iterator = tf.data.make_initializable_iterator(dataset.repeat())
                 inputs = iterator.get_next()
-        if source == 'seeded':  # what finetune.py --seed does (finetune.seeded)
+        if source == 'seeded':  # what finetune.py --seed does (finetune_alexnet.train.loop.seeded)
             from tensorflow.python.framework import config as tf_config
             tf.set_random_seed(0)
             tf_config.enable_op_determinism()
@@ -250,11 +248,11 @@ def measure_evaluation(spec):
     """predict.py's Classifier on one batch of the JPEGs, whole passes: `center` crops once per image,
     `tencrop` classifies Caffe's ten crops of each (10 x batch crops in one forward pass)."""
     import datagenerator
-    import predict
+    from finetune_alexnet.infer.classifier import Classifier
     paths, _ = datagenerator.read_list(spec['list_file'])
     paths = paths[:spec['batch']]
-    classifier = predict.Classifier(weights_path=spec['weights'], center_crop=True,
-                                    batch_size=spec['batch'], ten_crop=spec['source'] == 'tencrop')
+    classifier = Classifier(weights_path=spec['weights'], center_crop=True,
+                            batch_size=spec['batch'], ten_crop=spec['source'] == 'tencrop')
     with classifier:
         return timed(lambda: classifier.run(paths), len(paths), spec['seconds'])
 

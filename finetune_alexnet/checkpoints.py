@@ -8,9 +8,8 @@
     interrupted_step{S}.ckpt.*  written on Ctrl-C, SIGTERM or SIGHUP, mid-epoch, at global step S
                             (a new name each time, so the one run_state.json points at is never
                             overwritten in place)
-    run_state.json          epoch, global step, best accuracy, arguments, metrics history, which
-                            checkpoint is the latest, and the settings that shape the run (checked on
-                            --resume); rewritten atomically after each save
+    run_state.json          where the run stands (run_state.py holds its schema); rewritten
+                            atomically after each save
     model_info.json         what prediction needs: classes, class names, pre-processing
 
 No `.meta` graph files are written: the graph is rebuilt from code, and a graph never holds weights.
@@ -22,11 +21,9 @@ newest intact checkpoint that run_state.json lists when the latest is damaged, a
 mended if it held an epoch that is trained again (repair_best).
 """
 import contextlib
+import dataclasses
 import errno
 import glob
-import hashlib
-import json
-import numbers
 import os
 import re
 import shutil
@@ -35,79 +32,17 @@ import sys
 import numpy as np
 import tensorflow.compat.v1 as tf
 
+from finetune_alexnet import run_state
 from finetune_alexnet.errors import ToolkitError
 
-RUN_STATE = 'run_state.json'
+RUN_STATE = run_state.FILE_NAME
 BEST = 'best.ckpt'
 INTERRUPTED = 'interrupted'  # interrupted_step{S}.ckpt
-# run_state.json's keys and the types each must have; read_run_state refuses any other content.
-_STATE_KEYS = {'epochs_completed': int, 'latest_checkpoint': str, 'history': list,
-               'best_val_accuracy': (numbers.Real, type(None)), 'best_epoch': (int, type(None)),
-               'args': dict}
-_OPTIONAL_STATE_KEYS = {'epoch_checkpoints': list, 'settings': dict, 'order_seed': int}
+write_json_atomically = run_state.write_json_atomically
 
 
 def epoch_prefix(directory, epoch):
     return os.path.join(directory, f'model_epoch{epoch}.ckpt')
-
-
-def write_json_atomically(path, content):
-    partial = path + '.partial'
-    with open(partial, 'w') as stream:
-        json.dump(content, stream, indent=2)
-        stream.write('\n')
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(partial, path)
-
-
-def _check_state(path, state):
-    """One-line ToolkitError for a run_state.json that is not what finetune.py writes."""
-    advice = f'remove {RUN_STATE} to start afresh'
-    if not isinstance(state, dict):
-        raise ToolkitError(f'{path}: expected a JSON object, found {type(state).__name__}; {advice}')
-    for key, kind in {**_STATE_KEYS, **_OPTIONAL_STATE_KEYS}.items():
-        if key not in state:
-            if key in _STATE_KEYS:
-                raise ToolkitError(f'{path}: the key {key!r} is missing; {advice}')
-            continue
-        value = state[key]
-        if isinstance(value, bool) or not isinstance(value, kind):
-            raise ToolkitError(f'{path}: {key} should be {_describe_kind(kind)}, found {value!r}; '
-                               f'{advice}')
-    if state['epochs_completed'] < 0:
-        raise ToolkitError(f"{path}: epochs_completed should be >= 0, found {state['epochs_completed']}")
-    if not all(isinstance(record, dict) and isinstance(record.get('epoch'), int)
-               for record in state['history']):
-        raise ToolkitError(f'{path}: history should be a list of epoch records; {advice}')
-    names = [state['latest_checkpoint']] + state.get('epoch_checkpoints', [])
-    for name in names:
-        if not isinstance(name, str) or not name or os.path.basename(name) != name:
-            raise ToolkitError(f'{path}: {name!r} is not a checkpoint name in this folder; {advice}')
-
-
-def _describe_kind(kind):
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    words = {int: 'an integer', str: 'a string', list: 'a list', dict: 'an object',
-             numbers.Real: 'a number', type(None): 'null'}
-    return ' or '.join(words[k] for k in kinds)
-
-
-def read_run_state(directory):
-    """The saved run state, checked (keys and types), or None when the folder holds no run.
-
-    Whether its checkpoints are intact is `restorable_checkpoint`'s question, asked on --resume.
-    """
-    path = os.path.join(directory, RUN_STATE)
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as stream:
-            state = json.load(stream)
-    except (OSError, ValueError) as error:
-        raise ToolkitError(f"{path}: unreadable run state ({error}); remove it to start afresh") from None
-    _check_state(path, state)
-    return state
 
 
 def verify_checkpoint(prefix):
@@ -159,8 +94,8 @@ def restorable_checkpoint(directory, state):
     history, best epoch and latest checkpoint), so the epochs after it are trained again. Refuses in
     one line when none is intact.
     """
-    candidates = [state['latest_checkpoint']]
-    candidates += sorted((name for name in state.get('epoch_checkpoints', []) if name not in candidates),
+    candidates = [state.latest_checkpoint]
+    candidates += sorted((name for name in state.epoch_checkpoints if name not in candidates),
                          key=_checkpoint_epoch, reverse=True)
     damaged = []
     for name in candidates:
@@ -187,15 +122,14 @@ def _checkpoint_epoch(name):
 def _cut_back(state, name):
     """The run state as it was when epoch checkpoint `name` was the latest."""
     epoch = _checkpoint_epoch(name)
-    history = [record for record in state['history'] if record['epoch'] <= epoch]
+    history = [record for record in state.history if record['epoch'] <= epoch]
     best = max(history, key=lambda record: record.get('val_accuracy', float('-inf')), default=None)
     losses = [record['val_loss'] for record in history if 'val_loss' in record]
-    return dict(state, epochs_completed=epoch, history=history, latest_checkpoint=name,
-                best_val_accuracy=best['val_accuracy'] if best else None,
-                best_epoch=best['epoch'] if best else None,
-                best_val_loss=min(losses) if losses else None,
-                epoch_checkpoints=[kept for kept in state.get('epoch_checkpoints', [])
-                                   if _checkpoint_epoch(kept) <= epoch])
+    return dataclasses.replace(
+        state, epochs_completed=epoch, history=history, latest_checkpoint=name,
+        best_val_accuracy=best['val_accuracy'] if best else None,
+        best_epoch=best['epoch'] if best else None, best_val_loss=min(losses) if losses else None,
+        epoch_checkpoints=[kept for kept in state.epoch_checkpoints if _checkpoint_epoch(kept) <= epoch])
 
 
 def check_fits(prefix, expected_shapes, purpose="this run's model",
@@ -298,12 +232,12 @@ def repair_best(directory, best_epoch_before, state):
     state's best epoch if its checkpoint is still kept and intact; otherwise best.ckpt is removed
     (a folder then means its latest checkpoint, and the next epoch that beats the best writes it).
     """
-    if best_epoch_before is None or best_epoch_before <= state['epochs_completed']:
+    if best_epoch_before is None or best_epoch_before <= state.epochs_completed:
         return
-    best, epoch = os.path.join(directory, BEST), state['best_epoch']
+    best, epoch = os.path.join(directory, BEST), state.best_epoch
     said = f'warning: {best} held epoch {best_epoch_before}, which is trained again;'
     prefix = epoch_prefix(directory, epoch) if epoch else None
-    if epoch and os.path.basename(prefix) in state.get('epoch_checkpoints', []) \
+    if epoch and os.path.basename(prefix) in state.epoch_checkpoints \
             and verify_checkpoint(prefix) is None:
         link_best(directory, prefix)
         print(f'{said} it holds epoch {epoch} again', file=sys.stderr)
@@ -333,12 +267,8 @@ class CheckpointKeeper:
         check_fits(prefix, graph_variable_shapes(session.graph))
         self._epoch_saver.restore(session, prefix)
         # Carry on pruning the kept epoch checkpoints where the interrupted run left off.
-        self._kept = [name for name in state.get('epoch_checkpoints', [])
+        self._kept = [name for name in state.epoch_checkpoints
                       if tf.train.checkpoint_exists(os.path.join(self.directory, name))]
-
-    def restore_latest(self, session, state):
-        prefix, _ = restorable_checkpoint(self.directory, state)
-        self.restore(session, prefix, state)
 
     def save_epoch(self, session, epoch, state, best=False):
         """Saves epoch `epoch`; with `best`, best.ckpt becomes this checkpoint too."""
@@ -351,9 +281,9 @@ class CheckpointKeeper:
             kept, dropped = listed[-self.keep:], listed[:-self.keep]
             if best:
                 link_best(self.directory, prefix)
-            self._commit(prefix, dict(state, epoch_checkpoints=kept))
-        self._kept = state['epoch_checkpoints'] = kept
-        state['latest_checkpoint'] = name
+            self._commit(prefix, dataclasses.replace(state, epoch_checkpoints=kept))
+        self._kept = state.epoch_checkpoints = kept
+        state.latest_checkpoint = name
         self._remove_interrupted(keep=None)
         for old in dropped:  # only now that run_state.json no longer lists them
             _remove_files_of(os.path.join(self.directory, old))
@@ -365,13 +295,13 @@ class CheckpointKeeper:
         half old, half new if the process died between TensorFlow's renames of its two files.
         """
         target = os.path.join(self.directory, f'{INTERRUPTED}_step{step}.ckpt')
-        if state.get('latest_checkpoint') == os.path.basename(target):
+        if state.latest_checkpoint == os.path.basename(target):
             return target  # no step since that checkpoint: it holds exactly this state
         with self._space_check(session, target, state):
             prefix = self._single_saver.save(session, target, write_meta_graph=False,
                                              write_state=False)
-            self._commit(prefix, dict(state))
-        state['latest_checkpoint'] = os.path.basename(prefix)
+            self._commit(prefix, dataclasses.replace(state))
+        state.latest_checkpoint = os.path.basename(prefix)
         self._remove_interrupted(keep=os.path.basename(prefix))
         return prefix
 
@@ -387,7 +317,7 @@ class CheckpointKeeper:
             for partial in glob.glob(os.path.join(glob.escape(self.directory), '*.partial')):
                 os.remove(partial)
             free = shutil.disk_usage(self.directory).free
-            previous = state.get('latest_checkpoint')
+            previous = state.latest_checkpoint
             kept = (f'{previous} and {RUN_STATE} are intact: free some space and continue with '
                     '--resume' if previous else 'no earlier checkpoint of this run')
             raise DiskFull(f'{self.directory}: disk full while saving {os.path.basename(target)} '
@@ -395,8 +325,8 @@ class CheckpointKeeper:
                            f'{kept}') from None
 
     def _commit(self, prefix, state):
-        state['latest_checkpoint'] = os.path.basename(prefix)
-        write_json_atomically(os.path.join(self.directory, RUN_STATE), state)
+        state.latest_checkpoint = os.path.basename(prefix)
+        run_state.write(self.directory, state)
 
     def _remove_interrupted(self, keep):
         """Removes interrupted checkpoints other than `keep` (None: all), which nothing points at."""
@@ -409,23 +339,11 @@ def remove_interrupted(directory, keep):
             os.remove(os.path.join(directory, name))
 
 
-def file_digest(path):
-    """sha256 of a file's content, hex: how run_state.json recognises the run's list files."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as stream:
-        for block in iter(lambda: stream.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_same_settings(directory, saved, current):
     """Refuses --resume when a setting that shapes the run differs, naming each with old and new value.
 
-    `saved` is run_state.json's `settings` (None in a run state written before settings were kept:
-    nothing to compare), `current` this invocation's.
+    `saved` is run_state.json's `settings`, `current` this invocation's.
     """
-    if saved is None:
-        return
     differences = [f'{key} {saved.get(key)!r} -> {value!r}' for key, value in current.items()
                    if key in saved and saved[key] != value]
     if differences:

@@ -15,8 +15,10 @@ from collections import OrderedDict
 from typing import NamedTuple, Optional, Tuple
 
 from finetune_alexnet import download
+from finetune_alexnet import image_lists
 from finetune_alexnet.errors import ToolkitError
 
+COPY_BYTES = 1 << 20  # extracted a buffer at a time, however large the member
 DECODE_BATCH = 1000  # files per parallel decode pass; the progress bar moves once per pass
 REPORT_NAME = 'dropped.txt'
 STAGING_NAME = '.get_data_partial'
@@ -122,7 +124,7 @@ def extract(path, destination, stream=None):
             os.makedirs(os.path.dirname(target), exist_ok=True)
             try:
                 with archive.open(info) as source, open(target, 'wb') as sink:
-                    shutil.copyfileobj(source, sink, download.CHUNK_BYTES)
+                    shutil.copyfileobj(source, sink, COPY_BYTES)
             except (zipfile.BadZipFile, EOFError, OSError) as error:
                 raise ToolkitError(f'{path}: cannot extract {info.filename} ({error}); the archive is '
                                    'damaged: delete it to download it again') from None
@@ -144,11 +146,12 @@ def _files_under(folder):
             yield os.path.join(directory, name)
 
 
-def clean(folder, find_bad_images, is_image, workers=None, stream=None):
+def clean(folder, find_bad_images, workers=None, stream=None):
     """Delete every file under `folder` that is not a usable image; returns {reason: [paths]}.
 
     `find_bad_images(paths, workers)` decodes files the way training does and returns
-    [(path, reason)] for those that fail; `is_image(name)` says which file names are images at all.
+    [(path, reason)] for those that fail (the input pipeline sits a layer above this module, so it
+    is handed in).
     """
     dropped = {reason: [] for reason in REASONS}
     to_decode = []
@@ -156,7 +159,7 @@ def clean(folder, find_bad_images, is_image, workers=None, stream=None):
         name = os.path.basename(path)
         if name.lower() == 'thumbs.db':
             dropped[THUMBS].append(path)
-        elif not is_image(name) or name.startswith('.'):
+        elif not image_lists.is_image(name) or image_lists.is_hidden(name):
             dropped[NOT_IMAGE].append(path)
         elif os.path.getsize(path) == 0:
             dropped[EMPTY].append(path)
@@ -197,7 +200,19 @@ def read_report(path):
     return dropped
 
 
-def prepare(dataset, archive_path, out_dir, find_bad_images, is_image, workers=None, stream=None):
+def describe_dropped(dropped, report):
+    """Lines summing up `clean`'s {reason: [file]}: a count and an example per reason."""
+    if not dropped:
+        return ['dropped nothing: every file is an image that decodes']
+    total = sum(len(files) for files in dropped.values())
+    lines = [f'dropped {image_lists.plural(total, "file")} (listed in {report}):']
+    for reason, files in dropped.items():
+        example = files[0] if len(files) == 1 else f'{files[0]}, ...'
+        lines.append(f'  {len(files):>6}  {reason} ({example})')
+    return lines
+
+
+def prepare(dataset, archive_path, out_dir, find_bad_images, workers=None, stream=None):
     """Extract and clean `archive_path` into `out_dir/<root>`; returns {reason: [file]} dropped
     (paths relative to `out_dir`, as the report file lists them).
 
@@ -210,7 +225,7 @@ def prepare(dataset, archive_path, out_dir, find_bad_images, is_image, workers=N
         shutil.rmtree(staging)  # left by an interrupted run: start the extraction over
     os.makedirs(staging)
     extract(archive_path, staging, stream)
-    dropped = clean(os.path.join(staging, dataset.root), find_bad_images, is_image, workers, stream)
+    dropped = clean(os.path.join(staging, dataset.root), find_bad_images, workers, stream)
     write_report(os.path.join(out_dir, REPORT_NAME), dropped, relative_to=staging)
     for entry in sorted(os.listdir(staging)):
         target = os.path.join(out_dir, entry)

@@ -10,7 +10,6 @@ Every failure is a `ToolkitError` of one line naming the URL or the file: an HTT
 (with the caller's hint on how to download by hand), a body that stays short, a digest mismatch (the
 `.part` is kept for inspection).
 """
-import hashlib
 import http.client
 import os
 import re
@@ -22,10 +21,10 @@ import urllib.parse
 import urllib.request
 from typing import NamedTuple
 
+from finetune_alexnet import digests
 from finetune_alexnet import run_folder
 from finetune_alexnet.errors import ToolkitError
 
-CHUNK_BYTES = 1 << 20  # for hashing files
 READ_BYTES = 256 * 1024  # at most this much per network read, so the bar moves on slow links
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_RETRIES = 4
@@ -56,13 +55,8 @@ def add_connection_flags(parser):
 
 
 def file_digests(path):
-    """(sha256 hex, sha1 hex) of a file, read in chunks."""
-    sha256, sha1 = hashlib.sha256(), hashlib.sha1()
-    with open(path, 'rb') as stream:
-        for chunk in iter(lambda: stream.read(CHUNK_BYTES), b''):
-            sha256.update(chunk)
-            sha1.update(chunk)
-    return sha256.hexdigest(), sha1.hexdigest()
+    """(sha256 hex, sha1 hex) of a file, from one read of it."""
+    return digests.file_hexdigests(path, 'sha256', 'sha1')
 
 
 def check_digest_flag(name, value):

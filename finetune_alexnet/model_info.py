@@ -153,6 +153,16 @@ def read_class_names_file(path, num_classes):
     return [names[label] for label in range(num_classes)]
 
 
+def placeholder_class_names(num_classes):
+    """The names of classes nobody named: 'class 0', 'class 1', ..."""
+    return [f'class {label}' for label in range(num_classes)]
+
+
+def class_names_or_placeholders(class_names, num_classes):
+    """`class_names` as a list when there are any, else placeholder_class_names(num_classes)."""
+    return list(class_names) if class_names else placeholder_class_names(num_classes)
+
+
 def class_names_of(prefix, info):
     """The checkpoint's class names: model_info's, else classes.txt beside it, else None."""
     if info['class_names'] is not None:

@@ -92,6 +92,21 @@ def test_layer_table_agrees_with_the_graph():
                 assert counted == params, name
 
 
+@pytest.mark.parametrize('num_classes', [1000, 5])
+def test_variable_shapes_are_the_built_graphs_without_building_one(num_classes):
+    shapes = alexnet.variable_shapes(num_classes)
+    with tf.Graph().as_default():
+        _, _, model = build(num_classes=num_classes)
+        built = {layer: {kind: tuple(variable.shape.as_list()) for kind, variable in kinds.items()}
+                 for layer, kinds in model.variables.items()}
+    assert shapes == built
+    assert list(shapes) == list(alexnet.TRAINABLE_LAYERS)
+    # And the weight files': HWIO convolutions, input channels per group (conv2/4/5: half of them).
+    expected = dict(bvlc_fixture.LAYER_SHAPES, fc8=(4096, num_classes))
+    assert {layer: kinds['weights'] for layer, kinds in shapes.items()} == expected
+    assert all(kinds['biases'] == (kinds['weights'][-1],) for kinds in shapes.values())
+
+
 @pytest.mark.slow
 def test_summary_command_prints_the_table():
     result = subprocess.run([sys.executable, 'alexnet.py', '--num_classes', '2'], cwd=REPO,

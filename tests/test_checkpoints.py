@@ -1,4 +1,5 @@
 """CheckpointKeeper: epoch rotation, best.ckpt as links to the best epoch's files, run state."""
+import dataclasses
 import json
 import os
 import re
@@ -7,12 +8,18 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
+import datagenerator
 from finetune_alexnet import checkpoints
+from finetune_alexnet import run_state
 from finetune_alexnet.errors import ToolkitError
 
 
 def saved_value(prefix):
     return tf.train.load_checkpoint(prefix).get_tensor('value')
+
+
+def new_state(**fields):
+    return run_state.RunState(args={}, settings={}, run_name='run', order_seed=1, **fields)
 
 
 def run_epochs(directory, values_and_best, keep=1):
@@ -24,7 +31,7 @@ def run_epochs(directory, values_and_best, keep=1):
             session.run(tf.global_variables_initializer())
             for epoch, (value, best) in enumerate(values_and_best, start=1):
                 variable.load(np.full(1000, value, np.float32), session)
-                keeper.save_epoch(session, epoch, {'epochs_completed': epoch}, best=best)
+                keeper.save_epoch(session, epoch, new_state(epochs_completed=epoch), best=best)
 
 
 def test_best_outlives_the_rotation_of_its_epoch_checkpoint(tmp_path):
@@ -78,7 +85,7 @@ def test_saving_an_epoch_again_leaves_best_linked_to_it_unchanged(tmp_path):
 def small_checkpoint(directory, epochs=2, keep=2):
     """Epoch checkpoints of a 1000-float variable; returns the run state the keeper wrote."""
     run_epochs(directory, [(float(epoch), False) for epoch in range(1, epochs + 1)], keep=keep)
-    return json.loads((directory / checkpoints.RUN_STATE).read_text())
+    return run_state.read(str(directory))
 
 
 def truncate(path, size=None):
@@ -113,14 +120,14 @@ def test_verify_names_the_damaged_file(tmp_path, damage, culprit):
 
 def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, capsys):
     state = small_checkpoint(tmp_path, epochs=3, keep=3)
-    state['history'] = [{'epoch': epoch, 'val_accuracy': accuracy}
-                        for epoch, accuracy in ((1, 0.5), (2, 0.9), (3, 0.7))]
+    state.history = [{'epoch': epoch, 'step': epoch, 'val_accuracy': accuracy}
+                     for epoch, accuracy in ((1, 0.5), (2, 0.9), (3, 0.7))]
     truncate(tmp_path / 'model_epoch3.ckpt.data-00000-of-00001')
     prefix, cut = checkpoints.restorable_checkpoint(str(tmp_path), state)
     assert prefix == str(tmp_path / 'model_epoch2.ckpt')
-    assert cut['epochs_completed'] == 2 and [r['epoch'] for r in cut['history']] == [1, 2]
-    assert cut['best_epoch'] == 2 and cut['best_val_accuracy'] == 0.9
-    assert cut['epoch_checkpoints'] == ['model_epoch1.ckpt', 'model_epoch2.ckpt']
+    assert cut.epochs_completed == 2 and [r['epoch'] for r in cut.history] == [1, 2]
+    assert cut.best_epoch == 2 and cut.best_val_accuracy == 0.9
+    assert cut.epoch_checkpoints == ['model_epoch1.ckpt', 'model_epoch2.ckpt']
     assert 'model_epoch3.ckpt.data-00000-of-00001 is damaged' in capsys.readouterr().err
     for name in ('model_epoch1.ckpt', 'model_epoch2.ckpt'):
         flip_byte(tmp_path / f'{name}.data-00000-of-00001', 100)
@@ -132,14 +139,14 @@ def test_a_fall_back_past_the_best_epoch_relinks_best_or_removes_it(tmp_path, ca
     # Epoch 3 was the best; damaging it damages best.ckpt too (the same files). Falling back to
     # epoch 2 makes epoch 2 the best again, and best.ckpt its files, while epoch 2 is kept.
     run_epochs(tmp_path, [(1.0, True), (2.0, True), (3.0, True)], keep=3)
-    state = json.loads((tmp_path / checkpoints.RUN_STATE).read_text())
-    state['history'] = [{'epoch': epoch, 'val_accuracy': accuracy}
-                        for epoch, accuracy in ((1, 0.5), (2, 0.7), (3, 0.9))]
-    state['best_epoch'], state['best_val_accuracy'] = 3, 0.9
+    state = run_state.read(str(tmp_path))
+    state.history = [{'epoch': epoch, 'step': epoch, 'val_accuracy': accuracy}
+                     for epoch, accuracy in ((1, 0.5), (2, 0.7), (3, 0.9))]
+    state.best_epoch, state.best_val_accuracy = 3, 0.9
     truncate(tmp_path / 'model_epoch3.ckpt.data-00000-of-00001')
     assert checkpoints.verify_checkpoint(str(tmp_path / 'best.ckpt')) is not None
     _, cut = checkpoints.restorable_checkpoint(str(tmp_path), state)
-    assert cut['best_epoch'] == 2
+    assert cut.best_epoch == 2
     checkpoints.repair_best(str(tmp_path), 3, cut)
     for suffix in ('.index', '.data-00000-of-00001'):
         assert os.path.samefile(tmp_path / f'best.ckpt{suffix}', tmp_path / f'model_epoch2.ckpt{suffix}')
@@ -147,7 +154,7 @@ def test_a_fall_back_past_the_best_epoch_relinks_best_or_removes_it(tmp_path, ca
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"warning: {tmp_path / 'best.ckpt'} held epoch 3, which is trained again; it holds epoch 2 again")
     # A best epoch no longer kept cannot be linked: best.ckpt goes (the folder then means latest).
-    checkpoints.repair_best(str(tmp_path), 3, dict(cut, epoch_checkpoints=['model_epoch1.ckpt']))
+    checkpoints.repair_best(str(tmp_path), 3, dataclasses.replace(cut, epoch_checkpoints=['model_epoch1.ckpt']))
     assert not list(tmp_path.glob('best.ckpt*'))
     assert 'removed it (the best epoch before it is no longer kept)' in capsys.readouterr().err
     # A best epoch at or before the one resumed from is left alone.
@@ -156,46 +163,14 @@ def test_a_fall_back_past_the_best_epoch_relinks_best_or_removes_it(tmp_path, ca
     assert (tmp_path / 'best.ckpt.index').read_bytes() == b'kept'
 
 
-VALID_STATE = {'epochs_completed': 1, 'latest_checkpoint': 'model_epoch1.ckpt', 'history': [],
-               'best_val_accuracy': 0.5, 'best_epoch': 1, 'args': {}}
-
-
-@pytest.mark.parametrize('content, message', [
-    ('null', 'expected a JSON object, found NoneType'),
-    ('[]', 'expected a JSON object, found list'),
-    ('{"epochs_completed": 1}', "the key 'latest_checkpoint' is missing"),
-    (json.dumps(dict(VALID_STATE, epochs_completed='1')), "epochs_completed should be an integer, found '1'"),
-    (json.dumps(dict(VALID_STATE, history=None)), 'history should be a list, found None'),
-    (json.dumps(dict(VALID_STATE, history=[1])), 'history should be a list of epoch records'),
-    (json.dumps(dict(VALID_STATE, latest_checkpoint='../x.ckpt')), "'../x.ckpt' is not a checkpoint name"),
-    ('{"epochs_completed": ', 'unreadable run state'),
-])
-def test_run_state_is_validated_in_one_line(tmp_path, content, message):
-    (tmp_path / checkpoints.RUN_STATE).write_text(content)
-    with pytest.raises(ToolkitError) as error:
-        checkpoints.read_run_state(str(tmp_path))
-    assert str(error.value).startswith(str(tmp_path / checkpoints.RUN_STATE) + ': ')
-    assert message in str(error.value) and '\n' not in str(error.value)
-    (tmp_path / checkpoints.RUN_STATE).write_text(json.dumps(VALID_STATE))
-    assert checkpoints.read_run_state(str(tmp_path)) == VALID_STATE
-
-
 def test_other_settings_are_named_with_old_and_new_values(tmp_path):
     saved = {'batch_size': 4, 'optimizer': 'sgd', 'train_file_sha256': 'aa', 'augment': False}
     checkpoints.check_same_settings(str(tmp_path), saved, dict(saved))
-    checkpoints.check_same_settings(str(tmp_path), None, dict(saved))  # an older run state
     with pytest.raises(ToolkitError) as error:
         checkpoints.check_same_settings(str(tmp_path), saved, dict(saved, batch_size=2,
                                                                    train_file_sha256='bb'))
     assert "batch_size 4 -> 2; train_file_sha256 'aa' -> 'bb'" in str(error.value)
     assert 'optimizer' not in str(error.value)
-
-
-def test_file_digest_is_sha256(tmp_path):
-    import hashlib
-    (tmp_path / 'list.txt').write_bytes(b'a.jpg 0\n' * 1000)
-    assert checkpoints.file_digest(str(tmp_path / 'list.txt')) == hashlib.sha256(
-        b'a.jpg 0\n' * 1000).hexdigest()
 
 
 @pytest.mark.parametrize('where', ['checkpoint', 'run_state'])
@@ -208,8 +183,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch, where)
         with tf.Session() as session:
             session.run(tf.global_variables_initializer())
             variable.load(np.full(1000, 1.0, np.float32), session)
-            state = {'epochs_completed': 1, 'history': [], 'best_val_accuracy': None,
-                     'best_epoch': None, 'args': {}}
+            state = new_state(epochs_completed=1)
             keeper.save_epoch(session, 1, state)
             before = (tmp_path / checkpoints.RUN_STATE).read_text()
             if where == 'checkpoint':
@@ -226,10 +200,10 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch, where)
                 def full_disk_dump(content, stream, **kwargs):
                     real_dump(content, stream, **kwargs)
                     raise OSError(28, 'No space left on device')
-                monkeypatch.setattr(checkpoints.json, 'dump', full_disk_dump)
+                monkeypatch.setattr(run_state.json, 'dump', full_disk_dump)
             variable.load(np.full(1000, 2.0, np.float32), session)
             with pytest.raises(checkpoints.DiskFull) as error:
-                keeper.save_epoch(session, 2, dict(state, epochs_completed=2))
+                keeper.save_epoch(session, 2, dataclasses.replace(state, epochs_completed=2))
     message = str(error.value)
     assert message.startswith(f'{tmp_path}: disk full while saving model_epoch2.ckpt (needs about ')
     assert '(needs about 4,000 bytes, ' in message  # the variable: 1000 float32
@@ -238,7 +212,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch, where)
     assert not [name for name in left if 'model_epoch2' in name or 'tempstate' in name
                 or name.endswith('.partial')], left
     assert (tmp_path / checkpoints.RUN_STATE).read_text() == before
-    state = checkpoints.read_run_state(str(tmp_path))
+    state = run_state.read(str(tmp_path))
     prefix, _ = checkpoints.restorable_checkpoint(str(tmp_path), state)
     np.testing.assert_array_equal(saved_value(prefix), np.full(1000, 1.0))
 
@@ -383,7 +357,7 @@ def test_no_intact_checkpoint_is_one_line(dataset, finished_run, tmp_path, capsy
 @pytest.mark.parametrize('content, message', [
     ('null', 'expected a JSON object, found NoneType'),
     ('[]', 'expected a JSON object, found list'),
-    ('{"epochs_completed": 2}', "the key 'latest_checkpoint' is missing"),
+    ('{"epochs_completed": 2}', "the field 'args' is missing"),
 ])
 def test_resume_with_a_broken_run_state_is_one_line(dataset, finished_run, tmp_path, capsys,
                                                       content, message):
@@ -421,12 +395,12 @@ def test_an_unseeded_run_resumes_with_its_own_shuffle_orders(dataset, tmp_path, 
     order_seed = tiny_runs.read_state(tmp_path)['order_seed']
     assert isinstance(order_seed, int)
     seeds = []
-    real_init = finetune.datagenerator.ImageDataGenerator.__init__
+    real_init = datagenerator.ImageDataGenerator.__init__
 
     def recording_init(generator, *init_args, **kwargs):
         seeds.append(kwargs.get('seed'))
         real_init(generator, *init_args, **kwargs)
-    monkeypatch.setattr(finetune.datagenerator.ImageDataGenerator, '__init__', recording_init)
+    monkeypatch.setattr(datagenerator.ImageDataGenerator, '__init__', recording_init)
     assert cli.run(finetune.main, args + ['--resume', '--num_epochs', '1']) == 0
     assert seeds[0] == order_seed  # the training generator (validation is not shuffled)
     assert tiny_runs.read_state(tmp_path)['order_seed'] == order_seed

@@ -54,6 +54,20 @@ def epochs(generator, count):
     return results
 
 
+def prediction_inputs(paths, center_crop=False):
+    """float32 [n, 227, 227, 3]: what images_dataset, prediction's pipeline, makes of the files."""
+    with tf.Graph().as_default(), tf.Session() as session:
+        dataset = datagenerator.images_dataset(list(paths), batch_size=64, center_crop=center_crop)
+        next_batch = tf.data.make_one_shot_iterator(dataset).get_next()
+        batches = []
+        try:
+            while True:
+                batches.append(session.run(next_batch)[0])
+        except tf.errors.OutOfRangeError:
+            pass
+    return np.concatenate(batches)
+
+
 def identities(labels_one_hot):
     return labels_one_hot.argmax(axis=1).tolist()
 
@@ -172,7 +186,7 @@ def test_batches_shapes_values_and_the_last_partial_batch(tmp_path):
     labels = np.concatenate([labels for _, labels in batches])
     assert np.array_equal(labels, np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1]])
     # Exactly what prediction and the notebook get for the same files.
-    assert np.array_equal(images, datagenerator.load_images(paths))
+    assert np.array_equal(images, prediction_inputs(paths))
 
 
 def test_uniform_image_through_the_pipeline_has_the_exact_values(tmp_path):
@@ -266,8 +280,8 @@ def test_augmentation_differs_per_epoch_repeats_with_the_seed_and_is_fixed_in_in
     assert np.array_equal(again[0], first) and np.array_equal(again[1], second)
     inference = run('inference', seed=None)
     assert np.array_equal(inference[0], inference[1])
-    assert np.array_equal(inference[0], datagenerator.load_images(paths, center_crop=True))
-    assert not np.array_equal(inference[0], datagenerator.load_images(paths))
+    assert np.array_equal(inference[0], prediction_inputs(paths, center_crop=True))
+    assert not np.array_equal(inference[0], prediction_inputs(paths))
 
 
 def bad_set(tmp_path):
@@ -343,13 +357,14 @@ def test_images_dataset_gives_positions_and_can_skip(tmp_path):
         datagenerator.images_dataset(paths + [str(tmp_path / 'nowhere.png')], batch_size=2)
 
 
-def test_load_images_names_an_unreadable_file(tmp_path):
+def test_an_unreadable_file_of_a_plain_list_of_images_is_named(tmp_path):
     _, paths = bad_set(tmp_path)
-    with pytest.raises(ToolkitError) as caught:
-        datagenerator.load_images(paths)
-    assert str(caught.value).startswith(f'2 unreadable images: {paths[1]}: jpeg::Uncompress failed')
-    assert paths[3] in str(caught.value)
-    images = datagenerator.load_images([paths[0]])
+    with pytest.raises(datagenerator.IMAGE_ERRORS):
+        prediction_inputs(paths)
+    error = datagenerator.unreadable_images_error(paths)  # what prediction raises after that
+    assert str(error).startswith(f'2 unreadable images: {paths[1]}: jpeg::Uncompress failed')
+    assert paths[3] in str(error)
+    images = prediction_inputs([paths[0]])
     assert images.shape == (1, 227, 227, 3) and images.dtype == np.float32
 
 

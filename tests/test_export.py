@@ -14,11 +14,9 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 import bvlc_fixture
-import datagenerator
 import export
 import finetune
 import image_files
-import predict
 from finetune_alexnet import demo_data
 from finetune_alexnet import model_info
 from finetune_alexnet.infer import serving
@@ -27,6 +25,8 @@ from finetune_alexnet import preprocessing
 from finetune_alexnet import weight_files
 from alexnet import TRAINABLE_LAYERS, AlexNet
 from finetune_alexnet.errors import ToolkitError
+from finetune_alexnet.infer.classifier import Classifier, decode_predictions
+from test_datagenerator import prediction_inputs
 from test_predict import REPO, error_line, make_checkpoint
 
 
@@ -68,13 +68,13 @@ def test_export_leaves_the_step_counter_and_optimizer_slots_behind(checkpoint, t
     names = tf.train.load_checkpoint(checkpoint).get_variable_to_shape_map()
     assert 'global_step' in names and 'fc8/weights/Momentum' in names
     output = str(tmp_path / 'out.npz')
-    export.export_checkpoint(checkpoint, output)
+    assert export.main(['--checkpoint', checkpoint, '--output', output]) == 0
     assert set(weight_files.load_weights(output)) == set(TRAINABLE_LAYERS)
 
 
 def test_export_errors_name_the_problem(checkpoint, tmp_path):
-    with pytest.raises(ToolkitError, match='the output is in a folder that does not exist .*nowhere'):
-        export.export_checkpoint(checkpoint, str(tmp_path / 'nowhere' / 'out.npz'))
+    with pytest.raises(ToolkitError, match='--output .*is in a folder that does not exist .*nowhere'):
+        export.main(['--checkpoint', checkpoint, '--output', str(tmp_path / 'nowhere' / 'out.npz')])
     # model_info.json claiming another class count: the shape check names the variable.
     folder = tmp_path / 'wrong_classes'
     folder.mkdir()
@@ -82,7 +82,7 @@ def test_export_errors_name_the_problem(checkpoint, tmp_path):
         os.link(checkpoint + suffix, str(folder / 'best.ckpt') + suffix)
     model_info.write_model_info(str(folder), 5, None, center_crop=False)
     with pytest.raises(ToolkitError, match=r'fc8/weights has shape \(4096, 2\), expected \(4096, 5\)'):
-        export.export_checkpoint(str(folder), str(tmp_path / 'out.npz'))
+        export.main(['--checkpoint', str(folder), '--output', str(tmp_path / 'out.npz')])
     assert not os.path.exists(tmp_path / 'out.npz')
 
 
@@ -94,7 +94,7 @@ def test_a_checkpoint_of_something_else_is_refused(tmp_path):
             tf.train.Saver().save(session, str(tmp_path / 'best.ckpt'), write_meta_graph=False)
     model_info.write_model_info(str(tmp_path), 2, None, center_crop=False)
     with pytest.raises(ToolkitError, match=r'conv1/weights has shape \(3, 3, 3, 4\)'):
-        export.export_checkpoint(str(tmp_path), str(tmp_path / 'out.npz'))
+        export.main(['--checkpoint', str(tmp_path), '--output', str(tmp_path / 'out.npz')])
 
 
 @pytest.mark.slow
@@ -176,12 +176,22 @@ def test_class_names_file(tmp_path):
 # --- SavedModel and TFLite: a short fine-tune, exported, against predict.py ------------------------
 
 # Run in a fresh interpreter with `python -I` (no current folder, no PYTHONPATH on sys.path) from a
-# folder outside the repository: plain TensorFlow 2 and the exported folder, nothing of ours.
+# folder outside the repository: plain TensorFlow 2 and the exported folder, nothing of ours. The
+# project may be installed (pip install -e .), so its modules are refused outright.
 LOAD_SAVED_MODEL = r'''
 import sys
+OURS = ('finetune_alexnet', 'alexnet', 'datagenerator', 'caffe_classes')
+
+
+class RefuseOurs:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in OURS:
+            raise ImportError(f'{name}: the SavedModel must load without the project')
+
+
+sys.meta_path.insert(0, RefuseOurs())
 import numpy as np
 import tensorflow as tf
-assert not any('finetune_alexnet' in name for name in sys.modules)
 model_dir, files_list, decoded_npz, output = sys.argv[1:]
 model = tf.saved_model.load(model_dir)
 files = [open(path, 'rb').read() for path in open(files_list).read().splitlines()]
@@ -195,6 +205,7 @@ for name in decoded.files:
     for key, value in outputs.items():
         results[f'images_{name}_{key}'] = value.numpy()
 results['signatures'] = np.array(sorted(model.signatures))
+assert not [name for name in sys.modules if name.split('.')[0] in OURS]
 np.savez(output, **results)
 '''
 
@@ -266,7 +277,7 @@ def pictures(tmp_path_factory):
 
 
 def classify_with_predict(checkpoint, paths):
-    with predict.Classifier(checkpoint=checkpoint) as classifier:
+    with Classifier(checkpoint=checkpoint) as classifier:
         result = classifier.run(paths)
         return result.probabilities, classifier.class_names
 
@@ -299,11 +310,11 @@ def test_saved_model_equals_predict_in_a_fresh_tensorflow(saved_model, fine_tune
     # Moderate probabilities, so the comparison sees every digit rather than saturated 0s and 1s.
     assert np.all((probabilities > 1e-4) & (probabilities < 1 - 1e-4)), probabilities
     np.testing.assert_allclose(probabilities, expected, atol=1e-5, rtol=0)
-    top = [[entry[1] for entry in row] for row in predict.decode_predictions(expected, names, top=5)]
+    top = [[entry[1] for entry in row] for row in decode_predictions(expected, names, top=5)]
     classes = [[name.decode() for name in row] for row in outputs['files_classes']]
     assert [row[0] for row in classes] == [row[0] for row in top]
     assert classes == top  # k = min(5, 2) = 2, best first
-    scores = [[entry[2] for entry in row] for row in predict.decode_predictions(expected, names, top=5)]
+    scores = [[entry[2] for entry in row] for row in decode_predictions(expected, names, top=5)]
     np.testing.assert_allclose(outputs['files_scores'], scores, atol=1e-5, rtol=0)
 
 
@@ -378,7 +389,7 @@ def _run_tflite(path, inputs):
 def test_tflite_float32_and_float16_equal_predict(fine_tuned, pictures, tmp_path):
     paths = pictures[0]
     expected, _ = classify_with_predict(fine_tuned, paths)
-    inputs = datagenerator.load_images(paths, center_crop=True)  # the model was trained with --augment
+    inputs = prediction_inputs(paths, center_crop=True)  # the model was trained with --augment
     sizes = {}
     for quantize, tolerance in ((None, 1e-4), ('float16', 1e-2)):
         output = str(tmp_path / f'demo_{quantize or "float32"}.tflite')

@@ -1,6 +1,7 @@
 """finetune.py end to end on tiny runs: files written and read back by TensorFlow's and TensorBoard's
 own readers, frozen layers, resume, the NaN guard, and every kind of bad input (signals are in
 test_signals.py)."""
+import dataclasses
 import json
 import os
 
@@ -11,7 +12,13 @@ import tensorflow.compat.v1 as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 import bvlc_fixture
+from alexnet import TRAINABLE_LAYERS
 from finetune_alexnet import weight_files
+from finetune_alexnet.train import demo
+from finetune_alexnet.train import inputs
+from finetune_alexnet.train import loop
+from finetune_alexnet.train import runs
+from finetune_alexnet.train import settings as run_settings
 import finetune
 import tiny_runs
 from tiny_runs import run_cli, run_here
@@ -309,17 +316,19 @@ def test_demo_runs_on_the_pretrained_weights(tmp_path, bvlc_npy):
 
 
 def test_demo_without_weights_trains_every_layer_from_scratch(tmp_path):
-    args = finetune.parse_args(['--demo_dir', str(tmp_path / 'demo'),
-                                '--weights_path', str(tmp_path / 'absent.npy'), '--num_epochs', '2'])
-    finetune.prepare_demo(args)
-    assert args.train_layers == args.skip_layers == list(finetune.TRAINABLE_LAYERS)
-    assert args.num_epochs == 2  # a flag given on the command line wins over the demo's settings
-    assert args.batch_size == 32 and args.optimizer == 'momentum' and args.seed == 0
-    finetune.check_args(args)
+    settings = finetune.parse_settings(['--demo_dir', str(tmp_path / 'demo'), '--weights_path',
+                                        str(tmp_path / 'absent.npy'), '--num_epochs', '2',
+                                        '--checkpoint_path', str(tmp_path / 'ckpt')])
+    assert settings.train_layers == settings.skip_layers == TRAINABLE_LAYERS
+    assert settings.num_epochs == 2  # a flag given on the command line wins over the demo's settings
+    assert settings.batch_size == 32 and settings.optimizer == 'momentum' and settings.seed == 0
+    assert settings.demo and settings.train_file == str(tmp_path / 'demo' / 'train.txt')
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.num_epochs = 3  # settings are values: nothing changes them after parsing
 
 
 def test_label_counts_warn_when_one_class_dominates(capsys):
-    finetune.print_label_counts(np.array([0] * 9 + [1]), 2, ['cat', 'dog'])
+    runs.print_label_counts(np.array([0] * 9 + [1]), ['cat', 'dog'])
     out = capsys.readouterr().out
     assert 'training images per class: cat 9, dog 1' in out
     assert 'warning: cat holds 90% of the training images' in out
@@ -381,17 +390,14 @@ def run_in_process(args, capsys):
 
 
 def resolved(argv):
-    args = finetune.parse_args(argv)
-    finetune.resolve_settings(args)
-    return args
+    return finetune.parse_settings(argv)
 
 
 def test_dropout_rate_is_fed_as_a_keep_probability(dataset, tmp_path):
     """--dropout_rate 0.3 must keep 70% of fc6's units in a training step (tf.nn.dropout in TF2 takes
     a drop rate; AlexNet's keep_prob is the probability of keeping)."""
-    args = resolved(flags(dataset, tmp_path, '--dropout_rate', '0.3'))
-    feed = finetune.training_feed(args, keep_prob='keep')
-    assert feed == {'keep': pytest.approx(0.7)}
+    settings = resolved(flags(dataset, tmp_path, '--dropout_rate', '0.3'))
+    assert settings.keep_probability == pytest.approx(0.7)
     with tf.Graph().as_default():
         x = tf.placeholder(tf.float32, [None, 227, 227, 3])
         keep_prob = tf.placeholder_with_default(1.0, [])
@@ -401,7 +407,7 @@ def test_dropout_rate_is_fed_as_a_keep_probability(dataset, tmp_path):
             session.run(tf.global_variables_initializer())
             images = np.random.default_rng(0).uniform(-50, 50, (4, 227, 227, 3))
             fc6, dropped = session.run([model.end_points['fc6'], model.end_points['dropout6']],
-                                       {x: images, **finetune.training_feed(args, keep_prob)})
+                                       {x: images, keep_prob: settings.keep_probability})
     active = fc6 > 0
     kept = (dropped[active] != 0).mean()
     assert kept == pytest.approx(0.7, abs=0.02)
@@ -413,7 +419,7 @@ def test_every_optimisation_flag_reaches_the_training_graph(dataset, tmp_path):
     args = resolved(flags(dataset, tmp_path, '--weight_decay', '5e-4', '--momentum', '0.8',
                           '--optimizer', 'momentum', '--lr_decay_epochs', '2',
                           '--lr_decay_factor', '0.5', '--learning_rate', '0.02'))
-    config = finetune.training_config(args, use_gpu=False, steps_per_epoch=7)
+    config = runs.training_config(args, gpu=False, steps_per_epoch=7)
     assert (config.weight_decay, config.momentum, config.optimizer) == (5e-4, 0.8, 'momentum')
     assert config.decay_steps == 14 and config.decay_factor == 0.5  # epochs x steps per epoch
     assert config.learning_rate == 0.02 and config.num_classes == 2
@@ -436,7 +442,7 @@ def test_learning_rate_decays_by_epochs_and_class_names_are_kept(dataset, tmp_pa
 
 def test_validation_takes_the_centre_crop_when_training_augments(dataset, tmp_path):
     args = resolved(flags(dataset, tmp_path, '--augment'))
-    train_data, val_data, _ = finetune.make_datasets(args)
+    train_data, val_data, _ = inputs.make_datasets(args, order_seed=1)
     with tf.Session() as session:
         iterator = tf.data.make_initializable_iterator(val_data.data)
         images, _ = iterator.get_next()
@@ -450,18 +456,18 @@ def test_validation_takes_the_centre_crop_when_training_augments(dataset, tmp_pa
 
 
 def test_first_loss_far_from_ln_classes_is_flagged(capsys):
-    finetune.warn_about_first_loss(0.70, 2)
+    loop.warn_about_first_loss(0.70, 2)
     assert capsys.readouterr().out == ''
-    finetune.warn_about_first_loss(9.5, 2)
+    loop.warn_about_first_loss(9.5, 2)
     out = capsys.readouterr().out
     assert 'the first loss, 9.500, is far from ln(2) = 0.693' in out
 
 
 def test_demo_flags_given_any_way_win(tmp_path):
     """Flags given as --flag=value or abbreviated still override the demo's settings."""
-    args = finetune.parse_args(['--demo_dir', str(tmp_path / 'demo'), '--batch_size=64', '--num_ep', '7',
-                                '--weights_path', str(tmp_path / 'absent.npy')])
-    finetune.resolve_settings(args)
+    args = finetune.parse_settings(['--demo_dir', str(tmp_path / 'demo'), '--batch_size=64', '--num_ep',
+                                    '7', '--weights_path', str(tmp_path / 'absent.npy'),
+                                    '--checkpoint_path', str(tmp_path / 'ckpt')])
     assert (args.batch_size, args.num_epochs, args.display_step) == (64, 7, 3)
 
 
@@ -475,16 +481,16 @@ def test_seed_repeats_a_run_bit_for_bit(dataset, tmp_path, capsys):
                                             '--seed', '7'), capsys)
         assert code == 0, err
         reader = tf.train.load_checkpoint(str(tmp_path / name / 'ckpt' / 'model_epoch1.ckpt'))
-        finals.append({layer: reader.get_tensor(f'{layer}/weights') for layer in finetune.TRAINABLE_LAYERS})
-    for layer in finetune.TRAINABLE_LAYERS:
+        finals.append({layer: reader.get_tensor(f'{layer}/weights') for layer in TRAINABLE_LAYERS})
+    for layer in TRAINABLE_LAYERS:
         np.testing.assert_array_equal(finals[0][layer], finals[1][layer], err_msg=layer)
 
 
 def test_the_demo_replaces_its_own_previous_run_and_nothing_else(tmp_path, monkeypatch):
     folders = {'checkpoint_path': tmp_path / 'demo_run' / 'checkpoints',
                'filewriter_path': tmp_path / 'demo_run' / 'tensorboard'}
-    monkeypatch.setitem(finetune.DEMO_DEFAULTS, 'checkpoint_path', str(folders['checkpoint_path']))
-    monkeypatch.setitem(finetune.DEMO_DEFAULTS, 'filewriter_path', str(folders['filewriter_path']))
+    monkeypatch.setitem(run_settings.DEMO_DEFAULTS, 'checkpoint_path', str(folders['checkpoint_path']))
+    monkeypatch.setitem(run_settings.DEMO_DEFAULTS, 'filewriter_path', str(folders['filewriter_path']))
 
     def leave_a_run(demo):
         for folder in folders.values():
@@ -494,20 +500,21 @@ def test_the_demo_replaces_its_own_previous_run_and_nothing_else(tmp_path, monke
         (ckpt / 'model_epoch1.ckpt.index').write_text('x')
         (ckpt / 'run_state.json').write_text(json.dumps(
             {'latest_checkpoint': 'model_epoch1.ckpt', 'epochs_completed': 1, 'history': [],
-             'best_val_accuracy': None, 'best_epoch': None, 'args': {'demo': demo}}))
+             'best_val_accuracy': None, 'best_epoch': None, 'args': {'demo': demo}, 'settings': {},
+             'run_name': 'demo', 'order_seed': 0}))
 
     leave_a_run(demo=False)  # a run of the user's own in the demo's folder: kept
-    finetune.clear_previous_demo_run()
+    demo.clear_previous_demo_run()
     assert (folders['checkpoint_path'] / 'run_state.json').exists()
     leave_a_run(demo=True)  # an earlier demo run: replaced
-    finetune.clear_previous_demo_run()
+    demo.clear_previous_demo_run()
     assert [p.name for p in folders['checkpoint_path'].iterdir()] == ['.lock']  # the lock file stays
     assert not folders['filewriter_path'].exists()
     leave_a_run(demo=True)  # a demo still running there (holding the folder's lock): left alone
     from finetune_alexnet import run_folder
     # flock treats each open of the file on its own, so this process's own lock is a holder too.
     with run_folder.RunLock(str(folders['checkpoint_path'])):
-        finetune.clear_previous_demo_run()
+        demo.clear_previous_demo_run()
     assert (folders['checkpoint_path'] / 'run_state.json').exists()
 
 
@@ -546,10 +553,9 @@ def test_fc8_is_kept_from_any_weights_file_with_num_classes_outputs(dataset, tmp
 
 def test_class_weights_balanced_reach_the_graph_and_the_warning_suggests_them(dataset, tmp_path, capsys):
     args = resolved(flags(dataset, tmp_path, '--class_weights', 'balanced', '--lr_mult', 'fc8=10'))
-    config = finetune.training_config(args, use_gpu=False, steps_per_epoch=3,
-                                      train_labels=[0, 0, 0, 1])
+    config = runs.training_config(args, gpu=False, steps_per_epoch=3, train_labels=[0, 0, 0, 1])
     assert config.class_weights == pytest.approx((0.5, 1.5)) and config.lr_mult == (('fc8', 10.0),)
-    finetune.print_label_counts(np.array([0] * 9 + [1]), 2, None)
+    runs.print_label_counts(np.array([0] * 9 + [1]), ['class 0', 'class 1'])
     assert '--class_weights balanced' in capsys.readouterr().out
 
 

@@ -75,6 +75,16 @@ def test_a_file_that_is_not_alexnet_is_never_renamed(tmp_path, file_server, caps
         get_weights.main(['--url', page, '--output', str(tmp_path / 'page.npy')])
 
 
+def test_check_weights_file_names_the_first_layer_of_the_wrong_shape(tmp_path):
+    layers = bvlc_fixture.random_weights(layers=['conv1', 'conv2'])
+    layers['conv1']['weights'] = layers['conv1']['weights'][..., :64]
+    path = bvlc_fixture.write_bvlc_npy(str(tmp_path / 'wrong.npy'), layers)
+    with pytest.raises(ToolkitError) as error:
+        get_weights.check_weights_file(path)
+    assert str(error.value) == (f'{path}: not AlexNet: layer conv1 weights has shape (11, 11, 3, 64), '
+                                'expected (11, 11, 3, 96)')
+
+
 def test_http_and_network_errors_name_url_and_the_way_round(tmp_path, file_server):
     url = file_server.url('/gone/bvlc_alexnet.npy')
     with pytest.raises(ToolkitError) as error:

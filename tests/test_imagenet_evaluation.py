@@ -18,7 +18,8 @@ import image_files
 import make_lists
 import predict
 from alexnet import AlexNet
-from finetune_alexnet import cli, preprocessing, weight_files
+from finetune_alexnet import cli, metrics, preprocessing, weight_files
+from finetune_alexnet.infer.classifier import Classifier
 from test_preprocessing import reference_resize
 
 MEAN_BGR = np.array([103.939, 116.779, 123.68])
@@ -116,13 +117,13 @@ def test_ten_crop_batches_hold_ten_rows_per_image_in_image_order(photos):
 def test_ten_crop_is_the_mean_of_the_ten_crops_computed_one_by_one(model, photos):
     paths = photos[:3]
     expected = ten_crop_reference(paths, model)
-    with predict.Classifier(weights_path=model, ten_crop=True, batch_size=2) as classifier:
+    with Classifier(weights_path=model, ten_crop=True, batch_size=2) as classifier:
         result = classifier.run(paths, layers=['fc8'])
         assert classifier.crop_mode == 'ten_crop'
     np.testing.assert_allclose(result.probabilities, expected, atol=2e-5)
     assert result.outputs['fc8'].shape == (3, 10, NUM_CLASSES)
     np.testing.assert_allclose(result.probabilities.sum(axis=1), 1, atol=1e-5)
-    with predict.Classifier(weights_path=model, center_crop=True) as classifier:
+    with Classifier(weights_path=model, center_crop=True) as classifier:
         centre = classifier.run(paths).probabilities
     # Not the centre crop alone: the other nine crops move the probabilities.
     assert np.abs(centre - expected).max() > 100 * 2e-5
@@ -132,17 +133,17 @@ def test_ten_crop_is_the_mean_of_the_ten_crops_computed_one_by_one(model, photos
 
 @pytest.mark.parametrize('successes, trials', [(5, 7), (0, 10), (10, 10), (571, 1000), (40110, 50000)])
 def test_wilson_interval_by_hand(successes, trials):
-    low, high = predict.wilson_interval(successes, trials)
+    low, high = metrics.wilson_interval(successes, trials)
     assert [low, high] == pytest.approx(wilson_by_hand(successes, trials), abs=1e-12)
     assert low <= successes / trials <= high
 
 
 def test_wilson_interval_known_values():
     # None right of 10: from 0 to z^2 / (n + z^2); all right: from n / (n + z^2) to 1 exactly.
-    assert predict.wilson_interval(0, 10) == (0.0, pytest.approx(Z_95 ** 2 / (10 + Z_95 ** 2), abs=1e-15))
-    assert predict.wilson_interval(10, 10) == (pytest.approx(10 / (10 + Z_95 ** 2), abs=1e-15), 1.0)
+    assert metrics.wilson_interval(0, 10) == (0.0, pytest.approx(Z_95 ** 2 / (10 + Z_95 ** 2), abs=1e-15))
+    assert metrics.wilson_interval(10, 10) == (pytest.approx(10 / (10 + Z_95 ** 2), abs=1e-15), 1.0)
     # 57.1% of ImageNet's 50,000 images is known to within 0.43 points either way (2 z sqrt(pq/n)).
-    low, high = predict.wilson_interval(28550, 50000)
+    low, high = metrics.wilson_interval(28550, 50000)
     assert high - low == pytest.approx(2 * Z_95 * np.sqrt(0.571 * 0.429 / 50000), abs=1e-6)
 
 
@@ -157,7 +158,7 @@ def labelled_list(path, paths, probabilities, ranks):
 @pytest.mark.slow
 def test_ten_crop_evaluation_reports_hand_computed_accuracy_and_intervals(model, photos, tmp_path, capsys):
     photos = photos[:5]
-    with predict.Classifier(weights_path=model, ten_crop=True) as classifier:
+    with Classifier(weights_path=model, ten_crop=True) as classifier:
         expected = classifier.run(photos).probabilities
     # Ranks of the true class: three right, one in the top 5 only, one outside it.
     listing = labelled_list(tmp_path / 'val.txt', photos, expected, [0, 3, 0, 7, 0])
@@ -227,7 +228,7 @@ def test_crop_flag_mistakes_are_one_line(model, photos, capsys, args, message):
 
 
 def test_resize_sets_the_square_the_centre_crop_comes_from(model, photos):
-    with predict.Classifier(weights_path=model, center_crop=True, resize_size=300) as classifier:
+    with Classifier(weights_path=model, center_crop=True, resize_size=300) as classifier:
         ours = classifier.run(photos[:1], layers=['conv1'])
     image = reference_resize(read_rgb(photos[0]), 300, 300)[36:263, 36:263]
     with tf.Graph().as_default():

@@ -1,4 +1,5 @@
-"""make_lists.py: both folder layouts, the stratified split, the files it writes, and every refusal."""
+"""make_lists.py and finetune_alexnet/image_lists.py: both folder layouts, the stratified split, the
+files it writes, and every refusal."""
 
 import os
 import subprocess
@@ -8,12 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+import make_lists
+from finetune_alexnet import cli
+from finetune_alexnet import image_lists
+from finetune_alexnet.errors import ToolkitError
 
-import make_lists  # noqa: E402
-from finetune_alexnet import cli  # noqa: E402
-from finetune_alexnet.errors import ToolkitError  # noqa: E402
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def write_image(path, value=128):
@@ -63,7 +64,7 @@ def run_main(args, capsys):
 
 def test_class_folder_layout_labels_follow_sorted_names(tmp_path):
     folder = make_class_folders(str(tmp_path / 'data'), {'zebra': 3, 'ant': 2, 'moth': 4})
-    paths, labels, class_names = make_lists.find_images(folder)
+    paths, labels, class_names = image_lists.find_images(folder)
     assert class_names == ['ant', 'moth', 'zebra']
     assert len(paths) == 9
     for path, label in zip(paths, labels):
@@ -73,7 +74,7 @@ def test_class_folder_layout_labels_follow_sorted_names(tmp_path):
 
 def test_flat_kaggle_layout_takes_the_class_before_the_first_dot(tmp_path):
     folder = make_flat_folder(str(tmp_path / 'train'), {'dog': 3, 'cat': 2})
-    paths, labels, class_names = make_lists.find_images(folder)
+    paths, labels, class_names = image_lists.find_images(folder)
     assert class_names == ['cat', 'dog']
     assert sorted(labels) == [0, 0, 1, 1, 1]
     for path, label in zip(paths, labels):
@@ -84,20 +85,20 @@ def test_flat_layout_refuses_a_name_without_a_class_part(tmp_path):
     folder = make_flat_folder(str(tmp_path / 'train'), {'dog': 2, 'cat': 2})
     write_image(os.path.join(folder, 'photo.jpg'))
     with pytest.raises(ToolkitError, match='photo.jpg'):
-        make_lists.find_images(folder)
+        image_lists.find_images(folder)
 
 
 @pytest.mark.parametrize('class_size, fraction, expected_val', [
     (10, 0.1, 1), (20, 0.25, 5), (20, 0.35, 7), (15, 0.1, 2), (4, 0.1, 1), (3, 0.9, 2), (1, 0.5, 0),
 ])
 def test_validation_count_rounds_half_up_and_keeps_both_sides(class_size, fraction, expected_val):
-    assert make_lists.validation_count(class_size, fraction) == expected_val
+    assert image_lists.validation_count(class_size, fraction) == expected_val
 
 
 def test_split_is_stratified_with_exact_counts():
     labels = [0] * 20 + [1] * 40 + [2] * 10
     paths = [f'/data/{i}.jpg' for i in range(len(labels))]
-    train, val = make_lists.split_stratified(paths, labels, 0.25, seed=0)
+    train, val = image_lists.split_stratified(paths, labels, 0.25, seed=0)
     assert sorted(train + val) == sorted(zip(paths, labels))
     assert [sum(label == c for _, label in val) for c in range(3)] == [5, 10, 3]  # 2.5 rounds up to 3
     assert [sum(label == c for _, label in train) for c in range(3)] == [15, 30, 7]
@@ -106,9 +107,9 @@ def test_split_is_stratified_with_exact_counts():
 def test_split_is_deterministic_for_a_seed_and_differs_for_another():
     labels = [0] * 50 + [1] * 50
     paths = [f'/data/{i}.jpg' for i in range(len(labels))]
-    first = make_lists.split_stratified(paths, labels, 0.2, seed=0)
-    assert make_lists.split_stratified(paths, labels, 0.2, seed=0) == first
-    other = make_lists.split_stratified(paths, labels, 0.2, seed=1)
+    first = image_lists.split_stratified(paths, labels, 0.2, seed=0)
+    assert image_lists.split_stratified(paths, labels, 0.2, seed=0) == first
+    other = image_lists.split_stratified(paths, labels, 0.2, seed=1)
     assert sorted(other[1]) != sorted(first[1])
 
 
@@ -116,16 +117,16 @@ def test_training_list_is_shuffled_and_validation_keeps_folder_order():
     # A training list sorted by class would feed a small shuffle buffer one class at a time.
     labels = [0] * 50 + [1] * 50
     paths = [f'/data/{i:03d}.jpg' for i in range(len(labels))]
-    train, val = make_lists.split_stratified(paths, labels, 0.2, seed=0)
+    train, val = image_lists.split_stratified(paths, labels, 0.2, seed=0)
     assert [label for _, label in train] != sorted(label for _, label in train)
     assert val == sorted(val)
 
 
 def test_functions_compose_as_finetune_demo_uses_them(tmp_path):
     folder = make_class_folders(str(tmp_path / 'images'), {'disk': 5, 'ring': 5})
-    paths, labels, class_names = make_lists.find_images(folder)
-    train, val = make_lists.split_stratified(paths, labels, val_fraction=0.2, seed=0)
-    list_files = make_lists.write_lists(str(tmp_path), train, val, class_names)
+    paths, labels, class_names = image_lists.find_images(folder)
+    train, val = image_lists.split_stratified(paths, labels, val_fraction=0.2, seed=0)
+    list_files = image_lists.write_lists(str(tmp_path), train, val, class_names)
     assert read_list(list_files['train.txt']) == train
     assert read_list(list_files['val.txt']) == val
     assert read_classes(list_files['classes.txt']) == [('0', 'disk'), ('1', 'ring')]
@@ -138,10 +139,10 @@ def test_lists_read_back_with_the_data_pipeline_reader(tmp_path):
     # a leading '#' as a comment and expand a leading '~'.
     make_class_folders(folder, {'#1 cats': 3, '~dogs': 3})
     write_image(os.path.join(folder, '~dogs', '#1 best dog.jpg'))
-    paths, labels, class_names = make_lists.find_images(folder)
+    paths, labels, class_names = image_lists.find_images(folder)
     for relative in (False, True):
-        train, val = make_lists.split_stratified(paths, labels, val_fraction=0.3, seed=0)
-        list_files = make_lists.write_lists(folder, train, val, class_names, relative=relative)
+        train, val = image_lists.split_stratified(paths, labels, val_fraction=0.3, seed=0)
+        list_files = image_lists.write_lists(folder, train, val, class_names, relative=relative)
         read = []
         for name in ('train.txt', 'val.txt'):
             read_paths, read_labels = datagenerator.read_list(list_files[name], num_classes=2)
@@ -372,7 +373,7 @@ def test_duplicates_are_reported_not_refused(tmp_path, capsys):
     write_bytes_image(data / 'dog' / 'same as a.jpg', 1)
     write_bytes_image(data / 'dog' / 'b.jpg', 2)
     write_bytes_image(data / 'dog' / 'c.jpg', 3)  # same size as none: never read
-    assert make_lists.find_duplicates([str(data / 'cat' / 'a.jpg'), str(data / 'dog' / 'b.jpg')]) == []
+    assert image_lists.find_duplicates([str(data / 'cat' / 'a.jpg'), str(data / 'dog' / 'b.jpg')]) == []
     assert make_lists.main([str(data), '--out_dir', str(tmp_path / 'lists')]) == 0
     out = capsys.readouterr().out
     assert 'note: 1 group of files with the same content (kept;' in out

@@ -8,8 +8,9 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 import ilsvrc_fixture
-import predict
+from finetune_alexnet import metrics
 from finetune_alexnet.imagenet_wnids import WNIDS
+from finetune_alexnet.infer.classifier import Classifier
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, 'validate_alexnet_on_imagenet.ipynb')
@@ -100,7 +101,7 @@ def test_imagenet_section_evaluates_the_first_n_images_beside_the_published_figu
     folder = tmp_path / 'val'
     # Flat, so the classes are the ground truth's alone: chosen below, from the model's predictions.
     paths = list(ilsvrc_fixture.write_images(str(folder), [None] * images, foldered=False).values())
-    with predict.Classifier(weights_path=bvlc_npy, center_crop=True) as classifier:
+    with Classifier(weights_path=bvlc_npy, center_crop=True) as classifier:
         probabilities = classifier.run(paths).probabilities
     predicted = probabilities.argmax(axis=1)
     # Images 1-6 labelled with their top-1 class; the rest with a class far from it.
@@ -116,8 +117,8 @@ def test_imagenet_section_evaluates_the_first_n_images_beside_the_published_figu
     report = printed(notebook, 'imagenet-val').splitlines()
     assert report[0] == (f'{first} images; accuracy with its 95% interval (Wilson score); '
                          'published (BVLC, centre crop):')
-    low, high = predict.wilson_interval(6, first)
+    low, high = metrics.wilson_interval(6, first)
     assert report[1] == f'  top-1  {6 / first:7.2%}  [{low:.2%}, {high:.2%}]   published 57.1%'
-    low, high = predict.wilson_interval(right5, first)
+    low, high = metrics.wilson_interval(right5, first)
     assert report[2].startswith(f'  top-5  {right5 / first:7.2%}  [{low:.2%}, {high:.2%}]')
     assert report[2].endswith('published 80.2%') and len(report) == 3

@@ -1,4 +1,5 @@
-"""predict.py: probabilities against the model's own forward pass, inputs, outputs, evaluation, errors."""
+"""predict.py and the inference engine behind it (finetune_alexnet/infer/): probabilities against the
+model's own forward pass, inputs, outputs, evaluation, errors."""
 import csv
 import json
 import os
@@ -10,13 +11,14 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 import bvlc_fixture
-import datagenerator
 from finetune_alexnet import cli
 from finetune_alexnet import model_info
 import predict
 from finetune_alexnet import weight_files
 from alexnet import TRAINABLE_LAYERS, AlexNet
 from finetune_alexnet.errors import ToolkitError
+from finetune_alexnet.infer.classifier import Classifier, decode_predictions
+from test_datagenerator import prediction_inputs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FC8_SCALE = 0.01
@@ -62,8 +64,8 @@ def write_noise(path, seed, size=(60, 80)):
 
 
 def forward_pass(paths, num_classes, weights_path, center_crop=False, logits=False):
-    """Softmax (and `logits`) of AlexNet's own graph, fed the shared loader's pre-processed arrays."""
-    images = datagenerator.load_images(paths, center_crop=center_crop)
+    """Softmax (and `logits`) of AlexNet's own graph, fed the prediction pipeline's pre-processed arrays."""
+    images = prediction_inputs(paths, center_crop=center_crop)
     with tf.Graph().as_default():
         x = tf.placeholder(tf.float32, [None, 227, 227, 3])
         model = AlexNet(x, 1.0, num_classes, [], weights_path)
@@ -136,19 +138,19 @@ def colour_model(tmp_path_factory):
 
 def test_decode_predictions_orders_by_probability_and_keeps_ties_in_index_order():
     probs = np.array([[0.1, 0.5, 0.1, 0.3], [0.25, 0.25, 0.4, 0.1]])
-    decoded = predict.decode_predictions(probs, ['a', 'b', 'c', 'd'], top=3)
+    decoded = decode_predictions(probs, ['a', 'b', 'c', 'd'], top=3)
     assert decoded == [[(1, 'b', 0.5), (3, 'd', 0.3), (0, 'a', 0.1)],
                        [(2, 'c', 0.4), (0, 'a', 0.25), (1, 'b', 0.25)]]
-    assert predict.decode_predictions(probs[:1], None, top=10)[0][0] == (1, 'class 1', 0.5)
-    assert len(predict.decode_predictions(probs[:1], None, top=10)[0]) == 4
+    assert decode_predictions(probs[:1], None, top=10)[0][0] == (1, 'class 1', 0.5)
+    assert len(decode_predictions(probs[:1], None, top=10)[0]) == 4
     with pytest.raises(ToolkitError, match='3 class names for 4 classes'):
-        predict.decode_predictions(probs, ['a', 'b', 'c'])
+        decode_predictions(probs, ['a', 'b', 'c'])
 
 
 # --- prediction against the model's own forward pass ---------------------------------------------
 
 def test_checkpoint_probabilities_equal_the_models_forward_pass(two_class, photos):
-    with predict.Classifier(checkpoint=two_class['dir'], batch_size=2) as classifier:
+    with Classifier(checkpoint=two_class['dir'], batch_size=2) as classifier:
         assert (classifier.num_classes, classifier.class_names) == (2, ['cat', 'dog'])
         assert classifier.prefix == two_class['prefix']
         result = classifier.run(photos, layers=['conv1'])
@@ -163,7 +165,7 @@ def test_checkpoint_probabilities_equal_the_models_forward_pass(two_class, photo
 @pytest.mark.slow
 def test_a_centre_crop_model_predicts_on_the_centre_crop(tmp_path, two_class, photos):
     make_checkpoint(str(tmp_path), two_class['layers'], center_crop=True, extra_variables=False)
-    with predict.Classifier(checkpoint=str(tmp_path)) as classifier:
+    with Classifier(checkpoint=str(tmp_path)) as classifier:
         assert classifier.class_names == ['class 0', 'class 1']
         probs = classifier.run(photos).probabilities
     np.testing.assert_allclose(probs, forward_pass(photos, 2, two_class['npz'], center_crop=True),
@@ -174,7 +176,7 @@ def test_a_centre_crop_model_predicts_on_the_centre_crop(tmp_path, two_class, ph
 def test_classes_txt_beside_the_checkpoint_names_the_classes(tmp_path, two_class, photos):
     make_checkpoint(str(tmp_path), two_class['layers'], class_names=None, extra_variables=False)
     (tmp_path / 'classes.txt').write_text('0 left\n1 right\n')
-    with predict.Classifier(checkpoint=str(tmp_path / 'best.ckpt')) as classifier:
+    with Classifier(checkpoint=str(tmp_path / 'best.ckpt')) as classifier:
         assert classifier.class_names == ['left', 'right']
 
 
@@ -187,7 +189,7 @@ def test_imagenet_weights_table_csv_and_json(bvlc_npy, photos, tmp_path, capsys)
     table = capsys.readouterr().out
     logits, expected = forward_pass(photos, 1000, bvlc_npy, logits=True)
     # The random 1000-class weights saturate the softmax, so compare the logits as well.
-    with predict.Classifier(weights_path=bvlc_npy) as classifier:
+    with Classifier(weights_path=bvlc_npy) as classifier:
         assert classifier.class_names == list(class_names) and not classifier.center_crop
         np.testing.assert_allclose(classifier.run(photos, ['fc8']).outputs['fc8'], logits,
                                    rtol=1e-5, atol=1e-5 * np.abs(logits).max())
@@ -263,19 +265,6 @@ def test_evaluate_reports_hand_computed_numbers(colour_model, tmp_path, capsys):
     assert out.index('blue_as_red.png') < out.index('pale_blue_as_red.png')
     image = cv2.imread(confusion)
     assert image is not None and image.shape[0] > 100 and image.shape[2] == 3
-
-
-def test_evaluate_leaves_undefined_precision_as_none():
-    probs = np.array([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.3, 0.7, 0.0]])
-    report = predict.evaluate(probs, [0, 1, 1], ['a', 'b', 'c'], top=2)
-    rows = {row['class']: row for row in report['per_class']}
-    assert set(rows) == {'a', 'b'}  # 'c' neither occurs nor is predicted
-    assert rows['a']['precision'] == 0.5 and rows['a']['recall'] == 1.0
-    assert rows['b']['precision'] == 1.0 and rows['b']['recall'] == 0.5
-    assert report['top_k_accuracy'] == 1.0 and report['accuracy'] == pytest.approx(2 / 3)
-    report = predict.evaluate(probs[:1], [1], ['a', 'b', 'c'], top=1)
-    rows = {row['class']: row for row in report['per_class']}
-    assert rows['b']['precision'] is None and rows['a']['recall'] is None
 
 
 # --- bad input -----------------------------------------------------------------------------------
@@ -360,11 +349,20 @@ def test_center_crop_flag_crops_a_weights_file_model(two_class, photos, tmp_path
                                atol=1e-5)
 
 
-def test_max_mistakes_limits_the_listing_but_not_the_json(colour_model, tmp_path, capsys):
+def three_blue_as_red(folder):
+    """A list of three blue images labelled red (class 0): three mistakes for the colour model."""
     blue = (0, 0, 255)
-    listing = tmp_path / 'val.txt'
-    listing.write_text(''.join(f"{write_solid(tmp_path / f'blue{index}.png', blue)} 0\n"
+    listing = folder / 'val.txt'
+    listing.write_text(''.join(f"{write_solid(folder / f'blue{index}.png', blue)} 0\n"
                                for index in range(3)))
+    return listing
+
+
+def test_max_mistakes_limits_the_listing_but_not_the_json(colour_model, tmp_path, capsys, monkeypatch):
+    listing = three_blue_as_red(tmp_path)
+    scratch = tmp_path / 'working_folder'
+    scratch.mkdir()
+    monkeypatch.chdir(scratch)
     json_path = tmp_path / 'eval.json'
     assert predict.main(['--checkpoint_path', colour_model, '--evaluate', str(listing),
                          '--max_mistakes', '1', '--json', str(json_path)]) == 0
@@ -372,3 +370,25 @@ def test_max_mistakes_limits_the_listing_but_not_the_json(colour_model, tmp_path
     assert '3 misclassified' in out and out.count('.png  (true: ') == 1
     assert '... and 2 more (all of them in --json)' in out
     assert len(json.loads(json_path.read_text())['evaluation']['mistakes']) == 3
+    # The confusion matrix goes beside the JSON output, never into the working folder.
+    beside = tmp_path / 'eval_confusion_matrix.png'
+    assert f'confusion matrix: {beside}' in out
+    assert cv2.imread(str(beside)) is not None
+    assert os.listdir(scratch) == []
+
+
+def test_the_confusion_matrix_goes_beside_the_csv_or_nowhere(colour_model, tmp_path, capsys, monkeypatch):
+    listing = three_blue_as_red(tmp_path)
+    scratch = tmp_path / 'working_folder'
+    scratch.mkdir()
+    monkeypatch.chdir(scratch)
+    assert predict.main(['--checkpoint_path', colour_model, '--evaluate', str(listing)]) == 0
+    assert 'confusion matrix' not in capsys.readouterr().out
+    assert os.listdir(scratch) == []
+    csv_path = tmp_path / 'out' / 'eval.csv'
+    csv_path.parent.mkdir()
+    assert predict.main(['--checkpoint_path', colour_model, '--evaluate', str(listing),
+                         '--csv', str(csv_path)]) == 0
+    assert sorted(os.listdir(csv_path.parent)) == ['eval.csv', 'eval_confusion_matrix.png']
+    assert f"confusion matrix: {csv_path.parent / 'eval_confusion_matrix.png'}" in capsys.readouterr().out
+    assert os.listdir(scratch) == []

@@ -8,12 +8,12 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 import bvlc_fixture
-import datagenerator
 import image_files
 import predict
 from alexnet import AlexNet
 from finetune_alexnet import weight_files
 from finetune_alexnet.cli import run as run_main
+from test_datagenerator import prediction_inputs
 from test_predict import REPO, error_line
 
 
@@ -39,8 +39,8 @@ def inputs(tmp_path_factory):
 
 
 def own_layers(paths, weights_path, layers):
-    """The layers' outputs of AlexNet's own graph, fed the shared loader's pre-processed arrays."""
-    images = datagenerator.load_images(paths)
+    """The layers' outputs of AlexNet's own graph, fed the prediction pipeline's pre-processed arrays."""
+    images = prediction_inputs(paths)
     with tf.Graph().as_default():
         x = tf.placeholder(tf.float32, [None, 227, 227, 3])
         model = AlexNet(x, 1.0, 3, [], weights_path)

@@ -12,6 +12,7 @@ import pytest
 import finetune
 import tiny_runs
 from finetune_alexnet import checkpoints
+from finetune_alexnet import run_state
 from finetune_alexnet import cli
 from finetune_alexnet import run_folder
 from finetune_alexnet.errors import ToolkitError
@@ -62,7 +63,7 @@ def test_two_runs_on_one_folder_the_second_is_refused(dataset, tmp_path, capsys)
     assert line.startswith(f"error: {tmp_path / 'ckpt'}: another run is using this folder "
                            f'(PID {first.pid}, started ')
     assert first.returncode == 143  # the first run went on undisturbed until told to stop
-    assert checkpoints.read_run_state(str(tmp_path / 'ckpt'))['args']['num_epochs'] == 50
+    assert run_state.read(str(tmp_path / 'ckpt')).args['num_epochs'] == 50
 
 
 @pytest.mark.parametrize('flag', ['--checkpoint_path', '--filewriter_path'])
@@ -144,12 +145,11 @@ def test_a_full_disk_while_saving_is_one_line_and_leaves_the_run_resumable(datas
     left = sorted(os.listdir(small_disk / 'ckpt'))
     assert not [name for name in left if 'epoch2' in name or 'tempstate' in name
                 or name.endswith('.partial')], left
-    state = checkpoints.read_run_state(str(small_disk / 'ckpt'))
-    assert state['latest_checkpoint'] == 'model_epoch1.ckpt' and state['epochs_completed'] == 1
+    state = run_state.read(str(small_disk / 'ckpt'))
+    assert state.latest_checkpoint == 'model_epoch1.ckpt' and state.epochs_completed == 1
     assert checkpoints.verify_checkpoint(str(small_disk / 'ckpt' / 'model_epoch1.ckpt')) is None
     # Space freed (the file system grown): the run resumes from epoch 1 and finishes.
     subprocess.run(['mount', '-o', 'remount,size=700m', str(small_disk)], check=True)
     resumed = tiny_runs.run_here(capsys, args + ['--resume'])
     assert resumed.returncode == 0, resumed.stderr
-    assert [record['step'] for record in checkpoints.read_run_state(
-        str(small_disk / 'ckpt'))['history']] == [3, 6]
+    assert [record['step'] for record in run_state.read(str(small_disk / 'ckpt')).history] == [3, 6]

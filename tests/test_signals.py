@@ -12,6 +12,7 @@ import tensorflow.compat.v1 as tf
 
 import tiny_runs
 from finetune_alexnet import checkpoints
+from finetune_alexnet import run_state
 from finetune_alexnet import signals
 
 
@@ -31,8 +32,8 @@ def wait_for(path, process, seconds=240):
 
 def assert_consistent(ckpt):
     """run_state.json points at a checkpoint that reads back whole; nothing it does not list is left."""
-    state = checkpoints.read_run_state(str(ckpt))
-    assert checkpoints.verify_checkpoint(str(ckpt / state['latest_checkpoint'])) is None
+    state = run_state.read(str(ckpt))
+    assert checkpoints.verify_checkpoint(str(ckpt / state.latest_checkpoint)) is None
     return state
 
 
@@ -90,10 +91,10 @@ def test_a_signal_in_epoch_1_saves_a_resumable_checkpoint(dataset, tmp_path, cap
     assert stderr.strip() == f'{said}: saving a checkpoint after this step ({said} again to abort)'
     assert 'continue with --resume' in stdout
     state = assert_consistent(tmp_path / 'ckpt')
-    assert state['latest_checkpoint'].startswith('interrupted_step') and state['epochs_completed'] == 0
-    step = int(tf.train.load_checkpoint(str(tmp_path / 'ckpt' / state['latest_checkpoint']))
+    assert state.latest_checkpoint.startswith('interrupted_step') and state.epochs_completed == 0
+    step = int(tf.train.load_checkpoint(str(tmp_path / 'ckpt' / state.latest_checkpoint))
                .get_tensor('global_step'))
-    assert step < 3 and state['latest_checkpoint'] == f'interrupted_step{step}.ckpt'
+    assert step < 3 and state.latest_checkpoint == f'interrupted_step{step}.ckpt'
     # The resume finishes epoch 1 from the saved step: the same number of steps as without the stop.
     resumed = tiny_runs.run_here(capsys, tiny_runs.flags(dataset, tmp_path, '--resume', epochs=1))
     assert resumed.returncode == 0, resumed.stderr

@@ -23,26 +23,37 @@ from finetune_alexnet.train import summaries
 TENSORBOARD = os.path.join(os.path.dirname(sys.executable), 'tensorboard')
 
 
-class Args:
-    def __init__(self, **values):
-        self.__dict__.update(values)
+def run_name(tmp_path, *flags):
+    """The run name finetune.py gives a new run started with `flags` at 14:12 on 2026-11-29."""
+    for name in ('train.txt', 'val.txt'):
+        (tmp_path / name).write_text('a.jpg 0\n')
+    settings = finetune.parse_settings(['--train_file', str(tmp_path / 'train.txt'), '--val_file',
+                                        str(tmp_path / 'val.txt'), *flags])
+    return summaries.short_run_name(settings, datetime.datetime(2026, 11, 29, 14, 12))
 
 
-DEFAULTS = {'learning_rate': 0.001, 'train_layers': ['fc8', 'fc7', 'fc6'], 'skip_layers': ['fc8'],
-            'optimizer': 'sgd', 'momentum': 0.9, 'weight_decay': 0.0, 'batch_size': 128,
-            'num_epochs': 10, 'dropout_rate': 0.5, 'augment': False, 'class_weights': 'none',
-            'lr_mult': (), 'seed': None, 'init_checkpoint': None}
+def test_a_run_name_is_the_time_and_up_to_three_changed_settings_in_short_form(tmp_path):
+    assert run_name(tmp_path) == '2026-11-29_1412'
+    assert run_name(tmp_path, '--learning_rate', '0.01', '--train_layers', 'fc7,fc8') == \
+        '2026-11-29_1412_lr0.01_fc7-fc8'
+    assert run_name(tmp_path, '--learning_rate', '0.01', '--train_layers', 'all') == \
+        '2026-11-29_1412_lr0.01_all-layers'
+    assert run_name(tmp_path, '--train_layers', 'all', '--skip_layers', 'all', '--optimizer',
+                    'momentum', '--batch_size', '64') == '2026-11-29_1412_all-layers_scratch_bs64'
+    # ('momentum' would pass 40 characters: the next setting that fits is shown instead)
+    assert run_name(tmp_path, '--augment', '--lr_mult', 'fc8=10', '--class_weights', 'balanced',
+                    '--train_layers', 'conv1,fc8', '--skip_layers', 'fc8') == \
+        '2026-11-29_1412_conv1+fc8_aug_balanced'
+    # Flags given at their default values change nothing.
+    assert run_name(tmp_path, '--learning_rate', '0.001', '--train_layers', 'fc6,fc7,fc8') == \
+        '2026-11-29_1412'
 
 
-def test_default_run_name_is_the_time_and_the_flags_that_differ():
-    args = Args(**{**DEFAULTS, 'learning_rate': 0.01, 'train_layers': ['fc7', 'fc8']})
-    when = datetime.datetime(2026, 11, 29, 14, 12)
-    assert summaries.default_run_name(args, DEFAULTS, when) == '2026-11-29_1412_lr0.01_fc7,fc8'
-    args = Args(**{**DEFAULTS, 'augment': True, 'lr_mult': (('fc8', 10.0),), 'class_weights': 'balanced',
-                   'init_checkpoint': '/runs/stage1/best.ckpt'})
-    assert summaries.default_run_name(args, DEFAULTS, when) == \
-        '2026-11-29_1412_aug_cwbalanced_lrmultfc8=10_initbest.ckpt'
-    assert summaries.default_run_name(Args(**DEFAULTS), DEFAULTS, when) == '2026-11-29_1412'
+def test_a_run_name_fits_a_tensorboard_panel(tmp_path):
+    every_layer = run_name(tmp_path, '--learning_rate', '0.0123456', '--train_layers', 'conv1,conv3,conv5,fc7',
+                           '--skip_layers', 'conv1,conv3,conv5,fc7', '--weight_decay', '0.0005')
+    assert len(every_layer) <= summaries.RUN_NAME_LENGTH
+    assert every_layer.startswith('2026-11-29_1412_lr0.0123456_')
 
 
 def test_run_names_are_one_folder_and_never_reuse_one(tmp_path):
@@ -53,23 +64,33 @@ def test_run_names_are_one_folder_and_never_reuse_one(tmp_path):
     assert summaries.new_run_folder(str(tmp_path), 'x') == 'x_3'
 
 
-def test_confusion_matrix_precision_and_recall_by_hand():
-    labels = np.array([0, 0, 0, 1, 1, 2])
-    predicted = np.array([0, 1, 1, 1, 1, 0])
-    counts = summaries.confusion_matrix(labels, predicted, 3)
-    np.testing.assert_array_equal(counts, [[1, 2, 0], [0, 2, 0], [1, 0, 0]])
-    precision, recall = summaries.precision_recall(counts)
-    np.testing.assert_allclose(precision[:2], [1 / 2, 2 / 4])
-    np.testing.assert_allclose(recall, [1 / 3, 1.0, 0.0])
-    assert np.isnan(precision[2])  # never predicted: undefined, and not logged
+# The numbers behind the pictures (confusion matrix, precision/recall, ranked mistakes) are checked in
+# test_metrics.py; here, what the pictures and per-class scalars make of them.
+
+def test_no_mistakes_no_grid():
+    probabilities = np.array([[0.9, 0.1]])
+    assert summaries.mistakes_grid(['x'] * 2, probabilities, np.array([0]), ['a', 'b']) is None
 
 
-def test_worst_mistakes_are_the_most_confident_wrong_answers():
-    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.05, 0.95], [0.7, 0.3]])
-    labels = np.array([0, 0, 1, 0, 0])
-    assert list(summaries.worst_mistakes(probabilities, labels)) == [3, 1, 2]
-    assert list(summaries.worst_mistakes(probabilities, labels, count=2)) == [3, 1]
-    assert summaries.mistakes_grid(['x'] * 2, probabilities[:1], labels[:1], ['a', 'b']) is None
+def test_per_class_scalars_skip_undefined_numbers_and_the_pictures_are_drawn(tmp_path):
+    paths = []
+    for index in range(6):
+        path = str(tmp_path / f'{index}.png')
+        cv2.imwrite(path, np.full((20, 20, 3), 40 * index, np.uint8))
+        paths.append(path)
+    outputs = summaries.ValidationOutputs()
+    one_hot = np.eye(3)[[0, 1, 1, 1, 1, 0]] * 0.8 + 0.05
+    outputs.add(one_hot, [0, 0, 0, 1, 1, 2])
+    summary = summaries.validation_summary(outputs, paths, None, 3)
+    values = {value.tag: value for value in summary.value}
+    assert values['validation_precision/class_0'].simple_value == pytest.approx(1 / 2)
+    assert values['validation_recall/class_0'].simple_value == pytest.approx(1 / 3)
+    assert values['validation_recall/class_2'].simple_value == 0.0
+    assert 'validation_precision/class_2' not in values  # never predicted: undefined, and not logged
+    picture = values['validation/confusion_matrix'].image
+    decoded = cv2.imdecode(np.frombuffer(picture.encoded_image_string, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape[:2] == (picture.height, picture.width) and picture.height > 100
+    assert 'validation/worst_mistakes' in values
 
 
 def test_mistakes_grid_shows_the_images_in_order(tmp_path):
@@ -89,9 +110,13 @@ def test_mistakes_grid_shows_the_images_in_order(tmp_path):
     assert (grid[32:, :] < 128).any()  # captions drawn below
 
 
-def test_hparam_values_are_plain_values():
-    args = Args(**{**DEFAULTS, 'train_layers': ['fc7', 'fc8'], 'lr_mult': (('fc8', 10.0),)})
-    values = summaries.hparam_values(args)
+def test_hparam_values_are_plain_values(tmp_path):
+    for name in ('train.txt', 'val.txt'):
+        (tmp_path / name).write_text('a.jpg 0\n')
+    settings = finetune.parse_settings(['--train_file', str(tmp_path / 'train.txt'), '--val_file',
+                                        str(tmp_path / 'val.txt'), '--train_layers', 'fc7,fc8',
+                                        '--lr_mult', 'fc8=10'])
+    values = summaries.hparam_values(settings)
     assert values['train_layers'] == 'fc7,fc8' and values['lr_mult'] == 'fc8=10'
     assert values['seed'] == 'none' and values['learning_rate'] == 0.001 and values['augment'] is False
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import bvlc_fixture
-import predict
 import visualize
 from finetune_alexnet.cli import run as run_main
 from finetune_alexnet.errors import ToolkitError
+from finetune_alexnet.infer.classifier import Classifier
 from test_predict import write_noise
 
 
@@ -122,7 +122,7 @@ def test_checkpoint_path_shows_a_fine_tuned_model(tmp_path):
     assert visualize.main(['--checkpoint_path', str(tmp_path / 'run'), '--out_dir', str(out_dir),
                            photo]) == 0
     assert sorted(os.listdir(out_dir)) == sorted(f'{name}.png' for name in visualize.FIGURES)
-    with predict.Classifier(checkpoint=str(tmp_path / 'run')) as classifier:
+    with Classifier(checkpoint=str(tmp_path / 'run')) as classifier:
         figures = visualize.make_figures(classifier, [photo])
     # The checkpoint's own filters, not the ImageNet file's, and its class names on the bars.
     np.testing.assert_array_equal(shown(figures['conv1_filters']),

@@ -15,9 +15,8 @@ import zipfile
 import cv2
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from finetune_alexnet import cli  # noqa: E402  (the repository root is not a package)
-from finetune_alexnet.errors import ToolkitError  # noqa: E402
+from finetune_alexnet import cli
+from finetune_alexnet.errors import ToolkitError
 
 DEFAULT_OUT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'images')
 

@@ -17,9 +17,8 @@ import os
 import sys
 import zipfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from finetune_alexnet import cli  # noqa: E402  (the repository root is not a package)
-from finetune_alexnet.errors import ToolkitError  # noqa: E402
+from finetune_alexnet import cli
+from finetune_alexnet.errors import ToolkitError
 
 SYNSETS_MEMBER = 'timm/data/_info/imagenet_synsets.txt'
 LEMMAS_MEMBER = 'timm/data/_info/imagenet_synset_to_lemma.txt'

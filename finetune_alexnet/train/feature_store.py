@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from finetune_alexnet import digests
 from finetune_alexnet import preprocessing
 from finetune_alexnet.errors import ToolkitError
 
@@ -37,7 +38,6 @@ DEFAULT_MAX_GB = 20
 META = 'meta.json'
 FEATURES = 'features.npy'
 LABELS = 'labels.npy'
-_CHUNK = 2**24
 STALE_SECONDS = 24 * 3600
 
 
@@ -48,14 +48,6 @@ def arrays_digest(arrays):
         array = np.ascontiguousarray(arrays[name])
         digest.update(f'{name} {array.dtype.str} {array.shape}\n'.encode())
         digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
-def file_digest(path):
-    digest = hashlib.sha256()
-    with open(path, 'rb') as stream:
-        for chunk in iter(lambda: stream.read(_CHUNK), b''):
-            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -116,7 +108,7 @@ class FeatureStore:
                 if os.path.getsize(path) != meta['bytes'][name]:
                     raise ValueError(f'{name} has {os.path.getsize(path)} bytes, expected '
                                      f"{meta['bytes'][name]}")
-                if file_digest(path) != meta['sha256'][name]:
+                if digests.file_sha256(path) != meta['sha256'][name]:
                     raise ValueError(f'{name} does not match its checksum')
             features = np.load(os.path.join(folder, FEATURES), mmap_mode='r')
             labels = np.load(os.path.join(folder, LABELS))
@@ -138,7 +130,7 @@ class FeatureStore:
                 path = os.path.join(staging, name)
                 np.save(path, np.ascontiguousarray(array))
                 meta['bytes'][name] = os.path.getsize(path)
-                meta['sha256'][name] = file_digest(path)
+                meta['sha256'][name] = digests.file_sha256(path)
             with open(os.path.join(staging, META), 'w') as stream:
                 json.dump(meta, stream)
             try:

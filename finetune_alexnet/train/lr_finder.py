@@ -6,9 +6,16 @@ average, and the suggestion is the rate at the steepest descent of the smoothed 
 log(rate). It trains the model it is given, so a run should start afresh afterwards.
 """
 import collections
+import shutil
+import tempfile
 
 import numpy as np
 import tensorflow.compat.v1 as tf
+
+from finetune_alexnet import tf_setup
+from finetune_alexnet.train import inputs
+from finetune_alexnet.train import loop
+from finetune_alexnet.train import runs
 
 START_RATE = 1e-6
 END_RATE = 1.0
@@ -46,6 +53,36 @@ def steepest_descent(rates, smoothed):
     margin = max(1, len(rates) // 10)
     window = slopes[margin:len(rates) - margin]
     return float(rates[margin + int(np.argmin(window))])
+
+
+def find_learning_rate(settings):
+    """--find_lr: the range test on the training data; writes its plot and nothing else (no run)."""
+    gpu = runs.use_gpu(settings)
+    runs.read_class_names(settings)  # a wrong --class_names is refused here as in a run
+    layers = runs.initial_weights(settings, resumed=False)
+    order_seed = settings.seed if settings.seed is not None else int(np.random.randint(2**31))
+    spill_dir = tempfile.mkdtemp(prefix='find_lr_')  # no run folder: cached features go here
+    try:
+        with loop.seeded(settings.seed):
+            train_data, val_data, steps_per_epoch = inputs.make_datasets(settings, order_seed)
+            config = runs.training_config(settings, gpu, steps_per_epoch, train_data.labels)
+            setup = inputs.build(settings, train_data, val_data, config, order_seed, spill_dir)
+            with tf.Session(config=tf_setup.session_config(
+                    gpu, xla=settings.xla, mixed_precision=settings.mixed_precision)) as session:
+                session.run(tf.global_variables_initializer())
+                runs.load_starting_weights(session, settings, setup.weights_model, layers)
+                del layers
+                if setup.fill_feature_cache:
+                    setup.fill_feature_cache(session)
+                result = range_test(
+                    session, setup.graph, lambda epoch: setup.train.start(session, epoch),
+                    {setup.graph.keep_prob: settings.keep_probability}, settings.find_lr_steps)
+    finally:
+        shutil.rmtree(spill_dir, ignore_errors=True)
+    plot(result, settings.find_lr)
+    print(describe(result))
+    print(f'plot of loss against learning rate: {settings.find_lr}')
+    return 0
 
 
 def range_test(session, graph, start_epoch, feed, steps=DEFAULT_STEPS):

@@ -23,6 +23,11 @@ from tensorboard.plugins.pr_curve import summary as pr_curve_summary
 from tensorboard.plugins.projector import projector_config_pb2
 from google.protobuf import text_format
 
+from finetune_alexnet import metrics
+from finetune_alexnet import model_info
+
+from alexnet import TRAINABLE_LAYERS
+
 MISTAKES_SHOWN = 16
 THUMBNAIL_SIZE = 64
 PROJECTOR_MAX_IMAGES = 2000
@@ -30,12 +35,6 @@ PROJECTOR_TENSOR = 'fc7_embedding'
 PROJECTOR_CONFIG = 'projector_config.pbtxt'
 PR_CURVE_THRESHOLDS = 101
 
-# The flags shown in a default run name when they differ from their defaults, and how.
-RUN_NAME_FLAGS = (('learning_rate', 'lr'), ('train_layers', ''), ('skip_layers', 'skip'),
-                  ('optimizer', ''), ('momentum', 'mom'), ('weight_decay', 'wd'),
-                  ('batch_size', 'bs'), ('num_epochs', 'ep'), ('dropout_rate', 'drop'),
-                  ('augment', 'aug'), ('class_weights', 'cw'), ('lr_mult', 'lrmult'),
-                  ('seed', 'seed'), ('init_checkpoint', 'init'))
 # The HParams dashboard's columns: hyper-parameters, and the metrics each run logs as scalars.
 HPARAMS = ('learning_rate', 'optimizer', 'momentum', 'weight_decay', 'batch_size', 'train_layers',
            'skip_layers', 'augment', 'dropout_rate', 'seed', 'class_weights', 'lr_mult', 'num_epochs')
@@ -43,34 +42,54 @@ METRICS = (('hparams/best_val_accuracy', 'best validation accuracy'),
            ('hparams/best_val_loss', 'lowest validation loss'),
            ('validation/accuracy', 'final validation accuracy'),
            ('validation/cross_entropy', 'final validation loss'))
+# A run name is its date-time and at most this many changed settings, in RUN_NAME_ORDER's order,
+# kept to about RUN_NAME_LENGTH characters so that TensorBoard's panels show it whole.
+RUN_NAME_PARTS = 3
+RUN_NAME_LENGTH = 40
 
 
-def _flag_text(value):
-    if isinstance(value, bool):
-        return '' if value else None
-    if isinstance(value, (list, tuple)):
-        if not value:
-            return 'none'
-        return ','.join(f'{v[0]}={v[1]:g}' if isinstance(v, tuple) else _flag_text(v) for v in value)
-    if isinstance(value, float):
-        return f'{value:g}'
-    if value is not None and os.sep in str(value):
-        return os.path.basename(os.path.normpath(str(value)))
-    return str(value)
+def _layers_text(layers):
+    """'all-layers', 'fc6-fc8' for a run of consecutive layers, else 'conv1+fc8'."""
+    if tuple(layers) == TRAINABLE_LAYERS:
+        return 'all-layers'
+    if not layers:
+        return 'none'
+    positions = sorted(TRAINABLE_LAYERS.index(layer) for layer in layers)
+    if len(positions) > 1 and positions == list(range(positions[0], positions[-1] + 1)):
+        return f'{TRAINABLE_LAYERS[positions[0]]}-{TRAINABLE_LAYERS[positions[-1]]}'
+    return '+'.join(TRAINABLE_LAYERS[position] for position in positions)
 
 
-def default_run_name(args, defaults, now=None):
-    """The date-time and the flags that differ from `defaults`, e.g. `2026-11-29_1412_lr0.01_fc7,fc8`."""
-    now = now or datetime.datetime.now()
-    parts = [now.strftime('%Y-%m-%d_%H%M')]
-    for flag, short in RUN_NAME_FLAGS:
-        value = getattr(args, flag, None)
-        if flag not in defaults or value == defaults[flag]:
+def _skip_text(layers):
+    return 'scratch' if tuple(layers) == TRAINABLE_LAYERS else f'skip-{_layers_text(layers)}'
+
+
+# Each setting a run name may show, and how it is shown.
+RUN_NAME_ORDER = (
+    ('learning_rate', lambda v: f'lr{v:g}'), ('train_layers', _layers_text),
+    ('skip_layers', _skip_text), ('init_checkpoint', lambda v: 'warm'),
+    ('optimizer', str), ('batch_size', lambda v: f'bs{v}'), ('num_epochs', lambda v: f'ep{v}'),
+    ('augment', lambda v: 'aug' if v else 'no-aug'), ('weight_decay', lambda v: f'wd{v:g}'),
+    ('dropout_rate', lambda v: f'drop{v:g}'),
+    ('class_weights', lambda v: v if isinstance(v, str) else 'cw' + ','.join(f'{w:g}' for w in v)),
+    ('lr_mult', lambda v: 'lrmult'), ('lr_decay_epochs', lambda v: f'decay{v}'),
+    ('momentum', lambda v: f'mom{v:g}'), ('seed', lambda v: f'seed{v}'))
+
+
+def short_run_name(settings, now=None):
+    """The date-time and up to three changed settings, e.g. `2026-12-05_2029_lr0.01_all-layers`."""
+    name = (now or datetime.datetime.now()).strftime('%Y-%m-%d_%H%M')
+    if settings.demo:
+        name += '_demo'
+    parts = 0
+    for setting, text in RUN_NAME_ORDER:
+        if setting not in settings.changed_settings or parts == RUN_NAME_PARTS:
             continue
-        text = _flag_text(value)
-        if text is not None:
-            parts.append(short + text)
-    return safe_run_name('_'.join(parts))
+        part = text(getattr(settings, setting))
+        if len(name) + 1 + len(part) > RUN_NAME_LENGTH:
+            continue
+        name, parts = f'{name}_{part}', parts + 1
+    return safe_run_name(name)
 
 
 def safe_run_name(name):
@@ -87,6 +106,16 @@ def new_run_folder(root, name):
     return candidate
 
 
+def _hparam_text(value):
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return 'none'
+        return ','.join(f'{v[0]}={v[1]:g}' if isinstance(v, tuple) else _hparam_text(v) for v in value)
+    if isinstance(value, float):
+        return f'{value:g}'
+    return str(value)
+
+
 def as_tf_summary(proto):
     """A TensorBoard-package Summary protobuf as the `tf.Summary` a FileWriter accepts."""
     return tf.Summary.FromString(proto.SerializeToString())
@@ -98,7 +127,7 @@ def hparam_values(args):
     for name in HPARAMS:
         value = getattr(args, name, None)
         if isinstance(value, (list, tuple)):
-            value = _flag_text(value)
+            value = _hparam_text(value)
         elif value is None:
             value = 'none'
         values[name] = value
@@ -157,27 +186,6 @@ class ValidationOutputs:
         return np.concatenate(self._features) if self._features else None
 
 
-def confusion_matrix(labels, predictions, num_classes):
-    """counts[true, predicted]."""
-    counts = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(counts, (labels, predictions), 1)
-    return counts
-
-
-def precision_recall(counts):
-    """Per-class precision and recall from a confusion matrix (nan where undefined: no prediction of,
-    or no image of, that class)."""
-    true_positives = np.diag(counts).astype(np.float64)
-    with np.errstate(invalid='ignore', divide='ignore'):
-        precision = true_positives / counts.sum(axis=0)
-        recall = true_positives / counts.sum(axis=1)
-    return precision, recall
-
-
-def class_names_or_numbers(class_names, num_classes):
-    return list(class_names) if class_names else [f'class {label}' for label in range(num_classes)]
-
-
 def tag_name(name):
     return re.sub(r'[^\w.-]', '_', name)
 
@@ -190,17 +198,9 @@ def read_thumbnail(path, size=THUMBNAIL_SIZE):
     return cv2.cvtColor(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
 
 
-def worst_mistakes(probabilities, labels, count=MISTAKES_SHOWN):
-    """Indices of the wrongly classified images, most confident (in the wrong class) first."""
-    predicted = probabilities.argmax(axis=1)
-    wrong = np.flatnonzero(predicted != labels)
-    confidence = probabilities[wrong, predicted[wrong]]
-    return wrong[np.argsort(-confidence, kind='stable')][:count]
-
-
 def mistakes_grid(paths, probabilities, labels, class_names, count=MISTAKES_SHOWN, size=96):
     """An RGB grid of the worst mistakes, each captioned `true > predicted probability`; None if none."""
-    indices = worst_mistakes(probabilities, labels, count)
+    indices = metrics.ranked_mistakes(probabilities, labels, count)
     if len(indices) == 0:
         return None
     columns = min(4, len(indices))
@@ -221,26 +221,13 @@ def mistakes_grid(paths, probabilities, labels, class_names, count=MISTAKES_SHOW
 
 
 def confusion_matrix_image(counts, class_names):
-    """The confusion matrix drawn by matplotlib, as an RGB array."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    size = min(12, 2 + 0.5 * len(counts))
-    figure, axes = plt.subplots(figsize=(size, size), dpi=80)
-    axes.imshow(counts, cmap='Blues')
-    if len(counts) <= 30:  # beyond that, the labels and numbers overlap
-        axes.set_xticks(range(len(counts)), class_names, rotation=90)
-        axes.set_yticks(range(len(counts)), class_names)
-        for (true, predicted), value in np.ndenumerate(counts):
-            axes.text(predicted, true, str(value), ha='center', va='center',
-                      color='white' if value > counts.max() / 2 else 'black')
-    axes.set_xlabel('predicted')
-    axes.set_ylabel('true')
-    figure.tight_layout()
-    figure.canvas.draw()
-    image = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(figure)
-    return image
+    """metrics.confusion_figure as an RGB array, at most 12 inches of 80 dpi: TensorBoard's size."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    figure = metrics.confusion_figure(counts, class_names, max_inches=12)
+    figure.set_dpi(80)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def image_value(tag, rgb):
@@ -256,10 +243,9 @@ def validation_summary(outputs, paths, class_names, num_classes):
     `paths` are the validation images in the order the (unshuffled) pass saw them.
     """
     probabilities, labels = outputs.probabilities, outputs.labels
-    names = class_names_or_numbers(class_names, num_classes)
-    predicted = probabilities.argmax(axis=1)
-    counts = confusion_matrix(labels, predicted, num_classes)
-    precision, recall = precision_recall(counts)
+    names = model_info.class_names_or_placeholders(class_names, num_classes)
+    counts = metrics.confusion_matrix(labels, probabilities.argmax(axis=1), num_classes)
+    precision, recall = metrics.precision_recall(counts)
     values = []
     for label, name in enumerate(names):
         for kind, numbers in (('precision', precision), ('recall', recall)):
@@ -299,7 +285,7 @@ def write_projector(log_dir, features, paths, labels, predicted, class_names, nu
     """
     count = len(features)
     paths, labels, predicted = list(paths[:count]), labels[:count], predicted[:count]
-    names = class_names_or_numbers(class_names, num_classes)
+    names = model_info.class_names_or_placeholders(class_names, num_classes)
     folder = os.path.join(log_dir, 'projector')
     os.makedirs(folder, exist_ok=True)
     # Thumbnails shrink with the count: the sprite must stay within 8192 x 8192 pixels.

@@ -1,0 +1,163 @@
+"""Where a run's batches come from: tf.data pipelines over the image lists, or pool5 features cached
+once when no conv layer learns; and the training graph built on them."""
+import collections
+import os
+
+import tensorflow.compat.v1 as tf
+
+import datagenerator
+from alexnet import CONV_LAYERS, AlexNet
+from finetune_alexnet.errors import ToolkitError
+from finetune_alexnet.train import feature_cache
+from finetune_alexnet.train import feature_store
+from finetune_alexnet.train import graph as training_graph
+
+
+class BatchSource:
+    """One phase's batches (training or validation): `start` (re)initialises the shared iterator."""
+
+    def __init__(self, start, data):
+        # start(session, epoch, skip_steps) initialises the iterator skip_steps batches into the
+        # epoch's order (a resumed epoch); epoch None: validation
+        self.start = start
+        self.data = data  # the ImageDataGenerator behind it, for naming unreadable images
+
+
+class TrainingSetup(collections.namedtuple('TrainingSetup', [
+        'graph', 'train', 'val', 'weights_model', 'image_labels', 'fill_feature_cache',
+        'feature_files'])):
+    """The training graph and its two BatchSources.
+
+    weights_model: the AlexNet whose variables the weights file is loaded into; image_labels: the
+    image pipeline's labels tensor (None on cached features), to count skipped images;
+    fill_feature_cache: computes the cached features in a session (None without a cache);
+    feature_files: the files that may hold them, removed when the run ends.
+    """
+
+
+def epoch_seed(order_seed, epoch):
+    """The seed of one epoch's shuffle order: fixed by the run's order seed and the epoch number."""
+    return order_seed * 100_003 + epoch
+
+
+def make_datasets(settings, order_seed):
+    """The training and validation generators, and the number of steps per epoch."""
+    with tf.device('/cpu:0'):
+        train_data = datagenerator.ImageDataGenerator(
+            settings.train_file, 'training', settings.batch_size, settings.num_classes, shuffle=True,
+            seed=order_seed, augment=settings.augment, skip_bad_images=settings.skip_bad_images,
+            max_pixels=settings.max_pixels)
+        val_data = datagenerator.ImageDataGenerator(
+            settings.val_file, 'inference', settings.batch_size, settings.num_classes, shuffle=False,
+            augment=settings.augment, skip_bad_images=settings.skip_bad_images,
+            max_pixels=settings.max_pixels)
+    steps_per_epoch = train_data.data_size // settings.batch_size
+    if steps_per_epoch == 0:
+        raise ToolkitError(f'{settings.train_file}: {train_data.data_size} images, fewer than one '
+                           f'batch of --batch_size {settings.batch_size}')
+    return train_data, val_data, steps_per_epoch
+
+
+def build(settings, train_data, val_data, config, order_seed, spill_dir=None):
+    """The training graph on the image pipeline, or on cached pool5 features."""
+    with tf.device('/cpu:0'):  # the input pipeline stays on the CPU, whatever runs the model
+        iterator = tf.data.Iterator.from_structure(tf.data.get_output_types(train_data.data),
+                                                   tf.data.get_output_shapes(train_data.data))
+        images, labels = iterator.get_next()
+        training_init_op = iterator.make_initializer(train_data.data)
+        validation_init_op = iterator.make_initializer(val_data.data)
+    if not settings.use_feature_cache:
+        graph = training_graph.build_training_graph(images, labels, config)
+        # The epoch number pins the shuffle order, so a resumed run sees the orders an
+        # uninterrupted one would have seen.
+        train = BatchSource(lambda session, epoch, skip_steps=0: session.run(
+            training_init_op, {train_data.epoch: epoch,
+                               train_data.skip: skip_steps * settings.batch_size}), train_data)
+        val = BatchSource(lambda session, epoch, skip_steps=0: session.run(validation_init_op),
+                          val_data)
+        return TrainingSetup(graph, train, val, graph.model, labels, None, ())
+
+    # Cached features: the full model on images (its conv layers make the features, and every
+    # variable exists for the checkpoints), and fc6-fc8 again on the cache, sharing their variables.
+    with tf.device(config.model_device):
+        image_model = AlexNet(images, 1.0, settings.num_classes, settings.skip_layers,
+                              settings.weights_path)
+    features = image_model.end_points[feature_cache.FEATURE_LAYER]
+    dataset, feeder = feature_cache.cached_dataset(settings.num_classes, settings.batch_size,
+                                                   drop_remainder=False)
+    with tf.device('/cpu:0'):
+        cache_iterator = tf.data.make_initializable_iterator(dataset)
+        cached_features, cached_labels = cache_iterator.get_next()
+    graph = training_graph.build_training_graph(cached_features, cached_labels, config,
+                                                input_layer='flattened', reuse=True)
+    cache = {}
+    # Features too large for memory spill to files here (the run's folder unless told otherwise).
+    feature_files = {name: os.path.join(spill_dir or settings.checkpoint_path, f'features_{name}.npy')
+                     for name in ('train', 'val')}
+    store = shared_feature_store(settings)
+
+    def fill_feature_cache(session):
+        conv_digest = conv_weights_digest(session, image_model) if store else None
+        for name, data, init_op in (('train', train_data, training_init_op),
+                                    ('val', val_data, validation_init_op)):
+            key = feature_store.set_key(conv_digest, data.paths, data.labels, settings.num_classes,
+                                        feature_settings(settings, config)) if store else None
+            stored, note = store.load(key) if store else (None, None)
+            if note:
+                print(f'note: {note}')
+            if stored is not None:
+                print(f'pool5 features of {data.txt_file}: from {store.root}')
+                cache[name] = stored
+                continue
+            print(f'caching pool5 features of {data.txt_file}: '
+                  f'{feature_cache.describe_size(data.data_size)}')
+            try:
+                cache[name] = feature_cache.extract(session, init_op, features, labels, data.data_size,
+                                                    settings.num_classes, feature_files[name])
+            except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, tf.errors.NotFoundError):
+                raise data.unreadable_images_error() from None
+            if store:
+                store.save(key, *cache[name])
+
+    def start_train(session, epoch, skip_steps=0):
+        feed = feeder.start_epoch(*cache['train'], shuffle_seed=epoch_seed(order_seed, epoch),
+                                  skip_batches=skip_steps)
+        session.run(cache_iterator.initializer, feed)
+
+    def start_val(session, epoch, skip_steps=0):
+        session.run(cache_iterator.initializer, feeder.start_epoch(*cache['val']))
+
+    return TrainingSetup(graph, BatchSource(start_train, train_data), BatchSource(start_val, val_data),
+                         image_model, None, fill_feature_cache, tuple(feature_files.values()))
+
+
+def remove_feature_files(setup):
+    """Features spilled to disk serve only the run that wrote them."""
+    for path in setup.feature_files:
+        feature_cache.remove_cache_file(path)
+
+
+def shared_feature_store(settings):
+    """The on-disk feature store of --cache_dir, or None ('none', or conv layers that start random)."""
+    if settings.cache_dir == 'none' or set(settings.skip_layers) & set(CONV_LAYERS):
+        return None  # randomly initialised conv layers make features no later run can reuse
+    return feature_store.FeatureStore(settings.cache_dir, int(settings.cache_max_gb * 2**30))
+
+
+def conv_weights_digest(session, model):
+    """The digest of conv1-conv5 as the session holds them: what, with the images, makes pool5."""
+    variables = {variable.op.name: variable for layer in CONV_LAYERS
+                 for variable in model.variables[layer].values()}
+    return feature_store.arrays_digest(session.run(variables))
+
+
+def feature_settings(settings, config):
+    """What besides weights and images changes the cached numbers."""
+    return {'device': 'gpu' if config.use_gpu else 'cpu', 'mixed_precision': settings.mixed_precision,
+            'xla': settings.xla, 'skip_bad_images': settings.skip_bad_images}
+
+
+def image_paths(data):
+    """The list's image paths as files on disk (relative lines are relative to the list's folder)."""
+    folder = os.path.dirname(os.path.abspath(data.txt_file))
+    return [os.path.join(folder, path) for path in data.paths]

@@ -1,0 +1,196 @@
+"""A run's life around the epoch loop: new or resumed, its starting weights, what it tells the user
+before training, and what it records after each epoch."""
+import math
+import os
+
+import numpy as np
+import tensorflow.compat.v1 as tf
+
+import alexnet
+from finetune_alexnet import checkpoints
+from finetune_alexnet import digests
+from finetune_alexnet import model_info
+from finetune_alexnet import run_folder
+from finetune_alexnet import run_state
+from finetune_alexnet import weight_files
+from finetune_alexnet.errors import ToolkitError
+from finetune_alexnet.train import graph as training_graph
+from finetune_alexnet.train import loop
+from finetune_alexnet.train import progress
+from finetune_alexnet.train import summaries
+
+
+def use_gpu(settings):
+    """True to run the model on a GPU; refuses --device gpu without enough of them."""
+    gpus = len(tf.config.list_physical_devices('GPU'))
+    if settings.device == 'gpu' and gpus < settings.num_gpus:
+        raise ToolkitError(f'--device gpu asks for {settings.num_gpus} GPU(s), TensorFlow sees {gpus}')
+    return settings.device == 'gpu' or (settings.device == 'auto' and gpus > 0)
+
+
+def read_class_names(settings):
+    """Names from --class_names, else from the classes.txt beside the training list, else None."""
+    path = settings.class_names or os.path.join(os.path.dirname(os.path.abspath(settings.train_file)),
+                                                model_info.CLASS_NAMES_FILE)
+    if not os.path.exists(path):
+        if settings.class_names:
+            raise ToolkitError(f'{path}: class names file not found')
+        return None
+    return model_info.read_class_names_file(path, settings.num_classes)
+
+
+def shaping_settings(settings):
+    """What shapes a run and must not change on --resume; kept in run_state.json."""
+    return {'batch_size': settings.batch_size, 'num_gpus': settings.num_gpus,
+            'train_file_sha256': digests.file_sha256(settings.train_file),
+            'val_file_sha256': digests.file_sha256(settings.val_file),
+            'num_classes': settings.num_classes, 'train_layers': list(settings.train_layers),
+            'skip_layers': list(settings.skip_layers), 'optimizer': settings.optimizer,
+            'augment': settings.augment, 'cache_features': settings.use_feature_cache}
+
+
+def new_or_resumed_state(settings):
+    """(state, resumed): the run in --checkpoint_path to resume, or a new run's first state.
+
+    Refuses to overwrite a run, to resume none, or to resume with settings other than the run's.
+    A resumed state names the checkpoint to restore (the latest, else the newest intact one).
+    Files a crash left half-written in the run folder are removed.
+    """
+    directory = settings.checkpoint_path
+    state = run_state.read(directory)
+    if state and not settings.resume:
+        raise ToolkitError(f'{directory} already holds a run (epoch {state.epochs_completed}); pass '
+                           '--resume to continue it, or choose another --checkpoint_path')
+    if settings.resume and not state:
+        raise ToolkitError(f'{directory}: no run to resume (no {run_state.FILE_NAME})')
+    if state:
+        checkpoints.check_same_settings(directory, state.settings, shaping_settings(settings))
+        latest, best_epoch = state.latest_checkpoint, state.best_epoch
+        _, state = checkpoints.restorable_checkpoint(directory, state)
+        if state.latest_checkpoint != latest:  # fell back: the later epochs will be trained again
+            checkpoints.repair_best(directory, best_epoch, state)
+            progress.write_metrics(os.path.join(directory, 'metrics.jsonl'), state.history)
+        run_folder.remove_stale_files(directory, state.latest_checkpoint)
+        return state, True
+    run_folder.remove_stale_files(directory, None)
+    name = summaries.safe_run_name(settings.run_name) if settings.run_name else \
+        summaries.short_run_name(settings)
+    # The seed of every epoch's shuffle order: --seed, else drawn once and kept in run_state.json, so
+    # that a resumed unseeded run replays the orders of its own epochs (skipping the consumed part of
+    # another order would train some images twice and others never).
+    order_seed = settings.seed if settings.seed is not None else int(np.random.randint(2**31))
+    state = run_state.RunState(args=settings.as_dict(), settings=shaping_settings(settings),
+                               run_name=summaries.new_run_folder(settings.filewriter_path, name),
+                               order_seed=order_seed)
+    return state, False
+
+
+def initial_weights(settings, resumed):
+    """The weights file's layers when a new run loads some (None: resumed, every layer fresh, or
+    warm-started from --init_checkpoint), read once here: a wrong file fails before anything is
+    built, and the same arrays are loaded."""
+    if resumed:
+        return None
+    if settings.init_checkpoint:
+        checkpoints.check_intact(settings.init_checkpoint)  # a damaged file named, not a traceback later
+        return None
+    if set(settings.skip_layers) == set(alexnet.TRAINABLE_LAYERS):
+        return None
+    layers = weight_files.load_weights(settings.weights_path)
+    alexnet.check_classifier_fits(layers, settings.num_classes, settings.skip_layers,
+                                  settings.weights_path)
+    return layers
+
+
+def load_starting_weights(session, settings, weights_model, layers):
+    """A new run's weights: the weights file's layers, or --init_checkpoint's model (not its
+    optimizer or step); --skip_layers keep their fresh initial values."""
+    if layers is not None:
+        weights_model.load_initial_weights(session, layers)
+    if settings.init_checkpoint:
+        variables = {variable.op.name: variable for layer, kinds in weights_model.variables.items()
+                     if layer not in settings.skip_layers for variable in kinds.values()}
+        checkpoints.check_fits(
+            settings.init_checkpoint, {name: v.shape.as_list() for name, v in variables.items()},
+            purpose='--init_checkpoint',
+            advice='add the layers that differ (fc8 for another --num_classes) to --skip_layers')
+        tf.train.Saver(variables).restore(session, settings.init_checkpoint)
+
+
+def class_weight_values(settings, train_labels):
+    """The loss weight of each class (None: unweighted), from --class_weights and the training labels."""
+    if settings.class_weights == 'none':
+        return None
+    if settings.class_weights == 'balanced':
+        return training_graph.balanced_class_weights(train_labels, settings.num_classes)
+    return tuple(settings.class_weights)
+
+
+def training_config(settings, gpu, steps_per_epoch, train_labels=None):
+    """The training graph's settings."""
+    return training_graph.TrainingConfig(
+        class_weights=class_weight_values(settings, train_labels), lr_mult=settings.lr_mult,
+        num_classes=settings.num_classes, train_layers=settings.train_layers,
+        skip_layers=settings.skip_layers, weights_path=settings.weights_path,
+        learning_rate=settings.learning_rate, optimizer=settings.optimizer,
+        momentum=settings.momentum, weight_decay=settings.weight_decay,
+        decay_steps=settings.lr_decay_epochs * steps_per_epoch,
+        decay_factor=settings.lr_decay_factor, num_devices=settings.num_gpus, use_gpu=gpu,
+        model_device='/gpu:0' if gpu else '/cpu:0', mixed_precision=settings.mixed_precision)
+
+
+def describe_data(settings, train_data, val_data, steps_per_epoch, class_names, config):
+    """What the run trains on, printed before it starts: images per class, class weights, sizes."""
+    names = model_info.class_names_or_placeholders(class_names, settings.num_classes)
+    print_label_counts(train_data.labels, names)
+    if config.class_weights is not None:
+        print('class weights of the loss: ' + ', '.join(
+            f'{name} {weight:.3g}' for name, weight in zip(names, config.class_weights)))
+    print(f'{train_data.data_size} training images ({steps_per_epoch} steps of {settings.batch_size} '
+          f'per epoch), {val_data.data_size} validation images; training '
+          f'{",".join(settings.train_layers)} on {"GPU" if config.use_gpu else "CPU"}')
+
+
+def print_label_counts(labels, names):
+    counts = np.bincount(labels, minlength=len(names))
+    print('training images per class: ' + ', '.join(
+        f'{names[label]} {count}' for label, count in enumerate(counts)))
+    share = counts.max() / counts.sum()
+    if share > 0.8:
+        print(f'warning: {names[int(counts.argmax())]} holds {share:.0%} of the training images; '
+              'accuracy will look good even for a model that always answers it: try '
+              '--class_weights balanced, and watch the per-class recall in TensorBoard')
+
+
+def record_epoch(session, keeper, writer, state, record):
+    """The epoch's scalars, checkpoint, run state, metrics line and curves; True if it is the best."""
+    directory = keeper.directory
+    improved = state.best_val_accuracy is None or record['val_accuracy'] > state.best_val_accuracy
+    if improved:
+        state.best_val_accuracy, state.best_epoch = record['val_accuracy'], record['epoch']
+    state.best_val_loss = min(state.best_val_loss or math.inf, record['val_loss'])
+    loop.write_scalars(writer, record['step'], {
+        'validation/cross_entropy': record['val_loss'], 'validation/accuracy': record['val_accuracy'],
+        'images_per_second': record['images_per_second'],
+        'hparams/best_val_accuracy': state.best_val_accuracy,
+        'hparams/best_val_loss': state.best_val_loss})
+    state.epochs_completed = record['epoch']
+    state.history.append(record)
+    keeper.save_epoch(session, record['epoch'], state, best=improved)
+    progress.append_metrics(os.path.join(directory, 'metrics.jsonl'), record)
+    progress.plot_curves(state.history, os.path.join(directory, 'curves.png'))
+    return improved
+
+
+def aligned_paths(paths, outputs):
+    """The validation images' paths, or blanks when skipped unreadable images would shift them
+    against the outputs (so no picture or projector row is put under another image's name)."""
+    return paths if len(outputs.labels) == len(paths) else [''] * len(outputs.labels)
+
+
+def report_warm_start(session, settings, setup, state):
+    """The warm-started model's validation loss and accuracy before any step, as a check."""
+    loss, accuracy, _ = loop.validate(session, setup.graph, setup.val)
+    state.init_val_accuracy = accuracy
+    print(f'warm start from {settings.init_checkpoint}: validation loss {loss:.4f} acc '
+          f'{accuracy:.4f} before training')

@@ -1,0 +1,241 @@
+"""A fine-tuning run's settings: the flags parsed once, defaults filled in, every value checked, frozen.
+
+finetune.py's parser gives an argparse namespace; `from_flags` turns it into a `Settings` that nothing
+changes afterwards. What a run learns while it starts (its shuffle seed, its TensorBoard folder) is
+the run's state (run_state.py), not a setting.
+"""
+import argparse
+import dataclasses
+import math
+import os
+import tempfile
+from typing import Optional, Tuple
+
+from alexnet import TRAINABLE_LAYERS
+from finetune_alexnet import model_info
+from finetune_alexnet import run_folder
+from finetune_alexnet.errors import ToolkitError
+from finetune_alexnet.train import feature_cache
+
+DEFAULT_ROOT = os.path.join(tempfile.gettempdir(), 'finetune_alexnet')
+# Flags whose default depends on whether the demo runs: the parser leaves them None when not given.
+RUN_DEFAULTS = {'num_epochs': 10, 'batch_size': 128, 'display_step': 20, 'optimizer': 'sgd',
+                'train_layers': ('fc8', 'fc7', 'fc6'), 'skip_layers': ('fc8',),
+                'checkpoint_path': os.path.join(DEFAULT_ROOT, 'checkpoints'),
+                'filewriter_path': os.path.join(DEFAULT_ROOT, 'tensorboard')}
+# The demo has run folders of its own, replaced by each demo run, so the README's first command can be
+# run again and again; these settings learn its two classes within a few epochs on a CPU.
+DEMO_DEFAULTS = {'num_epochs': 5, 'batch_size': 32, 'display_step': 3, 'seed': 0,
+                 'checkpoint_path': os.path.join(DEFAULT_ROOT, 'demo_run', 'checkpoints'),
+                 'filewriter_path': os.path.join(DEFAULT_ROOT, 'demo_run', 'tensorboard')}
+# Without pretrained weights the demo trains every layer from random initialisation.
+DEMO_FROM_SCRATCH = {'optimizer': 'momentum', 'train_layers': TRAINABLE_LAYERS,
+                     'skip_layers': TRAINABLE_LAYERS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every flag of finetune.py, resolved. Lists are tuples, so a Settings is a value."""
+    train_file: str
+    val_file: str
+    num_classes: int
+    class_names: Optional[str]
+    augment: bool
+    skip_bad_images: bool
+    max_pixels: int
+    demo: bool
+    demo_dir: str
+    weights_path: str
+    train_layers: Tuple[str, ...]
+    skip_layers: Tuple[str, ...]
+    dropout_rate: float
+    init_checkpoint: Optional[str]   # a checkpoint prefix (a run folder resolves to its best.ckpt)
+    learning_rate: float
+    num_epochs: int
+    batch_size: int
+    optimizer: str
+    momentum: float
+    weight_decay: float
+    lr_decay_epochs: int
+    lr_decay_factor: float
+    class_weights: object            # 'none', 'balanced' or a tuple of one weight per class
+    lr_mult: Tuple[Tuple[str, float], ...]
+    early_stopping: int
+    find_lr: Optional[str]
+    find_lr_steps: int
+    seed: Optional[int]
+    filewriter_path: str
+    run_name: Optional[str]
+    projector: bool
+    checkpoint_path: str
+    display_step: int
+    keep_checkpoints: int
+    resume: bool
+    device: str
+    num_gpus: int
+    xla: bool
+    mixed_precision: bool
+    cache_features: str
+    cache_dir: str
+    cache_max_gb: float
+    verbose: bool = False
+    changed_settings: Tuple[str, ...] = ()  # settings that differ from their default, for run names
+
+    @property
+    def keep_probability(self):
+        """AlexNet's keep_prob in a training step: the probability of keeping a unit."""
+        return 1.0 - self.dropout_rate
+
+    @property
+    def use_feature_cache(self):
+        """Train fc6-fc8 from pool5 features computed once (every conv layer frozen, no --augment)."""
+        return self.cache_features == 'on' or (
+            self.cache_features == 'auto' and feature_cache.can_cache(self.train_layers, self.augment))
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+def layer_list(text):
+    """--train_layers / --skip_layers: a comma list of layers, 'all' or 'none'."""
+    names = [name.strip() for name in text.split(',') if name.strip()]
+    if names == ['all']:
+        return TRAINABLE_LAYERS
+    if names == ['none'] or names == []:
+        return ()
+    unknown = [name for name in names if name not in TRAINABLE_LAYERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown layer {', '.join(unknown)}; valid: {', '.join(TRAINABLE_LAYERS)} or 'all'")
+    return tuple(names)
+
+
+def class_weights_flag(text):
+    """'none', 'balanced', or one weight per class ('1,3.5')."""
+    if text in ('none', 'balanced'):
+        return text
+    try:
+        weights = tuple(float(value) for value in text.split(','))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'none', 'balanced' or a comma list of numbers, "
+                                         f"got {text!r}") from None
+    if not all(math.isfinite(w) and w >= 0 for w in weights):
+        raise argparse.ArgumentTypeError(f'class weights must be finite and >= 0, got {text!r}')
+    return weights
+
+
+def lr_mult_flag(text):
+    """'fc8=10,fc7=2' as (('fc8', 10.0), ('fc7', 2.0))."""
+    pairs = []
+    for item in (part.strip() for part in text.split(',') if part.strip()):
+        layer, _, value = item.partition('=')
+        if layer not in TRAINABLE_LAYERS:
+            raise argparse.ArgumentTypeError(f"unknown layer {layer!r} in {item!r}; valid: "
+                                             f"{', '.join(TRAINABLE_LAYERS)}")
+        try:
+            factor = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'expected LAYER=NUMBER, got {item!r}') from None
+        if not (math.isfinite(factor) and factor > 0):
+            raise argparse.ArgumentTypeError(f'the multiplier must be positive, got {item!r}')
+        pairs.append((layer, factor))
+    return tuple(pairs)
+
+
+def from_flags(flags, parser_defaults, demo_lists):
+    """The run's Settings from parsed flags: the demo's or the run's defaults for what was not given.
+
+    `parser_defaults` maps each flag to the parser's default; `demo_lists(flags)` makes the demo's
+    data and returns (train_file, val_file, num_classes), called only when the demo runs (no lists
+    given, or --demo).
+    """
+    values = {field.name: getattr(flags, field.name, field.default)
+              for field in dataclasses.fields(Settings) if field.name != 'changed_settings'}
+    values['demo'] = bool(flags.demo or not (flags.train_file or flags.val_file))
+    if flags.init_checkpoint and flags.skip_layers is None:
+        values['skip_layers'] = ()  # a warm start loads every layer the checkpoint has
+    demo_defaults = {}
+    if values['demo']:
+        train_file, val_file, num_classes = demo_lists(flags)
+        values.update(train_file=train_file, val_file=val_file, num_classes=num_classes)
+        demo_defaults = dict(DEMO_DEFAULTS)
+        if not os.path.exists(flags.weights_path):
+            print(f"note: {flags.weights_path} not found, so the demo trains every layer from random "
+                  "initialisation (see README for the pretrained weights)")
+            demo_defaults.update(DEMO_FROM_SCRATCH)
+    defaults = {**parser_defaults, **RUN_DEFAULTS, **demo_defaults}
+    _fill(values, defaults)
+    for name in ('train_layers', 'skip_layers', 'lr_mult'):
+        values[name] = tuple(values[name])
+    check(values)
+    values['changed_settings'] = tuple(name for name, value in values.items()
+                                       if name in defaults and _differs(name, value, defaults[name]))
+    if values['init_checkpoint']:
+        values['init_checkpoint'] = model_info.resolve_checkpoint(values['init_checkpoint'])
+    return Settings(**values)
+
+
+def _differs(name, value, default):
+    if name in ('train_layers', 'skip_layers'):
+        return set(value) != set(default)  # the same layers in another order
+    return value != (tuple(default) if isinstance(default, list) else default)
+
+
+def _fill(values, defaults):
+    for name, value in defaults.items():
+        if name in values and values[name] is None:
+            values[name] = value
+
+
+def check(values):
+    """Every setting in range and consistent; one line each, before anything is built."""
+    v = argparse.Namespace(**values)
+    checks = [
+        (v.learning_rate > 0 and math.isfinite(v.learning_rate),
+         f'--learning_rate must be positive, got {v.learning_rate}'),
+        (v.num_epochs >= 1, f'--num_epochs must be at least 1, got {v.num_epochs}'),
+        (v.batch_size >= 1, f'--batch_size must be at least 1, got {v.batch_size}'),
+        (0 <= v.dropout_rate < 1, f'--dropout_rate must be in [0, 1), got {v.dropout_rate}'),
+        (v.num_classes >= 2, f'--num_classes must be at least 2, got {v.num_classes}'),
+        (v.display_step >= 1, f'--display_step must be at least 1, got {v.display_step}'),
+        (v.keep_checkpoints >= 1, f'--keep_checkpoints must be at least 1, got {v.keep_checkpoints}'),
+        (0 <= v.momentum < 1, f'--momentum must be in [0, 1), got {v.momentum}'),
+        (v.weight_decay >= 0 and math.isfinite(v.weight_decay),
+         f'--weight_decay must be >= 0, got {v.weight_decay}'),
+        (v.lr_decay_epochs >= 0, f'--lr_decay_epochs must be >= 0, got {v.lr_decay_epochs}'),
+        (0 < v.lr_decay_factor <= 1, f'--lr_decay_factor must be in (0, 1], got {v.lr_decay_factor}'),
+        (v.num_gpus >= 1, f'--num_gpus must be at least 1, got {v.num_gpus}'),
+        (v.max_pixels >= 1, f'--max_pixels must be at least 1, got {v.max_pixels}'),
+        (v.batch_size % v.num_gpus == 0,
+         f'--batch_size {v.batch_size} must divide evenly over --num_gpus {v.num_gpus}'),
+        (bool(v.train_layers), '--train_layers names no layer'),
+        (v.early_stopping >= 0, f'--early_stopping must be >= 0, got {v.early_stopping}'),
+        (v.find_lr_steps >= 10, f'--find_lr_steps must be at least 10, got {v.find_lr_steps}'),
+        (not isinstance(v.class_weights, tuple) or len(v.class_weights) == v.num_classes,
+         f'--class_weights lists {len(v.class_weights)} weights for --num_classes {v.num_classes}'
+         if isinstance(v.class_weights, tuple) else ''),
+        (not (v.projector and v.num_gpus > 1), '--projector needs --num_gpus 1'),
+        (v.cache_max_gb > 0 and math.isfinite(v.cache_max_gb),
+         f'--cache_max_gb must be a positive number, got {v.cache_max_gb}'),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ToolkitError(message)
+    frozen_random = [name for name in v.skip_layers if name not in v.train_layers]
+    if frozen_random:
+        raise ToolkitError(f"--skip_layers {','.join(frozen_random)} would stay random and frozen: "
+                           f"add them to --train_layers, or stop skipping them")
+    untrained = [layer for layer, _ in v.lr_mult if layer not in v.train_layers]
+    if untrained:
+        raise ToolkitError(f"--lr_mult names {','.join(untrained)}, which --train_layers does not train")
+    if v.cache_features == 'on' and not feature_cache.can_cache(v.train_layers, v.augment):
+        raise ToolkitError('--cache_features on needs every conv layer frozen and no --augment')
+    for flag in ('train_file', 'val_file'):
+        if not values[flag]:
+            raise ToolkitError(f'--{flag} is required (or run --demo)')
+        if not os.path.isfile(values[flag]):
+            raise ToolkitError(f'{values[flag]}: list file not found')
+    if v.find_lr:
+        run_folder.check_output_file(v.find_lr, '--find_lr')
+    run_folder.check_output_folder(v.checkpoint_path, '--checkpoint_path')
+    run_folder.check_output_folder(v.filewriter_path, '--filewriter_path')
