@@ -126,6 +126,7 @@ class AlexNet:
         self.INPUT_LAYER = input_layer
         self.end_points = collections.OrderedDict()
         self.variables = {}
+        self.pre_activations = {}  # conv1-conv5, fc6, fc7 before their ReLU
         self.create()
 
     def create(self):
@@ -181,6 +182,7 @@ class AlexNet:
                 conv = tf.concat([tf.nn.conv2d(i, k, strides, padding=layer.padding)
                                   for i, k in zip(input_groups, weight_groups)], axis=3)
             pre_activation = tf.nn.bias_add(conv, biases)
+        self.pre_activations[layer.name] = pre_activation
         return tf.nn.relu(pre_activation, name=layer.name)
 
     def _fc(self, x, layer):
@@ -188,7 +190,10 @@ class AlexNet:
         weights, biases = self._new_variables(layer.name, [int(x.shape[-1]), depth])
         with tf.name_scope(layer.name):
             logits = tf.nn.xw_plus_b(x, weights, biases)
-        return tf.nn.relu(logits, name=layer.name) if layer.relu else tf.identity(logits, layer.name)
+        if not layer.relu:
+            return tf.identity(logits, layer.name)
+        self.pre_activations[layer.name] = logits
+        return tf.nn.relu(logits, name=layer.name)
 
     def load_initial_weights(self, session, layers=None):
         """Assign every layer of the weights file that is not in `skip_layer`.

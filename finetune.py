@@ -95,8 +95,9 @@ def get_args_parser():
                               'epochs (0: constant)')
     optimisation.add_argument('--lr_decay_factor', type=float, default=0.1)
     optimisation.add_argument('--class_weights', type=class_weights_flag, default='none',
-                              help="weight each class's loss: 'balanced' (inverse frequency, "
-                              "mean 1) or one weight per class, e.g. '1,4'")
+                              help="weight each class's loss: 'balanced' (scikit-learn's n / (K x "
+                              "count): an average weight of 1 per training image) or one weight "
+                              "per class, e.g. '1,4'")
     optimisation.add_argument('--lr_mult', type=lr_mult_flag, default=(),
                               help="per-layer learning-rate multipliers, e.g. 'fc8=10' (Caffe's "
                               'lr_mult)')
@@ -189,7 +190,8 @@ def fine_tune(settings):
                               f'{session.run(setup.graph.global_step)}')
                     else:
                         writer.add_graph(session.graph)
-                        for summary in summaries.hparams_summaries(settings, state.run_name):
+                        for summary in summaries.hparams_summaries(
+                                settings, state.run_name, class_weight_values=config.class_weights):
                             writer.add_summary(summary, 0)
                         runs.load_starting_weights(session, settings, setup.weights_model, layers)
                         model_info.write_model_info(settings.checkpoint_path, settings.num_classes,
@@ -219,7 +221,7 @@ def train_epochs(session, settings, state, setup, keeper, writer, stop, steps_pe
     outputs = None
     for epoch in range(state.epochs_completed + 1, settings.num_epochs + 1):
         setup.train.start(session, epoch, steps_done)
-        train_loss, train_accuracy, images_per_second, seen, finished = train_one_epoch(
+        train_loss, train_accuracy, images_per_second, seen, rates, finished = train_one_epoch(
             session, settings, setup, writer, stop, epoch, steps_done, steps_per_epoch)
         step = int(session.run(setup.graph.global_step))
         if not finished:
@@ -244,7 +246,7 @@ def train_epochs(session, settings, state, setup, keeper, writer, stop, steps_pe
         record = {'epoch': epoch, 'step': step, 'train_loss': train_loss,
                   'train_accuracy': train_accuracy, 'val_loss': val_loss,
                   'val_accuracy': val_accuracy, 'val_images': val_count,
-                  'learning_rate': float(session.run(setup.graph.learning_rate)),
+                  **runs.epoch_rates(rates, session, setup.graph),
                   'images_per_second': images_per_second}
         improved = runs.record_epoch(session, keeper, writer, state, record)
         print(f'epoch {epoch}: train loss {train_loss:.4f} acc {train_accuracy:.3f}, validation '
@@ -271,14 +273,16 @@ def train_epochs(session, settings, state, setup, keeper, writer, stop, steps_pe
 
 
 def train_one_epoch(session, settings, setup, writer, stop, epoch, first_step, steps_per_epoch):
-    """SGD steps first_step+1..steps_per_epoch: (loss, accuracy, images/s, images seen, finished),
-    finished False when a stop signal came before the last step."""
+    """SGD steps first_step+1..steps_per_epoch: (loss, accuracy, images/s, images seen, the
+    learning rates the steps used, finished), finished False when a stop signal came before the
+    last step."""
     graph = setup.graph
     bar = progress.EpochProgress(epoch, settings.num_epochs, steps_per_epoch, settings.display_step)
+    # The rate is fetched in the step's own run call: the value this step's update used.
     fetches = {'train': graph.train_op, 'loss': graph.loss, 'accuracy': graph.accuracy,
-               'count': graph.batch_count, 'step': graph.global_step}
+               'count': graph.batch_count, 'step': graph.global_step, 'rate': graph.learning_rate}
     feed = {graph.keep_prob: settings.keep_probability}
-    losses, accuracies, images = [], [], 0
+    losses, accuracies, rates, images = [], [], [], 0
     start, finished = time.perf_counter(), True
     for step in range(first_step + 1, steps_per_epoch + 1):
         if stop.requested:
@@ -299,6 +303,7 @@ def train_one_epoch(session, settings, setup, writer, stop, epoch, first_step, s
             loop.warn_about_first_loss(result['loss'], settings.num_classes)
         losses.append(result['loss'])
         accuracies.append(result['accuracy'])
+        rates.append(float(result['rate']))
         images += int(result['count'])
         bar.update(step, float(np.mean(losses[-settings.display_step:])),
                    float(np.mean(accuracies[-settings.display_step:])),
@@ -306,7 +311,7 @@ def train_one_epoch(session, settings, setup, writer, stop, epoch, first_step, s
     bar.finish()
     seconds = time.perf_counter() - start
     return (loop.mean(losses), loop.mean(accuracies), images / seconds if images else 0.0, images,
-            finished)
+            rates, finished)
 
 
 def main(argv=None):

@@ -90,7 +90,8 @@ def get_args_parser():
                         help='warn about unreadable images and go on without them')
     parser.add_argument('--features', metavar='LAYER', help='instead of classifying, write this '
                         f"layer's outputs ({', '.join(features.FEATURE_LAYERS)}) for every input to "
-                        '--output, an .npz of features, paths and (for list inputs) labels')
+                        '--output, an .npz of features, paths and (for list inputs) labels; conv1-'
+                        'conv5, fc6 and fc7 are after their ReLU, LAYER_preact before it')
     parser.add_argument('--output', help='with --features: the .npz file to write')
     return parser
 

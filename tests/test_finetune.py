@@ -434,8 +434,17 @@ def test_learning_rate_decays_by_epochs_and_class_names_are_kept(dataset, tmp_pa
                                           '--class_names', names), capsys)
     assert code == 0, err
     records = [json.loads(line) for line in (tmp_path / 'ckpt' / 'metrics.jsonl').read_text().splitlines()]
-    # The rate is read after each epoch's 3 steps: one decay per epoch, staircase.
-    assert [r['learning_rate'] for r in records] == pytest.approx([0.005, 0.0025, 0.00125])
+    # Each epoch is logged with the rate its own 3 steps used: one decay per epoch, staircase.
+    assert [r['learning_rate'] for r in records] == pytest.approx([0.01, 0.005, 0.0025])
+    assert not any('learning_rate_last' in r for r in records)  # constant within each epoch
+    # ... the rates TensorBoard's per-step scalar shows for the steps of each epoch.
+    runs_folder = tmp_path / 'tb'
+    events = event_accumulator.EventAccumulator(str(next(runs_folder.iterdir())))
+    events.Reload()
+    per_step = {event.step: event.value for event in events.Scalars('learning_rate')}
+    for record in records:
+        steps = range(record['step'] - 2, record['step'] + 1)
+        assert [per_step[step] for step in steps] == pytest.approx([record['learning_rate']] * 3)
     info = json.loads((tmp_path / 'ckpt' / 'model_info.json').read_text())
     assert info['class_names'] == ['round thing', 'square thing']
 
@@ -554,7 +563,7 @@ def test_fc8_is_kept_from_any_weights_file_with_num_classes_outputs(dataset, tmp
 def test_class_weights_balanced_reach_the_graph_and_the_warning_suggests_them(dataset, tmp_path, capsys):
     args = resolved(flags(dataset, tmp_path, '--class_weights', 'balanced', '--lr_mult', 'fc8=10'))
     config = runs.training_config(args, gpu=False, steps_per_epoch=3, train_labels=[0, 0, 0, 1])
-    assert config.class_weights == pytest.approx((0.5, 1.5)) and config.lr_mult == (('fc8', 10.0),)
+    assert config.class_weights == pytest.approx((4 / 6, 2.0)) and config.lr_mult == (('fc8', 10.0),)
     runs.print_label_counts(np.array([0] * 9 + [1]), ['class 0', 'class 1'])
     assert '--class_weights balanced' in capsys.readouterr().out
 
@@ -571,3 +580,39 @@ def test_a_resumed_run_continues_in_its_own_tensorboard_folder(dataset, tmp_path
     events = event_accumulator.EventAccumulator(str(tmp_path / 'tb' / 'first-try'))
     events.Reload()
     assert [e.step for e in events.Scalars('validation/accuracy')] == [3, 6]
+
+
+@pytest.mark.slow
+def test_the_balanced_loss_of_one_step_is_scikit_learns_weighted_mean(tmp_path, capsys):
+    """12 disks against 4 squares, one step of all 16 at a vanishing rate: the logged training loss is
+    the mean over images of each image's cross-entropy times n / (K * count) of its class."""
+    data = tiny_runs.make_dataset(tmp_path / 'data', images_per_class=13, train_per_class=12,
+                                  val_images=2)
+    lines = (data / 'train.txt').read_text().splitlines()
+    (data / 'train.txt').write_text('\n'.join(lines[:12] + lines[12:16]) + '\n')
+    code, out, err = run_in_process(flags(data, tmp_path, '--num_epochs', '1', '--batch_size', '16',
+                                          '--learning_rate', '1e-12', '--class_weights', 'balanced',
+                                          '--dropout_rate', '0'), capsys)
+    assert code == 0, err
+    assert 'class weights of the loss: class 0 0.667, class 1 2' in out
+    logged = json.loads((tmp_path / 'ckpt' / 'metrics.jsonl').read_text())['train_loss']
+    # The model's logits on the 16 images, from the checkpoint (a 1e-12 step changes nothing).
+    settings = finetune.parse_settings(flags(data, tmp_path / 'probe', '--batch_size', '16'))
+    with tf.Graph().as_default():
+        train_data, _, _ = inputs.make_datasets(settings, order_seed=1)
+        iterator = tf.data.make_initializable_iterator(train_data.data)
+        images, labels = iterator.get_next()
+        from alexnet import AlexNet
+        model = AlexNet(images, 1.0, 2, skip_layer=TRAINABLE_LAYERS)
+        with tf.Session() as session:
+            tf.train.Saver(tf.global_variables()).restore(
+                session, str(tmp_path / 'ckpt' / 'model_epoch1.ckpt'))
+            session.run(iterator.initializer, {train_data.epoch: 1, train_data.skip: 0})
+            logits, one_hot = session.run([model.fc8, labels])
+    logits = logits.astype(np.float64)
+    cross_entropy = np.log(np.exp(logits).sum(axis=1)) - (logits * one_hot).sum(axis=1)
+    classes = one_hot.argmax(axis=1)
+    counts = np.bincount(classes, minlength=2)
+    assert counts.tolist() == [12, 4]
+    weights = len(classes) / (2 * counts)  # scikit-learn's 'balanced', written out
+    assert logged == pytest.approx(np.mean(weights[classes] * cross_entropy), rel=1e-4)

@@ -111,3 +111,25 @@ def test_feature_flags_from_the_shell(weights, inputs, tmp_path):
                             capture_output=True, text=True, cwd=REPO, timeout=120)
     assert '--features fc10: unknown layer' in error_line(result)
     assert not os.path.exists(tmp_path / 'f.npz')
+
+
+@pytest.mark.slow
+def test_features_are_after_the_relu_and_preact_before_it(weights, inputs, tmp_path, capsys):
+    """`fc7` is what fc8 sees (after the ReLU: no negative value); `fc7_preact` is x W + b, computed
+    here by hand from fc6 and the weights file, and its ReLU is `fc7`."""
+    direct, _, _ = inputs
+    saved = {}
+    for layer in ('fc6', 'fc7', 'fc7_preact'):
+        output = str(tmp_path / f'{layer}.npz')
+        assert run_main(predict.main, ['--weights_path', weights, '--features', layer, '--output',
+                                       output, *direct]) == 0
+        with np.load(output) as content:
+            saved[layer] = content['features']
+    fc7_weights = weight_files.load_weights(weights)['fc7']
+    by_hand = saved['fc6'].astype(np.float64) @ fc7_weights['weights'] + fc7_weights['biases']
+    np.testing.assert_allclose(saved['fc7_preact'], by_hand, rtol=1e-4, atol=1e-3)
+    assert (saved['fc7_preact'] < 0).any() and (saved['fc7'] >= 0).all()
+    np.testing.assert_allclose(saved['fc7'], np.maximum(saved['fc7_preact'], 0), rtol=1e-6, atol=1e-6)
+    assert 'after their ReLU, LAYER_preact before it' in ' '.join(
+        predict.get_args_parser().format_help().split())
+    capsys.readouterr()

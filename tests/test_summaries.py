@@ -116,7 +116,9 @@ def test_hparam_values_are_plain_values(tmp_path):
     settings = finetune.parse_settings(['--train_file', str(tmp_path / 'train.txt'), '--val_file',
                                         str(tmp_path / 'val.txt'), '--train_layers', 'fc7,fc8',
                                         '--lr_mult', 'fc8=10'])
-    values = summaries.hparam_values(settings)
+    values = summaries.hparam_values(settings, class_weight_values=(2 / 3, 2.0))
+    assert values['class_weight_values'] == '0.6667,2'
+    assert summaries.hparam_values(settings)['class_weight_values'] == 'none'
     assert values['train_layers'] == 'fc7,fc8' and values['lr_mult'] == 'fc8=10'
     assert values['seed'] == 'none' and values['learning_rate'] == 0.001 and values['augment'] is False
 

@@ -293,13 +293,19 @@ def log_softmax(logits):
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def test_balanced_class_weights_are_inverse_frequency_with_mean_one():
-    weights = training.balanced_class_weights([0, 0, 0, 1, 1, 2], 3)
-    # 1/3, 1/2, 1 over their mean 11/18.
-    np.testing.assert_allclose(weights, np.array([1 / 3, 1 / 2, 1]) * 18 / 11)
-    assert np.mean(weights) == pytest.approx(1.0)
+def test_balanced_class_weights_are_scikit_learns_and_average_one_per_image():
+    labels = [0, 0, 0, 1, 1, 2]
+    weights = training.balanced_class_weights(labels, 3)
+    # scikit-learn's compute_class_weight('balanced'): n / (K * count) = 6 / (3 * [3, 2, 1]).
+    np.testing.assert_allclose(weights, [2 / 3, 1.0, 2.0])
+    assert np.mean(np.array(weights)[labels]) == pytest.approx(1.0)  # per image, not per class
+    # 12 against 4 (the example): 16 / (2 * 12) and 16 / (2 * 4).
+    np.testing.assert_allclose(training.balanced_class_weights([0] * 12 + [1] * 4, 2), [2 / 3, 2.0])
+    # 99 against 1: still an average weight of 1 per image, so the learning rate keeps its size.
+    weights = np.array(training.balanced_class_weights([0] * 99 + [1], 2))
+    assert np.mean(weights[[0] * 99 + [1]]) == pytest.approx(1.0)
     # A class without a training image gets the neutral weight 1; the others still average 1.
-    np.testing.assert_allclose(training.balanced_class_weights([0, 1, 1, 1], 3), [1.5, 0.5, 1.0])
+    np.testing.assert_allclose(training.balanced_class_weights([0, 1, 1, 1], 3), [2.0, 2 / 3, 1.0])
 
 
 @pytest.mark.parametrize('num_devices', [1, 2])

@@ -23,6 +23,7 @@ from finetune_alexnet import model_info
 from finetune_alexnet import tf_setup
 from finetune_alexnet import weight_files
 from finetune_alexnet.errors import ToolkitError
+from finetune_alexnet.infer import features
 from finetune_alexnet.preprocessing import RESIZE_SIZE
 
 
@@ -101,7 +102,9 @@ class Classifier:
             probabilities = tf.reduce_mean(
                 tf.reshape(tf.nn.softmax(self.model.fc8), [-1, crops, self.num_classes]), axis=1)
             self.end_points = dict(self.model.end_points, probabilities=probabilities,
-                                   positions=positions)
+                                   positions=positions,
+                                   **{f'{name}{features.BEFORE_RELU}': tensor
+                                      for name, tensor in self.model.pre_activations.items()})
             self.session = tf.Session(graph=self.graph, config=tf_setup.session_config())
             try:
                 if checkpoint is not None:

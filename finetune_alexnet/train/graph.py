@@ -79,16 +79,18 @@ class TrainingConfig:
 
 
 def balanced_class_weights(labels, num_classes):
-    """Inverse class frequency of integer `labels`, normalised to mean 1 over the classes present.
+    """scikit-learn's 'balanced' weights of integer `labels`: n / (K * count_c) for each class c.
 
-    A class absent from `labels` gets weight 1: it contributes no training example, so its weight
-    only matters for a loss computed elsewhere, where 1 (no weighting) is the neutral choice.
+    n is the number of labels and K the number of classes present, so the weights average 1 over
+    the training *images* (sum_c count_c * n / (K * count_c) = n): the weighted loss, a mean over
+    images, keeps its scale and the effective learning rate is unchanged, however imbalanced the
+    classes. A class absent from `labels` gets weight 1: it contributes no training example, so
+    its weight only matters for a loss computed elsewhere, where 1 (no weighting) is neutral.
     """
     counts = np.bincount(np.asarray(labels, np.int64), minlength=num_classes)[:num_classes]
     present = counts > 0
-    inverse = np.where(present, 1.0 / np.maximum(counts, 1), 0.0)
     weights = np.ones(num_classes)
-    weights[present] = inverse[present] / inverse[present].mean()
+    weights[present] = counts.sum() / (present.sum() * counts[present])
     return tuple(float(w) for w in weights)
 
 
@@ -209,8 +211,9 @@ def _build_towers(x, y, keep_prob, batch_count, sgd, config, input_layer, reuse)
             with tf.name_scope('loss'):
                 per_example = _per_example_loss(tower_model.fc8, y_parts[index])
                 if config.class_weights is not None:
-                    # Each example's loss times its class's weight; the weights have mean 1, so
-                    # the loss keeps its scale. (Padding rows have all-zero labels: weight 0.)
+                    # Each example's loss times its class's weight (balanced weights average 1
+                    # per image, so the loss keeps its scale). Padding rows have all-zero labels:
+                    # weight 0.
                     weights = tf.constant(config.class_weights, tf.float32)
                     per_example *= tf.reduce_sum(y_parts[index] * weights, axis=1)
                 loss_sum = tf.reduce_sum(per_example)

@@ -182,6 +182,19 @@ def record_epoch(session, keeper, writer, state, record):
     return improved
 
 
+def epoch_rates(rates, session, graph):
+    """The learning rate an epoch's steps trained with, for its record: `learning_rate`, and
+    `learning_rate_last` too where the rate changed within the epoch (then `learning_rate` is its
+    first step's). An epoch that ran no step in this process takes the rate of its last step: the
+    schedule evaluated at the global step that step started from."""
+    if not rates:
+        last_step = int(session.run(graph.global_step)) - 1
+        rates = [float(session.run(graph.learning_rate, {graph.global_step: max(last_step, 0)}))]
+    if rates[-1] != rates[0]:
+        return {'learning_rate': rates[0], 'learning_rate_last': rates[-1]}
+    return {'learning_rate': rates[0]}
+
+
 def aligned_paths(paths, outputs):
     """The validation images' paths, or blanks when skipped unreadable images would shift them
     against the outputs (so no picture or projector row is put under another image's name)."""

@@ -121,8 +121,9 @@ def as_tf_summary(proto):
     return tf.Summary.FromString(proto.SerializeToString())
 
 
-def hparam_values(args):
-    """The run's hyper-parameters as the plain values (numbers, strings, booleans) HParams shows."""
+def hparam_values(args, class_weight_values=None):
+    """The run's hyper-parameters as the plain values (numbers, strings, booleans) HParams shows;
+    `class_weight_values` are the loss weights the run uses (what 'balanced' came to)."""
     values = {}
     for name in HPARAMS:
         value = getattr(args, name, None)
@@ -131,16 +132,18 @@ def hparam_values(args):
         elif value is None:
             value = 'none'
         values[name] = value
+    values['class_weight_values'] = (','.join(f'{weight:.4g}' for weight in class_weight_values)
+                                     if class_weight_values is not None else 'none')
     return values
 
 
-def hparams_summaries(args, run_name, start_time_secs=None):
+def hparams_summaries(args, run_name, start_time_secs=None, class_weight_values=None):
     """The experiment's columns and this run's values, as two `tf.Summary` protos for its writer.
 
     Every run writes the same experiment description (TensorBoard picks one), so a root holding any
     subset of runs shows the whole table.
     """
-    values = hparam_values(args)
+    values = hparam_values(args, class_weight_values)
     config = hparams_summary.hparams_config_pb(
         hparams=[hparams_summary.HParam(name) for name in values],
         metrics=[hparams_summary.Metric(tag, display_name=title) for tag, title in METRICS])
