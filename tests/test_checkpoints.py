@@ -255,7 +255,7 @@ def stop_at(monkeypatch, epoch, step, signum=signal.SIGTERM):
 def test_a_run_stopped_mid_epoch_and_resumed_ends_with_the_uninterrupted_weights(
         dataset, tmp_path, monkeypatch, capsys, bvlc_npy, path):
     """3 steps per epoch, stopped after step 2 of epoch 2: the resume must train step 3 of epoch 2 on
-    that epoch's last batch (the old code restarted the epoch's order and trained its first)."""
+    that epoch's last batch, not restart the epoch's order and train its first again."""
     weights = bvlc_npy if path == 'cached_features' else None
     straight, stopped = tmp_path / 'straight', tmp_path / 'stopped'
     assert cli.run(finetune.main, tiny_runs.flags(dataset, straight, weights=weights)) == 0

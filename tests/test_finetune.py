@@ -527,7 +527,7 @@ def test_the_demo_replaces_its_own_previous_run_and_nothing_else(tmp_path, monke
     assert (folders['checkpoint_path'] / 'run_state.json').exists()
 
 
-# ---- issue 15: experiments (TensorBoard itself is read back in test_summaries.py) -----------------
+# ---- experiments: early stopping, weights files, class weights, warm starts (TensorBoard: test_summaries.py)
 
 def test_early_stopping_stops_at_the_right_epoch(dataset, tmp_path, bvlc_npy, capsys):
     """A vanishing learning rate holds validation accuracy still: best at epoch 1, so with
