@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 
 from finetune_alexnet import image_header  # noqa: E402
+from finetune_alexnet import image_lists  # noqa: E402
 from finetune_alexnet import preprocessing  # noqa: E402
 from finetune_alexnet.errors import ToolkitError  # noqa: E402
 
@@ -47,6 +48,16 @@ MODES = ('training', 'inference')
 IMAGE_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.NotFoundError)
 SHOWN_PROBLEMS = 5  # an error names this many bad lines or files and counts the rest
 _INTEGER = re.compile(r'[+-]?[0-9]+')
+# Labels become one-hot vectors of depth num_classes, an int32 in TensorFlow.
+MAX_CLASSES = 2**31 - 1
+# A thread each; more only costs memory (TensorFlow's thread counts are int32 besides).
+MAX_WORKERS = max(1024, os.cpu_count() or 1)
+_SHOWN_CHARS = 60  # a bad field is quoted up to this length in a message
+
+
+def _shown(text):
+    """repr(text), cut to a readable length: a message stays one short line whatever the file holds."""
+    return repr(text) if len(text) <= _SHOWN_CHARS else repr(text[:_SHOWN_CHARS]) + '...'
 
 
 def _summarize(problems):
@@ -58,6 +69,9 @@ def _summarize(problems):
 
 def _list_entries(txt_file, num_classes, check_files):
     """(paths, labels, line numbers) from a list file; ToolkitError listing every bad line."""
+    kind = image_lists.not_a_regular_file(txt_file) if os.path.lexists(txt_file) else None
+    if kind and not kind.startswith('unreadable'):  # a FIFO would wait for a writer forever
+        raise ToolkitError(f'{txt_file}: not a list file ({kind})')
     try:
         with open(txt_file, 'rb') as stream:
             raw = stream.read()
@@ -79,17 +93,20 @@ def _list_entries(txt_file, num_classes, check_files):
             continue
         fields = line.rsplit(None, 1)
         if len(fields) < 2:
-            problems.append(f"line {number}: expected 'path label', found {line!r}")
+            problems.append(f"line {number}: expected 'path label', found {_shown(line)}")
             continue
         name, label = fields
         if not _INTEGER.fullmatch(label):
-            problems.append(f'line {number}: label {label!r} is not an integer')
+            problems.append(f'line {number}: label {_shown(label)} is not an integer')
             continue
-        label = int(label)
-        if label < 0 or (num_classes is not None and label >= num_classes):
-            allowed = f'0..{num_classes - 1}' if num_classes is not None else '0 or more'
-            problems.append(f'line {number}: label {label} is outside {allowed}')
+        limit = MAX_CLASSES if num_classes is None else min(num_classes, MAX_CLASSES)
+        # Only a short number is converted: int() of thousands of digits is slow, then refused.
+        value = int(label) if len(label.lstrip('+-0')) <= 12 else None
+        if value is None or not 0 <= value < limit:
+            shown = label if len(label) <= 24 else label[:21] + '...'
+            problems.append(f'line {number}: label {shown} is outside 0..{limit - 1}')
             continue
+        label = value
         path = os.path.normpath(os.path.join(folder, os.path.expanduser(name)))
         if check_files and not os.path.isfile(path):
             problems.append(f'line {number}: image not found: {path}')
@@ -125,13 +142,15 @@ def _error_reason(error):
     return useful[-1] if useful else error.message.strip()
 
 
-def unreadable_images_error(paths, workers=None, line_numbers=None, list_file=None, hint=None):
+def unreadable_images_error(paths, workers=None, line_numbers=None, list_file=None, hint=None,
+                            max_pixels=image_header.DEFAULT_MAX_PIXELS):
     """The one message for images that failed to decode: a ToolkitError naming each bad file (with
     its list line, when `line_numbers` are given) and why, to raise after a decode error.
 
-    Decodes `paths` again, in parallel (`_unreadable`): seconds per thousand images.
+    Decodes `paths` again, in parallel (`_unreadable`): seconds per thousand images. `max_pixels`
+    is the limit the run was given, so this pass decodes nothing the run would not have.
     """
-    bad = _unreadable(paths, workers or os.cpu_count() or 1)
+    bad = _unreadable(paths, workers or os.cpu_count() or 1, max_pixels)
     where = f'{list_file}: ' if list_file else ''
     if not bad:
         return ToolkitError(f'{where}an image failed to decode, but every image decodes now; was a '
@@ -286,6 +305,7 @@ class ImageDataGenerator:
         self.seed = seed
         self.augment = augment
         self.skip_bad_images = skip_bad_images
+        self.max_pixels = max_pixels
         self.paths, self.labels, self._line_numbers = _list_entries(txt_file, num_classes, True)
         # From the headers, before any graph is built: one such image could exhaust the memory.
         too_large = oversized_images_error(self.paths, max_pixels, self._line_numbers, txt_file)
@@ -299,11 +319,8 @@ class ImageDataGenerator:
     def _build_dataset(self):
         training = self.mode == 'training'
         random_crops = training and self.augment
-        positions = tf.range(self.data_size, dtype=tf.int64)
-        if self.shuffle or random_crops:
-            epoch_key = self._epoch_key()
-        if self.shuffle:
-            positions = tf.random.experimental.stateless_shuffle(positions, seed=epoch_key)
+        positions, epoch_key = preprocessing.epoch_order(self.data_size, self.seed, self.epoch,
+                                                         self.shuffle, random_crops)
         paths = tf.gather(tf.constant(self.paths), positions)
         labels = tf.gather(tf.constant(self.labels), positions)
 
@@ -333,27 +350,12 @@ class ImageDataGenerator:
         dataset = dataset.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
         return dataset.prefetch(tf.data.AUTOTUNE)
 
-    def _epoch_key(self):
-        """int64 [2], the key of one epoch's shuffle and crops: new at every initialisation.
-
-        A stateful op draws a new key each time an iterator over `data` is initialised (it runs as
-        part of the initializer), and everything random is derived from the key statelessly. Seeded,
-        the op repeats its sequence in a fresh graph, hence repeatable epochs. (The shuffle's own
-        reshuffle_each_iteration would not do: an initializable iterator rebuilds the dataset, and
-        with a seed it then gives the same order every epoch.) Feeding `self.epoch` replaces the draw
-        by a key made of the seed and the epoch, so a resumed run replays the orders of the
-        uninterrupted one.
-        """
-        drawn = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64, seed=self.seed)
-        base = self.seed if self.seed is not None else np.random.randint(2**31)
-        pinned = tf.stack([tf.constant(base, tf.int64), self.epoch])
-        return tf.where(self.epoch >= 0, pinned, drawn)
-
     def unreadable_images_error(self, workers=None):
         """A ToolkitError naming the list's unreadable images (and lines), to raise after a decode error."""
         return unreadable_images_error(
             self.paths, workers, line_numbers=self._line_numbers, list_file=self.txt_file,
-            hint=f'list them all: python datagenerator.py --check {self.txt_file}')
+            hint=f'list them all: python datagenerator.py --check {self.txt_file}',
+            max_pixels=self.max_pixels)
 
     def describe_skipped(self, images_seen):
         """'skipped N unreadable images ...' for an epoch that yielded `images_seen`, or None if none."""
@@ -442,10 +444,10 @@ def _parse_args(argv):
     args = parser.parse_args(argv)
     if args.max_pixels < 1:
         parser.error('--max_pixels must be at least 1')
-    if args.workers < 1:
-        parser.error('--workers must be at least 1')
-    if args.num_classes is not None and args.num_classes < 1:
-        parser.error('--num_classes must be at least 1')
+    if not 1 <= args.workers <= MAX_WORKERS:
+        parser.error(f'--workers must be in 1..{MAX_WORKERS}, got {args.workers}')
+    if args.num_classes is not None and not 1 <= args.num_classes <= MAX_CLASSES:
+        parser.error(f'--num_classes must be in 1..{MAX_CLASSES}, got {args.num_classes}')
     return args
 
 

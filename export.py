@@ -4,6 +4,8 @@
     python export.py --checkpoint_path runs/x --format savedmodel --output models/cats_dogs/1
     python export.py --weights_path bvlc_alexnet.npy --format savedmodel --output models/alexnet/1
     python export.py --checkpoint_path runs/x --format tflite --quantize float16 --output cats_dogs.tflite
+    python export.py --checkpoint_path runs/x --format tflite --quantize int8 --output cats_dogs.tflite \
+        --train_file lists/train.txt --val_file lists/val.txt
 
 `npz` (the default) writes the pickle-free weights file that weight_files.save_weights writes
 (`conv1/weights` ... `fc8/biases`, float32): `AlexNet(..., skip_layer=[], weights_path=...)` loads it,
@@ -13,7 +15,19 @@ counter and optimizer slots stay behind in the checkpoint.
 `savedmodel` and `tflite` carry the class names and pre-processing with them (serving.py describes
 what they take and return). A checkpoint brings both in its model_info.json; a weights file is
 named by caffe_classes for 1000 classes (else --class_names or 'class i': infer/classifier.py's
-default_class_names).
+default_class_names). A SavedModel checks every request's images against --max_pixels (from their
+headers, every frame counted) before decoding them, and records the limit in its assets.
+
+`--quantize int8` makes every op of the TFLite model compute in int8, a quarter of the float32
+file: the activations' ranges are measured on a seeded sample of --representative_size images of
+--train_file, pre-processed as predict.py does. Input and output stay float32 (quantized and
+dequantized inside), so the app that runs the float32 file runs this one. With --val_file the
+float32 model is converted too, and how often the two agree on each image's top-1 class is printed
+(with each one's accuracy on the list's labels), before anything is written.
+
+--overwrite replaces only an output of the same kind that export.py wrote (a SavedModel with its
+assets, a weights .npz, a TFLite file and its side files) or an empty folder; anything else at
+--output is named and left alone. The new output is written beside it and renamed into place.
 """
 import sys
 
@@ -24,69 +38,27 @@ if __name__ == '__main__':
 
 import os  # noqa: E402
 
+import numpy as np  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 
-from finetune_alexnet import checkpoints  # noqa: E402
+import datagenerator  # noqa: E402
+from finetune_alexnet import image_lists  # noqa: E402
+from finetune_alexnet import image_header  # noqa: E402
 from finetune_alexnet import model_info  # noqa: E402
-from finetune_alexnet import run_folder  # noqa: E402
+from finetune_alexnet.infer import exports  # noqa: E402
 from finetune_alexnet.infer import serving  # noqa: E402
 from finetune_alexnet import weight_files  # noqa: E402
-from alexnet import INPUT_SIZE, TRAINABLE_LAYERS, variable_shapes  # noqa: E402
+from alexnet import INPUT_SIZE, TRAINABLE_LAYERS  # noqa: E402
 from finetune_alexnet import tf_setup  # noqa: E402
 from finetune_alexnet.errors import ToolkitError  # noqa: E402
 from finetune_alexnet.infer.classifier import default_class_names  # noqa: E402
 
 FORMATS = ('npz', 'savedmodel', 'tflite')
-QUANTIZATIONS = {'tflite': (serving.FLOAT16,)}
-
-
-def model_variable_shapes(num_classes):
-    """{'conv1/weights': shape, ...}: AlexNet's variables by name, as checkpoints hold them."""
-    return {f'{layer}/{kind}': shape for layer, kinds in variable_shapes(num_classes).items()
-            for kind, shape in kinds.items()}
-
-
-def read_checkpoint_layers(checkpoint):
-    """(prefix, info, {layer: {'weights', 'biases'}}) of a fine-tuned checkpoint, shapes checked."""
-    prefix, info = model_info.read_model_info(checkpoint)
-    checkpoints.check_fits(prefix, model_variable_shapes(info['num_classes']), 'an AlexNet of this '
-                           'model_info.json', 'is it a checkpoint written by finetune.py?')
-    reader = tf.train.load_checkpoint(prefix)
-    layers = {layer: {kind: reader.get_tensor(f'{layer}/{kind}') for kind in weight_files.WEIGHT_KINDS}
-              for layer in TRAINABLE_LAYERS}
-    return prefix, info, layers
-
-
-def read_weights_file(path):
-    """{layer: {'weights', 'biases'}} of a weights file holding every layer, shapes checked."""
-    layers = weight_files.load_weights(path)
-    missing = [layer for layer in TRAINABLE_LAYERS if layer not in layers]
-    if missing:
-        raise ToolkitError(f"{path}: layer(s) {', '.join(missing)} missing from the file (it holds "
-                           f"{', '.join(sorted(layers))}); an export needs every layer")
-    for layer, kinds in variable_shapes(int(layers['fc8']['biases'].shape[0])).items():
-        for kind, shape in kinds.items():
-            if layers[layer][kind].shape != shape:
-                raise ToolkitError(f"{path}: layer {layer} {kind} has shape {layers[layer][kind].shape}, "
-                                   f"expected {shape}")
-    return layers
-
-
-def check_output(output, export_format, overwrite):
-    """Refuse, before any work, an output that would clobber something (unless `overwrite`)."""
-    if export_format == 'savedmodel':
-        if os.path.isfile(output):
-            raise ToolkitError(f"{output}: is a file; a SavedModel is a folder (e.g. models/name/1)")
-        if os.path.isdir(output) and os.listdir(output) and not overwrite:
-            raise ToolkitError(f"{output}: folder exists and is not empty (pass --overwrite to replace "
-                               "it, or give a new version number)")
-        return
-    run_folder.check_output_file(output, f'--output (--format {export_format} writes a file)')
-    existing = [output] if os.path.exists(output) else []
-    if export_format == 'tflite':
-        existing += [path for path in serving.tflite_side_files(output) if os.path.exists(path)]
-    if existing and not overwrite:
-        raise ToolkitError(f"{existing[0]}: exists (pass --overwrite to replace it)")
+# Beyond this the graph's pixel count saturates (image_header.UNCOUNTABLE): no limit there.
+MAX_PIXELS_CAP = image_header.UNCOUNTABLE - 1
+QUANTIZATIONS = {'tflite': (serving.FLOAT16, serving.INT8)}
+# The int8 calibration's images are held in memory, 0.6 MB each; TFLite's guide suggests 100-500.
+MAX_REPRESENTATIVE = 1000
 
 
 def get_args_parser():
@@ -107,12 +79,30 @@ def get_args_parser():
     parser.add_argument('--output', required=True,
                         help='the file (npz, tflite) or folder (savedmodel) to write')
     parser.add_argument('--quantize', choices=sorted({q for qs in QUANTIZATIONS.values() for q in qs}),
-                        help='tflite only: store the weights as float16 (half the size)')
+                        help='tflite only: float16 stores the weights as float16 (half the size); '
+                        'int8 computes every op in int8 (a quarter of the size; needs --train_file), '
+                        'float32 input and output either way')
+    int8 = parser.add_argument_group('--quantize int8')
+    int8.add_argument('--train_file', '--representative_list', metavar='LIST',
+                      help='a "path label" list (the training list) whose images calibrate the '
+                      "activations' ranges")
+    int8.add_argument('--representative_size', type=int, default=100, metavar='N',
+                      help=f'how many images of --train_file calibrate (a seeded sample; all of them '
+                      f'when fewer), 1 to {MAX_REPRESENTATIVE}')
+    int8.add_argument('--seed', type=int, default=0, help='seed of the sample of --train_file')
+    int8.add_argument('--val_file', '--agreement_list', metavar='LIST',
+                      help='a "path label" list (the validation list): print how often the int8 and '
+                      'float32 models agree on its top-1 classes, and their accuracies')
     parser.add_argument('--class_names', help='classes.txt of "label name" lines, overriding the names')
     parser.add_argument('--center_crop', action='store_true',
                         help='with --weights_path: the exported model classifies the centre 227 crop '
                         'of a 256 resize (a checkpoint brings its own setting)')
-    parser.add_argument('--overwrite', action='store_true', help='replace an existing output')
+    parser.add_argument('--max_pixels', type=int, default=image_header.DEFAULT_MAX_PIXELS,
+                        help='savedmodel only: the most pixels (width x height, every frame of an '
+                        'animation added up, from the file header) an image sent to the model may '
+                        'have; a larger one fails its own request before it is decoded')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace an output of the same kind that export.py wrote (nothing else)')
     return parser
 
 
@@ -121,30 +111,57 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.quantize and args.quantize not in QUANTIZATIONS.get(args.format, ()):
         parser.error(f'--quantize {args.quantize} applies to --format tflite, not {args.format}')
+    check_int8_flags(parser, args)
     if args.center_crop and args.checkpoint_path:
         parser.error('--center_crop applies to --weights_path; a checkpoint brings its own pre-processing')
     if args.format == 'npz' and (args.class_names or args.center_crop):
         parser.error('--class_names and --center_crop apply to savedmodel and tflite: a weights file '
                      'holds arrays only')
+    if not 1 <= args.max_pixels <= MAX_PIXELS_CAP:
+        parser.error(f'--max_pixels must be between 1 and {MAX_PIXELS_CAP}, got {args.max_pixels}')
+    if args.max_pixels != image_header.DEFAULT_MAX_PIXELS and args.format != 'savedmodel':
+        why = ('a TFLite model takes decoded images: the caller decodes' if args.format == 'tflite'
+               else 'a weights file holds arrays only')
+        parser.error(f'--max_pixels applies to --format savedmodel, not {args.format} ({why})')
     return args
+
+
+def check_int8_flags(parser, args):
+    """The calibration flags go with --quantize int8, which needs --train_file."""
+    int8_flags = [flag for flag in ('train_file', 'representative_size', 'seed', 'val_file')
+                  if getattr(args, flag) != parser.get_default(flag)]
+    if args.quantize != serving.INT8:
+        if int8_flags:
+            parser.error(f'--{int8_flags[0]} applies to --quantize int8 (its calibration and check)')
+        return
+    if not args.train_file:
+        parser.error('--quantize int8 needs --train_file LIST: the images that calibrate the '
+                     "activations' ranges (a sample of --representative_size of them)")
+    if not 1 <= args.representative_size <= MAX_REPRESENTATIVE:
+        parser.error(f'--representative_size must be between 1 and {MAX_REPRESENTATIVE}, '
+                     f'got {args.representative_size}')
+    try:
+        image_lists.check_seed(args.seed)
+    except ToolkitError as error:
+        parser.error(str(error))
 
 
 def read_model(args):
     """(what it came from, serving.ExportedModel) for --checkpoint_path or --weights_path."""
     if args.checkpoint_path:
-        prefix, info, layers = read_checkpoint_layers(args.checkpoint_path)
+        prefix, info, layers = exports.read_checkpoint_layers(args.checkpoint_path)
         source, num_classes = prefix, info['num_classes']
         names = model_info.class_names_of(prefix, info)
         center_crop = info['preprocessing']['center_crop']
     else:
-        layers = read_weights_file(args.weights_path)
+        layers = exports.read_weights_file(args.weights_path)
         source, num_classes = args.weights_path, int(layers['fc8']['biases'].shape[0])
         names, center_crop = None, args.center_crop
     if args.class_names:
         names = model_info.read_class_names_file(args.class_names, num_classes)
     if names is None:
         names = default_class_names(num_classes)  # caffe_classes for 1000 classes, else 'class i'
-    return source, serving.ExportedModel(layers, names, center_crop)
+    return source, serving.ExportedModel(layers, names, center_crop, args.max_pixels)
 
 
 def _megabytes(path):
@@ -167,7 +184,8 @@ def export_saved_model(args, source, exported):
     signatures = serving.write_saved_model(args.output, exported)
     print(f"wrote {args.output} (SavedModel, {_megabytes(args.output)}) from {source}: "
           f"{len(exported.class_names)} classes, centre crop {'on' if exported.center_crop else 'off'}, "
-          f"assets {serving.LABELS_FILE} and {model_info.MODEL_INFO}")
+          f"at most {exported.max_pixels} pixels an image, assets {serving.LABELS_FILE}, "
+          f"{model_info.MODEL_INFO} and {serving.MARKER_FILE}")
     for name in (serving.SERVING_SIGNATURE, serving.IMAGES_SIGNATURE):
         print('  signature ' + serving.describe_signature(name, signatures[name]))
     if not os.path.basename(os.path.normpath(args.output)).isdigit():
@@ -178,14 +196,66 @@ def export_saved_model(args, source, exported):
           "'rb').read()]))['classes'])\"")
 
 
+def read_int8_lists(args, num_classes):
+    """(representative sample's paths, the list's image count, (val paths, labels) or None), every
+    line checked before the long conversion starts."""
+    paths, _ = datagenerator.read_list(args.train_file, num_classes)
+    listed = len(paths)
+    paths = serving.representative_sample(paths, args.representative_size, args.seed)
+    val = None
+    if args.val_file:
+        val_paths, val_labels = datagenerator.read_list(args.val_file, num_classes)
+        val = (val_paths, [int(label) for label in val_labels])
+    return paths, listed, val
+
+
+def int8_flatbuffer(args, exported):
+    """The int8 model, calibrated on --train_file; with --val_file, its agreement with float32
+    printed first."""
+    representative_paths, listed, val = read_int8_lists(args, len(exported.class_names))
+    representative = np.concatenate(list(serving.preprocessed_batches(
+        representative_paths, exported.center_crop, list_file=args.train_file)))
+    quantizations = (serving.INT8, None) if val else (serving.INT8,)
+    flatbuffers = serving.convert_tflite(exported, quantizations, representative)
+    print(f"calibrated on {len(representative)} of the {listed} images of {args.train_file} (drawn "
+          f"with --seed {args.seed})" if len(representative) < listed else
+          f"calibrated on the {listed} images of {args.train_file}")
+    if val:
+        paths, labels = val
+        agreement = serving.tflite_agreement(
+            flatbuffers[serving.INT8], flatbuffers[None],
+            serving.preprocessed_batches(paths, exported.center_crop, list_file=args.val_file), labels)
+        print(describe_agreement(agreement, args.val_file, len(flatbuffers[serving.INT8]),
+                                 len(flatbuffers[None])))
+    return flatbuffers[serving.INT8]
+
+
+def describe_agreement(agreement, list_file, int8_bytes, float_bytes):
+    """Lines: top-1 agreement of int8 and float32 on `list_file`, their accuracies and sizes."""
+    count = agreement.images
+
+    def share(number):
+        return f'{100 * number / count:.1f}%'
+    return (f"int8 and float32 agree on the top-1 class of {agreement.same_top1} of {count} images of "
+            f"{list_file} ({share(agreement.same_top1)}); top-1 accuracy float32 "
+            f"{share(agreement.float_correct)}, int8 {share(agreement.quantized_correct)}; largest "
+            f"probability difference {agreement.max_difference:.3f}\n"
+            f"size: int8 {int8_bytes / 1e6:.1f} MB, float32 {float_bytes / 1e6:.1f} MB "
+            f"({int8_bytes / float_bytes:.2f} of it)")
+
+
 def export_tflite(args, source, exported):
-    labels, info = serving.write_tflite(args.output, exported, quantize=args.quantize)
+    flatbuffer = int8_flatbuffer(args, exported) if args.quantize == serving.INT8 else None
+    labels, info = serving.write_tflite(args.output, exported, quantize=args.quantize,
+                                        flatbuffer=flatbuffer)
     print(f"wrote {args.output} (TFLite, {args.quantize or 'float32'}, {_megabytes(args.output)}) from "
           f"{source}, with {labels} and {info}")
     print(f"  input images float32 [n, {INPUT_SIZE}, {INPUT_SIZE}, 3]: decoded and pre-processed "
           f"(resize to 227{', centre crop of a 256 resize' if exported.center_crop else ''}, BGR, "
           "ImageNet mean subtracted; TFLite has no JPEG decoder op); output probabilities float32 "
-          f"[n, {len(exported.class_names)}]")
+          f"[n, {len(exported.class_names)}]"
+          + ("; int8 inside, between a quantize op at the input and a dequantize op at the output"
+             if args.quantize == serving.INT8 else ''))
     print(f"use: python -c \"import tensorflow as tf; interpreter = tf.lite.Interpreter('{args.output}'); "
           "interpreter.allocate_tensors(); print(interpreter.get_input_details())\"")
 
@@ -194,7 +264,7 @@ def main(argv=None):
     args = parse_args(argv)
     tf_setup.quiet_python_logging(args.verbose)  # first: disable_v2_behavior logs a deprecation
     tf.disable_v2_behavior()
-    check_output(args.output, args.format, args.overwrite)
+    exports.check_output(args.output, args.format, args.overwrite)
     source, exported = read_model(args)
     {'npz': export_npz, 'savedmodel': export_saved_model, 'tflite': export_tflite}[args.format](
         args, source, exported)

@@ -48,8 +48,9 @@ def get_args_parser():
     parser = cli.ArgumentParser(
         description='Fine-tune AlexNet (BVLC weights) on image lists of "path label" lines.')
     data = parser.add_argument_group('data')
-    data.add_argument('--train_file', help='training list; none (and no --val_file): run the demo')
-    data.add_argument('--val_file', help='validation list')
+    data.add_argument('--train_file', help='training list, or TFRecord shards (a folder or a pattern, '
+                      'make_tfrecords.py); none (and no --val_file): run the demo')
+    data.add_argument('--val_file', help='validation list, or TFRecord shards')
     data.add_argument('--num_classes', type=int, default=2, help='classes in the lists')
     data.add_argument('--class_names', help='classes.txt ("label name" lines); default: the '
                       'classes.txt beside --train_file, if any')
@@ -112,6 +113,26 @@ def get_args_parser():
                               help="makes runs repeatable: seeds every random choice and turns on "
                               "TensorFlow's op determinism (the demo: 0)")
 
+    recipe = parser.add_argument_group("today's fine-tuning recipe (docs/training.md)")
+    recipe.add_argument('--label_smoothing', type=float, default=0.0, metavar='EPS',
+                        help='training targets (1 - EPS) x one-hot + EPS / num_classes')
+    recipe.add_argument('--ema_decay', type=float, default=0.0, metavar='D', help='keep a moving '
+                        'average of the weights (e.g. 0.999): validation, best.ckpt, predict.py and '
+                        'export.py use it (0: off)')
+    recipe.add_argument('--lr_schedule', choices=('step', 'cosine'), default='step',
+                        help='step: --lr_decay_epochs; cosine: from the rate down to 0 at the end')
+    recipe.add_argument('--warmup_epochs', type=float, default=0.0, metavar='EPOCHS',
+                        help='raise the rate linearly from ~0 over this many epochs (fractions too)')
+    recipe.add_argument('--mixup', type=float, default=0.0, metavar='ALPHA',
+                        help='blend training pairs by lambda ~ Beta(ALPHA, ALPHA) (0: off)')
+    recipe.add_argument('--cutmix', type=float, default=0.0, metavar='ALPHA', help="paste a box of "
+                        "another training image, labels mixed by its area (0: off; with --mixup: "
+                        "one of the two per batch)")
+    recipe.add_argument('--unfreeze_at', type=int, default=0, metavar='EPOCH',
+                        help='from this epoch on, train --unfreeze_layers too (rates: --lr_mult)')
+    recipe.add_argument('--unfreeze_layers', type=layer_list, metavar='LAYERS',
+                        help='layers the second phase adds to --train_layers (default: all)')
+
     output = parser.add_argument_group('output')
     output.add_argument('--filewriter_path', help='TensorBoard root: each run writes to its own '
                         f"sub-folder (default: {run_settings.RUN_DEFAULTS['filewriter_path']})")
@@ -170,7 +191,8 @@ def fine_tune(settings):
         with loop.seeded(settings.seed):
             # -- the input pipeline: tf.data over the lists (or pool5 features cached once)
             train_data, val_data, steps_per_epoch = inputs.make_datasets(settings, state.order_seed)
-            config = runs.training_config(settings, gpu, steps_per_epoch, train_data.labels)
+            config = runs.training_config(settings, gpu, steps_per_epoch, train_data.labels,
+                                          state.order_seed)
             # -- the graph: AlexNet, the loss, the SGD step, the step's summaries
             setup = inputs.build(settings, train_data, val_data, config, state.order_seed)
             keeper = checkpoints.CheckpointKeeper(settings.checkpoint_path, settings.keep_checkpoints)
@@ -194,13 +216,16 @@ def fine_tune(settings):
                                 settings, state.run_name, class_weight_values=config.class_weights):
                             writer.add_summary(summary, 0)
                         runs.load_starting_weights(session, settings, setup.weights_model, layers)
+                        loop.start_averages(session, setup.graph)  # --ema_decay: from these weights
                         model_info.write_model_info(settings.checkpoint_path, settings.num_classes,
-                                                    class_names, center_crop=settings.augment)
+                                                    class_names, center_crop=settings.augment,
+                                                    ema=bool(settings.ema_decay))
                     del layers  # 233 MB no longer needed: the variables hold the weights now
                     print(f'open TensorBoard with: tensorboard --logdir {settings.filewriter_path} '
                           f'(this run: {state.run_name})')
-                    if setup.fill_feature_cache:
-                        setup.fill_feature_cache(session)
+                    first = setup.for_phase(settings.phase_of(state.epochs_completed + 1))
+                    if first.fill_feature_cache:  # pool5 once, if the next epoch's phase trains on it
+                        first.fill_feature_cache(session)
                     if settings.init_checkpoint and not resumed:
                         runs.report_warm_start(session, settings, setup, state)
                     return train_epochs(session, settings, state, setup, keeper, writer, stop,
@@ -213,31 +238,31 @@ def fine_tune(settings):
 def train_epochs(session, settings, state, setup, keeper, writer, stop, steps_per_epoch, class_names):
     """The epoch loop: train, validate, summarise, save; stop early, or on a signal after a save."""
     val_paths = inputs.image_paths(setup.val.data)
-    picture_fetches = loop.picture_fetches(setup.graph)
     # A resumed epoch starts its pinned order just past the batches already trained on, so a resumed
     # run trains on exactly the images of an uninterrupted one. Counted from the run state, not
     # global_step // steps_per_epoch: with --skip_bad_images an epoch can end a step or more early.
     steps_done = int(session.run(setup.graph.global_step)) - state.last_step
     outputs = None
     for epoch in range(state.epochs_completed + 1, settings.num_epochs + 1):
-        setup.train.start(session, epoch, steps_done)
+        current = runs.epoch_setup(settings, setup, state, epoch)  # --unfreeze_at: its phase's graph
+        current.train.start(session, epoch, steps_done)
         train_loss, train_accuracy, images_per_second, seen, rates, finished = train_one_epoch(
-            session, settings, setup, writer, stop, epoch, steps_done, steps_per_epoch)
+            session, settings, current, writer, stop, epoch, steps_done, steps_per_epoch)
         step = int(session.run(setup.graph.global_step))
         if not finished:
             prefix = keeper.save_interrupted(session, state, step)
             print(f'saved {prefix} at step {step}; continue with --resume (and the same flags)')
             return stop.exit_status
         notes = []
-        if settings.skip_bad_images and setup.image_labels is not None and steps_done == 0:
-            notes.append(setup.train.data.describe_skipped(
-                seen + loop.count_remaining_images(session, setup.image_labels)))
+        if settings.skip_bad_images and current.image_labels is not None and steps_done == 0:
+            notes.append(current.train.data.describe_skipped(
+                seen + loop.count_remaining_images(session, current.image_labels)))
         steps_done = 0
 
         outputs = summaries.ValidationOutputs(
             keep_features=summaries.PROJECTOR_MAX_IMAGES if settings.projector else 0)
-        val_loss, val_accuracy, val_count = loop.validate(session, setup.graph, setup.val, outputs,
-                                                          picture_fetches)
+        val_loss, val_accuracy, val_count = loop.validate(session, current.graph, current.val,
+                                                          outputs, current.pictures)
         if settings.skip_bad_images:
             notes.append(setup.val.data.describe_skipped(val_count))
 
@@ -246,7 +271,7 @@ def train_epochs(session, settings, state, setup, keeper, writer, stop, steps_pe
         record = {'epoch': epoch, 'step': step, 'train_loss': train_loss,
                   'train_accuracy': train_accuracy, 'val_loss': val_loss,
                   'val_accuracy': val_accuracy, 'val_images': val_count,
-                  **runs.epoch_rates(rates, session, setup.graph),
+                  **runs.epoch_rates(rates, session, current.graph),
                   'images_per_second': images_per_second}
         improved = runs.record_epoch(session, keeper, writer, state, record)
         print(f'epoch {epoch}: train loss {train_loss:.4f} acc {train_accuracy:.3f}, validation '
@@ -281,7 +306,7 @@ def train_one_epoch(session, settings, setup, writer, stop, epoch, first_step, s
     # The rate is fetched in the step's own run call: the value this step's update used.
     fetches = {'train': graph.train_op, 'loss': graph.loss, 'accuracy': graph.accuracy,
                'count': graph.batch_count, 'step': graph.global_step, 'rate': graph.learning_rate}
-    feed = {graph.keep_prob: settings.keep_probability}
+    feed = {graph.keep_prob: settings.keep_probability, graph.training: True}
     losses, accuracies, rates, images = [], [], [], 0
     start, finished = time.perf_counter(), True
     for step in range(first_step + 1, steps_per_epoch + 1):

@@ -3,8 +3,9 @@
     python get_data.py cats_vs_dogs --out_dir data [--val_fraction 0.1] [--seed 0]
     python get_data.py --list
 
-It downloads the archive into --out_dir (resumable, like get_weights.py; `--url` for a mirror),
-extracts it safely (no member may land outside --out_dir), drops what is not a usable image
+It downloads the archive into --out_dir (resumable and bounded, like get_weights.py; `--url` for a
+mirror), extracts it safely (no member may land outside --out_dir; the members' total and each one's
+compression ratio are checked against the data set's bounds and the free space first), drops what is not a usable image
 (zero-byte files, Thumbs.db, non-images, truncated or corrupt files: every image is decoded with the
 training pipeline's own decoder, in parallel), writes the dropped files and why to `dropped.txt`, and
 writes train.txt, val.txt and classes.txt exactly as make_lists.py does. A rerun reuses the download
@@ -58,14 +59,15 @@ def parse_args(argv):
     if not args.out_dir:
         parser.error('--out_dir is required')
     image_lists.check_val_fraction(args.val_fraction)
+    image_lists.check_seed(args.seed)
+    if args.workers > datagenerator.MAX_WORKERS:
+        parser.error(f'--workers must be at most {datagenerator.MAX_WORKERS}, got {args.workers}')
     args.sha256 = download.check_digest_flag('sha256', args.sha256) or args.dataset.sha256
     if args.url:
         download.check_url(args.url)
-    for flag, value, least in (('--workers', args.workers, 1), ('--retries', args.retries, 0)):
-        if value < least:
-            parser.error(f'{flag} must be at least {least}, got {value}')
-    if args.timeout <= 0:
-        parser.error(f'--timeout must be positive, got {args.timeout}')
+    if args.workers < 1:
+        parser.error(f'--workers must be at least 1, got {args.workers}')
+    download.check_connection_flags(parser, args)
     return args
 
 
@@ -84,7 +86,8 @@ def fetch_and_prepare(args):
             'it uses the file it finds there')
     result = download.download(url, archive, sha256=args.sha256, timeout=args.timeout,
                                retries=args.retries, manual_hint=hint,
-                               check=lambda path: datasets.check_archive(path, dataset))
+                               check=lambda path: datasets.check_archive(path, dataset),
+                               limits=download.limits(args, dataset.archive_bytes, dataset.archive))
     if result.reused:
         print(f'{archive}: already downloaded; reusing it')
     dropped = datasets.prepare(dataset, archive, out_dir, datagenerator.find_bad_images,

@@ -7,8 +7,10 @@
 
 A download goes to OUTPUT.part and is renamed to OUTPUT only when it is complete, its digests match
 and it loads as AlexNet (all eight layers, every shape), so a file at OUTPUT is always a good one. A
-dropped connection is resumed; so is a rerun after Ctrl-C. A conversion writes the pickle-free `.npz`
-that `--weights_path` takes everywhere.
+dropped connection is resumed; so is a rerun after Ctrl-C. Every download is bounded: no larger
+than the source's known size (`--max_download_mb` for `--url`) or the free space, no slower than
+`--speed_limit` for `--speed_time`. A conversion writes the pickle-free `.npz` that `--weights_path`
+takes everywhere.
 """
 import sys
 
@@ -30,6 +32,12 @@ TORONTO_URL = 'http://www.cs.toronto.edu/~guerzhoy/tf_alexnet/bvlc_alexnet.npy'
 BERKELEY_URL = 'http://dl.caffe.berkeleyvision.org/bvlc_alexnet.caffemodel'
 # Published by BVLC in Caffe's models/bvlc_alexnet/readme.md (`sha1:`).
 BERKELEY_SHA1 = '9116a64c0fbe4459d18f4bb6b56d647b63920377'
+# The most each source may send (a server announcing more is refused before a byte is written).
+# The Toronto file's size is the one its server announces. BVLC publishes no size for the
+# .caffemodel: its 60,965,224 float32 parameters (243,860,896 bytes) and at most 1 MiB of layer
+# definitions and protobuf framing.
+TORONTO_SIZE = 243_861_814
+BERKELEY_MAX_SIZE = 243_860_896 + 2 ** 20
 CAFFEMODEL_NAME = 'bvlc_alexnet.caffemodel'
 DEFAULT_OUTPUTS = {'toronto': weight_files.DEFAULT_WEIGHTS_PATH, 'convert': 'bvlc_alexnet.npz'}
 
@@ -61,10 +69,7 @@ def parse_args(argv):
         parser.error('--caffemodel converts a local file: drop --url and --source')
     if args.url:
         download.check_url(args.url)
-    if args.timeout <= 0:
-        parser.error(f'--timeout must be positive, got {args.timeout}')
-    if args.retries < 0:
-        parser.error(f'--retries must be at least 0, got {args.retries}')
+    download.check_connection_flags(parser, args)
     converting = bool(args.caffemodel) or args.source == 'berkeley'
     if args.output is None:
         args.output = DEFAULT_OUTPUTS['convert' if converting else 'toronto']
@@ -114,9 +119,10 @@ def convert(source, output, sha256=None, sha1=None):
     report(output, check_weights_file(output))
 
 
-def fetch(url, output, args, check, manual_hint, sha256=None, sha1=None):
+def fetch(url, output, args, check, manual_hint, limits, sha256=None, sha1=None):
     result = download.download(url, output, sha256=sha256, sha1=sha1, check=check,
-                               timeout=args.timeout, retries=args.retries, manual_hint=manual_hint)
+                               timeout=args.timeout, retries=args.retries, manual_hint=manual_hint,
+                               limits=limits)
     if result.reused:
         print(f'{output} is already there (complete and verified): nothing downloaded')
     return result
@@ -134,7 +140,9 @@ def main(argv=None):
         hint = (f'download {url} by hand (a browser or curl) and run: python get_weights.py '
                 f'--caffemodel {CAFFEMODEL_NAME} --output {args.output}')
         # The digest proves the download; the conversion then proves it is AlexNet.
-        fetch(url, local, args, check=None, manual_hint=hint, sha256=args.sha256, sha1=sha1)
+        limits = download.limits(args, BERKELEY_MAX_SIZE, CAFFEMODEL_NAME)
+        fetch(url, local, args, check=None, manual_hint=hint, limits=limits, sha256=args.sha256,
+              sha1=sha1)
         convert(local, args.output)
         print(f'(the downloaded {local} can be deleted now)')
     else:
@@ -146,8 +154,9 @@ def main(argv=None):
         def check(path):  # runs on the .part, so a file that is not AlexNet is never renamed
             proved['num_classes'] = check_weights_file(path)
 
-        result = fetch(url, args.output, args, check=check, manual_hint=hint, sha256=args.sha256,
-                       sha1=args.sha1)
+        limits = download.limits(args, TORONTO_SIZE, 'bvlc_alexnet.npy')
+        result = fetch(url, args.output, args, check=check, manual_hint=hint, limits=limits,
+                       sha256=args.sha256, sha1=args.sha1)
         report(args.output, proved['num_classes'], result.sha256)
     print(f'next: python finetune.py --weights_path {args.output} --train_file ... --val_file ...')
     return 0

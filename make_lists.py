@@ -1,6 +1,7 @@
 """Write train.txt, val.txt and classes.txt for a folder of labelled images.
 
     python make_lists.py FOLDER --out_dir DIR [--val_fraction 0.1] [--seed 0] [--relative]
+    python make_lists.py FOLDER --out_dir DIR --split hash     # stays put as images are added
     python make_lists.py --imagenet_val DIR --labels FILE [--meta meta.mat] --out_dir lists
 
 FOLDER is in one of two layouts:
@@ -14,6 +15,13 @@ Each line of train.txt and val.txt is `path label`. The path may contain spaces;
 field. Paths are absolute, or with --relative relative to DIR (the data pipeline resolves a relative
 path against the list file's folder). classes.txt has one `label name` line per class. Every class is
 split into train and validation by the same fraction (a stratified split), the same way for one seed.
+With --split hash, each file goes to validation by a hash of its name instead (TensorFlow's retrain.py
+rule, finetune_alexnet/image_lists.py): adding images to the folder never moves an existing image from
+one list to the other, and `name_nohash_1.jpg`, `name_nohash_2.jpg` (variants of one subject) land
+together; the fraction then holds on average rather than exactly per class.
+A name that a line cannot hold (a line break of any kind, bytes that are not UTF-8; for a class, also
+whitespace at either end or a control character) is refused by name, so the lists read back exactly
+as written; FIFOs, sockets, devices and dangling symlinks are skipped with a note, never opened.
 
 With --imagenet_val, DIR is ImageNet's ILSVRC2012 validation set (`ILSVRC2012_val_00000001.JPEG` ...,
 flat or in WordNet-id folders) and --labels its ground truth: Kaggle's LOC_val_solution.csv, the
@@ -35,7 +43,13 @@ def get_args_parser():
                         help='images in class sub-folders, or flat cat.0.jpg/dog.0.jpg names')
     parser.add_argument('--out_dir', required=True, help='where train.txt, val.txt and classes.txt go')
     parser.add_argument('--val_fraction', type=float, default=0.1, help='share of each class for validation')
-    parser.add_argument('--seed', type=int, default=0, help='seed of the split and of the train order')
+    parser.add_argument('--split', choices=image_lists.SPLITS, default='stratified',
+                        help="stratified: each class's exact fraction, random for --seed; hash: by a "
+                        "hash of each file name (retrain.py's rule, `_nohash_` variants together), so "
+                        "adding images never moves an existing one between the lists")
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of the split and of the train order (with --split hash: the train '
+                        'order only)')
     parser.add_argument('--relative', action='store_true',
                         help='write paths relative to --out_dir instead of absolute paths')
     imagenet_flags = parser.add_argument_group('ImageNet validation set')
@@ -59,12 +73,13 @@ def parse_args(argv):
         if args.labels or args.meta:
             parser.error('--labels and --meta go with --imagenet_val')
         image_lists.check_val_fraction(args.val_fraction)  # before a long scan
+        image_lists.check_seed(args.seed)
         return args
     if args.folder is not None:
         parser.error(f'give either FOLDER ({args.folder}) or --imagenet_val, not both')
     if not args.labels:
         parser.error('--imagenet_val needs --labels: the ground truth of the validation images')
-    for flag in ('val_fraction', 'seed'):
+    for flag in ('val_fraction', 'seed', 'split'):
         if getattr(args, flag) != parser.get_default(flag):
             parser.error(f'--{flag} splits a FOLDER into train and val; --imagenet_val lists every image')
     return args
@@ -77,8 +92,11 @@ def main(argv=None):
                                                args.relative)
     else:
         lists = image_lists.write_folder_lists(args.folder, args.out_dir, args.val_fraction, args.seed,
-                                               args.relative)
-        lines = image_lists.scan_notes(lists.scan) + image_lists.summary(lists)
+                                               args.relative, method=args.split)
+        lines = image_lists.scan_notes(lists.scan)
+        if args.split == 'hash':
+            lines += image_lists.split_notes(lists.train, lists.val, lists.scan.class_names)
+        lines += image_lists.summary(lists)
     for line in lines:
         print(line)
     return 0

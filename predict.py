@@ -48,6 +48,8 @@ from finetune_alexnet.infer import reports  # noqa: E402
 from finetune_alexnet.infer.classifier import Classifier, decode_predictions  # noqa: E402
 from finetune_alexnet.preprocessing import RESIZE_SIZE  # noqa: E402
 
+MAX_RESIZE = 2048
+
 
 def get_args_parser():
     parser = cli.ArgumentParser(
@@ -71,8 +73,9 @@ def get_args_parser():
                         help='with --center_crop or --ten_crop (or a checkpoint trained with '
                         '--augment): the square the 227 crops are taken from')
     parser.add_argument('--evaluate', metavar='LIST',
-                        help='a "path label" list: report accuracy, per-class precision/recall, the '
-                        'confusion matrix and the misclassified images')
+                        help='a "path label" list, or TFRecord shards (a folder or a pattern): report '
+                        'accuracy, per-class precision/recall, the confusion matrix and the '
+                        'misclassified images')
     parser.add_argument('--confusion_matrix', metavar='PATH',
                         help='with --evaluate: where to write the confusion matrix PNG (default: '
                         'beside --json, else beside --csv, as that file without its extension plus '
@@ -105,12 +108,18 @@ def parse_args(argv):
         parser.error('nothing to classify: give image files, folders or list files, or --evaluate LIST')
     if args.top_k < 1 or args.batch_size < 1:
         parser.error('--top_k and --batch_size must be at least 1')
+    if args.max_mistakes < 0:
+        parser.error(f'--max_mistakes must be at least 0 (0: all), got {args.max_mistakes}')
+    if args.max_pixels < 1:
+        parser.error(f'--max_pixels must be at least 1, got {args.max_pixels}')
     if args.center_crop and args.checkpoint_path:
         parser.error('--center_crop applies to --weights_path; a checkpoint brings its own pre-processing')
     if args.center_crop and args.ten_crop:
         parser.error('give --center_crop or --ten_crop, not both')
     if args.resize < INPUT_SIZE:
         parser.error(f'--resize {args.resize} is smaller than the {INPUT_SIZE}x{INPUT_SIZE} crop')
+    if args.resize > MAX_RESIZE:  # every image is resized to this square in memory, in float32
+        parser.error(f'--resize {args.resize} is larger than {MAX_RESIZE}')
     return args
 
 
@@ -169,12 +178,17 @@ def main(argv=None):
         if args.class_names:
             classifier.class_names = model_info.read_class_names_file(args.class_names,
                                                                       classifier.num_classes)
+        records = None  # the index of TFRecord shards given to --evaluate
         if args.evaluate:
-            paths, labels = inputs.labelled_list(args.evaluate, classifier.num_classes)
+            paths, labels, records = inputs.evaluation_inputs(args.evaluate, classifier.num_classes)
         else:
-            paths, labels = inputs.collect_inputs(args.inputs, classifier.num_classes)
+            skipped_entries = []
+            paths, labels = inputs.collect_inputs(args.inputs, classifier.num_classes, skipped_entries)
+            for entry in skipped_entries:
+                print(f'note: skipped {entry}', file=sys.stderr)
         result = classifier.run(paths, layers=[args.features] if args.features else [],
-                                skip_bad_images=args.skip_bad_images, max_pixels=args.max_pixels)
+                                skip_bad_images=args.skip_bad_images, max_pixels=args.max_pixels,
+                                records=records)
         names, source = classifier.class_names, classifier.source
         published, crop_mode = reports.published_accuracy(classifier), classifier.crop_mode
     paths, labels, skipped = inputs.read_inputs(paths, labels, result.positions)

@@ -9,10 +9,14 @@ an in-memory batch; `pipeline` feeds it from the JPEG pipeline (datagenerator), 
 itself (images/s from its metrics.jsonl), `feed` the original's loop, the baseline (each batch pulled
 into NumPy and fed back through feed_dict, summaries by a second pass every 20 steps), `cached` the
 step from cached pool5 features, `mixed` --mixed_precision, `torch` the PyTorch peer (when torch is
-importable). Then `infer/*` (batch 1 and the largest), `eval/*` (predict.py's classifier on
-JPEGs: the centre crop against Caffe's ten crops), `input/*` (the pipeline alone against plain
-OpenCV), `e2e/*` (a 10-epoch frozen-conv finetune.py run, --cache_features off and on) and
-`check/*` (the PyTorch peer's logits and SGD step against ours). Weights are random (speed does not
+importable), and the options of today's recipe on the in-memory step (`smoothing`, `ema`, `cosine`,
+`mixup`, `cutmix`, and `unfreeze`: the second phase's step), each against the plain SGD step. Then
+`infer/*` (batch 1 and the largest), `eval/*` (predict.py's classifier on JPEGs: the centre crop
+against Caffe's ten crops), `input/*` (the pipeline alone against plain OpenCV), `e2e/*` (a
+10-epoch frozen-conv finetune.py run, --cache_features off and on) and `check/*` (the PyTorch
+peer's logits and SGD step against ours). `input/core-*` time the pipeline on
+one thread (images/s per core) from the JPEG list, from TFRecord shards of the same JPEGs and from
+shards pre-resized to 256x256 (make_tfrecords.py --pre_resize). Weights are random (speed does not
 depend on them), written once in the BVLC layout. Figures go in bench/RESULTS.md.
 """
 import os
@@ -55,11 +59,32 @@ LAYER_SHAPES = {'conv1': (11, 11, 3, 96), 'conv2': (5, 5, 48, 256), 'conv3': (3,
                 'conv4': (3, 3, 192, 384), 'conv5': (3, 3, 192, 256), 'fc6': (9216, 4096),
                 'fc7': (4096, 4096), 'fc8': (4096, 1000)}
 FC_LAYERS = ('fc6', 'fc7', 'fc8')
+# The input rows measured on one thread (images/s per core), and those read from TFRecord shards.
+CORE_SOURCES = ('core-list', 'core-shards', 'core-resized')
+SHARD_SOURCES = {'core-shards': False, 'core-resized': True}  # source: pre-resized
 SOURCES = {'memory': 'in-memory batch', 'pipeline': 'real JPEG pipeline',
           'loop': "finetune.py's loop (pipeline, summaries ride along)",
           'feed': "baseline: the original's feed_dict loop", 'cached': 'cached pool5 features',
           'mixed': 'in-memory batch, --mixed_precision', 'torch': 'PyTorch peer, in-memory batch',
           'seeded': "in-memory batch, --seed (TensorFlow's op determinism on)"}
+# Today's recipe, one option at a time on the in-memory step: (what the row says, TrainingConfig).
+RECIPE = {'smoothing': ('--label_smoothing 0.1', {'label_smoothing': 0.1}),
+          'ema': ('--ema_decay 0.999', {'ema_decay': 0.999}),
+          'cosine': ('--lr_schedule cosine --warmup_epochs', {'lr_schedule': 'cosine',
+                                                              'warmup_steps': 100, 'total_steps': 10_000}),
+          'mixup': ('--mixup 0.2', {'mixup': 0.2}),
+          'cutmix': ('--cutmix 1.0', {'cutmix': 1.0}),
+          'unfreeze': ("--unfreeze_at's second phase", {})}
+
+
+def recipe_config(spec):
+    """The TrainingConfig fields of the row's recipe option; `unfreeze` times the second phase, which
+    trains what the plain row trains (fc6-fc8, or every layer) after a first phase of fewer layers."""
+    if spec.get('recipe') != 'unfreeze':
+        return dict(RECIPE.get(spec.get('recipe'), ('', {}))[1])
+    from alexnet import TRAINABLE_LAYERS
+    return ({'train_layers': ('fc8',), 'unfreeze_layers': ('fc6', 'fc7')} if spec['mode'] == 'fc'
+            else {'train_layers': FC_LAYERS, 'unfreeze_layers': TRAINABLE_LAYERS})
 
 
 # --- data the configurations share, written once into --cache_dir --------------------------------
@@ -101,6 +126,21 @@ def write_jpegs(folder, count):
     with open(list_file, 'w') as stream:
         stream.writelines(lines)
     return list_file
+
+
+def write_shards(folder, list_file):
+    """The JPEGs of `list_file` as TFRecord shards, as they are and pre-resized: {source: folder}."""
+    from finetune_alexnet import tfrecords
+    import datagenerator
+    paths, labels = datagenerator.read_list(list_file)
+    prefix = os.path.splitext(os.path.basename(list_file))[0]
+    folders = {}
+    for source, pre_resize in SHARD_SOURCES.items():
+        folders[source] = os.path.join(folder, f'{prefix}_{source}')
+        if not tfrecords.own_shards(folders[source], prefix):
+            tfrecords.write_shards(paths, labels, folders[source], prefix, pre_resize=pre_resize,
+                                   report=lambda line: None)
+    return folders
 
 
 def write_demo_lists(folder, images):
@@ -147,11 +187,12 @@ def training_graph(inputs, input_layer, **settings):
                                          input_layer=input_layer)
 
 
-def _session(tf, spec, graph, mixed_precision=False):
+def _session(tf, spec, graph, mixed_precision=False, threads=0):
     from finetune_alexnet import tf_setup
     if spec['device'] == 'gpu' and not tf.config.list_physical_devices('GPU'):
         raise ToolkitError('--device gpu: TensorFlow sees no GPU')
-    config = tf_setup.session_config(use_gpu=spec['device'] == 'gpu', mixed_precision=mixed_precision)
+    config = tf_setup.session_config(use_gpu=spec['device'] == 'gpu', mixed_precision=mixed_precision,
+                                     threads=threads)
     return tf.Session(graph=graph, config=config)
 
 
@@ -188,9 +229,11 @@ def measure_tf_step(spec):
             inputs = images.read_value(), labels.read_value()
         train = training_graph(
             inputs, 'flattened' if source == 'cached' else None, num_classes=NUM_CLASSES,
-            train_layers=FC_LAYERS if spec['mode'] == 'fc' else TRAINABLE_LAYERS,
+            **{'train_layers': FC_LAYERS if spec['mode'] == 'fc' else TRAINABLE_LAYERS,
+               **recipe_config(spec)},
             skip_layers=('fc8',), weights_path=spec['weights'], learning_rate=STEP_LEARNING_RATE,
             model_device=device, use_gpu=spec['device'] == 'gpu', mixed_precision=source == 'mixed')
+        train = train.for_phase(max(train.phases))  # --unfreeze_at's row: the second phase
         initialize = tf.global_variables_initializer()
     session = _session(tf, spec, graph, mixed_precision=source == 'mixed')
     session.run(initialize)
@@ -207,7 +250,7 @@ def measure_tf_step(spec):
     else:
         session.run(iterator.initializer)
     graph.finalize()  # nothing may add ops between steps (that would be a slow leak)
-    train_feed = {train.keep_prob: KEEP_PROB}
+    train_feed = {train.keep_prob: KEEP_PROB, train.training: True}  # training: mixup and CutMix on
     if source != 'feed':
         return timed(lambda: session.run(train.train_op, train_feed), batch, spec['seconds'])
     steps = [0]
@@ -273,15 +316,28 @@ def measure_input(spec):
                 pass
         return timed(epoch, len(paths), spec['seconds'])
     import tensorflow.compat.v1 as tf
+    from finetune_alexnet import tfrecords
     graph = tf.Graph()
     with graph.as_default():
-        data = datagenerator.ImageDataGenerator(spec['list_file'], 'training', spec['batch'],
-                                                NUM_CLASSES, shuffle=True, seed=0)
-        iterator = tf.data.make_initializable_iterator(data.data)
+        if spec['source'] in SHARD_SOURCES:
+            data = tfrecords.ShardImageDataGenerator(spec['shards'][spec['source']], 'training',
+                                                     spec['batch'], NUM_CLASSES, shuffle=True, seed=0)
+        else:
+            data = datagenerator.ImageDataGenerator(spec['list_file'], 'training', spec['batch'],
+                                                    NUM_CLASSES, shuffle=True, seed=0)
+        dataset = data.data
+        if spec['source'] in CORE_SOURCES:
+            # One core: every map of the pipeline on a single thread, whatever the machine has.
+            options = tf.data.Options()
+            options.threading.private_threadpool_size = 1
+            options.threading.max_intra_op_parallelism = 1
+            dataset = dataset.with_options(options)
+        iterator = tf.data.make_initializable_iterator(dataset)
         images, labels = iterator.get_next()
         # Touching one value makes session.run wait for the whole batch, as a training step does.
         touch = images[0, 0, 0, 0] + labels[0, 0]
-    session = _session(tf, dict(spec, device='cpu'), graph)
+    session = _session(tf, dict(spec, device='cpu'), graph,
+                       threads=1 if spec['source'] in CORE_SOURCES else 0)
 
     def epoch():
         session.run(iterator.initializer)
@@ -399,6 +455,10 @@ def configurations(args):
                 add(f'{mode}/{source}/{batch}', f'{step}, {SOURCES[source]}',
                     (f'{mode}/{source}/{batch}', f'{mode}/memory/{batch}', 'the in-memory step'),
                     kind='step', mode=mode, source=source, batch=batch)
+            for option, (flag, _) in RECIPE.items() if batch == big else ():
+                add(f'{mode}/{option}/{batch}', f'{step}, in-memory batch, {flag}',
+                    (f'{mode}/{option}/{batch}', f'{mode}/memory/{batch}', 'plain SGD'),
+                    kind='step', mode=mode, source='memory', recipe=option, batch=batch)
             if args.torch:
                 add(f'{mode}/torch/{batch}', f'{step}, {SOURCES["torch"]}',
                     (f'{mode}/memory/{batch}', f'{mode}/torch/{batch}', 'ours over PyTorch'),
@@ -421,6 +481,12 @@ def configurations(args):
         source='pipeline', batch=big)
     add(f'input/opencv/{big}', f'plain OpenCV decode+resize, {threads}', None, 'opencv',
         kind='input', source='opencv', batch=big)
+    for source, what in (('core-list', 'JPEG list'), ('core-shards', 'TFRecord shards'),
+                         ('core-resized', 'TFRecord shards pre-resized to 256x256')):
+        add(f'input/{source}/{big}', f'input pipeline on one core, {what} (500x375 JPEGs)',
+            None if source == 'core-list' else (f'input/{source}/{big}', f'input/core-list/{big}',
+                                                'the JPEG list'),
+            kind='input', source=source, batch=big)
     for cache in ('off', 'on'):
         add(f'e2e/{cache}', f'{args.e2e_epochs}-epoch finetune.py run, fc6-fc8, {args.e2e_images} '
             f'images, --cache_features {cache}', ('e2e/on', 'e2e/off', 'the uncached run')
@@ -586,13 +652,15 @@ def main(argv=None):
     if kinds & {'step', 'loop', 'input', 'eval'}:
         args.list_file = write_jpegs(os.path.join(args.cache_dir, 'jpegs'), args.jpegs)
         args.val_list = write_jpegs(os.path.join(args.cache_dir, 'jpegs'), min(32, args.jpegs))
+    if any(spec.get('source') in SHARD_SOURCES for spec in configs.values()):
+        args.shards = write_shards(os.path.join(args.cache_dir, 'shards'), args.list_file)
     if 'e2e' in kinds:
         args.e2e_lists = write_demo_lists(args.cache_dir, args.e2e_images)
     values, failed = {}, set()
 
     def run(key):
         spec = dict(configs[key], weights=weights, seconds=args.seconds,
-                    list_file=getattr(args, 'list_file', None))
+                    list_file=getattr(args, 'list_file', None), shards=getattr(args, 'shards', None))
         started = time.perf_counter()
         try:
             values[key] = measure(key, spec, args)

@@ -11,7 +11,8 @@ Foundation: flat modules that import the standard library, third-party packages 
     tf_setup       TensorFlow's environment and the session settings every command uses
     preprocessing  the one pre-processing definition (decode, resize, ImageNet mean, BGR)
     image_header   an image's size from its file header; the image file extensions
-    image_lists    folders of labelled images -> stratified train.txt, val.txt, classes.txt
+    image_lists    folders of labelled images -> train.txt, val.txt (stratified or hash split), classes.txt
+    tfrecords      sharded TFRecord data sets: written from a list, read as the list pipeline reads
     weight_files   reading bvlc_alexnet.npy safely; the pickle-free .npz format
     caffemodel     BVLC's .caffemodel read and converted
     digests        a file's SHA-256, the one definition
@@ -29,7 +30,7 @@ Foundation: flat modules that import the standard library, third-party packages 
 train/: the training engine (finetune.py).
     settings       the flags parsed once into frozen settings
     runs           a run's life around the epoch loop: new or resumed, starting weights
-    inputs         tf.data pipelines over the lists, or cached pool5 features
+    inputs         tf.data pipelines over the lists or shards, or cached pool5 features
     graph          the training graph: towers, loss, SGD step, NaN guard, summaries
     loop           what the epoch loop calls between its session.run calls
     feature_cache  pool5 features computed once when no conv layer learns
@@ -41,8 +42,9 @@ train/: the training engine (finetune.py).
 
 infer/: the inference engine (predict.py, export.py, visualize.py).
     classifier     AlexNet answering for image files, from weights or a checkpoint
-    inputs         what predict.py classifies: files, folders, lists
+    inputs         what predict.py classifies: files, folders, lists, shards
     features       one layer's outputs for every input, on disk
     reports        the prediction table, the evaluation report, CSV and JSON
     serving        the exported SavedModel (TF Serving, TF 2) and TFLite graphs
+    exports        what export.py reads, and the output checks that keep what it did not write
 """

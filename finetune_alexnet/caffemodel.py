@@ -20,15 +20,23 @@ Caffe's layout is NCHW; ours (and caffe-tensorflow's, which made `bvlc_alexnet.n
 * fc6 reads pool5 flattened: Caffe flattens it in C,H,W order, we in H,W,C order, so fc6's rows are
   permuted to match;
 * the input channels stay BGR, the order Caffe was trained in and our pre-processing produces.
+
+Nothing in the file is trusted: it must be a regular file under protobuf's 2 GiB limit, and every
+blob's shape has 1 to 32 dimensions (Caffe's limit), each at least 1, whose exact product is the
+number of values the blob holds; anything else is one line naming the layer.
 """
+import math
 import os
 
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
+from finetune_alexnet import image_lists
 from finetune_alexnet.errors import ToolkitError
 
+MAX_BYTES = 2**31 - 1  # protobuf's limit on one message; BVLC's AlexNet is 233 MB
+MAX_AXES = 32  # Caffe's kMaxBlobAxes
 CONV_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
 FC_LAYERS = ('fc6', 'fc7', 'fc8')
 ALEXNET_LAYERS = CONV_LAYERS + FC_LAYERS
@@ -83,10 +91,17 @@ def message_classes():
 def read_net(path):
     """The parsed NetParameter of a `.caffemodel`; ToolkitError if it is missing or not one."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise ToolkitError(f'{path}: no such .caffemodel file')
+    kind = image_lists.not_a_regular_file(path)  # a FIFO would wait for a writer forever
+    if kind:
+        raise ToolkitError(f'{path}: not a .caffemodel file ({kind})')
+    size = os.path.getsize(path)
+    if size > MAX_BYTES:
+        raise ToolkitError(f'{path}: {size:,} bytes, more than protobuf can parse (2 GiB): not a '
+                           '.caffemodel')
     with open(path, 'rb') as stream:
-        raw = stream.read()
+        raw = stream.read(MAX_BYTES + 1)
     if not raw:
         raise ToolkitError(f'{path}: empty file, not a .caffemodel')
     start = raw[:64].lstrip()
@@ -102,22 +117,36 @@ def read_net(path):
     return net
 
 
-def _blob_shape(blob):
+def _blob_shape(path, layer, index, blob):
+    """The blob's shape, every dimension at least 1; ToolkitError naming the layer otherwise."""
     if blob.HasField('shape'):
-        return tuple(int(d) for d in blob.shape.dim)
-    return tuple(int(d) for d in (blob.num, blob.channels, blob.height, blob.width))
+        shape = tuple(int(d) for d in blob.shape.dim)
+    else:
+        shape = tuple(int(d) for d in (blob.num, blob.channels, blob.height, blob.width))
+    where = f'{path}: layer {layer} blob {index}'
+    if not 1 <= len(shape) <= MAX_AXES:
+        raise ToolkitError(f'{where} has {len(shape)} dimensions; a Caffe blob has 1 to {MAX_AXES} '
+                           '(corrupt?)')
+    if min(shape) < 1:
+        shown = str(shape) if len(shape) <= 8 else str(shape[:8])[:-1] + ', ...)'
+        raise ToolkitError(f'{where} has shape {shown}: a dimension of {min(shape)} (corrupt?)')
+    return shape
 
 
 def blob_array(path, layer, index, blob):
     """A BlobProto as a float32 array of its own shape (leading 1s of the 4-D format kept)."""
-    shape = _blob_shape(blob)
+    shape = _blob_shape(path, layer, index, blob)
+    count = len(blob.data) or len(blob.double_data)
+    needed = math.prod(shape)  # exact: NumPy's int64 product wraps around silently
+    if count != needed:
+        shown = str(shape) if len(shape) <= 8 else str(shape[:8])[:-1] + ', ...)'
+        needs = f'{needed:,}' if needed < 10**15 else f'about 10^{len(str(needed)) - 1}'
+        raise ToolkitError(f'{path}: layer {layer} blob {index} holds {count:,} values but its '
+                           f'shape {shown} needs {needs} (truncated or corrupt)')
     if len(blob.data):
         values = np.asarray(blob.data, dtype=np.float32)
     else:
         values = np.asarray(blob.double_data, dtype=np.float64).astype(np.float32)
-    if values.size != int(np.prod(shape)):
-        raise ToolkitError(f'{path}: layer {layer} blob {index} holds {values.size:,} values but its '
-                           f'shape {shape} needs {int(np.prod(shape)):,} (truncated or corrupt)')
     return values.reshape(shape)
 
 

@@ -129,6 +129,7 @@ def _cut_back(state, name):
         state, epochs_completed=epoch, history=history, latest_checkpoint=name,
         best_val_accuracy=best['val_accuracy'] if best else None,
         best_epoch=best['epoch'] if best else None, best_val_loss=min(losses) if losses else None,
+        phase=history[-1].get('phase', state.phase) if history else state.phase,
         epoch_checkpoints=[kept for kept in state.epoch_checkpoints if _checkpoint_epoch(kept) <= epoch])
 
 
@@ -339,11 +340,13 @@ def remove_interrupted(directory, keep):
             os.remove(os.path.join(directory, name))
 
 
-def check_same_settings(directory, saved, current):
+def check_same_settings(directory, saved, current, defaults=None):
     """Refuses --resume when a setting that shapes the run differs, naming each with old and new value.
 
-    `saved` is run_state.json's `settings`, `current` this invocation's.
+    `saved` is run_state.json's `settings`, `current` this invocation's. A setting a run saved before
+    it existed is compared as `defaults` gives it (what that run trained with), else not at all.
     """
+    saved = {**(defaults or {}), **saved}
     differences = [f'{key} {saved.get(key)!r} -> {value!r}' for key, value in current.items()
                    if key in saved and saved[key] != value]
     if differences:

@@ -1,16 +1,21 @@
 """The data sets `get_data.py` knows, and how one becomes a folder of images that all decode.
 
-A data set is a row of `DATASETS`: where its archive is, how big it is, its digest when known, and
-its layout (the folder inside the archive that holds one sub-folder per class). Adding one is adding
-a row. Getting one is: download (with `download`), `extract` (every member checked first, so that
-none can land outside the destination: no absolute paths, no `..`, no links), then `clean`: drop what
-is not a usable image (zero-byte files, `Thumbs.db` and other non-images, files that fail to decode
-with the training pipeline's own decoder, checked in parallel) and say why, per reason.
+A data set is a row of `DATASETS`: where its archive is, how big it is (the archive's exact size,
+the most its members may add up to), its digest when known, and its layout (the folder inside the
+archive that holds one sub-folder per class). Adding one is adding a row. Getting one is: download
+(with `download`), `extract` (every member checked first, so that none can land outside the
+destination: no absolute paths, no `..`, no links; and the archive bounded before a byte is
+written: the members' total against the data set's cap and the free space, each member's
+compression ratio against `MAX_RATIO`; a disk that fills anyway takes back what was extracted), then
+`clean`: drop what is not a usable image (zero-byte files, `Thumbs.db` and other non-images, files
+that fail to decode with the training pipeline's own decoder, checked in parallel) and say why, per
+reason.
 """
 import os
 import shutil
 import stat
 import zipfile
+import zlib
 from collections import OrderedDict
 from typing import NamedTuple, Optional, Tuple
 
@@ -22,6 +27,13 @@ COPY_BYTES = 1 << 20  # extracted a buffer at a time, however large the member
 DECODE_BATCH = 1000  # files per parallel decode pass; the progress bar moves once per pass
 REPORT_NAME = 'dropped.txt'
 STAGING_NAME = '.get_data_partial'
+# Deflate reaches about 1000-fold only on runs of one byte; photos and real files stay far below
+# 100-fold, so a member over RATIO_FLOOR bytes that expands more than MAX_RATIO-fold is a bomb.
+MAX_RATIO = 100
+RATIO_FLOOR = 2 ** 20
+# The bounds of an archive that names no data set.
+DEFAULT_MAX_EXTRACTED = 8 * 2 ** 30
+DEFAULT_MAX_MEMBERS = 1_000_000
 
 # Reasons a file is dropped, in the order the report lists them.
 EMPTY = 'zero-byte file'
@@ -42,6 +54,9 @@ class Dataset(NamedTuple):
     sha256: Optional[str]       # verified when known
     root: str                   # folder in the archive holding one sub-folder per class
     classes: Tuple[str, ...]    # those sub-folders
+    archive_bytes: Optional[int] = None             # the archive's exact size, when known
+    max_extracted: int = DEFAULT_MAX_EXTRACTED      # the most its members may add up to, uncompressed
+    max_members: int = DEFAULT_MAX_MEMBERS
 
 
 DATASETS = OrderedDict((dataset.name, dataset) for dataset in (
@@ -50,7 +65,11 @@ DATASETS = OrderedDict((dataset.name, dataset) for dataset in (
             url='https://download.microsoft.com/download/3/E/1/3E1C3F21-ECDB-4869-8368-6DEBA77B919F/'
                 'kagglecatsanddogs_5340.zip',
             size='~790 MB', archive='kagglecatsanddogs_5340.zip', sha256=None,
-            root='PetImages', classes=('Cat', 'Dog')),
+            root='PetImages', classes=('Cat', 'Dog'),
+            # The size its server announces. JPEGs barely compress, so the 25,000 photos extract to
+            # about that size again: 1.5 GiB and 50,000 members leave room for them, and bound what a
+            # doctored archive can write.
+            archive_bytes=824_887_076, max_extracted=int(1.5 * 2 ** 30), max_members=50_000),
 ))
 
 
@@ -86,9 +105,34 @@ def open_archive(path):
                            'it again') from None
 
 
+def _check_bounds(path, members, dataset):
+    """ToolkitError when the members would write more than the data set takes, or one of them
+    expands like a zip bomb; from the central directory alone, before anything is extracted."""
+    name = f'the {dataset.name} data set' if dataset else 'an archive'
+    max_total = dataset.max_extracted if dataset else DEFAULT_MAX_EXTRACTED
+    max_members = dataset.max_members if dataset else DEFAULT_MAX_MEMBERS
+    if len(members) > max_members:
+        raise ToolkitError(f'{path}: holds {len(members):,} members, more than the {max_members:,} '
+                           f'{name} may have; refusing to extract this archive')
+    for info in members:
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > RATIO_FLOOR and ratio > MAX_RATIO:
+            raise ToolkitError(f'{path}: member {info.filename!r} expands {ratio:,.0f}-fold '
+                               f'({info.compress_size:,} to {info.file_size:,} bytes), more than the '
+                               f'{MAX_RATIO}-fold a real file does (a zip bomb?); refusing to extract '
+                               'this archive')
+    total = sum(info.file_size for info in members)
+    if total > max_total:
+        raise ToolkitError(f'{path}: its members add up to {download.human_bytes(total)} ({total:,} '
+                           f'bytes) uncompressed, more than the {download.human_bytes(max_total)} '
+                           f'{name} may take; refusing to extract this archive')
+    return total
+
+
 def check_archive(path, dataset=None):
     """ToolkitError unless `path` is a zip whose every member stays inside the folder it is extracted
-    to and, given `dataset`, which holds the dataset's class folders."""
+    to, whose size is bounded (the data set's caps, or the defaults without one) and, given
+    `dataset`, which holds the dataset's class folders."""
     with open_archive(path) as archive:
         members = archive.infolist()
     for info in members:
@@ -96,6 +140,7 @@ def check_archive(path, dataset=None):
         if reason:
             raise ToolkitError(f'{path}: member {info.filename!r} is {reason} and would land outside '
                                '--out_dir; refusing to extract this archive')
+    _check_bounds(path, members, dataset)
     if dataset:
         names = {info.filename.replace('\\', '/') for info in members}
         for class_folder in dataset.classes:
@@ -105,31 +150,109 @@ def check_archive(path, dataset=None):
     return members
 
 
-def extract(path, destination, stream=None):
-    """Extract every member of the zip at `path` into `destination`, after checking them all."""
-    members = check_archive(path)
+class _WriteFailed(Exception):
+    """Writing an extracted file failed: the disk's fault, not the archive's."""
+
+
+def _make_folder(folder, created):
+    """os.makedirs that notes each folder it makes in `created`."""
+    missing = []
+    while not os.path.isdir(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    for path in reversed(missing):
+        try:
+            os.mkdir(path)
+        except OSError as error:
+            raise _WriteFailed(error, path) from None
+        created.append(path)
+
+
+def _extract_member(path, archive, info, target, created):
+    """Copy one member to `target`, a buffer at a time, never more than its header declares."""
+    def damaged(reason):
+        return ToolkitError(f'{path}: cannot extract {info.filename} ({reason}); the archive is '
+                            'damaged: delete it to download it again')
+
+    try:
+        source = archive.open(info)
+    except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as error:
+        raise damaged(error) from None
+    with source:
+        try:
+            sink = open(target, 'wb')
+        except OSError as error:
+            raise _WriteFailed(error, target) from None
+        created.append(target)
+        written = 0
+        try:
+            with sink:
+                while True:
+                    try:
+                        chunk = source.read(COPY_BYTES)
+                    except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as error:
+                        raise damaged(error) from None
+                    if not chunk:
+                        break
+                    written += len(chunk)
+                    if written > info.file_size:
+                        raise damaged(f'more than the {info.file_size:,} bytes its header declares')
+                    sink.write(chunk)
+        except OSError as error:  # the write or the close: reading errors were named above
+            raise _WriteFailed(error, target) from None
+
+
+def _remove(created):
+    """Remove the files and folders an extraction made, the newest first."""
+    for path in reversed(created):
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.rmdir(path)
+            else:
+                os.remove(path)
+        except OSError:
+            pass
+
+
+def extract(path, destination, stream=None, dataset=None):
+    """Extract every member of the zip at `path` into `destination`, after checking them all and
+    the free space; a failure removes what was extracted (the archive stays)."""
+    members = check_archive(path, dataset)
     root = os.path.realpath(destination)
     total = sum(info.file_size for info in members)
+    download.check_free_space(f'{path}: extracting it', total, root)
     progress = download.DownloadProgress('extracting', stream)
     progress.begin(0, total or None)
     done = 0
-    with open_archive(path) as archive:
-        for info in members:
-            target = os.path.realpath(os.path.join(root, info.filename))
-            if os.path.commonpath([root, target]) != root:  # belt and braces after check_archive
-                raise ToolkitError(f'{path}: member {info.filename!r} would land outside --out_dir')
-            if info.is_dir():
-                os.makedirs(target, exist_ok=True)
-                continue
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            try:
-                with archive.open(info) as source, open(target, 'wb') as sink:
-                    shutil.copyfileobj(source, sink, COPY_BYTES)
-            except (zipfile.BadZipFile, EOFError, OSError) as error:
-                raise ToolkitError(f'{path}: cannot extract {info.filename} ({error}); the archive is '
-                                   'damaged: delete it to download it again') from None
-            done += info.file_size
-            progress.update(done)
+    created = []
+    try:
+        with open_archive(path) as archive:
+            for info in members:
+                target = os.path.realpath(os.path.join(root, info.filename))
+                if os.path.commonpath([root, target]) != root:  # belt and braces after check_archive
+                    raise ToolkitError(f'{path}: member {info.filename!r} would land outside --out_dir')
+                if info.is_dir():
+                    _make_folder(target, created)
+                    continue
+                _make_folder(os.path.dirname(target), created)
+                _extract_member(path, archive, info, target, created)
+                done += info.file_size
+                progress.update(done)
+    except _WriteFailed as failure:
+        progress.finish()
+        _remove(created)
+        error, target = failure.args
+        if download.is_disk_full(error):
+            raise ToolkitError(f'{destination}: the disk is full after extracting '
+                               f'{download.human_bytes(done)} of {download.human_bytes(total)} from '
+                               f'{path}; removed what was extracted and kept the archive: free some '
+                               'space and rerun') from None
+        raise ToolkitError(f'{target}: cannot write it ({error.strerror or error}); removed what was '
+                           f'extracted and kept {path}') from None
+    except BaseException:
+        progress.finish()
+        _remove(created)
+        raise
     progress.finish()
 
 
@@ -224,7 +347,11 @@ def prepare(dataset, archive_path, out_dir, find_bad_images, workers=None, strea
     if os.path.exists(staging):
         shutil.rmtree(staging)  # left by an interrupted run: start the extraction over
     os.makedirs(staging)
-    extract(archive_path, staging, stream)
+    try:
+        extract(archive_path, staging, stream, dataset)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     dropped = clean(os.path.join(staging, dataset.root), find_bad_images, workers, stream)
     write_report(os.path.join(out_dir, REPORT_NAME), dropped, relative_to=staging)
     for entry in sorted(os.listdir(staging)):

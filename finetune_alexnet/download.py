@@ -6,20 +6,32 @@ always a whole, verified one. A connection that drops (or a body that ends befor
 Content-Length) is resumed with an HTTP Range request, after a back-off, a few times; a rerun after
 Ctrl-C resumes from the `.part` the same way. Standard library only (`urllib`).
 
+Every download is bounded (`Limits`), the way curl's --max-filesize and --speed-limit/--speed-time
+bound one: an announced size over the cap, or over the target folder's free space with a margin, is
+refused before a byte is written; a body without a size stops at the cap (its `.part` removed); a
+transfer slower than the speed limit for the speed time stops; the status line and headers must
+arrive within the timeout (the socket timeout alone is renewed by every byte a trickling server
+sends); a Content-Encoding the request did not ask for is refused by name.
+
 Every failure is a `ToolkitError` of one line naming the URL or the file: an HTTP status, no network
 (with the caller's hint on how to download by hand), a body that stays short, a digest mismatch (the
-`.part` is kept for inspection).
+`.part` is kept for inspection), a size, speed or disk limit.
 """
+import errno
+import functools
 import http.client
+import math
 import os
 import re
+import shutil
 import socket
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 from finetune_alexnet import digests
 from finetune_alexnet import run_folder
@@ -35,6 +47,26 @@ USER_AGENT = 'finetune-alexnet-downloader/1.0 (urllib)'
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 _CONTENT_RANGE = re.compile(r'bytes\s+(\d+)-(\d+)/(\d+|\*)')
 _UNSATISFIABLE_RANGE = re.compile(r'bytes\s+\*/(\d+)')
+DEFAULT_MAX_MB = 2048  # the cap of a --url download, in MiB: more than any file this toolkit fetches
+DEFAULT_SPEED_LIMIT = 1024  # bytes per second ...
+DEFAULT_SPEED_TIME = 30.0  # ... averaged over this many seconds, as curl's --speed-limit/--speed-time
+# Free space a download or an extraction must leave: 5% of what it writes, at least 100 MiB, so the
+# disk is not filled to the last byte for the rest of the machine.
+MARGIN_FRACTION = 0.05
+MARGIN_BYTES = 100 * 2 ** 20
+
+
+class Limits(NamedTuple):
+    """How much one download may write and how slowly it may arrive.
+
+    `max_bytes` is the cap (None: none), `cap_text` says what it is for the error line
+    ("--max_download_mb 2048 (2,147,483,648 bytes)", "bvlc_alexnet.npy's known size (243,861,814
+    bytes)"); a `speed_limit` of 0 turns the speed check off.
+    """
+    max_bytes: Optional[int] = DEFAULT_MAX_MB * 2 ** 20
+    cap_text: str = f'--max_download_mb {DEFAULT_MAX_MB} ({DEFAULT_MAX_MB * 2 ** 20:,} bytes)'
+    speed_limit: float = DEFAULT_SPEED_LIMIT
+    speed_time: float = DEFAULT_SPEED_TIME
 
 
 class Downloaded(NamedTuple):
@@ -47,11 +79,84 @@ class Downloaded(NamedTuple):
 
 
 def add_connection_flags(parser):
-    """--timeout and --retries, the same for every command that downloads."""
+    """--timeout, --retries and the download's bounds, the same for every command that downloads."""
     parser.add_argument('--timeout', type=float, default=DEFAULT_TIMEOUT,
-                        help='seconds without data before a connection counts as lost')
+                        help='seconds without data before a connection counts as lost (and the most '
+                             'a response\'s headers may take)')
     parser.add_argument('--retries', type=int, default=DEFAULT_RETRIES,
                         help='tries after a failure that made no progress, with growing pauses')
+    parser.add_argument('--max_download_mb', type=float, default=None,
+                        help=f'the most a --url download may be, in MiB (default {DEFAULT_MAX_MB}; a '
+                             'known source may be no larger than its known size)')
+    parser.add_argument('--speed_limit', type=float, default=DEFAULT_SPEED_LIMIT,
+                        help='bytes per second below which, for --speed_time seconds, a download '
+                             'stops (0: never)')
+    parser.add_argument('--speed_time', type=float, default=DEFAULT_SPEED_TIME,
+                        help='seconds a download may stay under --speed_limit')
+
+
+# A day: past it a wait is a mistake (and Python's socket timeout overflows on values like 1e300).
+MAX_SECONDS = 86400
+MAX_RETRIES = 1000
+
+
+def check_connection_flags(parser, args):
+    """parser.error for a connection flag out of range (NaN and infinities included)."""
+    def finite(value):
+        return value is not None and math.isfinite(value)
+
+    if not (finite(args.timeout) and 0 < args.timeout <= MAX_SECONDS):
+        parser.error(f'--timeout must be positive and at most {MAX_SECONDS} s, got {args.timeout}')
+    if not 0 <= args.retries <= MAX_RETRIES:
+        parser.error(f'--retries must be in 0..{MAX_RETRIES}, got {args.retries}')
+    if not (finite(args.speed_limit) and args.speed_limit >= 0):
+        parser.error(f'--speed_limit must be 0 or more bytes per second, got {args.speed_limit}')
+    if not (finite(args.speed_time) and 0 < args.speed_time <= MAX_SECONDS):
+        parser.error(f'--speed_time must be a positive number of seconds, at most {MAX_SECONDS}, '
+                     f'got {args.speed_time}')
+    if args.max_download_mb is not None:
+        if not (finite(args.max_download_mb) and args.max_download_mb > 0):
+            parser.error(f'--max_download_mb must be a positive number of MiB, got {args.max_download_mb}')
+        if not args.url:
+            parser.error('--max_download_mb caps a --url download; a known source is capped at its '
+                         'known size')
+
+
+def limits(args, known_size=None, name='this file'):
+    """The `Limits` of a command's download: a known source's own size, or --max_download_mb."""
+    if known_size is not None and not args.url:
+        return Limits(known_size, f"{name}'s known size ({known_size:,} bytes)", args.speed_limit,
+                      args.speed_time)
+    megabytes = args.max_download_mb if args.max_download_mb is not None else DEFAULT_MAX_MB
+    cap = int(megabytes * 2 ** 20)
+    return Limits(cap, f'--max_download_mb {megabytes:g} ({cap:,} bytes)', args.speed_limit,
+                  args.speed_time)
+
+
+def free_space(folder):
+    """Bytes free for this user in the file system that holds `folder` (or would hold it: the
+    nearest folder above it that exists)."""
+    folder = os.path.abspath(folder)
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    return shutil.disk_usage(folder).free
+
+
+def margin(size):
+    return max(int(size * MARGIN_FRACTION), MARGIN_BYTES)
+
+
+def check_free_space(what, size, folder):
+    """ToolkitError unless `folder`'s file system can take `size` more bytes and the margin."""
+    free = free_space(folder)
+    if size + margin(size) > free:
+        raise ToolkitError(f'{what}: needs {human_bytes(size)} ({size:,} bytes) and {folder} has '
+                           f'{human_bytes(free)} free (a margin of {human_bytes(margin(size))} must '
+                           'stay free); free some space first')
+
+
+def is_disk_full(error):
+    return getattr(error, 'errno', None) in (errno.ENOSPC, errno.EDQUOT)
 
 
 def file_digests(path):
@@ -77,10 +182,10 @@ def check_url(url):
 
 
 def human_bytes(count):
-    for unit, size in (('GiB', 2 ** 30), ('MiB', 2 ** 20), ('KiB', 2 ** 10)):
+    for unit, size in (('TiB', 2 ** 40), ('GiB', 2 ** 30), ('MiB', 2 ** 20), ('KiB', 2 ** 10)):
         if count >= size:
             return f'{count / size:.1f} {unit}'
-    return f'{count} B'
+    return f'{count:.1f} B' if isinstance(count, float) else f'{count} B'
 
 
 def _clock(seconds):
@@ -161,6 +266,143 @@ class _Settings(NamedTuple):
     retries: int
     backoff: float
     manual_hint: str
+    limits: Limits
+
+
+class _HeaderDeadline:
+    """Shuts a request's sockets when its status line and headers take longer than `seconds`.
+
+    The socket timeout is renewed by every byte, so a server trickling its headers a byte at a time
+    would hold `urlopen` for days; a timer that shuts the socket bounds the whole wait.
+    """
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self.sockets = []
+        self.fired = False
+        self._over = False
+        self._lock = threading.Lock()
+        self._timer = None
+
+    def add(self, sock):
+        with self._lock:
+            self.sockets.append(sock)
+            if self.fired:
+                self._shut(sock)
+
+    @staticmethod
+    def _shut(sock):
+        try:
+            # socket.socket's own shutdown, under an SSL socket's too: the blocked read must end.
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _fire(self):
+        with self._lock:
+            if self._over:
+                return
+            self.fired = True
+            for sock in self.sockets:
+                self._shut(sock)
+
+    def __enter__(self):
+        self._timer = threading.Timer(self.seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        with self._lock:
+            self._over = True
+        self._timer.cancel()
+
+
+class _DeadlineOnConnect:
+    """A connection whose socket, once connected (and wrapped in TLS), is watched by a deadline."""
+
+    def __init__(self, *args, deadline, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self):
+        super().connect()
+        self._deadline.add(self.sock)
+
+
+class _HTTPConnection(_DeadlineOnConnect, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_DeadlineOnConnect, http.client.HTTPSConnection):
+    pass
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline):
+        super().__init__()
+        self._deadline = deadline
+
+    def http_open(self, req):
+        return self.do_open(functools.partial(_HTTPConnection, deadline=self._deadline), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline):
+        super().__init__()
+        self._deadline = deadline
+
+    def https_open(self, req):
+        return self.do_open(functools.partial(_HTTPSConnection, deadline=self._deadline), req,
+                            context=self._context)
+
+
+class _SpeedGuard:
+    """curl's --speed-limit/--speed-time: fewer than `limit` bytes a second over `window` seconds
+    stops the download, in two ways. Within one response, a window that ran too slowly stops it
+    when its next bytes arrive (a trickle). When a response fails (a stall until the timeout, a
+    drop, a short body), the average since the first response began, pauses and reconnections
+    included, stops it if it is too slow over at least `window` seconds: a server that sends a
+    little, then stalls or hangs up, on every resumed request cannot keep the retries going, while
+    one stall in a fast download is resumed."""
+
+    def __init__(self, url, part, limits):
+        self.url, self.part = url, part
+        self.limit, self.window = limits.speed_limit, limits.speed_time
+        self.elapsed = self.received = 0  # this window
+        self.total_received = 0
+        self.started = self.mark = None
+
+    def begin(self):
+        self.mark = time.monotonic()
+        self.started = self.started or self.mark
+        self.elapsed = self.received = 0
+
+    def _check(self, received, elapsed, held):
+        rate = received / elapsed
+        if rate < self.limit:
+            resume = f'; rerun to resume from {self.part} ({human_bytes(held)})' if held else ''
+            raise ToolkitError(f'{self.url}: too slow: {human_bytes(received)} in {elapsed:.0f} s '
+                               f'({human_bytes(rate)}/s), under --speed_limit {self.limit:g} bytes/s '
+                               f'for --speed_time {self.window:g} s{resume}')
+
+    def add(self, count, held):
+        """Count `count` more bytes received now (the .part holds `held`); ToolkitError if the
+        window ran too slowly."""
+        now = time.monotonic()
+        self.elapsed += now - self.mark
+        self.mark = now
+        self.received += count
+        self.total_received += count
+        if self.limit and self.elapsed >= self.window:
+            self._check(self.received, self.elapsed, held)
+            self.elapsed = self.received = 0
+
+    def failed(self, held):
+        """The response ended in a failure; ToolkitError if the whole download ran too slowly."""
+        total_elapsed = time.monotonic() - self.started
+        if self.limit and total_elapsed >= self.window:
+            self._check(self.total_received, total_elapsed, held)
 
 
 def _describe_reason(reason):
@@ -173,19 +415,49 @@ def _describe_reason(reason):
     return str(getattr(reason, 'strerror', None) or reason)
 
 
-def _open(url, offset, settings):
+def _open(url, offset, settings, deadline):
     headers = {'User-Agent': USER_AGENT, 'Accept-Encoding': 'identity'}
     if offset:
         headers['Range'] = f'bytes={offset}-'
     request = urllib.request.Request(url, headers=headers)
-    return urllib.request.urlopen(request, timeout=settings.timeout)
+    opener = urllib.request.build_opener(_HTTPHandler(deadline), _HTTPSHandler(deadline))
+    with deadline:
+        return opener.open(request, timeout=settings.timeout)
+
+
+def _check_encoding(url, response):
+    """Refuse a body in an encoding the request did not accept (`Accept-Encoding: identity`): its
+    bytes are not the file's, so neither its size nor its digest would be the file's."""
+    encoding = (response.headers.get('Content-Encoding') or '').strip().lower()
+    if encoding not in ('', 'identity'):
+        response.close()
+        raise ToolkitError(f'{url}: the server sent the file with Content-Encoding: {encoding}, which '
+                           'was not asked for (the request accepts only identity); refusing it: '
+                           'download it by hand, or use another mirror')
+
+
+def _check_size(url, part, total, offset, limits):
+    """Refuse, before anything is written, a file over the cap or over the free space."""
+    cap = limits.max_bytes
+    if cap is not None and total > cap:
+        raise ToolkitError(f'{url}: the server announces {human_bytes(total)} ({total:,} bytes), more '
+                           f'than {limits.cap_text}; refusing it before writing anything')
+    folder = os.path.dirname(os.path.abspath(part))
+    held = f', {human_bytes(offset)} of it already in {part}' if offset else ''
+    remaining = total - offset
+    free = free_space(folder)
+    if remaining + margin(remaining) > free:
+        raise ToolkitError(f'{url}: {human_bytes(total)} ({total:,} bytes) to download{held}, but '
+                           f'{folder} has {human_bytes(free)} free (a margin of '
+                           f'{human_bytes(margin(remaining))} must stay free); free some space first')
 
 
 def _start(url, part, settings, progress):
     """Open the response for the rest of `part`; returns (response or None if complete, offset, total)."""
     offset = os.path.getsize(part) if os.path.exists(part) else 0
+    deadline = _HeaderDeadline(settings.timeout)
     try:
-        response = _open(url, offset, settings)
+        response = _open(url, offset, settings, deadline)
     except urllib.error.HTTPError as error:
         if error.code == 416 and offset:
             # Asked for bytes past the end: the .part may already hold the whole file.
@@ -199,14 +471,20 @@ def _start(url, part, settings, progress):
         if error.code in RETRY_STATUSES:
             raise _Retry(f'HTTP {error.code} {error.reason}')
         raise ToolkitError(f'{url}: HTTP {error.code} {error.reason}') from None
-    except urllib.error.URLError as error:
-        raise _Retry(f'cannot reach {urllib.parse.urlsplit(url).netloc} '
-                     f'({_describe_reason(error.reason)})', 'network') from None
-    except (socket.timeout, TimeoutError, ConnectionError, http.client.HTTPException, OSError) as error:
+    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
+            http.client.HTTPException, OSError) as error:
+        if deadline.fired:
+            raise _Retry(f'no complete response within --timeout {settings.timeout:g} s (the server '
+                         'sends its headers too slowly)', 'slow') from None
+        if isinstance(error, urllib.error.URLError):
+            raise _Retry(f'cannot reach {urllib.parse.urlsplit(url).netloc} '
+                         f'({_describe_reason(error.reason)})', 'network') from None
         raise _Retry(f'{type(error).__name__}: {error}', 'network') from None
 
+    _check_encoding(url, response)
     length = response.headers.get('Content-Length')
     length = int(length) if length and length.isdigit() else None
+    restart = False
     if offset and response.status == 206:
         match = _CONTENT_RANGE.search(response.headers.get('Content-Range', '') or '')
         if not match or int(match.group(1)) != offset:
@@ -215,19 +493,37 @@ def _start(url, part, settings, progress):
             raise _Retry('the server answered the resume request with other bytes; starting over')
         total = int(match.group(3)) if match.group(3) != '*' else None
     else:
-        if offset:
-            # 200 to a Range request: the server sends the whole file again, so start it afresh.
-            os.truncate(part, 0)
-            offset = 0
+        # 200 to a Range request: the server sends the whole file again, so start it afresh (once
+        # the size is known to fit: a refused download keeps the .part it had).
+        restart = bool(offset)
+        offset = 0
         total = length
+    if total is not None:
+        try:
+            _check_size(url, part, total, offset, settings.limits)
+        except ToolkitError:
+            response.close()
+            raise
+    if restart:
+        os.truncate(part, 0)
     progress.begin(offset, total)
     return response, offset, total
 
 
-def _receive(url, part, response, offset, total, progress):
+def _over_cap(url, part, done, limits):
+    """A body without an announced size passed the cap: what came is no use, so it goes."""
+    if os.path.exists(part):
+        os.remove(part)
+    raise ToolkitError(f'{url}: the server announced no size and sent more than {limits.cap_text}; '
+                       f'stopped at {done:,} bytes and removed {part}')
+
+
+def _receive(url, part, response, offset, total, progress, settings, speed):
     """Append the response's body to `part`; returns the .part's size when the body ended."""
     done = offset
     expected_end = total
+    cap = settings.limits.max_bytes
+    speed.begin()
     try:
         with open(part, 'ab') as stream:
             while True:
@@ -235,16 +531,26 @@ def _receive(url, part, response, offset, total, progress):
                     chunk = response.read1(READ_BYTES)  # what has arrived, without waiting for more
                 except (socket.timeout, TimeoutError, ConnectionError, http.client.HTTPException,
                         OSError) as error:
+                    speed.failed(done)
                     raise _Retry(f'connection lost after {human_bytes(done)} '
                                  f'({type(error).__name__}: {error})', 'body') from None
                 if not chunk:
                     break
+                if cap is not None and done + len(chunk) > cap:
+                    stream.close()
+                    _over_cap(url, part, done + len(chunk), settings.limits)
                 stream.write(chunk)
                 done += len(chunk)
                 progress.update(done)
+                speed.add(len(chunk), done)
+    except OSError as error:  # writing the .part (reading errors became _Retry above)
+        full = 'the disk is full; free some space and ' if is_disk_full(error) else ''
+        raise ToolkitError(f'{part}: cannot write it ({error.strerror or error}) after '
+                           f'{human_bytes(done)}; {full}rerun to resume') from None
     finally:
         response.close()
     if expected_end is not None and done < expected_end:
+        speed.failed(done)
         # urllib returns b'' rather than raising when the server closes early, so count ourselves.
         raise _Retry(f'the server sent {done:,} of {expected_end:,} bytes (body shorter than its '
                      'Content-Length)', 'short')
@@ -258,13 +564,14 @@ def _fetch(url, part, settings, progress):
     """Make `part` hold the whole body of `url`, resuming and retrying; returns its size."""
     failures = attempts = 0
     best = os.path.getsize(part) if os.path.exists(part) else 0
+    speed = _SpeedGuard(url, part, settings.limits)
     while True:
         attempts += 1
         try:
             response, offset, total = _start(url, part, settings, progress)
             if response is None:
                 return offset
-            return _receive(url, part, response, offset, total, progress)
+            return _receive(url, part, response, offset, total, progress, settings, speed)
         except _Retry as retry:
             size = os.path.getsize(part) if os.path.exists(part) else 0
             if size > best:
@@ -298,13 +605,14 @@ def verify_digests(path, expected_sha256=None, expected_sha1=None, kept_as=None)
 
 
 def download(url, output, sha256=None, sha1=None, check=None, timeout=DEFAULT_TIMEOUT,
-             retries=DEFAULT_RETRIES, backoff=DEFAULT_BACKOFF, manual_hint='', stream=None):
+             retries=DEFAULT_RETRIES, backoff=DEFAULT_BACKOFF, manual_hint='', stream=None,
+             limits=Limits()):
     """Download `url` to `output` through `output.part`; returns a `Downloaded`.
 
     An existing `output` is reused (it can only be there complete: it is written by rename) after
     the same digest and `check` as a fresh download. `check(path)`, if given, raises ToolkitError
     when the content is wrong; it runs on the `.part` before the rename. Ctrl-C leaves the `.part`
-    for the next run to resume.
+    for the next run to resume. `limits` bounds the size and the speed.
     """
     output = os.fspath(output)
     stream = stream or sys.stdout
@@ -316,7 +624,7 @@ def download(url, output, sha256=None, sha1=None, check=None, timeout=DEFAULT_TI
 
     run_folder.check_output_file(output, 'the download')
     part = output + '.part'
-    settings = _Settings(timeout, retries, backoff, manual_hint)
+    settings = _Settings(timeout, retries, backoff, manual_hint, limits)
     progress = DownloadProgress(os.path.basename(output), stream)
     if os.path.exists(part) and os.path.getsize(part):
         stream.write(f'resuming {part} ({human_bytes(os.path.getsize(part))} already there)\n')
@@ -324,6 +632,9 @@ def download(url, output, sha256=None, sha1=None, check=None, timeout=DEFAULT_TI
     stream.flush()
     try:
         size = _fetch(url, part, settings, progress)
+    except ToolkitError:
+        progress.finish()  # the error line goes below the bar, not onto it
+        raise
     except KeyboardInterrupt:
         progress.finish()
         held = os.path.getsize(part) if os.path.exists(part) else 0

@@ -1,16 +1,28 @@
 """Image lists: find the labelled images in a folder, split them, write train.txt, val.txt, classes.txt.
 
 A folder is in one of two layouts: one sub-folder per class (`cat/*.jpg`, searched recursively,
-symlinked folders followed unless they loop back), or Kaggle's flat `cat.0.jpg` names. Labels follow
-the sorted class names. The split is stratified: every class gives the same fraction to validation,
-the same way for one seed. A list line is `path label` (the label is the last field, so a path may
-hold spaces); classes.txt has one `label name` line per class. make_lists.py and get_data.py write
-lists through `write_folder_lists`; finetune.py's demo and bench/ through `find_images`,
-`split_stratified` and `write_lists`.
+symlinked folders followed unless they loop back), or Kaggle's flat `cat.0.jpg` names. Only regular
+files (or symlinks to them) are listed: FIFOs, sockets, devices and dangling symlinks are left out
+with a note, never opened (reading a FIFO waits for a writer forever). Labels follow
+the sorted class names. The split is stratified (every class gives the same fraction to validation,
+the same way for one seed), or by a hash of each file's name (TensorFlow's retrain.py rule: adding
+images never moves one between the lists, and `_nohash_` variants stay together). A list line is
+`path label` (the label is the last field, so a path may hold spaces); classes.txt has one
+`label name` line per class. A name that a line cannot hold (a line break of any kind, bytes that
+are not UTF-8; for a class name, also whitespace at either end or a control character) is refused
+by name, so what is written reads back the same (datagenerator.read_list,
+model_info.read_class_names_file). make_lists.py and get_data.py write lists through
+`write_folder_lists`; finetune.py's demo and bench/ through `find_images`, `split_stratified` and
+`write_lists`.
 """
+import errno
+import hashlib
 import math
 import os
 import random
+import re
+import stat
+import unicodedata
 from collections import Counter
 from typing import Dict, List, NamedTuple, Tuple
 
@@ -29,7 +41,8 @@ class FolderScan(NamedTuple):
     class_names: List[str]    # sorted; the label of a class is its position here
     skipped_non_images: List[str]
     skipped_outside_classes: List[str]  # loose files next to the class sub-folders
-    skipped_links: List[str] = []       # 'path (why)': dangling symlinks, symlinks back up the tree
+    # 'path (why)': symlinks that dangle or lead back up the tree, FIFOs, sockets, devices
+    skipped_entries: List[str] = []
     duplicates: List[List[str]] = []    # groups of paths with the same content
 
 
@@ -54,16 +67,75 @@ def plural(count, noun):
     return f'{count} {noun}' if count == 1 else f'{count} {noun}s'
 
 
+# --- what a list line can hold -----------------------------------------------------------------
+
+# Every character str.splitlines() ends a line at: the list readers split a file with it, so a name
+# holding one would be read back as two lines.
+LINE_BREAKS = frozenset('\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029')
+
+
+def line_problem(text):
+    """Why `text` cannot be written into one line of a UTF-8 list file, or None."""
+    breaks = sorted(set(text) & LINE_BREAKS)
+    if breaks:
+        return f"contains a line break ({', '.join(repr(char) for char in breaks)})"
+    try:
+        text.encode('utf-8')
+    except UnicodeEncodeError:  # bytes the file system holds, decoded as surrogates by Python
+        return 'is not valid UTF-8'
+    return None
+
+
+def class_name_problem(name):
+    """Why `name` cannot be a class name (classes.txt, model_info.json), or None.
+
+    The classes.txt reader strips each name, and a name is printed in tables and reports: so no
+    whitespace at either end and no control character (a line break, a tab, a terminal escape).
+    """
+    if not isinstance(name, str) or not name.strip():
+        return 'is empty'
+    if name != name.strip():
+        return 'begins or ends with whitespace'
+    controls = sorted({char for char in name if unicodedata.category(char) in ('Cc', 'Zl', 'Zp')})
+    if controls:
+        return f"contains a line break or control character ({', '.join(repr(c) for c in controls)})"
+    return line_problem(name)
+
+
 def check_path_fits_a_line(path):
-    # A list line is `path label`; a line break inside a file name would split it in two.
-    if '\n' in path or '\r' in path:
-        raise ToolkitError(f'{path!r}: file name contains a line break and cannot go in an image list')
+    """A list line is `path label`: refuse a file name it cannot hold, by name."""
+    problem = line_problem(path)
+    if problem:
+        raise ToolkitError(f'{path!r}: file name {problem} and cannot go in an image list; rename it')
+
+
+def check_class_name(name, where):
+    problem = class_name_problem(name)
+    if problem:
+        raise ToolkitError(f'{where!r}: class name {name!r} {problem} and cannot go in classes.txt; '
+                           'rename it')
 
 
 # --- scanning a folder --------------------------------------------------------------------------
 
-def is_dangling(path):
-    return os.path.islink(path) and not os.path.exists(path)
+_KINDS = ((stat.S_ISDIR, 'a folder'), (stat.S_ISFIFO, 'a FIFO'), (stat.S_ISSOCK, 'a socket'),
+          (stat.S_ISCHR, 'a character device'), (stat.S_ISBLK, 'a block device'))
+
+
+def not_a_regular_file(path):
+    """None for a regular file or a symlink to one; else what it is ('a FIFO', 'a dangling symlink',
+    'a symlink to a socket', ...). Only stat()ed, never opened: opening a FIFO waits for a writer."""
+    try:
+        link = stat.S_ISLNK(os.lstat(path).st_mode)
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        if os.path.islink(path):
+            return 'a symlink loop' if error.errno == errno.ELOOP else 'a dangling symlink'
+        return f'unreadable ({error.strerror})'
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _KINDS if test(mode)), 'not a regular file')
+    return f'a symlink to {kind}' if link else kind
 
 
 def loops_back(path, directory):
@@ -73,7 +145,7 @@ def loops_back(path, directory):
     return here == target or here.startswith(target.rstrip(os.sep) + os.sep)
 
 
-def walk_class_folder(class_dir, skipped_links, seen):
+def walk_class_folder(class_dir, skipped_entries, seen):
     """os.walk that follows symlinked folders, except into a folder it is already under (a loop
     such as `loop -> .` would list every image again, under another label) or one in `seen` (the
     real paths of the class folders and of every folder walked so far)."""
@@ -85,10 +157,10 @@ def walk_class_folder(class_dir, skipped_links, seen):
                 continue
             if os.path.islink(path):
                 if loops_back(path, directory):
-                    skipped_links.append(f'{path} (a symlink to a folder above it)')
+                    skipped_entries.append(f'{printable(path)} (a symlink to a folder above it)')
                     continue
                 if os.path.realpath(path) in seen:
-                    skipped_links.append(f'{path} (a symlink to a folder already listed)')
+                    skipped_entries.append(f'{printable(path)} (a symlink to a folder already listed)')
                     continue
             seen.add(os.path.realpath(path))
             kept.append(name)
@@ -96,21 +168,34 @@ def walk_class_folder(class_dir, skipped_links, seen):
         yield directory, files
 
 
-def scan_class_folders(folder, class_folders, loose_files, skipped_links=None):
+def is_listable(path, skipped_entries):
+    """Whether the file `path` may go in a list: a regular file, or a symlink to one. Anything else
+    (a dangling symlink, a FIFO, a socket, a device) is noted in `skipped_entries` and left out."""
+    kind = not_a_regular_file(path)
+    if kind:
+        skipped_entries.append(f'{printable(path)} ({kind})')
+    return kind is None
+
+
+def printable(path):
+    """The path as a note shows it: quoted and escaped when it would break the line or the output."""
+    return repr(path) if line_problem(path) else path
+
+
+def scan_class_folders(folder, class_folders, loose_files, skipped_entries=None):
     """Scan the sub-folder layout: each sub-folder (searched recursively) is one class."""
     paths, labels, non_images = [], [], []
-    skipped_links = [] if skipped_links is None else skipped_links
+    skipped_entries = [] if skipped_entries is None else skipped_entries
+    for class_name in class_folders:
+        check_class_name(class_name, os.path.join(folder, class_name))
     seen = {os.path.realpath(os.path.join(folder, name)) for name in class_folders}
     for label, class_name in enumerate(class_folders):
         class_dir = os.path.join(folder, class_name)
         found = 0
-        for directory, files in walk_class_folder(class_dir, skipped_links, seen):
+        for directory, files in walk_class_folder(class_dir, skipped_entries, seen):
             for file_name in sorted(files):
                 path = os.path.join(directory, file_name)
-                if is_hidden(file_name):
-                    continue
-                if is_dangling(path):
-                    skipped_links.append(f'{path} (a dangling symlink)')
+                if is_hidden(file_name) or not is_listable(path, skipped_entries):
                     continue
                 if not is_image(file_name):
                     non_images.append(path)
@@ -123,17 +208,16 @@ def scan_class_folders(folder, class_folders, loose_files, skipped_links=None):
             # An empty class would still take a label and leave the model a class it never sees.
             raise ToolkitError(f'{class_dir}: class folder has no images')
     outside = [os.path.join(folder, name) for name in loose_files]
-    return FolderScan(paths, labels, list(class_folders), non_images, outside, skipped_links)
+    return FolderScan(paths, labels, list(class_folders), non_images, outside, skipped_entries)
 
 
-def scan_flat_folder(folder, files, skipped_links=None):
+def scan_flat_folder(folder, files, skipped_entries=None):
     """Scan Kaggle's flat layout: `cat.0.jpg` is class 'cat'."""
     named, non_images = [], []
-    skipped_links = [] if skipped_links is None else skipped_links
+    skipped_entries = [] if skipped_entries is None else skipped_entries
     for file_name in files:
         path = os.path.join(folder, file_name)
-        if is_dangling(path):
-            skipped_links.append(f'{path} (a dangling symlink)')
+        if not is_listable(path, skipped_entries):
             continue
         if not is_image(file_name):
             non_images.append(path)
@@ -143,13 +227,14 @@ def scan_flat_folder(folder, files, skipped_links=None):
         if not class_name or '.' not in rest:
             raise ToolkitError(f'{path}: flat layout needs names like cat.0.jpg (class, dot, id, extension)')
         check_path_fits_a_line(path)
+        check_class_name(class_name, path)
         named.append((class_name, path))
     class_names = sorted({class_name for class_name, _ in named})
     label_of = {class_name: label for label, class_name in enumerate(class_names)}
     named.sort(key=lambda item: (label_of[item[0]], item[1]))
     paths = [path for _, path in named]
     labels = [label_of[class_name] for class_name, _ in named]
-    return FolderScan(paths, labels, class_names, non_images, [], skipped_links)
+    return FolderScan(paths, labels, class_names, non_images, [], skipped_entries)
 
 
 def scan_folder(folder):
@@ -160,21 +245,21 @@ def scan_folder(folder):
         raise ToolkitError(f'{folder}: not a folder (give the folder that holds the images)')
     root = os.path.abspath(folder)
     entries = sorted(entry for entry in os.listdir(root) if not is_hidden(entry))
-    skipped_links = []
+    skipped_entries = []
     class_folders = []
     for name in entries:
         path = os.path.join(root, name)
         if not os.path.isdir(path):
             continue
         if os.path.islink(path) and loops_back(path, root):
-            skipped_links.append(f'{path} (a symlink to a folder above it)')
+            skipped_entries.append(f'{printable(path)} (a symlink to a folder above it)')
         else:
             class_folders.append(name)
     files = [name for name in entries if not os.path.isdir(os.path.join(root, name))]
     if class_folders:
-        scan = scan_class_folders(root, class_folders, files, skipped_links)
+        scan = scan_class_folders(root, class_folders, files, skipped_entries)
     else:
-        scan = scan_flat_folder(root, files, skipped_links)
+        scan = scan_flat_folder(root, files, skipped_entries)
     scan = scan._replace(duplicates=find_duplicates(scan.paths))
 
     # Messages name the folder as the user typed it.
@@ -217,7 +302,7 @@ def scan_notes(scan):
     if scan.skipped_outside_classes:
         lines.append(f'note: skipped {plural(len(scan.skipped_outside_classes), "file")} '
                      'outside the class sub-folders')
-    lines += [f'note: skipped {link}' for link in scan.skipped_links]
+    lines += [f'note: skipped {entry}' for entry in scan.skipped_entries]
     if scan.duplicates:
         label_of = dict(zip(scan.paths, scan.labels))
         lines.append(f'note: {plural(len(scan.duplicates), "group")} of files with the same content '
@@ -231,9 +316,19 @@ def scan_notes(scan):
 
 # --- the stratified split -----------------------------------------------------------------------
 
+# Seeds are what NumPy and the other seeded tools take, so one number means one thing everywhere
+# (random.Random would take any integer, and give -1 the split of 1).
+MAX_SEED = 2**32 - 1
+
+
 def check_val_fraction(val_fraction):
     if not 0 < val_fraction < 1:  # also refuses NaN
         raise ToolkitError(f'--val_fraction {val_fraction} is outside (0, 1)')
+
+
+def check_seed(seed, flag='--seed'):
+    if not 0 <= seed <= MAX_SEED:
+        raise ToolkitError(f'{flag} {seed} is outside 0..{MAX_SEED}')
 
 
 def validation_count(class_size, val_fraction):
@@ -269,6 +364,69 @@ def split_stratified(paths, labels, val_fraction, seed):
     return [(paths[i], labels[i]) for i in train], [(paths[i], labels[i]) for i in sorted(val)]
 
 
+# --- the hash split -----------------------------------------------------------------------------
+
+SPLITS = ('stratified', 'hash')
+# retrain.py's constant: the hash is reduced modulo 2**27 before it becomes a percentage.
+MAX_NUM_IMAGES_PER_CLASS = 2**27 - 1
+
+
+def hash_name(path):
+    """What the hash split hashes: the file's name without its folder, and without any `_nohash_...`
+    part, so that `leaf3_nohash_0.jpg` and `leaf3_nohash_1.jpg` (one subject) land together.
+
+    retrain.py hashes the path as it globbed it, folder included, so its split changes when the data
+    set moves; the name alone (as the speech commands data set's `which_set` does) stays put, and
+    keeps a subject's variants together across classes too.
+    """
+    return re.sub(r'_nohash_.*$', '', os.path.basename(path))
+
+
+def hash_percentage(path):
+    """retrain.py's number in [0, 100] for a file: its side depends on nothing else."""
+    digest = hashlib.sha1(hash_name(path).encode('utf-8', 'surrogateescape')).hexdigest()
+    return (int(digest, 16) % (MAX_NUM_IMAGES_PER_CLASS + 1)) * (100.0 / MAX_NUM_IMAGES_PER_CLASS)
+
+
+def split_by_hash(paths, labels, val_fraction, seed):
+    """Split images into (train, val) lists of (path, label) pairs by retrain.py's rule: a file goes
+    to validation when its `hash_percentage` is below 100 * val_fraction.
+
+    A file's side depends on its name only, so adding images never moves one between the lists; the
+    fraction holds on average, not per class (a small class may get none, or only, validation
+    images: `split_notes` says so). Validation keeps the input order; training is shuffled with
+    `seed`, which changes nothing else.
+    """
+    check_val_fraction(val_fraction)
+    train, val = [], []
+    for path, label in zip(paths, labels):
+        side = val if hash_percentage(path) < 100.0 * val_fraction else train
+        side.append((path, label))
+    random.Random(seed).shuffle(train)
+    return train, val
+
+
+def split_images(paths, labels, val_fraction, seed, method='stratified'):
+    """(train, val) by `method`: 'stratified' (split_stratified) or 'hash' (split_by_hash)."""
+    if method not in SPLITS:
+        raise ToolkitError(f"--split {method!r}: choose one of {', '.join(SPLITS)}")
+    splitter = split_by_hash if method == 'hash' else split_stratified
+    return splitter(paths, labels, val_fraction, seed)
+
+
+def split_notes(train, val, class_names):
+    """Notes on the classes a split left without training or without validation images."""
+    counts = {side: Counter(label for _, label in pairs) for side, pairs in (('train', train),
+                                                                             ('val', val))}
+    lines = []
+    for label, name in enumerate(class_names):
+        for side, other in (('val', 'train'), ('train', 'val')):
+            if not counts[side][label]:
+                lines.append(f"note: class {name!r} has no {'validation' if side == 'val' else 'training'}"
+                             f" images (the hash put all {counts[other][label]} in {other}.txt)")
+    return lines
+
+
 # --- writing the lists --------------------------------------------------------------------------
 
 def list_path(path, list_folder, relative):
@@ -276,8 +434,9 @@ def list_path(path, list_folder, relative):
     if not relative:
         return os.path.abspath(path)
     path = os.path.relpath(os.path.abspath(path), list_folder)
-    # List readers skip '#' comment lines, strip whitespace and expand '~'; './' keeps such names intact.
-    return os.path.join('.', path) if path[0] in '#~' or path[0].isspace() else path
+    # List readers skip '#' comment lines, strip whitespace, drop a byte-order mark and expand '~';
+    # './' keeps such names intact.
+    return os.path.join('.', path) if path[0] in '#~\ufeff' or path[0].isspace() else path
 
 
 def write_list(list_file, pairs, relative=False):
@@ -318,10 +477,11 @@ def write_lists(out_dir, train, val, class_names, relative=False):
     return list_files
 
 
-def write_folder_lists(folder, out_dir, val_fraction, seed, relative=False):
-    """Scan `folder`, split it by `val_fraction` with `seed`, write the three files into out_dir."""
+def write_folder_lists(folder, out_dir, val_fraction, seed, relative=False, method='stratified'):
+    """Scan `folder`, split it by `val_fraction` with `seed` (`method`: 'stratified' or 'hash'),
+    write the three files into out_dir."""
     scan = scan_folder(folder)
-    train, val = split_stratified(scan.paths, scan.labels, val_fraction, seed)
+    train, val = split_images(scan.paths, scan.labels, val_fraction, seed, method)
     list_files = write_lists(out_dir, train, val, scan.class_names, relative)
     return FolderLists(scan, train, val, list_files)
 
@@ -351,12 +511,16 @@ def write_imagenet_val(image_folder, labels_file, meta_file, out_dir, relative=F
     ground truth `labels_file` (see imagenet.read_ground_truth); returns the lines to print."""
     ground_truth = imagenet.read_ground_truth(labels_file, meta_file)
     pairs, missing = imagenet.find_validation_images(image_folder, ground_truth, IMAGE_EXTENSIONS)
+    skipped_entries = []
+    pairs = [(path, label) for path, label in pairs if is_listable(path, skipped_entries)]
     for path, _ in pairs:
         check_path_fits_a_line(path)
     make_out_dir(out_dir)
     val_file = os.path.join(out_dir, 'val.txt')
     write_list(val_file, pairs, relative)
-    lines = [f'note: {plural(missing, "image")} of {labels_file} not in {image_folder}'] if missing else []
+    lines = [f'note: skipped {entry}' for entry in skipped_entries]
+    if missing:
+        lines.append(f'note: {plural(missing, "image")} of {labels_file} not in {image_folder}')
     classes = len({label for _, label in pairs})
     lines.append(f'wrote {val_file}: {plural(len(pairs), "image")} of {classes} '
                  f'{"class" if classes == 1 else "classes"}')

@@ -7,16 +7,26 @@ fine-tuned model needs no other flag: its class count, class names and pre-proce
      "preprocessing": {"input_size": 227, "resize_size": 256, "mean_rgb": [123.68, 116.779, 103.939],
                        "channel_order": "BGR", "center_crop": true}}
 
+and `"ema": true` when the run kept a moving average of its weights (--ema_decay): predict.py and
+export.py then read the averages, which the checkpoint holds beside the raw weights.
+
 `center_crop` is true when the model was trained with augmentation (random crops of a 256 resize):
 inference then takes the centre crop of the 256 resize, as validation did during training. The other
 pre-processing fields are written from, and checked against, the one definition in preprocessing.py:
 a checkpoint made with different pre-processing is refused rather than fed inputs it never saw.
 
 A checkpoint is named by its prefix (`runs/x/best.ckpt`, `runs/x/model_epoch3.ckpt`) or by its folder:
-then `best.ckpt` if there is one, else the latest checkpoint in it.
+then `best.ckpt` if there is one, else the latest checkpoint in it (never one outside the folder, even
+where TensorFlow's `checkpoint` state file names one).
+
+What is read back is checked as strictly as a flag, in one line naming the file and field: every
+field of model_info.json is typed and ranged (no unknown ones; num_classes at least 2 and the width of
+the checkpoint's fc8; class names as classes.txt can hold them, image_lists.class_name_problem), and
+classes.txt's lines likewise. Both files are read only when they are regular files of a bounded size.
 """
 import glob
 import json
+import math
 import os
 import re
 
@@ -24,12 +34,57 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 
 from finetune_alexnet import checkpoints
+from finetune_alexnet import image_lists
 from finetune_alexnet import preprocessing
 from finetune_alexnet.errors import ToolkitError
 
 MODEL_INFO = 'model_info.json'
+EMA_SUFFIX = 'ExponentialMovingAverage'  # TensorFlow's name for a variable's moving average
 CLASS_NAMES_FILE = 'classes.txt'
 FORMAT = 1
+# Room for a million class names; a larger file is not one of ours, and is not read into memory.
+MAX_FILE_BYTES = 64 * 2**20
+_FIELDS = ('format', 'num_classes', 'class_names', 'preprocessing')
+# Written only when true: the checkpoint keeps a moving average of the weights beside them, and
+# prediction and export read the average (`stored_names`).
+_OPTIONAL_FIELDS = ('ema',)
+_PREPROCESSING_FIELDS = ('input_size', 'resize_size', 'mean_rgb', 'channel_order', 'center_crop')
+
+
+def _shown(value, limit=60):
+    """repr(value), cut short: a message stays one short line whatever a file holds."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + '...'
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_small_text(path, what):
+    """The text of `path`, a regular UTF-8 file of at most MAX_FILE_BYTES; ToolkitError naming it.
+
+    A FIFO (opening it waits for a writer), a device or an oversized file is refused unread.
+    """
+    kind = image_lists.not_a_regular_file(path) if os.path.lexists(path) else None
+    if kind and not kind.startswith('unreadable'):
+        raise ToolkitError(f'{path}: not a {what} ({kind})')
+    try:
+        with open(path, 'rb') as stream:
+            raw = stream.read(MAX_FILE_BYTES + 1)
+    except OSError as error:
+        raise ToolkitError(f'{path}: unreadable {what} ({error.strerror})') from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ToolkitError(f'{path}: larger than {MAX_FILE_BYTES // 2**20} MiB: not a {what}')
+    try:
+        return raw.decode('utf-8-sig')
+    except UnicodeDecodeError as error:
+        line = raw[:error.start].count(b'\n') + 1
+        raise ToolkitError(f'{path}:{line}: unreadable {what} (not UTF-8 text)') from None
 
 
 def _preprocessing_fields(center_crop):
@@ -38,14 +93,23 @@ def _preprocessing_fields(center_crop):
             'channel_order': 'BGR', 'center_crop': bool(center_crop)}
 
 
-def write_model_info(ckpt_dir, num_classes, class_names, center_crop):
-    """Write `<ckpt_dir>/model_info.json`; returns its path. Replaced atomically, never half-written."""
+def write_model_info(ckpt_dir, num_classes, class_names, center_crop, ema=False):
+    """Write `<ckpt_dir>/model_info.json`; returns its path. Replaced atomically, never half-written.
+
+    Refuses what read_model_info would refuse, so that what is written always reads back.
+    """
     if class_names is not None:
         class_names = [str(name) for name in class_names]
         if len(class_names) != num_classes:
             raise ToolkitError(f"{len(class_names)} class names for {num_classes} classes")
+        for label, name in enumerate(class_names):
+            problem = image_lists.class_name_problem(name)
+            if problem:
+                raise ToolkitError(f'class name {_shown(name)} of label {label} {problem}')
     content = {'format': FORMAT, 'num_classes': int(num_classes), 'class_names': class_names,
                'preprocessing': _preprocessing_fields(center_crop)}
+    if ema:
+        content['ema'] = True
     os.makedirs(ckpt_dir, exist_ok=True)
     path = os.path.join(ckpt_dir, MODEL_INFO)
     checkpoints.write_json_atomically(path, content)
@@ -63,8 +127,17 @@ def resolve_checkpoint(checkpoint):
     if os.path.isdir(checkpoint):
         if os.path.exists(os.path.join(checkpoint, checkpoints.BEST + '.index')):
             return os.path.join(checkpoint, checkpoints.BEST)
+        state_file = os.path.join(checkpoint, 'checkpoint')
+        kind = image_lists.not_a_regular_file(state_file) if os.path.lexists(state_file) else None
+        if kind:  # TensorFlow would open a FIFO and wait for a writer forever
+            raise ToolkitError(f'{state_file}: not a checkpoint state file ({kind})')
         latest = tf.train.latest_checkpoint(checkpoint)
         if latest:
+            # The state file may name any path (absolute, or '../other/x.ckpt'): only this folder's.
+            inside = os.path.realpath(os.path.dirname(os.path.join(checkpoint, latest)))
+            if inside != os.path.realpath(checkpoint):
+                raise ToolkitError(f'{state_file}: names {latest}, outside {checkpoint}; pass the '
+                                   'checkpoint prefix itself')
             return latest
         # No `checkpoint` state file (it is optional): the highest-numbered epoch is the latest.
         epochs = sorted(glob.glob(os.path.join(checkpoint, 'model_epoch*.ckpt.index')), key=_epoch_number)
@@ -82,74 +155,141 @@ def resolve_checkpoint(checkpoint):
 
 def _check_preprocessing(path, found):
     if not isinstance(found, dict):
-        raise ToolkitError(f"{path}: 'preprocessing' should be an object, found {found!r}")
+        raise ToolkitError(f"{path}: 'preprocessing' should be an object, found {_shown(found)}")
+    unknown = sorted(set(found) - set(_PREPROCESSING_FIELDS), key=str)
+    if unknown:
+        raise ToolkitError(f'{path}: unknown field preprocessing.{_shown(unknown[0])}')
     if not isinstance(found.get('center_crop'), bool):
         raise ToolkitError(f"{path}: preprocessing.center_crop should be true or false, "
-                           f"found {found.get('center_crop')!r}")
+                           f"found {_shown(found.get('center_crop'))}")
     expected = _preprocessing_fields(found['center_crop'])
     for key, value in expected.items():
         if key not in found:
             raise ToolkitError(f"{path}: preprocessing.{key} is missing")
-        same = (np.allclose(found[key], value) if key == 'mean_rgb' and isinstance(found[key], list)
-                and len(found[key]) == 3 else found[key] == value)
+        given = found[key]
+        if key == 'mean_rgb':
+            well_typed = (isinstance(given, list) and len(given) == 3
+                          and all(_is_number(channel) for channel in given))
+            same = well_typed and np.allclose(given, value)
+        else:
+            well_typed = isinstance(given, type(value)) and not (
+                isinstance(given, bool) and not isinstance(value, bool))
+            same = well_typed and given == value
+        if not well_typed:
+            raise ToolkitError(f'{path}: preprocessing.{key} should be like {value!r}, found '
+                               f'{_shown(given)}')
         if not same:
-            raise ToolkitError(f"{path}: the model was trained with preprocessing.{key} = {found[key]!r}, "
-                               f"but this toolkit's pre-processing uses {value!r}")
+            raise ToolkitError(f"{path}: the model was trained with preprocessing.{key} = "
+                               f"{_shown(given)}, but this toolkit's pre-processing uses {value!r}")
 
 
 def _check_model_info(path, info):
-    if not isinstance(info, dict) or info.get('format') != FORMAT:
+    if not isinstance(info, dict) or not _is_int(info.get('format')) or info.get('format') != FORMAT:
         found = info.get('format') if isinstance(info, dict) else type(info).__name__
-        raise ToolkitError(f"{path}: unsupported model info (format {found!r}, expected {FORMAT})")
-    num_classes = info.get('num_classes')
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ToolkitError(f"{path}: num_classes should be a positive integer, found {num_classes!r}")
-    names = info.get('class_names')
+        raise ToolkitError(f"{path}: unsupported model info (format {_shown(found)}, expected {FORMAT})")
+    unknown = sorted(set(info) - set(_FIELDS) - set(_OPTIONAL_FIELDS), key=str)
+    if unknown:
+        raise ToolkitError(f'{path}: unknown field {_shown(unknown[0])} (written by another tool?)')
+    for key in _FIELDS:
+        if key not in info:
+            raise ToolkitError(f'{path}: the field {key!r} is missing')
+    num_classes = info['num_classes']
+    if not _is_int(num_classes) or num_classes < 2:
+        raise ToolkitError(f"{path}: num_classes should be a positive integer (2 or more), "
+                           f"found {_shown(num_classes)}")
+    names = info['class_names']
     if names is not None:
         if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
             raise ToolkitError(f"{path}: class_names should be a list of strings or null")
         if len(names) != num_classes:
             raise ToolkitError(f"{path}: {len(names)} class_names for num_classes {num_classes}")
-    _check_preprocessing(path, info.get('preprocessing'))
+        for label, name in enumerate(names):
+            problem = image_lists.class_name_problem(name)
+            if problem:
+                raise ToolkitError(f'{path}: class_names[{label}] {_shown(name)} {problem}')
+    _check_preprocessing(path, info['preprocessing'])
+    if not isinstance(info.get('ema', False), bool):
+        raise ToolkitError(f"{path}: ema should be true or false, found {_shown(info['ema'])}")
+
+
+def _check_fits_checkpoint(path, info, prefix):
+    """num_classes must be the width of the checkpoint's fc8: the model is built from it."""
+    try:
+        shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    except (tf.errors.OpError, ValueError):
+        return  # check_intact has read it; the shape check of whoever restores it will say more
+    found = shapes.get('fc8/weights')
+    if found and found[-1] != info['num_classes']:
+        expected = tuple(found[:-1]) + (info['num_classes'],)
+        raise ToolkitError(f"{path}: num_classes {info['num_classes']} does not fit checkpoint "
+                           f"{prefix} (fc8/weights has shape {tuple(found)}, expected {expected})")
 
 
 def read_model_info(checkpoint):
     """(checkpoint prefix, the checked content of model_info.json beside it) for `checkpoint`.
 
-    The checkpoint is verified first (every tensor against its recorded size and checksum).
+    The checkpoint is verified first (every tensor against its recorded size and checksum), then
+    every field of model_info.json, and its num_classes against the checkpoint's fc8.
     """
     prefix = resolve_checkpoint(checkpoint)
     checkpoints.check_intact(prefix)  # a damaged file fails here in one line, naming it
     path = os.path.join(os.path.dirname(prefix), MODEL_INFO)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise ToolkitError(f"{path}: not found beside checkpoint {prefix}; finetune.py writes it when "
                            "training starts, and prediction needs its class count and pre-processing")
+    text = read_small_text(path, 'model info')
     try:
-        with open(path, encoding='utf-8') as stream:
-            info = json.load(stream)
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise ToolkitError(f"{path}: unreadable model info ({error})") from None
+        info = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise ToolkitError(f"{path}: unreadable model info ({_shown(str(error), 120)})") from None
     _check_model_info(path, info)
+    _check_fits_checkpoint(path, info, prefix)
     return prefix, info
 
 
-def read_class_names_file(path, num_classes):
-    """Names from a classes.txt of "label name" lines (finetune.py's format), indexed by label."""
-    names = {}
+def stored_names(prefix, info, names):
+    """{name in the checkpoint: name} for the model variables `names` ('fc8/weights', ...): with
+    model_info's `ema`, each one's moving average ('fc8/weights/ExponentialMovingAverage') where
+    the checkpoint holds one (a layer that never trained has none: its weights are their average)."""
+    if not info.get('ema'):
+        return {name: name for name in names}
     try:
-        with open(path, encoding='utf-8') as stream:
-            lines = stream.read().splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ToolkitError(f"{path}: unreadable class names file ({error})") from None
-    for number, line in enumerate(lines, 1):
+        saved = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    except (tf.errors.OpError, ValueError):
+        saved = {}  # unreadable: the caller's shape check names the file
+    averaged = {name: f'{name}/{EMA_SUFFIX}' for name in names}
+    return {averaged[name] if averaged[name] in saved else name: name for name in names}
+
+
+def read_class_names_file(path, num_classes):
+    """Names from a classes.txt of "label name" lines (finetune.py's format), indexed by label.
+
+    Every label of 0..num_classes-1 is named exactly once; a name is as image_lists.class_name_problem
+    allows. A wrong line is one ToolkitError naming the file and line.
+    """
+    names, line_of = {}, {}
+    for number, line in enumerate(read_small_text(path, 'class names file').splitlines(), 1):
         if not line.strip() or line.lstrip().startswith('#'):
             continue
         label, _, name = line.strip().partition(' ')
-        if not label.isdigit() or not name.strip():
-            raise ToolkitError(f'{path}:{number}: expected "label name", got {line.strip()!r}')
-        names[int(label)] = name.strip()
-    if sorted(names) != list(range(num_classes)):
-        raise ToolkitError(f"{path}: names labels {sorted(names)}, expected 0..{num_classes - 1}")
+        if not re.fullmatch('[0-9]+', label) or not name.strip():
+            raise ToolkitError(f'{path}:{number}: expected "label name", got {_shown(line.strip())}')
+        name = name.strip()
+        # Only a short number is converted: int() of thousands of digits is slow, then refused.
+        value = int(label) if len(label.lstrip('0')) <= 12 else None
+        if value is None or value >= num_classes:
+            raise ToolkitError(f'{path}:{number}: label {label[:24]} is outside 0..{num_classes - 1}')
+        if value in names:
+            raise ToolkitError(f'{path}:{number}: label {value} is named twice (also on line '
+                               f'{line_of[value]})')
+        problem = image_lists.class_name_problem(name)
+        if problem:
+            raise ToolkitError(f'{path}:{number}: class name {_shown(name)} {problem}')
+        names[value], line_of[value] = name, number
+    if len(names) != num_classes:
+        named = sorted(names)
+        shown = str(named) if len(named) <= 10 else str(named[:10])[:-1] + ', ...]'
+        raise ToolkitError(f"{path}: names labels {shown}, expected 0..{num_classes - 1}")
     return [names[label] for label in range(num_classes)]
 
 

@@ -26,19 +26,28 @@ the functions work in any `tf.Graph` built later, with or without `tf.disable_v2
 import numpy as np
 import tensorflow.compat.v1 as tf
 
+from finetune_alexnet import image_header
+
 IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
 INPUT_SIZE = 227
 RESIZE_SIZE = 256
 
 
-def decode_rgb(image_bytes):
+def decode_rgb(image_bytes, max_pixels=None, what='image'):
     """uint8 [height, width, 3] RGB from the bytes of a JPEG, PNG, BMP, GIF or WebP file.
 
     JPEGs go through `decode_jpeg` with the accurate integer DCT, the one OpenCV and Pillow use, so
     the pixels are the ones Caffe saw (TensorFlow's default is the fast DCT, off by up to 4 levels).
     Its decoder also converts CMYK and reads progressive files. Other formats go through
     `decode_image`. A corrupt, truncated or unknown file makes the op fail with InvalidArgumentError.
+
+    With `max_pixels`, the header is read first (`image_header.graph_pixels`, every frame counted),
+    and an image that announces more fails with InvalidArgumentError naming `what` (a string or a
+    string tensor) and the limit; nothing is decoded unless the check passes. Graphs fed files that
+    Python has already checked (`image_header.too_large`) leave it out.
     """
+    if max_pixels is not None:
+        image_bytes = _within_pixel_limit(image_bytes, max_pixels, what)
     image = tf.cond(
         tf.io.is_jpeg(image_bytes),
         lambda: tf.io.decode_jpeg(image_bytes, channels=3, dct_method='INTEGER_ACCURATE'),
@@ -47,7 +56,22 @@ def decode_rgb(image_bytes):
     return image
 
 
-def _bilinear(image, size):
+def _within_pixel_limit(image_bytes, max_pixels, what):
+    """`image_bytes`, once its header is found to announce at most `max_pixels` pixels."""
+    pixels = image_header.graph_pixels(image_bytes)
+    counted = tf.strings.join([what, ': its header announces ', tf.strings.as_string(pixels),
+                               f' pixels (every frame counted), over max_pixels {max_pixels}; refused '
+                               'before decoding'])
+    uncounted = tf.strings.join([
+        what, f': more than {image_header.MAX_BLOCKS} blocks or {image_header.MAX_SUB_BLOCKS} '
+        'sub-blocks, too many to count its frames; refused before decoding'])
+    message = tf.where(tf.equal(pixels, image_header.UNCOUNTABLE), uncounted, counted)
+    check = tf.debugging.Assert(pixels <= max_pixels, [message])
+    with tf.control_dependencies([check]):
+        return tf.identity(image_bytes)
+
+
+def bilinear_resize(image, size):
     """float32 [size, size, 3]: bilinear with half-pixel centres, as OpenCV (and so Caffe) samples.
 
     Spelled out because TF1's `tf.image.resize` samples from the top-left corners instead, which
@@ -56,6 +80,35 @@ def _bilinear(image, size):
     resized = tf.raw_ops.ResizeBilinear(images=image[tf.newaxis], size=[size, size], align_corners=False,
                                         half_pixel_centers=True)
     return tf.squeeze(resized, axis=0)
+
+
+def epoch_key(seed, epoch):
+    """int64 [2], the key of one epoch's shuffle and crops in an input pipeline: new at every
+    initialisation of the iterator, or pinned by feeding `epoch` >= 0.
+
+    A stateful op draws a new key each time an iterator is initialised (it runs as part of the
+    initializer), and everything random is derived from the key statelessly. Seeded, the op repeats
+    its sequence in a fresh graph, hence repeatable epochs. (The shuffle's own
+    reshuffle_each_iteration would not do: an initializable iterator rebuilds the dataset, and with a
+    seed it then gives the same order every epoch.) Feeding `epoch` replaces the draw by a key made
+    of the seed and the epoch, so a resumed run replays the orders of the uninterrupted one. Every
+    pipeline (image lists, TFRecord shards) derives its key here, so their batches agree.
+    """
+    drawn = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64, seed=seed)
+    base = seed if seed is not None else np.random.randint(2**31)
+    pinned = tf.stack([tf.constant(base, tf.int64), epoch])
+    return tf.where(epoch >= 0, pinned, drawn)
+
+
+def epoch_order(size, seed, epoch, shuffle, random_crops):
+    """(positions, key): the order in which an epoch visits a data set's `size` items (shuffled by
+    the epoch's key when `shuffle`), and the key its random crops derive from (None when neither
+    shuffles nor crops)."""
+    positions = tf.range(size, dtype=tf.int64)
+    key = epoch_key(seed, epoch) if shuffle or random_crops else None
+    if shuffle:
+        positions = tf.random.experimental.stateless_shuffle(positions, seed=key)
+    return positions, key
 
 
 def _check_resize_size(resize_size):
@@ -77,9 +130,9 @@ def resize_for_model(image_rgb, training=False, augment=False, seed=None, resize
     ops, so one seed always gives the same crop: the caller varies it per image and per epoch.
     """
     if not augment:
-        return _bilinear(image_rgb, INPUT_SIZE)
+        return bilinear_resize(image_rgb, INPUT_SIZE)
     _check_resize_size(resize_size)
-    resized = _bilinear(image_rgb, resize_size)
+    resized = bilinear_resize(image_rgb, resize_size)
     spare = resize_size - INPUT_SIZE
     if not training:
         return _crop(resized, spare // 2, spare // 2)
@@ -100,7 +153,7 @@ def ten_crops(image_rgb, resize_size=RESIZE_SIZE):
     `resize_for_model` gives in inference), then the same five mirrored left-right.
     """
     _check_resize_size(resize_size)
-    resized = _bilinear(image_rgb, resize_size)
+    resized = bilinear_resize(image_rgb, resize_size)
     far, centre = resize_size - INPUT_SIZE, (resize_size - INPUT_SIZE) // 2
     crops = tf.stack([_crop(resized, top, left)
                       for top, left in ((0, 0), (0, far), (far, 0), (far, far), (centre, centre))])

@@ -6,20 +6,32 @@
 - `RunLock`: an OS file lock (`fcntl.flock`) on `<folder>/.lock`, so two runs never share a
   checkpoint folder. The OS releases it when the holder exits or dies (even by kill -9), so a stale
   lock cannot block a later run; the file only records who holds it, for the refusal's message.
-- `remove_stale_files`: what a killed save leaves (TensorFlow's `*.tempstate*` files, our own
-  `*.partial` files), a killed run's feature cache files, and interrupted checkpoints that
-  run_state.json does not point at. Safe because the caller holds the folder's lock.
+- `remove_stale_files`: what a killed save leaves (TensorFlow's temporaries of our checkpoints, our
+  own `.partial` files), a killed run's feature cache files, and interrupted checkpoints that
+  run_state.json does not point at. Safe because the caller holds the folder's lock, and only names
+  a run writes are matched (`is_stale_name`): a folder shared with the user's own files keeps them.
 """
+import contextlib
 import datetime
 import errno
 import fcntl
-import glob
 import os
+import re
+import secrets
 import shutil
 
 from finetune_alexnet.errors import ToolkitError
 
 LOCK_FILE = '.lock'
+_CHECKPOINT = r'(?:model_epoch\d+|best|interrupted_step\d+)\.ckpt'
+# What a killed run leaves, by the names a run writes and nothing else: TensorFlow's temporaries of
+# our checkpoints (`<prefix>.index.tempstate123`, the `<prefix>_temp` folder), our own files
+# half-written (`run_state.json.partial`, `best.ckpt.index.partial`, ...) and the feature cache.
+_STALE_NAME = re.compile(
+    rf'{_CHECKPOINT}(?:\..*tempstate.*|_temp(?:_.*)?)'
+    rf'|(?:{_CHECKPOINT}\..+|run_state\.json|metrics\.jsonl|model_info\.json)\.partial'
+    r'|curves\.png\.partial\.png'
+    r'|features_(?:train|val)\.npy')
 
 
 def _nearest_existing(path):
@@ -101,23 +113,45 @@ class RunLock:
         return False
 
 
+@contextlib.contextmanager
+def replaced_atomically(path):
+    """Yields a temporary path beside `path` to write the whole output to; on success it replaces
+    `path` in one rename, on failure it is removed: a file already at `path` (an earlier output, or
+    anything of the user's) is never left half overwritten."""
+    folder, name = os.path.split(os.path.abspath(path))
+    # A fresh name nobody else uses (not mkstemp: its file would keep mode 0600, not the umask's).
+    partial = os.path.join(folder, f'.{name}.{secrets.token_hex(6)}.partial')
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        if os.path.lexists(partial):
+            os.remove(partial)
+
+
+def is_stale_name(name):
+    """A name in a run folder that only a killed save or run leaves behind (see _STALE_NAME)."""
+    return bool(_STALE_NAME.fullmatch(name))
+
+
 def remove_stale_files(folder, latest_checkpoint=None):
     """Removes what killed saves left in `folder`; returns the names removed.
 
     `latest_checkpoint`: the checkpoint run_state.json points at, which is kept whatever its name.
+    A feature cache a killed run did not get to remove (features_train.npy) can take gigabytes.
     """
     if not os.path.isdir(folder):
         return []
     removed = []
-    # features_*.npy: a feature cache a killed run did not get to remove (it can take gigabytes).
-    patterns = ('*.tempstate*', '*.partial', '*_temp', '*_temp_*', 'features_*.npy')
-    for pattern in patterns:
-        for path in glob.glob(os.path.join(glob.escape(folder), pattern)):
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            elif os.path.exists(path):
-                os.remove(path)
-            removed.append(os.path.basename(path))
+    for name in sorted(os.listdir(folder)):
+        if not is_stale_name(name):
+            continue
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            os.remove(path)
+        removed.append(name)
     from finetune_alexnet import checkpoints
     for name in sorted(os.listdir(folder)):
         if (name.startswith(checkpoints.INTERRUPTED + '_step')

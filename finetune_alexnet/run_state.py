@@ -33,6 +33,8 @@ class RunState:
     best_epoch: Optional[int] = None
     best_val_loss: Optional[float] = None
     init_val_accuracy: Optional[float] = None  # of a warm start, before its first step
+    # With --unfreeze_at: the phase (1 or 2) of the epoch the latest checkpoint was saved in.
+    phase: Optional[int] = None
 
     @property
     def last_step(self):
@@ -44,7 +46,8 @@ _OPTIONAL_NUMBER = (int, float, type(None))
 _TYPES = {'args': dict, 'settings': dict, 'run_name': str, 'order_seed': int, 'epochs_completed': int,
           'latest_checkpoint': (str, type(None)), 'epoch_checkpoints': list, 'history': list,
           'best_val_accuracy': _OPTIONAL_NUMBER, 'best_epoch': (int, type(None)),
-          'best_val_loss': _OPTIONAL_NUMBER, 'init_val_accuracy': _OPTIONAL_NUMBER}
+          'best_val_loss': _OPTIONAL_NUMBER, 'init_val_accuracy': _OPTIONAL_NUMBER,
+          'phase': (int, type(None))}
 _REQUIRED = ('args', 'settings', 'run_name', 'order_seed', 'epochs_completed', 'latest_checkpoint',
              'history')
 
@@ -91,6 +94,8 @@ def from_json(content, path):
 def _check_values(state, path, advice):
     if state.epochs_completed < 0:
         raise ToolkitError(f'{path}: epochs_completed should be >= 0, found {state.epochs_completed}')
+    if state.phase not in (None, 1, 2):
+        raise ToolkitError(f'{path}: phase should be 1, 2 or null, found {state.phase}; {advice}')
     if not RUN_NAME_PATTERN.fullmatch(state.run_name):
         raise ToolkitError(f'{path}: run_name {state.run_name!r} is not a folder name inside '
                            f'--filewriter_path; {advice}')

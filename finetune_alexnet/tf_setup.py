@@ -17,6 +17,8 @@ import warnings
 # TF_CPP_MIN_LOG_LEVEL, so the only way to keep them off a user's terminal is to filter stderr.
 _NATIVE_LOG_LINE = re.compile(rb'^(WARNING: All log messages before absl::InitializeLog\(\)|'
                               rb'[IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] |'
+                              # TFLite's: its int8 converter's settings, its interpreter's CPU delegate
+                              rb'fully_quantize: \d+, inference_type: |INFO: Created TensorFlow Lite |'
                               # libjpeg's own complaints about a broken file, which we report by name
                               rb'Corrupt JPEG data|Premature end of JPEG file|Improper call to JPEG '
                               rb'library|Invalid JPEG file structure|Not a JPEG file)')

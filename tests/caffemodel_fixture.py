@@ -45,6 +45,10 @@ def random_caffe_weights(seed=1, num_classes=1000):
 
 
 def varint(value):
+    """A base-128 varint; a negative value as protobuf writes an int32/int64: its 64-bit two's
+    complement, ten bytes."""
+    if value < 0:
+        value &= 2**64 - 1
     out = bytearray()
     while True:
         low, value = value & 0x7F, value >> 7
@@ -82,6 +86,32 @@ def blob_current(array):
     """A BlobProto of the current format: a BlobShape with the array's own dimensions."""
     dims = delimited(1, b''.join(varint(size) for size in array.shape))
     return delimited(7, dims) + delimited(5, np.ascontiguousarray(array, '<f4').tobytes())
+
+
+def blob_raw(layout, dims, count):
+    """A BlobProto claiming `dims` (any integers, negative or huge included) and holding `count`
+    float values: the hostile blobs a reader must refuse. 'current' writes a BlobShape (`dims` may
+    have any length, even none); 'v1' the four int32 fields num/channels/height/width (`dims` None:
+    none of them written)."""
+    if layout == 'current':
+        header = delimited(7, delimited(1, b''.join(varint(size) for size in dims)) if dims else b'')
+    else:
+        header = b''.join(integer(number, size) for number, size in zip((1, 2, 3, 4), dims or ()))
+    return header + delimited(5, np.zeros(count, '<f4').tobytes())
+
+
+def write_layers(path, layers, layout='current'):
+    """A .caffemodel of `layers` [(name, [BlobProto bytes])], with Convolution as every type."""
+    field, kind, name_field, type_field, blob_field = {
+        'current': (100, 'Convolution', 1, 2, 7), 'v1': (2, V1_CONVOLUTION, 4, 5, 6)}[layout]
+    with open(path, 'wb') as stream:
+        stream.write(text(1, 'Hostile'))
+        for name, blobs in layers:
+            kind_bytes = text(type_field, kind) if layout == 'current' else integer(type_field, kind)
+            layer = text(name_field, name) + kind_bytes + b''.join(delimited(blob_field, blob)
+                                                                  for blob in blobs)
+            stream.write(delimited(field, layer))
+    return path
 
 
 def layer_v1(name, layer_type, arrays):

@@ -5,6 +5,7 @@ nor TensorFlow writes GIF, so `gif_bytes` encodes one here (a plain LZW stream t
 9-bit codes). CMYK JPEGs need Pillow, which matplotlib already requires.
 """
 import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -95,10 +96,10 @@ def _lzw_9bit(indices):
     return bytes(packed)
 
 
-def _sub_blocks(data):
+def _sub_blocks(data, size=255):
     blocks = bytearray()
-    for start in range(0, len(data), 255):
-        chunk = data[start:start + 255]
+    for start in range(0, len(data), size):
+        chunk = data[start:start + size]
         blocks += bytes([len(chunk)]) + chunk
     return bytes(blocks + b'\x00')
 
@@ -114,3 +115,67 @@ def random_rgb(height, width, seed=0):
 
 def flat_rgb(height, width, colour):
     return np.broadcast_to(np.array(colour, np.uint8), (height, width, 3)).copy()
+
+
+# --- headers that announce more than they look: hand-written frames, never decoded by the tests -----
+
+def gif_with_frames(screen, frames, sub_block=255, data_bytes=2):
+    """A GIF whose logical screen is `screen` (width, height) and whose image descriptors have the
+    sizes `frames`, each followed by a comment extension and `data_bytes` bytes of (undecodable) image
+    data in sub-blocks of `sub_block` bytes: what the header walk must step through."""
+    out = bytearray(b'GIF89a' + struct.pack('<HHBBB', *screen, 0x80, 0, 0) + bytes(6))  # 2 colours
+    for width, height in frames:
+        out += b'\x21\xfe' + _sub_blocks(b'a comment', 9)  # an extension to skip
+        out += struct.pack('<BHHHHB', 0x2C, 0, 0, width, height, 0) + bytes([2])
+        out += _sub_blocks(b'\x4c' * data_bytes, sub_block)
+    return bytes(out + b'\x3B')
+
+
+def _png_chunk(kind, data):
+    return (struct.pack('>I', len(data)) + kind + data
+            + struct.pack('>I', zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+
+def apng_with_frames(canvas, frames, declared=None, default_is_frame=True):
+    """An APNG of a `canvas` (width, height) IHDR whose fcTL chunks have the sizes `frames` (the
+    first before IDAT when `default_is_frame`), acTL declaring `declared` frames (default: as many)."""
+    def fctl(number, width, height):
+        return _png_chunk(b'fcTL', struct.pack('>IIIIIHHBB', number, width, height, 0, 0, 1, 10, 0, 0))
+    frames = list(frames)
+    out = b'\x89PNG\r\n\x1a\n' + _png_chunk(b'IHDR', struct.pack('>IIBBBBB', *canvas, 8, 0, 0, 0, 0))
+    out += _png_chunk(b'acTL', struct.pack('>II', len(frames) if declared is None else declared, 0))
+    rest = frames
+    if default_is_frame and frames:
+        out += fctl(0, *frames[0])
+        rest = frames[1:]
+    out += _png_chunk(b'IDAT', zlib.compress(b'\0' * 4))
+    for number, (width, height) in enumerate(rest, start=1):
+        out += fctl(number, width, height) + _png_chunk(b'fdAT', struct.pack('>I', number) + b'x')
+    return out + _png_chunk(b'IEND', b'')
+
+
+def webp_animation(canvas, frames):
+    """An animated WebP: VP8X of a `canvas` (width, height), ANIM, and one ANMF chunk per frame size."""
+    def chunk(kind, data):
+        return kind + struct.pack('<I', len(data)) + data + b'\0' * (len(data) & 1)
+
+    def uint24(value):
+        return value.to_bytes(3, 'little')
+    body = chunk(b'VP8X', bytes([0x02, 0, 0, 0]) + uint24(canvas[0] - 1) + uint24(canvas[1] - 1))
+    body += chunk(b'ANIM', bytes(6))
+    for width, height in frames:
+        body += chunk(b'ANMF', bytes(6) + uint24(width - 1) + uint24(height - 1) + bytes(4)
+                      + chunk(b'VP8L', b'\x2f' + bytes(5)))
+    return b'RIFF' + struct.pack('<I', 4 + len(body)) + b'WEBP' + body
+
+
+def huge_png(path, side=23000, bit_depth=8):
+    """An all-black side x side grayscale PNG, written row by row (never side^2 bytes in memory).
+    With `bit_depth` 1 a row is side/8 bytes: 15000x15000 compresses to about 30 KB."""
+    compressor = zlib.compressobj(9)
+    row = b'\0' * (1 + (side * bit_depth + 7) // 8)  # filter byte, then the row
+    idat = b''.join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    path.write_bytes(b'\x89PNG\r\n\x1a\n'
+                     + _png_chunk(b'IHDR', struct.pack('>IIBBBBB', side, side, bit_depth, 0, 0, 0, 0))
+                     + _png_chunk(b'IDAT', idat) + _png_chunk(b'IEND', b''))
+    return path

@@ -19,7 +19,7 @@ BENCH = os.path.join(REPO, 'bench', 'bench.py')
 # through finetune.py itself (a subprocess of its own), inference, and the input pipeline alone.
 REDUCED = 'fc/memory/*,fc/feed/*,fc/loop/*,infer/tf/1,input/*'
 EXPECTED = ['fc/memory/8', 'fc/loop/8', 'fc/feed/8', 'infer/tf/1', 'input/pipeline/8',
-            'input/opencv/8']
+            'input/opencv/8', 'input/core-list/8', 'input/core-shards/8', 'input/core-resized/8']
 
 
 def run_bench(*args):
@@ -56,10 +56,15 @@ def test_quick_run_prints_every_asked_row_with_positive_figures(tmp_path):
         assert float(shown) == pytest.approx(value, abs=0.051)
     values = recorded['values']
     for key, reference in (('fc/memory/8', 'fc/feed/8'), ('fc/loop/8', 'fc/feed/8'),
-                           ('input/pipeline/8', 'input/opencv/8')):
+                           ('input/pipeline/8', 'input/opencv/8'),
+                           ('input/core-shards/8', 'input/core-list/8'),
+                           ('input/core-resized/8', 'input/core-list/8')):
         ratio = float(rows[key][2].split('x ')[0])
         assert ratio == pytest.approx(values[key] / values[reference], abs=0.006)
     assert 'No PyTorch rows or equality check' in result.stdout
+    # The shard rows read shards the run wrote from the JPEG list, as they are and pre-resized.
+    shards = tmp_path / 'cache' / 'shards'
+    assert sorted(os.listdir(shards)) == ['list_32_core-resized', 'list_32_core-shards']
 
 
 def test_unknown_configuration_is_one_error_line(tmp_path):
@@ -96,3 +101,56 @@ def test_equality_line_holds_the_largest_relative_difference():
     values['check/torch'] = [peer[0], 2.5, peer[2], 2.4005]  # 0.0005 / 2.4 = 2.1e-4
     text = bench.table(configs, values, set(), args)
     assert 'differ by 2.1e-04' in text and 'DIFFERENT to 0.0001' in text
+
+
+@pytest.mark.slow
+def test_recipe_rows_are_timed_against_the_plain_step(tmp_path):
+    result = run_bench('--quick', '--no_torch', '--seconds', '0.5', '--only',
+                       'fc/memory/8,fc/ema/8,fc/cutmix/8,fc/unfreeze/8',
+                       '--cache_dir', str(tmp_path / 'cache'), '--json', str(tmp_path / 'bench.json'))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = table_rows(result.stdout)
+    assert list(rows) == ['fc/memory/8', 'fc/ema/8', 'fc/cutmix/8', 'fc/unfreeze/8']
+    values = json.loads((tmp_path / 'bench.json').read_text())['values']
+    for key in ('fc/ema/8', 'fc/cutmix/8', 'fc/unfreeze/8'):
+        ratio, meaning = rows[key][2].split('x ')
+        assert meaning == 'plain SGD' and values[key] > 0
+        assert float(ratio) == pytest.approx(values[key] / values['fc/memory/8'], abs=0.006)
+
+
+def import_bench_script(name):
+    sys.path.insert(0, os.path.join(REPO, 'bench'))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(os.path.join(REPO, 'bench'))
+
+
+def test_recipe_comparison_intervals_are_the_textbook_ones():
+    recipe = import_bench_script('recipe')
+    mean, low, high = recipe.t_interval([0.8, 0.9, 0.85])
+    # mean 0.85, sample sd 0.05, t(0.975, 2) = 4.303: 0.85 +- 4.303 x 0.05 / sqrt(3)
+    assert mean == pytest.approx(0.85)
+    assert (low, high) == pytest.approx((0.85 - 0.12422, 0.85 + 0.12422), abs=1e-4)
+    histories = {'plain': {0: [{'val_accuracy': 0.5, 'val_images': 40},
+                               {'val_accuracy': 0.75, 'val_images': 40}],
+                           1: [{'val_accuracy': 0.9, 'val_images': 40}]},
+                 'modern': {0: [{'val_accuracy': 0.8, 'val_images': 40}],
+                            1: [{'val_accuracy': 0.95, 'val_images': 40}]}}
+    summary = recipe.summarise(histories)
+    assert summary['plain']['final'] == [0.75, 0.9] and summary['plain']['pooled'] == (66, 80)
+    assert summary['plain']['pooled_wilson'] == pytest.approx(
+        recipe.metrics.wilson_interval(66, 80))
+    assert summary['difference']['final'] == pytest.approx([0.05, 0.05])
+    text = recipe.table(summary, None)
+    assert '| plain | 0.750, 0.900 | 0.825 [' in text and '66/80 = 0.825 [' in text
+    assert 'modern - plain, final accuracy, paired by seed: 0.050 [0.050, 0.050]' in text
+
+
+def test_recipe_comparison_refuses_bad_seeds_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(REPO, 'bench', 'recipe.py'), '--seeds',
+                             '0,x', '--work_dir', str(tmp_path / 'work')], capture_output=True,
+                            text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == 'error: --seeds 0,x: a comma list of whole numbers'
+    assert not (tmp_path / 'work').exists()

@@ -20,6 +20,7 @@ import get_weights
 from alexnet import AlexNet
 from finetune_alexnet import caffemodel, weight_files
 from finetune_alexnet.errors import ToolkitError
+from test_make_lists import time_limit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
@@ -203,3 +204,52 @@ def test_command_reports_a_truncated_caffemodel_in_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f'error: {truncated}: truncated'), result.stderr
     assert not output.exists()
+
+
+# --- hostile dimensions and sizes: one line naming the layer, never a traceback ----------------------
+
+HOSTILE_BLOBS = [
+    ('current', (96, 3, 11, -11), 0, 'conv1 blob 0 has shape (96, 3, 11, -11): a dimension of -11'),
+    ('current', (0, 3, 11, 11), 0, 'conv1 blob 0 has shape (0, 3, 11, 11): a dimension of 0'),
+    ('current', (-(2**63), 1), 0, f'a dimension of {-(2**63)}'),
+    # NumPy's int64 product of these wraps around to 0, which the 0 values would have matched.
+    ('current', (2**32, 2**32), 0, 'conv1 blob 0 holds 0 values but its shape (4294967296, 4294967296) '
+                                   'needs about 10^19 (truncated or corrupt)'),
+    ('current', (2**62, 2**62, 2**62), 4, 'needs about 10^55'),
+    ('current', (4, 3), 10, 'conv1 blob 0 holds 10 values but its shape (4, 3) needs 12'),
+    ('current', (4, 3), 13, 'conv1 blob 0 holds 13 values but its shape (4, 3) needs 12'),
+    ('current', (1,) * 33, 1, 'conv1 blob 0 has 33 dimensions; a Caffe blob has 1 to 32'),
+    ('current', (), 1, 'conv1 blob 0 has 0 dimensions'),
+    ('v1', (1, 1, -1, 4), 4, 'conv1 blob 0 has shape (1, 1, -1, 4): a dimension of -1'),
+    ('v1', None, 4, 'conv1 blob 0 has shape (0, 0, 0, 0): a dimension of 0'),
+    ('v1', (2**31 - 1, 2**31 - 1, 2**31 - 1, 2**31 - 1), 1, 'needs about 10^37'),
+]
+
+
+@pytest.mark.parametrize('layout, dims, count, message', HOSTILE_BLOBS,
+                         ids=[f'{layout} {dims}'[:40] for layout, dims, _, _ in HOSTILE_BLOBS])
+def test_hostile_blob_dimensions_are_one_line_naming_the_layer(tmp_path, capsys, layout, dims, count,
+                                                                message):
+    from finetune_alexnet import cli
+    path = caffemodel_fixture.write_layers(
+        str(tmp_path / 'hostile.caffemodel'),
+        [('conv1', [caffemodel_fixture.blob_raw(layout, dims, count)])], layout)
+    output = tmp_path / 'out.npz'
+    assert cli.run(get_weights.main, ['--caffemodel', path, '--output', str(output)]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith(f'error: {path}: layer conv1 blob 0 '), err
+    assert message in err
+    assert not output.exists()
+
+
+def test_a_fifo_or_an_oversized_file_is_refused_unread(tmp_path):
+    fifo = tmp_path / 'pipe.caffemodel'
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    with time_limit(), pytest.raises(ToolkitError, match=r'pipe.caffemodel: not a \.caffemodel file '
+                                                         r'\(a FIFO\)$'):
+        caffemodel.read_net(str(fifo))
+    huge = tmp_path / 'huge.caffemodel'
+    with open(huge, 'wb') as stream:
+        stream.truncate(2**31)  # sparse: no disk used, and the reader must not read it
+    with pytest.raises(ToolkitError, match=r'huge.caffemodel: 2,147,483,648 bytes, more than protobuf'):
+        caffemodel.read_net(str(huge))

@@ -93,3 +93,54 @@ def test_ctrl_c_while_tensorflow_loads_is_one_line_and_status_130():
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 130, stderr
     assert stderr == 'error: interrupted\n' and stdout == ''
+
+
+# Numbers out of range, per command: argparse's float() takes 'nan' and 'inf', int() any size.
+# Each is one error line naming the flag, before any work (nothing is written under the output).
+OUT_OF_RANGE = [
+    ('predict', ['--top_k', '0', 'x.jpg'], '--top_k'),
+    ('predict', ['--batch_size', '-1', 'x.jpg'], '--batch_size'),
+    ('predict', ['--max_mistakes', '-1', '--evaluate', 'list.txt'], '--max_mistakes'),
+    ('predict', ['--max_pixels', '0', 'x.jpg'], '--max_pixels'),
+    ('predict', ['--max_pixels', '-5', 'x.jpg'], '--max_pixels'),
+    ('predict', ['--resize', '100', '--ten_crop', 'x.jpg'], '--resize'),
+    ('predict', ['--resize', '10000000', '--ten_crop', 'x.jpg'], '--resize'),
+    ('make_lists', ['folder', '--out_dir', 'OUT', '--val_fraction', 'nan'], '--val_fraction'),
+    ('make_lists', ['folder', '--out_dir', 'OUT', '--val_fraction', 'inf'], '--val_fraction'),
+    ('make_lists', ['folder', '--out_dir', 'OUT', '--val_fraction', '-0.5'], '--val_fraction'),
+    ('make_lists', ['folder', '--out_dir', 'OUT', '--seed', '-1'], '--seed'),
+    ('make_lists', ['folder', '--out_dir', 'OUT', '--seed', '99999999999999999999'], '--seed'),
+    ('datagenerator', ['--check', 'list.txt', '--workers', '0'], '--workers'),
+    ('datagenerator', ['--check', 'list.txt', '--workers', '99999999999'], '--workers'),
+    ('datagenerator', ['--check', 'list.txt', '--num_classes', '0'], '--num_classes'),
+    ('datagenerator', ['--check', 'list.txt', '--num_classes', str(2**31)], '--num_classes'),
+    ('datagenerator', ['--check', 'list.txt', '--max_pixels', '0'], '--max_pixels'),
+    ('get_data', ['cats_vs_dogs', '--out_dir', 'OUT', '--val_fraction', 'nan'], '--val_fraction'),
+    ('get_data', ['cats_vs_dogs', '--out_dir', 'OUT', '--seed', '-3'], '--seed'),
+    ('get_data', ['cats_vs_dogs', '--out_dir', 'OUT', '--seed', str(2**32)], '--seed'),
+    ('get_data', ['cats_vs_dogs', '--out_dir', 'OUT', '--workers', '0'], '--workers'),
+    ('get_data', ['cats_vs_dogs', '--out_dir', 'OUT', '--workers', '10000000000'], '--workers'),
+    ('get_data', ['cats_vs_dogs', '--out_dir', 'OUT', '--timeout', 'nan'], '--timeout'),
+    ('get_data', ['cats_vs_dogs', '--out_dir', 'OUT', '--timeout', 'inf'], '--timeout'),
+    ('get_data', ['cats_vs_dogs', '--out_dir', 'OUT', '--retries', '-1'], '--retries'),
+    ('get_weights', ['--output', 'OUT/w.npy', '--timeout', 'nan'], '--timeout'),
+    ('get_weights', ['--output', 'OUT/w.npy', '--timeout', '-inf'], '--timeout'),
+    ('get_weights', ['--output', 'OUT/w.npy', '--timeout', '0'], '--timeout'),
+    ('get_weights', ['--output', 'OUT/w.npy', '--retries', '-1'], '--retries'),
+    ('visualize', ['--out_dir', 'OUT', '--feature_image', '-1'], '--feature_image'),
+    ('visualize', ['--out_dir', 'OUT', '--feature_image', '99999999999999999999'], '--feature_image'),
+]
+
+
+@pytest.mark.parametrize('command, argv, flag', OUT_OF_RANGE,
+                         ids=[f'{command} {" ".join(argv[-2:])}' for command, argv, _ in OUT_OF_RANGE])
+def test_numbers_out_of_range_are_one_error_line_before_any_work(command, argv, flag, tmp_path, capsys):
+    out = tmp_path / 'out'
+    argv = [str(out) if arg == 'OUT' else arg.replace('OUT/', f'{out}/') for arg in argv]
+    module = importlib.import_module(command)
+    assert cli.run(module.main, argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: ') and flag in lines[0], captured.err
+    assert 'Traceback' not in captured.err and captured.out == ''
+    assert not out.exists()

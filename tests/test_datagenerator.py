@@ -11,6 +11,7 @@ import datagenerator
 import image_files
 from finetune_alexnet import cli
 from finetune_alexnet.errors import ToolkitError
+from test_make_lists import time_limit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -126,11 +127,44 @@ def test_missing_files_can_be_left_to_the_checker(tmp_path):
     assert paths == [str(tmp_path / 'nowhere.png')] and labels.tolist() == [0]
 
 
-def test_labels_only_need_to_be_non_negative_without_num_classes(tmp_path):
+def test_without_num_classes_labels_need_only_fit_a_one_hot_depth(tmp_path):
     good = image_files.write_png(tmp_path / 'good.png', image_files.random_rgb(3, 3))
-    list_file = write_list(tmp_path / 'list.txt', [f'{good} 999', f'{good} -3'])
-    with pytest.raises(ToolkitError, match=r'line 2: label -3 is outside 0 or more'):
+    list_file = write_list(tmp_path / 'list.txt', [f'{good} 999', f'{good} -3', f'{good} 2147483647'])
+    with pytest.raises(ToolkitError) as caught:
         datagenerator.read_list(list_file)
+    assert str(caught.value) == (f'{list_file}: 2 bad lines: line 2: label -3 is outside 0..2147483646; '
+                                 'line 3: label 2147483647 is outside 0..2147483646')
+    list_file = write_list(tmp_path / 'list.txt', [f'{good} 999', f'{good} 2147483646'])
+    assert datagenerator.read_list(list_file)[1].tolist() == [999, 2**31 - 2]
+
+
+@pytest.mark.parametrize('label, shown', [
+    ('99999999999999999999', 'label 99999999999999999999 is outside 0..1'),
+    ('-1', 'label -1 is outside 0..1'),
+    ('9' * 5000, 'label 999999999999999999999... is outside 0..1'),  # int() of it would raise
+    ('000000000000000000001', None),  # leading zeros are still the number 1
+    ('nan', "label 'nan' is not an integer"),
+    ('inf', "label 'inf' is not an integer"),
+    ('1e3', "label '1e3' is not an integer"),
+    ('٣', "label '٣' is not an integer"),  # a digit to str.isdigit, not to a list
+    ('x' * 500, "label '" + 'x' * 60 + "'... is not an integer"),
+])
+def test_hostile_labels_are_one_line_naming_file_and_line(tmp_path, label, shown):
+    good = image_files.write_png(tmp_path / 'good.png', image_files.random_rgb(3, 3))
+    list_file = write_list(tmp_path / 'list.txt', [f'{good} 0', f'{good} {label}'])
+    if shown is None:
+        assert datagenerator.read_list(list_file, num_classes=2)[1].tolist() == [0, 1]
+        return
+    with pytest.raises(ToolkitError) as caught:
+        datagenerator.read_list(list_file, num_classes=2)
+    assert str(caught.value) == f'{list_file}: 1 bad line: line 2: {shown}'
+
+
+def test_a_fifo_as_a_list_file_is_refused_unopened(tmp_path):
+    fifo = tmp_path / 'list.txt'
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    with time_limit(), pytest.raises(ToolkitError, match=f'^{fifo}: not a list file \\(a FIFO\\)$'):
+        datagenerator.read_list(str(fifo))
 
 
 @pytest.mark.parametrize('content', [b'', b'# only a comment\n\n   \r\n'], ids=['empty', 'comments'])
@@ -366,6 +400,19 @@ def test_an_unreadable_file_of_a_plain_list_of_images_is_named(tmp_path):
     assert paths[3] in str(error)
     images = prediction_inputs([paths[0]])
     assert images.shape == (1, 227, 227, 3) and images.dtype == np.float32
+
+
+def test_naming_unreadable_images_keeps_the_runs_pixel_limit(tmp_path):
+    """The pass that names the bad files after a decode error decodes nothing over the run's
+    --max_pixels: it reports those from their headers, as the run itself did (issue 21)."""
+    _, paths = bad_set(tmp_path)
+    error = str(datagenerator.unreadable_images_error(paths, max_pixels=10))
+    assert f'{paths[0]}: ' in error and 'over --max_pixels 10' in error
+    assert 'jpeg::Uncompress failed' not in error  # the corrupt JPEG is over 10 pixels too: not decoded
+    list_file = labelled_list(tmp_path, paths[:1])
+    with tf.Graph().as_default():
+        generator = datagenerator.ImageDataGenerator(list_file, 'inference', 2, 1, max_pixels=10**6)
+    assert generator.max_pixels == 10**6
 
 
 def test_bad_arguments(tmp_path):

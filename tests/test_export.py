@@ -14,11 +14,13 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 import bvlc_fixture
+import datagenerator
 import export
 import finetune
 import image_files
 from finetune_alexnet import demo_data
 from finetune_alexnet import model_info
+from finetune_alexnet.infer import exports
 from finetune_alexnet.infer import serving
 from finetune_alexnet.cli import run as run_main
 from finetune_alexnet import preprocessing
@@ -192,10 +194,15 @@ class RefuseOurs:
 sys.meta_path.insert(0, RefuseOurs())
 import numpy as np
 import tensorflow as tf
-model_dir, files_list, decoded_npz, output = sys.argv[1:]
+model_dir, files_list, decoded_npz, output, refused = sys.argv[1:]
 model = tf.saved_model.load(model_dir)
 files = [open(path, 'rb').read() for path in open(files_list).read().splitlines()]
 results = {}
+try:  # an image over the model's pixel limit fails its own request; the next one is served
+    model.signatures['serving_default'](image_bytes=tf.constant([files[0], open(refused, 'rb').read()]))
+    results['refused'] = np.array('not refused')
+except tf.errors.InvalidArgumentError as error:
+    results['refused'] = np.array(error.message)
 served = model.signatures['serving_default'](image_bytes=tf.constant(files))
 for key, value in served.items():
     results['files_' + key] = value.numpy()
@@ -215,10 +222,11 @@ def run_fresh_tensorflow(model_dir, paths, decoded, folder):
     folder.mkdir(exist_ok=True)
     (folder / 'files.txt').write_text('\n'.join(paths) + '\n')
     np.savez(folder / 'decoded.npz', **decoded)
+    huge = image_files.huge_png(folder / 'huge.png', 15000, bit_depth=1)
     environment = {key: value for key, value in os.environ.items() if key != 'PYTHONPATH'}
     result = subprocess.run([sys.executable, '-I', '-c', LOAD_SAVED_MODEL, model_dir,
                              str(folder / 'files.txt'), str(folder / 'decoded.npz'),
-                             str(folder / 'out.npz')],
+                             str(folder / 'out.npz'), str(huge)],
                             cwd=str(folder), env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     with np.load(folder / 'out.npz', allow_pickle=True) as outputs:
@@ -304,6 +312,9 @@ def test_saved_model_equals_predict_in_a_fresh_tensorflow(saved_model, fine_tune
     _, _, outputs = saved_model
     expected, names = classify_with_predict(fine_tuned, pictures[0])
     assert names == ['disk', 'square']
+    # Served after a request refused by the pixel limit (in the same process): the limit's message.
+    assert ('image_bytes[1]: its header announces 225000000 pixels (every frame counted), over '
+            'max_pixels 100000000; refused before decoding') in str(outputs['refused'])
     assert list(outputs['signatures']) == ['predict_images', 'serving_default']
     probabilities = outputs['files_probabilities']
     assert probabilities.dtype == np.float32 and probabilities.shape == (len(pictures[0]), 2)
@@ -341,6 +352,9 @@ def test_saved_model_assets_printout_and_saved_model_cli(saved_model, fine_tuned
     assert info['preprocessing'] == trained['preprocessing'] and info['preprocessing']['center_crop']
     assert info['class_names'] == ['disk', 'square']
     assert sorted(os.listdir(output)) == ['assets', 'saved_model.pb', 'variables']
+    assert sorted(os.listdir(os.path.join(output, 'assets'))) == [
+        'finetune_alexnet.json', 'labels.txt', 'model_info.json']
+    assert serving.read_marker(output)['max_pixels'] == 100000000
     # Only the finished folder is left: no partial or temporary folders beside it.
     assert os.listdir(os.path.dirname(output)) == ['1']
     assert f'wrote {output} (SavedModel, ' in printed
@@ -369,6 +383,7 @@ def test_imagenet_export_carries_caffe_class_names_and_weights_once(bvlc_npy, pi
     labels = open(os.path.join(output, 'assets', 'labels.txt'), encoding='utf-8').read().splitlines()
     assert labels == list(class_names)
     outputs = run_fresh_tensorflow(output, pictures[0][:1], {}, tmp_path / 'client')
+    assert 'over max_pixels 100000000' in str(outputs['refused'])
     probabilities = outputs['files_probabilities']
     assert probabilities.shape == (1, 1000)
     order = np.argsort(-probabilities[0], kind='stable')[:5]
@@ -437,7 +452,13 @@ def test_export_refuses_a_non_empty_output_unless_overwrite(checkpoint, tmp_path
     npz.write_bytes(b'old')
     assert f'{npz}: exists (pass --overwrite' in _error_of(['--checkpoint', checkpoint, '--output',
                                                              str(npz)], capsys)
-    assert run_main(export.main, argv + ['--overwrite']) == 0
+    # A saved_model.pb alone is not a SavedModel export.py wrote: even --overwrite leaves it.
+    assert _error_of(argv + ['--overwrite'], capsys) == (
+        f'error: {folder} holds 1 entry that export.py did not write (saved_model.pb); choose '
+        'another --output')
+    assert (folder / 'saved_model.pb').read_bytes() == b'old'
+    (folder / 'saved_model.pb').unlink()  # an empty folder is written into
+    assert run_main(export.main, argv) == 0
     assert sorted(os.listdir(folder)) == ['assets', 'saved_model.pb', 'variables']
     assert os.listdir(folder.parent) == ['1']
 
@@ -468,3 +489,423 @@ def test_export_command_line_unknown_format_exits_2(tmp_path):
                             capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 2
     assert "argument --format: invalid choice: 'onnx'" in error_line(result)
+
+
+# --- --overwrite replaces only what export.py wrote (issue 21) ----------------------------------------
+
+def _tree(folder):
+    """{relative path: bytes or None for folders} of everything under `folder`."""
+    tree = {}
+    for root, folders, files in os.walk(folder):
+        for name in folders:
+            tree[os.path.relpath(os.path.join(root, name), folder)] = None
+        for name in files:
+            path = os.path.join(root, name)
+            tree[os.path.relpath(path, folder)] = open(path, 'rb').read()
+    return tree
+
+
+def _fake_saved_model(folder, marker=True):
+    """The layout export.py writes (saved_model.pb, variables/, assets/), with made-up contents."""
+    (folder / 'variables').mkdir(parents=True)
+    (folder / 'assets').mkdir()
+    (folder / 'saved_model.pb').write_bytes(b'graph')
+    (folder / 'variables' / 'variables.index').write_bytes(b'index')
+    (folder / 'variables' / 'variables.data-00000-of-00001').write_bytes(b'data')
+    (folder / 'assets' / 'labels.txt').write_text('cat\ndog\n')
+    model_info.write_model_info(str(folder / 'assets'), 2, ['cat', 'dog'], center_crop=False)
+    if marker:
+        serving._write_marker(str(folder / 'assets'), 1000)
+    return folder
+
+
+def test_overwrite_refuses_a_parent_folder_of_versions_and_notes(checkpoint, tmp_path, capsys):
+    models = tmp_path / 'models'
+    _fake_saved_model(models / '1')
+    _fake_saved_model(models / '2')
+    (models / 'notes.txt').write_text('version 2 is the good one')
+    before = _tree(models)
+    argv = ['--checkpoint', checkpoint, '--format', 'savedmodel', '--output', str(models), '--overwrite']
+    assert _error_of(argv, capsys) == (
+        f'error: {models} holds 3 entries that export.py did not write (notes.txt, 1/, 2/); choose '
+        'another --output')
+    assert _tree(models) == before
+    assert sorted(os.listdir(tmp_path)) == ['models']  # no partial folder beside it either
+
+
+def test_overwrite_refuses_the_current_folder_and_a_home_like_folder(checkpoint, tmp_path, capsys,
+                                                                       monkeypatch):
+    home = tmp_path / 'home'
+    (home / '.ssh').mkdir(parents=True)
+    (home / '.bashrc').write_text('alias ll="ls -l"\n')
+    before = _tree(home)
+    base = ['--checkpoint', checkpoint, '--format', 'savedmodel', '--overwrite', '--output']
+    assert _error_of(base + [str(home)], capsys) == (
+        f'error: {home} holds 2 entries that export.py did not write (.bashrc, .ssh/); choose '
+        'another --output')
+    monkeypatch.chdir(home)
+    assert _error_of(base + ['.'], capsys) == (
+        'error: .: is the current folder or holds it; run export.py from elsewhere, or choose '
+        'another --output')
+    (home / 'empty').mkdir()
+    monkeypatch.chdir(home / 'empty')  # even empty: renaming onto it would pull it from under the shell
+    assert 'is the current folder or holds it' in _error_of(base + ['.'], capsys)
+    assert 'is the current folder or holds it' in _error_of(base + [str(home)], capsys)
+    assert _tree(home) == dict(before, empty=None)
+
+
+def test_overwrite_names_what_was_added_to_an_exported_folder(checkpoint, tmp_path, capsys):
+    folder = _fake_saved_model(tmp_path / 'models' / '1')
+    (folder / 'README.md').write_text('how to call it')
+    (folder / 'assets' / 'vocabulary.txt').write_text('mine')
+    (folder / 'variables' / 'backup').mkdir()
+    before = _tree(folder)
+    argv = ['--checkpoint', checkpoint, '--format', 'savedmodel', '--output', str(folder), '--overwrite']
+    assert _error_of(argv, capsys) == (
+        f'error: {folder} holds 3 entries that export.py did not write (README.md, '
+        'assets/vocabulary.txt, variables/backup/); choose another --output')
+    assert _tree(folder) == before
+
+
+def test_recognising_saved_models_of_our_own(tmp_path):
+    ours = _fake_saved_model(tmp_path / 'ours')
+    assert serving.foreign_saved_model_entries(str(ours)) == []
+    assert serving.read_marker(str(ours))['max_pixels'] == 1000
+    # Exports made before the marker: labels.txt and a model_info.json of ours identify them.
+    earlier = _fake_saved_model(tmp_path / 'earlier', marker=False)
+    assert serving.foreign_saved_model_entries(str(earlier)) == []
+    (earlier / 'assets' / 'model_info.json').write_text('{"format": 1}')
+    assert serving.foreign_saved_model_entries(str(earlier)) == ['saved_model.pb', 'assets/',
+                                                                 'variables/']
+    marker = ours / 'assets' / serving.MARKER_FILE  # someone else's marker of the same name
+    marker.write_text(json.dumps({'format': 1, 'written_by': 'someone else'}))
+    (ours / 'assets' / 'model_info.json').unlink()
+    assert serving.foreign_saved_model_entries(str(ours)) == ['saved_model.pb', 'assets/', 'variables/']
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    assert serving.foreign_saved_model_entries(str(empty)) == []
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_replacement_is_written_beside_and_renamed_in_whole(tmp_path, monkeypatch):
+    """The old SavedModel stays whole until the new one is complete, and a failure at either rename
+    leaves the old one in place."""
+    output = _fake_saved_model(tmp_path / 'models' / '1')
+    old = _tree(output)
+
+    def build(path, exported):
+        _fake_saved_model(tmp_path / 'new')
+        os.rename(tmp_path / 'new', path)
+        (tmp_path / 'models' / '1' / 'saved_model.pb').read_bytes()  # the old one is still there
+        return {}
+    monkeypatch.setattr(serving, '_build_saved_model', build)
+
+    def failing_build(path, exported):
+        os.makedirs(path)
+        (tmp_path / 'models' / '1' / 'saved_model.pb').read_bytes()
+        raise _Stop  # a full disk, a signal: the half-written model must go, the old one stay
+    monkeypatch.setattr(serving, '_build_saved_model', failing_build)
+    with pytest.raises(_Stop):
+        serving.write_saved_model(str(output), None)
+    assert _tree(output) == old and os.listdir(output.parent) == ['1']
+
+    monkeypatch.setattr(serving, '_build_saved_model', build)
+    renames = []
+    real_rename = os.rename
+
+    def rename_failing_second(source, target):
+        renames.append((source, target))
+        if len(renames) == 2:
+            raise OSError(5, 'Input/output error')
+        return real_rename(source, target)
+    monkeypatch.setattr(serving.os, 'rename', rename_failing_second)
+    with pytest.raises(OSError):
+        serving.write_saved_model(str(output), None)
+    assert _tree(output) == old and os.listdir(output.parent) == ['1']
+    monkeypatch.setattr(serving.os, 'rename', real_rename)
+
+    (output / 'variables' / 'variables.data-00000-of-00001').write_bytes(b'new data')
+    serving.write_saved_model(str(output), None)
+    assert _tree(output)['variables/variables.data-00000-of-00001'] == b'data'
+    assert os.listdir(output.parent) == ['1']
+    # What a library caller cannot replace either: the refusal is in the writer too.
+    (output / 'notes.txt').write_text('mine')
+    with pytest.raises(ToolkitError, match=r'holds 1 entry that export.py did not write \(notes.txt\)'):
+        serving.write_saved_model(str(output), None)
+    assert (output / 'notes.txt').read_text() == 'mine'
+
+
+def test_overwrite_of_a_file_replaces_only_a_file_of_the_same_kind(checkpoint, tmp_path, capsys):
+    def npz_error(path):
+        return _error_of(['--checkpoint', checkpoint, '--output', str(path), '--overwrite'], capsys)
+    notes = tmp_path / 'notes.npz'
+    notes.write_text('my notes')
+    assert npz_error(notes) == (f'error: {notes}: not a weights file that export.py wrote (a .npz of '
+                                'conv1/weights ... fc8/biases only); choose another --output')
+    features = tmp_path / 'features.npz'  # a file of ours, but another kind (predict.py --features)
+    np.savez(features, features=np.zeros((2, 3)), paths=np.array(['a', 'b']))
+    assert 'not a weights file that export.py wrote' in npz_error(features)
+    npy = tmp_path / 'bvlc_alexnet.npy'
+    npy.write_bytes(b'\x93NUMPY')
+    assert 'not a weights file that export.py wrote' in npz_error(npy)
+    assert notes.read_text() == 'my notes' and npy.read_bytes() == b'\x93NUMPY'
+    ours = tmp_path / 'ours.npz'
+    np.savez(ours, **{'fc8/weights': np.zeros((4096, 2), np.float32)})
+    assert exports.is_exported_weights(str(ours))
+    assert not exports.is_exported_weights(str(features)) and not exports.is_exported_weights(str(tmp_path))
+
+    model = tmp_path / 'model.tflite'
+    model.write_bytes(b'\x1c\x00\x00\x00TFL3' + bytes(24))
+    labels, info = serving.tflite_side_files(str(model))
+    model_info.write_model_info(str(tmp_path), 2, ['cat', 'dog'], center_crop=False)
+    os.replace(tmp_path / 'model_info.json', info)
+    with open(labels, 'w') as stream:
+        stream.write('cat\ndog\n')
+    assert serving.foreign_tflite_files(str(model)) == []
+    with open(labels, 'w') as stream:
+        stream.write('my shopping list\n')
+    argv = ['--checkpoint', checkpoint, '--format', 'tflite', '--output', str(model), '--overwrite']
+    assert _error_of(argv, capsys) == (f'error: {labels}: not the class names of the model_info.json '
+                                       'beside it that export.py wrote; choose another --output')
+    os.remove(labels)
+    model.write_text('a text file named .tflite')
+    assert _error_of(argv, capsys) == (f'error: {model}: not a TFLite model that export.py wrote; '
+                                       'choose another --output')
+    assert model.read_text() == 'a text file named .tflite'
+
+
+def test_max_pixels_flag_is_checked(checkpoint, tmp_path, capsys):
+    base = ['--checkpoint', checkpoint, '--output', str(tmp_path / 'out')]
+    assert _error_of(base + ['--format', 'savedmodel', '--max_pixels', '0'], capsys).startswith(
+        'error: --max_pixels must be between 1 and ')
+    assert _error_of(base + ['--format', 'tflite', '--max_pixels', '10'], capsys).startswith(
+        'error: --max_pixels applies to --format savedmodel, not tflite (a TFLite model takes decoded '
+        'images: the caller decodes)')
+    assert '--max_pixels applies to --format savedmodel, not npz' in _error_of(
+        base + ['--max_pixels', '10'], capsys)
+    assert not os.path.exists(tmp_path / 'out')
+
+
+# --- the pixel limit inside the served graph -----------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def hostile_images(tmp_path_factory):
+    """{name: bytes}: a 15000x15000 PNG of about 30 KB, and frames that add up or hide behind a
+    small screen, each over 100 megapixels."""
+    folder = tmp_path_factory.mktemp('hostile')
+    return {'png': image_files.huge_png(folder / 'huge.png', 15000, bit_depth=1).read_bytes(),
+            'gif': image_files.gif_with_frames((1, 1), [(12000, 12000)]),
+            'apng': image_files.apng_with_frames((8000, 8000), [(8000, 8000)] * 2),
+            'webp': image_files.webp_animation((8000, 8000), [(8000, 8000)] * 2)}
+
+
+def test_the_serving_graph_refuses_each_oversized_request_and_serves_the_next(hostile_images):
+    small = image_files.encode(image_files.random_rgb(40, 50, seed=3), '.png')
+    with tf.Graph().as_default():
+        image_bytes = tf.placeholder(tf.string, [None])
+        inputs = serving.preprocess_encoded(image_bytes, center_crop=False)
+        with tf.Session() as session:
+            expected = session.run(inputs, {image_bytes: [small]})
+            assert len(hostile_images['png']) < 60_000
+            for name, pixels in (('png', 225000000), ('gif', 144000000), ('apng', 128000000),
+                                 ('webp', 128000000)):
+                with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+                    session.run(inputs, {image_bytes: [small, hostile_images[name]]})
+                assert (f'image_bytes[1]: its header announces {pixels} pixels (every frame counted), '
+                        'over max_pixels 100000000; refused before decoding') in raised.value.message
+                np.testing.assert_array_equal(session.run(inputs, {image_bytes: [small]}), expected)
+
+
+def test_the_decoded_images_signature_has_the_limit_too():
+    with tf.Graph().as_default():
+        images = tf.placeholder(tf.uint8, [None, None, None, 3])
+        inputs = serving.preprocess_decoded(images, center_crop=False, max_pixels=1000)
+        with tf.Session() as session:
+            assert session.run(inputs, {images: np.zeros((1, 25, 40, 3), np.uint8)}).shape == (1, 227,
+                                                                                            227, 3)
+            with pytest.raises(tf.errors.InvalidArgumentError, match='images: 41x25 pixels each, over '
+                               'max_pixels 1000'):
+                session.run(inputs, {images: np.zeros((1, 25, 41, 3), np.uint8)})
+
+
+@pytest.mark.slow
+def test_an_exported_model_refuses_oversized_images_and_records_its_limit(checkpoint, hostile_images,
+                                                                          tmp_path, capsys):
+    output = tmp_path / 'models' / '1'
+    argv = ['--checkpoint', checkpoint, '--format', 'savedmodel', '--output', str(output),
+            '--max_pixels', '5000']
+    assert run_main(export.main, argv) == 0
+    assert 'at most 5000 pixels an image' in capsys.readouterr().out
+    assert serving.read_marker(str(output)) == {'format': 1, 'written_by': 'finetune_alexnet export.py',
+                                                'max_pixels': 5000}
+    assert serving.foreign_saved_model_entries(str(output)) == []
+    small = image_files.encode(image_files.random_rgb(50, 100, seed=3), '.jpg')
+    large = image_files.encode(image_files.random_rgb(50, 101, seed=3), '.jpg')
+    with tf.Graph().as_default(), tf.Session() as session:
+        signature = tf.saved_model.loader.load(session, ['serve'], str(output)).signature_def[
+            serving.SERVING_SIGNATURE]
+        feed, fetch = signature.inputs['image_bytes'].name, signature.outputs['probabilities'].name
+        expected = session.run(fetch, {feed: [small]})
+        for refused in (large, hostile_images['png'], hostile_images['gif']):
+            with pytest.raises(tf.errors.InvalidArgumentError, match=r'image_bytes\[0\]: its header '
+                               r'announces \d+ pixels \(every frame counted\), over max_pixels 5000'):
+                session.run(fetch, {feed: [refused]})
+            np.testing.assert_array_equal(session.run(fetch, {feed: [small]}), expected)
+    # Exported again over itself: ours, so replaced, with the new limit.
+    assert run_main(export.main, argv[:-1] + ['7000', '--overwrite']) == 0
+    assert serving.read_marker(str(output))['max_pixels'] == 7000
+    assert os.listdir(output.parent) == ['1']
+
+
+# --- TFLite int8: full-integer quantization, calibrated on the training list ---------------------------
+
+def _write_list(path, entries):
+    path.write_text(''.join(f'{image} {label}\n' for image, label in entries))
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def warm_and_cool(tmp_path_factory):
+    """(weights file, train.txt, val.txt): a model that tells warm pictures from cool ones, near 100%
+    on its validation list, whose probabilities are not saturated, so that an int8 error shows.
+
+    Its fc8 is fine-tuned on a random network's features; random conv weights keep little of the
+    demo's small shapes, so the classes are the whole picture's colour: warm (red over blue) or cool
+    (blue over red), under a noisy tint. The fine-tuned fc8 is then scaled down until the median
+    validation image's two logits lie 3 apart: the same answers, with probabilities between 0 and 1
+    (saturated ones would hide a miscalibrated int8 model behind the same 0s and 1s).
+    """
+    folder = tmp_path_factory.mktemp('warm_and_cool')
+    rng = np.random.default_rng(5)
+    entries = {0: [], 1: []}
+    for label, name in enumerate(('warm', 'cool')):
+        (folder / name).mkdir()
+        for index in range(45):
+            high, middle, low = rng.uniform(150, 255), rng.uniform(40, 160), rng.uniform(0, 90)
+            rgb = (high, middle, low) if label == 0 else (low, middle, high)
+            pixels = np.clip(np.array(rgb) + rng.normal(0, 30, (120, 160, 3)), 0, 255).astype(np.uint8)
+            entries[label].append((image_files.write_jpeg(folder / name / f'{index:02d}.jpg', pixels),
+                                   label))
+    train = _write_list(folder / 'train.txt', entries[0][:20] + entries[1][:20])
+    val = _write_list(folder / 'val.txt', entries[0][20:] + entries[1][20:])
+    layers = bvlc_fixture.random_weights(num_classes=1000, seed=4)
+    pretrained = str(folder / 'pretrained.npz')
+    weight_files.save_weights(pretrained, layers)
+    del layers
+    # fc8 alone, from the cached pool5 features: a fraction of a second an epoch.
+    status = run_main(finetune.main, [
+        '--train_file', train, '--val_file', val, '--num_classes', '2', '--batch_size', '10',
+        '--num_epochs', '12', '--seed', '3', '--train_layers', 'fc8', '--skip_layers', 'fc8',
+        '--optimizer', 'momentum', '--learning_rate', '1e-6', '--dropout_rate', '0',
+        '--weights_path', pretrained, '--checkpoint_path', str(folder / 'run'),
+        '--filewriter_path', str(folder / 'tensorboard'), '--cache_dir', 'none'])
+    assert status == 0
+    fine_tuned = str(folder / 'fine_tuned.npz')
+    _capture_main(['--checkpoint', str(folder / 'run'), '--output', fine_tuned])
+    with Classifier(weights_path=fine_tuned) as classifier:
+        logits = classifier.run(datagenerator.read_list(val)[0], layers=('fc8',)).outputs['fc8']
+    layers = weight_files.load_weights(fine_tuned)
+    scale = np.float32(3 / np.median(np.abs(logits[:, 0] - logits[:, 1])))
+    layers['fc8'] = {kind: value * scale for kind, value in layers['fc8'].items()}
+    moderate = str(folder / 'moderate.npz')
+    weight_files.save_weights(moderate, layers)
+    return moderate, train, val
+
+
+def _float32_tensors(path):
+    with open(path, 'rb') as stream:
+        interpreter = serving.tflite_interpreter(stream.read())
+    return sorted(detail['name'] for detail in interpreter.get_tensor_details()
+                  if detail['dtype'] == np.float32)
+
+
+@pytest.mark.slow
+def test_tflite_int8_agrees_with_float32_at_a_quarter_of_its_size(warm_and_cool, tmp_path):
+    weights, train, val = warm_and_cool
+    float_path, int8_path = str(tmp_path / 'float32.tflite'), str(tmp_path / 'int8.tflite')
+    _capture_main(['--weights_path', weights, '--format', 'tflite', '--output', float_path])
+    printed = _capture_main(['--weights_path', weights, '--format', 'tflite', '--quantize', 'int8',
+                             '--output', int8_path, '--train_file', train, '--representative_size',
+                             '30', '--seed', '2', '--val_file', val])
+    assert f'calibrated on 30 of the 40 images of {train} (drawn with --seed 2)' in printed
+
+    # Both files run on what predict.py's pipeline makes of the validation images.
+    paths, labels = datagenerator.read_list(val)
+    inputs = prediction_inputs(paths)
+    reference, quantized = _run_tflite(float_path, inputs), _run_tflite(int8_path, inputs)
+    assert quantized.dtype == np.float32 and quantized.shape == (50, 2)
+    # A model that answers right, with probabilities that are not all 0 and 1: agreeing is not
+    # the same guess twice, and an error in the int8 model shows in the probabilities.
+    assert np.mean(reference.argmax(axis=1) == labels) >= 0.95
+    assert 0.6 < np.median(reference.max(axis=1)) < 0.99
+    same = int(np.sum(quantized.argmax(axis=1) == reference.argmax(axis=1)))
+    assert same / len(paths) >= 0.98
+    # Calibrated on images pre-processed otherwise (a tenth of the contrast, say), it is off by 0.3.
+    assert np.max(np.abs(quantized - reference)) < 0.1
+    assert (f'int8 and float32 agree on the top-1 class of {same} of 50 images of {val} '
+            f'({100 * same / 50:.1f}%)') in printed
+    # Every op computes in int8: float32 only at the input and the output.
+    assert len(_float32_tensors(int8_path)) == 2
+    ratio = os.path.getsize(int8_path) / os.path.getsize(float_path)
+    assert 0.2 < ratio < 0.35
+    assert f'float32 {os.path.getsize(float_path) / 1e6:.1f} MB ({ratio:.2f} of it)' in printed
+    assert f'wrote {int8_path} (TFLite, int8, ' in printed
+    assert open(int8_path[:-len('.tflite')] + '.labels.txt').read() == 'class 0\nclass 1\n'
+
+
+def test_representative_sample_is_a_seeded_subset_in_list_order():
+    paths = [f'/data/{index:03d}.jpg' for index in range(200)]
+    first = serving.representative_sample(paths, 20, seed=0)
+    assert len(first) == 20 and len(set(first)) == 20 and first == sorted(first)
+    assert set(first) <= set(paths)
+    assert serving.representative_sample(paths, 20, seed=0) == first
+    assert serving.representative_sample(paths, 20, seed=1) != first
+    assert serving.representative_sample(paths, 200, seed=0) == paths
+    assert serving.representative_sample(paths[:5], 20, seed=3) == paths[:5]
+
+
+def test_int8_flags_are_checked_before_anything_is_read(checkpoint, tmp_path, capsys):
+    output = str(tmp_path / 'model.tflite')
+    base = ['--checkpoint', checkpoint, '--format', 'tflite', '--output', output]
+    listed = _write_list(tmp_path / 'train.txt', [])
+    assert _error_of(base + ['--quantize', 'int8'], capsys).startswith(
+        'error: --quantize int8 needs --train_file LIST')
+    assert '--train_file applies to --quantize int8' in _error_of(base + ['--train_file', listed],
+                                                                   capsys)
+    assert '--val_file applies to --quantize int8' in _error_of(
+        base + ['--quantize', 'float16', '--agreement_list', listed], capsys)
+    assert '--representative_size applies to --quantize int8' in _error_of(
+        base + ['--representative_size', '5'], capsys)
+    int8 = base + ['--quantize', 'int8', '--representative_list', listed]
+    for size in ('0', '1001'):
+        assert '--representative_size must be between 1 and 1000' in _error_of(
+            int8 + ['--representative_size', size], capsys)
+    assert '--seed -1 is outside 0..4294967295' in _error_of(int8 + ['--seed', '-1'], capsys)
+    assert '--quantize int8 applies to --format tflite, not savedmodel' in _error_of(
+        ['--checkpoint', checkpoint, '--format', 'savedmodel', '--output', str(tmp_path / 'm'),
+         '--quantize', 'int8'], capsys)
+    assert sorted(os.listdir(tmp_path)) == ['train.txt']
+
+
+def test_int8_refuses_bad_lists_and_unreadable_images_before_writing(checkpoint, tmp_path, capsys):
+    images = [str(image_files.write_jpeg(tmp_path / f'{index}.jpg', image_files.random_rgb(40, 50, index)))
+              for index in range(3)]
+    output = tmp_path / 'model.tflite'
+    base = ['--checkpoint', checkpoint, '--format', 'tflite', '--quantize', 'int8', '--output',
+            str(output)]
+    wrong_label = _write_list(tmp_path / 'labels.txt', [(images[0], 0), (images[1], 7)])
+    assert f'{wrong_label}: 1 bad line: line 2: label 7 is outside 0..1' in _error_of(
+        base + ['--train_file', wrong_label], capsys)
+    train = _write_list(tmp_path / 'train.txt', [(path, 0) for path in images])
+    missing = _write_list(tmp_path / 'val.txt', [(images[0], 0), (str(tmp_path / 'gone.jpg'), 1)])
+    assert 'image not found' in _error_of(base + ['--train_file', train, '--val_file', missing], capsys)
+    broken = tmp_path / 'broken.jpg'
+    broken.write_bytes(open(images[2], 'rb').read()[:200])
+    with_broken = _write_list(tmp_path / 'broken.txt', [(images[0], 0), (str(broken), 1)])
+    line = _error_of(base + ['--train_file', with_broken], capsys)
+    assert line.startswith(f'error: {with_broken}: 1 unreadable image: {broken}'), line
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ['0.jpg', '1.jpg', '2.jpg', 'broken.jpg', 'labels.txt', 'train.txt', 'val.txt', 'broken.txt'])

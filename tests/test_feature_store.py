@@ -1,13 +1,17 @@
 """The shared on-disk pool5 feature store: keys, hits, misses after an image changed, damaged sets
 rebuilt, least-recently-used eviction, and two processes writing one set at once."""
+import json
 import multiprocessing
 import os
+import shutil
 import time
 
 import numpy as np
 import pytest
 
+from finetune_alexnet import digests
 from finetune_alexnet.train import feature_store
+from test_make_lists import time_limit
 
 SETTINGS = {'device': 'cpu', 'mixed_precision': False, 'xla': False, 'skip_bad_images': False}
 
@@ -166,3 +170,126 @@ def test_staging_left_by_a_killed_run_is_cleared_after_a_day(tmp_path, images):
     os.utime(old, (day_ago, day_ago))
     store.save(key_of(images), *arrays())
     assert not os.path.exists(old) and os.path.exists(fresh)  # fresh: perhaps another run's, writing
+
+
+# --- hostile sets: whatever the cache folder holds, a set is used whole or removed with a note ------
+
+def stored_set(tmp_path, images):
+    store = feature_store.FeatureStore(str(tmp_path / 'cache'), 2**30)
+    key = key_of(images)
+    store.save(key, *arrays())
+    return store, key, os.path.join(store.root, key)
+
+
+def edit_meta(folder, change):
+    path = os.path.join(folder, feature_store.META)
+    with open(path) as stream:
+        meta = json.load(stream)
+    change(meta)
+    with open(path, 'w') as stream:
+        json.dump(meta, stream)
+
+
+def set_field(field, value):
+    return lambda meta: meta.update({field: value})
+
+
+HOSTILE_META = [
+    ('format true', set_field('format', True), 'format is not 1'),
+    ('format 2', set_field('format', 2), 'format is not 1'),
+    ('extra field', set_field('path', '../../etc'), 'does not have the fields'),
+    ('missing field', lambda meta: meta.pop('created'), 'does not have the fields'),
+    ('shape negative', set_field('features_shape', [3, -1]), 'features_shape is not two sizes'),
+    ('shape string', set_field('features_shape', 'big'), 'features_shape is not two sizes'),
+    ('shape bools', set_field('features_shape', [True, True]), 'features_shape is not two sizes'),
+    ('shape lies', lambda meta: meta.update(features_shape=[1, 3 * 9216]), 'meta.json says (1, 27648)'),
+    ('bytes infinite', lambda meta: meta['bytes'].update({'features.npy': float('inf')}),
+     'bytes is not one entry'),
+    ('bytes huge', lambda meta: meta['bytes'].update({'features.npy': 10**30}), 'expected 10000000'),
+    ('bytes other file', lambda meta: meta['bytes'].update({'../../x': 1}), 'bytes is not one entry'),
+    ('sha not hex', lambda meta: meta['sha256'].update({'labels.npy': 'z' * 64}), 'sha256 is not one entry'),
+    ('sha a number', lambda meta: meta['sha256'].update({'labels.npy': 7}), 'sha256 is not one entry'),
+    ('created nan', set_field('created', float('nan')), 'created is not a time'),
+    ('not an object', lambda meta: meta.clear(), 'does not have the fields'),
+]
+
+
+@pytest.mark.parametrize('change, message', [case[1:] for case in HOSTILE_META],
+                         ids=[case[0] for case in HOSTILE_META])
+def test_every_meta_field_is_checked(tmp_path, images, change, message):
+    store, key, folder = stored_set(tmp_path, images)
+    edit_meta(folder, change)
+    stored, note = store.load(key)
+    assert stored is None and note.startswith(f'cached features in {folder} were damaged (')
+    assert message in note and '\n' not in note
+    assert not os.path.exists(folder)
+
+
+@pytest.mark.parametrize('content', [b'[' * 100000, b'\xff\xfe', b'{"format": ' + b'9' * 5000 + b'}',
+                                     b'"a string"', b' ' * (feature_store.MAX_META_BYTES + 1)],
+                         ids=['deep', 'not utf-8', 'long number', 'string', 'oversized'])
+def test_damaged_meta_json_is_a_note_not_a_traceback(tmp_path, images, content):
+    store, key, folder = stored_set(tmp_path, images)
+    with open(os.path.join(folder, feature_store.META), 'wb') as stream:
+        stream.write(content)
+    stored, note = store.load(key)
+    assert stored is None and 'damaged' in note and len(note) < 300
+    assert not os.path.exists(folder)
+
+
+def test_consistent_but_foreign_arrays_are_refused(tmp_path, images):
+    """A meta.json that agrees with its files (sizes, checksums) still holds only float32 matrices."""
+    store, key, folder = stored_set(tmp_path, images)
+    for name, array in ((feature_store.LABELS, np.arange(3, dtype=np.float64)),
+                        (feature_store.LABELS, np.array([{'code': 'x'}], dtype=object))):
+        path = os.path.join(folder, name)
+        np.save(path, array, allow_pickle=True)
+        edit_meta(folder, lambda meta: (meta['bytes'].update({name: os.path.getsize(path)}),
+                                        meta['sha256'].update({name: digests.file_sha256(path)})))
+        stored, note = store.load(key)
+        assert stored is None and 'damaged' in note
+        assert not os.path.exists(folder)
+        store, key, folder = stored_set(tmp_path, images)
+
+
+def test_links_and_special_files_are_never_followed_and_nothing_outside_is_touched(tmp_path, images):
+    store, key, folder = stored_set(tmp_path, images)
+    outside = tmp_path / 'outside'
+    shutil.copytree(folder, outside)  # a whole, valid set, outside the cache
+    before = sorted((name, (outside / name).read_bytes()) for name in os.listdir(outside))
+
+    # A file of the set that is a symlink to a file outside (same content, so every check passes).
+    os.remove(os.path.join(folder, feature_store.FEATURES))
+    os.symlink(outside / feature_store.FEATURES, os.path.join(folder, feature_store.FEATURES))
+    stored, note = store.load(key)
+    assert stored is None and 'features.npy is not a regular file' in note and not os.path.lexists(folder)
+
+    # The set folder itself a symlink to the valid set outside.
+    os.symlink(outside, folder)
+    assert store.sets() == []  # neither counted nor evicted
+    stored, note = store.load(key)
+    assert stored is None and 'not a folder' in note and not os.path.lexists(folder)
+
+    # meta.json a FIFO: opening it would wait for a writer forever.
+    store, key, folder = stored_set(tmp_path, images)
+    os.remove(os.path.join(folder, feature_store.META))
+    os.mkfifo(os.path.join(folder, feature_store.META))
+    with time_limit():
+        stored, note = store.load(key)
+    assert stored is None and 'meta.json is not a regular file' in note and not os.path.lexists(folder)
+
+    # A stale staging entry that is a symlink to a folder outside: the link goes, not the folder.
+    stale = os.path.join(store.root, '.abcdef.partial')
+    os.symlink(outside, stale)
+    day_ago = time.time() - feature_store.STALE_SECONDS - 60
+    os.utime(stale, (day_ago, day_ago), follow_symlinks=False)
+    store.evict()
+    assert not os.path.lexists(stale)
+    assert sorted((name, (outside / name).read_bytes()) for name in os.listdir(outside)) == before
+
+
+def test_a_key_is_one_entry_of_the_root(tmp_path):
+    store = feature_store.FeatureStore(str(tmp_path / 'cache'), 2**30)
+    for key in ('../' + 'a' * 61, 'A' * 64, 'a' * 63):
+        with pytest.raises(ValueError, match='not a feature set key'):
+            store.load(key)

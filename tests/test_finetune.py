@@ -270,6 +270,13 @@ def test_unreadable_image_is_named_or_skipped(dataset, tmp_path, capsys):
     (['--lr_mult', 'conv1=2'], '--lr_mult names conv1, which --train_layers does not train'),
     (['--early_stopping', '-1'], '--early_stopping must be >= 0'),
     (['--init_checkpoint', '/nonexistent/run'], '/nonexistent/run: checkpoint not found'),
+    (['--seed', '-1'], '--seed must be in 0..4294967295, got -1'),
+    (['--seed', str(2**32)], '--seed must be in 0..4294967295'),
+    (['--num_classes', str(2**31)], '--num_classes must be at most 2147483647'),
+    (['--cache_max_gb', 'inf'], '--cache_max_gb must be a positive number, got inf'),
+    (['--cache_max_gb', 'nan'], '--cache_max_gb must be a positive number, got nan'),
+    (['--learning_rate', 'nan'], '--learning_rate must be positive, got nan'),
+    (['--weight_decay', 'inf'], '--weight_decay must be >= 0, got inf'),
 ])
 def test_bad_flags_fail_in_one_line(dataset, tmp_path, bvlc_npy, capsys, extra, message):
     code = run_main(finetune.main, flags(dataset, tmp_path, *extra, weights=bvlc_npy))
@@ -525,6 +532,18 @@ def test_the_demo_replaces_its_own_previous_run_and_nothing_else(tmp_path, monke
     with run_folder.RunLock(str(folders['checkpoint_path'])):
         demo.clear_previous_demo_run()
     assert (folders['checkpoint_path'] / 'run_state.json').exists()
+
+
+def test_the_demo_leaves_a_tensorboard_folder_no_demo_run_wrote(tmp_path, monkeypatch):
+    """No demo run in its checkpoint folder: the TensorBoard folder beside it is not the demo's to
+    remove (issue 21)."""
+    board = tmp_path / 'demo_run' / 'tensorboard'
+    monkeypatch.setitem(run_settings.DEMO_DEFAULTS, 'checkpoint_path', str(tmp_path / 'demo_run' / 'ckpt'))
+    monkeypatch.setitem(run_settings.DEMO_DEFAULTS, 'filewriter_path', str(board))
+    board.mkdir(parents=True)
+    (board / 'my_experiment').write_text('mine')
+    demo.clear_previous_demo_run()
+    assert (board / 'my_experiment').read_text() == 'mine'
 
 
 # ---- experiments: early stopping, weights files, class weights, warm starts (TensorBoard: test_summaries.py)

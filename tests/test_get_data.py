@@ -1,7 +1,9 @@
 """get_data.py on a miniature PetImages zip served from 127.0.0.1, with the real zip's bad files."""
+import errno
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -176,3 +178,184 @@ def test_command_fails_in_one_line_on_404(tmp_path, file_server):
                              '--url', url], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f'error: {url}: HTTP 404 Not Found']
+
+
+# --- archives bounded before extraction; a full disk takes back what was extracted -----------------
+
+def bomb_zip(path, expanded=10 * 2 ** 20):
+    """A zip with the data set's layout and one member of zeros that deflates about 1000-fold."""
+    good = photo(3, (0, 200, 0))
+    with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr('PetImages/Cat/1.jpg', good)
+        archive.writestr('PetImages/Dog/1.jpg', good)
+        archive.writestr('PetImages/Dog/bomb.jpg', bytes(expanded))
+    return str(path)
+
+
+def folder_state(folder):
+    """Every file under `folder` with its bytes, and every sub-folder: what "unchanged" means."""
+    state = {}
+    for directory, sub_dirs, files in os.walk(folder):
+        for name in sub_dirs:
+            state[os.path.relpath(os.path.join(directory, name), folder)] = None
+        for name in files:
+            path = os.path.join(directory, name)
+            with open(path, 'rb') as stream:
+                state[os.path.relpath(path, folder)] = stream.read()
+    return state
+
+
+def test_a_zip_bomb_is_refused_before_anything_is_extracted(tmp_path, file_server):
+    data = open(bomb_zip(tmp_path / 'bomb.zip'), 'rb').read()
+    info = zipfile.ZipFile(io.BytesIO(data)).getinfo('PetImages/Dog/bomb.jpg')
+    assert info.file_size / info.compress_size > 1000  # what the test is about: a 1000-fold member
+    url = file_server.add('/cats.zip', data)
+    out_dir = tmp_path / 'data'
+    with http_fixture.deadline(60):
+        with pytest.raises(ToolkitError) as error:
+            get_data.main(['cats_vs_dogs', '--out_dir', str(out_dir), '--url', url])
+    assert re.fullmatch(re.escape(f"{out_dir / 'kagglecatsanddogs_5340.zip.part'}: member "
+                                  "'PetImages/Dog/bomb.jpg' expands ") + r'1,\d{3}-fold \([\d,]+ to '
+                        r'10,485,760 bytes\), more than the 100-fold a real file does \(a zip bomb\?\); '
+                        r'refusing to extract this archive', str(error.value)), str(error.value)
+    assert os.listdir(out_dir) == ['kagglecatsanddogs_5340.zip.part']  # kept for inspection, not renamed
+
+    # The same check guards extract() itself: a folder with files in it stays as it was.
+    target = tmp_path / 'target'
+    (target / 'PetImages').mkdir(parents=True)
+    (target / 'notes.txt').write_text('mine\n')
+    before = folder_state(target)
+    with pytest.raises(ToolkitError, match=r"'PetImages/Dog/bomb.jpg' expands 1,\d{3}-fold"):
+        datasets.extract(str(tmp_path / 'bomb.zip'), str(target), io.StringIO(), datasets.get('cats_vs_dogs'))
+    assert folder_state(target) == before
+
+
+def test_an_archive_over_the_data_sets_size_or_member_count_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / 'cats.zip'
+    with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED) as archive:
+        for index in range(3):
+            for folder in ('Cat', 'Dog'):  # incompressible: no ratio to blame, only the total
+                archive.writestr(f'PetImages/{folder}/{index}.jpg', rng.bytes(400_000))
+    dataset = datasets.get('cats_vs_dogs')
+    assert len(datasets.check_archive(str(path), dataset)) == 6
+    with pytest.raises(ToolkitError) as error:
+        datasets.check_archive(str(path), dataset._replace(max_extracted=2_000_000))
+    assert str(error.value) == (f'{path}: its members add up to 2.3 MiB (2,400,000 bytes) uncompressed, '
+                                'more than the 1.9 MiB the cats_vs_dogs data set may take; refusing to '
+                                'extract this archive')
+    with pytest.raises(ToolkitError) as error:
+        datasets.check_archive(str(path), dataset._replace(max_members=5))
+    assert str(error.value) == (f'{path}: holds 6 members, more than the 5 the cats_vs_dogs data set may '
+                                'have; refusing to extract this archive')
+
+
+def test_extraction_needs_the_free_space_first(tmp_path, monkeypatch):
+    path = tmp_path / 'cats.zip'
+    path.write_bytes(zip_with({'PetImages/Cat/1.jpg': photo(1, (1, 2, 3)),
+                               'PetImages/Dog/1.jpg': photo(2, (3, 2, 1))}))
+    total = sum(info.file_size for info in zipfile.ZipFile(path).infolist())
+    target = tmp_path / 'target'
+    target.mkdir()
+    monkeypatch.setattr(datasets.download, 'free_space', lambda folder: total + 100 * 2 ** 20 - 1)
+    with pytest.raises(ToolkitError) as error:
+        datasets.extract(str(path), str(target), io.StringIO())
+    assert str(error.value).startswith(f'{path}: extracting it: needs {datasets.download.human_bytes(total)} '
+                                       f'({total:,} bytes) and '
+                                       f'{target} has 100.0 MiB free (a margin of 100.0 MiB must stay '
+                                       'free)')
+    assert os.listdir(target) == []
+    monkeypatch.setattr(datasets.download, 'free_space', lambda folder: total + 100 * 2 ** 20)
+    datasets.extract(str(path), str(target), io.StringIO())
+    assert sorted(os.listdir(target / 'PetImages')) == ['Cat', 'Dog']
+
+
+def test_a_full_disk_during_extraction_removes_what_was_extracted_and_keeps_the_archive(
+        tmp_path, file_server, monkeypatch):
+    data, _, _ = mini_pet_images()
+    url = file_server.add('/cats.zip', data)
+    out_dir = tmp_path / 'data'
+    written = {'bytes': 0}
+    real_open = open
+
+    class FillingFile:
+        """Files on a disk that is full once 40,000 bytes have been extracted."""
+
+        def __init__(self, stream):
+            self.stream = stream
+
+        def write(self, chunk):
+            if written['bytes'] + len(chunk) > 40_000:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            written['bytes'] += len(chunk)
+            return self.stream.write(chunk)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            self.stream.close()
+
+    def filling_open(path, mode='r', *args, **kwargs):
+        stream = real_open(path, mode, *args, **kwargs)
+        return FillingFile(stream) if 'w' in mode else stream
+
+    monkeypatch.setattr(datasets, 'open', filling_open, raising=False)
+    with http_fixture.deadline(60):
+        with pytest.raises(ToolkitError) as error:
+            get_data.main(['cats_vs_dogs', '--out_dir', str(out_dir), '--url', url])
+    archive = out_dir / 'kagglecatsanddogs_5340.zip'
+    staging = out_dir / datasets.STAGING_NAME
+    total = sum(info.file_size for info in zipfile.ZipFile(io.BytesIO(data)).infolist())
+    assert re.fullmatch(re.escape(f'{staging}: the disk is full after extracting ') + r'[\d.]+ KiB'
+                        + re.escape(f' of {datasets.download.human_bytes(total)} from {archive}; removed '
+                                    'what was extracted and kept the archive: free some space and rerun'),
+                        str(error.value)), str(error.value)
+    assert 'damaged' not in str(error.value) and 'delete it' not in str(error.value)
+    assert 0 < written['bytes'] <= 40_000
+    assert os.listdir(out_dir) == ['kagglecatsanddogs_5340.zip'] and archive.read_bytes() == data
+
+    monkeypatch.undo()  # room again: the kept archive extracts whole
+    datasets.extract(str(archive), str(tmp_path / 'again'), io.StringIO())
+    assert (tmp_path / 'again' / 'PetImages' / 'Dog' / 'cut.jpg').exists()
+
+
+def test_a_damaged_member_removes_what_was_extracted_and_names_the_archive(tmp_path):
+    path = tmp_path / 'cats.zip'
+    body = photo(4, (5, 6, 7))
+    path.write_bytes(zip_with({'PetImages/Cat/1.jpg': body, 'PetImages/Dog/1.jpg': body}))
+    data = bytearray(path.read_bytes())
+    last = data.rindex(body[-200:])  # the second member's stored bytes: a bit flipped in them
+    data[last + 100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    target = tmp_path / 'target'
+    target.mkdir()
+    with pytest.raises(ToolkitError, match=r"cats.zip: cannot extract PetImages/Dog/1.jpg \(Bad CRC-32 for "
+                                           r"file 'PetImages/Dog/1.jpg'\); the archive is damaged"):
+        datasets.extract(str(path), str(target), io.StringIO())
+    assert os.listdir(target) == []
+
+
+def test_the_known_archive_is_no_larger_than_its_known_size(tmp_path, file_server, monkeypatch):
+    dataset = datasets.get('cats_vs_dogs')
+    url = file_server.add('/kagglecatsanddogs_5340.zip', b'PK', content_length=dataset.archive_bytes + 1)
+    monkeypatch.setitem(datasets.DATASETS, 'cats_vs_dogs', dataset._replace(url=url))
+    with pytest.raises(ToolkitError) as error:
+        get_data.main(['cats_vs_dogs', '--out_dir', str(tmp_path)])
+    assert str(error.value) == (f'{url}: the server announces 786.7 MiB (824,887,077 bytes), more than '
+                                "kagglecatsanddogs_5340.zip's known size (824,887,076 bytes); refusing it "
+                                'before writing anything')
+    assert os.listdir(tmp_path) == []
+
+
+def test_download_bounds_are_flags_checked_before_any_work(tmp_path):
+    base = ['cats_vs_dogs', '--out_dir', str(tmp_path / 'data')]
+    for extra, message in ((['--max_download_mb', '5'], '--max_download_mb caps a --url download'),
+                           (['--url', 'http://127.0.0.1:9/x', '--max_download_mb', 'nan'],
+                            '--max_download_mb must be a positive number of MiB, got nan'),
+                           (['--speed_time', '-1'], '--speed_time must be a positive number of seconds'),
+                           (['--speed_limit', 'inf'], '--speed_limit must be 0 or more bytes per second'),
+                           (['--timeout', 'nan'], '--timeout must be positive and at most 86400 s, got nan')):
+        with pytest.raises(ToolkitError, match=re.escape(message)):
+            get_data.main(base + extra)
+    assert not (tmp_path / 'data').exists()

@@ -1,6 +1,7 @@
 """get_weights.py end to end against a local server: download, prove, Ctrl-C and resume, Berkeley's route."""
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import bvlc_fixture
 import caffemodel_fixture
 import get_weights
 import http_fixture
+from finetune_alexnet import cli
 from finetune_alexnet.errors import ToolkitError
 from http_fixture import closed_port_url
 
@@ -134,3 +136,64 @@ def test_berkeley_route_verifies_bvlcs_sha1_then_converts(tmp_path, file_server,
     assert (tmp_path / 'bvlc_alexnet.caffemodel').read_bytes() == data
     # The second try resumed the complete .part the first one kept (416), not a new download.
     assert file_server.ranges('/bvlc_alexnet.caffemodel') == [None, f'bytes={len(data)}-']
+
+
+def test_each_source_is_no_larger_than_its_known_size(tmp_path, file_server, monkeypatch):
+    url = file_server.add('/tf_alexnet/bvlc_alexnet.npy', b'\x93NUMPY',
+                          content_length=get_weights.TORONTO_SIZE + 1)
+    monkeypatch.setattr(get_weights, 'TORONTO_URL', url)
+    output = tmp_path / 'bvlc_alexnet.npy'
+    with http_fixture.deadline(30):
+        with pytest.raises(ToolkitError) as error:
+            get_weights.main(['--output', str(output)])
+    assert str(error.value) == (f'{url}: the server announces 232.6 MiB (243,861,815 bytes), more than '
+                                "bvlc_alexnet.npy's known size (243,861,814 bytes); refusing it before "
+                                'writing anything')
+    caffemodel = file_server.add('/bvlc_alexnet.caffemodel', b'', content_length=300_000_000)
+    monkeypatch.setattr(get_weights, 'BERKELEY_URL', caffemodel)
+    with http_fixture.deadline(30):
+        with pytest.raises(ToolkitError, match=r"more than bvlc_alexnet.caffemodel's known size "
+                                               r'\(244,909,472 bytes\)'):
+            get_weights.main(['--source', 'berkeley', '--output', str(tmp_path / 'w.npz')])
+    assert os.listdir(tmp_path) == []
+
+    # A mirror is capped by --max_download_mb instead.
+    mirror = file_server.add('/mirror.npy', bytes(3 * 2 ** 20))
+    with pytest.raises(ToolkitError) as error:
+        get_weights.main(['--url', mirror, '--max_download_mb', '2', '--output', str(output)])
+    assert str(error.value) == (f'{mirror}: the server announces 3.0 MiB (3,145,728 bytes), more than '
+                                '--max_download_mb 2 (2,097,152 bytes); refusing it before writing anything')
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_trickling_mirror_ends_in_one_line_within_the_speed_time(tmp_path, file_server):
+    url = file_server.add('/slow.npy', bytes(1000), trickle=0.2)
+    started = time.monotonic()
+    with http_fixture.deadline(20):
+        with pytest.raises(ToolkitError, match=r'slow.npy: too slow: \d+ B in 1 s .* under --speed_limit '
+                                               r'100 bytes/s for --speed_time 1 s; rerun to resume'):
+            get_weights.main(['--url', url, '--output', str(tmp_path / 'w.npy'), '--speed_limit', '100',
+                              '--speed_time', '1'])
+    assert time.monotonic() - started < 1 + 0.2 + 2
+
+
+def test_download_bounds_are_checked_with_the_other_flags():
+    for argv, message in ((['--max_download_mb', '5'], '--max_download_mb caps a --url download'),
+                          (['--url', 'http://127.0.0.1:9/x', '--max_download_mb', '-1'],
+                           '--max_download_mb must be a positive number of MiB, got -1.0'),
+                          (['--speed_time', 'inf'], '--speed_time must be a positive number of seconds'),
+                          (['--speed_limit', '-5'], '--speed_limit must be 0 or more bytes per second'),
+                          (['--timeout', 'inf'], '--timeout must be positive and at most 86400 s, got inf')):
+        with pytest.raises(ToolkitError, match=re.escape(message)):
+            get_weights.main(argv)
+
+
+def test_a_refused_download_is_one_error_line_and_status_2(tmp_path, file_server, capsys):
+    url = file_server.add('/huge.npy', b'', content_length=2 ** 40)
+    with http_fixture.deadline(30):
+        status = cli.run(get_weights.main, ['--url', url, '--output', str(tmp_path / 'w.npy')])
+    assert status == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f'error: {url}: the server announces 1.0 TiB (1,099,511,627,776 bytes), more than '
+        '--max_download_mb 2048 (2,147,483,648 bytes); refusing it before writing anything']
+    assert os.listdir(tmp_path) == []

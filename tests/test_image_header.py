@@ -1,16 +1,19 @@
-"""Image sizes from file headers (checked against what the decoders give), and --max_pixels in the list
-check, training and prediction: a 23000x23000 PNG is refused by name, never decoded."""
+"""Image sizes from file headers (checked against what the decoders give), every frame counted, in
+Python and as graph ops (the same numbers), and --max_pixels in the list check, training and
+prediction: a 23000x23000 PNG, or a GIF whose 1x1 screen hides a 12000x12000 frame, is refused by
+name, never decoded."""
 import io
 import json
 import os
 import struct
 import subprocess
 import sys
-import zlib
+import time
 
 import cv2
 import numpy as np
 import pytest
+import tensorflow.compat.v1 as tf
 from PIL import Image
 
 import datagenerator
@@ -70,17 +73,7 @@ def test_top_down_bmp_and_unknown_files(tmp_path):
         assert image_header.too_large(str(tmp_path / name), 1) is None
 
 
-def huge_png(path, side=23000):
-    """An all-black side x side grayscale PNG, written row by row (never side^2 bytes in memory)."""
-    def chunk(kind, data):
-        return (struct.pack('>I', len(data)) + kind + data
-                + struct.pack('>I', zlib.crc32(kind + data) & 0xFFFFFFFF))
-    compressor = zlib.compressobj(9)
-    row = b'\0' * (side + 1)  # filter byte, then the row
-    idat = b''.join(compressor.compress(row) for _ in range(side)) + compressor.flush()
-    path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', side, side, 8, 0, 0, 0, 0))
-                     + chunk(b'IDAT', idat) + chunk(b'IEND', b''))
-    return path
+huge_png = image_files.huge_png
 
 
 @pytest.fixture(scope='module')
@@ -152,3 +145,147 @@ def test_prediction_refuses_or_skips_oversized_images(tmp_path, bvlc_npy, capsys
     predictions = json.loads((tmp_path / 'out.json').read_text())['predictions']
     assert [record['path'] for record in predictions] == [str(small)]
     assert f'skipped 1 unreadable image(s): {big}' in capsys.readouterr().err
+
+
+# --- every frame counts (issue 21) ------------------------------------------------------------------
+
+def pil_animation(format_, frames_rgb, **options):
+    stream = io.BytesIO()
+    first, *rest = [Image.fromarray(frame) for frame in frames_rgb]
+    first.save(stream, format=format_, save_all=True, append_images=rest, **options)
+    return stream.getvalue()
+
+
+@pytest.mark.parametrize('format_, options', [('GIF', {}), ('PNG', {}), ('WEBP', {'lossless': True})])
+def test_real_animations_count_every_frame(tmp_path, format_, options):
+    frames = [image_files.random_rgb(30, 40, seed=seed) for seed in range(3)]
+    path = tmp_path / f'animation.{format_.lower()}'
+    path.write_bytes(pil_animation(format_, frames, **options))
+    with Image.open(path) as decoded:
+        assert (decoded.n_frames, decoded.size) == (3, (40, 30))
+    found = image_header.image_frames(str(path))
+    assert (found.width, found.height, found.frames, found.pixels) == (40, 30, 3, 3 * 40 * 30)
+    assert image_header.image_size(str(path)) == (40, 30)
+    assert image_header.too_large(str(path), 3600) is None
+    assert image_header.too_large(str(path), 3599) == (
+        '40x30, 3 frames of up to 40x30 = 0.0 megapixels in all, over --max_pixels 3599')
+
+
+HOSTILE = {  # (bytes, what too_large says before ', over --max_pixels 100000000')
+    'frame_behind_a_1x1_screen.gif': (image_files.gif_with_frames((1, 1), [(12000, 12000)]),
+                                      '1x1, 1 frame of up to 12000x12000 = 144.0 megapixels in all'),
+    'frames_add_up.gif': (image_files.gif_with_frames((8000, 8000), [(8000, 8000), (10, 10)]),
+                          '8000x8000, 2 frames of up to 8000x8000 = 128.0 megapixels in all'),
+    'frames_add_up.png': (image_files.apng_with_frames((8000, 8000), [(8000, 8000)] * 2),
+                          '8000x8000, 2 frames of up to 8000x8000 = 128.0 megapixels in all'),
+    'frame_behind_a_1x1_canvas.png': (image_files.apng_with_frames((1, 1), [(1, 1), (12000, 12000)]),
+                                      '1x1, 2 frames of up to 12000x12000 = 144.0 megapixels in all'),
+    'declared_frames.png': (image_files.apng_with_frames((8000, 8000), [(8000, 8000)], declared=2),
+                            '8000x8000, 2 frames of up to 8000x8000 = 128.0 megapixels in all'),
+    'default_image_and_frames.png': (
+        image_files.apng_with_frames((6000, 6000), [(6000, 6000)] * 2, default_is_frame=False),
+        '6000x6000, 3 frames of up to 6000x6000 = 108.0 megapixels in all'),
+    'frames_add_up.webp': (image_files.webp_animation((8000, 8000), [(8000, 8000), (100, 100)]),
+                           '8000x8000, 2 frames of up to 8000x8000 = 128.0 megapixels in all'),
+    'one_byte_sub_blocks.gif': (
+        image_files.gif_with_frames((10, 10), [(10, 10)], sub_block=1, data_bytes=300_000),
+        '10x10, more than 5000 blocks or 250000 sub-blocks: too many to count its frames'),
+    'many_extensions.gif': (image_files.gif_with_frames((10, 10), [(10, 10)] * 2600),
+                            '10x10, more than 5000 blocks or 250000 sub-blocks: too many to count its '
+                            'frames'),
+    'many_chunks.webp': (image_files.webp_animation((10, 10), [(10, 10)] * 5001),
+                         '10x10, more than 5000 blocks or 250000 sub-blocks: too many to count its frames'),
+}
+
+
+@pytest.mark.parametrize('name', sorted(HOSTILE))
+def test_headers_that_hide_frames_are_counted_whole(tmp_path, name):
+    data, reason = HOSTILE[name]
+    path = tmp_path / name
+    path.write_bytes(data)
+    assert image_header.too_large(str(path), image_header.DEFAULT_MAX_PIXELS) == (
+        f'{reason}, over --max_pixels 100000000')
+
+
+def test_a_long_walk_stays_quick(tmp_path):
+    path = tmp_path / 'big.gif'  # 60 MB of frame data in 255-byte sub-blocks: walked, not refused
+    path.write_bytes(image_files.gif_with_frames((100, 100), [(100, 100)], data_bytes=60_000_000))
+    started = time.perf_counter()
+    assert image_header.image_frames(str(path)).pixels == 10000
+    assert time.perf_counter() - started < 5
+
+
+def _graph_counts(byte_strings):
+    with tf.Graph().as_default():
+        image_bytes = tf.placeholder(tf.string, [])
+        pixels = image_header.graph_pixels(image_bytes)
+        with tf.Session() as session:
+            return [int(session.run(pixels, {image_bytes: data})) for data in byte_strings]
+
+
+def test_the_graph_counts_what_python_counts():
+    """graph_pixels (the served model's check) against image_frames, on every kind of file here."""
+    image = image_files.random_rgb(37, 53, seed=1)
+    animation = [image_files.random_rgb(30, 40, seed=seed) for seed in range(3)]
+    files = {'baseline.jpg': image_files.encode(image, '.jpg'),
+             'progressive.jpg': image_files.encode(image, '.jpg', cv2.IMWRITE_JPEG_PROGRESSIVE, 1),
+             'cmyk.jpg': cmyk_jpeg_bytes(image), 'rgb.png': image_files.encode(image, '.png'),
+             'gray16.png': image_files.encode(image[..., 0].astype(np.uint16) * 257, '.png'),
+             'rgb.bmp': image_files.encode(image, '.bmp'), 'pil.gif': pil_bytes(image, 'GIF'),
+             'ours.gif': image_files.gif_bytes([image // 64 * 64]),
+             'lossy.webp': pil_bytes(image, 'WEBP', quality=80),
+             'lossless.webp': pil_bytes(image, 'WEBP', lossless=True),
+             'alpha.webp': pil_bytes(np.dstack([image, image[..., :1]]), 'WEBP', quality=80),
+             'animated.gif': pil_animation('GIF', animation), 'animated.png': pil_animation('PNG', animation),
+             'animated.webp': pil_animation('WEBP', animation, lossless=True)}
+    files.update({name: data for name, (data, _) in HOSTILE.items()})
+    bmp = bytearray(files['rgb.bmp'])
+    bmp[22:26] = struct.pack('<i', -37)
+    files['down.bmp'] = bytes(bmp)
+    expected = {name: image_header.frames_of(data).pixels for name, data in files.items()}
+    expected = {name: image_header.UNCOUNTABLE if pixels is None else pixels
+                for name, pixels in expected.items()}
+    assert expected['animated.webp'] == 3600 and expected['baseline.jpg'] == 1961
+    assert dict(zip(files, _graph_counts(list(files.values())))) == expected
+    # What no format claims counts 0: the decoder then reports the bytes as it always did.
+    assert _graph_counts([b'', b'GIF8', b'not an image', b'RIFF\0\0\0\0WEBP']) == [0, 0, 0, 0]
+
+
+@pytest.fixture
+def hidden_frame_list(tmp_path):
+    """A list of an ordinary image and a GIF whose 1x1 screen hides a 12000x12000 frame."""
+    image_files.write_png(tmp_path / 'small.png', image_files.random_rgb(20, 30))
+    (tmp_path / 'hidden.gif').write_bytes(HOSTILE['frame_behind_a_1x1_screen.gif'][0])
+    (tmp_path / 'list.txt').write_text('small.png 0\nhidden.gif 1\n')
+    return tmp_path
+
+
+HIDDEN_REASON = '1x1, 1 frame of up to 12000x12000 = 144.0 megapixels in all, over --max_pixels 100000000'
+
+
+def test_a_hidden_frame_is_refused_by_the_check_and_by_training(hidden_frame_list, capsys):
+    folder = hidden_frame_list
+    assert datagenerator.main(['--check', str(folder / 'list.txt')]) == 1
+    assert capsys.readouterr().out == f"{folder / 'list.txt'}:2: {folder / 'hidden.gif'}: {HIDDEN_REASON}\n"
+    with tf.Graph().as_default():
+        for skip in (False, True):  # too large is never skipped in training: it is the list's fault
+            with pytest.raises(datagenerator.ToolkitError) as raised:
+                datagenerator.ImageDataGenerator(str(folder / 'list.txt'), 'training', 2, 2,
+                                                 skip_bad_images=skip)
+            assert str(raised.value) == (f"{folder / 'list.txt'}: 1 image too large to decode safely: "
+                                         f"line 2: {folder / 'hidden.gif'}: {HIDDEN_REASON} (raise "
+                                         '--max_pixels if you mean it)')
+
+
+def test_a_hidden_frame_is_refused_or_skipped_by_prediction(hidden_frame_list, bvlc_npy, capsys):
+    import predict
+    folder = hidden_frame_list
+    args = ['--weights_path', bvlc_npy, str(folder)]  # a folder: its images found by the scan
+    assert cli.run(predict.main, args) == 2
+    assert tiny_runs.one_error_line(capsys.readouterr().err) == (
+        f"error: 1 image too large to decode safely: {folder / 'hidden.gif'}: {HIDDEN_REASON} (raise "
+        '--max_pixels if you mean it)')
+    assert cli.run(predict.main, args + ['--skip_bad_images', '--json', str(folder / 'out.json')]) == 0
+    predictions = json.loads((folder / 'out.json').read_text())['predictions']
+    assert [record['path'] for record in predictions] == [str(folder / 'small.png')]
+    assert f"skipped 1 unreadable image(s): {folder / 'hidden.gif'}" in capsys.readouterr().err

@@ -22,7 +22,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = 'finetune_alexnet'
 ENGINE_ROOMS = ('train', 'infer')
 ORIGINALS = ('alexnet', 'datagenerator', 'caffe_classes')
-COMMANDS = ('finetune', 'predict', 'make_lists', 'export', 'visualize', 'get_weights', 'get_data')
+COMMANDS = ('finetune', 'predict', 'make_lists', 'export', 'visualize', 'get_weights', 'get_data',
+            'make_tfrecords')
 OUTSIDE = ('tests', 'bench', 'tools')  # may import anything; the project never imports them
 LAYER = {'foundation': 0, 'originals': 1, 'train': 2, 'infer': 2, 'commands': 3, 'outside': 4}
 

@@ -392,3 +392,34 @@ def test_the_confusion_matrix_goes_beside_the_csv_or_nowhere(colour_model, tmp_p
     assert sorted(os.listdir(csv_path.parent)) == ['eval.csv', 'eval_confusion_matrix.png']
     assert f"confusion matrix: {csv_path.parent / 'eval_confusion_matrix.png'}" in capsys.readouterr().out
     assert os.listdir(scratch) == []
+
+
+# --- special files in an input folder (issue 21: scanned without opening them) ---------------------
+
+def test_a_fifo_or_socket_in_a_folder_is_skipped_with_a_note_not_opened(two_class, tmp_path, capsys):
+    import socket
+    from test_make_lists import time_limit
+    folder = tmp_path / 'inputs'
+    folder.mkdir()
+    photo = str(folder / 'a.png')
+    write_noise(photo, 4)
+    os.mkfifo(folder / 'pipe.jpg')  # reading it would wait for a writer forever
+    os.symlink(folder / 'pipe.jpg', folder / 'to pipe.png')
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(folder / 's.jpg'))
+    try:
+        with time_limit(120):
+            code = cli.run(predict.main, ['--weights_path', two_class['npz'], str(folder)])
+    finally:
+        server.close()
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.err.splitlines() == [f"note: skipped {folder / 'pipe.jpg'} (a FIFO)",
+                                         f"note: skipped {folder / 's.jpg'} (a socket)",
+                                         f"note: skipped {folder / 'to pipe.png'} (a symlink to a FIFO)"]
+    assert 'a.png' in captured.out and 'pipe.jpg' not in captured.out
+    # Given by name, a special file is refused in one line.
+    with time_limit(120):
+        assert cli.run(predict.main, ['--weights_path', two_class['npz'], str(folder / 'pipe.jpg')]) == 2
+    assert capsys.readouterr().err == (f"error: {folder / 'pipe.jpg'}: not an image, folder or list file "
+                                       "(a FIFO)\n")

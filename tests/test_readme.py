@@ -18,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_COMMAND = 'python -m pip install -r requirements-dev.txt && python -m pytest -q'
 MAIN_COMMAND = 'python -m pip install -r requirements.txt && python finetune.py'
 COMMANDS = ('finetune.py', 'predict.py', 'make_lists.py', 'export.py', 'visualize.py', 'get_weights.py',
-            'get_data.py', 'datagenerator.py', 'alexnet.py')
+            'get_data.py', 'datagenerator.py', 'alexnet.py', 'make_tfrecords.py')
 JOURNEY_STEPS = ('weights', 'data', 'fine-tune', 'compare', 'predict', 'export')
 FIRST_SCREEN = 40  # lines: what a reader sees before scrolling
 PACKAGE = 'finetune_alexnet'

@@ -109,9 +109,23 @@ def test_stale_files_of_killed_saves_are_removed_at_start(tmp_path):
              'interrupted_step9.ckpt.data-00000-of-00001', 'model_epoch2.ckpt.index', 'notes.txt']
     for name in names:
         (tmp_path / name).write_text('x')
+    (tmp_path / 'model_epoch4.ckpt_temp').mkdir()  # TensorFlow's folder of a save in progress
     removed = run_folder.remove_stale_files(str(tmp_path), latest_checkpoint='interrupted_step9.ckpt')
-    assert sorted(removed) == sorted(names[:5])
+    assert sorted(removed) == sorted(names[:5] + ['model_epoch4.ckpt_temp'])
     assert sorted(os.listdir(tmp_path)) == sorted(names[5:])
+
+
+def test_a_folder_shared_with_the_users_files_keeps_them(tmp_path):
+    """--checkpoint_path . in a folder of one's own: only names a run writes are stale (issue 21)."""
+    users = ['draft.partial', 'features_2020.npy', 'photos_temp', 'scan.tempstate1', 'report.json.partial',
+             'my_model.ckpt.index.partial', 'data_temp_backup']
+    for name in users:
+        (tmp_path / name).write_text('mine')
+    (tmp_path / 'photos_temp_folder').mkdir()
+    (tmp_path / 'photos_temp_folder' / 'cat.jpg').write_text('mine')
+    assert run_folder.remove_stale_files(str(tmp_path)) == []
+    assert sorted(os.listdir(tmp_path)) == sorted(users + ['photos_temp_folder'])
+    assert (tmp_path / 'photos_temp_folder' / 'cat.jpg').read_text() == 'mine'
 
 
 @pytest.fixture
@@ -153,3 +167,26 @@ def test_a_full_disk_while_saving_is_one_line_and_leaves_the_run_resumable(datas
     resumed = tiny_runs.run_here(capsys, args + ['--resume'])
     assert resumed.returncode == 0, resumed.stderr
     assert [record['step'] for record in run_state.read(str(small_disk / 'ckpt')).history] == [3, 6]
+
+
+def test_an_output_is_replaced_in_one_rename_or_not_at_all(tmp_path):
+    """predict.py's CSV, JSON, confusion matrix and features files: a failed write leaves the file
+    that was there (the user's, or an earlier output) whole, and no temporary file behind."""
+    target = tmp_path / 'predictions.json'
+    target.write_text('the earlier output\n')
+    with pytest.raises(OSError):
+        with run_folder.replaced_atomically(str(target)) as partial:
+            with open(partial, 'w') as stream:
+                stream.write('half of a new')
+            raise OSError(28, 'No space left on device')
+    assert target.read_text() == 'the earlier output\n'
+    assert sorted(path.name for path in tmp_path.iterdir()) == ['predictions.json']
+    with run_folder.replaced_atomically(str(target)) as partial:
+        with open(partial, 'w') as stream:
+            stream.write('the new output\n')
+        assert target.read_text() == 'the earlier output\n'  # untouched until the rename
+    assert target.read_text() == 'the new output\n'
+    assert sorted(path.name for path in tmp_path.iterdir()) == ['predictions.json']
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # the umask's mode, as open() gives

@@ -11,7 +11,8 @@ VALID = {'args': {'learning_rate': 0.01}, 'settings': {'batch_size': 4}, 'run_na
          'order_seed': 7, 'epochs_completed': 1, 'latest_checkpoint': 'model_epoch1.ckpt',
          'epoch_checkpoints': ['model_epoch1.ckpt'],
          'history': [{'epoch': 1, 'step': 3, 'val_accuracy': 0.5}],
-         'best_val_accuracy': 0.5, 'best_epoch': 1, 'best_val_loss': 0.7, 'init_val_accuracy': None}
+         'best_val_accuracy': 0.5, 'best_epoch': 1, 'best_val_loss': 0.7, 'init_val_accuracy': None,
+         'phase': None}
 
 
 def test_a_state_written_reads_back_equal(tmp_path):

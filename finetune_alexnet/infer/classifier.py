@@ -9,6 +9,7 @@ pre-processing definition (preprocessing.py, via datagenerator.images_dataset) i
 graph; `decode_predictions` is the one decoder of class probabilities into names.
 """
 import collections
+import functools
 import os
 
 import numpy as np
@@ -21,6 +22,7 @@ from finetune_alexnet import image_header
 from finetune_alexnet import imagenet
 from finetune_alexnet import model_info
 from finetune_alexnet import tf_setup
+from finetune_alexnet import tfrecords
 from finetune_alexnet import weight_files
 from finetune_alexnet.errors import ToolkitError
 from finetune_alexnet.infer import features
@@ -108,16 +110,19 @@ class Classifier:
             self.session = tf.Session(graph=self.graph, config=tf_setup.session_config())
             try:
                 if checkpoint is not None:
-                    self._restore(self.prefix)
+                    self._restore(self.prefix, info)
                 else:
                     self.model.load_initial_weights(self.session, layers)
             except BaseException:
                 self.session.close()
                 raise
 
-    def _restore(self, prefix):
+    def _restore(self, prefix, info):
         variables = {variable.op.name: variable for layer in TRAINABLE_LAYERS
                      for variable in self.model.variables[layer].values()}
+        # A run with --ema_decay: the weights' moving averages, under their own names.
+        variables = {stored: variables[name]
+                     for stored, name in model_info.stored_names(prefix, info, variables).items()}
         checkpoints.check_fits(
             prefix, {name: variable.shape.as_list() for name, variable in variables.items()},
             f'an AlexNet of {self.num_classes} classes', 'is it a checkpoint written by finetune.py?')
@@ -130,20 +135,22 @@ class Classifier:
         return 'ten_crop' if self.ten_crop else 'center_crop' if self.center_crop else 'whole'
 
     def run(self, paths, layers=(), skip_bad_images=False,
-            max_pixels=image_header.DEFAULT_MAX_PIXELS):
+            max_pixels=image_header.DEFAULT_MAX_PIXELS, records=None):
         """Predictions(probabilities [n, num_classes], {layer: outputs [n, ...]}, positions [n]).
 
         Images are decoded and pre-processed inside the graph (datagenerator.images_dataset), in
         batches, in order. An unreadable file raises ToolkitError naming it, unless `skip_bad_images`:
         then it is left out, and `positions` (indices into `paths`) says which files the rows are.
         With ten crops, probabilities are the crops' mean and layer outputs are [n, 10, ...].
+        `records` (a tfrecords.ShardIndex): the images are its records instead (`paths`: their names).
         """
         paths = [os.fspath(path) for path in paths]
+        make_dataset = (functools.partial(tfrecords.images_dataset, records) if records is not None
+                        else functools.partial(datagenerator.images_dataset, paths))
         with self.graph.as_default():
-            dataset = datagenerator.images_dataset(paths, self.batch_size, center_crop=self.center_crop,
-                                                   skip_bad_images=skip_bad_images,
-                                                   ten_crop=self.ten_crop, resize_size=self.resize_size,
-                                                   max_pixels=max_pixels)
+            dataset = make_dataset(self.batch_size, center_crop=self.center_crop,
+                                   skip_bad_images=skip_bad_images, ten_crop=self.ten_crop,
+                                   resize_size=self.resize_size, max_pixels=max_pixels)
             initializer = self._iterator.make_initializer(dataset)
         fetches = {name: self.end_points[name] for name in ('probabilities', 'positions', *layers)}
         self.session.run(initializer)
@@ -153,9 +160,13 @@ class Classifier:
                 batches.append(self.session.run(fetches))
             except tf.errors.OutOfRangeError:
                 break
-            except datagenerator.IMAGE_ERRORS:
+            except datagenerator.IMAGE_ERRORS + (tf.errors.DataLossError,):
+                if records is not None:
+                    raise tfrecords.unreadable_records_error(
+                        records, hint='pass --skip_bad_images to go on without them') from None
                 raise datagenerator.unreadable_images_error(
-                    paths, hint='fix or remove them, or pass --skip_bad_images') from None
+                    paths, hint='fix or remove them, or pass --skip_bad_images',
+                    max_pixels=max_pixels) from None
         if not batches:
             raise ToolkitError(f"none of the {len(paths)} images could be read")
         outputs = {name: np.concatenate([batch[name] for batch in batches]) for name in fetches}

@@ -14,6 +14,7 @@ The file is an `.npz` written by np.savez (plain arrays, no pickles):
 import numpy as np
 
 from alexnet import ARCHITECTURE
+from finetune_alexnet import run_folder
 
 BEFORE_RELU = '_preact'
 # Every layer's output, and the layers with a ReLU once more before it.
@@ -34,5 +35,6 @@ def feature_arrays(features, paths, labels, layer):
 def write_features(path, features, paths, labels, layer):
     """Write the features file; returns its arrays."""
     content = feature_arrays(features, paths, labels, layer)
-    np.savez(path, **content)
+    with run_folder.replaced_atomically(path) as partial, open(partial, 'wb') as stream:
+        np.savez(stream, **content)
     return content

@@ -1,6 +1,8 @@
 """What predict.py classifies: image files, folders and list files, in the order given.
 
-A folder is searched recursively for images (image_header.IMAGE_EXTENSIONS), sorted by path; a `.txt`
+A folder is searched recursively for images (image_header.IMAGE_EXTENSIONS), sorted by path, and only
+regular files (or symlinks to them) are taken: a FIFO, socket or device named like an image is left out
+with a note, never opened (reading a FIFO waits for a writer forever); a `.txt`
 file is a "path label" list as finetune.py reads it (datagenerator.read_list), so its images come with
 their labels; any other file is an image. Images given directly or found in folders have no label
 (None).
@@ -8,6 +10,8 @@ their labels; any other file is an image. Images given directly or found in fold
 import os
 
 import datagenerator
+from finetune_alexnet import image_lists
+from finetune_alexnet import tfrecords
 from finetune_alexnet.errors import ToolkitError
 from finetune_alexnet.image_header import IMAGE_EXTENSIONS
 
@@ -20,14 +24,41 @@ def labelled_list(list_file, num_classes):
     return list(paths), [int(label) for label in labels]
 
 
-def collect_inputs(inputs, num_classes):
-    """(paths, labels or None per path) from image files, folders and `.txt` list files, in order."""
+def evaluation_inputs(source, num_classes):
+    """(paths, labels, records) of what --evaluate names: a list file (records None), or TFRecord
+    shards (a folder or a pattern): then `records` is their tfrecords.ShardIndex and `paths` the
+    records' file names."""
+    if not tfrecords.is_shards(source):
+        return (*labelled_list(source, num_classes), None)
+    index = tfrecords.index_shards(tfrecords.find_shards(source), num_classes, source)
+    return list(index.filenames), [int(label) for label in index.labels], index
+
+
+def images_in_folder(folder, skipped):
+    """The image files under `folder`, sorted; those that are not regular files (nor symlinks to one)
+    are left out and appended to `skipped` as 'path (what it is)'."""
+    found, left_out = [], []
+    for directory, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(directory, name)
+            if name.lower().endswith(IMAGE_EXTENSIONS) and image_lists.is_listable(path, left_out):
+                found.append(path)
+    skipped += sorted(left_out)
+    return sorted(found)
+
+
+def collect_inputs(inputs, num_classes, skipped=None):
+    """(paths, labels or None per path) from image files, folders and `.txt` list files, in order.
+
+    What a folder holds that is not a regular file is left out and appended to the list `skipped`
+    (when given) as 'path (what it is)', for a note.
+    """
     paths, labels = [], []
+    skipped = [] if skipped is None else skipped
     for item in inputs:
         item = os.fspath(item)
         if os.path.isdir(item):
-            found = sorted(os.path.join(folder, name) for folder, _, names in os.walk(item)
-                           for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+            found = images_in_folder(item, skipped)
             if not found:
                 raise ToolkitError(f"{item}: no images in this folder ({', '.join(IMAGE_EXTENSIONS)})")
             paths += found
@@ -39,6 +70,9 @@ def collect_inputs(inputs, num_classes):
         elif os.path.isfile(item):
             paths.append(item)
             labels.append(None)
+        elif os.path.lexists(item):
+            raise ToolkitError(f"{item}: not an image, folder or list file "
+                               f"({image_lists.not_a_regular_file(item)})")
         else:
             raise ToolkitError(f"{item}: no such image, folder or list file")
     return paths, labels

@@ -10,6 +10,7 @@ import os
 
 from finetune_alexnet import imagenet
 from finetune_alexnet import metrics
+from finetune_alexnet import run_folder
 
 CONFUSION_MATRIX_SUFFIX = '_confusion_matrix.png'
 
@@ -119,11 +120,12 @@ def confusion_matrix_beside(output):
 
 
 def write_confusion_matrix(path, counts, class_names):
-    metrics.confusion_figure(counts, class_names).savefig(path, dpi=100)
+    with run_folder.replaced_atomically(path) as partial:
+        metrics.confusion_figure(counts, class_names).savefig(partial, dpi=100, format='png')
 
 
 def write_csv(path, records, top):
-    with open(path, 'w', newline='') as stream:
+    with run_folder.replaced_atomically(path) as partial, open(partial, 'w', newline='') as stream:
         writer = csv.writer(stream)
         columns = ['path', 'label', 'label_class']
         for rank in range(1, top + 1):
@@ -137,6 +139,6 @@ def write_csv(path, records, top):
 
 
 def write_json(path, content):
-    with open(path, 'w') as stream:
+    with run_folder.replaced_atomically(path) as partial, open(partial, 'w') as stream:
         json.dump(content, stream, indent=2)
         stream.write('\n')

@@ -8,27 +8,50 @@ constants), so a SavedModel holds them once, in its `variables/` folder.
 SavedModel (TF 1 SavedModelBuilder format, tag `serve`; TF Serving serves it, and TF 2's
 `tf.saved_model.load` loads it with its `signatures`):
 
-    serving_default  image_bytes: string [None], encoded JPEG/PNG/BMP/GIF files of any size
-    predict_images   images: uint8 [None, None, None, 3], decoded RGB pictures of one size
+    serving_default  image_bytes: string [None], encoded JPEG/PNG/BMP/GIF/WebP files of any size
+                     up to max_pixels (the file header's size, every frame counted)
+    predict_images   images: uint8 [None, None, None, 3], decoded RGB pictures of one size, each at
+                     most max_pixels
     both return      probabilities: float32 [None, num_classes]
                      classes: string [None, k], class names, best first (k = min(5, num_classes))
                      scores: float32 [None, k], their probabilities
-    assets           labels.txt (one class name a line, in label order) and model_info.json
+    assets           labels.txt (one class name a line, in label order), model_info.json, and
+                     finetune_alexnet.json ({"format", "written_by", "max_pixels"}: what marks the
+                     folder as ours, so that export.py --overwrite replaces it and nothing else)
+
+The pixel limit is checked inside the graph, per request, before anything is decoded: an image
+over it fails its own request with InvalidArgumentError naming it (`image_bytes[i]`) and the limit,
+and the server and its other requests go on.
 
 TFLite has no image decoder op, so a `.tflite` takes what the network takes: float32
 [None, 227, 227, 3], pre-processed (resized, BGR, ImageNet mean subtracted), and returns the
-probabilities; its labels and model_info.json are written beside it.
+probabilities; its labels and model_info.json are written beside it. The caller decodes, so the
+pixel limit is the caller's. Its weights are float32, float16, or int8: then every op computes in
+int8 (activations too, their ranges measured on representative images pre-processed as predict.py
+does), between a quantize op at the input and a dequantize op at the output, so the input and
+output stay float32 and one app runs any of the three files.
+
+Outputs are written beside their final name and renamed into place; what they replace must be an
+output of the same kind (`foreign_saved_model_entries`, `foreign_tflite_files`).
 """
 import collections
+import json
 import os
+import random
 import shutil
 import tempfile
+import warnings
 
+import numpy as np
 import tensorflow.compat.v1 as tf
 
+import datagenerator
 from alexnet import INPUT_SIZE, TRAINABLE_LAYERS, AlexNet
+from finetune_alexnet import image_header
 from finetune_alexnet import model_info
 from finetune_alexnet import preprocessing
+from finetune_alexnet import tf_setup
+from finetune_alexnet.errors import ToolkitError
 
 SERVE_TAG = 'serve'
 SERVING_SIGNATURE = 'serving_default'
@@ -36,10 +59,20 @@ IMAGES_SIGNATURE = 'predict_images'
 LABELS_FILE = 'labels.txt'
 TOP_K = 5
 FLOAT16 = 'float16'
+INT8 = 'int8'
+MARKER_FILE = 'finetune_alexnet.json'
+MARKER_FORMAT = 1
+WRITTEN_BY = 'finetune_alexnet export.py'
+# What a SavedModel written here holds at its top (inside variables/ and assets/: _ours_inside).
+_SAVED_MODEL_FILES = {'saved_model.pb', 'fingerprint.pb'}
+_SAVED_MODEL_FOLDERS = ('variables', 'assets')
+_READ_LIMIT = 1 << 20  # a marker or model_info.json is a few hundred bytes; never read more than this
 
 # The exported model's contents: its weights {layer: {'weights', 'biases'}}, class names (one per
-# class) and whether inference takes the centre crop of a 256 resize (a model trained with --augment).
-ExportedModel = collections.namedtuple('ExportedModel', 'layers class_names center_crop')
+# class), whether inference takes the centre crop of a 256 resize (a model trained with --augment),
+# and the most pixels a served image may have (its header's count, every frame).
+ExportedModel = collections.namedtuple('ExportedModel', 'layers class_names center_crop max_pixels',
+                                       defaults=(image_header.DEFAULT_MAX_PIXELS,))
 
 
 def _resize_each(images, center_crop):
@@ -49,17 +82,33 @@ def _resize_each(images, center_crop):
                      back_prop=False)
 
 
-def preprocess_encoded(image_bytes, center_crop):
-    """Model input from a batch of encoded files: preprocessing's decode, resize, normalisation."""
+def preprocess_encoded(image_bytes, center_crop, max_pixels=image_header.DEFAULT_MAX_PIXELS):
+    """Model input from a batch of encoded files: preprocessing's decode, resize, normalisation.
+
+    Each file's header is checked against `max_pixels` before it is decoded; one over it fails the
+    call with InvalidArgumentError naming `image_bytes[i]` and the limit.
+    """
+    def one(data, index):
+        what = tf.strings.join(['image_bytes[', tf.strings.as_string(index), ']'])
+        image = preprocessing.decode_rgb(data, max_pixels=max_pixels, what=what)
+        return preprocessing.resize_for_model(image, augment=center_crop)
     decoded_and_resized = tf.map_fn(
-        lambda data: preprocessing.resize_for_model(preprocessing.decode_rgb(data), augment=center_crop),
-        image_bytes, fn_output_signature=tf.TensorSpec([INPUT_SIZE, INPUT_SIZE, 3], tf.float32),
-        back_prop=False)
+        lambda elements: one(*elements), (image_bytes, tf.range(tf.size(image_bytes))),
+        fn_output_signature=tf.TensorSpec([INPUT_SIZE, INPUT_SIZE, 3], tf.float32), back_prop=False)
     return preprocessing.normalize(decoded_and_resized, compiled=False)
 
 
-def preprocess_decoded(images_rgb, center_crop):
-    """Model input from a batch of decoded uint8 RGB images: preprocessing's resize and normalisation."""
+def preprocess_decoded(images_rgb, center_crop, max_pixels=image_header.DEFAULT_MAX_PIXELS):
+    """Model input from a batch of decoded uint8 RGB images: preprocessing's resize and normalisation.
+
+    The caller decoded them, but the limit holds here too: images over `max_pixels` fail the call."""
+    shape = tf.shape(images_rgb, out_type=tf.int64)
+    pixels = shape[1] * shape[2]
+    check = tf.debugging.Assert(pixels <= max_pixels, [tf.strings.join([
+        'images: ', tf.strings.as_string(shape[2]), 'x', tf.strings.as_string(shape[1]),
+        f' pixels each, over max_pixels {max_pixels}'])])
+    with tf.control_dependencies([check]):
+        images_rgb = tf.identity(images_rgb)
     return preprocessing.normalize(_resize_each(images_rgb, center_crop), compiled=False)
 
 
@@ -104,31 +153,190 @@ def _write_side_files(folder, class_names, center_crop, stem=''):
     return labels, info
 
 
+def _write_marker(folder, max_pixels):
+    """finetune_alexnet.json: what marks a SavedModel as export.py's, and the limit it was given."""
+    path = os.path.join(folder, MARKER_FILE)
+    with open(path, 'w', encoding='utf-8', newline='\n') as stream:
+        json.dump({'format': MARKER_FORMAT, 'written_by': WRITTEN_BY, 'max_pixels': int(max_pixels)},
+                  stream, indent=2)
+        stream.write('\n')
+    return path
+
+
+def _read_json(path):
+    """The JSON object in the regular file at `path`, or None (missing, too big, not JSON)."""
+    try:
+        if not os.path.isfile(path) or os.path.getsize(path) > _READ_LIMIT:
+            return None
+        with open(path, encoding='utf-8') as stream:
+            content = json.load(stream)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def read_marker(folder):
+    """The finetune_alexnet.json of the SavedModel `folder` ({'format', 'written_by', 'max_pixels'}),
+    or None when it has none (not ours, or exported before the marker existed)."""
+    content = _read_json(os.path.join(folder, 'assets', MARKER_FILE))
+    if content and content.get('written_by') == WRITTEN_BY and content.get('format') == MARKER_FORMAT:
+        return content
+    return None
+
+
+def _is_model_info(path):
+    content = _read_json(path)
+    return bool(content) and content.get('format') == model_info.FORMAT and isinstance(
+        content.get('num_classes'), int) and isinstance(content.get('preprocessing'), dict)
+
+
+def _is_our_saved_model(folder):
+    """A SavedModel export.py wrote: its marker, or the labels and model_info.json of exports made
+    before the marker existed."""
+    if not os.path.isfile(os.path.join(folder, 'saved_model.pb')):
+        return False
+    assets = os.path.join(folder, 'assets')
+    return read_marker(folder) is not None or (
+        os.path.isfile(os.path.join(assets, LABELS_FILE))
+        and _is_model_info(os.path.join(assets, model_info.MODEL_INFO)))
+
+
+def _entry(folder, name, prefix=''):
+    return prefix + name + ('/' if os.path.isdir(os.path.join(folder, name)) else '')
+
+
+def _by_kind(entries):
+    """Files first, then folders (named with a trailing /), each in name order."""
+    return sorted(entries, key=lambda entry: (entry.endswith('/'), entry))
+
+
+def foreign_saved_model_entries(folder):
+    """What in the folder `folder` export.py did not write, as relative names (folders end in /):
+    [] for an empty folder or a SavedModel export.py wrote with nothing added; every entry for
+    anything else. Only such a folder may be replaced."""
+    names = os.listdir(folder)
+    if not names:
+        return []
+    if not _is_our_saved_model(folder):
+        return _by_kind(_entry(folder, name) for name in names)
+    foreign = []
+    for name in names:
+        path = os.path.join(folder, name)
+        if name in _SAVED_MODEL_FILES and os.path.isfile(path) and not os.path.islink(path):
+            continue
+        if name in _SAVED_MODEL_FOLDERS and os.path.isdir(path) and not os.path.islink(path):
+            for inner in os.listdir(path):
+                if not _ours_inside(name, os.path.join(path, inner)):
+                    foreign.append(_entry(path, inner, prefix=name + '/'))
+            continue
+        foreign.append(_entry(folder, name))
+    return _by_kind(foreign)
+
+
+def _ours_inside(subfolder, path):
+    name = os.path.basename(path)
+    if not os.path.isfile(path) or os.path.islink(path):
+        return False
+    if subfolder == 'variables':
+        return name == 'variables.index' or name.startswith('variables.data-')
+    return name in (LABELS_FILE, model_info.MODEL_INFO, MARKER_FILE)
+
+
+def is_tflite_file(path):
+    """A TFLite flatbuffer (its file identifier, TFL3, at bytes 4-8)."""
+    if not os.path.isfile(path):  # not a pipe, which opening would wait on
+        return False
+    try:
+        with open(path, 'rb') as stream:
+            return stream.read(8)[4:8] == b'TFL3'
+    except OSError:
+        return False
+
+
+def _read_lines(path):
+    """The lines of the regular UTF-8 text file at `path`, or None."""
+    try:
+        if not os.path.isfile(path) or os.path.getsize(path) > _READ_LIMIT * 16:
+            return None
+        with open(path, encoding='utf-8') as stream:
+            return stream.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def foreign_tflite_files(output):
+    """Of `output` and the labels and model_info.json beside it, the existing ones export.py did
+    not write: a .tflite that is not a TFLite model, a model_info.json that is not one, labels that
+    are not the class names of the model_info.json beside them."""
+    labels, info = tflite_side_files(output)
+    foreign = []
+    if os.path.lexists(output) and not is_tflite_file(output):
+        foreign.append(output)
+    content = _read_json(info) if _is_model_info(info) else None
+    if os.path.lexists(info) and content is None:
+        foreign.append(info)
+    if os.path.lexists(labels) and (content is None
+                                    or _read_lines(labels) != content.get('class_names')):
+        foreign.append(labels)
+    return foreign
+
+
 def _partial_path(output):
     """A fresh temporary name beside `output`, so the result appears whole or not at all."""
     folder = os.path.dirname(os.path.abspath(output))
-    return tempfile.mkdtemp(prefix=os.path.basename(output) + '.partial-', dir=folder)
+    return tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(output)) + '.partial-', dir=folder)
 
 
-def _replace(partial, output):
-    """Move the finished `partial` to `output`, replacing what is there (the caller checked it may)."""
-    if os.path.isdir(output) and not os.path.islink(output):
-        shutil.rmtree(output)
-    elif os.path.lexists(output):
-        os.remove(output)
+def _replace_file(partial, output):
+    """Move the finished file `partial` to `output` in one rename (what was there, if anything, goes
+    in the same step)."""
     os.replace(partial, output)
+
+
+def _replace_folder(model, output, partial):
+    """Move the finished folder `model` to `output`. An empty folder is replaced in one rename; a
+    previous SavedModel is first moved into `partial` (removed by the caller), so that a crash
+    between the two renames leaves it there, whole, never half-deleted."""
+    if os.path.islink(output):
+        os.remove(output)  # the link goes; what it points at stays
+    elif os.path.isdir(output) and os.listdir(output):
+        foreign = foreign_saved_model_entries(output)
+        if foreign:  # checked before the work too; a library caller gets the same refusal
+            raise ToolkitError(foreign_entries_message(output, foreign))
+        previous = os.path.join(partial, 'previous')
+        os.rename(output, previous)
+        try:
+            os.rename(model, output)
+        except OSError:
+            os.rename(previous, output)
+            raise
+        return
+    os.replace(model, output)
+
+
+def foreign_entries_message(output, entries, shown=5):
+    """'models holds 3 entries that export.py did not write (notes.txt, 1/, 2/); choose another
+    --output'."""
+    count = len(entries)
+    listed = ', '.join(entries[:shown]) + (f', and {count - shown} more' if count > shown else '')
+    return (f"{output} holds {count} entr{'y' if count == 1 else 'ies'} that export.py did not write "
+            f"({listed}); choose another --output")
 
 
 def write_saved_model(output, exported):
     """Write `exported` as a SavedModel folder at `output`; returns {signature name: SignatureDef}.
 
     TF Serving's layout is models/<name>/<version>: the model's folder is created when missing.
+    What is at `output` must be absent, an empty folder or a SavedModel written here (ToolkitError
+    otherwise); it is replaced only once the new model is complete.
     """
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    output = os.path.abspath(output)
+    os.makedirs(os.path.dirname(output), exist_ok=True)
     partial = _partial_path(output)
     try:
-        signatures = _build_saved_model(os.path.join(partial, 'model'), exported)
-        _replace(os.path.join(partial, 'model'), output)
+        model = os.path.join(partial, 'model')
+        signatures = _build_saved_model(model, exported)
+        _replace_folder(model, output, partial)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return signatures
@@ -140,14 +348,18 @@ def _build_saved_model(path, exported):
         image_bytes = tf.placeholder(tf.string, [None], name='image_bytes')
         images = tf.placeholder(tf.uint8, [None, None, None, 3], name='images')
         with tf.name_scope('from_files'):
-            model, from_files = _classifier(preprocess_encoded(image_bytes, exported.center_crop), names)
+            model, from_files = _classifier(
+                preprocess_encoded(image_bytes, exported.center_crop, exported.max_pixels), names)
         with tf.name_scope('from_images'):
-            _, from_images = _classifier(preprocess_decoded(images, exported.center_crop), names)
+            _, from_images = _classifier(
+                preprocess_decoded(images, exported.center_crop, exported.max_pixels), names)
         build = tf.saved_model.signature_def_utils.predict_signature_def
         signatures = {SERVING_SIGNATURE: build({'image_bytes': image_bytes}, from_files),
                       IMAGES_SIGNATURE: build({'images': images}, from_images)}
         side_files = tempfile.mkdtemp(prefix='assets-', dir=os.path.dirname(path))
-        for asset in _write_side_files(side_files, names, exported.center_crop):
+        assets = (*_write_side_files(side_files, names, exported.center_crop),
+                  _write_marker(side_files, exported.max_pixels))
+        for asset in assets:
             # Registered as assets: the builder copies them into assets/ and lists them in the graph.
             graph.add_to_collection(tf.GraphKeys.ASSET_FILEPATHS, tf.constant(asset, name='asset_path'))
         with tf.Session(graph=graph) as session:
@@ -171,21 +383,46 @@ def tflite_side_files(output):
     return [os.path.join(folder, stem + LABELS_FILE), os.path.join(folder, stem + model_info.MODEL_INFO)]
 
 
-def write_tflite(output, exported, quantize=None):
-    """Write `exported` as a TFLite flatbuffer at `output` (float32, or float16 weights with
-    `quantize='float16'`), with its labels and model_info.json beside it; returns their paths."""
+def convert_tflite(exported, quantizations=(None,), representative=None):
+    """{quantize: TFLite flatbuffer (bytes)} of `exported`, one per entry of `quantizations`: None
+    (float32), 'float16' (float16 weights) or 'int8' (int8 weights and activations, calibrated on
+    `representative`, float32 [n, 227, 227, 3] pre-processed images; float32 input and output)."""
     names = list(exported.class_names)
+    flatbuffers = {}
     with tf.Graph().as_default() as graph:
         inputs = tf.placeholder(tf.float32, [None, INPUT_SIZE, INPUT_SIZE, 3], name='images')
         model, outputs = _classifier(inputs, names)
         with tf.Session(graph=graph) as session:
             _load_weights(session, model, exported.layers)
-            converter = tf.lite.TFLiteConverter.from_session(session, [inputs],
-                                                              [outputs['probabilities']])
-            if quantize == FLOAT16:
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-                converter.target_spec.supported_types = [tf.float16]
-            flatbuffer = converter.convert()
+            for quantize in quantizations:
+                converter = tf.lite.TFLiteConverter.from_session(session, [inputs],
+                                                                  [outputs['probabilities']])
+                if quantize == FLOAT16:
+                    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                    converter.target_spec.supported_types = [tf.float16]
+                elif quantize == INT8:
+                    if representative is None or not len(representative):
+                        raise ValueError('an int8 export needs representative images')
+                    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                    # One image a step, as the calibrator runs them; it records each tensor's range.
+                    converter.representative_dataset = lambda: ([image[np.newaxis]]
+                                                                for image in representative)
+                    # int8 kernels throughout. An op TFLite has no int8 kernel for would still be
+                    # kept in float32 between a dequantize and a quantize, without a word: alexnet.py
+                    # builds none (its LRN avoids SQUARE), and tests/test_export.py checks.
+                    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+                flatbuffers[quantize] = converter.convert()
+    return flatbuffers
+
+
+def write_tflite(output, exported, quantize=None, representative=None, flatbuffer=None):
+    """Write `exported` as a TFLite flatbuffer at `output` (float32, float16 weights with
+    `quantize='float16'`, or int8 with 'int8' and `representative` images: convert_tflite), with its
+    labels and model_info.json beside it; returns their paths. `flatbuffer`: one convert_tflite
+    already made for `quantize`."""
+    names = list(exported.class_names)
+    if flatbuffer is None:
+        flatbuffer = convert_tflite(exported, (quantize,), representative)[quantize]
     partial = _partial_path(output)
     try:
         written = os.path.join(partial, 'model.tflite')
@@ -194,11 +431,89 @@ def write_tflite(output, exported, quantize=None):
         side_files = _write_side_files(partial, names, exported.center_crop,
                                        stem=tflite_side_file_stem(output))
         for side_file, target in zip(side_files, tflite_side_files(output)):
-            _replace(side_file, target)
-        _replace(written, output)
+            _replace_file(side_file, target)
+        _replace_file(written, output)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return tflite_side_files(output)
+
+
+def representative_sample(paths, size, seed):
+    """At most `size` of `paths`, drawn without replacement with `seed`, in their list order: the
+    images that calibrate an int8 model."""
+    if len(paths) <= size:
+        return list(paths)
+    chosen = random.Random(seed).sample(range(len(paths)), size)
+    return [paths[index] for index in sorted(chosen)]
+
+
+def preprocessed_batches(paths, center_crop, batch_size=32, list_file=None):
+    """float32 [b, 227, 227, 3] batches of the image files `paths`, in order, pre-processed as
+    predict.py does (datagenerator.images_dataset): what a TFLite model takes. An image that does
+    not decode raises ToolkitError naming it (and `list_file`, the list it came from)."""
+    graph = tf.Graph()
+    with graph.as_default():  # left before the first yield: the caller's default graph is its own
+        dataset = datagenerator.images_dataset(list(paths), batch_size, center_crop=center_crop)
+        next_batch = tf.data.make_one_shot_iterator(dataset).get_next()
+    session = tf.Session(graph=graph, config=tf_setup.session_config())
+    try:
+        while True:
+            try:
+                images, _ = session.run(next_batch)
+            except tf.errors.OutOfRangeError:
+                return
+            except datagenerator.IMAGE_ERRORS:
+                raise datagenerator.unreadable_images_error(list(paths), list_file=list_file) from None
+            yield images
+    finally:
+        session.close()
+
+
+def tflite_interpreter(flatbuffer):
+    """A tf.lite.Interpreter of `flatbuffer` (its notice that LiteRT replaces it is hidden)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='.*tf.lite.Interpreter is deprecated')
+        return tf.lite.Interpreter(model_content=flatbuffer, num_threads=os.cpu_count() or 1)
+
+
+def run_tflite(interpreter, images):
+    """Probabilities [n, num_classes] of a TFLite classifier for a float32 [n, 227, 227, 3] batch."""
+    detail = interpreter.get_input_details()[0]
+    if list(detail['shape']) != list(images.shape):
+        interpreter.resize_tensor_input(detail['index'], list(images.shape))
+        interpreter.allocate_tensors()
+    interpreter.set_tensor(detail['index'], images)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]['index']).copy()
+
+
+# How a quantized TFLite model answers next to the float32 one, on labelled images: how many,
+# how many with the same top-1 class, how many each got right, and the largest difference of a
+# probability.
+Agreement = collections.namedtuple('Agreement', 'images same_top1 float_correct quantized_correct '
+                                   'max_difference')
+
+
+def tflite_agreement(quantized, reference, batches, labels):
+    """Agreement of the TFLite flatbuffers `quantized` and `reference` (float32) over `batches` of
+    pre-processed images (preprocessed_batches) whose labels are `labels`, in order."""
+    interpreters = tflite_interpreter(quantized), tflite_interpreter(reference)
+    for interpreter in interpreters:
+        interpreter.allocate_tensors()
+    labels = np.asarray(labels)
+    same = float_correct = quantized_correct = seen = 0
+    largest = 0.0
+    for images in batches:
+        ours, theirs = (run_tflite(interpreter, images) for interpreter in interpreters)
+        truth = labels[seen:seen + len(images)]
+        seen += len(images)
+        # argmax takes the lower index among equal scores, as top_k and decode_predictions do.
+        ours_top, theirs_top = ours.argmax(axis=1), theirs.argmax(axis=1)
+        same += int(np.sum(ours_top == theirs_top))
+        quantized_correct += int(np.sum(ours_top == truth))
+        float_correct += int(np.sum(theirs_top == truth))
+        largest = max(largest, float(np.max(np.abs(ours - theirs))))
+    return Agreement(seen, same, float_correct, quantized_correct, largest)
 
 
 def describe_signature(name, signature):

@@ -51,4 +51,5 @@ def clear_previous_demo_run():
                 shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         finally:
             lock.release()
-    shutil.rmtree(run_settings.DEMO_DEFAULTS['filewriter_path'], ignore_errors=True)
+    if state is not None:  # the TensorBoard folder of the demo run just cleared, nobody else's
+        shutil.rmtree(run_settings.DEMO_DEFAULTS['filewriter_path'], ignore_errors=True)

@@ -37,6 +37,8 @@ def extract(session, init_op, features, labels, count, num_classes, cache_file):
     map on `cache_file` when they would not fit in MEMORY_LIMIT_BYTES.
     """
     if count * FEATURE_SIZE * 4 > MEMORY_LIMIT_BYTES:
+        # Whatever sits at the path goes first: a symlink left there would be written through.
+        remove_cache_file(cache_file)
         store = np.lib.format.open_memmap(cache_file, mode='w+', dtype=np.float32,
                                           shape=(count, FEATURE_SIZE))
     else:
@@ -113,5 +115,6 @@ class Feeder:
 
 
 def remove_cache_file(cache_file):
-    if os.path.exists(cache_file):
+    """Removes the spill file, or a symlink at its path (the link itself, never its target)."""
+    if os.path.lexists(cache_file):
         os.remove(cache_file)

@@ -15,12 +15,20 @@ whole, so a reader never sees half a set, and two runs writing the same set at o
 (the second rename finds the folder there and drops its copy). A set whose files are missing,
 truncated or fail their checksum is removed and rebuilt. After each write, least-recently-used sets
 are removed until the cache is within its size limit (use touches meta.json).
+
+Nothing read back is trusted: a set is a real folder named by its key (never a symlink), its three
+files are regular files, meta.json is small and every field of it is typed and checked, and the arrays
+are plain float32 matrices of the recorded shapes (no pickles). Anything else makes the set damaged:
+it is removed, with a note, and recomputed. Removal renames an entry of the root away and deletes
+that entry only: a symlink is unlinked, never followed, so nothing outside the root is touched.
 """
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 
@@ -32,13 +40,78 @@ from finetune_alexnet.errors import ToolkitError
 
 FORMAT = 1
 # Where the XDG convention puts caches: $XDG_CACHE_HOME, else ~/.cache.
+# (The convention ignores a relative $XDG_CACHE_HOME.)
 DEFAULT_DIR = os.path.join(
-    os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'), 'finetune_alexnet')
+    os.environ.get('XDG_CACHE_HOME') if os.path.isabs(os.environ.get('XDG_CACHE_HOME', ''))
+    else os.path.join(os.path.expanduser('~'), '.cache'), 'finetune_alexnet')
 DEFAULT_MAX_GB = 20
 META = 'meta.json'
 FEATURES = 'features.npy'
 LABELS = 'labels.npy'
 STALE_SECONDS = 24 * 3600
+MAX_META_BYTES = 64 * 1024  # ours is about 300 bytes
+KEY = re.compile('[0-9a-f]{64}')
+_META_FIELDS = ('format', 'features_shape', 'bytes', 'sha256', 'created')
+
+
+def _regular_file_size(folder, name):
+    """The size of `folder/name`, a regular file (lstat: a symlink does not count); ValueError if not."""
+    try:
+        info = os.lstat(os.path.join(folder, name))
+    except OSError:
+        raise ValueError(f'{name} is missing') from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f'{name} is not a regular file')
+    return info.st_size
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def read_meta(folder):
+    """meta.json of a set folder, every field checked; ValueError saying what is wrong."""
+    if _regular_file_size(folder, META) > MAX_META_BYTES:
+        raise ValueError(f'{META} is larger than {MAX_META_BYTES} bytes')
+    with open(os.path.join(folder, META), 'rb') as stream:
+        raw = stream.read(MAX_META_BYTES + 1)
+    try:
+        meta = json.loads(raw.decode('utf-8'))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise ValueError(f'{META} is not JSON') from None
+    if not isinstance(meta, dict) or sorted(meta) != sorted(_META_FIELDS):
+        raise ValueError(f'{META} does not have the fields {", ".join(_META_FIELDS)}')
+    if not _is_count(meta['format']) or meta['format'] != FORMAT:
+        raise ValueError(f'{META}: format is not {FORMAT}')
+    shape = meta['features_shape']
+    if not isinstance(shape, list) or len(shape) != 2 or not all(_is_count(size) for size in shape):
+        raise ValueError(f'{META}: features_shape is not two sizes')
+    for field, valid in (('bytes', _is_count),
+                         ('sha256', lambda value: isinstance(value, str) and KEY.fullmatch(value))):
+        entries = meta[field]
+        if (not isinstance(entries, dict) or sorted(entries) != sorted((FEATURES, LABELS))
+                or not all(valid(value) for value in entries.values())):
+            raise ValueError(f'{META}: {field} is not one entry for each of {FEATURES}, {LABELS}')
+    created = meta['created']
+    if isinstance(created, bool) or not isinstance(created, (int, float)) or not math.isfinite(created):
+        raise ValueError(f'{META}: created is not a time')
+    return meta
+
+
+def _check_matrix(name, array, rows=None):
+    if array.dtype != np.float32 or array.ndim != 2 or (rows is not None and len(array) != rows):
+        raise ValueError(f'{name} holds {array.dtype} {array.shape}, not the float32 matrix recorded')
+
+
+def _remove_entry(path):
+    """Deletes one entry of the root: a folder with what is in it, or a file or symlink itself."""
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path, ignore_errors=True)  # removes the links inside, never follows them
+        else:
+            os.remove(path)
+    except OSError:
+        pass
 
 
 def arrays_digest(arrays):
@@ -90,31 +163,37 @@ class FeatureStore:
             raise ToolkitError(f'--cache_dir {root}: not writable')
 
     def _folder(self, key):
+        if not KEY.fullmatch(key):  # a key names one entry of the root, nothing else
+            raise ValueError(f'not a feature set key: {key!r}')
         return os.path.join(self.root, key)
 
     def load(self, key):
         """((features, labels), None) for a stored set, features memory-mapped; (None, None) when
-        there is none; (None, note) when it was damaged (a file missing, truncated, or not matching
-        its checksum): it is removed so the caller's rebuild takes its place, and `note` says why.
+        there is none; (None, note) when it was damaged (a file missing, truncated, not matching its
+        checksum, a meta.json that is not ours, a symlink or special file where a file should be):
+        it is removed so the caller's rebuild takes its place, and `note` says why.
         """
         folder = self._folder(key)
-        if not os.path.isdir(folder):
+        if not os.path.lexists(folder):
             return None, None
         try:
-            with open(os.path.join(folder, META)) as stream:
-                meta = json.load(stream)
+            if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                raise ValueError('not a folder (a symlink or a file is never followed)')
+            meta = read_meta(folder)
             for name in (FEATURES, LABELS):
-                path = os.path.join(folder, name)
-                if os.path.getsize(path) != meta['bytes'][name]:
-                    raise ValueError(f'{name} has {os.path.getsize(path)} bytes, expected '
-                                     f"{meta['bytes'][name]}")
-                if digests.file_sha256(path) != meta['sha256'][name]:
+                size = _regular_file_size(folder, name)
+                if size != meta['bytes'][name]:
+                    raise ValueError(f"{name} has {size} bytes, expected {meta['bytes'][name]}")
+                if digests.file_sha256(os.path.join(folder, name)) != meta['sha256'][name]:
                     raise ValueError(f'{name} does not match its checksum')
-            features = np.load(os.path.join(folder, FEATURES), mmap_mode='r')
-            labels = np.load(os.path.join(folder, LABELS))
-            if features.shape != tuple(meta['features_shape']) or len(labels) != len(features):
-                raise ValueError('shapes differ from meta.json')
-        except (OSError, ValueError, KeyError, TypeError) as error:
+            features = np.load(os.path.join(folder, FEATURES), mmap_mode='r', allow_pickle=False)
+            labels = np.load(os.path.join(folder, LABELS), allow_pickle=False)
+            _check_matrix(FEATURES, features)
+            _check_matrix(LABELS, labels, rows=len(features))
+            if list(features.shape) != meta['features_shape']:
+                raise ValueError(f'{FEATURES} has shape {features.shape}, meta.json says '
+                                 f"{tuple(meta['features_shape'])}")
+        except (OSError, ValueError) as error:
             self.remove(key)
             return None, f'cached features in {folder} were damaged ({error}); recomputing them'
         os.utime(os.path.join(folder, META))  # the least-recently-used order
@@ -122,6 +201,7 @@ class FeatureStore:
 
     def save(self, key, features, labels):
         """Stores a set atomically, then trims the cache to its limit (never this set)."""
+        folder = self._folder(key)
         staging = tempfile.mkdtemp(prefix=f'.{key[:16]}.', suffix='.partial', dir=self.root)
         try:
             meta = {'format': FORMAT, 'features_shape': list(features.shape), 'bytes': {},
@@ -134,9 +214,9 @@ class FeatureStore:
             with open(os.path.join(staging, META), 'w') as stream:
                 json.dump(meta, stream)
             try:
-                os.rename(staging, self._folder(key))
+                os.rename(staging, folder)
             except OSError:
-                if not os.path.isdir(self._folder(key)):
+                if not os.path.isdir(folder):
                     raise
                 # Another run stored the same set first: its copy serves.
         finally:
@@ -152,20 +232,22 @@ class FeatureStore:
             os.rename(folder, doomed)
         except OSError:
             return
-        shutil.rmtree(doomed, ignore_errors=True)
+        _remove_entry(doomed)
 
     def sets(self):
-        """[(last use, bytes, key)] of every complete set."""
+        """[(last use, bytes, key)] of every complete set: real folders only, sizes from lstat."""
         found = []
         for name in os.listdir(self.root):
-            meta = os.path.join(self.root, name, META)
-            if not re.fullmatch('[0-9a-f]{64}', name) or not os.path.isfile(meta):
+            if not KEY.fullmatch(name):
                 continue
             folder = os.path.join(self.root, name)
             try:
-                size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
-                found.append((os.path.getmtime(meta), size, name))
-            except OSError:  # removed meanwhile by another run
+                if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                    continue  # load() removes it when its key comes up
+                _regular_file_size(folder, META)
+                size = sum(os.lstat(os.path.join(folder, f)).st_size for f in os.listdir(folder))
+                found.append((os.lstat(os.path.join(folder, META)).st_mtime, size, name))
+            except (OSError, ValueError):  # incomplete, or removed meanwhile by another run
                 continue
         return sorted(found)
 
@@ -178,11 +260,11 @@ class FeatureStore:
             path = os.path.join(self.root, name)
             try:
                 stale = (name.endswith(('.partial', '.removed'))
-                         and time.time() - os.path.getmtime(path) > STALE_SECONDS)
+                         and time.time() - os.lstat(path).st_mtime > STALE_SECONDS)
             except OSError:
                 continue
             if stale:
-                shutil.rmtree(path, ignore_errors=True)
+                _remove_entry(path)
         sets = self.sets()
         total = sum(size for _, size, _ in sets)
         removed = []

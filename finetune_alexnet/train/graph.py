@@ -2,19 +2,52 @@
 
 Kept apart from finetune.py's command line so tests and the benchmarks build exactly the graph that
 users train. Nothing here runs a session.
+
+Besides the paper's recipe, what fine-tuning uses today, each off unless its config field is set:
+label smoothing (the training loss only), an exponential moving average of the trained weights
+(validation swaps it in), linear warm-up and cosine decay of the rate, mixup and CutMix (training
+batches only, drawn from the run's seed and the global step, so a resumed run draws what an
+uninterrupted one would), and a second phase that trains more layers (`unfreeze_layers`): the graph
+holds each phase's train op, sharing one optimizer, so every slot exists from the first step.
 """
 import collections
+import contextlib
 import dataclasses
 import math
 
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from alexnet import AlexNet
+from alexnet import TRAINABLE_LAYERS, AlexNet
+from finetune_alexnet import model_info
 
-TrainingGraph = collections.namedtuple('TrainingGraph', [
+_GRAPH_FIELDS = [
     'x', 'y', 'keep_prob', 'model', 'logits', 'loss', 'accuracy', 'loss_sum', 'correct_count',
-    'batch_count', 'train_op', 'train_summaries', 'global_step', 'learning_rate', 'var_list'])
+    'batch_count', 'train_op', 'train_summaries', 'global_step', 'learning_rate', 'var_list',
+    'training', 'phase', 'phases', 'mix', 'averages', 'shared']
+
+
+class TrainingGraph(collections.namedtuple('TrainingGraph', _GRAPH_FIELDS)):
+    """The tensors and ops of a training step. `loss`, `train_op`, `train_summaries` and `var_list`
+    are those of phase `phase`; `phases` maps each phase this graph trains to its PhaseOps.
+    `training` (fed True by training steps) turns mixup/CutMix on; `mix` holds their draws (None
+    when off); `averages` the moving average's AveragingOps (None when off)."""
+
+    def for_phase(self, phase):
+        """This graph with phase `phase`'s loss, train op, summaries and variables on top."""
+        ops = self.phases[phase]
+        return self._replace(loss=ops.loss, train_op=ops.train_op,
+                             train_summaries=ops.train_summaries, var_list=ops.var_list, phase=phase)
+
+
+PhaseOps = collections.namedtuple('PhaseOps', 'loss train_op train_summaries var_list')
+# What graphs on other inputs (cached features, images) share, so one run has one global step, one
+# rate, one optimizer (one set of slots) and one moving average.
+Shared = collections.namedtuple('Shared', 'global_step rate optimizer loss_scale ema averages '
+                                          'phase_variable')
+# start: each average := its variable (run once the starting weights are loaded); swap_in: the
+# variables take their averages (the raw values kept aside); swap_out: the raw values back.
+AveragingOps = collections.namedtuple('AveragingOps', 'start swap_in swap_out variables')
 
 
 # A histogram summary of every value of fc6 (37.7 M weights, and as many gradients) costs more than the
@@ -44,6 +77,13 @@ def trained_variables(model, train_layers):
             for variable in model.variables[layer].values()]
 
 
+def phase_layers(train_layers, unfreeze_layers, phase):
+    """The layers phase `phase` trains, in the network's order: phase 1 `train_layers`, phase 2
+    those and `unfreeze_layers`."""
+    layers = set(train_layers) | (set(unfreeze_layers) if phase == 2 else set())
+    return tuple(layer for layer in TRAINABLE_LAYERS if layer in layers)
+
+
 def _tower_devices(num_devices, use_gpu):
     if num_devices == 1:
         return [None]
@@ -53,6 +93,12 @@ def _tower_devices(num_devices, use_gpu):
 
 def _per_example_loss(logits, labels):
     return tf.nn.softmax_cross_entropy_with_logits_v2(labels=tf.stop_gradient(labels), logits=logits)
+
+
+def smoothed_labels(labels, epsilon, num_classes):
+    """(1 - epsilon) x labels + epsilon / K, scaled by each row's sum: all-zero padding rows stay
+    zero (they weigh nothing), and a row of one-hot or mixed labels sums to 1."""
+    return labels * (1.0 - epsilon) + (epsilon / num_classes) * tf.reduce_sum(labels, 1, keepdims=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +122,20 @@ class TrainingConfig:
     class_weights: tuple = None
     # ((layer, multiplier), ...): Caffe's lr_mult, that layer's update scaled by the multiplier.
     lr_mult: tuple = ()
+    label_smoothing: float = 0.0      # epsilon of the training loss's targets (0: one-hot)
+    ema_decay: float = 0.0            # decay of the weights' moving average (0: none kept)
+    lr_schedule: str = 'step'         # 'step' (decay_steps, decay_factor) or 'cosine'
+    warmup_steps: int = 0             # the rate rises linearly to learning_rate over these steps
+    total_steps: int = 0              # cosine: the rate would reach 0 at this step
+    mixup: float = 0.0                # alpha of mixup's Beta(alpha, alpha) (0: off)
+    cutmix: float = 0.0               # alpha of CutMix's Beta(alpha, alpha) (0: off)
+    mix_seed: int = 0                 # with the global step, seeds every mixing draw
+    unfreeze_layers: tuple = ()       # what phase 2 trains besides train_layers (empty: one phase)
+    phases: tuple = None              # the phases this graph trains (None: every phase)
+
+    @property
+    def all_phases(self):
+        return (1, 2) if self.unfreeze_layers else (1,)
 
 
 def balanced_class_weights(labels, num_classes):
@@ -94,7 +154,7 @@ def balanced_class_weights(labels, num_classes):
     return tuple(float(w) for w in weights)
 
 
-def build_training_graph(images, labels, config, input_layer=None, reuse=False):
+def build_training_graph(images, labels, config, input_layer=None, reuse=False, shared=None):
     """Builds the model on `images` (a batch from tf.data) and everything one training step needs.
 
     `x`, `y` and `keep_prob` are placeholders with defaults: by default the batch flows straight from
@@ -103,7 +163,8 @@ def build_training_graph(images, labels, config, input_layer=None, reuse=False):
     per device, and their gradients are averaged, as the paper trained on two GPUs.
 
     With `input_layer` ('flattened' for cached pool5 features), `images` holds that layer's output
-    and only the layers after it are built; `reuse` shares variables an earlier AlexNet created.
+    and only the layers after it are built; `reuse` shares variables an earlier AlexNet created, and
+    `shared` (an earlier graph's `.shared`) its global step, rate, optimizer and moving average.
 
     `config.mixed_precision` adds dynamic loss scaling, which a session with grappler's
     mixed-precision rewrite (tf_setup.session_config) needs: the loss is multiplied by a power of two
@@ -114,41 +175,195 @@ def build_training_graph(images, labels, config, input_layer=None, reuse=False):
     x = tf.placeholder_with_default(images, images.shape, name='x')
     y = tf.placeholder_with_default(labels, [None, config.num_classes], name='y')
     keep_prob = tf.placeholder_with_default(1.0, [], name='keep_prob')
-    global_step = tf.train.get_or_create_global_step()
-    rate, sgd, loss_scale = _optimizer(config, global_step)
+    training = tf.placeholder_with_default(False, [], name='training')
+    first = shared is None
+    if first:
+        global_step = tf.train.get_or_create_global_step()
+        rate, sgd, loss_scale = _optimizer(config, global_step)
+    else:
+        global_step, rate, sgd, loss_scale = shared[:4]
     batch_count = tf.shape(x, out_type=tf.int64)[0]
-    towers = _build_towers(x, y, keep_prob, batch_count, sgd, config, input_layer, reuse)
+    mix, x_in, y_in = None, x, y
+    if config.mixup or config.cutmix:
+        if input_layer is not None:
+            raise ValueError('mixup and CutMix mix images: build on images, not on cached features')
+        with tf.name_scope('mixing'):
+            mix = mixing_draws(x, config, global_step)
+            x_in, y_in = tf.cond(training, lambda: mix_batch(x, y, mix), lambda: (x, y))
+            mix.update(images=x_in, labels=y_in)  # what the step trains on (x, y unless training)
+    towers = _build_towers(x_in, y_in, keep_prob, batch_count, config, input_layer, reuse)
+    if first:
+        ema, averages = _moving_average(config, towers.model)
+        phase_variable = (tf.Variable(1, dtype=tf.int64, trainable=False, name='training_phase')
+                          if len(config.all_phases) > 1 else None)
+        shared = Shared(global_step, rate, sgd, loss_scale, ema, averages, phase_variable)
 
-    with tf.name_scope('loss'):
-        loss = tf.add_n(towers.loss_shares)
-    with tf.name_scope('train'):
-        gradients = [tf.add_n(list(grads)) for grads in zip(*towers.gradients)]
-        gradients = _scale_by_lr_mult(gradients, towers.var_list, config.lr_mult)
     logits = tf.concat(towers.logits, axis=0)[:batch_count] if len(towers.logits) > 1 else towers.logits[0]
     with tf.name_scope('metrics'):
-        correct = tf.equal(tf.argmax(logits, 1), tf.argmax(y, 1))
+        # With mixed labels, a training step's accuracy counts the larger share's class.
+        correct = tf.equal(tf.argmax(logits, 1), tf.argmax(y_in, 1))
         accuracy = tf.reduce_mean(tf.cast(correct, tf.float32))
         correct_count = tf.reduce_sum(tf.cast(correct, tf.int64))
-        # Validation sums these over batches, so a last partial batch weighs what it holds.
-        loss_sum = tf.reduce_sum(_per_example_loss(logits, y))
+        # Validation sums these over batches, so a last partial batch weighs what it holds. Plain
+        # cross-entropy (no smoothing, no class weights), so runs with and without compare.
+        loss_sum = tf.reduce_sum(_per_example_loss(logits, y_in))
 
-    # A NaN/Inf loss or gradient stops the step before anything is updated or summarised: the update
-    # and every summary depend on this check, so a histogram op never crashes on a NaN first.
-    # (Validation fetches only the metrics above, so it computes no gradient.) With loss scaling an
-    # overflowing gradient is expected now and then and handled by the optimizer: only the loss counts.
-    checked = tf.stack([loss] if config.mixed_precision else [loss, tf.linalg.global_norm(gradients)])
-    loss_is_finite = tf.debugging.assert_all_finite(checked, 'loss is not finite', name='loss_is_finite')
-    with tf.control_dependencies([loss_is_finite]):
-        train_op = _apply(sgd, gradients, towers.var_list, global_step, config.mixed_precision)
-        scalars = [('cross_entropy', loss), ('accuracy', accuracy), ('learning_rate', rate)]
-        if config.mixed_precision:
-            scalars.append(('loss_scale', loss_scale()))
-        train_summaries = _summaries(scalars, gradients, towers.var_list, config.mixed_precision)
+    phases = {phase: _phase_ops(phase, towers, accuracy, config, shared)
+              for phase in (config.phases or config.all_phases)}
+    top = min(phases)
+    graph = TrainingGraph(
+        x=x, y=y, keep_prob=keep_prob, model=towers.model, logits=logits, loss=None, accuracy=accuracy,
+        loss_sum=loss_sum, correct_count=correct_count, batch_count=batch_count, train_op=None,
+        train_summaries=None, global_step=global_step, learning_rate=rate, var_list=None,
+        training=training, phase=top, phases=phases, mix=mix, averages=shared.averages, shared=shared)
+    return graph.for_phase(top)
 
-    return TrainingGraph(x=x, y=y, keep_prob=keep_prob, model=towers.model, logits=logits, loss=loss,
-                         accuracy=accuracy, loss_sum=loss_sum, correct_count=correct_count,
-                         batch_count=batch_count, train_op=train_op, train_summaries=train_summaries,
-                         global_step=global_step, learning_rate=rate, var_list=towers.var_list)
+
+def _phase_ops(phase, towers, accuracy, config, shared):
+    """Phase `phase`'s loss, gradients of its layers, NaN guard, update and summaries."""
+    var_list = trained_variables(towers.model, phase_layers(config.train_layers,
+                                                            config.unfreeze_layers, phase))
+    scope = tf.name_scope(f'phase{phase}') if phase > 1 else contextlib.nullcontext()
+    with scope:
+        decay = None
+        if config.weight_decay:
+            with tf.name_scope('loss'):
+                # The paper's weight decay on the trained layers' weights (not biases), once.
+                decayed = [v for v in var_list if v.op.name.endswith('/weights')]
+                decay = config.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed])
+        with tf.name_scope('loss'):
+            loss = tf.add_n(towers.loss_shares + ([decay] if decay is not None else []))
+        tower_gradients = []
+        for index, (device, share) in enumerate(zip(towers.devices, towers.loss_shares)):
+            with tf.device(device or config.model_device):
+                total = share + decay if decay is not None and index == 0 else share
+                if config.mixed_precision:  # scales the loss, unscales the gradients
+                    tower_gradients.append(
+                        [grad for grad, _ in shared.optimizer.compute_gradients(total, var_list)])
+                else:
+                    tower_gradients.append(tf.gradients(total, var_list))
+        with tf.name_scope('train'):
+            gradients = [tf.add_n(list(grads)) for grads in zip(*tower_gradients)]
+            gradients = _scale_by_lr_mult(gradients, var_list, config.lr_mult)
+
+        # A NaN/Inf loss or gradient stops the step before anything is updated or summarised: the
+        # update and every summary depend on this check, so a histogram op never crashes on a NaN
+        # first. (Validation fetches only the metrics, so it computes no gradient.) With loss scaling
+        # an overflowing gradient is expected now and then and handled by the optimizer: only the
+        # loss counts.
+        checked = tf.stack([loss] if config.mixed_precision else [loss, tf.linalg.global_norm(gradients)])
+        loss_is_finite = tf.debugging.assert_all_finite(checked, 'loss is not finite',
+                                                        name='loss_is_finite')
+        with tf.control_dependencies([loss_is_finite]):
+            update = _apply(shared.optimizer, gradients, var_list, shared.global_step,
+                            config.mixed_precision)
+            train_op = _after_update(update, var_list, shared, phase)
+            scalars = [('cross_entropy', loss), ('accuracy', accuracy), ('learning_rate', shared.rate)]
+            if config.mixed_precision:
+                scalars.append(('loss_scale', shared.loss_scale()))
+            if shared.phase_variable is not None:
+                scalars.append(('phase', tf.constant(phase, tf.float32)))
+            train_summaries = _summaries(scalars, gradients, var_list, config.mixed_precision)
+    return PhaseOps(loss, train_op, train_summaries, var_list)
+
+
+def _after_update(update, var_list, shared, phase):
+    """The step's op: the update, then (from the updated weights) their moving averages, and the
+    checkpoint's record of the phase."""
+    after = []
+    with tf.control_dependencies([update]):
+        if shared.ema is not None:
+            # TensorFlow's form without num_updates: average = decay x average + (1 - decay) x weight.
+            after.append(shared.ema.apply(var_list))
+        if shared.phase_variable is not None:
+            after.append(tf.assign(shared.phase_variable, phase).op)
+    return tf.group(update, *after) if after else update
+
+
+def _moving_average(config, model):
+    """The moving average of every variable any phase trains, and the ops that start and swap it."""
+    if not config.ema_decay:
+        return None, None
+    variables = trained_variables(model, phase_layers(config.train_layers, config.unfreeze_layers,
+                                                      max(config.all_phases)))
+    # Named as TensorFlow names them, 'fc8/weights/ExponentialMovingAverage', which model_info reads.
+    ema = tf.train.ExponentialMovingAverage(config.ema_decay, name=model_info.EMA_SUFFIX)
+    ema.apply(variables)  # creates the averages (this op itself is never run)
+    averages = [ema.average(variable) for variable in variables]
+    with tf.name_scope('moving_average'):
+        start = tf.group(*[average.assign(variable) for variable, average in zip(variables, averages)],
+                         name='start')
+        # The raw weights wait here while validation runs on the averages: outside every collection,
+        # so no checkpoint holds them.
+        kept = [tf.Variable(tf.zeros(variable.shape, variable.dtype.base_dtype), trainable=False,
+                            collections=[], name=variable.op.name.replace('/', '_') + '_raw')
+                for variable in variables]
+        keep = [raw.assign(variable) for raw, variable in zip(kept, variables)]
+        with tf.control_dependencies(keep):
+            swap_in = tf.group(*[variable.assign(average) for variable, average
+                                 in zip(variables, averages)], name='swap_in')
+        swap_out = tf.group(*[variable.assign(raw) for variable, raw in zip(variables, kept)],
+                            name='swap_out')
+    return ema, AveragingOps(start, swap_in, swap_out, tuple(variables))
+
+
+def mixing_draws(x, config, global_step):
+    """One batch's mixup/CutMix draws, from the run's seed and the global step alone (stateless):
+    {'permutation', 'lam' (drawn from Beta(alpha, alpha)), 'cutmix' (whether CutMix mixes this batch),
+    'box' ([top, bottom, left, right), the rows and columns pasted), 'label_weight' (the share of
+    the batch's own labels: lam for mixup, 1 - the box's area share for CutMix)}; the graph adds
+    'images' and 'labels', what the step trains on.
+
+    With both on, each batch is mixed by one of them, CutMix with probability 0.5 (timm's rule).
+    The box is timm's: sides sqrt(1 - lam) x the image's, centred at a uniform pixel, clipped.
+    """
+    size = tf.shape(x)[0]
+    height, width = tf.shape(x)[1], tf.shape(x)[2]
+    step = tf.cast(tf.identity(global_step), tf.int64)
+    seed = tf.constant(config.mix_seed, tf.int64)
+    uniform = tf.random.stateless_uniform(tf.reshape(size + 3, [1]), tf.stack([seed, 2 * step]))
+    permutation = tf.argsort(uniform[:size], stable=True)
+    if config.mixup and config.cutmix:
+        use_cutmix = uniform[size + 2] < 0.5
+    else:
+        use_cutmix = tf.constant(bool(config.cutmix))
+    alpha = tf.where(use_cutmix, float(config.cutmix), float(config.mixup))
+    gamma = tf.random.stateless_gamma([2], tf.stack([seed, 2 * step + 1]), alpha=alpha)
+    lam = gamma[0] / (gamma[0] + gamma[1])  # Beta(alpha, alpha) as a ratio of two Gammas
+    cut = tf.sqrt(1.0 - lam)
+    cut_height = tf.cast(tf.cast(height, tf.float32) * cut, tf.int32)
+    cut_width = tf.cast(tf.cast(width, tf.float32) * cut, tf.int32)
+    centre_y = tf.minimum(tf.cast(uniform[size] * tf.cast(height, tf.float32), tf.int32), height - 1)
+    centre_x = tf.minimum(tf.cast(uniform[size + 1] * tf.cast(width, tf.float32), tf.int32), width - 1)
+    box = tf.stack([tf.clip_by_value(centre_y - cut_height // 2, 0, height),
+                    tf.clip_by_value(centre_y + cut_height // 2, 0, height),
+                    tf.clip_by_value(centre_x - cut_width // 2, 0, width),
+                    tf.clip_by_value(centre_x + cut_width // 2, 0, width)])
+    area = tf.cast((box[1] - box[0]) * (box[3] - box[2]), tf.float32)
+    box_weight = 1.0 - area / tf.cast(height * width, tf.float32)
+    return {'permutation': permutation, 'lam': lam, 'cutmix': use_cutmix, 'box': box,
+            'label_weight': tf.where(use_cutmix, box_weight, lam)}
+
+
+def mix_batch(x, y, mix):
+    """The batch mixed with its permutation: mixup blends whole images, CutMix pastes the box;
+    labels are blended by `label_weight` either way."""
+    other_x = tf.gather(x, mix['permutation'])
+    other_y = tf.gather(y, mix['permutation'])
+
+    def cutmix():
+        rows = tf.range(tf.shape(x)[1])
+        columns = tf.range(tf.shape(x)[2])
+        inside = ((rows >= mix['box'][0]) & (rows < mix['box'][1]))[:, None] & \
+                 ((columns >= mix['box'][2]) & (columns < mix['box'][3]))[None, :]
+        return tf.where(tf.broadcast_to(inside[None, :, :, None], tf.shape(x)), other_x, x)
+
+    def mixup():
+        return mix['lam'] * x + (1.0 - mix['lam']) * other_x
+
+    mixed = tf.cond(mix['cutmix'], cutmix, mixup)
+    weight = mix['label_weight']
+    return mixed, weight * y + (1.0 - weight) * other_y
 
 
 def _scale_by_lr_mult(gradients, var_list, lr_mult):
@@ -162,14 +377,30 @@ def _scale_by_lr_mult(gradients, var_list, lr_mult):
     return scaled
 
 
+def scheduled_rate(config, global_step):
+    """The rate of the step that starts at `global_step`: the schedule (constant, step decay, or
+    cosine from learning_rate at the end of the warm-up to 0 at total_steps), times (s + 1) / W
+    during a warm-up of W steps, so the first step takes learning_rate / W and step W the full rate."""
+    step = tf.cast(global_step, tf.float64)
+    base = tf.constant(config.learning_rate, tf.float64)
+    warmup = config.warmup_steps
+    if config.lr_schedule == 'cosine':
+        progress = tf.clip_by_value((step - warmup) / max(config.total_steps - warmup, 1), 0.0, 1.0)
+        rate = base * 0.5 * (1.0 + tf.cos(math.pi * progress))
+    elif config.decay_steps:
+        rate = base * tf.pow(tf.constant(config.decay_factor, tf.float64),
+                             tf.floor(step / config.decay_steps))
+    else:
+        rate = base
+    if warmup:
+        rate *= tf.minimum(tf.constant(1.0, tf.float64), (step + 1.0) / warmup)
+    return tf.cast(rate, tf.float32)
+
+
 def _optimizer(config, global_step):
-    """The learning rate (with its step decay), the optimizer, and its loss scale (mixed precision)."""
+    """The learning rate (with its schedule), the optimizer, and its loss scale (mixed precision)."""
     with tf.name_scope('learning_rate_schedule'):
-        if config.decay_steps:
-            rate = tf.train.exponential_decay(config.learning_rate, global_step, config.decay_steps,
-                                              config.decay_factor, staircase=True)
-        else:
-            rate = tf.constant(config.learning_rate, tf.float32)
+        rate = scheduled_rate(config, global_step)
         # Feedable, so the learning-rate range test (lr_finder) sets each step's rate.
         rate = tf.placeholder_with_default(rate, [], name='learning_rate')
     if config.optimizer == 'momentum':
@@ -183,11 +414,11 @@ def _optimizer(config, global_step):
     return rate, sgd, loss_scale
 
 
-Towers = collections.namedtuple('Towers', ['model', 'var_list', 'logits', 'loss_shares', 'gradients'])
+Towers = collections.namedtuple('Towers', ['model', 'logits', 'loss_shares', 'devices'])
 
 
-def _build_towers(x, y, keep_prob, batch_count, sgd, config, input_layer, reuse):
-    """AlexNet once per device on an equal part of the batch; each tower's loss share and gradients."""
+def _build_towers(x, y, keep_prob, batch_count, config, input_layer, reuse):
+    """AlexNet once per device on an equal part of the batch; each tower's share of the loss."""
     devices = _tower_devices(config.num_devices, config.use_gpu)
     if len(devices) > 1:
         # Equal parts. A batch that does not divide evenly (validation's last) is padded with copies
@@ -198,8 +429,8 @@ def _build_towers(x, y, keep_prob, batch_count, sgd, config, input_layer, reuse)
         y_parts = tf.split(tf.concat([y, tf.zeros([padding, config.num_classes])], 0), len(devices))
     else:
         x_parts, y_parts = [x], [y]
-    logits, shares, gradients = [], [], []
-    model = var_list = None
+    logits, shares = [], []
+    model = None
     for index, device in enumerate(devices):
         with tf.device(device or config.model_device), tf.name_scope(f'tower_{index}' if index else None), \
                 tf.variable_scope(tf.get_variable_scope(), reuse=reuse or index > 0):
@@ -207,30 +438,22 @@ def _build_towers(x, y, keep_prob, batch_count, sgd, config, input_layer, reuse)
                                   config.weights_path, input_layer)
             if model is None:
                 model = tower_model
-                var_list = trained_variables(model, config.train_layers)
             with tf.name_scope('loss'):
-                per_example = _per_example_loss(tower_model.fc8, y_parts[index])
+                targets = y_parts[index]
+                if config.label_smoothing:
+                    targets = smoothed_labels(targets, config.label_smoothing, config.num_classes)
+                per_example = _per_example_loss(tower_model.fc8, targets)
                 if config.class_weights is not None:
                     # Each example's loss times its class's weight (balanced weights average 1
                     # per image, so the loss keeps its scale). Padding rows have all-zero labels:
                     # weight 0.
                     weights = tf.constant(config.class_weights, tf.float32)
                     per_example *= tf.reduce_sum(y_parts[index] * weights, axis=1)
-                loss_sum = tf.reduce_sum(per_example)
                 # Each tower's share of the whole batch's mean: the towers' gradients then add up
                 # to exactly the gradient of one device's mean loss, whatever the split.
-                share = loss_sum / tf.cast(batch_count, tf.float32)
-                if config.weight_decay and index == 0:
-                    # The paper's weight decay on the trained layers' weights (not biases), once.
-                    decayed = [v for v in var_list if v.op.name.endswith('/weights')]
-                    share += config.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed])
+                shares.append(tf.reduce_sum(per_example) / tf.cast(batch_count, tf.float32))
             logits.append(tower_model.fc8)
-            shares.append(share)
-            if config.mixed_precision:  # scales the loss, unscales the gradients
-                gradients.append([grad for grad, _ in sgd.compute_gradients(share, var_list)])
-            else:
-                gradients.append(tf.gradients(share, var_list))
-    return Towers(model, var_list, logits, shares, gradients)
+    return Towers(model, logits, shares, devices)
 
 
 def _apply(sgd, gradients, var_list, global_step, mixed_precision):

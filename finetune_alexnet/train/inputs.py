@@ -1,16 +1,19 @@
-"""Where a run's batches come from: tf.data pipelines over the image lists, or pool5 features cached
-once when no conv layer learns; and the training graph built on them."""
+"""Where a run's batches come from: tf.data pipelines over the image lists or TFRecord shards, or pool5
+features cached once when no conv layer learns; and the training graph built on them."""
 import collections
+import dataclasses
 import os
 
 import tensorflow.compat.v1 as tf
 
 import datagenerator
 from alexnet import CONV_LAYERS, AlexNet
+from finetune_alexnet import tfrecords
 from finetune_alexnet.errors import ToolkitError
 from finetune_alexnet.train import feature_cache
 from finetune_alexnet.train import feature_store
 from finetune_alexnet.train import graph as training_graph
+from finetune_alexnet.train import loop
 
 
 class BatchSource:
@@ -25,14 +28,20 @@ class BatchSource:
 
 class TrainingSetup(collections.namedtuple('TrainingSetup', [
         'graph', 'train', 'val', 'weights_model', 'image_labels', 'fill_feature_cache',
-        'feature_files'])):
-    """The training graph and its two BatchSources.
+        'feature_files', 'pictures', 'later_phases'])):
+    """The training graph and its two BatchSources (of phase 1; `for_phase` gives another's).
 
     weights_model: the AlexNet whose variables the weights file is loaded into; image_labels: the
     image pipeline's labels tensor (None on cached features), to count skipped images;
     fill_feature_cache: computes the cached features in a session (None without a cache);
-    feature_files: the files that may hold them, removed when the run ends.
+    feature_files: the files that may hold them, removed when the run ends; pictures: what the
+    validation pass fetches for TensorBoard's pictures (loop.picture_fetches); later_phases:
+    {phase: TrainingSetup} of the phases after the first (--unfreeze_at).
     """
+
+    def for_phase(self, phase):
+        """The setup epochs of phase `phase` train with (of phase 1, this one)."""
+        return self.later_phases.get(phase, self)
 
 
 def epoch_seed(order_seed, epoch):
@@ -40,14 +49,20 @@ def epoch_seed(order_seed, epoch):
     return order_seed * 100_003 + epoch
 
 
+def generator_for(data_file):
+    """The batches' generator for a list file, or for TFRecord shards (a folder or a pattern)."""
+    return (tfrecords.ShardImageDataGenerator if tfrecords.is_shards(data_file)
+            else datagenerator.ImageDataGenerator)
+
+
 def make_datasets(settings, order_seed):
     """The training and validation generators, and the number of steps per epoch."""
     with tf.device('/cpu:0'):
-        train_data = datagenerator.ImageDataGenerator(
+        train_data = generator_for(settings.train_file)(
             settings.train_file, 'training', settings.batch_size, settings.num_classes, shuffle=True,
             seed=order_seed, augment=settings.augment, skip_bad_images=settings.skip_bad_images,
             max_pixels=settings.max_pixels)
-        val_data = datagenerator.ImageDataGenerator(
+        val_data = generator_for(settings.val_file)(
             settings.val_file, 'inference', settings.batch_size, settings.num_classes, shuffle=False,
             augment=settings.augment, skip_bad_images=settings.skip_bad_images,
             max_pixels=settings.max_pixels)
@@ -59,15 +74,21 @@ def make_datasets(settings, order_seed):
 
 
 def build(settings, train_data, val_data, config, order_seed, spill_dir=None):
-    """The training graph on the image pipeline, or on cached pool5 features."""
+    """The training graph on the image pipeline, or on cached pool5 features: with --unfreeze_at, a
+    graph for each kind of input the phases train on (phase 1 on the cache and phase 2 on images,
+    say), sharing the variables, the optimizer and its slots, the step and the moving average."""
     with tf.device('/cpu:0'):  # the input pipeline stays on the CPU, whatever runs the model
         iterator = tf.data.Iterator.from_structure(tf.data.get_output_types(train_data.data),
                                                    tf.data.get_output_shapes(train_data.data))
         images, labels = iterator.get_next()
         training_init_op = iterator.make_initializer(train_data.data)
         validation_init_op = iterator.make_initializer(val_data.data)
-    if not settings.use_feature_cache:
-        graph = training_graph.build_training_graph(images, labels, config)
+    image_phases = tuple(phase for phase in settings.phases if not settings.phase_uses_cache(phase))
+    cache_phases = tuple(phase for phase in settings.phases if settings.phase_uses_cache(phase))
+    setups, image_graph = {}, None
+    if image_phases:
+        image_graph = training_graph.build_training_graph(
+            images, labels, dataclasses.replace(config, phases=image_phases))
         # The epoch number pins the shuffle order, so a resumed run sees the orders an
         # uninterrupted one would have seen.
         train = BatchSource(lambda session, epoch, skip_steps=0: session.run(
@@ -75,21 +96,30 @@ def build(settings, train_data, val_data, config, order_seed, spill_dir=None):
                                train_data.skip: skip_steps * settings.batch_size}), train_data)
         val = BatchSource(lambda session, epoch, skip_steps=0: session.run(validation_init_op),
                           val_data)
-        return TrainingSetup(graph, train, val, graph.model, labels, None, ())
+        pictures = loop.picture_fetches(image_graph)
+        for phase in image_phases:
+            setups[phase] = TrainingSetup(image_graph.for_phase(phase), train, val, image_graph.model,
+                                          labels, None, (), pictures, {})
+    if not cache_phases:
+        return _phases_joined(setups)
 
     # Cached features: the full model on images (its conv layers make the features, and every
     # variable exists for the checkpoints), and fc6-fc8 again on the cache, sharing their variables.
-    with tf.device(config.model_device):
-        image_model = AlexNet(images, 1.0, settings.num_classes, settings.skip_layers,
-                              settings.weights_path)
+    if image_graph is not None:
+        image_model = image_graph.model
+    else:
+        with tf.device(config.model_device):
+            image_model = AlexNet(images, 1.0, settings.num_classes, settings.skip_layers,
+                                  settings.weights_path)
     features = image_model.end_points[feature_cache.FEATURE_LAYER]
     dataset, feeder = feature_cache.cached_dataset(settings.num_classes, settings.batch_size,
                                                    drop_remainder=False)
     with tf.device('/cpu:0'):
         cache_iterator = tf.data.make_initializable_iterator(dataset)
         cached_features, cached_labels = cache_iterator.get_next()
-    graph = training_graph.build_training_graph(cached_features, cached_labels, config,
-                                                input_layer='flattened', reuse=True)
+    graph = training_graph.build_training_graph(
+        cached_features, cached_labels, dataclasses.replace(config, phases=cache_phases),
+        input_layer='flattened', reuse=True, shared=image_graph.shared if image_graph else None)
     cache = {}
     # Features too large for memory spill to files here (the run's folder unless told otherwise).
     feature_files = {name: os.path.join(spill_dir or settings.checkpoint_path, f'features_{name}.npy')
@@ -100,8 +130,12 @@ def build(settings, train_data, val_data, config, order_seed, spill_dir=None):
         conv_digest = conv_weights_digest(session, image_model) if store else None
         for name, data, init_op in (('train', train_data, training_init_op),
                                     ('val', val_data, validation_init_op)):
-            key = feature_store.set_key(conv_digest, data.paths, data.labels, settings.num_classes,
-                                        feature_settings(settings, config)) if store else None
+            # Shards name their records after the files they came from, but pre-resized ones hold
+            # other pixels: their own digest keeps their features apart.
+            shards = {'shards': data.records_digest} if hasattr(data, 'records_digest') else {}
+            key = feature_store.set_key(
+                conv_digest, data.paths, data.labels, settings.num_classes,
+                {**feature_settings(settings, config), **shards}) if store else None
             stored, note = store.load(key) if store else (None, None)
             if note:
                 print(f'note: {note}')
@@ -127,8 +161,19 @@ def build(settings, train_data, val_data, config, order_seed, spill_dir=None):
     def start_val(session, epoch, skip_steps=0):
         session.run(cache_iterator.initializer, feeder.start_epoch(*cache['val']))
 
-    return TrainingSetup(graph, BatchSource(start_train, train_data), BatchSource(start_val, val_data),
-                         image_model, None, fill_feature_cache, tuple(feature_files.values()))
+    pictures = loop.picture_fetches(graph)
+    for phase in cache_phases:
+        setups[phase] = TrainingSetup(
+            graph.for_phase(phase), BatchSource(start_train, train_data),
+            BatchSource(start_val, val_data), image_model, None, fill_feature_cache,
+            tuple(feature_files.values()), pictures, {})
+    return _phases_joined(setups)
+
+
+def _phases_joined(setups):
+    """Phase 1's setup, holding the later phases'."""
+    return setups[1]._replace(later_phases={phase: setup for phase, setup in setups.items()
+                                            if phase != 1})
 
 
 def remove_feature_files(setup):

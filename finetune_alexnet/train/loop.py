@@ -59,8 +59,14 @@ def validate(session, graph, batches, outputs=None, picture_fetches=None):
 
     With `outputs` (a summaries.ValidationOutputs), the same run calls also fetch `picture_fetches`
     (each image's class probabilities and label, and fc7 while the projector wants rows) for the
-    pictures: no second pass.
+    pictures: no second pass. With a moving average of the weights (--ema_decay), the pass runs on
+    the averages, and the raw weights are put back afterwards, whatever happens.
     """
+    with averaged_weights(session, graph):
+        return _validate(session, graph, batches, outputs, picture_fetches)
+
+
+def _validate(session, graph, batches, outputs, picture_fetches):
     batches.start(session, None)
     loss_sum = correct = count = 0
     metrics = [graph.loss_sum, graph.correct_count, graph.batch_count]
@@ -73,8 +79,8 @@ def validate(session, graph, batches, outputs=None, picture_fetches=None):
             result = session.run(fetches)
         except tf.errors.OutOfRangeError:
             break
-        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError,
-                tf.errors.NotFoundError) as error:
+        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, tf.errors.NotFoundError,
+                tf.errors.DataLossError) as error:  # DataLoss: a damaged TFRecord shard
             raise step_error(error, batches) from None
         if outputs is not None:
             outputs.add(result['probabilities'], result['labels'], result.get('features'))
@@ -85,6 +91,25 @@ def validate(session, graph, batches, outputs=None, picture_fetches=None):
     if count == 0:
         raise ToolkitError(f'{batches.data.txt_file}: no validation image could be read')
     return loss_sum / count, correct / count, count
+
+
+@contextlib.contextmanager
+def averaged_weights(session, graph):
+    """The trained variables hold their moving averages inside the block (nothing without one)."""
+    if graph.averages is None:
+        yield
+        return
+    session.run(graph.averages.swap_in)
+    try:
+        yield
+    finally:
+        session.run(graph.averages.swap_out)
+
+
+def start_averages(session, graph):
+    """The moving averages start at the weights a new run starts from (after they are loaded)."""
+    if graph.averages is not None:
+        session.run(graph.averages.start)
 
 
 def write_scalars(writer, step, values):

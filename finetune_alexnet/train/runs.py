@@ -8,10 +8,10 @@ import tensorflow.compat.v1 as tf
 
 import alexnet
 from finetune_alexnet import checkpoints
-from finetune_alexnet import digests
 from finetune_alexnet import model_info
 from finetune_alexnet import run_folder
 from finetune_alexnet import run_state
+from finetune_alexnet import tfrecords
 from finetune_alexnet import weight_files
 from finetune_alexnet.errors import ToolkitError
 from finetune_alexnet.train import graph as training_graph
@@ -30,7 +30,7 @@ def use_gpu(settings):
 
 def read_class_names(settings):
     """Names from --class_names, else from the classes.txt beside the training list, else None."""
-    path = settings.class_names or os.path.join(os.path.dirname(os.path.abspath(settings.train_file)),
+    path = settings.class_names or os.path.join(tfrecords.data_folder(settings.train_file),
                                                 model_info.CLASS_NAMES_FILE)
     if not os.path.exists(path):
         if settings.class_names:
@@ -42,11 +42,27 @@ def read_class_names(settings):
 def shaping_settings(settings):
     """What shapes a run and must not change on --resume; kept in run_state.json."""
     return {'batch_size': settings.batch_size, 'num_gpus': settings.num_gpus,
-            'train_file_sha256': digests.file_sha256(settings.train_file),
-            'val_file_sha256': digests.file_sha256(settings.val_file),
+            'train_file_sha256': tfrecords.data_digest(settings.train_file),
+            'val_file_sha256': tfrecords.data_digest(settings.val_file),
             'num_classes': settings.num_classes, 'train_layers': list(settings.train_layers),
             'skip_layers': list(settings.skip_layers), 'optimizer': settings.optimizer,
-            'augment': settings.augment, 'cache_features': settings.use_feature_cache}
+            'augment': settings.augment, 'cache_features': settings.use_feature_cache,
+            **recipe_settings(settings)}
+
+
+# What a run started before these options existed trained with: --resume compares against these.
+RECIPE_DEFAULTS = {'label_smoothing': 0.0, 'ema_decay': 0.0, 'lr_schedule': 'step',
+                   'warmup_epochs': 0.0, 'cosine_epochs': None, 'mixup': 0.0, 'cutmix': 0.0,
+                   'unfreeze_at': 0, 'unfreeze_layers': None}
+
+
+def recipe_settings(settings):
+    """The recipe's options that shape a run (a cosine schedule's length, --num_epochs, too)."""
+    return {'label_smoothing': settings.label_smoothing, 'ema_decay': settings.ema_decay,
+            'lr_schedule': settings.lr_schedule, 'warmup_epochs': settings.warmup_epochs,
+            'cosine_epochs': settings.num_epochs if settings.lr_schedule == 'cosine' else None,
+            'mixup': settings.mixup, 'cutmix': settings.cutmix, 'unfreeze_at': settings.unfreeze_at,
+            'unfreeze_layers': list(settings.unfreeze_layers) if settings.unfreeze_at else None}
 
 
 def new_or_resumed_state(settings):
@@ -64,7 +80,8 @@ def new_or_resumed_state(settings):
     if settings.resume and not state:
         raise ToolkitError(f'{directory}: no run to resume (no {run_state.FILE_NAME})')
     if state:
-        checkpoints.check_same_settings(directory, state.settings, shaping_settings(settings))
+        checkpoints.check_same_settings(directory, state.settings, shaping_settings(settings),
+                                        RECIPE_DEFAULTS)
         latest, best_epoch = state.latest_checkpoint, state.best_epoch
         _, state = checkpoints.restorable_checkpoint(directory, state)
         if state.latest_checkpoint != latest:  # fell back: the later epochs will be trained again
@@ -104,7 +121,8 @@ def initial_weights(settings, resumed):
 
 def load_starting_weights(session, settings, weights_model, layers):
     """A new run's weights: the weights file's layers, or --init_checkpoint's model (not its
-    optimizer or step); --skip_layers keep their fresh initial values."""
+    optimizer or step; the moving averages of a run with --ema_decay, which it validated with);
+    --skip_layers keep their fresh initial values."""
     if layers is not None:
         weights_model.load_initial_weights(session, layers)
     if settings.init_checkpoint:
@@ -114,6 +132,8 @@ def load_starting_weights(session, settings, weights_model, layers):
             settings.init_checkpoint, {name: v.shape.as_list() for name, v in variables.items()},
             purpose='--init_checkpoint',
             advice='add the layers that differ (fc8 for another --num_classes) to --skip_layers')
+        stored = model_info.stored_names(settings.init_checkpoint, {'ema': True}, variables)
+        variables = {name: variables[variable] for name, variable in stored.items()}
         tf.train.Saver(variables).restore(session, settings.init_checkpoint)
 
 
@@ -126,9 +146,14 @@ def class_weight_values(settings, train_labels):
     return tuple(settings.class_weights)
 
 
-def training_config(settings, gpu, steps_per_epoch, train_labels=None):
-    """The training graph's settings."""
+def training_config(settings, gpu, steps_per_epoch, train_labels=None, order_seed=0):
+    """The training graph's settings; `order_seed` (the run's) seeds mixup's and CutMix's draws."""
     return training_graph.TrainingConfig(
+        label_smoothing=settings.label_smoothing, ema_decay=settings.ema_decay,
+        lr_schedule=settings.lr_schedule, total_steps=settings.num_epochs * steps_per_epoch,
+        warmup_steps=warmup_steps(settings.warmup_epochs, steps_per_epoch),
+        mixup=settings.mixup, cutmix=settings.cutmix, mix_seed=order_seed,
+        unfreeze_layers=settings.unfreeze_layers if settings.unfreeze_at else (),
         class_weights=class_weight_values(settings, train_labels), lr_mult=settings.lr_mult,
         num_classes=settings.num_classes, train_layers=settings.train_layers,
         skip_layers=settings.skip_layers, weights_path=settings.weights_path,
@@ -137,6 +162,19 @@ def training_config(settings, gpu, steps_per_epoch, train_labels=None):
         decay_steps=settings.lr_decay_epochs * steps_per_epoch,
         decay_factor=settings.lr_decay_factor, num_devices=settings.num_gpus, use_gpu=gpu,
         model_device='/gpu:0' if gpu else '/cpu:0', mixed_precision=settings.mixed_precision)
+
+
+def warmup_steps(epochs, steps_per_epoch):
+    """--warmup_epochs in steps: rounded, and at least one step when asked for at all."""
+    return max(1, round(epochs * steps_per_epoch)) if epochs else 0
+
+
+def epoch_setup(settings, setup, state, epoch):
+    """The graph and batches of epoch `epoch`'s phase; run_state.json records the phase."""
+    phase = settings.phase_of(epoch)
+    if settings.unfreeze_at:
+        state.phase = phase
+    return setup.for_phase(phase)
 
 
 def describe_data(settings, train_data, val_data, steps_per_epoch, class_names, config):
@@ -149,6 +187,9 @@ def describe_data(settings, train_data, val_data, steps_per_epoch, class_names, 
     print(f'{train_data.data_size} training images ({steps_per_epoch} steps of {settings.batch_size} '
           f'per epoch), {val_data.data_size} validation images; training '
           f'{",".join(settings.train_layers)} on {"GPU" if config.use_gpu else "CPU"}')
+    if settings.unfreeze_at:
+        print(f'from epoch {settings.unfreeze_at} on (phase 2): training '
+              f'{",".join(settings.phase_layers(2))}')
 
 
 def print_label_counts(labels, names):
@@ -174,6 +215,8 @@ def record_epoch(session, keeper, writer, state, record):
         'images_per_second': record['images_per_second'],
         'hparams/best_val_accuracy': state.best_val_accuracy,
         'hparams/best_val_loss': state.best_val_loss})
+    if state.phase is not None:
+        record['phase'] = state.phase
     state.epochs_completed = record['epoch']
     state.history.append(record)
     keeper.save_epoch(session, record['epoch'], state, best=improved)

@@ -12,15 +12,20 @@ import tempfile
 from typing import Optional, Tuple
 
 from alexnet import TRAINABLE_LAYERS
+from datagenerator import MAX_CLASSES
 from finetune_alexnet import model_info
 from finetune_alexnet import run_folder
+from finetune_alexnet.image_lists import MAX_SEED
+from finetune_alexnet import tfrecords
 from finetune_alexnet.errors import ToolkitError
 from finetune_alexnet.train import feature_cache
+from finetune_alexnet.train import graph as training_graph
 
 DEFAULT_ROOT = os.path.join(tempfile.gettempdir(), 'finetune_alexnet')
 # Flags whose default depends on whether the demo runs: the parser leaves them None when not given.
 RUN_DEFAULTS = {'num_epochs': 10, 'batch_size': 128, 'display_step': 20, 'optimizer': 'sgd',
                 'train_layers': ('fc8', 'fc7', 'fc6'), 'skip_layers': ('fc8',),
+                'unfreeze_layers': TRAINABLE_LAYERS,
                 'checkpoint_path': os.path.join(DEFAULT_ROOT, 'checkpoints'),
                 'filewriter_path': os.path.join(DEFAULT_ROOT, 'tensorboard')}
 # The demo has run folders of its own, replaced by each demo run, so the README's first command can be
@@ -78,6 +83,15 @@ class Settings:
     cache_features: str
     cache_dir: str
     cache_max_gb: float
+    # Today's fine-tuning recipe (docs/training.md), each off by default.
+    label_smoothing: float = 0.0
+    ema_decay: float = 0.0
+    lr_schedule: str = 'step'
+    warmup_epochs: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    unfreeze_at: int = 0                 # the first epoch of phase 2 (0: one phase)
+    unfreeze_layers: Tuple[str, ...] = TRAINABLE_LAYERS
     verbose: bool = False
     changed_settings: Tuple[str, ...] = ()  # settings that differ from their default, for run names
 
@@ -88,12 +102,35 @@ class Settings:
 
     @property
     def use_feature_cache(self):
-        """Train fc6-fc8 from pool5 features computed once (every conv layer frozen, no --augment)."""
-        return self.cache_features == 'on' or (
-            self.cache_features == 'auto' and feature_cache.can_cache(self.train_layers, self.augment))
+        """Train fc6-fc8 from pool5 features computed once (every conv layer frozen, no --augment,
+        no mixing), in phase 1."""
+        return self.phase_uses_cache(1)
+
+    @property
+    def phases(self):
+        """(1,), or (1, 2) with --unfreeze_at."""
+        return (1, 2) if self.unfreeze_at else (1,)
+
+    def phase_of(self, epoch):
+        """The phase epoch `epoch` trains in: 2 from --unfreeze_at on."""
+        return 2 if self.unfreeze_at and epoch >= self.unfreeze_at else 1
+
+    def phase_layers(self, phase):
+        return training_graph.phase_layers(self.train_layers, self.unfreeze_layers, phase)
+
+    def phase_uses_cache(self, phase):
+        """Whether phase `phase` trains from cached pool5 features: wherever it can, unless
+        --cache_features off (`check` refuses --cache_features on where phase 1 cannot)."""
+        return self.cache_features != 'off' and can_cache(self.phase_layers(phase), self.augment,
+                                                          self.mixup, self.cutmix)
 
     def as_dict(self):
         return dataclasses.asdict(self)
+
+
+def can_cache(layers, augment, mixup=0.0, cutmix=0.0):
+    """pool5 is constant when no conv layer learns and no image is augmented or mixed."""
+    return feature_cache.can_cache(layers, augment) and not (mixup or cutmix)
 
 
 def layer_list(text):
@@ -165,8 +202,10 @@ def from_flags(flags, parser_defaults, demo_lists):
             demo_defaults.update(DEMO_FROM_SCRATCH)
     defaults = {**parser_defaults, **RUN_DEFAULTS, **demo_defaults}
     _fill(values, defaults)
-    for name in ('train_layers', 'skip_layers', 'lr_mult'):
+    for name in ('train_layers', 'skip_layers', 'lr_mult', 'unfreeze_layers'):
         values[name] = tuple(values[name])
+    if getattr(flags, 'unfreeze_layers', None) is not None and not values['unfreeze_at']:
+        raise ToolkitError('--unfreeze_layers needs --unfreeze_at (the epoch the second phase starts)')
     check(values)
     values['changed_settings'] = tuple(name for name, value in values.items()
                                        if name in defaults and _differs(name, value, defaults[name]))
@@ -176,7 +215,7 @@ def from_flags(flags, parser_defaults, demo_lists):
 
 
 def _differs(name, value, default):
-    if name in ('train_layers', 'skip_layers'):
+    if name in ('train_layers', 'skip_layers', 'unfreeze_layers'):
         return set(value) != set(default)  # the same layers in another order
     return value != (tuple(default) if isinstance(default, list) else default)
 
@@ -185,6 +224,30 @@ def _fill(values, defaults):
     for name, value in defaults.items():
         if name in values and values[name] is None:
             values[name] = value
+
+
+def recipe_checks(v):
+    """(ok, message) of each option of today's recipe: label smoothing, the moving average, the
+    schedule, mixing, the second phase."""
+    def fraction(value):  # in [0, 1); NaN compares false
+        return 0 <= value < 1
+
+    def alpha(value):
+        return value >= 0 and math.isfinite(value)
+    return [
+        (fraction(v.label_smoothing), f'--label_smoothing must be in [0, 1), got {v.label_smoothing}'),
+        (fraction(v.ema_decay), f'--ema_decay must be in [0, 1) (0: off), got {v.ema_decay}'),
+        (0 <= v.warmup_epochs < v.num_epochs,
+         f'--warmup_epochs must be >= 0 and less than --num_epochs {v.num_epochs}, got '
+         f'{v.warmup_epochs}'),
+        (not (v.lr_schedule == 'cosine' and v.lr_decay_epochs),
+         "--lr_decay_epochs is the step schedule's; --lr_schedule cosine decays by itself"),
+        (alpha(v.mixup), f'--mixup must be a number >= 0 (0: off), got {v.mixup}'),
+        (alpha(v.cutmix), f'--cutmix must be a number >= 0 (0: off), got {v.cutmix}'),
+        (v.unfreeze_at == 0 or 2 <= v.unfreeze_at <= v.num_epochs,
+         f'--unfreeze_at must be 0 (off) or an epoch from 2 to --num_epochs {v.num_epochs}, got '
+         f'{v.unfreeze_at}'),
+    ]
 
 
 def check(values):
@@ -197,6 +260,8 @@ def check(values):
         (v.batch_size >= 1, f'--batch_size must be at least 1, got {v.batch_size}'),
         (0 <= v.dropout_rate < 1, f'--dropout_rate must be in [0, 1), got {v.dropout_rate}'),
         (v.num_classes >= 2, f'--num_classes must be at least 2, got {v.num_classes}'),
+        (v.num_classes <= MAX_CLASSES, f'--num_classes must be at most {MAX_CLASSES}, got {v.num_classes}'),
+        (v.seed is None or 0 <= v.seed <= MAX_SEED, f'--seed must be in 0..{MAX_SEED}, got {v.seed}'),
         (v.display_step >= 1, f'--display_step must be at least 1, got {v.display_step}'),
         (v.keep_checkpoints >= 1, f'--keep_checkpoints must be at least 1, got {v.keep_checkpoints}'),
         (0 <= v.momentum < 1, f'--momentum must be in [0, 1), got {v.momentum}'),
@@ -217,6 +282,7 @@ def check(values):
         (not (v.projector and v.num_gpus > 1), '--projector needs --num_gpus 1'),
         (v.cache_max_gb > 0 and math.isfinite(v.cache_max_gb),
          f'--cache_max_gb must be a positive number, got {v.cache_max_gb}'),
+        *recipe_checks(v),
     ]
     for ok, message in checks:
         if not ok:
@@ -225,15 +291,25 @@ def check(values):
     if frozen_random:
         raise ToolkitError(f"--skip_layers {','.join(frozen_random)} would stay random and frozen: "
                            f"add them to --train_layers, or stop skipping them")
-    untrained = [layer for layer, _ in v.lr_mult if layer not in v.train_layers]
+    if v.unfreeze_at and not set(v.unfreeze_layers) - set(v.train_layers):
+        raise ToolkitError(f"--unfreeze_layers {','.join(v.unfreeze_layers)} adds no layer to "
+                           f"--train_layers {','.join(v.train_layers)}: the second phase would train "
+                           'what the first does')
+    trained = set(v.train_layers) | (set(v.unfreeze_layers) if v.unfreeze_at else set())
+    untrained = [layer for layer, _ in v.lr_mult if layer not in trained]
     if untrained:
-        raise ToolkitError(f"--lr_mult names {','.join(untrained)}, which --train_layers does not train")
-    if v.cache_features == 'on' and not feature_cache.can_cache(v.train_layers, v.augment):
-        raise ToolkitError('--cache_features on needs every conv layer frozen and no --augment')
+        which = '--train_layers nor --unfreeze_layers trains' if v.unfreeze_at else \
+            '--train_layers does not train'
+        raise ToolkitError(f"--lr_mult names {','.join(untrained)}, which {which}")
+    if v.cache_features == 'on' and not can_cache(v.train_layers, v.augment, v.mixup, v.cutmix):
+        raise ToolkitError('--cache_features on needs every conv layer frozen and no --augment, '
+                           '--mixup or --cutmix')
     for flag in ('train_file', 'val_file'):
         if not values[flag]:
             raise ToolkitError(f'--{flag} is required (or run --demo)')
-        if not os.path.isfile(values[flag]):
+        if tfrecords.is_shards(values[flag]):
+            tfrecords.find_shards(values[flag])  # a folder or pattern without shards, named now
+        elif not os.path.isfile(values[flag]):
             raise ToolkitError(f'{values[flag]}: list file not found')
     if v.find_lr:
         run_folder.check_output_file(v.find_lr, '--find_lr')

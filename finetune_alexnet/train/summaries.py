@@ -37,11 +37,14 @@ PR_CURVE_THRESHOLDS = 101
 
 # The HParams dashboard's columns: hyper-parameters, and the metrics each run logs as scalars.
 HPARAMS = ('learning_rate', 'optimizer', 'momentum', 'weight_decay', 'batch_size', 'train_layers',
-           'skip_layers', 'augment', 'dropout_rate', 'seed', 'class_weights', 'lr_mult', 'num_epochs')
+           'skip_layers', 'augment', 'dropout_rate', 'seed', 'class_weights', 'lr_mult', 'num_epochs',
+           'label_smoothing', 'ema_decay', 'lr_schedule', 'warmup_epochs', 'mixup', 'cutmix',
+           'unfreeze_at', 'unfreeze_layers')
 METRICS = (('hparams/best_val_accuracy', 'best validation accuracy'),
            ('hparams/best_val_loss', 'lowest validation loss'),
            ('validation/accuracy', 'final validation accuracy'),
-           ('validation/cross_entropy', 'final validation loss'))
+           ('validation/cross_entropy', 'final validation loss'),
+           ('phase', 'training phase (--unfreeze_at)'))
 # A run name is its date-time and at most this many changed settings, in RUN_NAME_ORDER's order,
 # kept to about RUN_NAME_LENGTH characters so that TensorBoard's panels show it whole.
 RUN_NAME_PARTS = 3
@@ -68,6 +71,10 @@ def _skip_text(layers):
 RUN_NAME_ORDER = (
     ('learning_rate', lambda v: f'lr{v:g}'), ('train_layers', _layers_text),
     ('skip_layers', _skip_text), ('init_checkpoint', lambda v: 'warm'),
+    ('unfreeze_at', lambda v: f'unfreeze{v}'), ('lr_schedule', str),
+    ('label_smoothing', lambda v: f'ls{v:g}'), ('ema_decay', lambda v: f'ema{v:g}'),
+    ('mixup', lambda v: f'mixup{v:g}'), ('cutmix', lambda v: f'cutmix{v:g}'),
+    ('warmup_epochs', lambda v: f'wu{v:g}'), ('unfreeze_layers', lambda v: 'then-' + _layers_text(v)),
     ('optimizer', str), ('batch_size', lambda v: f'bs{v}'), ('num_epochs', lambda v: f'ep{v}'),
     ('augment', lambda v: 'aug' if v else 'no-aug'), ('weight_decay', lambda v: f'wd{v:g}'),
     ('dropout_rate', lambda v: f'drop{v:g}'),
@@ -127,6 +134,8 @@ def hparam_values(args, class_weight_values=None):
     values = {}
     for name in HPARAMS:
         value = getattr(args, name, None)
+        if name == 'unfreeze_layers' and not getattr(args, 'unfreeze_at', 0):
+            value = None  # no second phase
         if isinstance(value, (list, tuple)):
             value = _hparam_text(value)
         elif value is None:

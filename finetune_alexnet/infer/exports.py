@@ -1,0 +1,109 @@
+"""What export.py reads and where it may write: a checkpoint's or weights file's layers, shapes
+checked, and the output checks that refuse to replace anything export.py did not write."""
+import os
+import zipfile
+
+import tensorflow.compat.v1 as tf
+
+from alexnet import TRAINABLE_LAYERS, variable_shapes
+from finetune_alexnet import checkpoints
+from finetune_alexnet import model_info
+from finetune_alexnet import run_folder
+from finetune_alexnet import weight_files
+from finetune_alexnet.errors import ToolkitError
+from finetune_alexnet.infer import serving
+
+
+def model_variable_shapes(num_classes):
+    """{'conv1/weights': shape, ...}: AlexNet's variables by name, as checkpoints hold them."""
+    return {f'{layer}/{kind}': shape for layer, kinds in variable_shapes(num_classes).items()
+            for kind, shape in kinds.items()}
+
+
+def read_checkpoint_layers(checkpoint):
+    """(prefix, info, {layer: {'weights', 'biases'}}) of a fine-tuned checkpoint, shapes checked."""
+    prefix, info = model_info.read_model_info(checkpoint)
+    checkpoints.check_fits(prefix, model_variable_shapes(info['num_classes']), 'an AlexNet of this '
+                           'model_info.json', 'is it a checkpoint written by finetune.py?')
+    reader = tf.train.load_checkpoint(prefix)
+    # A run with --ema_decay: the weights' moving averages, which model_info.json says it kept.
+    stored = {name: stored for stored, name in model_info.stored_names(
+        prefix, info, model_variable_shapes(info['num_classes'])).items()}
+    layers = {layer: {kind: reader.get_tensor(stored[f'{layer}/{kind}'])
+                      for kind in weight_files.WEIGHT_KINDS} for layer in TRAINABLE_LAYERS}
+    return prefix, info, layers
+
+
+def read_weights_file(path):
+    """{layer: {'weights', 'biases'}} of a weights file holding every layer, shapes checked."""
+    layers = weight_files.load_weights(path)
+    missing = [layer for layer in TRAINABLE_LAYERS if layer not in layers]
+    if missing:
+        raise ToolkitError(f"{path}: layer(s) {', '.join(missing)} missing from the file (it holds "
+                           f"{', '.join(sorted(layers))}); an export needs every layer")
+    for layer, kinds in variable_shapes(int(layers['fc8']['biases'].shape[0])).items():
+        for kind, shape in kinds.items():
+            if layers[layer][kind].shape != shape:
+                raise ToolkitError(f"{path}: layer {layer} {kind} has shape {layers[layer][kind].shape}, "
+                                   f"expected {shape}")
+    return layers
+
+
+def is_exported_weights(path):
+    """A weights file as weight_files.save_weights writes it: a zip of `layer/kind.npy` arrays only."""
+    if not os.path.isfile(path):
+        return False
+    expected = {f'{layer}/{kind}.npy' for layer in TRAINABLE_LAYERS
+                for kind in weight_files.WEIGHT_KINDS}
+    try:
+        with zipfile.ZipFile(path) as archive:  # reads the directory at the end, not the arrays
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return bool(names) and set(names) <= expected
+
+
+def _inside(path, folder):
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_output(output, export_format, overwrite):
+    """Refuse, before any work, an output that would clobber something: anything there without
+    `overwrite`; with it, anything but an output of the same kind that export.py wrote."""
+    if export_format == 'savedmodel':
+        if os.path.lexists(output) and not os.path.isdir(output):
+            raise ToolkitError(f"{output}: is a file; a SavedModel is a folder (e.g. models/name/1)")
+        if _inside(os.getcwd(), output):
+            raise ToolkitError(f"{output}: is the current folder or holds it; run export.py from "
+                               "elsewhere, or choose another --output")
+        if os.path.isdir(output) and os.listdir(output):
+            if not overwrite:
+                raise ToolkitError(f"{output}: folder exists and is not empty (pass --overwrite to "
+                                   "replace it, or give a new version number)")
+            foreign = serving.foreign_saved_model_entries(output)
+            if foreign:
+                raise ToolkitError(serving.foreign_entries_message(output, foreign))
+        # Written beside it and renamed into place: its parent folder is what must be writable.
+        run_folder.check_output_folder(os.path.dirname(os.path.abspath(output)),
+                                       f'the folder of --output {output}')
+        return
+    run_folder.check_output_file(output, f'--output (--format {export_format} writes a file)')
+    existing = [output] if os.path.lexists(output) else []
+    if export_format == 'tflite':
+        existing += [path for path in serving.tflite_side_files(output) if os.path.lexists(path)]
+    if existing and not overwrite:
+        raise ToolkitError(f"{existing[0]}: exists (pass --overwrite to replace it)")
+    if export_format == 'npz' and existing and not is_exported_weights(output):
+        raise ToolkitError(f"{output}: not a weights file that export.py wrote (a .npz of "
+                           "conv1/weights ... fc8/biases only); choose another --output")
+    foreign = serving.foreign_tflite_files(output) if export_format == 'tflite' else []
+    if foreign:
+        raise ToolkitError(f"{foreign[0]}: not {_tflite_kind(foreign[0], output)} that export.py "
+                           "wrote; choose another --output")
+
+
+def _tflite_kind(path, output):
+    labels, info = serving.tflite_side_files(output)
+    return {output: 'a TFLite model', info: 'a model_info.json',
+            labels: "the class names of the model_info.json beside it"}[path]

@@ -1,0 +1,796 @@
+"""Sharded TFRecord data sets: written from a list file, read back exactly as the list pipeline reads.
+
+Writing (`write_shards`, for make_tfrecords.py): every image of a list becomes one `tf.train.Example`
+with TF-Slim's keys (`image/encoded`, `image/format`, `image/class/label`, `image/class/text`,
+`image/height`, `image/width`, `image/filename`), in an order shuffled by a seed, split into
+`train-00000-of-00004.tfrecord`-style shards of at least `TARGET_SHARD_BYTES` where the data allow
+(TensorFlow's guidance: 100 MB or more per shard; fewer, larger shards for a small set). Each image is
+decoded once on the way in, with the training decoder: a file that fails is named (or, told, left out),
+and height and width are the decoded ones. The bytes stored are the file's own, untouched, unless
+`pre_resize`: then the image is resized to 256x256 (bilinear, as the pipeline resizes; Caffe's
+ImageNet LMDB was built at 256x256 too) and stored as a JPEG of quality `PRE_RESIZE_QUALITY` (colour
+at half resolution, OpenCV's and Caffe's default), which decodes faster than a photo; such records
+need not give the list's pixels exactly.
+Shards are written under temporary names and renamed into place once all are complete.
+
+Reading: `find_shards` expands a folder of `*.tfrecord` files, a glob pattern or one file into the
+shards, in name order; `index_shards` reads each record once to learn where it starts, how long it is,
+its label, size and file name (seconds per GB, when a data set is opened). The records' global order
+is that index's: shard after shard, record after record. `ShardImageDataGenerator` is
+datagenerator.ImageDataGenerator over that index, feature for feature (epoch-pinned shuffle, mid-epoch
+skip, unreadable images named or skipped): each epoch's shuffle permutes the global positions exactly
+as the list pipeline permutes its lines, and each record is then read at its byte offset (random
+access, TFRecordDatasetV2's `byte_offsets`), so an epoch visits the records in the global order a
+list in the same order would give, and without pre-resize its batches equal that list's bit for bit
+(preprocessing.py, the one definition, decodes both). `images_dataset` is prediction's reader.
+
+Pixel limit: a record's `image/height` x `image/width` is checked against `max_pixels` when the shards
+are opened, before anything is decoded.
+"""
+import collections
+import glob
+import hashlib
+import os
+import re
+
+import numpy as np
+import tensorflow.compat.v1 as tf
+
+from finetune_alexnet import digests
+from finetune_alexnet import image_header
+from finetune_alexnet import preprocessing
+from finetune_alexnet import tf_setup
+from finetune_alexnet.errors import ToolkitError
+
+# Plain TensorFlow ops: AutoGraph would only re-parse the functions' source (as in datagenerator).
+NOT_CONVERTED = tf.autograph.experimental.do_not_convert
+
+EXTENSION = '.tfrecord'
+SHARD_NAME = re.compile(r'(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.tfrecord')
+PARTIAL = '.partial'
+TARGET_SHARD_BYTES = 100 * 10**6
+MAX_SHARDS = 99_999  # what five digits can number
+PRE_RESIZE_SIZE = preprocessing.RESIZE_SIZE
+PRE_RESIZE_QUALITY = 95
+# A pre-resized set's shard count is estimated from the sizes of its first records, re-encoded.
+SIZE_SAMPLE = 64
+# A TFRecord record: its length (8 bytes), the length's CRC (4), the data, the data's CRC (4).
+RECORD_OVERHEAD = 16
+
+ENCODED = 'image/encoded'
+FORMAT = 'image/format'
+LABEL = 'image/class/label'
+TEXT = 'image/class/text'
+HEIGHT = 'image/height'
+WIDTH = 'image/width'
+FILENAME = 'image/filename'
+
+SHOWN_PROBLEMS = 5
+_MAGIC = ((b'\xff\xd8', 'jpeg'), (b'\x89PNG', 'png'), (b'GIF8', 'gif'), (b'BM', 'bmp'))
+
+
+def summarize(problems):
+    shown = '; '.join(problems[:SHOWN_PROBLEMS])
+    hidden = len(problems) - SHOWN_PROBLEMS
+    return shown + (f'; and {hidden} more' if hidden > 0 else '')
+
+
+def plural(count, word):
+    return f'{count} {word}{"s" if count != 1 else ""}'
+
+
+def _error_reason(error):
+    """The line of a TensorFlow OpError that says what went wrong, without graph and node details."""
+    lines = [line.strip() for line in str(error.message).splitlines()]
+    useful = [line for line in lines if line and not line.startswith(
+        ('[[', 'File ', 'Graph execution', 'Detected at node', 'Node:'))]
+    return useful[-1] if useful else str(error.message).strip()
+
+
+# --- where the shards are -------------------------------------------------------------------------
+
+def is_shards(spec):
+    """True when --train_file/--val_file/--evaluate names shards (a folder, a pattern, a .tfrecord
+    file) rather than a list file."""
+    spec = os.fspath(spec)
+    if os.path.isdir(spec) or spec.endswith(EXTENSION):
+        return True
+    return not os.path.isfile(spec) and re.search(r'[*?[]', spec) is not None
+
+
+def find_shards(spec):
+    """The shard files `spec` names, sorted by name: a folder's `*.tfrecord` files, the files a glob
+    pattern matches, or one `.tfrecord` file. ToolkitError when there are none, when a folder mixes
+    several sets (train-* and val-*), or when a numbered set (`-00001-of-00004`) lacks a shard."""
+    spec = os.fspath(spec)
+    if os.path.isdir(spec):
+        files = sorted(path for path in glob.glob(os.path.join(glob.escape(spec), '*' + EXTENSION))
+                       if os.path.isfile(path))
+        if not files:
+            raise ToolkitError(f'{spec}: no *{EXTENSION} shards in this folder')
+        prefixes = sorted({match.group('prefix') for match in map(_shard_match, files) if match})
+        if len(prefixes) > 1:
+            raise ToolkitError(f"{spec}: holds the shards of several sets ({', '.join(prefixes)}); "
+                               f"name one with a pattern, e.g. {os.path.join(spec, prefixes[0])}-*")
+    elif re.search(r'[*?[]', spec) and not os.path.exists(spec):
+        files = sorted(path for path in glob.glob(spec) if os.path.isfile(path)
+                       and not path.endswith(PARTIAL))
+        if not files:
+            raise ToolkitError(f'{spec}: no shard file matches this pattern')
+    elif os.path.isfile(spec):
+        files = [spec]
+    else:
+        raise ToolkitError(f'{spec}: no such shard file, folder or pattern')
+    _check_complete(spec, files)
+    return files
+
+
+def _shard_match(path):
+    return SHARD_NAME.fullmatch(os.path.basename(path))
+
+
+def _check_complete(spec, files):
+    """Every shard of a numbered set is there: a copy cut short would otherwise train on part of it."""
+    sets = collections.defaultdict(set)
+    for match in filter(None, map(_shard_match, files)):
+        sets[(match.group('prefix'), int(match.group('count')))].add(int(match.group('index')))
+    for (prefix, count), indices in sorted(sets.items()):
+        missing = sorted(set(range(count)) - indices)
+        if missing:
+            names = [f'{prefix}-{index:05d}-of-{count:05d}{EXTENSION}' for index in missing]
+            raise ToolkitError(f'{spec}: {plural(len(missing), "shard")} of {count} missing: '
+                               + summarize(names))
+
+
+def data_folder(spec):
+    """The folder a list file, or a set of shards, lives in (where classes.txt is looked for)."""
+    spec = os.fspath(spec)
+    return os.path.abspath(spec) if os.path.isdir(spec) else os.path.dirname(os.path.abspath(spec))
+
+
+def data_digest(spec):
+    """What identifies a data set for --resume: a list file's SHA-256; for shards, the SHA-256 of
+    their names and sizes (reading every byte of a large set at each start would cost minutes)."""
+    if not is_shards(spec):
+        return digests.file_sha256(spec)
+    digest = hashlib.sha256()
+    for path in find_shards(spec):
+        digest.update(f'{os.path.basename(path)} {os.path.getsize(path)}\n'.encode())
+    return digest.hexdigest()
+
+
+# --- writing --------------------------------------------------------------------------------------
+
+def shard_file_name(prefix, index, count):
+    return f'{prefix}-{index:05d}-of-{count:05d}{EXTENSION}'
+
+
+def own_shards(out_dir, prefix):
+    """The files in `out_dir` named as shards of `prefix`, or as their temporary copies (`.partial`):
+    what --overwrite may replace, and nothing else."""
+    if not os.path.isdir(out_dir):
+        return []
+    found = []
+    for name in sorted(os.listdir(out_dir)):
+        match = SHARD_NAME.fullmatch(name.removesuffix(PARTIAL))
+        if match and match.group('prefix') == prefix:
+            found.append(os.path.join(out_dir, name))
+    return found
+
+
+def check_output(out_dir, prefix, overwrite):
+    """Refuses to write `prefix`'s shards into `out_dir` over existing ones unless `overwrite`; even
+    then, something other than a regular file under a shard's name is never replaced."""
+    existing = [path for path in own_shards(out_dir, prefix) if not path.endswith(PARTIAL)]
+    for path in existing:
+        if os.path.islink(path) or not os.path.isfile(path):
+            raise ToolkitError(f'{path}: named like a shard, but not a regular file; move it away')
+    if existing and not overwrite:
+        raise ToolkitError(f'{out_dir} already holds {plural(len(existing), "shard")} of {prefix} '
+                           f'({os.path.basename(existing[0])}, ...); pass --overwrite to replace '
+                           'them, or choose another --out_dir')
+
+
+def shard_count(record_bytes, images, num_shards=None):
+    """`num_shards`, else as many shards of at least TARGET_SHARD_BYTES as `record_bytes` fill (one
+    for a set smaller than that), never more than one per image."""
+    if num_shards:
+        return int(num_shards)
+    return int(max(1, min(images, MAX_SHARDS, record_bytes // TARGET_SHARD_BYTES)))
+
+
+def image_format(data):
+    """'jpeg', 'png', 'gif', 'bmp' or 'webp' from a file's first bytes; '' when unknown."""
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
+            return name
+    return 'webp' if data[:4] == b'RIFF' and data[8:12] == b'WEBP' else ''
+
+
+def make_example(encoded, label, text, height, width, filename, image_format_name=None):
+    """The `tf.train.Example` of one image, with TF-Slim's keys."""
+    def bytes_feature(value):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    def int_feature(value):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+    fmt = image_format(encoded) if image_format_name is None else image_format_name
+    return tf.train.Example(features=tf.train.Features(feature={
+        ENCODED: bytes_feature(encoded), FORMAT: bytes_feature(fmt.encode()),
+        LABEL: int_feature(label), TEXT: bytes_feature(text.encode('utf-8')),
+        HEIGHT: int_feature(height), WIDTH: int_feature(width),
+        FILENAME: bytes_feature(os.fspath(filename).encode('utf-8'))}))
+
+
+WriteResult = collections.namedtuple('WriteResult', 'files images skipped bytes stopped')
+WriteResult.__doc__ = """files: the shards written; images: records written; skipped: [(path,
+reason)] of images left out; bytes: the shards' size; stopped: a stop request ended the work (then
+nothing was written)."""
+
+
+def _prepare_fn(pre_resize):
+    """(position, path) -> (position, bytes to store, height, width): decoded once, to check it."""
+    @NOT_CONVERTED
+    def prepare(position, path):
+        data = tf.io.read_file(path)
+        image = preprocessing.decode_rgb(data)
+        if not pre_resize:
+            shape = tf.shape(image, out_type=tf.int64)
+            return position, data, shape[0], shape[1]
+        # The pipeline's own bilinear sampling (half-pixel centres, OpenCV's), rounded back to 8 bits.
+        resized = preprocessing.bilinear_resize(image, PRE_RESIZE_SIZE)
+        pixels = tf.cast(tf.round(tf.clip_by_value(resized, 0, 255)), tf.uint8)
+        encoded = tf.io.encode_jpeg(pixels, quality=PRE_RESIZE_QUALITY)
+        size = tf.constant(PRE_RESIZE_SIZE, tf.int64)
+        return position, encoded, size, size
+    return prepare
+
+
+def _decode_reasons(paths):
+    """{index: TensorFlow's reason} for files that fail to decode, decoded one by one."""
+    reasons = {}
+    with tf.Graph().as_default(), tf.Session(config=tf_setup.session_config()) as session:
+        path_in = tf.placeholder(tf.string, [])
+        decode = tf.shape(preprocessing.decode_rgb(tf.io.read_file(path_in)))
+        for index, path in enumerate(paths):
+            try:
+                session.run(decode, {path_in: path})
+                reasons[index] = 'failed to decode in the parallel pass, but decodes alone'
+            except tf.errors.OpError as error:
+                reasons[index] = _error_reason(error)
+    return reasons
+
+
+class _ShardWriter:
+    """Writes records into shards under temporary names; `commit` renames them into place."""
+
+    def __init__(self, out_dir, prefix, count, bounds, report):
+        self.out_dir, self.prefix, self.count, self.bounds = out_dir, prefix, count, bounds
+        self.report = report
+        self.names = [shard_file_name(prefix, index, count) for index in range(count)]
+        self.shard = -1
+        self.writer = None
+        self.records = 0
+        self.total_bytes = 0
+
+    def _path(self, shard, partial=True):
+        return os.path.join(self.out_dir, self.names[shard] + (PARTIAL if partial else ''))
+
+    def _open_next(self):
+        self._close()
+        self.shard += 1
+        self.writer = tf.io.TFRecordWriter(self._path(self.shard))
+        self.records = 0
+
+    def _close(self):
+        if self.writer is not None:
+            self.writer.close()
+            size = os.path.getsize(self._path(self.shard))
+            self.total_bytes += size
+            self.report(f'{self.names[self.shard]}: {plural(self.records, "image")}, '
+                        f'{size / 1e6:.1f} MB')
+            self.writer = None
+
+    def write(self, slot, serialized):
+        """Writes the record of the image in `slot` (its place in the written order)."""
+        while self.shard < 0 or slot >= self.bounds[self.shard + 1]:
+            self._open_next()
+        self.writer.write(serialized)
+        self.records += 1
+
+    def finish(self):
+        while self.shard < self.count - 1:  # shards whose every image was left out: empty files
+            self._open_next()
+        self._close()
+
+    def discard(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        for shard in range(self.count):
+            if os.path.exists(self._path(shard)):
+                os.remove(self._path(shard))
+
+    def commit(self, replace):
+        """Old shards of the prefix go (`replace`), the new ones are renamed into place."""
+        finals = [self._path(shard, partial=False) for shard in range(self.count)]
+        if replace:
+            for path in own_shards(self.out_dir, self.prefix):
+                if not path.endswith(PARTIAL) and path not in finals:
+                    os.remove(path)
+        for shard, final in enumerate(finals):
+            os.replace(self._path(shard), final)
+        return finals
+
+
+def write_shards(paths, labels, out_dir, prefix, class_names=None, num_shards=None, pre_resize=False,
+                 seed=0, shuffle=True, overwrite=False, skip_bad_images=False,
+                 max_pixels=image_header.DEFAULT_MAX_PIXELS, workers=None, stop=None, report=print,
+                 source=None):
+    """Writes the images `paths` (labels `labels`) as shards `<prefix>-NNNNN-of-MMMMM.tfrecord` in
+    `out_dir`; returns a WriteResult.
+
+    The records' order is a permutation of the list drawn from `seed` (`shuffle=False`: the list's
+    order). `class_names[label]` is each record's `image/class/text` (empty without names). Images
+    over `max_pixels` (from their headers) and images that fail to decode are named in a ToolkitError
+    (`source`, the list file, prefixes it), or left out with `skip_bad_images`. `stop` (a
+    signals.StopRequests) is checked between batches: a request ends the work, leaving nothing.
+    `report(line)` is told about each shard as it is completed.
+    """
+    paths = [os.fspath(path) for path in paths]
+    labels = np.asarray(labels, np.int64)
+    where = f'{source}: ' if source else ''
+    check_output(out_dir, prefix, overwrite)
+    order = (np.random.default_rng(seed).permutation(len(paths)) if shuffle
+             else np.arange(len(paths)))
+    skipped = []
+    oversized = {position: reason for position in range(len(paths))
+                 if (reason := image_header.too_large(paths[position], max_pixels))}
+    if oversized and not skip_bad_images:
+        problems = [f'{paths[p]}: {reason}' for p, reason in sorted(oversized.items())]
+        raise ToolkitError(f'{where}{plural(len(oversized), "image")} too large to decode safely: '
+                           f'{summarize(problems)} (raise --max_pixels if you mean it)')
+    skipped += [(paths[p], reason) for p, reason in sorted(oversized.items())]
+    order = np.array([p for p in order if p not in oversized], np.int64)
+    if len(order) == 0:
+        raise ToolkitError(f'{where}no image left to write')
+    if num_shards and num_shards > len(order):
+        raise ToolkitError(f'--num_shards {num_shards}: more shards than the {len(order)} images')
+    os.makedirs(out_dir, exist_ok=True)
+    for path in own_shards(out_dir, prefix):  # what a killed writer left
+        if path.endswith(PARTIAL):
+            os.remove(path)
+    texts = list(class_names) if class_names else None
+
+    workers = workers or os.cpu_count() or 1
+    with tf.Graph().as_default(), tf.Session(config=tf_setup.session_config()) as session:
+        dataset = tf.data.Dataset.from_tensor_slices((order, [paths[p] for p in order]))
+        dataset = dataset.map(_prepare_fn(pre_resize), num_parallel_calls=workers, deterministic=True)
+        # A file that fails drops out here; the gap in the positions names it below.
+        dataset = dataset.ignore_errors().batch(16).prefetch(2)
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = workers
+        iterator = tf.data.make_initializable_iterator(dataset.with_options(options))
+        next_batch = iterator.get_next()
+        session.run(iterator.initializer)
+        slot_of = {int(position): slot for slot, position in enumerate(order)}
+        pending, writer, failed, done = [], None, [], 0
+        stopped = False
+        try:
+            while True:
+                if stop is not None and stop.requested:
+                    stopped = True
+                    break
+                try:
+                    positions, images, heights, widths = session.run(next_batch)
+                except tf.errors.OutOfRangeError:
+                    break
+                for position, data, height, width in zip(positions, images, heights, widths):
+                    slot = slot_of[int(position)]
+                    failed += [int(order[s]) for s in range(done, slot)]
+                    done = slot + 1
+                    label = int(labels[position])
+                    record = make_example(data, label, texts[label] if texts else '', height, width,
+                                          paths[position]).SerializeToString()
+                    pending.append((slot, record))
+                if writer is None and (len(pending) >= SIZE_SAMPLE or not pre_resize):
+                    writer = _start_writer(out_dir, prefix, paths, order, pending, pre_resize,
+                                           num_shards, report)
+                if writer is not None:
+                    for slot, record in pending:
+                        writer.write(slot, record)
+                    pending = []
+            if not stopped:
+                failed += [int(order[s]) for s in range(done, len(order))]
+                if writer is None:
+                    writer = _start_writer(out_dir, prefix, paths, order, pending, pre_resize,
+                                           num_shards, report)
+                for slot, record in pending:
+                    writer.write(slot, record)
+        except BaseException:
+            if writer is not None:
+                writer.discard()
+            raise
+    if stopped:
+        if writer is not None:
+            writer.discard()
+        return WriteResult([], 0, skipped, 0, True)
+    if failed:
+        reasons = _decode_reasons([paths[p] for p in failed])
+        if not skip_bad_images:
+            writer.discard()
+            problems = [f'{paths[p]}: {reasons[i]}' for i, p in enumerate(failed)]
+            raise ToolkitError(f'{where}{plural(len(failed), "unreadable image")}: '
+                               f'{summarize(problems)} (fix or remove them, or pass '
+                               '--skip_bad_images)')
+        skipped += [(paths[p], reasons[i]) for i, p in enumerate(failed)]
+    if len(failed) == len(order):
+        writer.discard()
+        raise ToolkitError(f'{where}none of the {len(order)} images could be read')
+    try:
+        writer.finish()
+        files = writer.commit(replace=overwrite)
+    except BaseException:
+        writer.discard()
+        raise
+    return WriteResult(files, len(order) - len(failed), skipped, writer.total_bytes, False)
+
+
+def _start_writer(out_dir, prefix, paths, order, pending, pre_resize, num_shards, report):
+    """A _ShardWriter whose shard count follows the records' size: the files' sizes, or (pre-resized)
+    the mean size of the records made so far."""
+    if pre_resize:
+        mean = np.mean([len(record) for _, record in pending]) if pending else 0
+        record_bytes = int(mean * len(order))
+    else:
+        record_bytes = sum(os.path.getsize(paths[p]) + RECORD_OVERHEAD for p in order)
+    count = shard_count(record_bytes, len(order), num_shards)
+    bounds = [len(part) for part in np.array_split(np.arange(len(order)), count)]
+    bounds = np.concatenate([[0], np.cumsum(bounds)]).tolist()
+    return _ShardWriter(out_dir, prefix, count, bounds, report)
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+_INDEX_FEATURES = {LABEL: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+                   HEIGHT: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+                   WIDTH: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+                   FILENAME: tf.io.FixedLenFeature([], tf.string, default_value='')}
+
+
+class ShardIndex:
+    """Where every record of a set of shards is, and what it holds, in the set's global order.
+
+    `files`: the shard paths; per record, arrays `shard` (index into `files`), `record` (its place in
+    its shard), `offset` and `length` (of its serialized Example) and `labels`, `heights`, `widths`,
+    and the list `filenames`.
+    """
+
+    def __init__(self, files, shard, record, length, labels, heights, widths, filenames):
+        self.files = list(files)
+        self.shard, self.record, self.length = shard, record, length
+        self.labels, self.heights, self.widths = labels, heights, widths
+        self.filenames = filenames
+        # A record starts where the one before it in its shard ended (records come shard by shard).
+        ends = np.cumsum(length + RECORD_OVERHEAD)
+        starts = ends - (length + RECORD_OVERHEAD)
+        first = np.concatenate([[0], np.flatnonzero(np.diff(shard)) + 1]).astype(np.int64)
+        counts = np.diff(np.concatenate([first, [len(length)]]))
+        self.offset = (starts - np.repeat(starts[first], counts)).astype(np.int64)
+
+    @property
+    def size(self):
+        return len(self.labels)
+
+    def where(self, position):
+        """'shard.tfrecord, record 7: name.jpg' for messages."""
+        name = self.filenames[position]
+        return (f'{self.files[self.shard[position]]}, record {self.record[position]}'
+                + (f': {name}' if name else ''))
+
+
+def index_shards(files, num_classes=None, source=None):
+    """The ShardIndex of `files` (find_shards' list), every record read once.
+
+    ToolkitError (prefixed by `source`, the flag's value) for a file that is not a readable,
+    uncompressed TFRecord file, records without a label, height or width, labels outside
+    0..num_classes-1, or no record at all.
+    """
+    where = f'{source}: ' if source and source not in files else ''
+    columns = collections.defaultdict(list)
+    with tf.Graph().as_default(), tf.Session(config=tf_setup.session_config()) as session:
+        path_in = tf.placeholder(tf.string, [])
+        dataset = tf.data.TFRecordDataset(path_in).batch(1024).map(
+            NOT_CONVERTED(lambda records: (tf.strings.length(records, unit='BYTE'),
+                                           tf.io.parse_example(records, _INDEX_FEATURES))))
+        iterator = tf.data.make_initializable_iterator(dataset.prefetch(2))
+        next_batch = iterator.get_next()
+        for shard, path in enumerate(files):
+            session.run(iterator.initializer, {path_in: path})
+            count = 0
+            while True:
+                try:
+                    lengths, features = session.run(next_batch)
+                except tf.errors.OutOfRangeError:
+                    break
+                except (tf.errors.DataLossError, tf.errors.InvalidArgumentError,
+                        tf.errors.NotFoundError) as error:
+                    # A record failing its checksum stops the shard here, --skip_bad_images or
+                    # not: the records after it could not be found.
+                    raise ToolkitError(f'{where}{path}: not a readable TFRecord file of images '
+                                       f'({_error_reason(error)}); write it again with '
+                                       'make_tfrecords.py') from None
+                columns['shard'].append(np.full(len(lengths), shard, np.int32))
+                columns['record'].append(np.arange(count, count + len(lengths)))
+                columns['length'].append(lengths.astype(np.int64))
+                for key, name in ((LABEL, 'labels'), (HEIGHT, 'heights'), (WIDTH, 'widths')):
+                    columns[name].append(features[key].astype(np.int64))
+                columns['filenames'] += [name.decode('utf-8', 'replace') for name in features[FILENAME]]
+                count += len(lengths)
+    if not columns['length']:
+        raise ToolkitError(f'{where}no records in {summarize(files)}')
+    arrays = {name: np.concatenate(columns[name]) for name in
+              ('shard', 'record', 'length', 'labels', 'heights', 'widths')}
+    index = ShardIndex(files, filenames=columns['filenames'], **arrays)
+    _check_index(index, num_classes, where)
+    return index
+
+
+def _check_index(index, num_classes, where):
+    problems = []
+    for position in np.flatnonzero(index.labels < 0):
+        problems.append(f'{index.where(position)}: no {LABEL}')
+    for position in np.flatnonzero((index.heights < 1) | (index.widths < 1)):
+        problems.append(f'{index.where(position)}: no {HEIGHT} and {WIDTH} (needed to check '
+                        '--max_pixels before decoding)')
+    if num_classes is not None:
+        for position in np.flatnonzero(index.labels >= num_classes):
+            problems.append(f'{index.where(position)}: label {index.labels[position]} is outside '
+                            f'0..{num_classes - 1}')
+    if problems:
+        raise ToolkitError(f'{where}{plural(len(problems), "bad record")}: {summarize(problems)}')
+
+
+def oversized_records(index, max_pixels):
+    """{position: reason} for the records whose height x width is over `max_pixels`."""
+    pixels = index.heights * index.widths
+    return {int(p): (f'{index.widths[p]}x{index.heights[p]} = {pixels[p] / 1e6:.1f} megapixels, over '
+                     f'--max_pixels {max_pixels}') for p in np.flatnonzero(pixels > max_pixels)}
+
+
+def oversized_records_error(index, max_pixels, source=None):
+    """A ToolkitError naming the records over `max_pixels`, or None."""
+    big = oversized_records(index, max_pixels)
+    if not big:
+        return None
+    problems = [f'{index.where(p)}: {reason}' for p, reason in sorted(big.items())]
+    return ToolkitError(f"{f'{source}: ' if source else ''}{plural(len(big), 'image')} too large to "
+                        f'decode safely: {summarize(problems)} (raise --max_pixels if you mean it)')
+
+
+@NOT_CONVERTED
+def _read_record(path, offset, length):
+    """A dataset of the one serialized record at `offset` of shard `path`.
+
+    TFRecordDatasetV2 starts reading at `byte_offsets` and checks the record's CRCs; its buffer is the
+    record's size, so exactly one read is made. A record missing since the index was built (a file
+    truncated or replaced) yields the empty string, which fails to parse: an error, never a record
+    silently dropped from the epoch.
+    """
+    variant = tf.raw_ops.TFRecordDatasetV2(
+        filenames=tf.reshape(path, [1]), compression_type='', buffer_size=length + RECORD_OVERHEAD,
+        byte_offsets=tf.reshape(offset, [1]))
+    records = tf.data.experimental.from_variant(variant, tf.TensorSpec([], tf.string))
+    return records.take(1).concatenate(tf.data.Dataset.from_tensors(tf.constant(''))).take(1)
+
+
+def read_records(files, offsets, lengths):
+    """A dataset of serialized records, one per (shard path, offset, length) element, in order."""
+    where = tf.data.Dataset.from_tensor_slices((files, offsets, lengths))
+    return where.interleave(_read_record, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+@NOT_CONVERTED
+def decode_record(serialized):
+    """uint8 [height, width, 3] RGB of a record's image, by preprocessing.decode_rgb."""
+    encoded = tf.io.parse_single_example(
+        serialized, {ENCODED: tf.io.FixedLenFeature([], tf.string)})[ENCODED]
+    return preprocessing.decode_rgb(encoded)
+
+
+def _record_columns(index):
+    """(shard path, offset, length) of every record, as arrays for tensor slices."""
+    files = np.array([os.fsencode(path) for path in index.files], dtype=object)
+    return files[index.shard], index.offset, index.length
+
+
+def _check_graph_mode(what):
+    if tf.executing_eagerly():
+        raise RuntimeError(f'{what} builds graph ops: call tf.disable_v2_behavior() first, '
+                           'or build it inside `with tf.Graph().as_default():`')
+
+
+class ShardImageDataGenerator:
+    """datagenerator.ImageDataGenerator's batches, from TFRecord shards instead of a list file.
+
+    The same arguments (a shard spec for the list file), attributes (`data`, `data_size`, `paths`:
+    the records' file names, `labels`, `num_classes`, `txt_file`: the spec, `epoch`, `skip`) and
+    methods (`unreadable_images_error`, `describe_skipped`), and the same batches for records in the
+    same order as the list's lines. `index` is the ShardIndex; `records_digest` identifies the shards
+    (for caches keyed by the images, since pre-resized records share the files' names).
+    """
+
+    def __init__(self, shards, mode, batch_size, num_classes, shuffle=True, seed=None,
+                 augment=False, skip_bad_images=False, max_pixels=image_header.DEFAULT_MAX_PIXELS):
+        if mode not in ('training', 'inference'):
+            raise ValueError(f"mode must be 'training' or 'inference', not {mode!r}")
+        if batch_size < 1 or num_classes < 1:
+            raise ValueError('batch_size and num_classes must be positive')
+        _check_graph_mode('ShardImageDataGenerator')
+        self.txt_file = os.fspath(shards)
+        self.mode, self.batch_size, self.num_classes = mode, batch_size, num_classes
+        self.shuffle, self.seed, self.augment = shuffle, seed, augment
+        self.skip_bad_images = skip_bad_images
+        self.index = index_shards(find_shards(self.txt_file), num_classes, self.txt_file)
+        # Before any graph is built, as for a list: one such image could exhaust the memory.
+        too_large = oversized_records_error(self.index, max_pixels, self.txt_file)
+        if too_large:
+            raise too_large
+        self.records_digest = data_digest(self.txt_file)
+        self.paths, self.labels = self.index.filenames, self.index.labels
+        self.data_size = self.index.size
+        self.epoch = tf.placeholder_with_default(tf.constant(-1, tf.int64), [], name='epoch')
+        self.skip = tf.placeholder_with_default(tf.constant(0, tf.int64), [], name='skip')
+        self.data = self._build_dataset()
+
+    def _build_dataset(self):
+        training = self.mode == 'training'
+        random_crops = training and self.augment
+        positions, epoch_key = preprocessing.epoch_order(self.data_size, self.seed, self.epoch,
+                                                         self.shuffle, random_crops)
+        # The graph holds each shard's name once, and per record its shard number, offset, length.
+        files = tf.constant([os.fsencode(path) for path in self.index.files])
+        shards = tf.gather(tf.constant(self.index.shard), positions)
+        where = tf.data.Dataset.from_tensor_slices((tf.gather(files, shards),
+                                                    tf.gather(tf.constant(self.index.offset), positions),
+                                                    tf.gather(tf.constant(self.index.length), positions)))
+        meta = tf.data.Dataset.from_tensor_slices((tf.gather(tf.constant(self.labels), positions),
+                                                   positions))
+        if not self.skip_bad_images:
+            # Skipped before reading: a resumed epoch reads no record it will not train on.
+            where, meta = where.skip(self.skip), meta.skip(self.skip)
+        records = where.interleave(_read_record, num_parallel_calls=tf.data.AUTOTUNE,
+                                   deterministic=True)
+
+        @NOT_CONVERTED
+        def load(serialized, label_and_position):
+            label, position = label_and_position
+            # As the list pipeline: each image's crop depends on the epoch and the image only.
+            crop_key = (tf.random.experimental.stateless_fold_in(epoch_key, position) if random_crops
+                        else None)
+            image = decode_record(serialized)
+            return preprocessing.resize_for_model(image, training, self.augment, crop_key), label
+
+        dataset = tf.data.Dataset.zip((records, meta))
+        dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if self.skip_bad_images:
+            dataset = dataset.ignore_errors().skip(self.skip)
+        dataset = dataset.batch(self.batch_size)
+
+        @NOT_CONVERTED
+        def finish_batch(images, labels):
+            return preprocessing.normalize(images), tf.one_hot(labels, self.num_classes)
+        dataset = dataset.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
+    def unreadable_images_error(self, workers=None):
+        """A ToolkitError naming the unreadable records, to raise after a read or decode error."""
+        return unreadable_records_error(self.index, workers, source=self.txt_file)
+
+    def describe_skipped(self, images_seen):
+        """'skipped N unreadable images ...' for an epoch that yielded `images_seen`, or None if none."""
+        skipped = self.data_size - images_seen
+        if skipped <= 0:
+            return None
+        return f'skipped {plural(skipped, "unreadable image")} of {self.data_size} in {self.txt_file}'
+
+
+def unreadable_records(index, workers=None):
+    """{position: reason} for every record that cannot be read or decoded.
+
+    Every record is read and decoded once in a parallel pass that drops the failures; only those are
+    read again, one by one, for TensorFlow's reason.
+    """
+    workers = workers or os.cpu_count() or 1
+    files, offsets, lengths = _record_columns(index)
+    failed_reasons = {}
+    with tf.Graph().as_default(), tf.Session(config=tf_setup.session_config()) as session:
+        records = read_records(files, offsets, lengths)
+        positions = tf.data.Dataset.range(index.size)
+        dataset = tf.data.Dataset.zip((positions, records)).map(
+            NOT_CONVERTED(lambda position, record: (position, tf.shape(decode_record(record)))),
+            num_parallel_calls=workers, deterministic=False)
+        dataset = dataset.ignore_errors().batch(1024)
+        iterator = tf.data.make_initializable_iterator(dataset)
+        next_batch = iterator.get_next()
+        session.run(iterator.initializer)
+        decoded = set()
+        while True:
+            try:
+                decoded.update(session.run(next_batch)[0].tolist())
+            except tf.errors.OutOfRangeError:
+                break
+        failed = [p for p in range(index.size) if p not in decoded]
+        if failed:
+            path_in = tf.placeholder(tf.string, [])
+            offset_in = tf.placeholder(tf.int64, [])
+            length_in = tf.placeholder(tf.int64, [])
+            one = tf.data.make_initializable_iterator(_read_record(path_in, offset_in, length_in))
+            shape = tf.shape(decode_record(one.get_next()))
+            for position in failed:
+                feed = {path_in: files[position], offset_in: offsets[position],
+                        length_in: lengths[position]}
+                try:
+                    session.run(one.initializer, feed)
+                    session.run(shape)
+                    failed_reasons[position] = 'failed in the parallel pass, but reads alone'
+                except tf.errors.OpError as error:
+                    failed_reasons[position] = _error_reason(error)
+    return failed_reasons
+
+
+def unreadable_records_error(index, workers=None, source=None, hint=None):
+    """The one message for records that failed: a ToolkitError naming each, with the reason."""
+    bad = unreadable_records(index, workers)
+    where = f'{source}: ' if source else ''
+    if not bad:
+        return ToolkitError(f'{where}a record failed to read or decode, but every record reads '
+                            'now; was a shard changed while it was being read?')
+    problems = [f'{index.where(p)}: {reason}' for p, reason in sorted(bad.items())]
+    return ToolkitError(f'{where}{plural(len(bad), "unreadable image")}: {summarize(problems)}'
+                        + (f' ({hint})' if hint else ''))
+
+
+def images_dataset(index, batch_size, center_crop=False, skip_bad_images=False, ten_crop=False,
+                   resize_size=preprocessing.RESIZE_SIZE, max_pixels=image_header.DEFAULT_MAX_PIXELS):
+    """datagenerator.images_dataset for the records of `index`: (images, positions) batches in the
+    index's order, pre-processed as prediction pre-processes files; `positions` index into it.
+
+    Records over `max_pixels` raise ToolkitError at once, or are left out with `skip_bad_images`
+    (which also drops records that fail to read or decode).
+    """
+    _check_graph_mode('images_dataset')
+    positions = np.arange(index.size, dtype=np.int64)
+    too_large = oversized_records_error(index, max_pixels)
+    if too_large and not skip_bad_images:
+        raise too_large
+    if too_large:
+        positions = np.array(sorted(set(positions.tolist()) - set(oversized_records(index, max_pixels))),
+                             np.int64)
+        if len(positions) == 0:
+            raise too_large
+    files, offsets, lengths = _record_columns(index)
+    records = read_records(files[positions], offsets[positions], lengths[positions])
+
+    @NOT_CONVERTED
+    def load(serialized, position):
+        image = decode_record(serialized)
+        if ten_crop:
+            return preprocessing.ten_crops(image, resize_size), position
+        return preprocessing.resize_for_model(image, training=False, augment=center_crop,
+                                              resize_size=resize_size), position
+
+    @NOT_CONVERTED
+    def finish_batch(images, positions):
+        if ten_crop:  # [b, 10, 227, 227, 3] -> [10 b, 227, 227, 3]: image after image
+            size = preprocessing.INPUT_SIZE
+            images = tf.reshape(images, [-1, size, size, 3])
+        return preprocessing.normalize(images), positions
+
+    dataset = tf.data.Dataset.zip((records, tf.data.Dataset.from_tensor_slices(positions)))
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if skip_bad_images:
+        dataset = dataset.ignore_errors()
+    dataset = dataset.batch(batch_size)
+    dataset = dataset.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
