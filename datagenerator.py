@@ -338,17 +338,8 @@ class ImageDataGenerator:
             dataset = dataset.skip(self.skip)
         # In order, so that a seed fixes the batches too; decoding still runs on every core.
         dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        if self.skip_bad_images:
-            # Dropped images shift the batches, so the consumed part is counted in decoded images:
-            # decoded again, but a resumed epoch still starts where the interrupted one stopped.
-            dataset = dataset.ignore_errors().skip(self.skip)
-        dataset = dataset.batch(self.batch_size)
-
-        @NOT_CONVERTED
-        def finish_batch(images, labels):
-            return preprocessing.normalize(images), tf.one_hot(labels, self.num_classes)
-        dataset = dataset.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
-        return dataset.prefetch(tf.data.AUTOTUNE)
+        return preprocessing.batches_for_model(dataset, self.batch_size, self.num_classes,
+                                               self.skip_bad_images, self.skip)
 
     def unreadable_images_error(self, workers=None):
         """A ToolkitError naming the list's unreadable images (and lines), to raise after a decode error."""

@@ -111,6 +111,24 @@ def epoch_order(size, seed, epoch, shuffle, random_crops):
     return positions, key
 
 
+def batches_for_model(images_and_labels, batch_size, num_classes, skip_bad_images=False, skip=0):
+    """A dataset of (pre-processed image, integer label) pairs as the model takes it: batches with
+    the mean subtracted in BGR, labels one-hot, prefetched. With `skip_bad_images`, images that
+    failed to decode are dropped and then `skip` images skipped: dropped images shift the batches,
+    so a resumed epoch's consumed part is counted in decoded images (decoded again, but the epoch
+    still starts where the interrupted one stopped)."""
+    dataset = images_and_labels
+    if skip_bad_images:
+        dataset = dataset.ignore_errors().skip(skip)
+    dataset = dataset.batch(batch_size)
+
+    @tf.autograph.experimental.do_not_convert
+    def finish_batch(images, labels):
+        return normalize(images), tf.one_hot(labels, num_classes)
+    dataset = dataset.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
 def _check_resize_size(resize_size):
     if resize_size < INPUT_SIZE:
         raise ValueError(f'resize size {resize_size} is smaller than the {INPUT_SIZE}x{INPUT_SIZE} crop')

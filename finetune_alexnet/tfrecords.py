@@ -673,15 +673,8 @@ class ShardImageDataGenerator:
 
         dataset = tf.data.Dataset.zip((records, meta))
         dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        if self.skip_bad_images:
-            dataset = dataset.ignore_errors().skip(self.skip)
-        dataset = dataset.batch(self.batch_size)
-
-        @NOT_CONVERTED
-        def finish_batch(images, labels):
-            return preprocessing.normalize(images), tf.one_hot(labels, self.num_classes)
-        dataset = dataset.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
-        return dataset.prefetch(tf.data.AUTOTUNE)
+        return preprocessing.batches_for_model(dataset, self.batch_size, self.num_classes,
+                                               self.skip_bad_images, self.skip)
 
     def unreadable_images_error(self, workers=None):
         """A ToolkitError naming the unreadable records, to raise after a read or decode error."""
