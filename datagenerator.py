@@ -395,27 +395,13 @@ def images_dataset(paths, batch_size, center_crop=False, skip_bad_images=False, 
             raise too_large
 
     @NOT_CONVERTED
-    def load(path, position):
-        image = preprocessing.decode_rgb(tf.io.read_file(path))
-        if ten_crop:
-            return preprocessing.ten_crops(image, resize_size), position
-        return preprocessing.resize_for_model(image, training=False, augment=center_crop,
-                                              resize_size=resize_size), position
+    def decode(path):
+        return preprocessing.decode_rgb(tf.io.read_file(path))
 
-    @NOT_CONVERTED
-    def finish_batch(images, positions):
-        if ten_crop:  # [b, 10, 227, 227, 3] -> [10 b, 227, 227, 3]: image after image
-            size = preprocessing.INPUT_SIZE
-            images = tf.reshape(images, [-1, size, size, 3])
-        return preprocessing.normalize(images), positions
-
-    dataset = tf.data.Dataset.from_tensor_slices((list(paths), positions))
-    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if skip_bad_images:
-        dataset = dataset.ignore_errors()
-    dataset = dataset.batch(batch_size)
-    dataset = dataset.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return preprocessing.prediction_batches(
+        tf.data.Dataset.from_tensor_slices((list(paths), positions)), decode, batch_size,
+        center_crop=center_crop, ten_crop=ten_crop, skip_bad_images=skip_bad_images,
+        resize_size=resize_size)
 
 
 def _parse_args(argv):

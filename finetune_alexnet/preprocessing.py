@@ -129,6 +129,35 @@ def batches_for_model(images_and_labels, batch_size, num_classes, skip_bad_image
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def prediction_batches(sources_and_positions, decode, batch_size, center_crop=False, ten_crop=False,
+                       skip_bad_images=False, resize_size=RESIZE_SIZE):
+    """Batches (images float32, positions int64) for prediction from a dataset of (source, position)
+    pairs, `decode(source)` giving an RGB image: resized as inference takes it (the centre crop
+    with `center_crop`; with `ten_crop` each image's ten crops, rows 10 i ... 10 i + 9 of
+    [10 b, 227, 227, 3]), in order; with `skip_bad_images`, undecodable images are dropped and the
+    positions say which remain."""
+    @tf.autograph.experimental.do_not_convert
+    def load(source, position):
+        image = decode(source)
+        if ten_crop:
+            return ten_crops(image, resize_size), position
+        return resize_for_model(image, training=False, augment=center_crop,
+                                resize_size=resize_size), position
+
+    @tf.autograph.experimental.do_not_convert
+    def finish_batch(images, positions):
+        if ten_crop:  # [b, 10, 227, 227, 3] -> [10 b, 227, 227, 3]: image after image
+            images = tf.reshape(images, [-1, INPUT_SIZE, INPUT_SIZE, 3])
+        return normalize(images), positions
+
+    dataset = sources_and_positions.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if skip_bad_images:
+        dataset = dataset.ignore_errors()
+    dataset = dataset.batch(batch_size)
+    dataset = dataset.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
 def _check_resize_size(resize_size):
     if resize_size < INPUT_SIZE:
         raise ValueError(f'resize size {resize_size} is smaller than the {INPUT_SIZE}x{INPUT_SIZE} crop')

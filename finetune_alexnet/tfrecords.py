@@ -765,25 +765,7 @@ def images_dataset(index, batch_size, center_crop=False, skip_bad_images=False, 
     files, offsets, lengths = _record_columns(index)
     records = read_records(files[positions], offsets[positions], lengths[positions])
 
-    @NOT_CONVERTED
-    def load(serialized, position):
-        image = decode_record(serialized)
-        if ten_crop:
-            return preprocessing.ten_crops(image, resize_size), position
-        return preprocessing.resize_for_model(image, training=False, augment=center_crop,
-                                              resize_size=resize_size), position
-
-    @NOT_CONVERTED
-    def finish_batch(images, positions):
-        if ten_crop:  # [b, 10, 227, 227, 3] -> [10 b, 227, 227, 3]: image after image
-            size = preprocessing.INPUT_SIZE
-            images = tf.reshape(images, [-1, size, size, 3])
-        return preprocessing.normalize(images), positions
-
-    dataset = tf.data.Dataset.zip((records, tf.data.Dataset.from_tensor_slices(positions)))
-    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if skip_bad_images:
-        dataset = dataset.ignore_errors()
-    dataset = dataset.batch(batch_size)
-    dataset = dataset.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return preprocessing.prediction_batches(
+        tf.data.Dataset.zip((records, tf.data.Dataset.from_tensor_slices(positions))),
+        decode_record, batch_size, center_crop=center_crop, ten_crop=ten_crop,
+        skip_bad_images=skip_bad_images, resize_size=resize_size)
