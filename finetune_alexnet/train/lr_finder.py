@@ -60,7 +60,7 @@ def find_learning_rate(settings):
     gpu = runs.use_gpu(settings)
     runs.read_class_names(settings)  # a wrong --class_names is refused here as in a run
     layers = runs.initial_weights(settings, resumed=False)
-    order_seed = settings.seed if settings.seed is not None else int(np.random.randint(2**31))
+    order_seed = runs.new_order_seed(settings)
     spill_dir = tempfile.mkdtemp(prefix='find_lr_')  # no run folder: cached features go here
     try:
         with loop.seeded(settings.seed):

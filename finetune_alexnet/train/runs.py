@@ -92,14 +92,18 @@ def new_or_resumed_state(settings):
     run_folder.remove_stale_files(directory, None)
     name = summaries.safe_run_name(settings.run_name) if settings.run_name else \
         summaries.short_run_name(settings)
-    # The seed of every epoch's shuffle order: --seed, else drawn once and kept in run_state.json, so
-    # that a resumed unseeded run replays the orders of its own epochs (skipping the consumed part of
-    # another order would train some images twice and others never).
-    order_seed = settings.seed if settings.seed is not None else int(np.random.randint(2**31))
+    order_seed = new_order_seed(settings)
     state = run_state.RunState(args=settings.as_dict(), settings=shaping_settings(settings),
                                run_name=summaries.new_run_folder(settings.filewriter_path, name),
                                order_seed=order_seed)
     return state, False
+
+
+def new_order_seed(settings):
+    """The seed of every epoch's shuffle order: --seed, else drawn once. A run keeps it in
+    run_state.json, so that a resumed unseeded run replays the orders of its own epochs (skipping
+    the consumed part of another order would train some images twice and others never)."""
+    return settings.seed if settings.seed is not None else int(np.random.randint(2**31))
 
 
 def initial_weights(settings, resumed):
