@@ -288,10 +288,15 @@ class ImageDataGenerator:
 
     With `skip_bad_images=True` such files are dropped instead: count the images an epoch yields
     (the sum of the batch sizes) and pass the count to `describe_skipped` for the report.
+
+    On several workers (finetune_alexnet/train/distribute.py), `batch_size` is the global batch and
+    worker `worker_index` of `num_workers` gets its rows of each: batches of batch_size /
+    num_workers, in the order every worker shares (`skip` then counts this worker's images).
     """
 
     def __init__(self, txt_file, mode, batch_size, num_classes, shuffle=True, seed=None,
-                 augment=False, skip_bad_images=False, max_pixels=image_header.DEFAULT_MAX_PIXELS):
+                 augment=False, skip_bad_images=False, max_pixels=image_header.DEFAULT_MAX_PIXELS,
+                 num_workers=1, worker_index=0):
         if mode not in MODES:
             raise ValueError(f'mode must be one of {MODES}, not {mode!r}')
         if batch_size < 1 or num_classes < 1:
@@ -306,6 +311,9 @@ class ImageDataGenerator:
         self.augment = augment
         self.skip_bad_images = skip_bad_images
         self.max_pixels = max_pixels
+        self.num_workers, self.worker_index = preprocessing.check_worker_part(
+            batch_size, num_workers, worker_index)
+        self.worker_batch_size = batch_size // num_workers
         self.paths, self.labels, self._line_numbers = _list_entries(txt_file, num_classes, True)
         # From the headers, before any graph is built: one such image could exhaust the memory.
         too_large = oversized_images_error(self.paths, max_pixels, self._line_numbers, txt_file)
@@ -319,8 +327,10 @@ class ImageDataGenerator:
     def _build_dataset(self):
         training = self.mode == 'training'
         random_crops = training and self.augment
+        rows = (preprocessing.worker_rows(self.data_size, self.batch_size, self.worker_index,
+                                          self.num_workers) if self.num_workers > 1 else None)
         positions, epoch_key = preprocessing.epoch_order(self.data_size, self.seed, self.epoch,
-                                                         self.shuffle, random_crops)
+                                                         self.shuffle, random_crops, rows)
         paths = tf.gather(tf.constant(self.paths), positions)
         labels = tf.gather(tf.constant(self.labels), positions)
 
@@ -338,7 +348,7 @@ class ImageDataGenerator:
             dataset = dataset.skip(self.skip)
         # In order, so that a seed fixes the batches too; decoding still runs on every core.
         dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return preprocessing.batches_for_model(dataset, self.batch_size, self.num_classes,
+        return preprocessing.batches_for_model(dataset, self.worker_batch_size, self.num_classes,
                                                self.skip_bad_images, self.skip)
 
     def unreadable_images_error(self, workers=None):

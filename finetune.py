@@ -28,11 +28,11 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 from finetune_alexnet import checkpoints  # noqa: E402
 from finetune_alexnet import image_header  # noqa: E402
 from finetune_alexnet import model_info  # noqa: E402
-from finetune_alexnet import run_folder  # noqa: E402
 from finetune_alexnet import signals  # noqa: E402
 from finetune_alexnet import tf_setup  # noqa: E402
 from finetune_alexnet import weight_files  # noqa: E402
 from finetune_alexnet.train import demo  # noqa: E402
+from finetune_alexnet.train import distribute  # noqa: E402
 from finetune_alexnet.train import feature_store  # noqa: E402
 from finetune_alexnet.train import inputs  # noqa: E402
 from finetune_alexnet.train import loop  # noqa: E402
@@ -160,6 +160,15 @@ def get_args_parser():
     devices.add_argument('--mixed_precision', action='store_true',
                          help='float16 on a GPU (bfloat16 on a CPU) with dynamic loss scaling; '
                          'faster, results differ from float32 by ~1e-2')
+    devices.add_argument('--worker_hosts', metavar='HOST:PORT,...',
+                         help='train on several workers (docs/distributed.md): every worker\'s '
+                         'address, the chief first; the same on every worker (default: TF_CONFIG\'s)')
+    devices.add_argument('--task_index', type=int, metavar='N',
+                         help="this worker's place in --worker_hosts (0: the chief, which writes "
+                         'the run folder)')
+    devices.add_argument('--collective_timeout', type=float, default=distribute.DEFAULT_TIMEOUT,
+                         metavar='SECONDS', help='several workers: stop when the others have not '
+                         'joined a step (or the start) within this long, naming a lost worker')
     devices.add_argument('--cache_features', choices=('auto', 'on', 'off'), default='auto',
                          help='train fc layers from pool5 features computed once (auto: when no '
                          'conv layer is trained and --augment is off)')
@@ -184,27 +193,34 @@ def fine_tune(settings):
     """Build the input pipeline and the graph, open a session, load or restore the weights, train."""
     gpu = runs.use_gpu(settings)
     class_names = runs.read_class_names(settings)
+    # One machine, or one of several workers (TF_CONFIG, --worker_hosts): then the chief (worker 0)
+    # alone writes the run folder, and every step all-reduces the gradients (distribute.py).
+    workers = distribute.start(settings.cluster, gpu, settings.collective_timeout)
+    session_config = workers.session_config(tf_setup.session_config(
+        gpu, xla=settings.xla, mixed_precision=settings.mixed_precision,
+        logical_cpus=settings.num_gpus if not gpu and settings.num_gpus > 1 else None))
     # Signals are caught from here on, so a SIGTERM while the weights load still ends in one line.
-    with run_folder.RunLock(settings.checkpoint_path), signals.StopRequests() as stop:
-        state, resumed = runs.new_or_resumed_state(settings)
+    with workers.lock(settings.checkpoint_path), signals.StopRequests() as stop:
+        state, resumed = runs.new_or_resumed_state(settings, writes=workers.is_chief)
+        state.order_seed = workers.start(state.order_seed, runs.agreed_settings(settings))
         layers = runs.initial_weights(settings, resumed)  # the .npy read once, checked before building
         with loop.seeded(settings.seed):
             # -- the input pipeline: tf.data over the lists (or pool5 features cached once)
-            train_data, val_data, steps_per_epoch = inputs.make_datasets(settings, state.order_seed)
+            train_data, val_data, steps_per_epoch = inputs.make_datasets(settings, state.order_seed,
+                                                                         workers)
             config = runs.training_config(settings, gpu, steps_per_epoch, train_data.labels,
                                           state.order_seed)
             # -- the graph: AlexNet, the loss, the SGD step, the step's summaries
-            setup = inputs.build(settings, train_data, val_data, config, state.order_seed)
+            setup = inputs.build(settings, train_data, val_data, config, state.order_seed,
+                                 workers=workers)
             keeper = checkpoints.CheckpointKeeper(settings.checkpoint_path, settings.keep_checkpoints)
-            writer = tf.summary.FileWriter(os.path.join(settings.filewriter_path, state.run_name))
+            writer = (tf.summary.FileWriter(os.path.join(settings.filewriter_path, state.run_name))
+                      if workers.is_chief else summaries.NoWriter())
             runs.describe_data(settings, train_data, val_data, steps_per_epoch, class_names, config)
             # -- the session
             try:
-                with tf.Session(config=tf_setup.session_config(
-                        gpu, xla=settings.xla, mixed_precision=settings.mixed_precision,
-                        logical_cpus=settings.num_gpus if not gpu and settings.num_gpus > 1
-                        else None)) as session:
-                    session.run(tf.global_variables_initializer())
+                with tf.Session(workers.session_target, config=session_config) as session:
+                    workers.run(session, tf.global_variables_initializer())
                     if resumed:
                         keeper.restore(session, os.path.join(settings.checkpoint_path,
                                                              state.latest_checkpoint), state)
@@ -217,9 +233,11 @@ def fine_tune(settings):
                             writer.add_summary(summary, 0)
                         runs.load_starting_weights(session, settings, setup.weights_model, layers)
                         loop.start_averages(session, setup.graph)  # --ema_decay: from these weights
-                        model_info.write_model_info(settings.checkpoint_path, settings.num_classes,
-                                                    class_names, center_crop=settings.augment,
-                                                    ema=bool(settings.ema_decay))
+                        if workers.is_chief:
+                            model_info.write_model_info(
+                                settings.checkpoint_path, settings.num_classes, class_names,
+                                center_crop=settings.augment, ema=bool(settings.ema_decay))
+                    workers.check_same_step(session, int(session.run(setup.graph.global_step)))
                     del layers  # 233 MB no longer needed: the variables hold the weights now
                     print(f'open TensorBoard with: tensorboard --logdir {settings.filewriter_path} '
                           f'(this run: {state.run_name})')
@@ -227,15 +245,16 @@ def fine_tune(settings):
                     if first.fill_feature_cache:  # pool5 once, if the next epoch's phase trains on it
                         first.fill_feature_cache(session)
                     if settings.init_checkpoint and not resumed:
-                        runs.report_warm_start(session, settings, setup, state)
+                        runs.report_warm_start(session, settings, setup, state, workers)
                     return train_epochs(session, settings, state, setup, keeper, writer, stop,
-                                        steps_per_epoch, class_names)
+                                        steps_per_epoch, class_names, workers)
             finally:
                 writer.close()
                 inputs.remove_feature_files(setup)
 
 
-def train_epochs(session, settings, state, setup, keeper, writer, stop, steps_per_epoch, class_names):
+def train_epochs(session, settings, state, setup, keeper, writer, stop, steps_per_epoch, class_names,
+                 workers):
     """The epoch loop: train, validate, summarise, save; stop early, or on a signal after a save."""
     val_paths = inputs.image_paths(setup.val.data)
     # A resumed epoch starts its pinned order just past the batches already trained on, so a resumed
@@ -247,11 +266,14 @@ def train_epochs(session, settings, state, setup, keeper, writer, stop, steps_pe
         current = runs.epoch_setup(settings, setup, state, epoch)  # --unfreeze_at: its phase's graph
         current.train.start(session, epoch, steps_done)
         train_loss, train_accuracy, images_per_second, seen, rates, finished = train_one_epoch(
-            session, settings, current, writer, stop, epoch, steps_done, steps_per_epoch)
+            session, settings, current, writer, stop, epoch, steps_done, steps_per_epoch, workers)
         step = int(session.run(setup.graph.global_step))
         if not finished:
-            prefix = keeper.save_interrupted(session, state, step)
-            print(f'saved {prefix} at step {step}; continue with --resume (and the same flags)')
+            if workers.is_chief:
+                prefix = keeper.save_interrupted(session, state, step)
+                print(f'saved {prefix} at step {step}; continue with --resume (and the same flags)')
+            else:
+                print(f'stopped at step {step}; the chief saves the run: continue with --resume')
             return stop.exit_status
         notes = []
         if settings.skip_bad_images and current.image_labels is not None and steps_done == 0:
@@ -262,18 +284,20 @@ def train_epochs(session, settings, state, setup, keeper, writer, stop, steps_pe
         outputs = summaries.ValidationOutputs(
             keep_features=summaries.PROJECTOR_MAX_IMAGES if settings.projector else 0)
         val_loss, val_accuracy, val_count = loop.validate(session, current.graph, current.val,
-                                                          outputs, current.pictures)
+                                                          outputs, current.pictures, workers)
         if settings.skip_bad_images:
             notes.append(setup.val.data.describe_skipped(val_count))
 
-        writer.add_summary(summaries.validation_summary(
-            outputs, runs.aligned_paths(val_paths, outputs), class_names, settings.num_classes), step)
+        if workers.is_chief:
+            writer.add_summary(summaries.validation_summary(
+                outputs, runs.aligned_paths(val_paths, outputs), class_names, settings.num_classes),
+                step)
         record = {'epoch': epoch, 'step': step, 'train_loss': train_loss,
                   'train_accuracy': train_accuracy, 'val_loss': val_loss,
                   'val_accuracy': val_accuracy, 'val_images': val_count,
                   **runs.epoch_rates(rates, session, current.graph),
                   'images_per_second': images_per_second}
-        improved = runs.record_epoch(session, keeper, writer, state, record)
+        improved = runs.record_epoch(session, keeper, writer, state, record, writes=workers.is_chief)
         print(f'epoch {epoch}: train loss {train_loss:.4f} acc {train_accuracy:.3f}, validation '
               f'loss {val_loss:.4f} acc {val_accuracy:.4f}{" (best)" if improved else ""}')
         for note in filter(None, notes):
@@ -297,10 +321,12 @@ def train_epochs(session, settings, state, setup, keeper, writer, stop, steps_pe
     return 0
 
 
-def train_one_epoch(session, settings, setup, writer, stop, epoch, first_step, steps_per_epoch):
+def train_one_epoch(session, settings, setup, writer, stop, epoch, first_step, steps_per_epoch,
+                    workers):
     """SGD steps first_step+1..steps_per_epoch: (loss, accuracy, images/s, images seen, the
     learning rates the steps used, finished), finished False when a stop signal came before the
-    last step."""
+    last step. On several workers the numbers are the whole cluster's, and a signal to any of them
+    stops all after the same step."""
     graph = setup.graph
     bar = progress.EpochProgress(epoch, settings.num_epochs, steps_per_epoch, settings.display_step)
     # The rate is fetched in the step's own run call: the value this step's update used.
@@ -310,7 +336,7 @@ def train_one_epoch(session, settings, setup, writer, stop, epoch, first_step, s
     losses, accuracies, rates, images = [], [], [], 0
     start, finished = time.perf_counter(), True
     for step in range(first_step + 1, steps_per_epoch + 1):
-        if stop.requested:
+        if workers.agree_to_stop(session, stop):
             finished = False
             break
         # Summaries ride along in the same run call as the step: no second forward pass.
@@ -319,7 +345,7 @@ def train_one_epoch(session, settings, setup, writer, stop, epoch, first_step, s
             session, {**fetches, 'summary': graph.train_summaries} if with_summary else fetches, feed,
             setup.train, f'the loss became NaN or infinite at epoch {epoch}, step {step}: lower the '
             f'learning rate (now {settings.learning_rate:g}); the last good checkpoint is in '
-            f'{settings.checkpoint_path}')
+            f'{settings.checkpoint_path}', workers)
         if result is None:
             break  # fewer batches than planned: unreadable images were skipped
         if with_summary:
@@ -335,8 +361,10 @@ def train_one_epoch(session, settings, setup, writer, stop, epoch, first_step, s
                    images / (time.perf_counter() - start))
     bar.finish()
     seconds = time.perf_counter() - start
-    return (loop.mean(losses), loop.mean(accuracies), images / seconds if images else 0.0, images,
-            rates, finished)
+    loss_sum, accuracy_sum, steps, images = workers.epoch_totals(
+        session, [np.sum(losses), np.sum(accuracies), len(losses), images])
+    return (loss_sum / steps if steps else float('nan'), accuracy_sum / steps if steps else float('nan'),
+            images / seconds if images else 0.0, int(images), rates, finished)
 
 
 def main(argv=None):

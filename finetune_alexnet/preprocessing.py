@@ -100,15 +100,38 @@ def epoch_key(seed, epoch):
     return tf.where(epoch >= 0, pinned, drawn)
 
 
-def epoch_order(size, seed, epoch, shuffle, random_crops):
+def epoch_order(size, seed, epoch, shuffle, random_crops, rows=None):
     """(positions, key): the order in which an epoch visits a data set's `size` items (shuffled by
     the epoch's key when `shuffle`), and the key its random crops derive from (None when neither
-    shuffles nor crops)."""
+    shuffles nor crops). With `rows` (worker_rows), only those places of the order: one worker's
+    part of every batch, in the order every worker shares."""
     positions = tf.range(size, dtype=tf.int64)
     key = epoch_key(seed, epoch) if shuffle or random_crops else None
     if shuffle:
         positions = tf.random.experimental.stateless_shuffle(positions, seed=key)
+    if rows is not None:
+        positions = tf.gather(positions, tf.constant(rows, tf.int64))
     return positions, key
+
+
+def check_worker_part(batch_size, num_workers, worker_index):
+    """(num_workers, worker_index), checked: a batch the workers split evenly, an index among them."""
+    if num_workers < 1 or not 0 <= worker_index < num_workers:
+        raise ValueError(f'worker_index must be in 0..num_workers - 1, got {worker_index} of {num_workers}')
+    if batch_size % num_workers:
+        raise ValueError(f'batch_size {batch_size} does not split evenly over {num_workers} workers')
+    return num_workers, worker_index
+
+
+def worker_rows(size, batch_size, worker_index, num_workers):
+    """The places in an epoch's order (of `size` items, in batches of `batch_size`) that worker
+    `worker_index` of `num_workers` reads: rows i*b .. i*b + b - 1 of every batch, b = batch_size /
+    num_workers, as far as a last partial batch has them. Together the workers read every place
+    once, and a step's batch is one machine's batch."""
+    part = batch_size // num_workers
+    starts = np.arange(0, size, batch_size, dtype=np.int64)
+    rows = (starts[:, None] + worker_index * part + np.arange(part, dtype=np.int64)[None, :]).ravel()
+    return rows[rows < size]
 
 
 def batches_for_model(images_and_labels, batch_size, num_classes, skip_bad_images=False, skip=0):

@@ -88,6 +88,12 @@ class StopRequests:
         print(f'\n{name(signum)}: saving a checkpoint after this step ({name(signum)} again to abort)',
               file=sys.stderr, flush=True)
 
+    def agree(self, signum, who):
+        """Stop as if `signum` had come here: another worker (`who`) received it."""
+        self.signum = signum
+        print(f'{who} received {name(signum)}: every worker stops after this step',
+              file=sys.stderr, flush=True)
+
     def __enter__(self):
         for signum in self.signals:
             self._previous[signum] = signal.signal(signum, self._handle)

@@ -617,11 +617,14 @@ class ShardImageDataGenerator:
     the records' file names, `labels`, `num_classes`, `txt_file`: the spec, `epoch`, `skip`) and
     methods (`unreadable_images_error`, `describe_skipped`), and the same batches for records in the
     same order as the list's lines. `index` is the ShardIndex; `records_digest` identifies the shards
-    (for caches keyed by the images, since pre-resized records share the files' names).
+    (for caches keyed by the images, since pre-resized records share the files' names). With
+    `num_workers` > 1, as there, this worker's rows of every batch: its records, read by offset, so
+    the workers read disjoint records in one machine's order.
     """
 
     def __init__(self, shards, mode, batch_size, num_classes, shuffle=True, seed=None,
-                 augment=False, skip_bad_images=False, max_pixels=image_header.DEFAULT_MAX_PIXELS):
+                 augment=False, skip_bad_images=False, max_pixels=image_header.DEFAULT_MAX_PIXELS,
+                 num_workers=1, worker_index=0):
         if mode not in ('training', 'inference'):
             raise ValueError(f"mode must be 'training' or 'inference', not {mode!r}")
         if batch_size < 1 or num_classes < 1:
@@ -631,6 +634,9 @@ class ShardImageDataGenerator:
         self.mode, self.batch_size, self.num_classes = mode, batch_size, num_classes
         self.shuffle, self.seed, self.augment = shuffle, seed, augment
         self.skip_bad_images = skip_bad_images
+        self.num_workers, self.worker_index = preprocessing.check_worker_part(
+            batch_size, num_workers, worker_index)
+        self.worker_batch_size = batch_size // num_workers
         self.index = index_shards(find_shards(self.txt_file), num_classes, self.txt_file)
         # Before any graph is built, as for a list: one such image could exhaust the memory.
         too_large = oversized_records_error(self.index, max_pixels, self.txt_file)
@@ -646,8 +652,10 @@ class ShardImageDataGenerator:
     def _build_dataset(self):
         training = self.mode == 'training'
         random_crops = training and self.augment
+        rows = (preprocessing.worker_rows(self.data_size, self.batch_size, self.worker_index,
+                                          self.num_workers) if self.num_workers > 1 else None)
         positions, epoch_key = preprocessing.epoch_order(self.data_size, self.seed, self.epoch,
-                                                         self.shuffle, random_crops)
+                                                         self.shuffle, random_crops, rows)
         # The graph holds each shard's name once, and per record its shard number, offset, length.
         files = tf.constant([os.fsencode(path) for path in self.index.files])
         shards = tf.gather(tf.constant(self.index.shard), positions)
@@ -673,7 +681,7 @@ class ShardImageDataGenerator:
 
         dataset = tf.data.Dataset.zip((records, meta))
         dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return preprocessing.batches_for_model(dataset, self.batch_size, self.num_classes,
+        return preprocessing.batches_for_model(dataset, self.worker_batch_size, self.num_classes,
                                                self.skip_bad_images, self.skip)
 
     def unreadable_images_error(self, workers=None):

@@ -115,6 +115,7 @@ class TrainingConfig:
     decay_steps: int = 0              # multiply the rate by decay_factor every this many steps (0: off)
     decay_factor: float = 0.1
     num_devices: int = 1              # towers the batch is split over
+    num_workers: int = 1              # machines whose gradients tf.distribute sums every step
     use_gpu: bool = False
     model_device: str = None
     mixed_precision: bool = False
@@ -244,6 +245,11 @@ def _phase_ops(phase, towers, accuracy, config, shared):
                     tower_gradients.append(tf.gradients(total, var_list))
         with tf.name_scope('train'):
             gradients = [tf.add_n(list(grads)) for grads in zip(*tower_gradients)]
+            if config.num_workers > 1:
+                # Each worker's gradient is of the mean over its part of the global batch, and the
+                # strategy sums the workers' gradients: divided by their number, the sum is the
+                # gradient of the global batch's mean, as one machine computes it.
+                gradients = [gradient / config.num_workers for gradient in gradients]
             gradients = _scale_by_lr_mult(gradients, var_list, config.lr_mult)
 
         # A NaN/Inf loss or gradient stops the step before anything is updated or summarised: the

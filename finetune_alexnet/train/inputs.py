@@ -55,17 +55,19 @@ def generator_for(data_file):
             else datagenerator.ImageDataGenerator)
 
 
-def make_datasets(settings, order_seed):
-    """The training and validation generators, and the number of steps per epoch."""
+def make_datasets(settings, order_seed, workers=None):
+    """The training and validation generators, and the number of steps per epoch. On several
+    `workers` (distribute.Workers), this worker's rows of every batch."""
+    part = {'num_workers': workers.num_workers, 'worker_index': workers.index} if workers else {}
     with tf.device('/cpu:0'):
         train_data = generator_for(settings.train_file)(
             settings.train_file, 'training', settings.batch_size, settings.num_classes, shuffle=True,
             seed=order_seed, augment=settings.augment, skip_bad_images=settings.skip_bad_images,
-            max_pixels=settings.max_pixels)
+            max_pixels=settings.max_pixels, **part)
         val_data = generator_for(settings.val_file)(
             settings.val_file, 'inference', settings.batch_size, settings.num_classes, shuffle=False,
             augment=settings.augment, skip_bad_images=settings.skip_bad_images,
-            max_pixels=settings.max_pixels)
+            max_pixels=settings.max_pixels, **part)
     steps_per_epoch = train_data.data_size // settings.batch_size
     if steps_per_epoch == 0:
         raise ToolkitError(f'{settings.train_file}: {train_data.data_size} images, fewer than one '
@@ -73,10 +75,11 @@ def make_datasets(settings, order_seed):
     return train_data, val_data, steps_per_epoch
 
 
-def build(settings, train_data, val_data, config, order_seed, spill_dir=None):
+def build(settings, train_data, val_data, config, order_seed, spill_dir=None, workers=None):
     """The training graph on the image pipeline, or on cached pool5 features: with --unfreeze_at, a
     graph for each kind of input the phases train on (phase 1 on the cache and phase 2 on images,
-    say), sharing the variables, the optimizer and its slots, the step and the moving average."""
+    say), sharing the variables, the optimizer and its slots, the step and the moving average.
+    On several `workers`, the graph is built inside their strategy (images only: no cache)."""
     with tf.device('/cpu:0'):  # the input pipeline stays on the CPU, whatever runs the model
         iterator = tf.data.Iterator.from_structure(tf.data.get_output_types(train_data.data),
                                                    tf.data.get_output_shapes(train_data.data))
@@ -87,13 +90,16 @@ def build(settings, train_data, val_data, config, order_seed, spill_dir=None):
     cache_phases = tuple(phase for phase in settings.phases if settings.phase_uses_cache(phase))
     setups, image_graph = {}, None
     if image_phases:
-        image_graph = training_graph.build_training_graph(
-            images, labels, dataclasses.replace(config, phases=image_phases))
+        def build_graph():
+            return training_graph.build_training_graph(
+                images, labels, dataclasses.replace(config, phases=image_phases))
+        image_graph = workers.replicated(build_graph) if workers else build_graph()
         # The epoch number pins the shuffle order, so a resumed run sees the orders an
         # uninterrupted one would have seen.
         train = BatchSource(lambda session, epoch, skip_steps=0: session.run(
             training_init_op, {train_data.epoch: epoch,
-                               train_data.skip: skip_steps * settings.batch_size}), train_data)
+                               train_data.skip: skip_steps * train_data.worker_batch_size}),
+            train_data)
         val = BatchSource(lambda session, epoch, skip_steps=0: session.run(validation_init_op),
                           val_data)
         pictures = loop.picture_fetches(image_graph)

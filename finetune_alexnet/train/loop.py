@@ -7,17 +7,19 @@ import re
 import numpy as np
 import tensorflow.compat.v1 as tf
 
+from finetune_alexnet import preprocessing
 from finetune_alexnet.errors import ToolkitError
 
 _STEP_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.UnknownError, tf.errors.DataLossError,
                 tf.errors.NotFoundError)
 
 
-def run_step(session, fetches, feed, batches, nan_message):
+def run_step(session, fetches, feed, batches, nan_message, workers=None):
     """One training step's session.run; None when the epoch's batches ran out early (unreadable
-    images skipped). A bad image is a one-line ToolkitError naming it, a NaN loss `nan_message`."""
+    images skipped). A bad image is a one-line ToolkitError naming it, a NaN loss `nan_message`.
+    On several `workers`, the step waits for the others at most their --collective_timeout."""
     try:
-        return session.run(fetches, feed)
+        return workers.run(session, fetches, feed) if workers else session.run(fetches, feed)
     except tf.errors.OutOfRangeError:
         return None
     except _STEP_ERRORS as error:
@@ -53,7 +55,7 @@ def count_remaining_images(session, labels):
             return remaining
 
 
-def validate(session, graph, batches, outputs=None, picture_fetches=None):
+def validate(session, graph, batches, outputs=None, picture_fetches=None, workers=None):
     """Loss, accuracy and image count over every validation image, the last partial batch weighted by
     its size.
 
@@ -61,12 +63,29 @@ def validate(session, graph, batches, outputs=None, picture_fetches=None):
     (each image's class probabilities and label, and fc7 while the projector wants rows) for the
     pictures: no second pass. With a moving average of the weights (--ema_decay), the pass runs on
     the averages, and the raw weights are put back afterwards, whatever happens.
+
+    On several `workers` (distribute.Workers), each validates its rows of every batch and the sums
+    (and the pictures' outputs, gathered into `outputs`) are joined: one machine's numbers.
     """
     with averaged_weights(session, graph):
-        return _validate(session, graph, batches, outputs, picture_fetches)
+        totals = _validate(session, graph, batches, outputs, picture_fetches)
+    if workers is not None and workers.num_workers > 1:
+        data = batches.data
+        positions = [preprocessing.worker_rows(data.data_size, data.batch_size, index,
+                                               workers.num_workers)
+                     for index in range(workers.num_workers)]
+        totals, joined = workers.join_validation(session, totals, outputs, positions,
+                                                 data.num_classes)
+        if outputs is not None:
+            outputs.replace_with(joined)
+    loss_sum, correct, count = totals
+    if count == 0:
+        raise ToolkitError(f'{batches.data.txt_file}: no validation image could be read')
+    return loss_sum / count, correct / count, int(count)
 
 
 def _validate(session, graph, batches, outputs, picture_fetches):
+    """(loss sum, correct, count) of this process's validation images."""
     batches.start(session, None)
     loss_sum = correct = count = 0
     metrics = [graph.loss_sum, graph.correct_count, graph.batch_count]
@@ -88,9 +107,7 @@ def _validate(session, graph, batches, outputs, picture_fetches):
         loss_sum += float(batch_loss)
         correct += int(batch_correct)
         count += int(batch_count)
-    if count == 0:
-        raise ToolkitError(f'{batches.data.txt_file}: no validation image could be read')
-    return loss_sum / count, correct / count, count
+    return loss_sum, correct, count
 
 
 @contextlib.contextmanager

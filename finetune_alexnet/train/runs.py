@@ -65,12 +65,13 @@ def recipe_settings(settings):
             'unfreeze_layers': list(settings.unfreeze_layers) if settings.unfreeze_at else None}
 
 
-def new_or_resumed_state(settings):
+def new_or_resumed_state(settings, writes=True):
     """(state, resumed): the run in --checkpoint_path to resume, or a new run's first state.
 
     Refuses to overwrite a run, to resume none, or to resume with settings other than the run's.
     A resumed state names the checkpoint to restore (the latest, else the newest intact one).
-    Files a crash left half-written in the run folder are removed.
+    Files a crash left half-written in the run folder are removed. With `writes` False (a worker
+    other than the chief) nothing is written: the chief owns the run folder.
     """
     directory = settings.checkpoint_path
     state = run_state.read(directory)
@@ -84,18 +85,21 @@ def new_or_resumed_state(settings):
                                         RECIPE_DEFAULTS)
         latest, best_epoch = state.latest_checkpoint, state.best_epoch
         _, state = checkpoints.restorable_checkpoint(directory, state)
+        if not writes:
+            return state, True
         if state.latest_checkpoint != latest:  # fell back: the later epochs will be trained again
             checkpoints.repair_best(directory, best_epoch, state)
             progress.write_metrics(os.path.join(directory, 'metrics.jsonl'), state.history)
         run_folder.remove_stale_files(directory, state.latest_checkpoint)
         return state, True
-    run_folder.remove_stale_files(directory, None)
+    if writes:
+        run_folder.remove_stale_files(directory, None)
     name = summaries.safe_run_name(settings.run_name) if settings.run_name else \
         summaries.short_run_name(settings)
     order_seed = new_order_seed(settings)
     state = run_state.RunState(args=settings.as_dict(), settings=shaping_settings(settings),
-                               run_name=summaries.new_run_folder(settings.filewriter_path, name),
-                               order_seed=order_seed)
+                               run_name=summaries.new_run_folder(settings.filewriter_path, name)
+                               if writes else name, order_seed=order_seed)
     return state, False
 
 
@@ -165,6 +169,7 @@ def training_config(settings, gpu, steps_per_epoch, train_labels=None, order_see
         momentum=settings.momentum, weight_decay=settings.weight_decay,
         decay_steps=settings.lr_decay_epochs * steps_per_epoch,
         decay_factor=settings.lr_decay_factor, num_devices=settings.num_gpus, use_gpu=gpu,
+        num_workers=settings.num_workers,
         model_device='/gpu:0' if gpu else '/cpu:0', mixed_precision=settings.mixed_precision)
 
 
@@ -191,6 +196,11 @@ def describe_data(settings, train_data, val_data, steps_per_epoch, class_names, 
     print(f'{train_data.data_size} training images ({steps_per_epoch} steps of {settings.batch_size} '
           f'per epoch), {val_data.data_size} validation images; training '
           f'{",".join(settings.train_layers)} on {"GPU" if config.use_gpu else "CPU"}')
+    if settings.cluster:
+        cluster = settings.cluster
+        print(f'{cluster.name(cluster.index)} of {cluster.num_workers}'
+              f'{" (the chief: it writes the run folder)" if cluster.is_chief else ""}: '
+              f'{settings.batch_size // cluster.num_workers} images of every batch')
     if settings.unfreeze_at:
         print(f'from epoch {settings.unfreeze_at} on (phase 2): training '
               f'{",".join(settings.phase_layers(2))}')
@@ -207,22 +217,38 @@ def print_label_counts(labels, names):
               '--class_weights balanced, and watch the per-class recall in TensorBoard')
 
 
-def record_epoch(session, keeper, writer, state, record):
-    """The epoch's scalars, checkpoint, run state, metrics line and curves; True if it is the best."""
+def agreed_settings(settings):
+    """What every worker of a run must share: what shapes the run (its data's digests included) and
+    every number of its training."""
+    return {**shaping_settings(settings), **{name: value for name, value in settings.as_dict().items()
+                                             if name not in NOT_SHARED}}
+
+
+# Worker-specific settings, and paths that may differ between machines holding the same data.
+NOT_SHARED = ('worker_hosts', 'task_index', 'cluster', 'verbose', 'train_file', 'val_file',
+              'class_names', 'weights_path', 'demo_dir', 'checkpoint_path', 'filewriter_path',
+              'cache_dir', 'init_checkpoint', 'changed_settings', 'device')
+
+
+def record_epoch(session, keeper, writer, state, record, writes=True):
+    """The epoch's scalars, checkpoint, run state, metrics line and curves; True if it is the best.
+    With `writes` False (a worker other than the chief) only the state in memory is updated."""
     directory = keeper.directory
     improved = state.best_val_accuracy is None or record['val_accuracy'] > state.best_val_accuracy
     if improved:
         state.best_val_accuracy, state.best_epoch = record['val_accuracy'], record['epoch']
     state.best_val_loss = min(state.best_val_loss or math.inf, record['val_loss'])
+    if state.phase is not None:
+        record['phase'] = state.phase
+    state.epochs_completed = record['epoch']
+    state.history.append(record)
+    if not writes:
+        return improved
     loop.write_scalars(writer, record['step'], {
         'validation/cross_entropy': record['val_loss'], 'validation/accuracy': record['val_accuracy'],
         'images_per_second': record['images_per_second'],
         'hparams/best_val_accuracy': state.best_val_accuracy,
         'hparams/best_val_loss': state.best_val_loss})
-    if state.phase is not None:
-        record['phase'] = state.phase
-    state.epochs_completed = record['epoch']
-    state.history.append(record)
     keeper.save_epoch(session, record['epoch'], state, best=improved)
     progress.append_metrics(os.path.join(directory, 'metrics.jsonl'), record)
     progress.plot_curves(state.history, os.path.join(directory, 'curves.png'))
@@ -248,9 +274,9 @@ def aligned_paths(paths, outputs):
     return paths if len(outputs.labels) == len(paths) else [''] * len(outputs.labels)
 
 
-def report_warm_start(session, settings, setup, state):
+def report_warm_start(session, settings, setup, state, workers=None):
     """The warm-started model's validation loss and accuracy before any step, as a check."""
-    loss, accuracy, _ = loop.validate(session, setup.graph, setup.val)
+    loss, accuracy, _ = loop.validate(session, setup.graph, setup.val, workers=workers)
     state.init_val_accuracy = accuracy
     print(f'warm start from {settings.init_checkpoint}: validation loss {loss:.4f} acc '
           f'{accuracy:.4f} before training')

@@ -18,6 +18,7 @@ from finetune_alexnet import run_folder
 from finetune_alexnet.image_lists import MAX_SEED
 from finetune_alexnet import tfrecords
 from finetune_alexnet.errors import ToolkitError
+from finetune_alexnet.train import distribute
 from finetune_alexnet.train import feature_cache
 from finetune_alexnet.train import graph as training_graph
 
@@ -92,6 +93,11 @@ class Settings:
     cutmix: float = 0.0
     unfreeze_at: int = 0                 # the first epoch of phase 2 (0: one phase)
     unfreeze_layers: Tuple[str, ...] = TRAINABLE_LAYERS
+    # Several workers (docs/distributed.md): --worker_hosts/--task_index, else TF_CONFIG.
+    worker_hosts: Optional[str] = None
+    task_index: Optional[int] = None
+    collective_timeout: float = distribute.DEFAULT_TIMEOUT
+    cluster: Optional[distribute.Cluster] = None  # None: one machine
     verbose: bool = False
     changed_settings: Tuple[str, ...] = ()  # settings that differ from their default, for run names
 
@@ -121,8 +127,12 @@ class Settings:
     def phase_uses_cache(self, phase):
         """Whether phase `phase` trains from cached pool5 features: wherever it can, unless
         --cache_features off (`check` refuses --cache_features on where phase 1 cannot)."""
-        return self.cache_features != 'off' and can_cache(self.phase_layers(phase), self.augment,
+        return self.cache_features != 'off' and self.num_workers == 1 and can_cache(self.phase_layers(phase), self.augment,
                                                           self.mixup, self.cutmix)
+
+    @property
+    def num_workers(self):
+        return self.cluster.num_workers if self.cluster else 1
 
     def as_dict(self):
         return dataclasses.asdict(self)
@@ -187,7 +197,9 @@ def from_flags(flags, parser_defaults, demo_lists):
     given, or --demo).
     """
     values = {field.name: getattr(flags, field.name, field.default)
-              for field in dataclasses.fields(Settings) if field.name != 'changed_settings'}
+              for field in dataclasses.fields(Settings)
+              if field.name not in ('changed_settings', 'cluster')}
+    values['cluster'] = distribute.cluster_from(values['worker_hosts'], values['task_index'])
     values['demo'] = bool(flags.demo or not (flags.train_file or flags.val_file))
     if flags.init_checkpoint and flags.skip_layers is None:
         values['skip_layers'] = ()  # a warm start loads every layer the checkpoint has
@@ -208,10 +220,15 @@ def from_flags(flags, parser_defaults, demo_lists):
         raise ToolkitError('--unfreeze_layers needs --unfreeze_at (the epoch the second phase starts)')
     check(values)
     values['changed_settings'] = tuple(name for name, value in values.items()
-                                       if name in defaults and _differs(name, value, defaults[name]))
+                                       if name in defaults and name not in CLUSTER_FLAGS
+                                       and _differs(name, value, defaults[name]))
     if values['init_checkpoint']:
         values['init_checkpoint'] = model_info.resolve_checkpoint(values['init_checkpoint'])
     return Settings(**values)
+
+
+# Where a worker stands in the cluster, not what the run is: never in its name.
+CLUSTER_FLAGS = ('worker_hosts', 'task_index', 'collective_timeout')
 
 
 def _differs(name, value, default):
@@ -250,6 +267,27 @@ def recipe_checks(v):
     ]
 
 
+def cluster_checks(v):
+    """(ok, message) of what several workers need: an even split of every batch, and none of what
+    works on one machine only."""
+    distribute.check_timeout(v.collective_timeout)
+    workers = v.cluster.num_workers if v.cluster else 1
+    if workers == 1:
+        return []
+    alone = 'needs one machine'
+    return [
+        (v.batch_size % (workers * v.num_gpus) == 0,
+         f'--batch_size {v.batch_size} must split evenly over {workers} workers'
+         + (f' x --num_gpus {v.num_gpus}' if v.num_gpus > 1 else '')),
+        (not v.skip_bad_images, '--skip_bad_images needs one machine: a skipped image would leave '
+         'the workers with batches of different sizes (check the lists with datagenerator.py --check)'),
+        (v.cache_features != 'on', f'--cache_features on {alone} (several workers train on images)'),
+        (not v.find_lr, f'--find_lr {alone}'),
+        (not v.projector, f'--projector {alone}'),
+        (not v.mixed_precision, f'--mixed_precision {alone} (its loss scaling is per process)'),
+    ]
+
+
 def check(values):
     """Every setting in range and consistent; one line each, before anything is built."""
     v = argparse.Namespace(**values)
@@ -284,7 +322,7 @@ def check(values):
          f'--cache_max_gb must be a positive number, got {v.cache_max_gb}'),
         *recipe_checks(v),
     ]
-    for ok, message in checks:
+    for ok, message in checks + cluster_checks(v):
         if not ok:
             raise ToolkitError(message)
     frozen_random = [name for name in v.skip_layers if name not in v.train_layers]

@@ -165,6 +165,25 @@ def hparams_end_summary():
     return as_tf_summary(hparams_v1_summary.session_end_pb(hparams_api_pb2.STATUS_SUCCESS))
 
 
+class NoWriter:
+    """A FileWriter that writes nothing: what workers other than the chief summarise to."""
+
+    def add_summary(self, summary, step=None):
+        pass
+
+    def add_graph(self, graph):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+    def get_logdir(self):
+        return None
+
+
 class ValidationOutputs:
     """Collects what each validation batch fetched: class probabilities, true labels, fc7 rows."""
 
@@ -180,6 +199,11 @@ class ValidationOutputs:
             rows = np.asarray(features[:self.keep_features - self._feature_rows], np.float32)
             self._features.append(rows)
             self._feature_rows += len(rows)
+
+    def replace_with(self, other):
+        """Hold what `other` holds (every worker's outputs, joined)."""
+        self._probabilities, self._labels = other._probabilities, other._labels
+        self._features, self._feature_rows = other._features, other._feature_rows
 
     @property
     def wants_features(self):

@@ -1,0 +1,344 @@
+"""Several workers, one run: synchronous data-parallel training through tf.distribute.
+
+Every worker runs finetune.py with the same flags and data. TensorFlow's collective runtime
+(`tf.distribute.experimental.MultiWorkerMirroredStrategy`, CollectiveAllReduceStrategyV1 in graph
+mode) keeps one copy of every variable per worker, starts them equal (the chief's initial values are
+broadcast) and all-reduces the gradients of every step, so the copies stay equal. Each worker trains
+on its own rows of every global batch (`preprocessing.worker_rows`); the strategy sums the workers'
+gradients, and the training graph divides them by the number of workers (TrainingConfig.num_workers),
+so a step equals one machine's step on the whole batch.
+
+Inside a worker, `--num_gpus` towers split its rows over its devices as on one machine: the strategy
+joins machines, the towers join a machine's devices, one concept each.
+
+Besides the gradients, the workers agree through small all-reduces: at the start (the chief's shuffle
+seed, the same settings and data everywhere, the same restored step), before every step (a stop
+signal any of them received) and after every epoch (the epoch's training numbers and the validation
+outputs). Every call that waits for the others has a deadline (`--collective_timeout`): a worker that
+died makes the others stop with one line that names it, instead of waiting for ever.
+
+`Cluster` is what TF_CONFIG (or --worker_hosts/--task_index) describes; `start` returns `Workers` for
+a cluster and `OneMachine` without one, with the same methods, so the training loop reads the same.
+"""
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import socket
+
+import numpy as np
+import tensorflow.compat.v1 as tf
+
+from finetune_alexnet import run_folder
+from finetune_alexnet.errors import ToolkitError
+
+TF_CONFIG = 'TF_CONFIG'
+DEFAULT_TIMEOUT = 600.0  # seconds: longer than a slow worker's epoch end (its validation, the chief's save)
+MAX_TIMEOUT = 86400.0
+MAX_WORKERS = 1024
+# What a TF_CONFIG may hold: the chief (worker 0 when present) and workers. A parameter server or an
+# evaluator belongs to another way of training, which this toolkit does not do.
+_JOBS = ('chief', 'worker')
+# What session.run raises when another worker stops answering: the deadline passes, or the
+# connection to it fails first.
+_LOST_ERRORS = (tf.errors.DeadlineExceededError, tf.errors.UnavailableError, tf.errors.AbortedError,
+                tf.errors.CancelledError, tf.errors.InternalError)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    """The workers of a run ('host:port' each, the chief first) and this process's place among them."""
+    workers: tuple
+    index: int
+
+    @property
+    def num_workers(self):
+        return len(self.workers)
+
+    @property
+    def is_chief(self):
+        return self.index == 0
+
+    def name(self, index):
+        return f'worker {index} ({self.workers[index]})'
+
+
+def _host_port(text, where):
+    host, colon, port = text.strip().rpartition(':')
+    if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ToolkitError(f'{where}: {text!r} is not host:port (a port 1-65535)')
+    return f'{host}:{int(port)}'
+
+
+def cluster_from(worker_hosts, task_index, environ=None):
+    """The Cluster of --worker_hosts/--task_index, else of the TF_CONFIG environment variable (what
+    Kubeflow's TFJob, Vertex AI and SageMaker set); None for one machine (also a cluster of one)."""
+    environ = os.environ if environ is None else environ
+    config_text = environ.get(TF_CONFIG, '').strip()
+    if worker_hosts is not None or task_index is not None:
+        if worker_hosts is None or task_index is None:
+            raise ToolkitError('--worker_hosts and --task_index go together (every worker gets the '
+                               'same --worker_hosts and its own --task_index)')
+        if config_text:
+            raise ToolkitError(f'--worker_hosts and {TF_CONFIG} are both set: use one of them')
+        workers = tuple(_host_port(host, '--worker_hosts') for host in worker_hosts.split(','))
+        index, where = task_index, '--task_index'
+    elif config_text:
+        workers, index = _parse_tf_config(config_text)
+        where = f"{TF_CONFIG}'s task index"
+    else:
+        return None
+    if len(set(workers)) != len(workers):
+        raise ToolkitError(f'{"--worker_hosts" if worker_hosts else TF_CONFIG} names a worker twice')
+    if len(workers) > MAX_WORKERS:
+        raise ToolkitError(f'{len(workers)} workers: at most {MAX_WORKERS}')
+    if not 0 <= index < len(workers):
+        raise ToolkitError(f'{where} must be 0..{len(workers) - 1} for {len(workers)} workers, got {index}')
+    return Cluster(workers, index) if len(workers) > 1 else None
+
+
+def _parse_tf_config(text):
+    """(workers, index) from TF_CONFIG's JSON: the chief, if any, first, then the workers."""
+    try:
+        config = json.loads(text)
+        cluster, task = config['cluster'], config['task']
+        jobs = {job: list(hosts) for job, hosts in cluster.items()}
+        task_type, task_index = task['type'], task['index']
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ToolkitError(f'{TF_CONFIG} is not a cluster and task as JSON ({type(error).__name__}: '
+                           f'{error}); e.g. {{"cluster": {{"worker": ["host1:2222", "host2:2222"]}}, '
+                           f'"task": {{"type": "worker", "index": 0}}}}') from None
+    other = sorted(set(jobs) - set(_JOBS))
+    if other:
+        raise ToolkitError(f"{TF_CONFIG}: job {other[0]!r} is not supported: synchronous training "
+                           "has a chief and workers only")
+    if task_type not in _JOBS:
+        raise ToolkitError(f"{TF_CONFIG}: task type {task_type!r} is not supported (chief or worker)")
+    if len(jobs.get('chief', [])) > 1:
+        raise ToolkitError(f'{TF_CONFIG}: one chief at most, it names {len(jobs["chief"])}')
+    if not isinstance(task_index, int) or isinstance(task_index, bool):
+        raise ToolkitError(f"{TF_CONFIG}: the task's index must be an integer, got {task_index!r}")
+    hosts = [_host_port(str(host), f'{TF_CONFIG} {job}') for job in _JOBS for host in jobs.get(job, [])]
+    chiefs = len(jobs.get('chief', []))
+    return tuple(hosts), (task_index if task_type == 'chief' else chiefs + task_index)
+
+
+def check_timeout(seconds):
+    if not (0 < seconds <= MAX_TIMEOUT):  # NaN compares false
+        raise ToolkitError(f'--collective_timeout must be in (0, {MAX_TIMEOUT:g}] seconds, got {seconds}')
+
+
+def settings_digest(values):
+    """A 48-bit number for a dict of settings (exact in the float64 the workers exchange)."""
+    text = json.dumps(values, sort_keys=True, default=str)
+    return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16)
+
+
+class OneMachine:
+    """The methods of Workers, for a run on one machine: nothing to agree on."""
+    num_workers = 1
+    index = 0
+    is_chief = True
+    session_target = ''
+
+    def session_config(self, config):
+        return config
+
+    def replicated(self, build):
+        return build()
+
+    def run(self, session, fetches, feed=None):
+        return session.run(fetches, feed)
+
+    def lock(self, folder):
+        return run_folder.RunLock(folder)
+
+    def start(self, order_seed, agreed_values):
+        return order_seed
+
+    def check_same_step(self, session, step):
+        pass
+
+    def agree_to_stop(self, session, stop):
+        return stop.requested
+
+    def epoch_totals(self, session, values):
+        return np.asarray(values, np.float64)
+
+    def join_validation(self, session, totals, outputs, positions, num_classes):
+        return totals, outputs
+
+
+class Workers:
+    """This process's part in a run on several workers: its tf.distribute.Server and strategy, and the
+    small agreements of the training loop, each with the deadline `timeout` (seconds)."""
+
+    def __init__(self, cluster, use_gpu, timeout):
+        self.cluster = cluster
+        self.num_workers = cluster.num_workers
+        self.index = cluster.index
+        self.is_chief = cluster.is_chief
+        self.timeout = timeout
+        spec = tf.train.ClusterSpec({'worker': list(cluster.workers)})
+        # One replica per worker, on its first GPU or its CPU: --num_gpus towers split a worker's
+        # rows over its devices, as on one machine.
+        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            spec, task_type='worker', task_id=cluster.index, rpc_layer='grpc',
+            num_accelerators={'GPU': 1} if use_gpu else {})
+        self.strategy = tf.distribute.experimental.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+        self._config = None
+        self._server = None
+        self._gathers = {}  # (graph, kind, size): the all-reduce op that gathers that many values
+
+    def session_config(self, config):
+        """The session's ConfigProto with the strategy's collective settings; starts this worker's
+        server (once) with it."""
+        config = self.strategy.update_config_proto(config)
+        if self._server is None:
+            try:
+                self._server = tf.distribute.Server(
+                    tf.train.ClusterSpec({'worker': list(self.cluster.workers)}), job_name='worker',
+                    task_index=self.index, config=config, start=True)
+            except (tf.errors.OpError, RuntimeError, ValueError) as error:
+                raise ToolkitError(f'{self.cluster.name(self.index)}: cannot listen there: '
+                                   f'{str(getattr(error, "message", error)).splitlines()[0]}') from None
+        self._config = config
+        return config
+
+    @property
+    def session_target(self):
+        return self._server.target
+
+    def replicated(self, build):
+        """build() inside the strategy: its variables become one copy per worker, and every
+        optimizer update all-reduces its gradients."""
+        built = []
+        with self.strategy.scope():
+            self.strategy.extended.call_for_each_replica(lambda: built.append(build()))
+        return built[0]
+
+    def run_options(self):
+        return tf.RunOptions(timeout_in_ms=int(self.timeout * 1000))
+
+    def run(self, session, fetches, feed=None):
+        """session.run with the deadline; a worker that stopped answering becomes one line naming it."""
+        try:
+            return session.run(fetches, feed, options=self.run_options())
+        except _LOST_ERRORS as error:
+            raise self.lost_worker_error(error) from None
+
+    def lost_worker_error(self, error):
+        """Which worker is gone, found by knocking at each one's port: a dead process's port refuses
+        connections (a dead machine's does not answer)."""
+        gone = [index for index, address in enumerate(self.cluster.workers)
+                if index != self.index and not _answers(address)]
+        advice = 'restart every worker with --resume to continue from the last checkpoint'
+        if gone:
+            names = ', '.join(self.cluster.name(index) for index in gone)
+            return ToolkitError(f'{names} stopped answering (no step finished within '
+                                f'--collective_timeout {self.timeout:g} s): {advice}')
+        reason = str(getattr(error, 'message', error)).strip().splitlines()[0][:200]
+        return ToolkitError(f'the workers did not finish a step together within --collective_timeout '
+                            f'{self.timeout:g} s ({reason}); every worker still answers, so one is '
+                            f'stuck or slow (raise --collective_timeout if steps take longer): {advice}')
+
+    def gather(self, session, values, kind='float64'):
+        """Every worker's `values` (a 1-D array of a size all of them use for this call), as a
+        [num_workers, size] array, in worker order: each worker fills its own slot of a zero vector,
+        and the sum over the workers is then every slot (exact: the other terms are zeros)."""
+        values = np.asarray(values, kind).ravel()
+        key = (session.graph, kind, values.size)
+        if key not in self._gathers:
+            # Built on first use, in the same order on every worker (the strategy numbers its
+            # collectives as they are built).
+            with session.graph.as_default(), tf.device('/cpu:0'):
+                slots = tf.placeholder(kind, [self.num_workers * values.size], name='gather_slots')
+
+            def all_reduce():
+                return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, slots)
+            with session.graph.as_default():
+                self._gathers[key] = (slots, self.replicated(all_reduce))
+        slots, total = self._gathers[key]
+        mine = np.zeros((self.num_workers, values.size), kind)
+        mine[self.index] = values
+        return self.run(session, total, {slots: mine.ravel()}).reshape(self.num_workers, values.size)
+
+    def lock(self, folder):
+        """The run folder's lock, held by the chief (the others write nothing there)."""
+        return run_folder.RunLock(folder) if self.is_chief else contextlib.nullcontext()
+
+    def start(self, order_seed, agreed_values):
+        """The chief's shuffle seed, once every worker answered with the same `agreed_values` (the
+        settings and data digests every worker must share). Run before the training graph is built
+        (its data sets take the seed), in a small graph of its own; it waits for every worker to
+        come up, at most --collective_timeout."""
+        digest = settings_digest(agreed_values)
+        with tf.Graph().as_default() as graph, \
+                tf.Session(self.session_target, graph=graph, config=self._config) as session:
+            seeds, digests = self.gather(session, [order_seed if self.is_chief else 0, digest]).T
+        differ = [index for index in range(self.num_workers) if digests[index] != digests[0]]
+        if differ:
+            raise ToolkitError(f'{self.cluster.name(differ[0])} was started with other settings or '
+                               f'data than the chief: start every worker with the same flags and the '
+                               f'same list files or shards')
+        return int(seeds[0])
+
+    def check_same_step(self, session, step):
+        """After the restore: every worker restored the chief's checkpoint (the same global step)."""
+        steps = self.gather(session, [step])[:, 0]
+        differ = [index for index in range(self.num_workers) if steps[index] != steps[0]]
+        if differ:
+            raise ToolkitError(f'{self.cluster.name(differ[0])} starts at step {int(steps[differ[0]])}, '
+                               f'the chief at step {int(steps[0])}: every worker must read the chief\'s '
+                               '--checkpoint_path (a shared file system) to --resume')
+
+    def agree_to_stop(self, session, stop):
+        """True (on every worker, before the same step) once any worker received a stop signal; the
+        others then take that worker's signal as their own, for the message and the exit status."""
+        signals = self.gather(session, [stop.signum or 0])[:, 0].astype(int)
+        if stop.requested or not signals.any():
+            return stop.requested
+        index = int(np.flatnonzero(signals)[0])
+        stop.agree(int(signals[index]), f'{self.cluster.name(index)}')
+        return True
+
+    def epoch_totals(self, session, values):
+        """The workers' `values` summed (their epoch's loss and accuracy sums, image counts)."""
+        return self.gather(session, values).sum(axis=0)
+
+    def join_validation(self, session, totals, outputs, positions, num_classes):
+        """Every worker's validation: the summed (loss sum, correct, count), and with `outputs` (a
+        summaries.ValidationOutputs) the probabilities and labels of every image, in the list's
+        order. `positions` are each worker's images' places in the list (preprocessing.worker_rows)."""
+        totals = self.gather(session, totals).sum(axis=0)
+        if outputs is None:
+            return totals, None
+        rows, classes = max(len(part) for part in positions), num_classes
+        labels = outputs.labels
+        mine = np.zeros((rows, classes + 1), np.float32)
+        if len(labels):
+            mine[:len(labels), :classes] = outputs.probabilities
+            mine[:len(labels), classes] = labels
+        every = self.gather(session, mine, kind='float32').reshape(self.num_workers, rows, classes + 1)
+        size = sum(len(part) for part in positions)
+        joined = np.zeros((size, classes + 1), np.float32)
+        for worker, part in enumerate(positions):
+            joined[part] = every[worker, :len(part)]
+        merged = type(outputs)()
+        merged.add(joined[:, :classes], joined[:, classes].astype(np.int64))
+        return totals, merged
+
+
+def _answers(address, seconds=3.0):
+    host, _, port = address.rpartition(':')
+    try:
+        with socket.create_connection((host.strip('[]'), int(port)), timeout=seconds):
+            return True
+    except OSError:
+        return False
+
+
+def start(cluster, use_gpu, timeout):
+    """Workers for a cluster, OneMachine for None."""
+    return Workers(cluster, use_gpu, timeout) if cluster is not None else OneMachine()
