@@ -315,9 +315,11 @@ def train_epochs(session, settings, state, setup, keeper, writer, stop, steps_pe
         print(f'projector: fc7 features of {len(outputs.features)} validation images in '
               f'{writer.get_logdir()}')
     writer.add_summary(summaries.hparams_end_summary(), state.last_step)
+    written_by = '' if workers.is_chief else ' (written by the chief)'
     print(f"done: best validation accuracy {state.best_val_accuracy:.4f} at epoch "
           f"{state.best_epoch}; checkpoints, metrics.jsonl and curves.png in "
-          f"{settings.checkpoint_path}; TensorBoard logs in {writer.get_logdir()}")
+          f"{settings.checkpoint_path}{written_by}; TensorBoard logs in "
+          f"{writer.get_logdir() or settings.filewriter_path}{written_by}")
     return 0
 
 

@@ -32,6 +32,7 @@ train/: the training engine (finetune.py).
     runs           a run's life around the epoch loop: new or resumed, starting weights
     inputs         tf.data pipelines over the lists or shards, or cached pool5 features
     graph          the training graph: towers, loss, SGD step, NaN guard, summaries
+    distribute     several workers, one run: tf.distribute's all-reduce, the chief, agreed stops
     loop           what the epoch loop calls between its session.run calls
     feature_cache  pool5 features computed once when no conv layer learns
     feature_store  those features kept on disk for later runs, shared and size-limited

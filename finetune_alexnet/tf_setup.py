@@ -19,6 +19,10 @@ _NATIVE_LOG_LINE = re.compile(rb'^(WARNING: All log messages before absl::Initia
                               rb'[IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] |'
                               # TFLite's: its int8 converter's settings, its interpreter's CPU delegate
                               rb'fully_quantize: \d+, inference_type: |INFO: Created TensorFlow Lite |'
+                              # gRPC's details when another worker's connection closes, which
+                              # the toolkit reports by naming the worker
+                              rb'Additional GRPC error information from remote target |'
+                              rb':UNKNOWN:Error received from peer |'
                               # libjpeg's own complaints about a broken file, which we report by name
                               rb'Corrupt JPEG data|Premature end of JPEG file|Improper call to JPEG '
                               rb'library|Invalid JPEG file structure|Not a JPEG file)')

@@ -236,8 +236,8 @@ class Workers:
         advice = 'restart every worker with --resume to continue from the last checkpoint'
         if gone:
             names = ', '.join(self.cluster.name(index) for index in gone)
-            return ToolkitError(f'{names} stopped answering (no step finished within '
-                                f'--collective_timeout {self.timeout:g} s): {advice}')
+            return ToolkitError(f'{names} {"is" if len(gone) == 1 else "are"} gone (no longer '
+                                f'accepting connections): {advice}')
         reason = str(getattr(error, 'message', error)).strip().splitlines()[0][:200]
         return ToolkitError(f'the workers did not finish a step together within --collective_timeout '
                             f'{self.timeout:g} s ({reason}); every worker still answers, so one is '
