@@ -154,3 +154,28 @@ def test_recipe_comparison_refuses_bad_seeds_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == 'error: --seeds 0,x: a comma list of whole numbers'
     assert not (tmp_path / 'work').exists()
+
+
+@pytest.mark.slow
+def test_workers_bench_times_one_process_against_two_workers(tmp_path):
+    """bench/workers.py: three real runs (one process, two workers on 127.0.0.1, one process on half
+    the cores), each row's images/s as recorded in its run's metrics.jsonl and the ratio to the first."""
+    result = subprocess.run([sys.executable, os.path.join(REPO, 'bench', 'workers.py'), '--quick',
+                             '--work_dir', str(tmp_path), '--json',
+                             str(tmp_path / 'workers.json')],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r'Several workers on one machine, \d{4}-\d\d-\d\d: .+, \d+ cores; ', result.stdout)
+    values = json.loads((tmp_path / 'workers.json').read_text())['values']
+    assert list(values) == ['one process', 'two workers', 'one process, half the cores']
+    for name, folder in zip(values, ('one', 'two', 'half')):
+        record = json.loads((tmp_path / folder / 'ckpt' / 'metrics.jsonl').read_text().splitlines()[-1])
+        assert values[name] == record['images_per_second'] > 0
+    rows = {cells[0]: cells for cells in (
+        [cell.strip() for cell in line.strip().strip('|').split('|')] for line in result.stdout.splitlines()
+        if line.startswith('| ') and not line.startswith(('| configuration', '| ---')))}
+    assert float(rows['two workers'][2]) == pytest.approx(values['two workers'], abs=0.051)
+    ratio = float(rows['two workers'][3].split('x ')[0])
+    assert ratio == pytest.approx(values['two workers'] / values['one process'], abs=0.006)
+    # The two workers' run folder is the chief's alone.
+    assert len(os.listdir(tmp_path / 'two' / 'tb')) == 1
