@@ -14,7 +14,6 @@ so the ratio measures the collective's overhead (every step all-reduces every gr
 values), not a speed-up; across machines each worker has its own. Figures go in
 bench/RESULTS.md with the CPU model this prints.
 """
-import argparse
 import json
 import os
 import shutil

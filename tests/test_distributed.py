@@ -4,7 +4,6 @@ TensorBoard), a SIGTERM to one worker then --resume, a worker killed outright, w
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ from tensorboard.backend.event_processing import event_accumulator
 import datagenerator
 import make_tfrecords
 import tiny_runs
+from test_bench import import_bench_script
+from test_tfrecords import epoch_batches
 from finetune_alexnet import cli
 from finetune_alexnet import preprocessing
 from finetune_alexnet import tfrecords
@@ -101,22 +102,6 @@ def dataset(tmp_path_factory):
     return tiny_runs.make_dataset(tmp_path_factory.mktemp('tiny'))
 
 
-def epoch_batches(generator, source, mode, epoch, skip, **part):
-    with tf.Graph().as_default():
-        data = generator(str(source), mode, 4, 2, shuffle=mode == 'training', seed=5, augment=True,
-                         **part)
-        iterator = tf.data.make_initializable_iterator(data.data)
-        next_batch = iterator.get_next()
-        batches = []
-        with tf.Session() as session:
-            session.run(iterator.initializer, {data.epoch: epoch, data.skip: skip})
-            while True:
-                try:
-                    batches.append(session.run(next_batch))
-                except tf.errors.OutOfRangeError:
-                    return batches
-
-
 @pytest.mark.parametrize('source', ['list', 'shards'])
 def test_two_workers_batches_are_the_rows_of_one_machines_batches(dataset, tmp_path, source):
     """Shuffled, cropped and flipped with the epoch's key, resumed 1 step in: worker 0 reads rows 0-1
@@ -130,9 +115,10 @@ def test_two_workers_batches_are_the_rows_of_one_machines_batches(dataset, tmp_p
         generator = tfrecords.ShardImageDataGenerator
         files = {'training': tmp_path / 'train-*', 'inference': tmp_path / 'val-*'}
     for mode, epoch, skip_steps in (('training', 3, 0), ('training', 4, 1), ('inference', -1, 0)):
-        whole = epoch_batches(generator, files[mode], mode, epoch, skip_steps * 4)
-        parts = [epoch_batches(generator, files[mode], mode, epoch, skip_steps * 2, num_workers=2,
-                               worker_index=index) for index in range(2)]
+        shuffle = mode == 'training'
+        _, whole = epoch_batches(generator, files[mode], mode, True, shuffle, epoch, skip_steps * 4)
+        parts = [epoch_batches(generator, files[mode], mode, True, shuffle, epoch, skip_steps * 2,
+                               num_workers=2, worker_index=index)[1] for index in range(2)]
         assert len(parts[0]) == len(whole) > 0
         for step, (images, labels) in enumerate(whole):
             joined = [part[step] for part in parts if step < len(part)]
@@ -145,14 +131,8 @@ def test_two_workers_batches_are_the_rows_of_one_machines_batches(dataset, tmp_p
 
 # --- real workers on 127.0.0.1 -----------------------------------------------------------------------
 
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(('127.0.0.1', 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
+# The bench's helper: ports free now (a worker's server binds them a moment later).
+free_ports = import_bench_script('workers').free_ports
 
 
 def start_workers(flags, timeout=120, use_tf_config=False, signal_at=None):
@@ -269,10 +249,13 @@ def test_a_sigterm_to_one_worker_stops_both_and_resume_equals_the_uninterrupted_
 
 
 @pytest.mark.slow
-def test_a_killed_worker_ends_the_other_within_the_timeout_in_one_line(dataset, tmp_path):
+def test_a_killed_worker_ends_the_other_within_the_timeout_and_resume_goes_on(dataset, tmp_path,
+                                                                              one_machine):
+    """Worker 1 is killed (SIGKILL) after step 1 of epoch 2: the chief stops in one line naming it,
+    soon; both restarted with --resume go on from epoch 1's checkpoint to one machine's weights."""
     timeout = 20
-    processes, hosts = start_workers(tiny_runs.flags(dataset, tmp_path, epochs=3), timeout=timeout,
-                                     signal_at=(1, 1, 2, signal.SIGKILL))
+    flags = tiny_runs.flags(dataset, tmp_path)
+    processes, hosts = start_workers(flags, timeout=timeout, signal_at=(1, 2, 1, signal.SIGKILL))
     killed_at = None
     while killed_at is None:
         if processes[1].poll() is not None:
@@ -282,12 +265,15 @@ def test_a_killed_worker_ends_the_other_within_the_timeout_in_one_line(dataset, 
     waited = time.monotonic() - killed_at
     assert processes[1].returncode == -signal.SIGKILL
     assert processes[0].returncode == 2
-    line = tiny_runs.one_error_line(stderr)
-    assert line == (f'error: worker 1 ({hosts[1]}) is gone (no longer accepting connections): '
-                    'restart every worker with --resume to continue from the last checkpoint')
+    assert tiny_runs.one_error_line(stderr) == (
+        f'error: worker 1 ({hosts[1]}) is gone (no longer accepting connections): restart every '
+        'worker with --resume to continue from the last checkpoint')
     assert waited < timeout + 60, waited  # the deadline, the probe and the exit: not for ever
-    # Nothing half-written: the folder is a run that --resume can continue (epoch 1 is not done).
-    assert not (tmp_path / 'ckpt' / 'run_state.json').exists()
+    assert tiny_runs.read_state(tmp_path)['latest_checkpoint'] == 'model_epoch1.ckpt'
+    for code, stdout, stderr in finish(start_workers([*flags, '--resume'])[0]):
+        assert code == 0, stderr
+        assert 'resumed model_epoch1.ckpt at step 3' in stdout
+    assert_same_weights(tmp_path / 'ckpt' / 'model_epoch2.ckpt', one_machine / 'ckpt' / 'model_epoch2.ckpt')
 
 
 @pytest.mark.slow

@@ -192,9 +192,11 @@ def test_pre_resize_stores_256_square_jpegs_of_the_resized_image(tmp_path, datas
 
 # --- reading: the same batches as the list pipeline ------------------------------------------------
 
-def epoch_batches(generator_class, source, mode, augment, shuffle, epoch, skip=0):
+def epoch_batches(generator_class, source, mode, augment, shuffle, epoch, skip=0, **worker_part):
+    """One epoch's batches (batch 4, 2 classes, seed 5); `worker_part`: num_workers, worker_index."""
     with tf.Graph().as_default():
-        data = generator_class(str(source), mode, 4, 2, shuffle=shuffle, seed=5, augment=augment)
+        data = generator_class(str(source), mode, 4, 2, shuffle=shuffle, seed=5, augment=augment,
+                               **worker_part)
         iterator = tf.data.make_initializable_iterator(data.data)
         next_batch = iterator.get_next()
         batches = []
