@@ -4,6 +4,7 @@ TensorBoard), a SIGTERM to one worker then --resume, a worker killed outright, w
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -225,6 +226,32 @@ def test_two_workers_train_and_validate_as_one_machine(dataset, tmp_path, one_ma
             np.testing.assert_allclose(scalars[tag], expected_scalars[tag], rtol=1e-4, err_msg=tag)
     # The confusion matrix and the worst mistakes come from every worker's outputs, in list order.
     assert images == expected_images
+
+
+@pytest.mark.slow
+def test_two_workers_validate_the_same_weights_to_one_machines_numbers(dataset, tmp_path, one_machine):
+    """Warm-started from one machine's best checkpoint (epoch 2), the workers' split validation before
+    any step prints what one machine recorded for those weights."""
+    record = metrics(one_machine)[-1]
+    flags = [*tiny_runs.flags(dataset, tmp_path, epochs=1), '--init_checkpoint', one_machine / 'ckpt',
+             '--skip_layers', 'none']
+    for code, stdout, stderr in finish(start_workers(flags)[0]):
+        assert code == 0, stderr
+        assert (f"validation loss {record['val_loss']:.4f} acc {record['val_accuracy']:.4f} before "
+                'training') in stdout
+
+
+def test_a_port_in_use_is_one_line_naming_the_worker(dataset, tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(('127.0.0.1', 0))
+        taken.listen()
+        hosts = f'127.0.0.1:{taken.getsockname()[1]},127.0.0.1:{free_ports(1)[0]}'
+        result = tiny_runs.run_here(capsys, tiny_runs.flags(
+            dataset, tmp_path, '--worker_hosts', hosts, '--task_index', '0', '--collective_timeout', '5'))
+    assert result.returncode == 2
+    assert tiny_runs.one_error_line(result.stderr) == \
+        f"error: worker 0 ({hosts.split(',')[0]}): cannot listen there: Could not start gRPC server"
+    assert not (tmp_path / 'ckpt').exists()
 
 
 @pytest.mark.slow

@@ -270,6 +270,8 @@ def test_unreadable_image_is_named_or_skipped(dataset, tmp_path, capsys):
     (['--lr_mult', 'conv1=2'], '--lr_mult names conv1, which --train_layers does not train'),
     (['--early_stopping', '-1'], '--early_stopping must be >= 0'),
     (['--init_checkpoint', '/nonexistent/run'], '/nonexistent/run: checkpoint not found'),
+    (['--init_checkpoint', '/nonexistent/run', '--skip_layers', 'all', '--train_layers', 'all'],
+     '--init_checkpoint with every layer in --skip_layers would load nothing'),
     (['--seed', '-1'], '--seed must be in 0..4294967295, got -1'),
     (['--seed', str(2**32)], '--seed must be in 0..4294967295'),
     (['--num_classes', str(2**31)], '--num_classes must be at most 2147483647'),

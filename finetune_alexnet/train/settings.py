@@ -325,6 +325,9 @@ def check(values):
     for ok, message in checks + cluster_checks(v):
         if not ok:
             raise ToolkitError(message)
+    if v.init_checkpoint and set(v.skip_layers) >= set(TRAINABLE_LAYERS):
+        raise ToolkitError('--init_checkpoint with every layer in --skip_layers would load nothing: '
+                           'skip only the layers that differ (fc8 for another --num_classes)')
     frozen_random = [name for name in v.skip_layers if name not in v.train_layers]
     if frozen_random:
         raise ToolkitError(f"--skip_layers {','.join(frozen_random)} would stay random and frozen: "
