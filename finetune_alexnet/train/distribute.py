@@ -180,11 +180,11 @@ class Workers:
         self.index = cluster.index
         self.is_chief = cluster.is_chief
         self.timeout = timeout
-        spec = tf.train.ClusterSpec({'worker': list(cluster.workers)})
+        self._spec = tf.train.ClusterSpec({'worker': list(cluster.workers)})
         # One replica per worker, on its first GPU or its CPU: --num_gpus towers split a worker's
         # rows over its devices, as on one machine.
         resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
-            spec, task_type='worker', task_id=cluster.index, rpc_layer='grpc',
+            self._spec, task_type='worker', task_id=cluster.index, rpc_layer='grpc',
             num_accelerators={'GPU': 1} if use_gpu else {})
         self.strategy = tf.distribute.experimental.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
         self._config = None
@@ -197,9 +197,8 @@ class Workers:
         config = self.strategy.update_config_proto(config)
         if self._server is None:
             try:
-                self._server = tf.distribute.Server(
-                    tf.train.ClusterSpec({'worker': list(self.cluster.workers)}), job_name='worker',
-                    task_index=self.index, config=config, start=True)
+                self._server = tf.distribute.Server(self._spec, job_name='worker',
+                                                    task_index=self.index, config=config, start=True)
             except (tf.errors.OpError, RuntimeError, ValueError) as error:
                 raise ToolkitError(f'{self.cluster.name(self.index)}: cannot listen there: '
                                    f'{str(getattr(error, "message", error)).splitlines()[0]}') from None
