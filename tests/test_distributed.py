@@ -3,6 +3,7 @@ rows of every batch, and real two-worker runs on 127.0.0.1 against one process (
 TensorBoard), a SIGTERM to one worker then --resume, a worker killed outright, workers that disagree."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -256,10 +257,11 @@ def test_a_port_in_use_is_one_line_naming_the_worker(dataset, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_sigterm_to_one_worker_stops_both_and_resume_equals_the_uninterrupted_run(
-        dataset, tmp_path, one_machine):
+        dataset, tmp_path, one_machine, capsys):
     """Worker 1 (not the chief) gets SIGTERM after step 2 of epoch 2: both stop after that step, the
     chief saves; both resumed (from TF_CONFIG this time) train step 6 and end with one machine's
-    uninterrupted weights."""
+    uninterrupted weights. The batch and the order being global, a copy resumed on one machine
+    ends there too."""
     flags = tiny_runs.flags(dataset, tmp_path)
     chief, other = finish(start_workers(flags, signal_at=(1, 2, 2, signal.SIGTERM))[0])
     assert chief[0] == other[0] == 143, (chief[2], other[2])
@@ -267,6 +269,11 @@ def test_a_sigterm_to_one_worker_stops_both_and_resume_equals_the_uninterrupted_
     assert 'worker 1 (127.0.0.1:' in chief[2] and 'received SIGTERM: every worker stops' in chief[2]
     assert 'stopped at step 5; the chief saves the run' in other[1]
     assert tiny_runs.read_state(tmp_path)['latest_checkpoint'] == 'interrupted_step5.ckpt'
+    alone = tmp_path / 'alone'
+    shutil.copytree(tmp_path / 'ckpt', alone / 'ckpt')
+    resumed = tiny_runs.run_here(capsys, tiny_runs.flags(dataset, alone, '--resume'))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(alone / 'ckpt' / 'model_epoch2.ckpt', one_machine / 'ckpt' / 'model_epoch2.ckpt')
     results = finish(start_workers([*flags, '--resume'], use_tf_config=True)[0])
     for code, stdout, stderr in results:
         assert code == 0, stderr
