@@ -72,6 +72,16 @@ def test_a_wrong_cluster_is_one_line(hosts, index, environ, expected):
     assert expected in str(error.value) and '\n' not in str(error.value)
 
 
+def test_the_demo_is_refused_on_several_workers_before_it_writes_anything(tmp_path, capsys):
+    demo_dir = tmp_path / 'demo'
+    result = tiny_runs.run_here(capsys, ['--demo', '--demo_dir', demo_dir, '--worker_hosts',
+                                         '127.0.0.1:1,127.0.0.1:2', '--task_index', '1'])
+    assert result.returncode == 2
+    assert tiny_runs.one_error_line(result.stderr) == (
+        'error: the demo needs one machine: give every worker the same --train_file and --val_file')
+    assert not demo_dir.exists()
+
+
 @pytest.mark.parametrize('extra, expected', [
     (['--batch_size', '5'], '--batch_size 5 must split evenly over 2 workers'),
     (['--skip_bad_images'], '--skip_bad_images needs one machine'),

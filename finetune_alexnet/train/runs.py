@@ -225,7 +225,8 @@ def agreed_settings(settings):
 
 
 # Worker-specific settings, and paths that may differ between machines holding the same data.
-NOT_SHARED = ('worker_hosts', 'task_index', 'cluster', 'verbose', 'train_file', 'val_file',
+NOT_SHARED = ('worker_hosts', 'task_index', 'cluster', 'collective_timeout', 'verbose',
+              'train_file', 'val_file',
               'class_names', 'weights_path', 'demo_dir', 'checkpoint_path', 'filewriter_path',
               'cache_dir', 'init_checkpoint', 'changed_settings', 'device')
 

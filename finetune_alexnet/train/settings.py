@@ -204,6 +204,10 @@ def from_flags(flags, parser_defaults, demo_lists):
     if flags.init_checkpoint and flags.skip_layers is None:
         values['skip_layers'] = ()  # a warm start loads every layer the checkpoint has
     demo_defaults = {}
+    if values['demo'] and values['cluster']:
+        # Each worker would write the demo's images and clear its earlier run: not the chief's alone.
+        raise ToolkitError('the demo needs one machine: give every worker the same --train_file and '
+                           '--val_file')
     if values['demo']:
         train_file, val_file, num_classes = demo_lists(flags)
         values.update(train_file=train_file, val_file=val_file, num_classes=num_classes)
