@@ -16,7 +16,7 @@ against Caffe's ten crops), `input/*` (the pipeline alone against plain OpenCV),
 10-epoch frozen-conv finetune.py run, --cache_features off and on) and `check/*` (the PyTorch
 peer's logits and SGD step against ours). `input/core-*` time the pipeline on
 one thread (images/s per core) from the JPEG list, from TFRecord shards of the same JPEGs and from
-shards pre-resized to 256x256 (make_tfrecords.py --pre_resize). Weights are random (speed does not
+shards pre-resized to 256x256 (make_tfrecords.py --pre_resize), without and with --augment. Weights are random (speed does not
 depend on them), written once in the BVLC layout. Figures go in bench/RESULTS.md.
 """
 import os
@@ -321,10 +321,12 @@ def measure_input(spec):
     with graph.as_default():
         if spec['source'] in SHARD_SOURCES:
             data = tfrecords.ShardImageDataGenerator(spec['shards'][spec['source']], 'training',
-                                                     spec['batch'], NUM_CLASSES, shuffle=True, seed=0)
+                                                     spec['batch'], NUM_CLASSES, shuffle=True, seed=0,
+                                                     augment=spec.get('augment', False))
         else:
             data = datagenerator.ImageDataGenerator(spec['list_file'], 'training', spec['batch'],
-                                                    NUM_CLASSES, shuffle=True, seed=0)
+                                                    NUM_CLASSES, shuffle=True, seed=0,
+                                                    augment=spec.get('augment', False))
         dataset = data.data
         if spec['source'] in CORE_SOURCES:
             # One core: every map of the pipeline on a single thread, whatever the machine has.
@@ -487,6 +489,14 @@ def configurations(args):
             None if source == 'core-list' else (f'input/{source}/{big}', f'input/core-list/{big}',
                                                 'the JPEG list'),
             kind='input', source=source, batch=big)
+    # With --augment (random 227 crops of the 256x256 resize, flips): what Caffe's 256x256 ImageNet
+    # LMDB fed, and what pre-resized shards are for: their resize to 256 is then a copy.
+    for source, what in (('core-list', 'JPEG list'), ('core-resized', 'pre-resized shards')):
+        add(f'input/{source}-augment/{big}', f'input pipeline on one core, {what}, --augment',
+            None if source == 'core-list' else (f'input/{source}-augment/{big}',
+                                                f'input/core-list-augment/{big}',
+                                                'the JPEG list, --augment'),
+            kind='input', source=source, augment=True, batch=big)
     for cache in ('off', 'on'):
         add(f'e2e/{cache}', f'{args.e2e_epochs}-epoch finetune.py run, fc6-fc8, {args.e2e_images} '
             f'images, --cache_features {cache}', ('e2e/on', 'e2e/off', 'the uncached run')

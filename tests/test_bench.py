@@ -19,7 +19,8 @@ BENCH = os.path.join(REPO, 'bench', 'bench.py')
 # through finetune.py itself (a subprocess of its own), inference, and the input pipeline alone.
 REDUCED = 'fc/memory/*,fc/feed/*,fc/loop/*,infer/tf/1,input/*'
 EXPECTED = ['fc/memory/8', 'fc/loop/8', 'fc/feed/8', 'infer/tf/1', 'input/pipeline/8',
-            'input/opencv/8', 'input/core-list/8', 'input/core-shards/8', 'input/core-resized/8']
+            'input/opencv/8', 'input/core-list/8', 'input/core-shards/8', 'input/core-resized/8',
+            'input/core-list-augment/8', 'input/core-resized-augment/8']
 
 
 def run_bench(*args):
@@ -58,7 +59,8 @@ def test_quick_run_prints_every_asked_row_with_positive_figures(tmp_path):
     for key, reference in (('fc/memory/8', 'fc/feed/8'), ('fc/loop/8', 'fc/feed/8'),
                            ('input/pipeline/8', 'input/opencv/8'),
                            ('input/core-shards/8', 'input/core-list/8'),
-                           ('input/core-resized/8', 'input/core-list/8')):
+                           ('input/core-resized/8', 'input/core-list/8'),
+                           ('input/core-resized-augment/8', 'input/core-list-augment/8')):
         ratio = float(rows[key][2].split('x ')[0])
         assert ratio == pytest.approx(values[key] / values[reference], abs=0.006)
     assert 'No PyTorch rows or equality check' in result.stdout
