@@ -202,7 +202,7 @@ def fine_tune(settings):
     # Signals are caught from here on, so a SIGTERM while the weights load still ends in one line.
     with workers.lock(settings.checkpoint_path), signals.StopRequests() as stop:
         state, resumed = runs.new_or_resumed_state(settings, writes=workers.is_chief)
-        state.order_seed = workers.start(state.order_seed, runs.agreed_settings(settings))
+        state.order_seed = workers.start(state.order_seed, runs.agreed_settings(settings, gpu))
         layers = runs.initial_weights(settings, resumed)  # the .npy read once, checked before building
         with loop.seeded(settings.seed):
             # -- the input pipeline: tf.data over the lists (or pool5 features cached once)
@@ -237,7 +237,7 @@ def fine_tune(settings):
                             model_info.write_model_info(
                                 settings.checkpoint_path, settings.num_classes, class_names,
                                 center_crop=settings.augment, ema=bool(settings.ema_decay))
-                    workers.check_same_step(session, int(session.run(setup.graph.global_step)))
+                    workers.check_same_start(session, int(session.run(setup.graph.global_step)))
                     del layers  # 233 MB no longer needed: the variables hold the weights now
                     print(f'open TensorBoard with: tensorboard --logdir {settings.filewriter_path} '
                           f'(this run: {state.run_name})')

@@ -251,8 +251,7 @@ class CheckpointKeeper:
     """Saves epoch, best and interrupted checkpoints of one run, and its run state."""
 
     def __init__(self, directory, keep):
-        self.directory = directory
-        os.makedirs(directory, exist_ok=True)
+        self.directory = directory  # made by the first save: a worker that only restores writes nothing
         # Weights stay out of any graph file (write_meta_graph=False below) and paths are relative,
         # so a checkpoint folder can be moved.
         # The keeper prunes old epochs itself, after run_state.json has moved on from them: the
@@ -274,6 +273,7 @@ class CheckpointKeeper:
     def save_epoch(self, session, epoch, state, best=False):
         """Saves epoch `epoch`; with `best`, best.ckpt becomes this checkpoint too."""
         target = epoch_prefix(self.directory, epoch)
+        os.makedirs(self.directory, exist_ok=True)
         with self._space_check(session, target, state):
             prefix = self._epoch_saver.save(session, target, write_meta_graph=False,
                                             write_state=True)
@@ -298,6 +298,7 @@ class CheckpointKeeper:
         target = os.path.join(self.directory, f'{INTERRUPTED}_step{step}.ckpt')
         if state.latest_checkpoint == os.path.basename(target):
             return target  # no step since that checkpoint: it holds exactly this state
+        os.makedirs(self.directory, exist_ok=True)
         with self._space_check(session, target, state):
             prefix = self._single_saver.save(session, target, write_meta_graph=False,
                                              write_state=False)

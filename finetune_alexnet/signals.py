@@ -31,14 +31,25 @@ def leave_at_once(before_exit=lambda: None):
 
 def _leave(aborted):
     """Print the abort's one line and end the process: no clean-up runs, none is needed (above)."""
-    for stream, text in ((sys.stderr, f'error: {aborted}\n'), (sys.stdout, '')):
+    leave_now(str(aborted), aborted.exit_status)
+
+
+def can_leave_now():
+    """True in a command's own process (`leave_at_once` was called), where `leave_now` may end it."""
+    return _leave_at_once is not None
+
+
+def leave_now(message, status):
+    """Print `error: message` and end this command's process with `status`, from any thread: for
+    waits that Python cannot interrupt (a collective another worker will never join)."""
+    for stream, text in ((sys.stderr, f'error: {message}\n'), (sys.stdout, '')):
         try:
             stream.write(text)
             stream.flush()
         except (OSError, RuntimeError, ValueError):  # a closed pipe; a write this one interrupted
             pass
     _leave_at_once()
-    os._exit(aborted.exit_status)
+    os._exit(status)
 
 
 class Aborted(BaseException):
@@ -67,6 +78,7 @@ class StopRequests:
     def __init__(self, signals=HANDLED):
         self.signals = signals
         self.signum = None
+        self.received = None  # the first signal this process itself received (not agreed on)
         self.aborted = None  # the Aborted of a second signal, once one came
         self._previous = {}
 
@@ -79,17 +91,20 @@ class StopRequests:
         return 128 + self.signum
 
     def _handle(self, signum, frame):
-        if self.requested:
+        if self.received is not None:
             self.aborted = Aborted(signum)
             if _leave_at_once is not None:
                 _leave(self.aborted)
             raise self.aborted
-        self.signum = signum
+        self.received = signum
+        if self.signum is None:  # (else another worker's signal stops this one already)
+            self.signum = signum
         print(f'\n{name(signum)}: saving a checkpoint after this step ({name(signum)} again to abort)',
               file=sys.stderr, flush=True)
 
     def agree(self, signum, who):
-        """Stop as if `signum` had come here: another worker (`who`) received it."""
+        """Stop as if `signum` had come here: another worker (`who`) received it. This process's own
+        first signal still counts as its first (Kubernetes signals every pod of a job)."""
         self.signum = signum
         print(f'{who} received {name(signum)}: every worker stops after this step',
               file=sys.stderr, flush=True)

@@ -26,17 +26,20 @@ import hashlib
 import json
 import os
 import socket
+import threading
 
 import numpy as np
 import tensorflow.compat.v1 as tf
 
 from finetune_alexnet import run_folder
+from finetune_alexnet import signals
 from finetune_alexnet.errors import ToolkitError
 
 TF_CONFIG = 'TF_CONFIG'
 DEFAULT_TIMEOUT = 600.0  # seconds: longer than a slow worker's epoch end (its validation, the chief's save)
 MAX_TIMEOUT = 86400.0
 MAX_WORKERS = 1024
+PROBE_SECONDS = 5.0  # how often a waiting worker knocks at the others' ports
 # What a TF_CONFIG may hold: the chief (worker 0 when present) and workers. A parameter server or an
 # evaluator belongs to another way of training, which this toolkit does not do.
 _JOBS = ('chief', 'worker')
@@ -119,6 +122,10 @@ def _parse_tf_config(text):
         raise ToolkitError(f'{TF_CONFIG}: one chief at most, it names {len(jobs["chief"])}')
     if not isinstance(task_index, int) or isinstance(task_index, bool):
         raise ToolkitError(f"{TF_CONFIG}: the task's index must be an integer, got {task_index!r}")
+    count = len(jobs.get(task_type, []))
+    if not 0 <= task_index < count:
+        raise ToolkitError(f"{TF_CONFIG}'s task index must be 0..{count - 1} for its {count} "
+                           f'{task_type}(s), got {task_index}')
     hosts = [_host_port(str(host), f'{TF_CONFIG} {job}') for job in _JOBS for host in jobs.get(job, [])]
     chiefs = len(jobs.get('chief', []))
     return tuple(hosts), (task_index if task_type == 'chief' else chiefs + task_index)
@@ -157,7 +164,7 @@ class OneMachine:
     def start(self, order_seed, agreed_values):
         return order_seed
 
-    def check_same_step(self, session, step):
+    def check_same_start(self, session, step):
         pass
 
     def agree_to_stop(self, session, stop):
@@ -190,6 +197,7 @@ class Workers:
         self._config = None
         self._server = None
         self._gathers = {}  # (graph, kind, size): the all-reduce op that gathers that many values
+        self._all_up = False  # every worker has answered once (the watchdog waits for that)
 
     def session_config(self, config):
         """The session's ConfigProto with the strategy's collective settings; starts this worker's
@@ -221,11 +229,45 @@ class Workers:
         return tf.RunOptions(timeout_in_ms=int(self.timeout * 1000))
 
     def run(self, session, fetches, feed=None):
-        """session.run with the deadline; a worker that stopped answering becomes one line naming it."""
+        """session.run with the deadline; a worker that stopped answering becomes one line naming it.
+
+        Once every worker has come up, a watchdog knocks at the others' ports while the call waits:
+        a worker whose port refuses connections twice in a row (its process is gone) ends this one
+        at once with that line, instead of at the deadline (which stays for workers that answer but
+        hang). Only in a command's own process: elsewhere the deadline alone."""
+        watching = self._watchdog() if self._all_up and signals.can_leave_now() else \
+            contextlib.nullcontext()
+        with watching:
+            try:
+                return session.run(fetches, feed, options=self.run_options())
+            except _LOST_ERRORS as error:
+                raise self.lost_worker_error(error) from None
+
+    @contextlib.contextmanager
+    def _watchdog(self):
+        done = threading.Event()
+
+        def watch():
+            misses = {index: 0 for index in range(self.num_workers) if index != self.index}
+            while not done.wait(PROBE_SECONDS):
+                for index in misses:
+                    misses[index] = 0 if _answers(self.cluster.workers[index]) else misses[index] + 1
+                gone = [index for index, count in misses.items() if count >= 2]
+                if gone and not done.is_set():
+                    signals.leave_now(self._gone_message(gone), 2)
+
+        thread = threading.Thread(target=watch, name='worker-watchdog', daemon=True)
+        thread.start()
         try:
-            return session.run(fetches, feed, options=self.run_options())
-        except _LOST_ERRORS as error:
-            raise self.lost_worker_error(error) from None
+            yield
+        finally:
+            done.set()
+
+    def _gone_message(self, gone):
+        names = ', '.join(self.cluster.name(index) for index in gone)
+        return (f'{names} {"is" if len(gone) == 1 else "are"} gone (no longer accepting '
+                f'connections): restart every worker with --resume to continue from the last '
+                'checkpoint')
 
     def lost_worker_error(self, error):
         """Which worker is gone, found by knocking at each one's port: a dead process's port refuses
@@ -234,9 +276,7 @@ class Workers:
                 if index != self.index and not _answers(address)]
         advice = 'restart every worker with --resume to continue from the last checkpoint'
         if gone:
-            names = ', '.join(self.cluster.name(index) for index in gone)
-            return ToolkitError(f'{names} {"is" if len(gone) == 1 else "are"} gone (no longer '
-                                f'accepting connections): {advice}')
+            return ToolkitError(self._gone_message(gone))
         reason = str(getattr(error, 'message', error)).strip().splitlines()[0][:200]
         return ToolkitError(f'the workers did not finish a step together within --collective_timeout '
                             f'{self.timeout:g} s ({reason}); every worker still answers, so one is '
@@ -261,7 +301,13 @@ class Workers:
         slots, total = self._gathers[key]
         mine = np.zeros((self.num_workers, values.size), kind)
         mine[self.index] = values
-        return self.run(session, total, {slots: mine.ravel()}).reshape(self.num_workers, values.size)
+        try:
+            gathered = self.run(session, total, {slots: mine.ravel()})
+        except tf.errors.OpError as error:  # e.g. another worker gathering something else now
+            reason = str(error.message).strip().splitlines()[0][:200]
+            raise ToolkitError(f'the workers went out of step ({reason}): start every worker with '
+                               'the same flags and data') from None
+        return gathered.reshape(self.num_workers, values.size)
 
     def lock(self, folder):
         """The run folder's lock, held by the chief (the others write nothing there)."""
@@ -276,6 +322,7 @@ class Workers:
         with tf.Graph().as_default() as graph, \
                 tf.Session(self.session_target, graph=graph, config=self._config) as session:
             seeds, digests = self.gather(session, [order_seed if self.is_chief else 0, digest]).T
+        self._all_up = True
         differ = [index for index in range(self.num_workers) if digests[index] != digests[0]]
         if differ:
             raise ToolkitError(f'{self.cluster.name(differ[0])} was started with other settings or '
@@ -283,23 +330,38 @@ class Workers:
                                f'same list files or shards')
         return int(seeds[0])
 
-    def check_same_step(self, session, step):
-        """After the restore: every worker restored the chief's checkpoint (the same global step)."""
-        steps = self.gather(session, [step])[:, 0]
+    def check_same_start(self, session, step):
+        """After the restore or the weights' loading: every worker starts from the chief's step and
+        values (each worker reads the checkpoint, the weights file or --init_checkpoint itself)."""
+        variables = sorted(session.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES),
+                           key=lambda variable: variable.op.name)
+        digest = hashlib.sha256()
+        for value in session.run(variables):
+            digest.update(np.ascontiguousarray(value).tobytes())
+        steps, digests = self.gather(session, [step, int(digest.hexdigest()[:12], 16)]).T
         differ = [index for index in range(self.num_workers) if steps[index] != steps[0]]
         if differ:
             raise ToolkitError(f'{self.cluster.name(differ[0])} starts at step {int(steps[differ[0]])}, '
                                f'the chief at step {int(steps[0])}: every worker must read the chief\'s '
                                '--checkpoint_path (a shared file system) to --resume')
+        differ = [index for index in range(self.num_workers) if digests[index] != digests[0]]
+        if differ:
+            raise ToolkitError(f'{self.cluster.name(differ[0])} starts from other weights than the '
+                               'chief: give every worker the same --weights_path and --init_checkpoint '
+                               'files')
 
     def agree_to_stop(self, session, stop):
         """True (on every worker, before the same step) once any worker received a stop signal; the
         others then take that worker's signal as their own, for the message and the exit status."""
-        signals = self.gather(session, [stop.signum or 0])[:, 0].astype(int)
-        if stop.requested or not signals.any():
-            return stop.requested
-        index = int(np.flatnonzero(signals)[0])
-        stop.agree(int(signals[index]), f'{self.cluster.name(index)}')
+        sent = stop.signum or 0
+        signals = self.gather(session, [sent])[:, 0].astype(int)
+        # Decided from what every worker sent, never from the flag now: a signal that arrived
+        # during the gather is sent (and obeyed) before the next step, by every worker at once.
+        if not signals.any():
+            return False
+        if not sent:
+            index = int(np.flatnonzero(signals)[0])
+            stop.agree(int(signals[index]), self.cluster.name(index))
         return True
 
     def epoch_totals(self, session, values):

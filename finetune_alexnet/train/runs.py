@@ -217,11 +217,13 @@ def print_label_counts(labels, names):
               '--class_weights balanced, and watch the per-class recall in TensorBoard')
 
 
-def agreed_settings(settings):
-    """What every worker of a run must share: what shapes the run (its data's digests included) and
-    every number of its training."""
+def agreed_settings(settings, gpu):
+    """What every worker of a run must share: what shapes the run (its data's digests included),
+    every number of its training, the kind of device, and whether it warm-starts (the weights
+    themselves are compared once loaded)."""
     return {**shaping_settings(settings), **{name: value for name, value in settings.as_dict().items()
-                                             if name not in NOT_SHARED}}
+                                             if name not in NOT_SHARED},
+            'gpu': gpu, 'warm_start': bool(settings.init_checkpoint)}
 
 
 # Worker-specific settings, and paths that may differ between machines holding the same data.

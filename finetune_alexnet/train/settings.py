@@ -358,5 +358,6 @@ def check(values):
             raise ToolkitError(f'{values[flag]}: list file not found')
     if v.find_lr:
         run_folder.check_output_file(v.find_lr, '--find_lr')
-    run_folder.check_output_folder(v.checkpoint_path, '--checkpoint_path')
-    run_folder.check_output_folder(v.filewriter_path, '--filewriter_path')
+    if v.cluster is None or v.cluster.is_chief:  # the chief alone writes the run's folders
+        run_folder.check_output_folder(v.checkpoint_path, '--checkpoint_path')
+        run_folder.check_output_folder(v.filewriter_path, '--filewriter_path')
