@@ -320,17 +320,15 @@ class ImageDataGenerator:
         if too_large:
             raise too_large
         self.data_size = len(self.paths)
-        self.epoch = tf.placeholder_with_default(tf.constant(-1, tf.int64), [], name='epoch')
-        self.skip = tf.placeholder_with_default(tf.constant(0, tf.int64), [], name='skip')
+        self.epoch, self.skip = preprocessing.epoch_feeds()
         self.data = self._build_dataset()
 
     def _build_dataset(self):
         training = self.mode == 'training'
         random_crops = training and self.augment
-        rows = (preprocessing.worker_rows(self.data_size, self.batch_size, self.worker_index,
-                                          self.num_workers) if self.num_workers > 1 else None)
-        positions, epoch_key = preprocessing.epoch_order(self.data_size, self.seed, self.epoch,
-                                                         self.shuffle, random_crops, rows)
+        positions, epoch_key = preprocessing.epoch_order(
+            self.data_size, self.seed, self.epoch, self.shuffle, random_crops, self.batch_size,
+            self.num_workers, self.worker_index)
         paths = tf.gather(tf.constant(self.paths), positions)
         labels = tf.gather(tf.constant(self.labels), positions)
 

@@ -100,16 +100,25 @@ def epoch_key(seed, epoch):
     return tf.where(epoch >= 0, pinned, drawn)
 
 
-def epoch_order(size, seed, epoch, shuffle, random_crops, rows=None):
+def epoch_feeds():
+    """The optional feeds of an input pipeline's epoch: `epoch` (pins the order; -1, the default:
+    a new draw) and `skip` (images of the order to leave out first, for a resumed epoch)."""
+    return (tf.placeholder_with_default(tf.constant(-1, tf.int64), [], name='epoch'),
+            tf.placeholder_with_default(tf.constant(0, tf.int64), [], name='skip'))
+
+
+def epoch_order(size, seed, epoch, shuffle, random_crops, batch_size=None, num_workers=1,
+                worker_index=0):
     """(positions, key): the order in which an epoch visits a data set's `size` items (shuffled by
     the epoch's key when `shuffle`), and the key its random crops derive from (None when neither
-    shuffles nor crops). With `rows` (worker_rows), only those places of the order: one worker's
-    part of every batch, in the order every worker shares."""
+    shuffles nor crops). With `num_workers` > 1, only worker `worker_index`'s places of the order
+    (worker_rows of batches of `batch_size`): its part of every batch, in the order all share."""
     positions = tf.range(size, dtype=tf.int64)
     key = epoch_key(seed, epoch) if shuffle or random_crops else None
     if shuffle:
         positions = tf.random.experimental.stateless_shuffle(positions, seed=key)
-    if rows is not None:
+    if num_workers > 1:
+        rows = worker_rows(size, batch_size, worker_index, num_workers)
         positions = tf.gather(positions, tf.constant(rows, tf.int64))
     return positions, key
 

@@ -645,17 +645,15 @@ class ShardImageDataGenerator:
         self.records_digest = data_digest(self.txt_file)
         self.paths, self.labels = self.index.filenames, self.index.labels
         self.data_size = self.index.size
-        self.epoch = tf.placeholder_with_default(tf.constant(-1, tf.int64), [], name='epoch')
-        self.skip = tf.placeholder_with_default(tf.constant(0, tf.int64), [], name='skip')
+        self.epoch, self.skip = preprocessing.epoch_feeds()
         self.data = self._build_dataset()
 
     def _build_dataset(self):
         training = self.mode == 'training'
         random_crops = training and self.augment
-        rows = (preprocessing.worker_rows(self.data_size, self.batch_size, self.worker_index,
-                                          self.num_workers) if self.num_workers > 1 else None)
-        positions, epoch_key = preprocessing.epoch_order(self.data_size, self.seed, self.epoch,
-                                                         self.shuffle, random_crops, rows)
+        positions, epoch_key = preprocessing.epoch_order(
+            self.data_size, self.seed, self.epoch, self.shuffle, random_crops, self.batch_size,
+            self.num_workers, self.worker_index)
         # The graph holds each shard's name once, and per record its shard number, offset, length.
         files = tf.constant([os.fsencode(path) for path in self.index.files])
         shards = tf.gather(tf.constant(self.index.shard), positions)
