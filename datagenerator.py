@@ -311,9 +311,8 @@ class ImageDataGenerator:
         self.augment = augment
         self.skip_bad_images = skip_bad_images
         self.max_pixels = max_pixels
-        self.num_workers, self.worker_index = preprocessing.check_worker_part(
+        self.num_workers, self.worker_index, self.worker_batch_size = preprocessing.worker_part(
             batch_size, num_workers, worker_index)
-        self.worker_batch_size = batch_size // num_workers
         self.paths, self.labels, self._line_numbers = _list_entries(txt_file, num_classes, True)
         # From the headers, before any graph is built: one such image could exhaust the memory.
         too_large = oversized_images_error(self.paths, max_pixels, self._line_numbers, txt_file)

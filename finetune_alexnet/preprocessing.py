@@ -123,13 +123,14 @@ def epoch_order(size, seed, epoch, shuffle, random_crops, batch_size=None, num_w
     return positions, key
 
 
-def check_worker_part(batch_size, num_workers, worker_index):
-    """(num_workers, worker_index), checked: a batch the workers split evenly, an index among them."""
+def worker_part(batch_size, num_workers, worker_index):
+    """(num_workers, worker_index, the worker's rows per batch), checked: a batch the workers split
+    evenly, an index among them."""
     if num_workers < 1 or not 0 <= worker_index < num_workers:
         raise ValueError(f'worker_index must be in 0..num_workers - 1, got {worker_index} of {num_workers}')
     if batch_size % num_workers:
         raise ValueError(f'batch_size {batch_size} does not split evenly over {num_workers} workers')
-    return num_workers, worker_index
+    return num_workers, worker_index, batch_size // num_workers
 
 
 def worker_rows(size, batch_size, worker_index, num_workers):

@@ -634,9 +634,8 @@ class ShardImageDataGenerator:
         self.mode, self.batch_size, self.num_classes = mode, batch_size, num_classes
         self.shuffle, self.seed, self.augment = shuffle, seed, augment
         self.skip_bad_images = skip_bad_images
-        self.num_workers, self.worker_index = preprocessing.check_worker_part(
+        self.num_workers, self.worker_index, self.worker_batch_size = preprocessing.worker_part(
             batch_size, num_workers, worker_index)
-        self.worker_batch_size = batch_size // num_workers
         self.index = index_shards(find_shards(self.txt_file), num_classes, self.txt_file)
         # Before any graph is built, as for a list: one such image could exhaust the memory.
         too_large = oversized_records_error(self.index, max_pixels, self.txt_file)

@@ -323,9 +323,9 @@ class Workers:
                 tf.Session(self.session_target, graph=graph, config=self._config) as session:
             seeds, digests = self.gather(session, [order_seed if self.is_chief else 0, digest]).T
         self._all_up = True
-        differ = [index for index in range(self.num_workers) if digests[index] != digests[0]]
-        if differ:
-            raise ToolkitError(f'{self.cluster.name(differ[0])} was started with other settings or '
+        other = _unlike_the_chief(digests)
+        if other is not None:
+            raise ToolkitError(f'{self.cluster.name(other)} was started with other settings or '
                                f'data than the chief: start every worker with the same flags and the '
                                f'same list files or shards')
         return int(seeds[0])
@@ -339,14 +339,14 @@ class Workers:
         for value in session.run(variables):
             digest.update(np.ascontiguousarray(value).tobytes())
         steps, digests = self.gather(session, [step, int(digest.hexdigest()[:12], 16)]).T
-        differ = [index for index in range(self.num_workers) if steps[index] != steps[0]]
-        if differ:
-            raise ToolkitError(f'{self.cluster.name(differ[0])} starts at step {int(steps[differ[0]])}, '
+        other = _unlike_the_chief(steps)
+        if other is not None:
+            raise ToolkitError(f'{self.cluster.name(other)} starts at step {int(steps[other])}, '
                                f'the chief at step {int(steps[0])}: every worker must read the chief\'s '
                                '--checkpoint_path (a shared file system) to --resume')
-        differ = [index for index in range(self.num_workers) if digests[index] != digests[0]]
-        if differ:
-            raise ToolkitError(f'{self.cluster.name(differ[0])} starts from other weights than the '
+        other = _unlike_the_chief(digests)
+        if other is not None:
+            raise ToolkitError(f'{self.cluster.name(other)} starts from other weights than the '
                                'chief: give every worker the same --weights_path and --init_checkpoint '
                                'files')
 
@@ -389,6 +389,11 @@ class Workers:
         merged = type(outputs)()
         merged.add(joined[:, :classes], joined[:, classes].astype(np.int64))
         return totals, merged
+
+
+def _unlike_the_chief(values):
+    """The first worker whose gathered value differs from the chief's (worker 0's), or None."""
+    return next((index for index, value in enumerate(values) if value != values[0]), None)
 
 
 def _answers(address, seconds=3.0):
