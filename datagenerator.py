@@ -35,6 +35,7 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 
 from finetune_alexnet import image_header  # noqa: E402
 from finetune_alexnet import image_lists  # noqa: E402
+from finetune_alexnet.model_info import MAX_CLASSES  # noqa: E402
 from finetune_alexnet import preprocessing  # noqa: E402
 from finetune_alexnet.errors import ToolkitError  # noqa: E402
 
@@ -48,8 +49,6 @@ MODES = ('training', 'inference')
 IMAGE_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.NotFoundError)
 SHOWN_PROBLEMS = 5  # an error names this many bad lines or files and counts the rest
 _INTEGER = re.compile(r'[+-]?[0-9]+')
-# Labels become one-hot vectors of depth num_classes, an int32 in TensorFlow.
-MAX_CLASSES = 2**31 - 1
 # A thread each; more only costs memory (TensorFlow's thread counts are int32 besides).
 MAX_WORKERS = max(1024, os.cpu_count() or 1)
 _SHOWN_CHARS = 60  # a bad field is quoted up to this length in a message
@@ -132,6 +131,11 @@ def read_list(txt_file, num_classes=None, check_files=True):
     """
     paths, labels, _ = _list_entries(txt_file, num_classes, check_files)
     return paths, labels
+
+
+def read_list_lines(txt_file, num_classes=None, check_files=True):
+    """read_list's (paths, labels), and the line number of each entry in the file (for messages)."""
+    return _list_entries(txt_file, num_classes, check_files)
 
 
 def _error_reason(error):

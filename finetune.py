@@ -51,7 +51,8 @@ def get_args_parser():
     data.add_argument('--train_file', help='training list, or TFRecord shards (a folder or a pattern, '
                       'make_tfrecords.py); none (and no --val_file): run the demo')
     data.add_argument('--val_file', help='validation list, or TFRecord shards')
-    data.add_argument('--num_classes', type=int, default=2, help='classes in the lists')
+    data.add_argument('--num_classes', type=int, help='classes in the data (default: as many as '
+                      'classes.txt names, else the largest label + 1); given, it is checked')
     data.add_argument('--class_names', help='classes.txt ("label name" lines); default: the '
                       'classes.txt beside --train_file, if any')
     data.add_argument('--augment', action='store_true',
@@ -67,7 +68,7 @@ def get_args_parser():
 
     model = parser.add_argument_group('model')
     model.add_argument('--weights_path', default=weight_files.DEFAULT_WEIGHTS_PATH,
-                       help='the pretrained bvlc_alexnet.npy (see README)')
+                       help='the pretrained bvlc_alexnet.npy (python get_weights.py downloads it)')
     model.add_argument('--train_layers', type=layer_list,
                        help="layers that learn (comma list, or 'all'; default: fc8,fc7,fc6)")
     model.add_argument('--skip_layers', type=layer_list,
@@ -134,23 +135,26 @@ def get_args_parser():
                         help='layers the second phase adds to --train_layers (default: all)')
 
     output = parser.add_argument_group('output')
-    output.add_argument('--filewriter_path', help='TensorBoard root: each run writes to its own '
-                        f"sub-folder (default: {run_settings.RUN_DEFAULTS['filewriter_path']})")
-    output.add_argument('--run_name', help="the run's sub-folder of --filewriter_path (default: the "
-                        'date-time and up to three settings that differ from the defaults)')
+    output.add_argument('--filewriter_path', help='write TensorBoard events to a sub-folder of this '
+                        'folder instead of into the run folder (the older split)')
+    output.add_argument('--run_name', help="the run's name in TensorBoard and its folder when there "
+                        'is no --checkpoint_path (default: the date-time and up to three settings '
+                        'that differ from the defaults)')
     output.add_argument('--projector', action='store_true',
                         help="at the end, write fc7 features of up to "
                         f"{summaries.PROJECTOR_MAX_IMAGES} validation images for TensorBoard's "
                         'projector')
-    output.add_argument('--checkpoint_path', help='checkpoints, metrics and curves (default: '
-                        f"{run_settings.RUN_DEFAULTS['checkpoint_path']})")
+    output.add_argument('--checkpoint_path', help='the run folder: checkpoints, metrics, curves and '
+                        f'TensorBoard events (default: a new folder in {run_settings.DEFAULT_RUNS}; '
+                        'the demo: its own)')
     output.add_argument('--display_step', type=int,
                         help='write summaries (and progress lines) every this many steps (default: '
                         '20; the demo: 3)')
     output.add_argument('--keep_checkpoints', type=int, default=3,
                         help='epoch checkpoints kept (the best one is kept besides)')
     output.add_argument('--resume', action='store_true',
-                        help='continue the run saved in --checkpoint_path')
+                        help="continue the run in --checkpoint_path with the run's own flags (give "
+                        '--num_epochs to extend it)')
 
     devices = parser.add_argument_group('devices')
     devices.add_argument('--device', choices=('auto', 'cpu', 'gpu'), default='auto')
@@ -186,7 +190,8 @@ def parse_settings(argv=None):
     flags = parser.parse_args(argv)
     tf_setup.quiet_python_logging(flags.verbose)
     parser_defaults = {name: parser.get_default(name) for name in vars(flags)}
-    return run_settings.from_flags(flags, parser_defaults, demo.make_demo_lists)
+    return run_settings.from_flags(flags, parser_defaults, demo.make_demo_lists,
+                                   given=parser.given_flags(argv))
 
 
 def fine_tune(settings):
@@ -214,7 +219,7 @@ def fine_tune(settings):
             setup = inputs.build(settings, train_data, val_data, config, state.order_seed,
                                  workers=workers)
             keeper = checkpoints.CheckpointKeeper(settings.checkpoint_path, settings.keep_checkpoints)
-            writer = (tf.summary.FileWriter(os.path.join(settings.filewriter_path, state.run_name))
+            writer = (tf.summary.FileWriter(runs.events_folder(settings, state))
                       if workers.is_chief else summaries.NoWriter())
             runs.describe_data(settings, train_data, val_data, steps_per_epoch, class_names, config)
             # -- the session
@@ -239,7 +244,7 @@ def fine_tune(settings):
                                 center_crop=settings.augment, ema=bool(settings.ema_decay))
                     workers.check_same_start(session, int(session.run(setup.graph.global_step)))
                     del layers  # 233 MB no longer needed: the variables hold the weights now
-                    print(f'open TensorBoard with: tensorboard --logdir {settings.filewriter_path} '
+                    print(f'open TensorBoard with: tensorboard --logdir {runs.runs_folder(settings)} '
                           f'(this run: {state.run_name})')
                     first = setup.for_phase(settings.phase_of(state.epochs_completed + 1))
                     if first.fill_feature_cache:  # pool5 once, if the next epoch's phase trains on it
@@ -266,7 +271,8 @@ def train_epochs(session, settings, state, setup, keeper, writer, stop, steps_pe
         current = runs.epoch_setup(settings, setup, state, epoch)  # --unfreeze_at: its phase's graph
         current.train.start(session, epoch, steps_done)
         train_loss, train_accuracy, images_per_second, seen, rates, finished = train_one_epoch(
-            session, settings, current, writer, stop, epoch, steps_done, steps_per_epoch, workers)
+            session, settings, current, writer, stop, epoch, steps_done, steps_per_epoch, workers,
+            runs.last_good_checkpoint(settings, state))
         step = int(session.run(setup.graph.global_step))
         if not finished:
             if workers.is_chief:
@@ -316,52 +322,52 @@ def train_epochs(session, settings, state, setup, keeper, writer, stop, steps_pe
               f'{writer.get_logdir()}')
     writer.add_summary(summaries.hparams_end_summary(), state.last_step)
     written_by = '' if workers.is_chief else ' (written by the chief)'
+    events = f'; TensorBoard events in {writer.get_logdir()}' if settings.filewriter_path else \
+        ', TensorBoard events'
     print(f"done: best validation accuracy {state.best_val_accuracy:.4f} at epoch "
-          f"{state.best_epoch}; checkpoints, metrics.jsonl and curves.png in "
-          f"{settings.checkpoint_path}{written_by}; TensorBoard logs in "
-          f"{writer.get_logdir() or settings.filewriter_path}{written_by}")
+          f"{state.best_epoch}; checkpoints, metrics.jsonl, curves.png{events} in "
+          f"{settings.checkpoint_path}{written_by}")
     return 0
 
 
 def train_one_epoch(session, settings, setup, writer, stop, epoch, first_step, steps_per_epoch,
-                    workers):
+                    workers, last_good):
     """SGD steps first_step+1..steps_per_epoch: (loss, accuracy, images/s, images seen, the
     learning rates the steps used, finished), finished False when a stop signal came before the
     last step. On several workers the numbers are the whole cluster's, and a signal to any of them
-    stops all after the same step."""
+    stops all after the same step. `last_good` says where a NaN loss leaves the run."""
     graph = setup.graph
-    bar = progress.EpochProgress(epoch, settings.num_epochs, steps_per_epoch, settings.display_step)
     # The rate is fetched in the step's own run call: the value this step's update used.
     fetches = {'train': graph.train_op, 'loss': graph.loss, 'accuracy': graph.accuracy,
                'count': graph.batch_count, 'step': graph.global_step, 'rate': graph.learning_rate}
     feed = {graph.keep_prob: settings.keep_probability, graph.training: True}
     losses, accuracies, rates, images = [], [], [], 0
     start, finished = time.perf_counter(), True
-    for step in range(first_step + 1, steps_per_epoch + 1):
-        if workers.agree_to_stop(session, stop):
-            finished = False
-            break
-        # Summaries ride along in the same run call as the step: no second forward pass.
-        with_summary = step % settings.display_step == 0 or step == 1
-        result = loop.run_step(
-            session, {**fetches, 'summary': graph.train_summaries} if with_summary else fetches, feed,
-            setup.train, f'the loss became NaN or infinite at epoch {epoch}, step {step}: lower the '
-            f'learning rate (now {settings.learning_rate:g}); the last good checkpoint is in '
-            f'{settings.checkpoint_path}', workers)
-        if result is None:
-            break  # fewer batches than planned: unreadable images were skipped
-        if with_summary:
-            writer.add_summary(result['summary'], result['step'])
-        if result['step'] == 1:
-            loop.warn_about_first_loss(result['loss'], settings.num_classes)
-        losses.append(result['loss'])
-        accuracies.append(result['accuracy'])
-        rates.append(float(result['rate']))
-        images += int(result['count'])
-        bar.update(step, float(np.mean(losses[-settings.display_step:])),
-                   float(np.mean(accuracies[-settings.display_step:])),
-                   images / (time.perf_counter() - start))
-    bar.finish()
+    with progress.EpochProgress(epoch, settings.num_epochs, steps_per_epoch,
+                                settings.display_step) as bar:
+        for step in range(first_step + 1, steps_per_epoch + 1):
+            if workers.agree_to_stop(session, stop):
+                finished = False
+                break
+            # Summaries ride along in the same run call as the step: no second forward pass.
+            with_summary = step % settings.display_step == 0 or step == 1
+            result = loop.run_step(
+                session, {**fetches, 'summary': graph.train_summaries} if with_summary else fetches,
+                feed, setup.train, f'the loss became NaN or infinite at epoch {epoch}, step {step}: '
+                f'lower the learning rate (now {settings.learning_rate:g}); {last_good}', workers)
+            if result is None:
+                break  # fewer batches than planned: unreadable images were skipped
+            if with_summary:
+                writer.add_summary(result['summary'], result['step'])
+            if result['step'] == 1:
+                bar.note(loop.first_loss_note(result['loss'], settings.num_classes))
+            losses.append(result['loss'])
+            accuracies.append(result['accuracy'])
+            rates.append(float(result['rate']))
+            images += int(result['count'])
+            bar.update(step, float(np.mean(losses[-settings.display_step:])),
+                       float(np.mean(accuracies[-settings.display_step:])),
+                       images / (time.perf_counter() - start))
     seconds = time.perf_counter() - start
     loss_sum, accuracy_sum, steps, images = workers.epoch_totals(
         session, [np.sum(losses), np.sum(accuracies), len(losses), images])

@@ -17,9 +17,11 @@ A command module reads top to bottom like this, and does nothing when it is mere
 Exit statuses, the same for every command:
     0 done; 1 a check that found problems (`datagenerator.py --check`); 2 a user mistake, printed
     as one `error: ...` line (argparse's own complaints included); 128 + N after signal N
-    (130 for Ctrl-C, 143 for SIGTERM).
+    (130 for Ctrl-C, 143 for SIGTERM; 141, quietly, when the reader of the output goes away, as
+    in `predict.py ... | head -1`).
 """
 import argparse
+import os
 import signal
 import sys
 
@@ -31,6 +33,7 @@ EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: the reader of the output went away
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -60,6 +63,20 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise ToolkitError(f'{message} (see {self.prog} --help)')
+
+    def given_flags(self, argv):
+        """The names of the flags `argv` gives (`None`: sys.argv's), whatever their values: a flag
+        given with its default value is still given, which `--resume` needs to tell a choice from
+        an omission."""
+        saved = {action.dest: action.default for action in self._actions}
+        try:
+            for action in self._actions:
+                action.default = argparse.SUPPRESS
+            given, _ = self.parse_known_args(argv)
+        finally:
+            for action in self._actions:
+                action.default = saved[action.dest]
+        return frozenset(vars(given))
 
 
 def prepare(argv):
@@ -92,6 +109,12 @@ def run(main, argv=None):
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         status = main(argv)
+        sys.stdout.flush()  # here, not at exit: a reader that went away is noticed below
+    except BrokenPipeError:
+        # The reader of the output went away (`predict.py ... | head -1`): end quietly, as a
+        # command killed by SIGPIPE does, and keep Python from complaining when it exits.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except ToolkitError as error:
         print(f'error: {error}', file=sys.stderr)
         return EXIT_USER_ERROR

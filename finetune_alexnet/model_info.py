@@ -41,6 +41,8 @@ from finetune_alexnet.errors import ToolkitError
 MODEL_INFO = 'model_info.json'
 EMA_SUFFIX = 'ExponentialMovingAverage'  # TensorFlow's name for a variable's moving average
 CLASS_NAMES_FILE = 'classes.txt'
+# Labels become one-hot vectors of depth num_classes, an int32 in TensorFlow.
+MAX_CLASSES = 2**31 - 1
 FORMAT = 1
 # Room for a million class names; a larger file is not one of ours, and is not read into memory.
 MAX_FILE_BYTES = 64 * 2**20
@@ -261,11 +263,12 @@ def stored_names(prefix, info, names):
     return {averaged[name] if averaged[name] in saved else name: name for name in names}
 
 
-def read_class_names_file(path, num_classes):
+def read_class_names_file(path, num_classes=None):
     """Names from a classes.txt of "label name" lines (finetune.py's format), indexed by label.
 
-    Every label of 0..num_classes-1 is named exactly once; a name is as image_lists.class_name_problem
-    allows. A wrong line is one ToolkitError naming the file and line.
+    Every label of 0..num_classes-1 is named exactly once (num_classes None: as many as the file
+    names); a name is as image_lists.class_name_problem allows. A wrong line is one ToolkitError
+    naming the file and line.
     """
     names, line_of = {}, {}
     for number, line in enumerate(read_small_text(path, 'class names file').splitlines(), 1):
@@ -277,8 +280,9 @@ def read_class_names_file(path, num_classes):
         name = name.strip()
         # Only a short number is converted: int() of thousands of digits is slow, then refused.
         value = int(label) if len(label.lstrip('0')) <= 12 else None
-        if value is None or value >= num_classes:
-            raise ToolkitError(f'{path}:{number}: label {label[:24]} is outside 0..{num_classes - 1}')
+        if value is None or value >= (num_classes or MAX_CLASSES):
+            limit = num_classes or MAX_CLASSES
+            raise ToolkitError(f'{path}:{number}: label {label[:24]} is outside 0..{limit - 1}')
         if value in names:
             raise ToolkitError(f'{path}:{number}: label {value} is named twice (also on line '
                                f'{line_of[value]})')
@@ -286,11 +290,13 @@ def read_class_names_file(path, num_classes):
         if problem:
             raise ToolkitError(f'{path}:{number}: class name {_shown(name)} {problem}')
         names[value], line_of[value] = name, number
-    if len(names) != num_classes:
+    expected = num_classes if num_classes is not None else max(names, default=-1) + 1
+    if len(names) != expected or not names:
         named = sorted(names)
         shown = str(named) if len(named) <= 10 else str(named[:10])[:-1] + ', ...]'
-        raise ToolkitError(f"{path}: names labels {shown}, expected 0..{num_classes - 1}")
-    return [names[label] for label in range(num_classes)]
+        raise ToolkitError(f"{path}: names labels {shown}, expected 0..{expected - 1} (one line "
+                           'for each label)')
+    return [names[label] for label in range(expected)]
 
 
 def placeholder_class_names(num_classes):

@@ -77,6 +77,17 @@ class RunLock:
 
     def acquire(self):
         os.makedirs(self.folder, exist_ok=True)
+        stream = self._locked_stream()
+        stream.seek(0)
+        stream.truncate()
+        started = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
+        stream.write(f'PID {os.getpid()}, started {started}\n')
+        stream.flush()
+        self._stream = stream
+        return self
+
+    def _locked_stream(self):
+        """The lock file, locked by this process; ToolkitError naming the holder when another has it."""
         # 'a+': opening must not wipe the holder's record before we know whether we get the lock.
         stream = open(self.path, 'a+')
         try:
@@ -90,13 +101,12 @@ class RunLock:
             stream.close()
             raise ToolkitError(f'{self.folder}: another run is using this folder ({holder}); wait '
                                'for it to finish, or choose another --checkpoint_path') from None
-        stream.seek(0)
-        stream.truncate()
-        started = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
-        stream.write(f'PID {os.getpid()}, started {started}\n')
-        stream.flush()
-        self._stream = stream
-        return self
+        return stream
+
+    def check_free(self):
+        """Refuse, as `acquire` would, when a running run holds the folder; changes nothing."""
+        if os.path.isfile(self.path):
+            self._locked_stream().close()  # closing unlocks
 
     def release(self):
         if self._stream is not None:

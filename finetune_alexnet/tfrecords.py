@@ -28,6 +28,7 @@ Pixel limit: a record's `image/height` x `image/width` is checked against `max_p
 are opened, before anything is decoded.
 """
 import collections
+import functools
 import glob
 import hashlib
 import os
@@ -497,6 +498,25 @@ def index_shards(files, num_classes=None, source=None):
     0..num_classes-1, or no record at all.
     """
     where = f'{source}: ' if source and source not in files else ''
+    index = _read_index(tuple(_identity(path) for path in files), where)
+    _check_index(index, num_classes, where)
+    return index
+
+
+def _identity(path):
+    """What tells a shard file from a changed one: its path, size, change time and inode."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return (path, None, None, None)  # reading it names the problem
+    return (path, info.st_size, info.st_mtime_ns, info.st_ino)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_index(identities, where):
+    """index_shards' reading, remembered for unchanged files: finetune.py counts the classes and
+    images from the index before its generators are built on it, and reads the shards once."""
+    files = [identity[0] for identity in identities]
     columns = collections.defaultdict(list)
     with tf.Graph().as_default(), tf.Session(config=tf_setup.session_config()) as session:
         path_in = tf.placeholder(tf.string, [])
@@ -531,9 +551,7 @@ def index_shards(files, num_classes=None, source=None):
         raise ToolkitError(f'{where}no records in {summarize(files)}')
     arrays = {name: np.concatenate(columns[name]) for name in
               ('shard', 'record', 'length', 'labels', 'heights', 'widths')}
-    index = ShardIndex(files, filenames=columns['filenames'], **arrays)
-    _check_index(index, num_classes, where)
-    return index
+    return ShardIndex(files, filenames=columns['filenames'], **arrays)
 
 
 def _check_index(index, num_classes, where):

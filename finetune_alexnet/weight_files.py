@@ -22,8 +22,8 @@ from finetune_alexnet.errors import ToolkitError
 
 DEFAULT_WEIGHTS_PATH = 'bvlc_alexnet.npy'
 WEIGHT_KINDS = ('weights', 'biases')
-WHERE_TO_GET = ('download bvlc_alexnet.npy (see README, "Pretrained weights") '
-                'and pass its path with --weights_path')
+WHERE_TO_GET = ('run python get_weights.py to download it (README, "1. Get the pretrained weights"), '
+                'or give the file you have with --weights_path')
 
 
 def _latin1_encode(text, encoding='latin1', errors='strict'):

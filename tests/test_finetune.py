@@ -260,7 +260,8 @@ def test_unreadable_image_is_named_or_skipped(dataset, tmp_path, capsys):
     (['--num_classes', '1'], '--num_classes must be at least 2'),
     (['--skip_layers', 'fc8,fc7', '--train_layers', 'fc8'], 'would stay random and frozen'),
     (['--skip_layers', 'fc7', '--train_layers', 'fc7,fc8'], 'add fc8 to --skip_layers'),
-    (['--batch_size', '64'], 'fewer than one batch'),
+    (['--batch_size', '64'], '--batch_size 64 is more than the 12 training images of '),
+    (['--num_classes', '3'], 'classes.txt names 2 classes: leave --num_classes out'),
     (['--momentum', '1.5'], '--momentum must be in [0, 1)'),
     (['--keep_checkpoints', '0'], '--keep_checkpoints must be at least 1'),
     (['--class_weights', '1,2,3'], '--class_weights lists 3 weights for --num_classes 2'),
@@ -301,11 +302,11 @@ def test_bad_layer_name_from_the_shell_and_missing_weights(dataset, tmp_path, ca
 def test_bad_list_files_fail_cleanly(dataset, tmp_path, capsys):
     bad = tmp_path / 'labels.txt'
     bad.write_text(f'{dataset}/images/disk/disk.0000.jpg 0\n{dataset}/images/disk/disk.0001.jpg 7\n')
-    args = flags(dataset, tmp_path)
+    args = flags(dataset, tmp_path, '--num_classes', '2')
     args[args.index('--train_file') + 1] = str(bad)
     assert run_main(finetune.main, args) == 2
     err = capsys.readouterr().err
-    assert str(bad) in err and 'line 2' in err and len(err.strip().splitlines()) == 1
+    assert f'{bad}:2: label 7' in err and len(err.strip().splitlines()) == 1
     args[args.index('--train_file') + 1] = str(tmp_path / 'missing.txt')
     assert run_main(finetune.main, args) == 2
     assert 'missing.txt' in capsys.readouterr().err
@@ -473,12 +474,9 @@ def test_validation_takes_the_centre_crop_when_training_augments(dataset, tmp_pa
     np.testing.assert_allclose(first, centre[..., ::-1], atol=1e-3)
 
 
-def test_first_loss_far_from_ln_classes_is_flagged(capsys):
-    loop.warn_about_first_loss(0.70, 2)
-    assert capsys.readouterr().out == ''
-    loop.warn_about_first_loss(9.5, 2)
-    out = capsys.readouterr().out
-    assert 'the first loss, 9.500, is far from ln(2) = 0.693' in out
+def test_first_loss_far_from_ln_classes_is_flagged():
+    assert loop.first_loss_note(0.70, 2) is None
+    assert 'the first loss, 9.500, is far from ln(2) = 0.693' in loop.first_loss_note(9.5, 2)
 
 
 def test_demo_flags_given_any_way_win(tmp_path):
@@ -505,16 +503,13 @@ def test_seed_repeats_a_run_bit_for_bit(dataset, tmp_path, capsys):
 
 
 def test_the_demo_replaces_its_own_previous_run_and_nothing_else(tmp_path, monkeypatch):
-    folders = {'checkpoint_path': tmp_path / 'demo_run' / 'checkpoints',
-               'filewriter_path': tmp_path / 'demo_run' / 'tensorboard'}
+    folders = {'checkpoint_path': tmp_path / 'runs' / 'demo'}
     monkeypatch.setitem(run_settings.DEMO_DEFAULTS, 'checkpoint_path', str(folders['checkpoint_path']))
-    monkeypatch.setitem(run_settings.DEMO_DEFAULTS, 'filewriter_path', str(folders['filewriter_path']))
 
     def leave_a_run(demo):
-        for folder in folders.values():
-            folder.mkdir(parents=True, exist_ok=True)
-        (folders['filewriter_path'] / 'events').write_text('x')
         ckpt = folders['checkpoint_path']
+        ckpt.mkdir(parents=True, exist_ok=True)
+        (ckpt / 'events.out.tfevents.1.host').write_text('x')  # the run's TensorBoard events
         (ckpt / 'model_epoch1.ckpt.index').write_text('x')
         (ckpt / 'run_state.json').write_text(json.dumps(
             {'latest_checkpoint': 'model_epoch1.ckpt', 'epochs_completed': 1, 'history': [],
@@ -527,25 +522,12 @@ def test_the_demo_replaces_its_own_previous_run_and_nothing_else(tmp_path, monke
     leave_a_run(demo=True)  # an earlier demo run: replaced
     demo.clear_previous_demo_run()
     assert [p.name for p in folders['checkpoint_path'].iterdir()] == ['.lock']  # the lock file stays
-    assert not folders['filewriter_path'].exists()
     leave_a_run(demo=True)  # a demo still running there (holding the folder's lock): left alone
     from finetune_alexnet import run_folder
     # flock treats each open of the file on its own, so this process's own lock is a holder too.
     with run_folder.RunLock(str(folders['checkpoint_path'])):
         demo.clear_previous_demo_run()
     assert (folders['checkpoint_path'] / 'run_state.json').exists()
-
-
-def test_the_demo_leaves_a_tensorboard_folder_no_demo_run_wrote(tmp_path, monkeypatch):
-    """No demo run in its checkpoint folder: the TensorBoard folder beside it is not the demo's to
-    remove (issue 21)."""
-    board = tmp_path / 'demo_run' / 'tensorboard'
-    monkeypatch.setitem(run_settings.DEMO_DEFAULTS, 'checkpoint_path', str(tmp_path / 'demo_run' / 'ckpt'))
-    monkeypatch.setitem(run_settings.DEMO_DEFAULTS, 'filewriter_path', str(board))
-    board.mkdir(parents=True)
-    (board / 'my_experiment').write_text('mine')
-    demo.clear_previous_demo_run()
-    assert (board / 'my_experiment').read_text() == 'mine'
 
 
 # ---- experiments: early stopping, weights files, class weights, warm starts (TensorBoard: test_summaries.py)

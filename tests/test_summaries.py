@@ -25,8 +25,8 @@ TENSORBOARD = os.path.join(os.path.dirname(sys.executable), 'tensorboard')
 
 def run_name(tmp_path, *flags):
     """The run name finetune.py gives a new run started with `flags` at 14:12 on 2026-11-29."""
-    for name in ('train.txt', 'val.txt'):
-        (tmp_path / name).write_text('a.jpg 0\n')
+    for name in ('train.txt', 'val.txt'):  # two classes, a default batch of images
+        (tmp_path / name).write_text(''.join(f'{i}.jpg {i % 2}\n' for i in range(128)))
     settings = finetune.parse_settings(['--train_file', str(tmp_path / 'train.txt'), '--val_file',
                                         str(tmp_path / 'val.txt'), *flags])
     return summaries.short_run_name(settings, datetime.datetime(2026, 11, 29, 14, 12))
@@ -112,7 +112,7 @@ def test_mistakes_grid_shows_the_images_in_order(tmp_path):
 
 def test_hparam_values_are_plain_values(tmp_path):
     for name in ('train.txt', 'val.txt'):
-        (tmp_path / name).write_text('a.jpg 0\n')
+        (tmp_path / name).write_text('a.jpg 0\nb.jpg 1\n')
     settings = finetune.parse_settings(['--train_file', str(tmp_path / 'train.txt'), '--val_file',
                                         str(tmp_path / 'val.txt'), '--train_layers', 'fc7,fc8',
                                         '--lr_mult', 'fc8=10'])

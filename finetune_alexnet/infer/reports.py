@@ -22,11 +22,17 @@ def published_accuracy(classifier):
     return imagenet.PUBLISHED_ACCURACY['ten_crop' if classifier.ten_crop else 'center_crop']
 
 
+def shows_top_k(report):
+    """Top-k accuracy says something only with more classes than k: with k of 2 classes it is 100%."""
+    return report['top_k'] > 1 and report['top_k'] < len(report['confusion_matrix'])
+
+
 def format_accuracy(report, published=None, crop_mode=None):
     """Top-1 and top-k accuracy with their 95% Wilson intervals, and the published figures if given."""
-    rows = [('top-1', report['accuracy'], report['accuracy_interval'], 'top1'),
-            (f"top-{report['top_k']}", report['top_k_accuracy'], report['top_k_accuracy_interval'],
-             'top5' if report['top_k'] == 5 else None)]
+    rows = [('top-1', report['accuracy'], report['accuracy_interval'], 'top1')]
+    if shows_top_k(report):
+        rows.append((f"top-{report['top_k']}", report['top_k_accuracy'],
+                     report['top_k_accuracy_interval'], 'top5' if report['top_k'] == 5 else None))
     lines = [f"{report['images']} images; accuracy with its 95% interval (Wilson score)"
              + (f"; published ({published['source']})" if published else '') + ':']
     for name, value, (low, high), key in rows:
@@ -91,8 +97,9 @@ def format_table(records):
 def format_evaluation(report, mistakes, max_mistakes, published=None, crop_mode=None):
     """metrics.accuracy_report as text: per-class table, the first `max_mistakes` mistakes (0: all),
     then the accuracies."""
-    lines = [f"{report['images']} images: accuracy {report['accuracy']:.4f}, "
-             f"top-{report['top_k']} accuracy {report['top_k_accuracy']:.4f}",
+    lines = [f"{report['images']} images: accuracy {report['accuracy']:.4f}"
+             + (f", top-{report['top_k']} accuracy {report['top_k_accuracy']:.4f}"
+                if shows_top_k(report) else ''),
              '', f"{'class':<30} {'images':>7} {'predicted':>9} {'precision':>9} {'recall':>7}"]
     for row in report['per_class']:
         precision = '-' if row['precision'] is None else f"{row['precision']:.4f}"

@@ -1,5 +1,6 @@
-"""The built-in demo: a generated two-class data set, and run folders of its own that each demo run
-replaces (only when they hold an earlier demo run: nothing of the user's is removed)."""
+"""The built-in demo: a generated two-class data set, and a run folder of its own (TensorBoard events
+included) that each demo run replaces (only when it holds an earlier demo run: nothing of the user's
+is removed)."""
 import os
 import shutil
 
@@ -28,7 +29,7 @@ def make_demo_lists(flags):
 
 
 def clear_previous_demo_run():
-    """Remove the demo's own run folders, but only when they hold a demo run (nothing else of yours)."""
+    """Empty the demo's own run folder, but only when it holds a demo run (nothing else of yours)."""
     checkpoint_path = run_settings.DEMO_DEFAULTS['checkpoint_path']
     try:
         state = run_state.read(checkpoint_path)
@@ -51,5 +52,3 @@ def clear_previous_demo_run():
                 shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         finally:
             lock.release()
-    if state is not None:  # the TensorBoard folder of the demo run just cleared, nobody else's
-        shutil.rmtree(run_settings.DEMO_DEFAULTS['filewriter_path'], ignore_errors=True)

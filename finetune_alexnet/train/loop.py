@@ -37,12 +37,15 @@ def step_error(error, batches):
     return ToolkitError(f'TensorFlow stopped the step in {error.op.name}: {reasons[0]}')
 
 
-def warn_about_first_loss(loss, num_classes):
-    """A fresh classifier's first loss is about ln(num_classes); far from it, the start is off."""
+def first_loss_note(loss, num_classes):
+    """A fresh classifier's first loss is about ln(num_classes); far from it, the start is off: a
+    note saying so (None otherwise)."""
     expected = math.log(num_classes)
     if abs(loss - expected) > max(1.0, 0.5 * expected):
-        print(f"note: the first loss, {loss:.3f}, is far from ln({num_classes}) = {expected:.3f}: the "
-              "new layers start with large outputs; if the loss does not fall, lower the learning rate")
+        return (f"note: the first loss, {loss:.3f}, is far from ln({num_classes}) = {expected:.3f}: "
+                "the new layers start with large outputs; if the loss does not fall, lower the "
+                "learning rate")
+    return None
 
 
 def count_remaining_images(session, labels):

@@ -29,14 +29,34 @@ def use_gpu(settings):
 
 
 def read_class_names(settings):
-    """Names from --class_names, else from the classes.txt beside the training list, else None."""
-    path = settings.class_names or os.path.join(tfrecords.data_folder(settings.train_file),
-                                                model_info.CLASS_NAMES_FILE)
-    if not os.path.exists(path):
-        if settings.class_names:
-            raise ToolkitError(f'{path}: class names file not found')
+    """The names of the classes.txt in use (settings.py found it: --class_names, or the one beside
+    the training list), else None."""
+    if not settings.class_names:
         return None
-    return model_info.read_class_names_file(path, settings.num_classes)
+    return model_info.read_class_names_file(settings.class_names, settings.num_classes)
+
+
+def events_folder(settings, state):
+    """Where the run's TensorBoard events go: its own run folder, or with --filewriter_path (the
+    older split) its sub-folder there."""
+    if settings.filewriter_path:
+        return os.path.join(settings.filewriter_path, state.run_name)
+    return settings.checkpoint_path
+
+
+def last_good_checkpoint(settings, state):
+    """What a run that fails now can do, for the error that ends it."""
+    if state.latest_checkpoint:
+        return (f'continue from the last good checkpoint ({state.latest_checkpoint} in '
+                f'{settings.checkpoint_path}) with --resume --learning_rate and a lower rate')
+    return 'no checkpoint was saved yet: start the run again with a lower --learning_rate'
+
+
+def runs_folder(settings):
+    """The folder to give `tensorboard --logdir`: the one that holds this run beside the others."""
+    if settings.filewriter_path:
+        return settings.filewriter_path
+    return os.path.dirname(os.path.abspath(settings.checkpoint_path))
 
 
 def shaping_settings(settings):
@@ -94,12 +114,14 @@ def new_or_resumed_state(settings, writes=True):
         return state, True
     if writes:
         run_folder.remove_stale_files(directory, None)
-    name = summaries.safe_run_name(settings.run_name) if settings.run_name else \
-        summaries.short_run_name(settings)
-    order_seed = new_order_seed(settings)
+    if settings.filewriter_path:  # a sub-folder of its own there, named by its settings
+        name = summaries.safe_run_name(settings.run_name) if settings.run_name else \
+            summaries.short_run_name(settings)
+        name = summaries.new_run_folder(settings.filewriter_path, name) if writes else name
+    else:  # TensorBoard names the run after its folder
+        name = summaries.safe_run_name(os.path.basename(os.path.abspath(directory)))
     state = run_state.RunState(args=settings.as_dict(), settings=shaping_settings(settings),
-                               run_name=summaries.new_run_folder(settings.filewriter_path, name)
-                               if writes else name, order_seed=order_seed)
+                               run_name=name, order_seed=new_order_seed(settings))
     return state, False
 
 
@@ -193,7 +215,8 @@ def describe_data(settings, train_data, val_data, steps_per_epoch, class_names, 
     if config.class_weights is not None:
         print('class weights of the loss: ' + ', '.join(
             f'{name} {weight:.3g}' for name, weight in zip(names, config.class_weights)))
-    print(f'{train_data.data_size} training images ({steps_per_epoch} steps of {settings.batch_size} '
+    print(f'{settings.num_classes} classes (from {settings.num_classes_source}), '
+          f'{train_data.data_size} training images ({steps_per_epoch} steps of {settings.batch_size} '
           f'per epoch), {val_data.data_size} validation images; training '
           f'{",".join(settings.train_layers)} on {"GPU" if config.use_gpu else "CPU"}')
     if settings.cluster:
@@ -230,7 +253,7 @@ def agreed_settings(settings, gpu):
 NOT_SHARED = ('worker_hosts', 'task_index', 'cluster', 'collective_timeout', 'verbose',
               'train_file', 'val_file',
               'class_names', 'weights_path', 'demo_dir', 'checkpoint_path', 'filewriter_path',
-              'cache_dir', 'init_checkpoint', 'changed_settings', 'device')
+              'cache_dir', 'init_checkpoint', 'changed_settings', 'device', 'num_classes_source')
 
 
 def record_epoch(session, keeper, writer, state, record, writes=True):

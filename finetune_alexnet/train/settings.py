@@ -12,28 +12,32 @@ import tempfile
 from typing import Optional, Tuple
 
 from alexnet import TRAINABLE_LAYERS
+import datagenerator
 from datagenerator import MAX_CLASSES
 from finetune_alexnet import model_info
 from finetune_alexnet import run_folder
+from finetune_alexnet import run_state
 from finetune_alexnet.image_lists import MAX_SEED
 from finetune_alexnet import tfrecords
 from finetune_alexnet.errors import ToolkitError
 from finetune_alexnet.train import distribute
 from finetune_alexnet.train import feature_cache
 from finetune_alexnet.train import graph as training_graph
+from finetune_alexnet.train import summaries
 
 DEFAULT_ROOT = os.path.join(tempfile.gettempdir(), 'finetune_alexnet')
+# Every run is one folder (checkpoints, metrics, curves, TensorBoard events) in a folder of runs, so
+# `tensorboard --logdir` on the runs folder shows them side by side. A run given no --checkpoint_path
+# gets a new folder here, named like its TensorBoard run (date-time and changed settings).
+DEFAULT_RUNS = os.path.join(DEFAULT_ROOT, 'runs')
 # Flags whose default depends on whether the demo runs: the parser leaves them None when not given.
 RUN_DEFAULTS = {'num_epochs': 10, 'batch_size': 128, 'display_step': 20, 'optimizer': 'sgd',
                 'train_layers': ('fc8', 'fc7', 'fc6'), 'skip_layers': ('fc8',),
-                'unfreeze_layers': TRAINABLE_LAYERS,
-                'checkpoint_path': os.path.join(DEFAULT_ROOT, 'checkpoints'),
-                'filewriter_path': os.path.join(DEFAULT_ROOT, 'tensorboard')}
-# The demo has run folders of its own, replaced by each demo run, so the README's first command can be
+                'unfreeze_layers': TRAINABLE_LAYERS}
+# The demo has a run folder of its own, replaced by each demo run, so the README's first command can be
 # run again and again; these settings learn its two classes within a few epochs on a CPU.
 DEMO_DEFAULTS = {'num_epochs': 5, 'batch_size': 32, 'display_step': 3, 'seed': 0,
-                 'checkpoint_path': os.path.join(DEFAULT_ROOT, 'demo_run', 'checkpoints'),
-                 'filewriter_path': os.path.join(DEFAULT_ROOT, 'demo_run', 'tensorboard')}
+                 'checkpoint_path': os.path.join(DEFAULT_RUNS, 'demo')}
 # Without pretrained weights the demo trains every layer from random initialisation.
 DEMO_FROM_SCRATCH = {'optimizer': 'momentum', 'train_layers': TRAINABLE_LAYERS,
                      'skip_layers': TRAINABLE_LAYERS}
@@ -45,7 +49,7 @@ class Settings:
     train_file: str
     val_file: str
     num_classes: int
-    class_names: Optional[str]
+    class_names: Optional[str]       # the classes.txt in use: --class_names, or the one beside the lists
     augment: bool
     skip_bad_images: bool
     max_pixels: int
@@ -70,7 +74,7 @@ class Settings:
     find_lr: Optional[str]
     find_lr_steps: int
     seed: Optional[int]
-    filewriter_path: str
+    filewriter_path: Optional[str]   # None: the events live in the run folder (--checkpoint_path)
     run_name: Optional[str]
     projector: bool
     checkpoint_path: str
@@ -100,6 +104,7 @@ class Settings:
     cluster: Optional[distribute.Cluster] = None  # None: one machine
     verbose: bool = False
     changed_settings: Tuple[str, ...] = ()  # settings that differ from their default, for run names
+    num_classes_source: str = '--num_classes'  # where the class count came from, for messages
 
     @property
     def keep_probability(self):
@@ -189,16 +194,20 @@ def lr_mult_flag(text):
     return tuple(pairs)
 
 
-def from_flags(flags, parser_defaults, demo_lists):
+def from_flags(flags, parser_defaults, demo_lists, given=frozenset()):
     """The run's Settings from parsed flags: the demo's or the run's defaults for what was not given.
 
     `parser_defaults` maps each flag to the parser's default; `demo_lists(flags)` makes the demo's
     data and returns (train_file, val_file, num_classes), called only when the demo runs (no lists
-    given, or --demo).
+    given, or --demo). `given` names the flags the command line gave: with --resume, every other
+    flag takes the resumed run's own value, never the default.
     """
+    unfreeze_layers_given = getattr(flags, 'unfreeze_layers', None) is not None
+    if flags.resume:
+        flags = with_run_flags(flags, given)
     values = {field.name: getattr(flags, field.name, field.default)
               for field in dataclasses.fields(Settings)
-              if field.name not in ('changed_settings', 'cluster')}
+              if field.name not in ('changed_settings', 'cluster', 'num_classes_source')}
     values['cluster'] = distribute.cluster_from(values['worker_hosts'], values['task_index'])
     values['demo'] = bool(flags.demo or not (flags.train_file or flags.val_file))
     if flags.init_checkpoint and flags.skip_layers is None:
@@ -214,21 +223,167 @@ def from_flags(flags, parser_defaults, demo_lists):
         demo_defaults = dict(DEMO_DEFAULTS)
         if not os.path.exists(flags.weights_path):
             print(f"note: {flags.weights_path} not found, so the demo trains every layer from random "
-                  "initialisation (see README for the pretrained weights)")
+                  "initialisation (python get_weights.py downloads the pretrained weights)")
             demo_defaults.update(DEMO_FROM_SCRATCH)
     defaults = {**parser_defaults, **RUN_DEFAULTS, **demo_defaults}
+    asked_batch_size = values['batch_size']
     _fill(values, defaults)
     for name in ('train_layers', 'skip_layers', 'lr_mult', 'unfreeze_layers'):
         values[name] = tuple(values[name])
-    if getattr(flags, 'unfreeze_layers', None) is not None and not values['unfreeze_at']:
+    if unfreeze_layers_given and not values['unfreeze_at']:
         raise ToolkitError('--unfreeze_layers needs --unfreeze_at (the epoch the second phase starts)')
+    check_data_files(values)
+    train_labels = classes_from_data(values, given_by='num_classes' in given or flags.resume)
+    defaults['num_classes'] = values['num_classes']  # what the data say is the default, not a change
+    if asked_batch_size is None:
+        values['batch_size'] = fitting_batch_size(values['batch_size'], len(train_labels),
+                                                  values['train_file'])
+        defaults['batch_size'] = values['batch_size']
+    elif asked_batch_size > len(train_labels):
+        raise ToolkitError(f'--batch_size {asked_batch_size} is more than the {len(train_labels)} '
+                           f"training images of {values['train_file']}: use --batch_size "
+                           f'{largest_power_of_two(len(train_labels))}, or leave it out')
     check(values)
     values['changed_settings'] = tuple(name for name, value in values.items()
                                        if name in defaults and name not in CLUSTER_FLAGS
                                        and _differs(name, value, defaults[name]))
+    if values['checkpoint_path'] is None:
+        values['checkpoint_path'] = new_run_folder(values)
+    check_output_folders(values)
     if values['init_checkpoint']:
         values['init_checkpoint'] = model_info.resolve_checkpoint(values['init_checkpoint'])
     return Settings(**values)
+
+
+# What --resume never takes from the run: where this worker stands, how it logs, the flag itself.
+NOT_REMEMBERED = ('resume', 'checkpoint_path', 'verbose', 'worker_hosts', 'task_index',
+                  'collective_timeout', 'cluster', 'changed_settings', 'num_classes_source', 'find_lr')
+
+
+def with_run_flags(flags, given):
+    """`flags` with the resumed run's own value for every flag the command line did not give (a run
+    folder keeps every setting in run_state.json's `args`): resuming needs only --checkpoint_path,
+    and --num_epochs to extend the run."""
+    if not flags.checkpoint_path:
+        latest = latest_run(DEFAULT_RUNS)
+        raise ToolkitError('--resume needs the run to continue: --checkpoint_path RUN_FOLDER'
+                           + (f' (the latest is {latest})' if latest else ''))
+    run_folder.RunLock(flags.checkpoint_path).check_free()  # a run still writing it is named first
+    state = run_state.read(flags.checkpoint_path)
+    if state is None:
+        raise ToolkitError(f'{flags.checkpoint_path}: no run to resume (no {run_state.FILE_NAME}); '
+                           'leave out --resume to start a run there')
+    merged = vars(flags).copy()
+    for name, value in state.args.items():
+        if name in merged and name not in given and name not in NOT_REMEMBERED:
+            merged[name] = _as_setting(value)
+    return argparse.Namespace(**merged)
+
+
+def _as_setting(value):
+    """A value read back from JSON as Settings holds it: lists as tuples, at every depth."""
+    return tuple(_as_setting(item) for item in value) if isinstance(value, list) else value
+
+
+def latest_run(root):
+    """The run folder under `root` whose run_state.json changed last, or None."""
+    try:
+        folders = [os.path.join(root, name) for name in os.listdir(root)]
+    except OSError:
+        return None
+    states = [(os.path.getmtime(run_state.path_of(folder)), folder) for folder in folders
+              if os.path.isfile(run_state.path_of(folder))]
+    return max(states)[1] if states else None
+
+
+def new_run_folder(values):
+    """A run given no --checkpoint_path: a new folder in DEFAULT_RUNS, named like its TensorBoard
+    run (--run_name, else the date-time and up to three changed settings)."""
+    settings = argparse.Namespace(**values)
+    name = summaries.safe_run_name(settings.run_name) if settings.run_name else \
+        summaries.short_run_name(settings)
+    return os.path.join(DEFAULT_RUNS, summaries.new_run_folder(DEFAULT_RUNS, name))
+
+
+def check_data_files(values):
+    """--train_file and --val_file name list files or shards that exist."""
+    for flag in ('train_file', 'val_file'):
+        if not values[flag]:
+            raise ToolkitError(f'--{flag} is required (or run --demo)')
+        if tfrecords.is_shards(values[flag]):
+            tfrecords.find_shards(values[flag])  # a folder or pattern without shards, named now
+        elif not os.path.isfile(values[flag]):
+            raise ToolkitError(f'{values[flag]}: list file not found')
+
+
+def data_labels(spec):
+    """(labels, where): the labels of a list file or of shards, and `where(i)`, the file and line
+    (or shard and record) of label i, for messages."""
+    if tfrecords.is_shards(spec):
+        index = tfrecords.index_shards(tfrecords.find_shards(spec), None, spec)
+        return index.labels, index.where
+    _, labels, lines = datagenerator.read_list_lines(spec, check_files=False)
+    return labels, lambda position: f'{spec}:{lines[position]}'
+
+
+def classes_from_data(values, given_by):
+    """Sets `num_classes` (and the classes.txt in use) from the data, or checks a given one against
+    them; returns the training labels. The classes.txt beside the lists (or --class_names) names the
+    classes; without one, the largest label of the training and validation data + 1 counts them."""
+    class_file = values['class_names'] or os.path.join(tfrecords.data_folder(values['train_file']),
+                                                       model_info.CLASS_NAMES_FILE)
+    if not os.path.exists(class_file):
+        if values['class_names']:
+            raise ToolkitError(f'{class_file}: class names file not found (--class_names)')
+        class_file = None
+    named = len(model_info.read_class_names_file(class_file, None)) if class_file else None
+    labels = {flag: data_labels(values[flag]) for flag in ('train_file', 'val_file')}
+    top_flag = max(labels, key=lambda flag: labels[flag][0].max())
+    top_labels, where = labels[top_flag]
+    top = int(top_labels.argmax())
+    largest = int(top_labels[top])
+    files = f"{values['train_file']} and {values['val_file']}"
+    given = values['num_classes'] if given_by else None
+    if given is not None and not 2 <= given <= MAX_CLASSES:
+        raise ToolkitError(f'--num_classes must be {"at least 2" if given < 2 else f"at most {MAX_CLASSES}"}'
+                           f', got {given}')
+    if given is not None and named is not None and given != named:
+        raise ToolkitError(f'--num_classes {given}, but {class_file} names {named} classes: leave '
+                           f'--num_classes out (the toolkit reads it from {class_file})')
+    if named is not None and largest >= named:
+        raise ToolkitError(f'{where(top)}: label {largest}, but {class_file} names only {named} '
+                           f'classes (0..{named - 1}): add "{largest} <name>" to {class_file}, or '
+                           'correct the label')
+    if given is not None and named is None and largest >= given:
+        raise ToolkitError(f'{where(top)}: label {largest} is outside 0..{given - 1} (--num_classes '
+                           f'{given}): leave --num_classes out (the labels say {largest + 1} '
+                           'classes), or correct the label')
+    if given is not None and named is None and given > largest + 1:
+        raise ToolkitError(f'--num_classes {given}, but the labels of {files} say {largest + 1} '
+                           f'classes (0..{largest}): leave --num_classes out, or name every class in '
+                           f'a {model_info.CLASS_NAMES_FILE} beside the lists')
+    if given is None and named is None and largest < 1:
+        raise ToolkitError(f'every label of {files} is 0: fine-tuning needs at least 2 classes')
+    values['num_classes'] = given or named or largest + 1
+    values['class_names'] = class_file
+    values['num_classes_source'] = (f'--num_classes {given}' if given is not None else class_file
+                                    if named is not None else f'the labels of {files}')
+    return labels['train_file'][0]
+
+
+def largest_power_of_two(count):
+    return 1 << (count.bit_length() - 1)
+
+
+def fitting_batch_size(default, images, train_file):
+    """The default batch, or the largest power of two that the training set fills, when it holds
+    fewer images than the default (a note says so)."""
+    if images >= default:
+        return default
+    batch_size = largest_power_of_two(images)
+    print(f'note: {train_file} holds {images} training images, fewer than the default --batch_size '
+          f'{default}: using --batch_size {batch_size}')
+    return batch_size
 
 
 # Where a worker stands in the cluster, not what the run is: never in its name.
@@ -301,8 +456,6 @@ def check(values):
         (v.num_epochs >= 1, f'--num_epochs must be at least 1, got {v.num_epochs}'),
         (v.batch_size >= 1, f'--batch_size must be at least 1, got {v.batch_size}'),
         (0 <= v.dropout_rate < 1, f'--dropout_rate must be in [0, 1), got {v.dropout_rate}'),
-        (v.num_classes >= 2, f'--num_classes must be at least 2, got {v.num_classes}'),
-        (v.num_classes <= MAX_CLASSES, f'--num_classes must be at most {MAX_CLASSES}, got {v.num_classes}'),
         (v.seed is None or 0 <= v.seed <= MAX_SEED, f'--seed must be in 0..{MAX_SEED}, got {v.seed}'),
         (v.display_step >= 1, f'--display_step must be at least 1, got {v.display_step}'),
         (v.keep_checkpoints >= 1, f'--keep_checkpoints must be at least 1, got {v.keep_checkpoints}'),
@@ -349,15 +502,14 @@ def check(values):
     if v.cache_features == 'on' and not can_cache(v.train_layers, v.augment, v.mixup, v.cutmix):
         raise ToolkitError('--cache_features on needs every conv layer frozen and no --augment, '
                            '--mixup or --cutmix')
-    for flag in ('train_file', 'val_file'):
-        if not values[flag]:
-            raise ToolkitError(f'--{flag} is required (or run --demo)')
-        if tfrecords.is_shards(values[flag]):
-            tfrecords.find_shards(values[flag])  # a folder or pattern without shards, named now
-        elif not os.path.isfile(values[flag]):
-            raise ToolkitError(f'{values[flag]}: list file not found')
     if v.find_lr:
         run_folder.check_output_file(v.find_lr, '--find_lr')
-    if v.cluster is None or v.cluster.is_chief:  # the chief alone writes the run's folders
-        run_folder.check_output_folder(v.checkpoint_path, '--checkpoint_path')
-        run_folder.check_output_folder(v.filewriter_path, '--filewriter_path')
+
+
+def check_output_folders(values):
+    """The run folder (and a separate TensorBoard root) can be written; only the chief writes them."""
+    cluster = values['cluster']
+    if cluster is None or cluster.is_chief:
+        run_folder.check_output_folder(values['checkpoint_path'], '--checkpoint_path')
+        if values['filewriter_path']:
+            run_folder.check_output_folder(values['filewriter_path'], '--filewriter_path')
