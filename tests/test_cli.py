@@ -144,3 +144,20 @@ def test_numbers_out_of_range_are_one_error_line_before_any_work(command, argv, 
     assert len(lines) == 1 and lines[0].startswith('error: ') and flag in lines[0], captured.err
     assert 'Traceback' not in captured.err and captured.out == ''
     assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('command, argv', [
+    ('predict.py', ['images/']),
+    ('export.py', ['--format', 'npz', '--output', '{tmp}/out.npz']),
+])
+def test_a_reader_that_goes_away_ends_the_command_quietly(command, argv, tmp_path, bvlc_npy):
+    """`predict.py ... | head -1`: the reader closes the pipe; the command ends with 141 (as killed
+    by SIGPIPE) and says nothing, where Python would print a BrokenPipeError traceback."""
+    process = subprocess.Popen(
+        [sys.executable, command, *[arg.format(tmp=tmp_path) for arg in argv], '--weights_path',
+         bvlc_npy], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # before the first line: every line the command prints meets a closed pipe
+    stderr = process.stderr.read()
+    assert process.wait(timeout=300) == 128 + signal.SIGPIPE, stderr
+    assert 'Traceback' not in stderr and 'BrokenPipe' not in stderr and 'error' not in stderr, stderr

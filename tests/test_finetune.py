@@ -4,6 +4,7 @@ test_signals.py)."""
 import dataclasses
 import json
 import os
+import time
 
 import cv2
 import numpy as np
@@ -13,6 +14,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 import bvlc_fixture
 from alexnet import TRAINABLE_LAYERS
+from finetune_alexnet import cli
 from finetune_alexnet import weight_files
 from finetune_alexnet.train import demo
 from finetune_alexnet.train import inputs
@@ -619,3 +621,87 @@ def test_the_balanced_loss_of_one_step_is_scikit_learns_weighted_mean(tmp_path, 
     assert counts.tolist() == [12, 4]
     weights = len(classes) / (2 * counts)  # scikit-learn's 'balanced', written out
     assert logged == pytest.approx(np.mean(weights[classes] * cross_entropy), rel=1e-4)
+
+
+# ---- what the toolkit can know, it does not ask for (issue 28)
+
+def lists(folder, train_labels, val_labels, class_names=None):
+    """train.txt and val.txt of the given labels (the images need not exist to parse settings)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, labels in (('train.txt', train_labels), ('val.txt', val_labels)):
+        (folder / name).write_text(''.join(f'{name}{i}.jpg {label}\n' for i, label in enumerate(labels)))
+    if class_names:
+        (folder / 'classes.txt').write_text(''.join(f'{i} {n}\n' for i, n in enumerate(class_names)))
+    return ['--train_file', str(folder / 'train.txt'), '--val_file', str(folder / 'val.txt'),
+            '--checkpoint_path', str(folder / 'run')]
+
+
+def test_the_class_count_comes_from_the_data(tmp_path):
+    by_labels = finetune.parse_settings(lists(tmp_path / 'a', [0, 1, 2, 0] * 40, [3, 1]))
+    assert by_labels.num_classes == 4 and by_labels.class_names is None  # the largest label + 1
+    assert by_labels.num_classes_source.startswith('the labels of ')
+    named = finetune.parse_settings(lists(tmp_path / 'b', [0, 1] * 80, [1, 0], ['a', 'b', 'c']))
+    assert named.num_classes == 3  # classes.txt names a class no image shows yet
+    assert named.class_names == str(tmp_path / 'b' / 'classes.txt') == named.num_classes_source
+    checked = finetune.parse_settings(lists(tmp_path / 'c', [0, 1] * 80, [1], ['a', 'b']) +
+                                      ['--num_classes', '2'])
+    assert checked.num_classes == 2 and checked.num_classes_source == '--num_classes 2'
+
+
+@pytest.mark.parametrize('train, val, names, extra, message', [
+    ([0, 1, 2] * 50, [0], ['a', 'b'], [], 'train.txt:3: label 2, but {d}/classes.txt names only 2 '
+     'classes (0..1): add "2 <name>" to {d}/classes.txt, or correct the label'),
+    ([0, 1] * 80, [0], ['a', 'b', 'c'], ['--num_classes', '2'], '--num_classes 2, but {d}/classes.txt '
+     'names 3 classes: leave --num_classes out (the toolkit reads it from {d}/classes.txt)'),
+    ([0, 1] * 80, [4], None, ['--num_classes', '3'], 'val.txt:1: label 4 is outside 0..2 '
+     '(--num_classes 3): leave --num_classes out (the labels say 5 classes), or correct the label'),
+    ([0, 1] * 80, [0], None, ['--num_classes', '5'], '--num_classes 5, but the labels of '),
+    ([0] * 160, [0], None, [], 'is 0: fine-tuning needs at least 2 classes'),
+])
+def test_a_class_count_the_data_contradict_is_one_line_naming_both(tmp_path, capsys, train, val,
+                                                                   names, extra, message):
+    data = tmp_path / 'data'
+    assert cli.run(finetune.main, lists(data, train, val, names) + extra) == 2
+    line = tiny_runs.one_error_line(capsys.readouterr().err)
+    assert message.format(d=data) in line
+
+
+def test_the_default_batch_shrinks_to_fit_a_small_training_set(tmp_path, capsys):
+    settings = finetune.parse_settings(lists(tmp_path / 'data', [0, 1] * 36, [0, 1]))
+    assert settings.batch_size == 64 and 'batch_size' not in settings.changed_settings
+    out = capsys.readouterr().out
+    assert out.strip() == (f"note: {tmp_path / 'data' / 'train.txt'} holds 72 training images, fewer "
+                           'than the default --batch_size 128: using --batch_size 64')
+    full = finetune.parse_settings(lists(tmp_path / 'full', [0, 1] * 64, [0, 1]))
+    assert full.batch_size == 128 and 'note' not in capsys.readouterr().out
+
+
+def test_resume_takes_the_runs_own_flags_and_extends_with_num_epochs(dataset, tmp_path, capsys):
+    """A forgotten --num_epochs on --resume is the run's, never the default 10; a given one extends."""
+    args = tiny_runs.flags(dataset, tmp_path, '--learning_rate', '0.003', epochs=1)
+    assert tiny_runs.run_here(capsys, args).returncode == 0
+    folder = ['--checkpoint_path', str(tmp_path / 'ckpt'), '--resume']
+    again = tiny_runs.run_here(capsys, folder)
+    assert again.returncode == 0, again.stderr
+    assert tiny_runs.read_state(tmp_path)['epochs_completed'] == 1  # a finished run stays finished
+    settings = finetune.parse_settings(folder + ['--num_epochs', '3'])
+    first = tiny_runs.read_state(tmp_path)['args']
+    assert (settings.num_epochs, settings.learning_rate, settings.batch_size) == (3, 0.003, 4)
+    assert (settings.train_file, settings.train_layers, settings.seed) == \
+        (first['train_file'], tuple(first['train_layers']), 1)
+    assert settings.filewriter_path == first['filewriter_path']  # its events stay where they were
+    refused = tiny_runs.run_here(capsys, folder + ['--batch_size', '2'])
+    assert refused.returncode == 2 and 'batch_size' in refused.stderr
+
+
+def test_resume_without_a_run_folder_names_the_latest_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(run_settings, 'DEFAULT_RUNS', str(tmp_path / 'runs'))
+    for name, age in (('older', 100), ('newer', 10)):
+        (tmp_path / 'runs' / name).mkdir(parents=True)
+        state = tmp_path / 'runs' / name / 'run_state.json'
+        state.write_text('{}')
+        os.utime(state, (time.time() - age, time.time() - age))
+    assert cli.run(finetune.main, ['--resume']) == 2
+    assert tiny_runs.one_error_line(capsys.readouterr().err) == (
+        'error: --resume needs the run to continue: --checkpoint_path RUN_FOLDER (the latest is '
+        f"{tmp_path / 'runs' / 'newer'})")

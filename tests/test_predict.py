@@ -12,6 +12,7 @@ import tensorflow.compat.v1 as tf
 
 import bvlc_fixture
 from finetune_alexnet import cli
+from finetune_alexnet import metrics
 from finetune_alexnet import model_info
 import predict
 from finetune_alexnet import weight_files
@@ -423,3 +424,18 @@ def test_a_fifo_or_socket_in_a_folder_is_skipped_with_a_note_not_opened(two_clas
         assert cli.run(predict.main, ['--weights_path', two_class['npz'], str(folder / 'pipe.jpg')]) == 2
     assert capsys.readouterr().err == (f"error: {folder / 'pipe.jpg'}: not an image, folder or list file "
                                        "(a FIFO)\n")
+
+
+def test_top_k_accuracy_is_shown_only_where_it_says_something():
+    """With two classes, top-2 accuracy is 100% whatever the model: it is left out; with three
+    classes top-2 is shown."""
+    from finetune_alexnet.infer import reports
+    labels = [0, 1, 1, 0]
+    two = metrics.accuracy_report(np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6]]), labels,
+                                  ['cat', 'dog'])
+    text = reports.format_evaluation(two, [], 20) + reports.format_accuracy(two)
+    assert 'top-2' not in text and 'accuracy 0.5000' in text
+    three = metrics.accuracy_report(np.array([[0.5, 0.3, 0.2], [0.5, 0.3, 0.2], [0.1, 0.2, 0.7]]),
+                                    [1, 2, 2], ['a', 'b', 'c'], top=2)
+    text = reports.format_evaluation(three, [], 20)
+    assert f'top-2 accuracy {2 / 3:.4f}' in text and f'top-2  {2 / 3:7.2%}' in text
