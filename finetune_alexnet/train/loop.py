@@ -139,10 +139,6 @@ def write_scalars(writer, step, values):
     writer.flush()
 
 
-def mean(values):
-    return float(np.mean(values)) if values else float('nan')
-
-
 @contextlib.contextmanager
 def seeded(seed):
     """Seed every random choice, and make TensorFlow's kernels deterministic (None: leave both).
