@@ -26,11 +26,13 @@ LOCK_FILE = '.lock'
 _CHECKPOINT = r'(?:model_epoch\d+|best|interrupted_step\d+)\.ckpt'
 # What a killed run leaves, by the names a run writes and nothing else: TensorFlow's temporaries of
 # our checkpoints (`<prefix>.index.tempstate123`, the `<prefix>_temp` folder), our own files
-# half-written (`run_state.json.partial`, `best.ckpt.index.partial`, ...) and the feature cache.
+# half-written (`replaced_atomically`'s `.run_state.json.<12 hex digits>.partial`, the older
+# `run_state.json.partial`, `best.ckpt.index.partial`, ...) and the feature cache.
 _STALE_NAME = re.compile(
     rf'{_CHECKPOINT}(?:\..*tempstate.*|_temp(?:_.*)?)'
     rf'|(?:{_CHECKPOINT}\..+|run_state\.json|metrics\.jsonl|model_info\.json)\.partial'
     r'|curves\.png\.partial\.png'
+    r'|\.(?:run_state\.json|metrics\.jsonl|model_info\.json|curves\.png)\.[0-9a-f]{12}\.partial'
     r'|features_(?:train|val)\.npy')
 
 

@@ -11,6 +11,7 @@ import os
 import re
 from typing import List, Optional
 
+from finetune_alexnet import run_folder
 from finetune_alexnet.errors import ToolkitError
 
 FILE_NAME = 'run_state.json'
@@ -122,10 +123,8 @@ def write(directory, state):
 
 
 def write_json_atomically(path, content):
-    partial = path + '.partial'
-    with open(partial, 'w') as stream:
+    with run_folder.replaced_atomically(path) as partial, open(partial, 'w') as stream:
         json.dump(content, stream, indent=2)
         stream.write('\n')
         stream.flush()
         os.fsync(stream.fileno())
-    os.replace(partial, path)

@@ -191,13 +191,9 @@ def save_weights(path, layers):
     run_folder.check_output_file(path, 'the output')  # before 233 MB are written, not after
     flat = {f"{layer}/{kind}": np.asarray(arrays[kind], dtype=np.float32)
             for layer, arrays in layers.items() for kind in WEIGHT_KINDS}
-    partial = path + '.partial'
-    try:
-        with open(partial, 'wb') as stream:
+    try:  # a full disk must not stay full of half a file: replaced_atomically removes it
+        with run_folder.replaced_atomically(path) as partial, open(partial, 'wb') as stream:
             np.savez(stream, **flat)
-        os.replace(partial, path)
     except OSError as error:
-        if os.path.exists(partial):
-            os.remove(partial)  # a full disk must not stay full of half a file
         raise ToolkitError(f"{path}: could not write the weights file ({error.strerror}); nothing "
                            "was left behind") from None

@@ -104,20 +104,21 @@ def test_predict_refuses_an_output_in_a_missing_folder_before_any_work(dataset, 
 
 def test_stale_files_of_killed_saves_are_removed_at_start(tmp_path):
     names = ['model_epoch3.ckpt.data-00000-of-00001.tempstate9817', 'run_state.json.partial',
-             'features_train.npy',
+             'features_train.npy', '.metrics.jsonl.0123456789ab.partial', '.curves.png.ba9876543210.partial',
              'best.ckpt.index.partial', 'interrupted_step7.ckpt.index', 'interrupted_step9.ckpt.index',
              'interrupted_step9.ckpt.data-00000-of-00001', 'model_epoch2.ckpt.index', 'notes.txt']
     for name in names:
         (tmp_path / name).write_text('x')
     (tmp_path / 'model_epoch4.ckpt_temp').mkdir()  # TensorFlow's folder of a save in progress
     removed = run_folder.remove_stale_files(str(tmp_path), latest_checkpoint='interrupted_step9.ckpt')
-    assert sorted(removed) == sorted(names[:5] + ['model_epoch4.ckpt_temp'])
-    assert sorted(os.listdir(tmp_path)) == sorted(names[5:])
+    assert sorted(removed) == sorted(names[:7] + ['model_epoch4.ckpt_temp'])
+    assert sorted(os.listdir(tmp_path)) == sorted(names[7:])
 
 
 def test_a_folder_shared_with_the_users_files_keeps_them(tmp_path):
     """--checkpoint_path . in a folder of one's own: only names a run writes are stale (issue 21)."""
     users = ['draft.partial', 'features_2020.npy', 'photos_temp', 'scan.tempstate1', 'report.json.partial',
+             '.report.json.0123456789ab.partial',
              'my_model.ckpt.index.partial', 'data_temp_backup']
     for name in users:
         (tmp_path / name).write_text('mine')

@@ -4,6 +4,8 @@ import os
 import sys
 import time
 
+from finetune_alexnet import run_folder
+
 
 # A terminal's "erase to the end of the line": a shorter rewrite leaves no characters of the longer.
 CLEAR_TO_END = '\x1b[K'
@@ -81,10 +83,8 @@ def append_metrics(path, record):
 
 def write_metrics(path, records):
     """Replace the metrics file by `records` (a resume that fell back to an earlier epoch)."""
-    partial = path + '.partial'
-    with open(partial, 'w') as stream:
+    with run_folder.replaced_atomically(path) as partial, open(partial, 'w') as stream:
         stream.writelines(json.dumps(record) + '\n' for record in records)
-    os.replace(partial, path)
 
 
 def plot_curves(history, path):
@@ -108,7 +108,6 @@ def plot_curves(history, path):
         axes.legend()
     # Fixed margins: tight_layout measures every label, which costs more than drawing the figure.
     figure.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.92, wspace=0.22)
-    partial = path + '.partial.png'
-    figure.savefig(partial, dpi=100)
+    with run_folder.replaced_atomically(path) as partial:
+        figure.savefig(partial, dpi=100, format='png')
     plt.close(figure)
-    os.replace(partial, path)
