@@ -79,6 +79,49 @@ class ArgumentParser(argparse.ArgumentParser):
         return frozenset(vars(given))
 
 
+class StatusLine:
+    """One line of a terminal rewritten in place: the one progress line every command draws.
+
+    Each rewrite erases the rest of the line (a shorter text leaves nothing of a longer one) and
+    fits the terminal's width (a wrapped line cannot be rewritten: every update would pile up a
+    row); `print` first ends the line, so that what else is printed starts on a line of its own.
+    """
+    ERASE_TO_END = '\x1b[K'
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.line_open = False  # the line has no newline yet
+
+    def show(self, *texts):
+        """The first of `texts` that fits the width, else the last one cut to fit."""
+        # One column short: a character in the last column makes some terminals wrap.
+        width = max(self._columns() - 1, 1)
+        line = next((text for text in texts if len(text) <= width), texts[-1][:width])
+        self.stream.write(f'\r{line}{self.ERASE_TO_END}')
+        self.stream.flush()
+        self.line_open = True
+
+    def print(self, text):
+        self.end()
+        self.stream.write(text + '\n')
+        self.stream.flush()
+
+    def end(self):
+        if self.line_open:
+            self.stream.write('\n')
+            self.stream.flush()
+            self.line_open = False
+
+    def _columns(self):
+        """$COLUMNS where set (as shutil.get_terminal_size reads it), else the stream's terminal's."""
+        if os.environ.get('COLUMNS', '').isdigit() and int(os.environ['COLUMNS']) > 0:
+            return int(os.environ['COLUMNS'])
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns or 80
+        except (OSError, ValueError, AttributeError):
+            return 80
+
+
 def prepare(argv):
     """Set TensorFlow's environment up before it is imported: quiet unless `--verbose` is in argv.
 

@@ -33,6 +33,7 @@ import urllib.parse
 import urllib.request
 from typing import NamedTuple, Optional
 
+from finetune_alexnet import cli
 from finetune_alexnet import digests
 from finetune_alexnet import run_folder
 from finetune_alexnet.errors import ToolkitError
@@ -202,7 +203,7 @@ class DownloadProgress:
         self.label = label
         self.amount = amount or human_bytes  # how a count is written: bytes, or e.g. files
         self.stream = stream or sys.stdout
-        self.is_terminal = self.stream.isatty()
+        self.line = cli.StatusLine(self.stream) if self.stream.isatty() else None
         self.total = None
         self.start_bytes = 0
         self.start_time = time.monotonic()
@@ -232,7 +233,7 @@ class DownloadProgress:
         return text
 
     def update(self, done):
-        if self.is_terminal:
+        if self.line:
             now = time.monotonic()
             if now - self.last_draw < 0.1 and done != self.total:
                 return
@@ -241,8 +242,8 @@ class DownloadProgress:
             filled = int(width * done / self.total) if self.total else 0
             bar = '#' * filled + '.' * (width - filled)
             percent = f'{100 * done / self.total:5.1f}%' if self.total else ''
-            self.stream.write(f'\r{self.label} [{bar}] {percent} {self._numbers(done)}\033[K')
-            self.stream.flush()
+            self.line.show(f'{self.label} [{bar}] {percent} {self._numbers(done)}',
+                           f'{self.label} {percent} {self._numbers(done)}')
             return
         step = self._step(done)
         if step > self.last_step:
@@ -251,10 +252,13 @@ class DownloadProgress:
             self.stream.write(f'{self.label}: {percent} ({self._numbers(done)})\n')
             self.stream.flush()
 
+    def note(self, text):
+        """Print `text` on a line of its own, below the bar."""
+        (self.line or cli.StatusLine(self.stream)).print(text)
+
     def finish(self):
-        if self.is_terminal:
-            self.stream.write('\n')
-            self.stream.flush()
+        if self.line:
+            self.line.end()
 
 
 class _Retry(Exception):
@@ -587,9 +591,7 @@ def _fetch(url, part, settings, progress):
                     message += f'; rerun to resume from {part} ({human_bytes(size)})'
                 raise ToolkitError(message + f' (gave up after {attempts} tries)') from None
             delay = min(settings.backoff * 2 ** max(failures - 1, 0), MAX_BACKOFF)
-            newline = '\n' if progress.is_terminal else ''  # off the bar's line
-            progress.stream.write(f'{newline}{retry.args[0]}; retrying in {delay:.0f} s\n')
-            progress.stream.flush()
+            progress.note(f'{retry.args[0]}; retrying in {delay:.0f} s')
             time.sleep(delay)
 
 

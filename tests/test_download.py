@@ -163,7 +163,9 @@ class Terminal(io.StringIO):
         return True
 
 
-def test_terminal_gets_a_bar_with_bytes_rate_and_time_left(tmp_path, file_server, payload):
+def test_terminal_gets_a_bar_with_bytes_rate_and_time_left(tmp_path, file_server, payload,
+                                                           monkeypatch):
+    monkeypatch.setenv('COLUMNS', '200')  # a terminal wide enough for the whole bar
     url = file_server.add('/data.bin', payload)
     screen = Terminal()
     fetch(url, tmp_path / 'data.bin', stream=screen)
@@ -408,3 +410,13 @@ def test_connection_flags_are_range_checked(capsys):
         with pytest.raises(SystemExit):
             parse(*argv)
         assert message in capsys.readouterr().err
+
+
+def test_a_narrow_terminal_gets_a_bar_that_fits(tmp_path, file_server, payload, monkeypatch):
+    monkeypatch.setenv('COLUMNS', '40')
+    url = file_server.add('/data.bin', payload)
+    screen = Terminal()
+    fetch(url, tmp_path / 'data.bin', stream=screen)
+    rewrites = [text.split('\x1b[K')[0] for text in screen.getvalue().split('\r')[1:]]
+    assert rewrites and all(len(text) <= 39 for text in rewrites), rewrites
+    assert rewrites[-1].startswith('data.bin 100.0% 3.0 MiB of 3.0 MiB')  # the bar went first

@@ -42,6 +42,11 @@ def read_all(master, process=None, timeout=600):
     return b''.join(chunks).decode('utf-8', 'replace')
 
 
+@pytest.fixture(autouse=True)
+def no_columns_variable(monkeypatch):
+    monkeypatch.delenv('COLUMNS', raising=False)  # the terminal's own width is what is tested
+
+
 def bar_on_terminal(columns, updates, note=None):
     """The text an EpochProgress of 5 steps writes to a terminal `columns` wide for `updates`
     (step, images per second), with `note` printed after them."""
@@ -97,7 +102,8 @@ def test_finetune_on_a_40_column_terminal(tmp_path):
     process = subprocess.Popen(
         [sys.executable, 'finetune.py', *tiny_runs.flags(data, tmp_path, '--learning_rate', '1e30',
                                                          epochs=1)],
-        cwd=tiny_runs.REPO, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+        cwd=tiny_runs.REPO, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+        env={name: value for name, value in os.environ.items() if name != 'COLUMNS'})
     os.close(slave)
     text = read_all(master, process)
     process.wait(timeout=60)

@@ -4,29 +4,20 @@ import os
 import sys
 import time
 
+from finetune_alexnet import cli
 from finetune_alexnet import run_folder
 
 
-# A terminal's "erase to the end of the line": a shorter rewrite leaves no characters of the longer.
-CLEAR_TO_END = '\x1b[K'
-
-
 class EpochProgress:
-    """A one-line bar per epoch on a terminal; plain lines every `display_step` steps otherwise.
-
-    On a terminal the bar is rewritten in place: each rewrite erases the rest of the line and fits
-    the terminal's width (a wrapped line could not be rewritten: every update would pile up a row),
-    and `note` (or an error leaving the `with` block) first ends the bar's line, so that what else
-    is printed during an epoch starts on a line of its own.
-    """
+    """A one-line bar per epoch on a terminal (cli.StatusLine: rewritten in place, fitted to the
+    width, the bar dropped first); plain lines every `display_step` steps otherwise. `note` prints
+    a line of its own, and leaving the `with` block (an error too) ends the bar's line."""
 
     def __init__(self, epoch, num_epochs, total_steps, display_step, stream=None):
         self.stream = stream or sys.stdout
-        self.is_terminal = self.stream.isatty()
+        self.line = cli.StatusLine(self.stream) if self.stream.isatty() else None
         self.epoch, self.num_epochs = epoch, num_epochs
         self.total_steps, self.display_step = total_steps, display_step
-        self.start = time.perf_counter()
-        self.line_open = False  # the bar's line has no newline yet
 
     def __enter__(self):
         return self
@@ -38,41 +29,22 @@ class EpochProgress:
         """`step` counts from 1 within the epoch."""
         header = f"epoch {self.epoch}/{self.num_epochs}"
         numbers = f"loss {loss:.4f}  acc {accuracy:.3f}  {images_per_second:.1f} img/s"
-        if self.is_terminal:
-            self._rewrite(header, step, numbers)
+        if self.line:
+            filled = int(24 * step / self.total_steps)
+            self.line.show(f"{header} [{'#' * filled}{'.' * (24 - filled)}] {step}/{self.total_steps}  "
+                           f"{numbers}", f"{header} {step}/{self.total_steps}  {numbers}")
         elif step % self.display_step == 0 or step == self.total_steps:
             self.stream.write(f"{header} step {step}/{self.total_steps}  {numbers}\n")
             self.stream.flush()
 
-    def _rewrite(self, header, step, numbers):
-        # One column short of the width: a character in the last column makes some terminals wrap.
-        width = max(self._columns() - 1, 1)
-        filled = int(24 * step / self.total_steps)
-        line = f"{header} [{'#' * filled}{'.' * (24 - filled)}] {step}/{self.total_steps}  {numbers}"
-        if len(line) > width:  # the bar goes first, then the line is cut
-            line = f"{header} {step}/{self.total_steps}  {numbers}"[:width]
-        self.stream.write(f"\r{line}{CLEAR_TO_END}")
-        self.stream.flush()
-        self.line_open = True
-
-    def _columns(self):
-        try:
-            return os.get_terminal_size(self.stream.fileno()).columns or 80
-        except (OSError, ValueError, AttributeError):
-            return 80
-
     def note(self, text):
         """Print `text` on a line of its own (after the bar's line, which stays as it was)."""
         if text:
-            self.finish()
-            self.stream.write(text + '\n')
-            self.stream.flush()
+            (self.line or cli.StatusLine(self.stream)).print(text)
 
     def finish(self):
-        if self.line_open:
-            self.stream.write('\n')
-            self.stream.flush()
-            self.line_open = False
+        if self.line:
+            self.line.end()
 
 
 def append_metrics(path, record):
