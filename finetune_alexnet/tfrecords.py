@@ -28,6 +28,8 @@ Pixel limit: a record's `image/height` x `image/width` is checked against `max_p
 are opened, before anything is decoded.
 """
 import collections
+import contextlib
+import errno
 import glob
 import hashlib
 import os
@@ -291,21 +293,44 @@ class _ShardWriter:
                         f'{size / 1e6:.1f} MB')
             self.writer = None
 
+    @contextlib.contextmanager
+    def _writing(self):
+        """A write that fails (a full disk, a quota, an I/O error) removes every shard written so far
+        and becomes one line."""
+        try:
+            yield
+        except (OSError, tf.errors.OpError) as error:
+            self.discard()
+            reason = (_error_reason(error) if isinstance(error, tf.errors.OpError)
+                      else error.strerror or str(error))
+            full = getattr(error, 'errno', None) in (errno.ENOSPC, errno.EDQUOT) or \
+                isinstance(error, tf.errors.ResourceExhaustedError) or 'No space left' in reason
+            name = self.names[max(self.shard, 0)]
+            raise ToolkitError(f'{self.out_dir}: cannot write {name} ({reason}); removed the '
+                               f'unfinished shards of {self.prefix}'
+                               + ('; the disk is full: free some space, or choose another --out_dir'
+                                  if full else '')) from None
+
     def write(self, slot, serialized):
         """Writes the record of the image in `slot` (its place in the written order)."""
-        while self.shard < 0 or slot >= self.bounds[self.shard + 1]:
-            self._open_next()
-        self.writer.write(serialized)
-        self.records += 1
+        with self._writing():
+            while self.shard < 0 or slot >= self.bounds[self.shard + 1]:
+                self._open_next()
+            self.writer.write(serialized)
+            self.records += 1
 
     def finish(self):
-        while self.shard < self.count - 1:  # shards whose every image was left out: empty files
-            self._open_next()
-        self._close()
+        with self._writing():
+            while self.shard < self.count - 1:  # shards whose every image was left out: empty files
+                self._open_next()
+            self._close()
 
     def discard(self):
         if self.writer is not None:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except (OSError, tf.errors.OpError):  # the failure being cleaned up, again
+                pass
             self.writer = None
         for shard in range(self.count):
             if os.path.exists(self._path(shard)):
@@ -314,12 +339,13 @@ class _ShardWriter:
     def commit(self, replace):
         """Old shards of the prefix go (`replace`), the new ones are renamed into place."""
         finals = [self._path(shard, partial=False) for shard in range(self.count)]
-        if replace:
-            for path in own_shards(self.out_dir, self.prefix):
-                if not path.endswith(PARTIAL) and path not in finals:
-                    os.remove(path)
-        for shard, final in enumerate(finals):
-            os.replace(self._path(shard), final)
+        with self._writing():
+            if replace:
+                for path in own_shards(self.out_dir, self.prefix):
+                    if not path.endswith(PARTIAL) and path not in finals:
+                        os.remove(path)
+            for shard, final in enumerate(finals):
+                os.replace(self._path(shard), final)
         return finals
 
 

@@ -4,7 +4,10 @@ pipeline batch for batch, finetune.py and predict.py --evaluate on shards agains
 and every refusal in one line."""
 import json
 import os
+import re
+import shutil
 import struct
+import subprocess
 
 import cv2
 import numpy as np
@@ -475,3 +478,36 @@ def test_labels_outside_num_classes_are_named_with_their_record(shards):
     assert str(error.value).startswith(f"spec: 6 bad records: {shards / 'train-00000-of-00002.tfrecord'}, "
                                        'record ')
     assert 'label 1 is outside 0..0' in str(error.value)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs (mounted as root), or the test is skipped where none can be mounted."""
+    folder = tmp_path / 'disk'
+    folder.mkdir()
+    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', str(folder)],
+                             capture_output=True) if shutil.which('mount') else None
+    if mounted is None or mounted.returncode != 0:
+        pytest.skip('no tmpfs can be mounted here (mount needs root)')
+    try:
+        yield folder
+    finally:
+        subprocess.run(['umount', str(folder)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_shard(tmp_path, small_disk, capsys):
+    """Noise PNGs of 1.2 MB in all for a 256 KiB disk: the write fails part way, every shard written
+    so far (and the unfinished one) is removed, no file with a shard's name is left."""
+    lines = []
+    for index in range(8):
+        path = tmp_path / f'noise{index}.png'
+        image_files.write_png(path, image_files.random_rgb(200, 200, seed=index))
+        lines.append(f'{path} {index % 2}')
+    (tmp_path / 'train.txt').write_text('\n'.join(lines) + '\n')
+    code, out, err = write_tfrecords(capsys, tmp_path / 'train.txt', '--out_dir', small_disk / 'out',
+                                     '--num_shards', '4')
+    line = one_error_line(code, err)
+    assert re.fullmatch(rf'error: {small_disk / "out"}: cannot write train-0000[0-3]-of-00004\.tfrecord '
+                        r'\(.*No space left on device.*\); removed the unfinished shards of train; the '
+                        r'disk is full: free some space, or choose another --out_dir', line), line
+    assert os.listdir(small_disk / 'out') == []
