@@ -1,6 +1,9 @@
 """Several workers through tf.distribute: the cluster read from TF_CONFIG or the flags, each worker's
 rows of every batch, and real two-worker runs on 127.0.0.1 against one process (weights, validation,
-TensorBoard), a SIGTERM to one worker then --resume, a worker killed outright, workers that disagree."""
+TensorBoard), a SIGTERM to one worker then --resume, a worker killed outright, workers that disagree
+(named with the setting and both values); clusters that never form (a worker or the chief never
+starts, the chief's port held by another program), stop signals while waiting at start-up (in Python
+and inside TensorFlow) and during a step that waits for a hung worker, and the watcher's deadline."""
 import json
 import os
 import re
@@ -574,3 +577,33 @@ def test_a_stop_signal_while_waiting_for_the_others_ends_the_worker_at_once(data
     finally:
         for greeter in greeters:
             greeter.close()
+
+
+@pytest.mark.slow
+def test_a_signal_during_a_step_that_waits_for_a_hung_worker_ends_the_worker_after_the_grace(
+        dataset, tmp_path):
+    """Worker 1 stops itself (SIGSTOP) after step 1: its port still accepts connections, so it is
+    not gone, and the chief's next step waits for it. A SIGTERM to the chief then lets the step
+    finish for the grace (10 s, or twice the longest wait so far); it cannot, so the chief ends in
+    one line with 143, long before --collective_timeout 300."""
+    processes, hosts = start_workers(tiny_runs.flags(dataset, tmp_path), timeout=300,
+                                     signal_at=(1, 1, 1, signal.SIGSTOP))
+    chief, other = processes
+    try:
+        wait_for(lambda: open(f'/proc/{other.pid}/stat').read().split(') ')[1][0] == 'T', 200)
+        time.sleep(3)  # the chief is inside its next collective by now
+        chief.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        stdout, stderr = chief.communicate(timeout=150)
+        waited = time.monotonic() - signalled
+    finally:
+        other.kill()
+        other.communicate()
+    assert chief.returncode == 143, stderr
+    line = tiny_runs.one_error_line(stderr)
+    grace = int(re.search(r'within (\d+) s', line).group(1))
+    assert line == (f'error: SIGTERM while waiting for the other workers, who did not finish the step '
+                    f'within {grace} s: stopped without saving; the last complete checkpoint is kept, '
+                    'continue it with --resume')
+    assert distribute.SIGNAL_GRACE <= grace < 300
+    assert waited < grace + 60  # the grace, and the process's exit on a busy machine
