@@ -347,8 +347,7 @@ class Workers:
             writer.close()
 
     def _gone_message(self, gone):
-        names = ', '.join(self.cluster.name(index) for index in gone)
-        return (f'{names} {"is" if len(gone) == 1 else "are"} gone (no longer accepting '
+        return (f'{_names(self.cluster, gone)} {"is" if len(gone) == 1 else "are"} gone (no longer accepting '
                 f'connections): restart every worker with --resume to continue from the last '
                 'checkpoint')
 
@@ -365,7 +364,7 @@ class Workers:
         silent = [index for index in others if _server_state(self.cluster.workers[index]) != ANSWERS]
         if silent:
             return ToolkitError(f'{_names(self.cluster, silent)} did not answer within '
-                                f'--collective_timeout {self.timeout:g} s (its port accepts '
+                                f'--collective_timeout {self.timeout:g} s (the port accepts '
                                 'connections, but no TensorFlow server answers there: the process '
                                 f'hangs or was stopped): {advice}')
         reason = ('TensorFlow still waited at the deadline' if error is None else
