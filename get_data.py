@@ -28,7 +28,6 @@ from finetune_alexnet import download  # noqa: E402
 from finetune_alexnet import image_lists  # noqa: E402
 from finetune_alexnet import run_folder  # noqa: E402
 from finetune_alexnet import tf_setup  # noqa: E402
-from finetune_alexnet.errors import ToolkitError  # noqa: E402
 
 
 def get_args_parser():
@@ -87,7 +86,8 @@ def fetch_and_prepare(args):
     result = download.download(url, archive, sha256=args.sha256, timeout=args.timeout,
                                retries=args.retries, manual_hint=hint,
                                check=lambda path: datasets.check_archive(path, dataset),
-                               limits=download.limits(args, dataset.archive_bytes, dataset.archive))
+                               limits=download.limits(args, dataset.archive_bytes, dataset.archive,
+                                                              datasets.most_archive_bytes(dataset)))
     if result.reused:
         print(f'{archive}: already downloaded; reusing it')
     dropped = datasets.prepare(dataset, archive, out_dir, datagenerator.find_bad_images,
@@ -105,12 +105,8 @@ def main(argv=None):
     tf_setup.quiet_python_logging(args.verbose)  # first: disable_v2_behavior logs a deprecation
     tf.disable_v2_behavior()
     run_folder.check_output_folder(args.out_dir, '--out_dir')  # the one output check, before the download
-    try:
-        os.makedirs(args.out_dir, exist_ok=True)
-    except OSError as error:
-        raise ToolkitError(f'--out_dir {args.out_dir}: cannot create it ({error.strerror})') from None
-
-    folder, dropped = fetch_and_prepare(args)
+    with run_folder.created_folder(args.out_dir, '--out_dir'):
+        folder, dropped = fetch_and_prepare(args)
     lists = image_lists.write_folder_lists(folder, args.out_dir, args.val_fraction, args.seed, args.relative)
 
     for line in datasets.describe_dropped(dropped, os.path.join(args.out_dir, datasets.REPORT_NAME)):

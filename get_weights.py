@@ -8,7 +8,8 @@
 A download goes to OUTPUT.part and is renamed to OUTPUT only when it is complete, its digests match
 and it loads as AlexNet (all eight layers, every shape), so a file at OUTPUT is always a good one. A
 dropped connection is resumed; so is a rerun after Ctrl-C. Every download is bounded: no larger
-than the source's known size (`--max_download_mb` for `--url`) or the free space, no slower than
+than the source's known size (for `--url`: than AlexNet's weights can be, or
+`--max_download_mb`) or the free space, no slower than
 `--speed_limit` for `--speed_time`. A conversion writes the pickle-free `.npz` that `--weights_path`
 takes everywhere.
 """
@@ -38,6 +39,11 @@ BERKELEY_SHA1 = '9116a64c0fbe4459d18f4bb6b56d647b63920377'
 # definitions and protobuf framing.
 TORONTO_SIZE = 243_861_814
 BERKELEY_MAX_SIZE = 243_860_896 + 2 ** 20
+# The most a --url download of either kind may be (unless --max_download_mb says otherwise): AlexNet's
+# weights as float32, with the same 1 MiB for a .npy's pickle or a .caffemodel's framing. A server
+# that streams without end stops there, not at the generic 2 GiB.
+WEIGHTS_MOST = {'toronto': (BERKELEY_MAX_SIZE, "the most AlexNet's weights (.npy or .npz) can be"),
+                'berkeley': (BERKELEY_MAX_SIZE, "the most AlexNet's .caffemodel can be")}
 CAFFEMODEL_NAME = 'bvlc_alexnet.caffemodel'
 DEFAULT_OUTPUTS = {'toronto': weight_files.DEFAULT_WEIGHTS_PATH, 'convert': 'bvlc_alexnet.npz'}
 
@@ -140,7 +146,7 @@ def main(argv=None):
         hint = (f'download {url} by hand (a browser or curl) and run: python get_weights.py '
                 f'--caffemodel {CAFFEMODEL_NAME} --output {args.output}')
         # The digest proves the download; the conversion then proves it is AlexNet.
-        limits = download.limits(args, BERKELEY_MAX_SIZE, CAFFEMODEL_NAME)
+        limits = download.limits(args, BERKELEY_MAX_SIZE, CAFFEMODEL_NAME, WEIGHTS_MOST['berkeley'])
         fetch(url, local, args, check=None, manual_hint=hint, limits=limits, sha256=args.sha256,
               sha1=sha1)
         convert(local, args.output)
@@ -154,7 +160,7 @@ def main(argv=None):
         def check(path):  # runs on the .part, so a file that is not AlexNet is never renamed
             proved['num_classes'] = check_weights_file(path)
 
-        limits = download.limits(args, TORONTO_SIZE, 'bvlc_alexnet.npy')
+        limits = download.limits(args, TORONTO_SIZE, 'bvlc_alexnet.npy', WEIGHTS_MOST['toronto'])
         result = fetch(url, args.output, args, check=check, manual_hint=hint, limits=limits,
                        sha256=args.sha256, sha1=args.sha1)
         report(args.output, proved['num_classes'], result.sha256)

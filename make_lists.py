@@ -35,6 +35,7 @@ import sys
 
 from finetune_alexnet import cli
 from finetune_alexnet import image_lists
+from finetune_alexnet import run_folder
 
 
 def get_args_parser():
@@ -87,6 +88,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    run_folder.check_output_folder(args.out_dir, '--out_dir')  # before the scan, however long
     if args.imagenet_val is not None:
         lines = image_lists.write_imagenet_val(args.imagenet_val, args.labels, args.meta, args.out_dir,
                                                args.relative)

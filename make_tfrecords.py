@@ -140,7 +140,12 @@ def write_classes_copy(out_dir, class_names):
                 return
         except ToolkitError:
             pass
-    image_lists.write_class_names(target + tfrecords.PARTIAL, class_names)
+    try:
+        image_lists.write_class_names(target + tfrecords.PARTIAL, class_names)
+    except ToolkitError:  # a full disk: no half-written copy left behind
+        if os.path.exists(target + tfrecords.PARTIAL):
+            os.remove(target + tfrecords.PARTIAL)
+        raise
     os.replace(target + tfrecords.PARTIAL, target)
 
 

@@ -26,6 +26,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from finetune_alexnet import run_folder  # noqa: E402
 from finetune_alexnet import weight_files  # noqa: E402
 from finetune_alexnet import tf_setup  # noqa: E402
 from finetune_alexnet.errors import ToolkitError  # noqa: E402
@@ -190,6 +191,7 @@ def main(argv=None):
                         help=f'which photo (0-based) to show the conv1 feature maps of (default: '
                         f'{FEATURE_PHOTO} if given, else the first)')
     args = parser.parse_args(argv)
+    run_folder.check_output_folder(args.out_dir, '--out_dir')  # before the model loads, not after
 
     import matplotlib
     matplotlib.use('Agg')  # files only: never open a window

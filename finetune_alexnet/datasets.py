@@ -59,6 +59,18 @@ class Dataset(NamedTuple):
     max_members: int = DEFAULT_MAX_MEMBERS
 
 
+# Bytes an archive spends on each member besides its data (a zip's local header and central-directory
+# entry with the name twice; a tar header): at most this much, for names up to a few hundred bytes.
+MEMBER_FRAMING_BYTES = 1024
+
+
+def most_archive_bytes(dataset):
+    """(bytes, what): the most an archive of `dataset` can be, the cap of a --url download: what its
+    members may add up to (stored uncompressed) and each member's framing."""
+    size = dataset.max_extracted + dataset.max_members * MEMBER_FRAMING_BYTES
+    return size, f'the most a {dataset.name} archive can be (its bound on what it extracts to)'
+
+
 DATASETS = OrderedDict((dataset.name, dataset) for dataset in (
     Dataset(name='cats_vs_dogs',
             description="Microsoft's Kaggle Cats and Dogs: 25,000 photos, PetImages/Cat and PetImages/Dog",

@@ -87,8 +87,9 @@ def add_connection_flags(parser):
     parser.add_argument('--retries', type=int, default=DEFAULT_RETRIES,
                         help='tries after a failure that made no progress, with growing pauses')
     parser.add_argument('--max_download_mb', type=float, default=None,
-                        help=f'the most a --url download may be, in MiB (default {DEFAULT_MAX_MB}; a '
-                             'known source may be no larger than its known size)')
+                        help='the most a --url download may be, in MiB (default: the most a file of '
+                             f'its kind can be, else {DEFAULT_MAX_MB}; a known source may be no '
+                             'larger than its known size)')
     parser.add_argument('--speed_limit', type=float, default=DEFAULT_SPEED_LIMIT,
                         help='bytes per second below which, for --speed_time seconds, a download '
                              'stops (0: never)')
@@ -123,11 +124,17 @@ def check_connection_flags(parser, args):
                          'known size')
 
 
-def limits(args, known_size=None, name='this file'):
-    """The `Limits` of a command's download: a known source's own size, or --max_download_mb."""
+def limits(args, known_size=None, name='this file', most=None):
+    """The `Limits` of a command's download: a known source's own size; for `--url`,
+    --max_download_mb, else `most` ((bytes, 'what they are'): the most a file of this kind can be,
+    e.g. AlexNet's weights), else DEFAULT_MAX_MB."""
     if known_size is not None and not args.url:
         return Limits(known_size, f"{name}'s known size ({known_size:,} bytes)", args.speed_limit,
                       args.speed_time)
+    if args.max_download_mb is None and most is not None:
+        size, what = most
+        return Limits(size, f'{what} ({size:,} bytes; --max_download_mb allows more)',
+                      args.speed_limit, args.speed_time)
     megabytes = args.max_download_mb if args.max_download_mb is not None else DEFAULT_MAX_MB
     cap = int(megabytes * 2 ** 20)
     return Limits(cap, f'--max_download_mb {megabytes:g} ({cap:,} bytes)', args.speed_limit,
@@ -410,8 +417,6 @@ class _SpeedGuard:
 
 
 def _describe_reason(reason):
-    if isinstance(reason, socket.gaierror):
-        return 'host name not found'
     if isinstance(reason, ConnectionRefusedError):
         return 'connection refused'
     if isinstance(reason, (socket.timeout, TimeoutError)):
@@ -480,6 +485,14 @@ def _start(url, part, settings, progress):
         if deadline.fired:
             raise _Retry(f'no complete response within --timeout {settings.timeout:g} s (the server '
                          'sends its headers too slowly)', 'slow') from None
+        if isinstance(error, urllib.error.URLError) and isinstance(error.reason, socket.gaierror):
+            # A name that does not resolve will not resolve on a retry half a minute later.
+            host = urllib.parse.urlsplit(url).hostname
+            raise ToolkitError(f'{url}: the host name {host} does not resolve '
+                               f'({error.reason.strerror or error.reason}): check the address (a '
+                               'typo in the URL?) and that this machine reaches a DNS server'
+                               + (f'; or {settings.manual_hint}' if settings.manual_hint else '')
+                               ) from None
         if isinstance(error, urllib.error.URLError):
             raise _Retry(f'cannot reach {urllib.parse.urlsplit(url).netloc} '
                          f'({_describe_reason(error.reason)})', 'network') from None

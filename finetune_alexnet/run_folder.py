@@ -69,6 +69,30 @@ def check_output_file(path, flag):
         raise ToolkitError(f'{path}: {flag} is not writable')
 
 
+@contextlib.contextmanager
+def created_folder(path, flag):
+    """Creates folder `path` (and its missing parents) for the `with` block; if the block fails, the
+    folders it created go again where they are still empty (a failed download leaves no empty
+    --out_dir behind), and what existed before stays."""
+    missing, probe = [], os.path.abspath(path)
+    while not os.path.exists(probe):
+        missing.append(probe)
+        probe = os.path.dirname(probe)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise ToolkitError(f'{flag} {path}: cannot create it ({error.strerror})') from None
+    try:
+        yield path
+    except BaseException:
+        for folder in missing:  # the deepest first
+            try:
+                os.rmdir(folder)
+            except OSError:  # holds something now (a resumable .part): kept, and its parents too
+                break
+        raise
+
+
 class RunLock:
     """Holds `<folder>/.lock` for the life of a run (a context manager); refuses a second holder."""
 

@@ -14,6 +14,7 @@ carries on. Elsewhere (tests, notebooks, anything that calls `main` in-process) 
 which `cli.run` turns into that line and the exit status of the second signal; should a finalizer
 swallow it, leaving the `with` block raises it again.
 """
+import contextlib
 import os
 import signal
 import sys
@@ -55,14 +56,33 @@ def leave_now(message, status):
 class Aborted(BaseException):
     """A second stop signal: leave at once. A BaseException, so `except Exception` cannot swallow it."""
 
-    def __init__(self, signum):
-        super().__init__(f'{signal.Signals(signum).name} again: aborted without saving; the last '
-                         'complete checkpoint is kept, continue it with --resume')
+    def __init__(self, signum, message=None):
+        super().__init__(message or f'{signal.Signals(signum).name} again: aborted without saving; '
+                         'the last complete checkpoint is kept, continue it with --resume')
         self.signum = signum
 
     @property
     def exit_status(self):
         return 128 + self.signum
+
+
+@contextlib.contextmanager
+def ending_at_once(message):
+    """While installed, SIGINT, SIGTERM and SIGHUP end the command at once, in one line
+    `error: <signal> <message>` and status 128 + N: for waits with nothing to save yet (workers waiting
+    for each other at start-up). In a command's own process the handler leaves there and then (as a
+    second signal does); elsewhere it raises Aborted, which `cli.run` prints the same way."""
+    def handle(signum, frame):
+        aborted = Aborted(signum, f'{name(signum)} {message}')
+        if _leave_at_once is not None:
+            _leave(aborted)
+        raise aborted
+    previous = {signum: signal.signal(signum, handle) for signum in HANDLED}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def name(signum):

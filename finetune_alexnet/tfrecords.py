@@ -25,9 +25,15 @@ list in the same order would give, and without pre-resize its batches equal that
 (preprocessing.py, the one definition, decodes both). `images_dataset` is prediction's reader.
 
 Pixel limit: a record's `image/height` x `image/width` is checked against `max_pixels` when the shards
-are opened, before anything is decoded.
+are opened, before anything is decoded; and since those fields are only what the writer claims
+(another tool's shards may say 100x100 for a PNG of 15000x15000), every record's encoded image is held
+to `max_pixels` again as it is decoded, from its own header (`preprocessing.decode_rgb`'s check, as
+for list images): a record over it fails like an unreadable one, named with its shard and record, or
+is skipped and counted with `skip_bad_images`.
 """
 import collections
+import contextlib
+import errno
 import functools
 import glob
 import hashlib
@@ -85,7 +91,11 @@ def _error_reason(error):
     lines = [line.strip() for line in str(error.message).splitlines()]
     useful = [line for line in lines if line and not line.startswith(
         ('[[', 'File ', 'Graph execution', 'Detected at node', 'Node:'))]
-    return useful[-1] if useful else str(error.message).strip()
+    reason = useful[-1] if useful else str(error.message).strip()
+    # A check of ours (tf.debugging.Assert: the pixel limit) says its message in brackets.
+    if reason.startswith('assertion failed: [') and reason.endswith(']'):
+        reason = reason[len('assertion failed: ['):-1]
+    return reason
 
 
 # --- where the shards are -------------------------------------------------------------------------
@@ -292,21 +302,44 @@ class _ShardWriter:
                         f'{size / 1e6:.1f} MB')
             self.writer = None
 
+    @contextlib.contextmanager
+    def _writing(self):
+        """A write that fails (a full disk, a quota, an I/O error) removes every shard written so far
+        and becomes one line."""
+        try:
+            yield
+        except (OSError, tf.errors.OpError) as error:
+            self.discard()
+            reason = (_error_reason(error) if isinstance(error, tf.errors.OpError)
+                      else error.strerror or str(error))
+            full = getattr(error, 'errno', None) in (errno.ENOSPC, errno.EDQUOT) or \
+                isinstance(error, tf.errors.ResourceExhaustedError) or 'No space left' in reason
+            name = self.names[max(self.shard, 0)]
+            raise ToolkitError(f'{self.out_dir}: cannot write {name} ({reason}); removed the '
+                               f'unfinished shards of {self.prefix}'
+                               + ('; the disk is full: free some space, or choose another --out_dir'
+                                  if full else '')) from None
+
     def write(self, slot, serialized):
         """Writes the record of the image in `slot` (its place in the written order)."""
-        while self.shard < 0 or slot >= self.bounds[self.shard + 1]:
-            self._open_next()
-        self.writer.write(serialized)
-        self.records += 1
+        with self._writing():
+            while self.shard < 0 or slot >= self.bounds[self.shard + 1]:
+                self._open_next()
+            self.writer.write(serialized)
+            self.records += 1
 
     def finish(self):
-        while self.shard < self.count - 1:  # shards whose every image was left out: empty files
-            self._open_next()
-        self._close()
+        with self._writing():
+            while self.shard < self.count - 1:  # shards whose every image was left out: empty files
+                self._open_next()
+            self._close()
 
     def discard(self):
         if self.writer is not None:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except (OSError, tf.errors.OpError):  # the failure being cleaned up, again
+                pass
             self.writer = None
         for shard in range(self.count):
             if os.path.exists(self._path(shard)):
@@ -315,12 +348,13 @@ class _ShardWriter:
     def commit(self, replace):
         """Old shards of the prefix go (`replace`), the new ones are renamed into place."""
         finals = [self._path(shard, partial=False) for shard in range(self.count)]
-        if replace:
-            for path in own_shards(self.out_dir, self.prefix):
-                if not path.endswith(PARTIAL) and path not in finals:
-                    os.remove(path)
-        for shard, final in enumerate(finals):
-            os.replace(self._path(shard), final)
+        with self._writing():
+            if replace:
+                for path in own_shards(self.out_dir, self.prefix):
+                    if not path.endswith(PARTIAL) and path not in finals:
+                        os.remove(path)
+            for shard, final in enumerate(finals):
+                os.replace(self._path(shard), final)
         return finals
 
 
@@ -609,11 +643,12 @@ def read_records(files, offsets, lengths):
 
 
 @NOT_CONVERTED
-def decode_record(serialized):
-    """uint8 [height, width, 3] RGB of a record's image, by preprocessing.decode_rgb."""
+def decode_record(serialized, max_pixels=None):
+    """uint8 [height, width, 3] RGB of a record's image, by preprocessing.decode_rgb; with
+    `max_pixels`, an image whose header announces more fails before it is decoded."""
     encoded = tf.io.parse_single_example(
         serialized, {ENCODED: tf.io.FixedLenFeature([], tf.string)})[ENCODED]
-    return preprocessing.decode_rgb(encoded)
+    return preprocessing.decode_rgb(encoded, max_pixels=max_pixels, what='the record')
 
 
 def _record_columns(index):
@@ -651,7 +686,7 @@ class ShardImageDataGenerator:
         self.txt_file = os.fspath(shards)
         self.mode, self.batch_size, self.num_classes = mode, batch_size, num_classes
         self.shuffle, self.seed, self.augment = shuffle, seed, augment
-        self.skip_bad_images = skip_bad_images
+        self.skip_bad_images, self.max_pixels = skip_bad_images, max_pixels
         self.num_workers, self.worker_index, self.worker_batch_size = preprocessing.worker_part(
             batch_size, num_workers, worker_index)
         self.index = index_shards(find_shards(self.txt_file), num_classes, self.txt_file)
@@ -691,7 +726,7 @@ class ShardImageDataGenerator:
             # As the list pipeline: each image's crop depends on the epoch and the image only.
             crop_key = (tf.random.experimental.stateless_fold_in(epoch_key, position) if random_crops
                         else None)
-            image = decode_record(serialized)
+            image = decode_record(serialized, self.max_pixels)
             return preprocessing.resize_for_model(image, training, self.augment, crop_key), label
 
         dataset = tf.data.Dataset.zip((records, meta))
@@ -701,7 +736,8 @@ class ShardImageDataGenerator:
 
     def unreadable_images_error(self, workers=None):
         """A ToolkitError naming the unreadable records, to raise after a read or decode error."""
-        return unreadable_records_error(self.index, workers, source=self.txt_file)
+        return unreadable_records_error(self.index, workers, source=self.txt_file,
+                                        max_pixels=self.max_pixels)
 
     def describe_skipped(self, images_seen):
         """'skipped N unreadable images ...' for an epoch that yielded `images_seen`, or None if none."""
@@ -711,8 +747,9 @@ class ShardImageDataGenerator:
         return f'skipped {plural(skipped, "unreadable image")} of {self.data_size} in {self.txt_file}'
 
 
-def unreadable_records(index, workers=None):
-    """{position: reason} for every record that cannot be read or decoded.
+def unreadable_records(index, workers=None, max_pixels=None):
+    """{position: reason} for every record that cannot be read or decoded (or whose image's header
+    announces more than `max_pixels`: refused undecoded).
 
     Every record is read and decoded once in a parallel pass that drops the failures; only those are
     read again, one by one, for TensorFlow's reason.
@@ -724,7 +761,8 @@ def unreadable_records(index, workers=None):
         records = read_records(files, offsets, lengths)
         positions = tf.data.Dataset.range(index.size)
         dataset = tf.data.Dataset.zip((positions, records)).map(
-            NOT_CONVERTED(lambda position, record: (position, tf.shape(decode_record(record)))),
+            NOT_CONVERTED(lambda position, record: (position,
+                                                    tf.shape(decode_record(record, max_pixels)))),
             num_parallel_calls=workers, deterministic=False)
         dataset = dataset.ignore_errors().batch(1024)
         iterator = tf.data.make_initializable_iterator(dataset)
@@ -738,26 +776,39 @@ def unreadable_records(index, workers=None):
                 break
         failed = [p for p in range(index.size) if p not in decoded]
         if failed:
-            path_in = tf.placeholder(tf.string, [])
-            offset_in = tf.placeholder(tf.int64, [])
-            length_in = tf.placeholder(tf.int64, [])
-            one = tf.data.make_initializable_iterator(_read_record(path_in, offset_in, length_in))
-            shape = tf.shape(decode_record(one.get_next()))
+            # Each failed record's bytes read here, by its offset, and decoded alone: an iterator
+            # over the offset reader would have to serialize it, which TensorFlow cannot.
+            serialized_in = tf.placeholder(tf.string, [])
+            shape = tf.shape(decode_record(serialized_in, max_pixels))
             for position in failed:
-                feed = {path_in: files[position], offset_in: offsets[position],
-                        length_in: lengths[position]}
+                serialized = _record_bytes(files[position], offsets[position], lengths[position])
+                if serialized is None:
+                    failed_reasons[position] = ('the shard ends inside this record (was it cut short '
+                                                'or replaced while it was read?)')
+                    continue
                 try:
-                    session.run(one.initializer, feed)
-                    session.run(shape)
+                    session.run(shape, {serialized_in: serialized})
                     failed_reasons[position] = 'failed in the parallel pass, but reads alone'
                 except tf.errors.OpError as error:
                     failed_reasons[position] = _error_reason(error)
     return failed_reasons
 
 
-def unreadable_records_error(index, workers=None, source=None, hint=None):
+def _record_bytes(path, offset, length):
+    """The serialized record at `offset` of shard `path`, framed as the index says; None when the file
+    does not hold it (any more). The CRCs are not checked: the parallel pass read it with them."""
+    with open(os.fsdecode(path), 'rb') as stream:
+        stream.seek(int(offset))
+        header = stream.read(12)
+        data = stream.read(int(length))
+    if len(header) < 12 or int.from_bytes(header[:8], 'little') != length or len(data) < length:
+        return None
+    return data
+
+
+def unreadable_records_error(index, workers=None, source=None, hint=None, max_pixels=None):
     """The one message for records that failed: a ToolkitError naming each, with the reason."""
-    bad = unreadable_records(index, workers)
+    bad = unreadable_records(index, workers, max_pixels)
     where = f'{source}: ' if source else ''
     if not bad:
         return ToolkitError(f'{where}a record failed to read or decode, but every record reads '
@@ -790,5 +841,6 @@ def images_dataset(index, batch_size, center_crop=False, skip_bad_images=False, 
 
     return preprocessing.prediction_batches(
         tf.data.Dataset.zip((records, tf.data.Dataset.from_tensor_slices(positions))),
-        decode_record, batch_size, center_crop=center_crop, ten_crop=ten_crop,
-        skip_bad_images=skip_bad_images, resize_size=resize_size)
+        functools.partial(decode_record, max_pixels=max_pixels), batch_size,
+        center_crop=center_crop, ten_crop=ten_crop, skip_bad_images=skip_bad_images,
+        resize_size=resize_size)

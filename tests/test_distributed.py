@@ -1,13 +1,18 @@
 """Several workers through tf.distribute: the cluster read from TF_CONFIG or the flags, each worker's
 rows of every batch, and real two-worker runs on 127.0.0.1 against one process (weights, validation,
-TensorBoard), a SIGTERM to one worker then --resume, a worker killed outright, workers that disagree."""
+TensorBoard), a SIGTERM to one worker then --resume, a worker killed outright, workers that disagree
+(named with the setting and both values); clusters that never form (a worker or the chief never
+starts, the chief's port held by another program), stop signals while waiting at start-up (in Python
+and inside TensorFlow) and during a step that waits for a hung worker, and the watcher's deadline."""
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -386,5 +391,219 @@ def test_workers_started_with_other_flags_are_refused_naming_the_worker(dataset,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for code, stdout, stderr in finish(processes):
         assert code == 2
-        assert f'worker 1 ({hosts[1]}) was started with other settings or data than the chief' in \
-            tiny_runs.one_error_line(stderr)
+        assert tiny_runs.one_error_line(stderr) == (
+            f'error: worker 1 ({hosts[1]}) was started with other settings than the chief: '
+            '--learning_rate: 0.001 on worker 0 (the chief), 0.01 on worker 1: start every worker '
+            'with the same flags')
+
+
+def workers_gathering(cluster_size, values_of):
+    """Workers whose gather answers as `cluster_size` workers would, worker i sending
+    values_of(i, sent) where this one (the chief) sent `sent`."""
+    workers = distribute.Workers.__new__(distribute.Workers)
+    workers.cluster = distribute.Cluster(tuple(f'h{i}:1' for i in range(cluster_size)), 0)
+    workers.index, workers.num_workers = 0, cluster_size
+    workers.gather = lambda session, values: np.array(
+        [np.asarray(values_of(index, np.asarray(values, np.float64).ravel()), np.float64)
+         for index in range(cluster_size)])
+    return workers
+
+
+@pytest.mark.parametrize('changed, expected', [
+    ({'learning_rate': 0.01},
+     'worker 2 (h2:1) was started with other settings than the chief: --learning_rate: 0.001 on '
+     'worker 0 (the chief), 0.01 on worker 2: start every worker with the same flags'),
+    ({'train_layers': ['fc8'], 'learning_rate': 0.5},  # the first in name order
+     'worker 2 (h2:1) was started with other settings than the chief: --learning_rate: 0.001 on '
+     'worker 0 (the chief), 0.5 on worker 2: start every worker with the same flags'),
+    ({'val_file_sha256': 'f' * 64},
+     "worker 2 (h2:1) reads other data than the chief: the digest of its --val_file is "
+     "ffffffffffffffff..., the chief's 0123456789abcdef...: give every worker the same list files "
+     '(and images) or shards'),
+    ({'gpu': True}, 'worker 2 (h2:1) was started with other settings than the chief: a GPU in use: '
+     'false on worker 0 (the chief), true on worker 2: start every worker with the same flags'),
+])
+def test_a_worker_unlike_the_chief_is_told_which_setting_differs_and_how(changed, expected):
+    """Worker 1 agrees; worker 2 sends, for each gather, what its own settings give."""
+    chief = {'learning_rate': 0.001, 'train_layers': ['fc7', 'fc8'], 'gpu': False,
+             'val_file_sha256': '0123456789abcdef' * 4}
+    other = {**chief, **changed}
+    names = sorted(chief)
+
+    def values_of(index, sent):
+        settings = other if index == 2 else chief
+        if len(sent) == len(names):  # the digest of every setting, in name order
+            return [distribute.settings_digest(settings[name]) for name in names]
+        text = sent.astype(np.uint8).tobytes().rstrip(b'\0').decode()
+        name = next(name for name in names if json.dumps(chief[name]) == text)
+        mine = json.dumps(settings[name]).encode().ljust(distribute.VALUE_BYTES, b'\0')
+        return np.frombuffer(mine, np.uint8)
+
+    workers = workers_gathering(3, values_of)
+    keys = np.full(3, distribute.settings_digest(names))
+    error = workers._disagreement(None, chief, names, keys)
+    assert str(error) == expected
+
+
+def test_a_worker_of_another_version_is_told_so():
+    workers = workers_gathering(2, lambda index, sent: sent)
+    error = workers._disagreement(None, {'a': 1}, ['a'], np.array([1.0, 2.0]))
+    assert str(error) == ('worker 1 (h1:1) runs another version of this toolkit (its settings have '
+                          'other names): install the same version on every worker')
+
+
+# --- a cluster that never forms -------------------------------------------------------------------
+
+class Greeter:
+    """A port that greets every connection with an HTTP/2 SETTINGS frame, then says nothing: to the
+    start-up knock it looks like a TensorFlow worker, to TensorFlow's collectives it never answers.
+    `connections` counts who came (the knock, then TensorFlow's own channel)."""
+
+    def __init__(self):
+        self.listener = socket.socket()
+        self.listener.bind(('127.0.0.1', 0))
+        self.listener.listen()
+        self.address = f'127.0.0.1:{self.listener.getsockname()[1]}'
+        self.connections, self._open = 0, []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self._open.append(connection)
+            connection.sendall(b'\x00\x00\x00\x04\x00\x00\x00\x00\x00')
+
+    def close(self):
+        for connection in [self.listener, *self._open]:
+            connection.close()
+
+
+def lone_worker(dataset, run_dir, hosts, index, timeout):
+    """One worker of `hosts` started alone (its peers are whatever the test put at their ports)."""
+    flags = [*tiny_runs.flags(dataset, run_dir), '--worker_hosts', ','.join(hosts),
+             '--task_index', str(index), '--collective_timeout', str(timeout)]
+    return subprocess.Popen([sys.executable, WORKER, *map(str, flags)], cwd=tiny_runs.REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def never_answered(hosts, index, why, timeout=12):
+    return (f'error: 1 of the 2 workers has not answered within --collective_timeout {timeout} s '
+            f'(worker {index} ({hosts[index]}): {why}): start every worker with the same flags, '
+            'check the addresses in --worker_hosts or TF_CONFIG, or raise --collective_timeout')
+
+
+@pytest.mark.slow
+def test_a_cluster_that_never_forms_ends_within_the_timeout_naming_who_is_missing(dataset, tmp_path):
+    """Three lone workers at once, --collective_timeout 12: worker 1 whose chief never starts,
+    the chief whose worker 1 never starts, worker 1 whose chief's port another program holds. Each
+    says at 10 s who is missing, and ends in one line naming it (address and index)."""
+    squatter = socket.socket()
+    squatter.bind(('127.0.0.1', 0))
+    squatter.listen()  # accepts connections (the kernel does), never speaks
+    try:
+        ports = free_ports(4)
+        cases = [([f'127.0.0.1:{ports[0]}', f'127.0.0.1:{ports[1]}'], 1, 0, 'nothing listens there'),
+                 ([f'127.0.0.1:{ports[2]}', f'127.0.0.1:{ports[3]}'], 0, 1, 'nothing listens there'),
+                 ([f'127.0.0.1:{squatter.getsockname()[1]}', f'127.0.0.1:{free_ports(1)[0]}'], 1, 0,
+                  'something listens there, but not a TensorFlow worker')]
+        processes = [lone_worker(dataset, tmp_path / str(case), hosts, index, 12)
+                     for case, (hosts, index, _, _) in enumerate(cases)]
+        for process, (hosts, index, missing, why) in zip(processes, cases):
+            stdout, stderr = process.communicate(timeout=150)  # start-up, 12 s, and a wide margin
+            assert process.returncode == 2, stderr
+            assert tiny_runs.one_error_line(stderr) == never_answered(hosts, missing, why)
+            # At 10 s (later where a busy machine let the knocks fall behind).
+            assert re.fullmatch(rf'waiting for worker {missing} \({hosts[missing]}\) to start: '
+                                r'1\d s of --collective_timeout 12 s', stdout.splitlines()[0]), stdout
+    finally:
+        squatter.close()
+    assert not any(tmp_path.glob('*/ckpt/run_state.json'))
+
+
+def wait_for(predicate, seconds):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, 'never happened'
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_a_stop_signal_while_waiting_for_the_others_ends_the_worker_at_once(dataset, tmp_path):
+    """SIGTERM during the start-up knocks (Python), Ctrl-C inside TensorFlow's first collective
+    (the chief's port greets like TensorFlow, then never answers: TensorFlow retries it for ever):
+    each ends in one line with 128 + N within seconds. A third such worker, left alone, ends at
+    --collective_timeout 8 s (+ the watcher's slack) in one line, although TensorFlow never stops
+    retrying."""
+    greeters = [Greeter(), Greeter()]
+    try:
+        knocking = lone_worker(dataset, tmp_path / 'a', [f'127.0.0.1:{free_ports(1)[0]}',
+                                                         f'127.0.0.1:{free_ports(1)[0]}'], 1, 120)
+        inside = lone_worker(dataset, tmp_path / 'b', [greeters[0].address,
+                                                       f'127.0.0.1:{free_ports(1)[0]}'], 1, 120)
+        alone = lone_worker(dataset, tmp_path / 'c', [greeters[1].address,
+                                                      f'127.0.0.1:{free_ports(1)[0]}'], 1, 8)
+        line = knocking.stdout.readline()  # its first 'waiting for ...' (10 s into the knocks)
+        while line and not line.startswith('waiting for worker 0'):
+            line = knocking.stdout.readline()
+        knocking.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        stdout, stderr = knocking.communicate(timeout=60)
+        assert time.monotonic() - signalled < 30
+        assert knocking.returncode == 143
+        assert tiny_runs.one_error_line(stderr) == (
+            'error: SIGTERM while waiting for the other workers: stopped before training started')
+
+        wait_for(lambda: greeters[0].connections >= 2, 150)  # TensorFlow's channel: in the collective
+        time.sleep(1)
+        inside.send_signal(signal.SIGINT)
+        signalled = time.monotonic()
+        stdout, stderr = inside.communicate(timeout=60)
+        assert time.monotonic() - signalled < 30
+        assert inside.returncode == 130
+        assert tiny_runs.one_error_line(stderr) == (
+            'error: Ctrl-C while waiting for the other workers: stopped before training started')
+
+        stdout, stderr = alone.communicate(timeout=150)
+        assert alone.returncode == 2
+        assert tiny_runs.one_error_line(stderr) == (
+            'error: the workers did not finish a step together within --collective_timeout 8 s '
+            '(TensorFlow still waited at the deadline); every worker still answers, so one is stuck '
+            'or slow (raise --collective_timeout if steps take longer): restart every worker with '
+            '--resume to continue from the last checkpoint')
+    finally:
+        for greeter in greeters:
+            greeter.close()
+
+
+@pytest.mark.slow
+def test_a_signal_during_a_step_that_waits_for_a_hung_worker_ends_the_worker_after_the_grace(
+        dataset, tmp_path):
+    """Worker 1 stops itself (SIGSTOP) after step 1: its port still accepts connections, so it is
+    not gone, and the chief's next step waits for it. A SIGTERM to the chief then lets the step
+    finish for the grace (10 s, or twice the longest wait so far); it cannot, so the chief ends in
+    one line with 143, long before --collective_timeout 300."""
+    processes, hosts = start_workers(tiny_runs.flags(dataset, tmp_path), timeout=300,
+                                     signal_at=(1, 1, 1, signal.SIGSTOP))
+    chief, other = processes
+    try:
+        wait_for(lambda: open(f'/proc/{other.pid}/stat').read().split(') ')[1][0] == 'T', 200)
+        time.sleep(3)  # the chief is inside its next collective by now
+        chief.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        stdout, stderr = chief.communicate(timeout=150)
+        waited = time.monotonic() - signalled
+    finally:
+        other.kill()
+        other.communicate()
+    assert chief.returncode == 143, stderr
+    line = tiny_runs.one_error_line(stderr)
+    grace = int(re.search(r'within (\d+) s', line).group(1))
+    assert line == (f'error: SIGTERM while waiting for the other workers, who did not finish the step '
+                    f'within {grace} s: stopped without saving; the last complete checkpoint is kept, '
+                    'continue it with --resume')
+    assert distribute.SIGNAL_GRACE <= grace < 300
+    assert waited < grace + 60  # the grace, and the process's exit on a busy machine

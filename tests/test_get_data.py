@@ -359,3 +359,31 @@ def test_download_bounds_are_flags_checked_before_any_work(tmp_path):
         with pytest.raises(ToolkitError, match=re.escape(message)):
             get_data.main(base + extra)
     assert not (tmp_path / 'data').exists()
+
+
+def test_a_failed_download_takes_back_the_folders_it_created_and_keeps_what_was_there(tmp_path,
+                                                                                      file_server):
+    url = file_server.url('/nothing.zip')
+    out_dir = tmp_path / 'new' / 'data'
+    with pytest.raises(ToolkitError, match='HTTP 404 Not Found'):
+        get_data.main(['cats_vs_dogs', '--out_dir', str(out_dir), '--url', url])
+    assert os.listdir(tmp_path) == []  # data and new, both made by the command, are gone
+    kept = tmp_path / 'kept'
+    kept.mkdir()
+    with pytest.raises(ToolkitError, match='HTTP 404 Not Found'):
+        get_data.main(['cats_vs_dogs', '--out_dir', str(kept / 'data'), '--url', url])
+    assert os.listdir(tmp_path) == ['kept'] and os.listdir(kept) == []
+
+
+def test_a_mirror_is_capped_at_what_the_data_sets_archive_can_be(tmp_path, file_server):
+    """1.5 GiB of members stored and 1 KiB of framing for each of the 50,000 it may hold."""
+    most = int(1.5 * 2 ** 30) + 50_000 * 1024
+    url = file_server.add('/huge.zip', b'', content_length=most + 1)
+    with http_fixture.deadline(30):
+        with pytest.raises(ToolkitError) as error:
+            get_data.main(['cats_vs_dogs', '--out_dir', str(tmp_path / 'data'), '--url', url])
+    assert str(error.value) == (
+        f'{url}: the server announces 1.5 GiB ({most + 1:,} bytes), more than the most a cats_vs_dogs '
+        f'archive can be (its bound on what it extracts to) ({most:,} bytes; --max_download_mb allows '
+        'more); refusing it before writing anything')
+    assert os.listdir(tmp_path) == []

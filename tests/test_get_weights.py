@@ -3,6 +3,7 @@ import hashlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import caffemodel_fixture
 import get_weights
 import http_fixture
 from finetune_alexnet import cli
+from finetune_alexnet import download
 from finetune_alexnet.errors import ToolkitError
 from http_fixture import closed_port_url
 
@@ -194,6 +196,52 @@ def test_a_refused_download_is_one_error_line_and_status_2(tmp_path, file_server
         status = cli.run(get_weights.main, ['--url', url, '--output', str(tmp_path / 'w.npy')])
     assert status == 2
     assert capsys.readouterr().err.splitlines() == [
-        f'error: {url}: the server announces 1.0 TiB (1,099,511,627,776 bytes), more than '
-        '--max_download_mb 2048 (2,147,483,648 bytes); refusing it before writing anything']
+        f'error: {url}: the server announces 1.0 TiB (1,099,511,627,776 bytes), more than the most '
+        "AlexNet's weights (.npy or .npz) can be (244,909,472 bytes; --max_download_mb allows more); "
+        'refusing it before writing anything']
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('source', ['toronto', 'berkeley'])
+def test_a_mirror_streaming_without_end_stops_at_what_alexnets_weights_can_be(tmp_path, file_server,
+                                                                              source):
+    """No size announced, zeros for ever: the download stops at AlexNet's float32 parameters and
+    1 MiB (not at the generic 2 GiB), in one line, and leaves nothing."""
+    url = file_server.add(f'/endless-{source}', b'', content_length=None, endless=True)
+    cap = 243_860_896 + 2 ** 20  # 60,965,224 float32 parameters, and 1 MiB of framing
+    output = tmp_path / ('w.npz' if source == 'berkeley' else 'w.npy')
+    with http_fixture.deadline(120):  # were the cap missed, the deadline ends it before 2 GiB
+        with pytest.raises(ToolkitError) as error:
+            get_weights.main(['--source', source, '--url', url, '--output', str(output)])
+    message = str(error.value)
+    kind = '.caffemodel' if source == 'berkeley' else 'weights (.npy or .npz)'
+    assert message.startswith(f"{url}: the server announced no size and sent more than the most "
+                              f"AlexNet's {kind} can be ({cap:,} bytes; --max_download_mb allows "
+                              'more); stopped at ')
+    stopped_at = int(re.search(r'stopped at ([\d,]+) bytes', message).group(1).replace(',', ''))
+    assert cap < stopped_at <= cap + download.READ_BYTES
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_host_name_that_does_not_resolve_fails_at_once_naming_it(tmp_path, monkeypatch):
+    """The resolver says the name is unknown (faked: no test asks a real DNS server): one try, one
+    line naming the host and the fix, no retries."""
+    tries = []
+
+    def unknown(host, *args, **kwargs):
+        tries.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, 'Name or service not known')
+    monkeypatch.setattr(socket, 'getaddrinfo', unknown)
+    for name in ('http_proxy', 'HTTP_PROXY', 'no_proxy', 'NO_PROXY'):
+        monkeypatch.delenv(name, raising=False)
+    url = 'http://mirror.invalid/bvlc_alexnet.npy'
+    with pytest.raises(ToolkitError) as error:
+        get_weights.main(['--url', url, '--output', str(tmp_path / 'w.npy')])
+    assert str(error.value) == (
+        f'{url}: the host name mirror.invalid does not resolve (Name or service not known): check the '
+        'address (a typo in the URL?) and that this machine reaches a DNS server; or download '
+        f'{url} by hand (a browser or curl) and pass its path to finetune.py and predict.py with '
+        '--weights_path')
+    assert tries == ['mirror.invalid']
     assert os.listdir(tmp_path) == []

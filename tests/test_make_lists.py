@@ -315,6 +315,8 @@ def test_unwritable_out_dir_is_refused(tmp_path, capsys):
     blocker.write_text('a file where the folder should go')
     code, _, err = run_main([folder, '--out_dir', blocker / 'lists'], capsys)
     assert_one_line_error(code, err, str(blocker / 'lists'))
+    code, _, err = run_main([folder, '--out_dir', blocker], capsys)
+    assert err.strip() == f'error: {blocker}: --out_dir is a file, not a folder'
 
 
 def test_command_line_run_succeeds_and_errors_without_traceback(tmp_path):

@@ -4,7 +4,11 @@ pipeline batch for batch, finetune.py and predict.py --evaluate on shards agains
 and every refusal in one line."""
 import json
 import os
+import re
+import shutil
 import struct
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -475,3 +479,123 @@ def test_labels_outside_num_classes_are_named_with_their_record(shards):
     assert str(error.value).startswith(f"spec: 6 bad records: {shards / 'train-00000-of-00002.tfrecord'}, "
                                        'record ')
     assert 'label 1 is outside 0..0' in str(error.value)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs (mounted as root), or the test is skipped where none can be mounted."""
+    folder = tmp_path / 'disk'
+    folder.mkdir()
+    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', str(folder)],
+                             capture_output=True) if shutil.which('mount') else None
+    if mounted is None or mounted.returncode != 0:
+        pytest.skip('no tmpfs can be mounted here (mount needs root)')
+    try:
+        yield folder
+    finally:
+        subprocess.run(['umount', str(folder)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_shard(tmp_path, small_disk, capsys):
+    """Noise PNGs of 1.2 MB in all for a 256 KiB disk: the write fails part way, every shard written
+    so far (and the unfinished one) is removed, no file with a shard's name is left."""
+    lines = []
+    for index in range(8):
+        path = tmp_path / f'noise{index}.png'
+        image_files.write_png(path, image_files.random_rgb(200, 200, seed=index))
+        lines.append(f'{path} {index % 2}')
+    (tmp_path / 'train.txt').write_text('\n'.join(lines) + '\n')
+    code, out, err = write_tfrecords(capsys, tmp_path / 'train.txt', '--out_dir', small_disk / 'out',
+                                     '--num_shards', '4')
+    line = one_error_line(code, err)
+    assert re.fullmatch(rf'error: {small_disk / "out"}: cannot write train-0000[0-3]-of-00004\.tfrecord '
+                        r'\(.*No space left on device.*\); removed the unfinished shards of train; the '
+                        r'disk is full: free some space, or choose another --out_dir', line), line
+    assert os.listdir(small_disk / 'out') == []
+
+
+# --- records holding pixel bombs: the limit holds at decoding too -----------------------------------
+
+BOMB_READER = '''
+import resource, sys
+import tensorflow.compat.v1 as tf
+from finetune_alexnet import tfrecords
+tf.disable_v2_behavior()
+data = tfrecords.ShardImageDataGenerator(sys.argv[1], 'inference', 2, 2, shuffle=False,
+                                         skip_bad_images=True)
+iterator = tf.data.make_initializable_iterator(data.data)
+labels = iterator.get_next()[1]
+seen = 0
+with tf.Session() as session:
+    session.run(iterator.initializer)
+    while True:
+        try:
+            seen += len(session.run(labels))
+        except tf.errors.OutOfRangeError:
+            break
+print(seen, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+'''
+
+
+def slim_shard_with_a_bomb(folder, dataset):
+    """Another tool's shard (TF-Slim's keys): the validation images, and as record 2 a 30 KB PNG of
+    15000x15000 pixels (675 MB decoded) whose image/height and image/width claim 100x100."""
+    paths, labels = datagenerator.read_list(str(dataset / 'val.txt'))
+    examples = [tfrecords.make_example(open(p, 'rb').read(), label, '', 240, 320, p)
+                for p, label in zip(paths, labels)]
+    bomb = image_files.huge_png(folder / 'bomb.png', 15000, bit_depth=1).read_bytes()
+    examples.insert(2, tfrecords.make_example(bomb, 1, '', 100, 100, 'bomb.png'))
+    (folder / 'slim').mkdir()
+    return write_records(folder / 'slim' / 'val-00000-of-00001.tfrecord', examples)
+
+
+@pytest.mark.slow
+def test_a_record_whose_image_is_over_max_pixels_is_refused_or_skipped_undecoded(tmp_path, dataset,
+                                                                                 capsys):
+    shard = slim_shard_with_a_bomb(tmp_path, dataset)
+    index = tfrecords.index_shards([shard])
+    assert tfrecords.oversized_records(index, 100_000_000) == {}  # its fields lie
+    with tf.Graph().as_default():
+        data = tfrecords.ShardImageDataGenerator(shard, 'inference', 2, 2, shuffle=False)
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            count_images(data)
+        message = str(data.unreadable_images_error())
+    assert message == (f'{shard}: 1 unreadable image: {shard}, record 2: bomb.png: the record: its '
+                       'header announces 225000000 pixels (every frame counted), over max_pixels '
+                       '100000000; refused before decoding')
+    with tf.Graph().as_default():
+        data = tfrecords.ShardImageDataGenerator(shard, 'inference', 2, 2, shuffle=False,
+                                                 skip_bad_images=True)
+        assert count_images(data) == 5
+    assert data.describe_skipped(5) == f'skipped 1 unreadable image of 6 in {shard}'
+    # finetune.py on it: one line naming the shard and the record.
+    args = tiny_runs.flags(dataset, tmp_path / 'run')
+    args[args.index('--val_file') + 1] = str(tmp_path / 'slim')
+    result = tiny_runs.run_here(capsys, args)
+    assert result.returncode == 2
+    assert tiny_runs.one_error_line(result.stderr) == (
+        f'error: {tmp_path / "slim"}: 1 unreadable image: {shard}, record 2: bomb.png: the record: its '
+        'header announces 225000000 pixels (every frame counted), over max_pixels 100000000; refused '
+        'before decoding')
+
+
+@pytest.mark.slow
+def test_skipping_a_pixel_bomb_in_a_shard_keeps_the_memory_bounded(tmp_path, dataset):
+    """Fresh processes read the shard with --skip_bad_images, and the same shard without the bomb:
+    the bomb adds less than 100 MB to the peak (decoded, it alone is 675 MB; without the limit the
+    peak grew by 677 MB, bench/RESULTS.md)."""
+    shard = slim_shard_with_a_bomb(tmp_path, dataset)
+    records = read_records(shard)
+    (tmp_path / 'plain').mkdir()
+    plain = write_records(tmp_path / 'plain' / 'val-00000-of-00001.tfrecord',
+                          [tf.train.Example.FromString(data) for i, (_, data) in enumerate(records)
+                           if i != 2])
+    peaks = {}
+    for name, path in (('bomb', shard), ('plain', plain)):
+        result = subprocess.run([sys.executable, '-c', BOMB_READER, path], capture_output=True,
+                                text=True, timeout=300, cwd=tiny_runs.REPO,
+                                env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'})
+        assert result.returncode == 0, result.stderr
+        seen, peaks[name] = map(int, result.stdout.split()[-2:])
+        assert seen == 5
+    assert peaks['bomb'] - peaks['plain'] < 100 * 10**6, peaks

@@ -129,3 +129,13 @@ def test_checkpoint_path_shows_a_fine_tuned_model(tmp_path):
                                   shown(visualize.conv1_filters_figure(layers['conv1']['weights'])))
     labels = [label.get_text() for label in figures['top5'].axes[1].get_yticklabels()]
     assert sorted(labels) == ['cat', 'dog']
+
+
+def test_an_out_dir_naming_a_file_is_one_line_before_any_work(tmp_path, capsys):
+    """Checked before the model loads (no weights file here, so a later check would name that)."""
+    existing = tmp_path / 'figures'
+    existing.write_text('a file, not a folder')
+    assert run_main(visualize.main, ['--weights_path', str(tmp_path / 'absent.npy'),
+                                     '--out_dir', str(existing)]) == 2
+    assert capsys.readouterr().err.strip() == f'error: {existing}: --out_dir is a file, not a folder'
+    assert existing.read_text() == 'a file, not a folder'

@@ -163,7 +163,8 @@ class Classifier:
             except datagenerator.IMAGE_ERRORS + (tf.errors.DataLossError,):
                 if records is not None:
                     raise tfrecords.unreadable_records_error(
-                        records, hint='pass --skip_bad_images to go on without them') from None
+                        records, hint='pass --skip_bad_images to go on without them',
+                        max_pixels=max_pixels) from None
                 raise datagenerator.unreadable_images_error(
                     paths, hint='fix or remove them, or pass --skip_bad_images',
                     max_pixels=max_pixels) from None

@@ -14,8 +14,24 @@ joins machines, the towers join a machine's devices, one concept each.
 Besides the gradients, the workers agree through small all-reduces: at the start (the chief's shuffle
 seed, the same settings and data everywhere, the same restored step), before every step (a stop
 signal any of them received) and after every epoch (the epoch's training numbers and the validation
-outputs). Every call that waits for the others has a deadline (`--collective_timeout`): a worker that
-died makes the others stop with one line that names it, instead of waiting for ever.
+outputs). Every wait for the others is bounded by `--collective_timeout` from the first moment:
+
+- start-up: before any session exists, each worker knocks at the others' ports until every one
+  answers as a TensorFlow server (an HTTP/2 greeting: gRPC), printing every `REPORT_SECONDS` who is
+  still missing, and stops in one line naming those that never answered once the timeout has passed.
+  Only then does the first collective run: TensorFlow's collective runtime retries a peer that is
+  not there for ever (RefreshStepIdSequence), whatever the deadline of the call.
+- every collective call: the session's `operation_timeout_in_ms` and each call's `timeout_in_ms`
+  (TensorFlow's own deadlines), and in a command's own process a watcher thread: a worker whose
+  port stops accepting connections ends the wait within seconds; a wait that outlives the deadline
+  (a C++ retry loop that ignores it) ends the process in one line naming who no longer answers; a
+  stop signal that Python cannot handle while the main thread is inside TensorFlow is seen through
+  the signal module's wakeup descriptor.
+- signals: at start-up (nothing trained, nothing to save) SIGINT, SIGTERM and SIGHUP end the process
+  at once with one line and 128 + N. During training a signal lets the step in flight finish (the
+  loop then saves and stops, every worker after the same step); if the step has not finished
+  `SIGNAL_GRACE` seconds later (or twice the longest call so far), the process ends in one line,
+  the last complete checkpoint kept.
 
 `Cluster` is what TF_CONFIG (or --worker_hosts/--task_index) describes; `start` returns `Workers` for
 a cluster and `OneMachine` without one, with the same methods, so the training loop reads the same.
@@ -25,8 +41,11 @@ import dataclasses
 import hashlib
 import json
 import os
+import select
+import signal
 import socket
 import threading
+import time
 
 import numpy as np
 import tensorflow.compat.v1 as tf
@@ -40,6 +59,20 @@ DEFAULT_TIMEOUT = 600.0  # seconds: longer than a slow worker's epoch end (its v
 MAX_TIMEOUT = 86400.0
 MAX_WORKERS = 1024
 PROBE_SECONDS = 5.0  # how often a waiting worker knocks at the others' ports
+REPORT_SECONDS = 10.0  # how often a worker waiting at start-up says who is still missing
+KNOCK_INTERVAL = 0.5  # seconds between start-up knocks
+SIGNAL_GRACE = 10.0  # seconds a step may take to finish after a stop signal (at least)
+# The watcher's backstop fires this long after the deadline: TensorFlow's own error comes first
+# where TensorFlow keeps the deadline, with its reason.
+DEADLINE_SLACK = 5.0
+# A client's HTTP/2 connection preface and an empty SETTINGS frame: a gRPC server (a TensorFlow
+# worker) answers with a SETTINGS frame of its own; anything else listening on the port does not.
+_HTTP2_GREETING = b'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n' + b'\x00\x00\x00\x04\x00\x00\x00\x00\x00'
+_SETTINGS_FRAME = 4
+# What a peer's port says: a TensorFlow worker, nothing listening, or something else listening.
+ANSWERS, REFUSES, NOT_TENSORFLOW = 'answers', 'nothing listens there', \
+    'something listens there, but not a TensorFlow worker'
+VALUE_BYTES = 200  # how much of a differing setting's value the workers show each other
 # What a TF_CONFIG may hold: the chief (worker 0 when present) and workers. A parameter server or an
 # evaluator belongs to another way of training, which this toolkit does not do.
 _JOBS = ('chief', 'worker')
@@ -198,11 +231,15 @@ class Workers:
         self._server = None
         self._gathers = {}  # (graph, kind, size): the all-reduce op that gathers that many values
         self._all_up = False  # every worker has answered once (the watchdog waits for that)
+        self._training = False  # past the start-up agreements: a signal then lets the step finish
+        self._longest = 0.0  # seconds of the longest collective call so far
 
     def session_config(self, config):
         """The session's ConfigProto with the strategy's collective settings; starts this worker's
         server (once) with it."""
         config = self.strategy.update_config_proto(config)
+        # TensorFlow's own deadline for every blocking call of the session (creating it included).
+        config.operation_timeout_in_ms = int(self.timeout * 1000)
         if self._server is None:
             try:
                 self._server = tf.distribute.Server(self._spec, job_name='worker',
@@ -230,57 +267,144 @@ class Workers:
 
     def run(self, session, fetches, feed=None):
         """session.run with the deadline; a worker that stopped answering becomes one line naming it.
-
-        Once every worker has come up, a watchdog knocks at the others' ports while the call waits:
-        a worker whose port refuses connections twice in a row (its process is gone) ends this one
-        at once with that line, instead of at the deadline (which stays for workers that answer but
-        hang). Only in a command's own process: elsewhere the deadline alone."""
-        watching = self._watchdog() if self._all_up and signals.can_leave_now() else \
-            contextlib.nullcontext()
-        with watching:
+        In a command's own process a watcher guards the call (`_watching`)."""
+        with self._watching():
             try:
                 return session.run(fetches, feed, options=self.run_options())
             except _LOST_ERRORS as error:
                 raise self.lost_worker_error(error) from None
 
     @contextlib.contextmanager
-    def _watchdog(self):
-        done = threading.Event()
-
-        def watch():
-            misses = {index: 0 for index in range(self.num_workers) if index != self.index}
-            while not done.wait(PROBE_SECONDS):
-                for index in misses:
-                    misses[index] = 0 if _answers(self.cluster.workers[index]) else misses[index] + 1
-                gone = [index for index, count in misses.items() if count >= 2]
-                if gone and not done.is_set():
-                    signals.leave_now(self._gone_message(gone), 2)
-
-        thread = threading.Thread(target=watch, name='worker-watchdog', daemon=True)
+    def _watching(self):
+        """While the main thread waits inside TensorFlow (where Python runs no signal handler and
+        TensorFlow may retry a missing peer for ever), a thread watches: once every worker has come
+        up, it knocks at the others' ports every PROBE_SECONDS (a port refused twice in a row: that
+        worker is gone, say so now rather than at the deadline); past the deadline it ends the
+        process naming who no longer answers; and it reads the stop signals from the signal
+        module's wakeup descriptor (see the module's docstring). Only in a command's own process:
+        elsewhere TensorFlow's deadlines alone."""
+        if not signals.can_leave_now() or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        started, done = time.monotonic(), threading.Event()
+        thread = threading.Thread(target=self._watch, args=(reader, writer, started, done),
+                                  name='worker-watcher', daemon=True)
         thread.start()
         try:
             yield
         finally:
+            signal.set_wakeup_fd(previous)
             done.set()
+            try:
+                writer.send(b'\0')  # no signal has number 0: "the wait is over"
+            except OSError:
+                pass
+            self._longest = max(self._longest, time.monotonic() - started)
+
+    def _watch(self, reader, writer, started, done):
+        deadline = started + self.timeout + DEADLINE_SLACK
+        next_knock = started + PROBE_SECONDS
+        misses = {index: 0 for index in range(self.num_workers) if index != self.index}
+        first_signal, grace, grace_ends = None, 0.0, None
+        try:
+            while not done.is_set():
+                until = min(deadline, next_knock, grace_ends or deadline)
+                readable, _, _ = select.select([reader], [], [], max(0.0, until - time.monotonic()))
+                received = reader.recv(64) if readable else b''
+                if done.is_set():
+                    return
+                for signum in received:
+                    if not self._training:  # nothing to save yet: out now
+                        signals.leave_now(f'{signals.name(signum)} while waiting for the other '
+                                          'workers: stopped before training started', 128 + signum)
+                    if first_signal is not None:  # a second signal: out now, as on one machine
+                        signals.leave_now(str(signals.Aborted(signum)), 128 + signum)
+                    first_signal, grace = signum, max(SIGNAL_GRACE, 2 * self._longest)
+                    grace_ends = time.monotonic() + grace
+                now = time.monotonic()
+                if grace_ends is not None and now >= grace_ends:
+                    signals.leave_now(
+                        f'{signals.name(first_signal)} while waiting for the other workers, who did '
+                        f'not finish the step within {grace:.0f} s: stopped without saving; the last '
+                        'complete checkpoint is kept, continue it with --resume', 128 + first_signal)
+                if now >= deadline:
+                    signals.leave_now(str(self.lost_worker_error(None)), 2)
+                if now >= next_knock:
+                    next_knock = now + PROBE_SECONDS
+                    if self._all_up:
+                        for index in misses:
+                            misses[index] = 0 if _answers(self.cluster.workers[index]) else \
+                                misses[index] + 1
+                        gone = [index for index, count in misses.items() if count >= 2]
+                        if gone and not done.is_set():
+                            signals.leave_now(self._gone_message(gone), 2)
+        finally:
+            reader.close()
+            writer.close()
 
     def _gone_message(self, gone):
-        names = ', '.join(self.cluster.name(index) for index in gone)
-        return (f'{names} {"is" if len(gone) == 1 else "are"} gone (no longer accepting '
+        return (f'{_names(self.cluster, gone)} {"is" if len(gone) == 1 else "are"} gone (no longer accepting '
                 f'connections): restart every worker with --resume to continue from the last '
                 'checkpoint')
 
     def lost_worker_error(self, error):
         """Which worker is gone, found by knocking at each one's port: a dead process's port refuses
-        connections (a dead machine's does not answer)."""
-        gone = [index for index, address in enumerate(self.cluster.workers)
-                if index != self.index and not _answers(address)]
+        connections (a dead machine's does not answer); a port that accepts but where no TensorFlow
+        server answers is a process that hangs (or was stopped). `error`: TensorFlow's, or None when
+        the watcher found the deadline passed."""
+        others = [index for index in range(self.num_workers) if index != self.index]
+        gone = [index for index in others if not _answers(self.cluster.workers[index])]
         advice = 'restart every worker with --resume to continue from the last checkpoint'
         if gone:
             return ToolkitError(self._gone_message(gone))
-        reason = str(getattr(error, 'message', error)).strip().splitlines()[0][:200]
+        silent = [index for index in others if _server_state(self.cluster.workers[index]) != ANSWERS]
+        if silent:
+            return ToolkitError(f'{_names(self.cluster, silent)} did not answer within '
+                                f'--collective_timeout {self.timeout:g} s (the port accepts '
+                                'connections, but no TensorFlow server answers there: the process '
+                                f'hangs or was stopped): {advice}')
+        reason = ('TensorFlow still waited at the deadline' if error is None else
+                  str(getattr(error, 'message', error)).strip().splitlines()[0][:200])
         return ToolkitError(f'the workers did not finish a step together within --collective_timeout '
                             f'{self.timeout:g} s ({reason}); every worker still answers, so one is '
                             f'stuck or slow (raise --collective_timeout if steps take longer): {advice}')
+
+    def wait_for_others(self, report=print):
+        """Returns once every other worker answers as a TensorFlow server; ToolkitError naming those
+        that did not within --collective_timeout. Says who is still missing every REPORT_SECONDS.
+        Plain Python (sockets and sleeps), so signals are handled as they come."""
+        started = time.monotonic()
+        next_report = started + REPORT_SECONDS
+        missing = {index: None for index in range(self.num_workers) if index != self.index}
+        while True:
+            for index in list(missing):
+                state = _server_state(self.cluster.workers[index])
+                if state == ANSWERS:
+                    del missing[index]
+                else:
+                    missing[index] = state
+            if not missing:
+                return
+            now = time.monotonic()
+            if now >= next_report:
+                next_report += REPORT_SECONDS
+                report(f'waiting for {_names(self.cluster, missing)} to start: {now - started:.0f} s '
+                       f'of --collective_timeout {self.timeout:g} s', flush=True)
+            if now - started >= self.timeout:
+                raise ToolkitError(self._never_answered(missing))
+            time.sleep(KNOCK_INTERVAL)
+
+    def _never_answered(self, missing):
+        reasons = '; '.join(f'{self.cluster.name(index)}: {state}' for index, state in missing.items())
+        verb = 'has' if len(missing) == 1 else 'have'
+        return (f'{len(missing)} of the {self.num_workers} workers {verb} not answered within '
+                f'--collective_timeout {self.timeout:g} s ({reasons}): start every worker with the '
+                f'same flags, check the addresses in --worker_hosts or {TF_CONFIG}, or raise '
+                '--collective_timeout')
 
     def gather(self, session, values, kind='float64'):
         """Every worker's `values` (a 1-D array of a size all of them use for this call), as a
@@ -316,23 +440,61 @@ class Workers:
     def start(self, order_seed, agreed_values):
         """The chief's shuffle seed, once every worker answered with the same `agreed_values` (the
         settings and data digests every worker must share). Run before the training graph is built
-        (its data sets take the seed), in a small graph of its own; it waits for every worker to
-        come up, at most --collective_timeout."""
-        digest = settings_digest(agreed_values)
-        with tf.Graph().as_default() as graph, \
-                tf.Session(self.session_target, graph=graph, config=self._config) as session:
-            seeds, digests = self.gather(session, [order_seed if self.is_chief else 0, digest]).T
-        self._all_up = True
-        other = _unlike_the_chief(digests)
-        if other is not None:
-            raise ToolkitError(f'{self.cluster.name(other)} was started with other settings or '
-                               f'data than the chief: start every worker with the same flags and the '
-                               f'same list files or shards')
+        (its data sets take the seed), in a small graph of its own: it waits for every worker to
+        come up (`wait_for_others`), at most --collective_timeout; a stop signal meanwhile ends the
+        process at once in one line (nothing to save yet)."""
+        names = sorted(agreed_values)
+        digest, keys = settings_digest(agreed_values), settings_digest(names)
+        with signals.ending_at_once('while waiting for the other workers: stopped before training '
+                                    'started'):
+            self.wait_for_others()
+            with tf.Graph().as_default() as graph, \
+                    tf.Session(self.session_target, graph=graph, config=self._config) as session:
+                seeds, digests, all_keys = self.gather(
+                    session, [order_seed if self.is_chief else 0, digest, keys]).T
+                self._all_up = True
+                if _unlike_the_chief(digests) is not None:
+                    raise self._disagreement(session, agreed_values, names, all_keys)
         return int(seeds[0])
+
+    def _disagreement(self, session, agreed_values, names, all_keys):
+        """The ToolkitError naming the first setting (in name order) on which a worker differs
+        from the chief, with both values. Every worker sees the same gathered digests, so all make
+        the same two further gathers."""
+        other = _unlike_the_chief(all_keys)
+        if other is not None:
+            return ToolkitError(f'{self.cluster.name(other)} runs another version of this toolkit '
+                                '(its settings have other names): install the same version on every '
+                                'worker')
+        each = self.gather(session, [settings_digest(agreed_values[name]) for name in names])
+        unlike = [(key, _unlike_the_chief(each[:, key])) for key in range(len(names))]
+        key, other = next((key, worker) for key, worker in unlike if worker is not None)
+        name = names[key]
+        text = json.dumps(agreed_values[name], sort_keys=True, default=str).encode()[:VALUE_BYTES]
+        values = self.gather(session, np.frombuffer(text.ljust(VALUE_BYTES, b'\0'), np.uint8))
+        chief, theirs = (bytes(values[index].astype(np.uint8)).rstrip(b'\0').decode('utf-8', 'replace')
+                         for index in (0, other))
+        if name.endswith('_sha256'):
+            flag = f'--{name[:-len("_sha256")]}'
+            return ToolkitError(f'{self.cluster.name(other)} reads other data than the chief: the '
+                                f'digest of its {flag} is {theirs.strip(chr(34))[:16]}..., the '
+                                f"chief's {chief.strip(chr(34))[:16]}...: give every worker the "
+                                f'same list files (and images) or shards')
+        label = _SETTING_LABELS.get(name, f'--{name}')
+        return ToolkitError(f'{self.cluster.name(other)} was started with other settings than the '
+                            f'chief: {label}: {chief} on worker 0 (the chief), {theirs} on worker '
+                            f'{other}: start every worker with the same flags')
 
     def check_same_start(self, session, step):
         """After the restore or the weights' loading: every worker starts from the chief's step and
-        values (each worker reads the checkpoint, the weights file or --init_checkpoint itself)."""
+        values (each worker reads the checkpoint, the weights file or --init_checkpoint itself).
+        The last start-up agreement: a stop signal after it lets the step in flight finish."""
+        with signals.ending_at_once('while waiting for the other workers: stopped before training '
+                                    'started'):
+            self._check_same_start(session, step)
+        self._training = True
+
+    def _check_same_start(self, session, step):
         variables = sorted(session.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES),
                            key=lambda variable: variable.op.name)
         digest = hashlib.sha256()
@@ -394,6 +556,39 @@ class Workers:
 def _unlike_the_chief(values):
     """The first worker whose gathered value differs from the chief's (worker 0's), or None."""
     return next((index for index, value in enumerate(values) if value != values[0]), None)
+
+
+# Agreed settings that are not flags of the same name.
+_SETTING_LABELS = {'gpu': 'a GPU in use', 'warm_start': 'a warm start (--init_checkpoint given)',
+                   'cache_features': '--cache_features (in use)',
+                   'cosine_epochs': "the cosine schedule's length (--num_epochs)"}
+
+
+def _names(cluster, indices):
+    return ', '.join(cluster.name(index) for index in indices)
+
+
+def _server_state(address, seconds=2.0):
+    """ANSWERS when a gRPC server (a TensorFlow worker) greets back at `address`, else why not."""
+    host, _, port = address.rpartition(':')
+    try:
+        connection = socket.create_connection((host.strip('[]'), int(port)), timeout=seconds)
+    except ConnectionRefusedError:
+        return REFUSES
+    except OSError as error:  # no route, a name that does not resolve, no answer at all
+        return f'cannot connect ({getattr(error, "strerror", None) or error or "timed out"})'
+    head = b''
+    with connection:
+        try:
+            connection.sendall(_HTTP2_GREETING)
+            while len(head) < 9:
+                chunk = connection.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+        except OSError:
+            pass
+    return ANSWERS if len(head) == 9 and head[3] == _SETTINGS_FRAME else NOT_TENSORFLOW
 
 
 def _answers(address, seconds=3.0):
