@@ -30,7 +30,7 @@ pixel limit is the caller's. Its weights are float32, float16, or int8: then eve
 int8 (activations too, their ranges measured on representative images pre-processed as predict.py
 does), between a quantize op at the input and a dequantize op at the output, so the input and
 output stay float32 and one app runs any of the three files. They run in LiteRT (`ai_edge_litert`),
-TensorFlow's successor to its deprecated `tf.lite.Interpreter`.
+the successor of TensorFlow's own TFLite interpreter, which TensorFlow 2.21 deprecates.
 
 An `.onnx` file takes and returns exactly what a float32 `.tflite` does (the same NHWC input), with
 its labels and model_info.json beside it and also inside it (`metadata_props`). It is converted by
@@ -568,7 +568,7 @@ def preprocessed_batches(paths, center_crop, batch_size=32, list_file=None):
 
 
 def tflite_interpreter(flatbuffer):
-    """A LiteRT interpreter (ai_edge_litert, TensorFlow's successor to tf.lite.Interpreter) of
+    """A LiteRT interpreter (ai_edge_litert, the successor of TensorFlow's own) of
     `flatbuffer`, on every core."""
     litert = deploy_module('ai_edge_litert.interpreter', 'running a TFLite model')
     return litert.Interpreter(model_content=flatbuffer, num_threads=os.cpu_count() or 1)
