@@ -417,7 +417,9 @@ def test_tflite_float32_and_float16_equal_predict(fine_tuned, pictures, tmp_path
         output = str(tmp_path / f'demo_{quantize or "float32"}.tflite')
         printed = _capture_main(['--checkpoint', fine_tuned, '--format', 'tflite', '--output', output]
                                 + (['--quantize', quantize] if quantize else []))
-        assert 'TFLite has no JPEG decoder op' in printed
+        assert ('centre crop of a 256 resize, in float32; BGR; ImageNet mean subtracted: '
+                'docs/serving.md has the exact steps); output probabilities float32 [n, 2]') in printed
+        assert "from ai_edge_litert.interpreter import Interpreter; interpreter = Interpreter(" in printed
         np.testing.assert_allclose(_run_tflite(output, inputs), expected, atol=tolerance, rtol=0)
         stem = output[:-len('.tflite')]
         assert open(stem + '.labels.txt').read() == 'disk\nsquare\n'

@@ -22,7 +22,7 @@ from test_predict import REPO, make_checkpoint
 
 SAMPLES = sorted(glob.glob(os.path.join(REPO, 'images', '*.jpg')))
 NAMES = ['cat', 'coffee', 'rocket']
-# int8 against float32: the largest difference of a probability allowed (measured here: 0.005).
+# The int8 file against predict.py: the largest difference of a probability allowed (measured: 0.005).
 INT8_BOUND = 0.05
 
 
