@@ -12,8 +12,8 @@ pre-processed float32 batch). Every runtime uses every core. Figures go in bench
 the CPU model this prints.
 """
 import argparse
+import importlib.metadata
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -103,12 +103,14 @@ def images_per_second(run, batch, seconds):
     return count / (time.perf_counter() - start)
 
 
-def cpu_model():
-    with open('/proc/cpuinfo') as stream:
-        for line in stream:
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    return platform.processor() or 'unknown'
+def machine():
+    """bench.py's heading (the CPU's model name, family and model; core count; versions), with the
+    runtimes' versions."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench
+    versions = ', '.join(f'{name} {importlib.metadata.version(name)}'
+                         for name in ('tf2onnx', 'onnxruntime', 'ai-edge-litert'))
+    return f'{bench.machine()}, {versions}'
 
 
 def main(argv=None):
@@ -123,7 +125,7 @@ def main(argv=None):
                 ('ONNX Runtime, .onnx', onnx_runner, 'onnx'),
                 ('LiteRT, float32 .tflite', litert_runner, 'float32'),
                 ('LiteRT, int8 .tflite', litert_runner, 'int8'))
-        print(f'{cpu_model()}, {os.cpu_count()} cores; load average at the start '
+        print(f'{machine()}; load average at the start '
               f'{os.getloadavg()[0]:.2f}; {args.seconds:g} s a row')
         print('| runtime | batch 1 images/s | batch 32 images/s |')
         print('| --- | --- | --- |')
