@@ -15,11 +15,12 @@ counter and optimizer slots stay behind in the checkpoint.
 
 `savedmodel`, `tflite` and `onnx` carry the class names and pre-processing with them (serving.py
 describes what they take and return; docs/serving.md gives the exact input of the TFLite and ONNX
-files). `onnx` and the int8 agreement check need the deploy-time packages
-(requirements-deploy.txt). A checkpoint brings both in its model_info.json; a weights file is
+files). A checkpoint brings both in its model_info.json; a weights file is
 named by caffe_classes for 1000 classes (else --class_names or 'class i': infer/classifier.py's
 default_class_names). A SavedModel checks every request's images against --max_pixels (from their
-headers, every frame counted) before decoding them, and records the limit in its assets.
+headers, every frame counted) before decoding them, and records the limit in its assets. `onnx`
+(tf2onnx) and the int8 agreement check (LiteRT) need the deploy-time packages of
+requirements-deploy.txt.
 
 `--quantize int8` makes every op of the TFLite model compute in int8, a quarter of the float32
 file: the activations' ranges are measured on a seeded sample of --representative_size images of
