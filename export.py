@@ -1,4 +1,4 @@
-"""Export a model to run outside this repository: weights file, SavedModel (TF Serving, TF 2), TFLite.
+"""Export a model to run outside this repository: weights file, SavedModel (TF Serving, TF 2), TFLite, ONNX.
 
     python export.py --checkpoint_path runs/x --output cats_dogs.npz                        # weights (.npz)
     python export.py --checkpoint_path runs/x --format savedmodel --output models/cats_dogs/1
@@ -6,17 +6,21 @@
     python export.py --checkpoint_path runs/x --format tflite --quantize float16 --output cats_dogs.tflite
     python export.py --checkpoint_path runs/x --format tflite --quantize int8 --output cats_dogs.tflite \
         --train_file lists/train.txt --val_file lists/val.txt
+    python export.py --checkpoint_path runs/x --format onnx --output cats_dogs.onnx
 
 `npz` (the default) writes the pickle-free weights file that weight_files.save_weights writes
 (`conv1/weights` ... `fc8/biases`, float32): `AlexNet(..., skip_layer=[], weights_path=...)` loads it,
 and predict.py takes it with --weights_path. Only the model's variables are exported; the step
 counter and optimizer slots stay behind in the checkpoint.
 
-`savedmodel` and `tflite` carry the class names and pre-processing with them (serving.py describes
-what they take and return). A checkpoint brings both in its model_info.json; a weights file is
+`savedmodel`, `tflite` and `onnx` carry the class names and pre-processing with them (serving.py
+describes what they take and return; docs/serving.md gives the exact input of the TFLite and ONNX
+files). A checkpoint brings both in its model_info.json; a weights file is
 named by caffe_classes for 1000 classes (else --class_names or 'class i': infer/classifier.py's
 default_class_names). A SavedModel checks every request's images against --max_pixels (from their
-headers, every frame counted) before decoding them, and records the limit in its assets.
+headers, every frame counted) before decoding them, and records the limit in its assets. `onnx`
+(tf2onnx) and the int8 agreement check (LiteRT) need the deploy-time packages of
+requirements-deploy.txt.
 
 `--quantize int8` makes every op of the TFLite model compute in int8, a quarter of the float32
 file: the activations' ranges are measured on a seeded sample of --representative_size images of
@@ -25,8 +29,9 @@ dequantized inside), so the app that runs the float32 file runs this one. With -
 float32 model is converted too, and how often the two agree on each image's top-1 class is printed
 (with each one's accuracy on the list's labels), before anything is written.
 
---overwrite replaces only an output of the same kind that export.py wrote (a SavedModel with its
-assets, a weights .npz, a TFLite file and its side files) or an empty folder; anything else at
+Every format creates the output's missing folders. --overwrite replaces only an output of the
+same kind that export.py wrote (a SavedModel with its assets, a weights .npz, a TFLite or ONNX file
+and its side files) or an empty folder; anything else at
 --output is named and left alone. The new output is written beside it and renamed into place.
 """
 import sys
@@ -53,7 +58,7 @@ from finetune_alexnet import tf_setup  # noqa: E402
 from finetune_alexnet.errors import ToolkitError  # noqa: E402
 from finetune_alexnet.infer.classifier import default_class_names  # noqa: E402
 
-FORMATS = ('npz', 'savedmodel', 'tflite')
+FORMATS = ('npz', 'savedmodel', 'tflite', 'onnx')
 # Beyond this the graph's pixel count saturates (image_header.UNCOUNTABLE): no limit there.
 MAX_PIXELS_CAP = image_header.UNCOUNTABLE - 1
 QUANTIZATIONS = {'tflite': (serving.FLOAT16, serving.INT8)}
@@ -67,7 +72,8 @@ def get_args_parser():
         '(npz), a SavedModel folder for TF Serving and TensorFlow 2 (savedmodel: takes encoded image '
         'files, returns probabilities, class names and scores), or a TFLite file (tflite: TFLite has '
         'no JPEG decoder op, so it takes decoded, pre-processed float32 [n, 227, 227, 3] BGR images, '
-        'mean subtracted; its labels are written beside it).')
+        'mean subtracted; its labels are written beside it), or an ONNX file (onnx: the same input '
+        'and output as tflite, for ONNX Runtime, TensorRT, OpenVINO).')
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--checkpoint_path', '--checkpoint',
                         help='checkpoint prefix (runs/x/best.ckpt) or its folder (best.ckpt, else latest)')
@@ -75,9 +81,11 @@ def get_args_parser():
                         'e.g. bvlc_alexnet.npy for the ImageNet classifier')
     parser.add_argument('--format', choices=FORMATS, default='npz',
                         help='npz: weights file; savedmodel: a folder (a TF Serving version folder '
-                        'such as models/cats_dogs/1); tflite: a .tflite file')
+                        'such as models/cats_dogs/1); tflite: a .tflite file; onnx: an .onnx file '
+                        f'(opset {serving.ONNX_OPSET})')
     parser.add_argument('--output', required=True,
-                        help='the file (npz, tflite) or folder (savedmodel) to write')
+                        help='the file (npz, tflite, onnx) or folder (savedmodel) to write; '
+                        'missing folders are created')
     parser.add_argument('--quantize', choices=sorted({q for qs in QUANTIZATIONS.values() for q in qs}),
                         help='tflite only: float16 stores the weights as float16 (half the size); '
                         'int8 computes every op in int8 (a quarter of the size; needs --train_file), '
@@ -115,13 +123,13 @@ def parse_args(argv):
     if args.center_crop and args.checkpoint_path:
         parser.error('--center_crop applies to --weights_path; a checkpoint brings its own pre-processing')
     if args.format == 'npz' and (args.class_names or args.center_crop):
-        parser.error('--class_names and --center_crop apply to savedmodel and tflite: a weights file '
+        parser.error('--class_names and --center_crop apply to savedmodel, tflite and onnx: a weights file '
                      'holds arrays only')
     if not 1 <= args.max_pixels <= MAX_PIXELS_CAP:
         parser.error(f'--max_pixels must be between 1 and {MAX_PIXELS_CAP}, got {args.max_pixels}')
     if args.max_pixels != image_header.DEFAULT_MAX_PIXELS and args.format != 'savedmodel':
-        why = ('a TFLite model takes decoded images: the caller decodes' if args.format == 'tflite'
-               else 'a weights file holds arrays only')
+        why = ('a weights file holds arrays only' if args.format == 'npz' else
+               f'{exports.MODEL_FILE_FORMATS[args.format]} takes decoded images: the caller decodes')
         parser.error(f'--max_pixels applies to --format savedmodel, not {args.format} ({why})')
     return args
 
@@ -169,6 +177,7 @@ def _megabytes(path):
 
 
 def export_npz(args, source, exported):
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)  # as every format does
     weight_files.save_weights(args.output, exported.layers)
     print(f"wrote {args.output} ({_megabytes(args.output)}): {len(TRAINABLE_LAYERS)} layers of {source}, "
           f"{len(exported.class_names)} classes")
@@ -250,14 +259,37 @@ def export_tflite(args, source, exported):
                                         flatbuffer=flatbuffer)
     print(f"wrote {args.output} (TFLite, {args.quantize or 'float32'}, {_megabytes(args.output)}) from "
           f"{source}, with {labels} and {info}")
-    print(f"  input images float32 [n, {INPUT_SIZE}, {INPUT_SIZE}, 3]: decoded and pre-processed "
-          f"(resize to 227{', centre crop of a 256 resize' if exported.center_crop else ''}, BGR, "
-          "ImageNet mean subtracted; TFLite has no JPEG decoder op); output probabilities float32 "
-          f"[n, {len(exported.class_names)}]"
+    print(describe_model_file_io(exported)
           + ("; int8 inside, between a quantize op at the input and a dequantize op at the output"
              if args.quantize == serving.INT8 else ''))
-    print(f"use: python -c \"import tensorflow as tf; interpreter = tf.lite.Interpreter('{args.output}'); "
-          "interpreter.allocate_tensors(); print(interpreter.get_input_details())\"")
+    print(f"use: python -c \"from ai_edge_litert.interpreter import Interpreter; interpreter = "
+          f"Interpreter('{args.output}'); interpreter.allocate_tensors(); "
+          "print(interpreter.get_input_details())\"")
+
+
+def describe_model_file_io(exported):
+    """The input and output of a TFLite or ONNX file, in one line."""
+    return (f"  input images float32 [n, {INPUT_SIZE}, {INPUT_SIZE}, 3], NHWC: decoded and "
+            f"pre-processed ({'centre crop of a 256 resize' if exported.center_crop else 'resized to 227'}"
+            ", in float32; BGR; ImageNet mean subtracted: docs/serving.md has the exact steps); output "
+            f"probabilities float32 [n, {len(exported.class_names)}]")
+
+
+def export_onnx(args, source, exported):
+    labels, info = serving.write_onnx(args.output, exported)
+    print(f"wrote {args.output} (ONNX, opset {serving.ONNX_OPSET}, float32, {_megabytes(args.output)}) "
+          f"from {source}, with {labels} and {info} (the class names are in its metadata too)")
+    print(describe_model_file_io(exported))
+    print(f"use: python -c \"import onnxruntime; session = onnxruntime.InferenceSession('{args.output}'); "
+          "print(session.get_inputs()[0])\"")
+
+
+def check_deploy_packages(args):
+    """The deploy-time packages this export needs, imported before any long work."""
+    if args.format == 'onnx':
+        serving.deploy_module('tf2onnx', '--format onnx')
+    if args.quantize == serving.INT8 and args.val_file:
+        serving.deploy_module('ai_edge_litert.interpreter', '--val_file (LiteRT runs both models)')
 
 
 def main(argv=None):
@@ -265,9 +297,10 @@ def main(argv=None):
     tf_setup.quiet_python_logging(args.verbose)  # first: disable_v2_behavior logs a deprecation
     tf.disable_v2_behavior()
     exports.check_output(args.output, args.format, args.overwrite)
+    check_deploy_packages(args)
     source, exported = read_model(args)
-    {'npz': export_npz, 'savedmodel': export_saved_model, 'tflite': export_tflite}[args.format](
-        args, source, exported)
+    {'npz': export_npz, 'savedmodel': export_saved_model, 'tflite': export_tflite,
+     'onnx': export_onnx}[args.format](args, source, exported)
     return 0
 
 

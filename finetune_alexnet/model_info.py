@@ -100,6 +100,16 @@ def write_model_info(ckpt_dir, num_classes, class_names, center_crop, ema=False)
 
     Refuses what read_model_info would refuse, so that what is written always reads back.
     """
+    content = model_info_content(num_classes, class_names, center_crop, ema)
+    os.makedirs(ckpt_dir, exist_ok=True)
+    path = os.path.join(ckpt_dir, MODEL_INFO)
+    checkpoints.write_json_atomically(path, content)
+    return path
+
+
+def model_info_content(num_classes, class_names, center_crop, ema=False):
+    """The JSON object model_info.json holds (write_model_info); ToolkitError for what
+    read_model_info would refuse."""
     if class_names is not None:
         class_names = [str(name) for name in class_names]
         if len(class_names) != num_classes:
@@ -112,10 +122,7 @@ def write_model_info(ckpt_dir, num_classes, class_names, center_crop, ema=False)
                'preprocessing': _preprocessing_fields(center_crop)}
     if ema:
         content['ema'] = True
-    os.makedirs(ckpt_dir, exist_ok=True)
-    path = os.path.join(ckpt_dir, MODEL_INFO)
-    checkpoints.write_json_atomically(path, content)
-    return path
+    return content
 
 
 def _epoch_number(index_path):

@@ -74,9 +74,15 @@ def test_export_leaves_the_step_counter_and_optimizer_slots_behind(checkpoint, t
     assert set(weight_files.load_weights(output)) == set(TRAINABLE_LAYERS)
 
 
-def test_export_errors_name_the_problem(checkpoint, tmp_path):
-    with pytest.raises(ToolkitError, match='--output .*is in a folder that does not exist .*nowhere'):
-        export.main(['--checkpoint', checkpoint, '--output', str(tmp_path / 'nowhere' / 'out.npz')])
+def test_export_creates_a_missing_folder_and_names_problems(checkpoint, tmp_path):
+    # Every format creates the folders of --output (tests/test_export_runtimes.py: tflite, onnx).
+    created = tmp_path / 'new' / 'nested' / 'out.npz'
+    assert export.main(['--checkpoint', checkpoint, '--output', str(created)]) == 0
+    assert set(weight_files.load_weights(str(created))) == set(TRAINABLE_LAYERS)
+    blocked = tmp_path / 'a_file'
+    blocked.write_text('not a folder')
+    with pytest.raises(ToolkitError, match='a_file: the folder of --output .*is a file, not a folder'):
+        export.main(['--checkpoint', checkpoint, '--output', str(blocked / 'out.npz')])
     # model_info.json claiming another class count: the shape check names the variable.
     folder = tmp_path / 'wrong_classes'
     folder.mkdir()
@@ -391,7 +397,8 @@ def test_imagenet_export_carries_caffe_class_names_and_weights_once(bvlc_npy, pi
 
 
 def _run_tflite(path, inputs):
-    interpreter = tf.lite.Interpreter(model_path=path)
+    from ai_edge_litert.interpreter import Interpreter  # LiteRT, as docs/serving.md runs the file
+    interpreter = Interpreter(model_path=path)
     detail = interpreter.get_input_details()[0]
     interpreter.resize_tensor_input(detail['index'], list(inputs.shape))
     interpreter.allocate_tensors()
@@ -410,7 +417,9 @@ def test_tflite_float32_and_float16_equal_predict(fine_tuned, pictures, tmp_path
         output = str(tmp_path / f'demo_{quantize or "float32"}.tflite')
         printed = _capture_main(['--checkpoint', fine_tuned, '--format', 'tflite', '--output', output]
                                 + (['--quantize', quantize] if quantize else []))
-        assert 'TFLite has no JPEG decoder op' in printed
+        assert ('centre crop of a 256 resize, in float32; BGR; ImageNet mean subtracted: '
+                'docs/serving.md has the exact steps); output probabilities float32 [n, 2]') in printed
+        assert "from ai_edge_litert.interpreter import Interpreter; interpreter = Interpreter(" in printed
         np.testing.assert_allclose(_run_tflite(output, inputs), expected, atol=tolerance, rtol=0)
         stem = output[:-len('.tflite')]
         assert open(stem + '.labels.txt').read() == 'disk\nsquare\n'
@@ -432,7 +441,7 @@ def _error_of(argv, capsys):
 
 def test_export_refuses_unknown_format_and_quantize_without_one(checkpoint, tmp_path, capsys):
     base = ['--checkpoint', checkpoint, '--output', str(tmp_path / 'out')]
-    assert "invalid choice: 'onnx'" in _error_of(base + ['--format', 'onnx'], capsys)
+    assert "invalid choice: 'coreml'" in _error_of(base + ['--format', 'coreml'], capsys)
     assert ('--quantize float16 applies to --format tflite, not savedmodel'
             in _error_of(base + ['--format', 'savedmodel', '--quantize', 'float16'], capsys))
     assert '--quantize float16 applies to --format tflite, not npz' in _error_of(
@@ -485,10 +494,10 @@ def test_export_refuses_missing_and_foreign_checkpoints_before_writing(tmp_path,
 @pytest.mark.slow
 def test_export_command_line_unknown_format_exits_2(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(REPO, 'export.py'), '--checkpoint',
-                             str(tmp_path), '--format', 'onnx', '--output', str(tmp_path / 'x')],
+                             str(tmp_path), '--format', 'coreml', '--output', str(tmp_path / 'x')],
                             capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 2
-    assert "argument --format: invalid choice: 'onnx'" in error_line(result)
+    assert "argument --format: invalid choice: 'coreml'" in error_line(result)
 
 
 # --- --overwrite replaces only what export.py wrote (issue 21) ----------------------------------------
@@ -659,12 +668,12 @@ def test_overwrite_of_a_file_replaces_only_a_file_of_the_same_kind(checkpoint, t
 
     model = tmp_path / 'model.tflite'
     model.write_bytes(b'\x1c\x00\x00\x00TFL3' + bytes(24))
-    labels, info = serving.tflite_side_files(str(model))
+    labels, info = serving.side_files(str(model))
     model_info.write_model_info(str(tmp_path), 2, ['cat', 'dog'], center_crop=False)
     os.replace(tmp_path / 'model_info.json', info)
     with open(labels, 'w') as stream:
         stream.write('cat\ndog\n')
-    assert serving.foreign_tflite_files(str(model)) == []
+    assert serving.foreign_model_files(str(model), 'tflite') == []
     with open(labels, 'w') as stream:
         stream.write('my shopping list\n')
     argv = ['--checkpoint', checkpoint, '--format', 'tflite', '--output', str(model), '--overwrite']

@@ -88,22 +88,33 @@ def check_output(output, export_format, overwrite):
         run_folder.check_output_folder(os.path.dirname(os.path.abspath(output)),
                                        f'the folder of --output {output}')
         return
-    run_folder.check_output_file(output, f'--output (--format {export_format} writes a file)')
+    if os.path.isdir(output):
+        raise ToolkitError(f'{output}: --output is a folder; --format {export_format} writes a file')
+    # A missing folder is created, as for a SavedModel's models/<name>/.
+    run_folder.check_output_folder(os.path.dirname(os.path.abspath(output)),
+                                   f'the folder of --output {output}')
+    if os.path.exists(output) and not os.access(output, os.W_OK):
+        raise ToolkitError(f'{output}: --output is not writable')
     existing = [output] if os.path.lexists(output) else []
-    if export_format == 'tflite':
-        existing += [path for path in serving.tflite_side_files(output) if os.path.lexists(path)]
+    if export_format in MODEL_FILE_FORMATS:
+        existing += [path for path in serving.side_files(output) if os.path.lexists(path)]
     if existing and not overwrite:
         raise ToolkitError(f"{existing[0]}: exists (pass --overwrite to replace it)")
     if export_format == 'npz' and existing and not is_exported_weights(output):
         raise ToolkitError(f"{output}: not a weights file that export.py wrote (a .npz of "
                            "conv1/weights ... fc8/biases only); choose another --output")
-    foreign = serving.foreign_tflite_files(output) if export_format == 'tflite' else []
+    foreign = (serving.foreign_model_files(output, export_format)
+               if export_format in MODEL_FILE_FORMATS else [])
     if foreign:
-        raise ToolkitError(f"{foreign[0]}: not {_tflite_kind(foreign[0], output)} that export.py "
-                           "wrote; choose another --output")
+        raise ToolkitError(f"{foreign[0]}: not {_model_file_kind(foreign[0], output, export_format)} "
+                           "that export.py wrote; choose another --output")
 
 
-def _tflite_kind(path, output):
-    labels, info = serving.tflite_side_files(output)
-    return {output: 'a TFLite model', info: 'a model_info.json',
+# The formats written as one model file with its labels and model_info.json beside it.
+MODEL_FILE_FORMATS = {'tflite': 'a TFLite model', 'onnx': 'an ONNX model'}
+
+
+def _model_file_kind(path, output, export_format):
+    labels, info = serving.side_files(output)
+    return {output: MODEL_FILE_FORMATS[export_format], info: 'a model_info.json',
             labels: "the class names of the model_info.json beside it"}[path]

@@ -1,4 +1,4 @@
-"""Models that leave the repository: a SavedModel for TF Serving and TensorFlow 2, and TFLite files.
+"""Models that leave the repository: a SavedModel for TF Serving and TensorFlow 2, TFLite and ONNX files.
 
 The graphs are built with the toolkit's own code: `AlexNet` for the network and preprocessing.py's
 functions for decoding, resizing and normalising, so a served model sees exactly the input that
@@ -29,12 +29,25 @@ probabilities; its labels and model_info.json are written beside it. The caller 
 pixel limit is the caller's. Its weights are float32, float16, or int8: then every op computes in
 int8 (activations too, their ranges measured on representative images pre-processed as predict.py
 does), between a quantize op at the input and a dequantize op at the output, so the input and
-output stay float32 and one app runs any of the three files.
+output stay float32 and one app runs any of the three files. They run in LiteRT (`ai_edge_litert`),
+the successor of TensorFlow's own TFLite interpreter, which TensorFlow 2.21 deprecates.
+
+An `.onnx` file takes and returns exactly what a float32 `.tflite` does (the same NHWC input), with
+its labels and model_info.json beside it and also inside it (`metadata_props`). It is converted by
+tf2onnx from the graph the float32 TFLite file comes from (AlexNet with a float32 input, frozen), at
+opset ONNX_OPSET; the graphs with an image decoder cannot be converted (ONNX has no such op).
+
+tf2onnx, onnx, onnxruntime and ai_edge_litert are deploy-time packages (requirements-deploy.txt),
+imported only where they are used; without them the export that needs one stops with the command
+that installs them (`deploy_module`).
 
 Outputs are written beside their final name and renamed into place; what they replace must be an
-output of the same kind (`foreign_saved_model_entries`, `foreign_tflite_files`).
+output of the same kind (`foreign_saved_model_entries`, `foreign_model_files`). Each writer
+creates the output's missing folders.
 """
 import collections
+import contextlib
+import importlib
 import json
 import os
 import random
@@ -44,6 +57,7 @@ import warnings
 
 import numpy as np
 import tensorflow.compat.v1 as tf
+from tensorflow.python.framework import convert_to_constants
 
 import datagenerator
 from alexnet import INPUT_SIZE, TRAINABLE_LAYERS, AlexNet
@@ -67,6 +81,13 @@ WRITTEN_BY = 'finetune_alexnet export.py'
 _SAVED_MODEL_FILES = {'saved_model.pb', 'fingerprint.pb'}
 _SAVED_MODEL_FOLDERS = ('variables', 'assets')
 _READ_LIMIT = 1 << 20  # a marker or model_info.json is a few hundred bytes; never read more than this
+# Opset 13 is the oldest with today's definitions of every op the graph uses (Softmax over the last
+# axis alone, Split's sizes as an input): ONNX Runtime 1.6 and later, TensorRT 8, OpenVINO, and
+# ONNX Runtime Web load it.
+ONNX_OPSET = 13
+ONNX_INPUT = 'images'
+ONNX_OUTPUT = 'probabilities'
+DEPLOY_REQUIREMENTS = 'requirements-deploy.txt'
 
 # The exported model's contents: its weights {layer: {'weights', 'biases'}}, class names (one per
 # class), whether inference takes the centre crop of a 256 resize (a model trained with --augment),
@@ -264,13 +285,34 @@ def _read_lines(path):
         return None
 
 
-def foreign_tflite_files(output):
-    """Of `output` and the labels and model_info.json beside it, the existing ones export.py did
-    not write: a .tflite that is not a TFLite model, a model_info.json that is not one, labels that
-    are not the class names of the model_info.json beside them."""
-    labels, info = tflite_side_files(output)
+def is_our_onnx_file(path):
+    """An ONNX model export.py wrote: a ModelProto whose first fields, ir_version (1) then
+    producer_name (2), name WRITTEN_BY (protobuf writes fields in number order)."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path, 'rb') as stream:
+            head = stream.read(64)
+    except OSError:
+        return False
+    producer = WRITTEN_BY.encode()
+    start = head.find(b'\x12' + bytes([len(producer)]) + producer)
+    # Before producer_name: the tag of ir_version (0x08) and its one-byte varint.
+    return head[:1] == b'\x08' and start == 2
+
+
+# How each file format is recognised: what export.py --overwrite may replace.
+_IS_MODEL_FILE = {'tflite': is_tflite_file, 'onnx': is_our_onnx_file}
+
+
+def foreign_model_files(output, export_format):
+    """Of `output` (a 'tflite' or 'onnx' file) and the labels and model_info.json beside it, the
+    existing ones export.py did not write: a model file not of that format (an ONNX file not
+    export.py's), a model_info.json that is not one, labels that are not the class names of the
+    model_info.json beside them."""
+    labels, info = side_files(output)
     foreign = []
-    if os.path.lexists(output) and not is_tflite_file(output):
+    if os.path.lexists(output) and not _IS_MODEL_FILE[export_format](output):
         foreign.append(output)
     content = _read_json(info) if _is_model_info(info) else None
     if os.path.lexists(info) and content is None:
@@ -282,8 +324,10 @@ def foreign_tflite_files(output):
 
 
 def _partial_path(output):
-    """A fresh temporary name beside `output`, so the result appears whole or not at all."""
+    """A fresh temporary name beside `output`, so the result appears whole or not at all; the
+    folder of `output` is created when missing."""
     folder = os.path.dirname(os.path.abspath(output))
+    os.makedirs(folder, exist_ok=True)
     return tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(output)) + '.partial-', dir=folder)
 
 
@@ -331,7 +375,6 @@ def write_saved_model(output, exported):
     otherwise); it is replaced only once the new model is complete.
     """
     output = os.path.abspath(output)
-    os.makedirs(os.path.dirname(output), exist_ok=True)
     partial = _partial_path(output)
     try:
         model = os.path.join(partial, 'model')
@@ -373,45 +416,53 @@ def _build_saved_model(path, exported):
     return signatures
 
 
-def tflite_side_file_stem(output):
-    """`models/cats.tflite` -> `cats.`: its labels go to cats.labels.txt, its info to cats.model_info.json."""
+def side_file_stem(output):
+    """`models/cats.tflite` -> `cats.`: its labels go to cats.labels.txt, its info to cats.model_info.json
+    (likewise for cats.onnx)."""
     return os.path.splitext(os.path.basename(output))[0] + '.'
 
 
-def tflite_side_files(output):
-    folder, stem = os.path.dirname(os.path.abspath(output)), tflite_side_file_stem(output)
+def side_files(output):
+    """[labels, model_info.json] beside the model file `output`."""
+    folder, stem = os.path.dirname(os.path.abspath(output)), side_file_stem(output)
     return [os.path.join(folder, stem + LABELS_FILE), os.path.join(folder, stem + model_info.MODEL_INFO)]
+
+
+@contextlib.contextmanager
+def _float_input_session(exported):
+    """(session, input, probabilities) of the classifier on float32 [None, 227, 227, 3]
+    pre-processed images, its weights loaded: what the TFLite and ONNX files are made from."""
+    with tf.Graph().as_default() as graph:
+        inputs = tf.placeholder(tf.float32, [None, INPUT_SIZE, INPUT_SIZE, 3], name=ONNX_INPUT)
+        model, outputs = _classifier(inputs, list(exported.class_names))
+        with tf.Session(graph=graph) as session:
+            _load_weights(session, model, exported.layers)
+            yield session, inputs, outputs['probabilities']
 
 
 def convert_tflite(exported, quantizations=(None,), representative=None):
     """{quantize: TFLite flatbuffer (bytes)} of `exported`, one per entry of `quantizations`: None
     (float32), 'float16' (float16 weights) or 'int8' (int8 weights and activations, calibrated on
     `representative`, float32 [n, 227, 227, 3] pre-processed images; float32 input and output)."""
-    names = list(exported.class_names)
     flatbuffers = {}
-    with tf.Graph().as_default() as graph:
-        inputs = tf.placeholder(tf.float32, [None, INPUT_SIZE, INPUT_SIZE, 3], name='images')
-        model, outputs = _classifier(inputs, names)
-        with tf.Session(graph=graph) as session:
-            _load_weights(session, model, exported.layers)
-            for quantize in quantizations:
-                converter = tf.lite.TFLiteConverter.from_session(session, [inputs],
-                                                                  [outputs['probabilities']])
-                if quantize == FLOAT16:
-                    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-                    converter.target_spec.supported_types = [tf.float16]
-                elif quantize == INT8:
-                    if representative is None or not len(representative):
-                        raise ValueError('an int8 export needs representative images')
-                    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-                    # One image a step, as the calibrator runs them; it records each tensor's range.
-                    converter.representative_dataset = lambda: ([image[np.newaxis]]
-                                                                for image in representative)
-                    # int8 kernels throughout. An op TFLite has no int8 kernel for would still be
-                    # kept in float32 between a dequantize and a quantize, without a word: alexnet.py
-                    # builds none (its LRN avoids SQUARE), and tests/test_export.py checks.
-                    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-                flatbuffers[quantize] = converter.convert()
+    with _float_input_session(exported) as (session, inputs, probabilities):
+        for quantize in quantizations:
+            converter = tf.lite.TFLiteConverter.from_session(session, [inputs], [probabilities])
+            if quantize == FLOAT16:
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                converter.target_spec.supported_types = [tf.float16]
+            elif quantize == INT8:
+                if representative is None or not len(representative):
+                    raise ValueError('an int8 export needs representative images')
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                # One image a step, as the calibrator runs them; it records each tensor's range.
+                converter.representative_dataset = lambda: ([image[np.newaxis]]
+                                                            for image in representative)
+                # int8 kernels throughout. An op TFLite has no int8 kernel for would still be
+                # kept in float32 between a dequantize and a quantize, without a word: alexnet.py
+                # builds none (its LRN avoids SQUARE), and tests/test_export.py checks.
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            flatbuffers[quantize] = converter.convert()
     return flatbuffers
 
 
@@ -420,22 +471,69 @@ def write_tflite(output, exported, quantize=None, representative=None, flatbuffe
     `quantize='float16'`, or int8 with 'int8' and `representative` images: convert_tflite), with its
     labels and model_info.json beside it; returns their paths. `flatbuffer`: one convert_tflite
     already made for `quantize`."""
-    names = list(exported.class_names)
     if flatbuffer is None:
         flatbuffer = convert_tflite(exported, (quantize,), representative)[quantize]
+    return _write_model_file(output, exported, flatbuffer)
+
+
+def _write_model_file(output, exported, content):
+    """Write the bytes `content` at `output` and the labels and model_info.json beside it, each
+    renamed into place once whole (the model last); returns the side files' paths."""
     partial = _partial_path(output)
     try:
-        written = os.path.join(partial, 'model.tflite')
+        written = os.path.join(partial, 'model')
         with open(written, 'wb') as stream:
-            stream.write(flatbuffer)
-        side_files = _write_side_files(partial, names, exported.center_crop,
-                                       stem=tflite_side_file_stem(output))
-        for side_file, target in zip(side_files, tflite_side_files(output)):
+            stream.write(content)
+        written_side_files = _write_side_files(partial, list(exported.class_names),
+                                               exported.center_crop, stem=side_file_stem(output))
+        for side_file, target in zip(written_side_files, side_files(output)):
             _replace_file(side_file, target)
         _replace_file(written, output)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
-    return tflite_side_files(output)
+    return side_files(output)
+
+
+def deploy_module(name, needed_for):
+    """The deploy-time package `name` imported, or ToolkitError naming the command that installs it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise ToolkitError(f"{needed_for} needs the Python package {name.split('.')[0]}, one of the "
+                           f"deploy-time packages: pip install -r {DEPLOY_REQUIREMENTS}") from None
+
+
+def convert_onnx(exported):
+    """The ONNX model (a ModelProto) of `exported`: float32 [None, 227, 227, 3] pre-processed images
+    in, probabilities out, as the float32 TFLite file; the class names and model_info.json content
+    in its metadata_props ('class_names': one a line; 'model_info': JSON)."""
+    tf2onnx = deploy_module('tf2onnx', '--format onnx')
+    with _float_input_session(exported) as (session, _, _):
+        frozen = convert_to_constants.convert_variables_to_constants_from_session_graph(
+            session, session.graph.as_graph_def(), [ONNX_OUTPUT])
+    with warnings.catch_warnings():  # tf2onnx's own deprecation notices are not the user's business
+        warnings.simplefilter('ignore')
+        proto, _ = tf2onnx.convert.from_graph_def(
+            frozen, input_names=[ONNX_INPUT + ':0'], output_names=[ONNX_OUTPUT + ':0'],
+            opset=ONNX_OPSET, tensors_to_rename={ONNX_INPUT + ':0': ONNX_INPUT,
+                                                 ONNX_OUTPUT + ':0': ONNX_OUTPUT})
+    proto.producer_name, proto.producer_version = WRITTEN_BY, f'tf2onnx {tf2onnx.__version__}'
+    for tensor in (*proto.graph.input, *proto.graph.output):  # tf2onnx calls it unk__<number>
+        tensor.type.tensor_type.shape.dim[0].dim_param = 'n'
+    info = model_info.model_info_content(len(exported.class_names), list(exported.class_names),
+                                         exported.center_crop)
+    del proto.metadata_props[:]
+    for key, value in (('class_names', '\n'.join(exported.class_names)),
+                       ('model_info', json.dumps(info))):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return proto
+
+
+def write_onnx(output, exported):
+    """Write `exported` as an ONNX file at `output` (convert_onnx), with its labels and
+    model_info.json beside it; returns their paths."""
+    return _write_model_file(output, exported, convert_onnx(exported).SerializeToString())
 
 
 def representative_sample(paths, size, seed):
@@ -470,10 +568,10 @@ def preprocessed_batches(paths, center_crop, batch_size=32, list_file=None):
 
 
 def tflite_interpreter(flatbuffer):
-    """A tf.lite.Interpreter of `flatbuffer` (its notice that LiteRT replaces it is hidden)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message='.*tf.lite.Interpreter is deprecated')
-        return tf.lite.Interpreter(model_content=flatbuffer, num_threads=os.cpu_count() or 1)
+    """A LiteRT interpreter (ai_edge_litert, the successor of TensorFlow's own) of
+    `flatbuffer`, on every core."""
+    litert = deploy_module('ai_edge_litert.interpreter', 'running a TFLite model')
+    return litert.Interpreter(model_content=flatbuffer, num_threads=os.cpu_count() or 1)
 
 
 def run_tflite(interpreter, images):
