@@ -5,16 +5,20 @@ A PNG of 23000x23000 black pixels compresses to 1.6 MB and decodes to 1.6 GB; a 
 once. The file's structure says all of it, so the toolkit refuses images over `--max_pixels` (default
 `DEFAULT_MAX_PIXELS`, 100 megapixels, more than any camera photo) without decoding them.
 
-`image_frames(path)` walks the file in pure Python, without TensorFlow (reading only the parts it
-looks at, 64 KiB at a time), and returns its canvas, its frames and `pixels`: the frames' pixels added up, each frame
-counted at least as large as the canvas (decoders draw every frame on a canvas-sized buffer):
+`image_frames(path)` reads the file without TensorFlow and without decoding, and returns its canvas,
+its frames and `pixels`: the frames' pixels added up, each frame counted at least as large as the
+canvas (decoders draw every frame on a canvas-sized buffer):
 
-    JPEG  the SOF segment, found by walking the segments
+    JPEG  the SOF segment, read by Pillow (JpegImagePlugin)
+    BMP   the DIB header, read by Pillow (BmpImagePlugin)
     PNG   IHDR; an APNG's acTL (frames declared) and every fcTL (each frame's size)
     GIF   the logical screen and every image descriptor, walking extensions and data sub-blocks
-    BMP   the DIB header
     WebP  VP8, VP8L and VP8X chunks; every ANMF frame of an animation
 
+PNG, GIF and WebP are walked here, in pure Python, 64 KiB at a time, because Pillow cannot give what
+the count needs without decoding: it reads no frame's size past the first (its `n_frames` is a count;
+an APNG frame larger than its canvas is an error to it, yet `graph_pixels` counts it), opening a WebP
+reads the whole file and has libwebp allocate the canvas, and it bounds no walk.
 A walk takes at most `MAX_BLOCKS` steps (PNG and WebP chunks, GIF frames and extensions: some 2,500
 frames) and `MAX_SUB_BLOCKS` GIF data sub-blocks (they hold 255 bytes each, so 64 MB of frames): a
 file that needs more is counted as too large rather than walked for minutes. `image_frames`
@@ -26,9 +30,12 @@ from TensorFlow's own header reader, `tf.image.extract_jpeg_shape`. TensorFlow i
 so the folder scans that use the extensions below need none.
 """
 import collections
+import io
 import os
 import stat
 import struct
+
+from PIL import BmpImagePlugin, JpegImagePlugin
 
 DEFAULT_MAX_PIXELS = 100_000_000
 # The file name endings of what preprocessing.decode_rgb reads: what folder scans look for.
@@ -37,9 +44,12 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
 # a block, so a file made to slow a served model down is stopped within a second or two.
 MAX_BLOCKS = 5_000
 MAX_SUB_BLOCKS = 250_000
-_MAX_JPEG_SEGMENTS = 1000  # a real file reaches its SOF within a few dozen segments
-# JPEG start-of-frame markers: C0-CF except C4 (Huffman tables), C8 (reserved), CC (arithmetic tables).
-_SOF_MARKERS = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Pillow's plugin classes, not Image.open: its decompression-bomb check (Image.MAX_IMAGE_PIXELS, 89
+# megapixels) would warn of, or refuse, a header before we could report its size. --max_pixels is the
+# one limit here, and nothing is decoded (no load()), so that check has nothing to guard; the global is
+# left as it is for other code in the process. Pillow reads the JPEG's segments up to its scan, and it
+# reads a size from a file cut short after its SOF, as a decoder would allocate it.
+_PILLOW = {b'\xff\xd8': JpegImagePlugin.JpegImageFile, b'BM': BmpImagePlugin.BmpImageFile}
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 # width, height: the canvas (a GIF's logical screen, a PNG's IHDR, a WebP's VP8X); frames: how many
@@ -119,58 +129,28 @@ def image_frames(path):
         if not stat.S_ISREG(os.stat(path).st_mode):
             return None  # a pipe or device: opening it could block
         with open(path, 'rb') as stream:
-            return frames_of(_FileBytes(stream))
+            return frames_of(_FileBytes(stream), stream)
     except OSError:
         return None
 
 
-def frames_of(data):
-    """Frames of an encoded image held in `data` (bytes, or an open file's _FileBytes), or None."""
+def frames_of(data, stream=None):
+    """Frames of an encoded image held in `data` (bytes, or the _FileBytes of the open file
+    `stream`), or None."""
     try:
         head = data[:32]
-        if head.startswith(b'\xff\xd8'):
-            size = _jpeg_size(data)
-            return _single(*size) if size else None
+        if head[:2] in _PILLOW:
+            stream = stream or io.BytesIO(data)
+            stream.seek(0)
+            return _single(*_PILLOW[head[:2]](stream).size)
         if head.startswith(_PNG_SIGNATURE) and head[12:16] == b'IHDR':
             return _png_frames(data)
         if head[:6] in (b'GIF87a', b'GIF89a'):
             return _gif_frames(data)
-        if head.startswith(b'BM'):
-            return _single(*_bmp_size(head))
         if head.startswith(b'RIFF') and head[8:12] == b'WEBP':
             return _webp_frames(data)
-    except (struct.error, IndexError):
-        return None
-    return None
-
-
-def image_size(path):
-    """(width, height) of the canvas of the image file at `path`, or None when unreadable."""
-    frames = image_frames(path)
-    return None if frames is None else (frames.width, frames.height)
-
-
-def _jpeg_size(data):
-    pos = 2
-    for _ in range(_MAX_JPEG_SEGMENTS):
-        while pos < len(data) and data[pos] == 0xFF:  # fill bytes before a marker
-            pos += 1
-        if pos >= len(data):
-            return None
-        marker = data[pos]
-        pos += 1
-        if marker == 0x01 or 0xD0 <= marker <= 0xD9:  # markers without a length
-            continue
-        length = _unpack('>H', data, pos)[0]
-        if marker in _SOF_MARKERS:
-            height, width = _unpack('>HH', data, pos + 3)
-            return width, height
-        if length < 2:
-            return None
-        pos += length
-        # Walking into the marker bytes of the previous segment: the next one must start with 0xFF.
-        if pos >= len(data) or data[pos] != 0xFF:
-            return None
+    except (SyntaxError, OSError, ValueError, TypeError, EOFError, struct.error, IndexError):
+        return None  # what Image.open takes for "not this format", and a file cut short
     return None
 
 
@@ -238,14 +218,6 @@ def _gif_frames(data):
             if length == 0:
                 break
     return animation.result()
-
-
-def _bmp_size(head):
-    header_size = struct.unpack('<I', head[14:18])[0]
-    if header_size == 12:  # OS/2 BITMAPCOREHEADER
-        return struct.unpack('<HH', head[18:22])
-    width, height = struct.unpack('<ii', head[18:26])
-    return abs(width), abs(height)  # a negative height means top-down rows
 
 
 def _webp_frames(data):

@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import time
+import warnings
 
 import cv2
 import numpy as np
@@ -58,19 +59,54 @@ def test_header_size_is_the_decoded_size(tmp_path, name, make):
     with Image.open(path) as decoded:
         expected = decoded.size
     assert expected == (53, 37)
-    assert image_header.image_size(str(path)) == expected
+    assert image_header.image_frames(str(path)) == (53, 37, 1, (53, 37), 53 * 37)
 
 
 def test_top_down_bmp_and_unknown_files(tmp_path):
     bmp = bytearray(image_files.encode(image_files.random_rgb(5, 7), '.bmp'))
     bmp[22:26] = struct.pack('<i', -5)  # negative height: rows stored top-down
     (tmp_path / 'down.bmp').write_bytes(bytes(bmp))
-    assert image_header.image_size(str(tmp_path / 'down.bmp')) == (7, 5)
+    assert image_header.image_frames(str(tmp_path / 'down.bmp')) == (7, 5, 1, (7, 5), 35)
     (tmp_path / 'text.jpg').write_text('not an image')
     (tmp_path / 'short.jpg').write_bytes(b'\xff\xd8\xff\xe0\x00')
     for name in ('text.jpg', 'short.jpg', 'absent.png'):
-        assert image_header.image_size(str(tmp_path / name)) is None
+        assert image_header.image_frames(str(tmp_path / name)) is None
         assert image_header.too_large(str(tmp_path / name), 1) is None
+
+
+def _resized_header(data, offset, layout, width, height):
+    out = bytearray(data)
+    out[offset:offset + struct.calcsize(layout)] = struct.pack(layout, *(
+        (height, width) if layout.startswith('>') else (width, height)))
+    return bytes(out)
+
+
+def _huge_jpeg(side, cut=True):
+    """A JPEG whose SOF says side x side, cut short 20 bytes after its SOF when `cut`."""
+    data = image_files.encode(image_files.random_rgb(37, 53, seed=1), '.jpg')
+    sof = data.find(b'\xff\xc0')
+    data = _resized_header(data, sof + 5, '>HH', side, side)
+    return data[:sof + 20] if cut else data
+
+
+@pytest.mark.parametrize('name, data, max_pixels, reason', [
+    # Over Pillow's own bomb limit (2 x Image.MAX_IMAGE_PIXELS): still read, and read cut short.
+    ('cut.jpg', _huge_jpeg(60000), 100_000_000, '60000x60000 = 3600.0 megapixels'),
+    ('cut.bmp', _resized_header(image_files.encode(image_files.random_rgb(5, 7), '.bmp')[:60], 18,
+                                '<ii', 30000, 30000), 100_000_000, '30000x30000 = 900.0 megapixels'),
+    # Between Pillow's warning and its error: refused by --max_pixels alone, accepted when raised.
+    ('warned.jpg', _huge_jpeg(12000, cut=False), 100_000_000, '12000x12000 = 144.0 megapixels'),
+    ('warned.jpg', _huge_jpeg(12000, cut=False), 144_000_000, None),
+], ids=['cut-jpeg', 'cut-bmp', 'warned-refused', 'warned-raised'])
+def test_max_pixels_is_the_only_limit_on_headers_pillow_reads(tmp_path, name, data, max_pixels, reason):
+    path = tmp_path / name
+    path.write_bytes(data)
+    limit = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # no DecompressionBombWarning: Pillow's check is not run
+        found = image_header.too_large(str(path), max_pixels)
+    assert found == (reason and f'{reason}, over --max_pixels {max_pixels}')
+    assert Image.MAX_IMAGE_PIXELS == limit  # left as it is for Pillow's other users
 
 
 huge_png = image_files.huge_png
@@ -165,7 +201,6 @@ def test_real_animations_count_every_frame(tmp_path, format_, options):
         assert (decoded.n_frames, decoded.size) == (3, (40, 30))
     found = image_header.image_frames(str(path))
     assert (found.width, found.height, found.frames, found.pixels) == (40, 30, 3, 3 * 40 * 30)
-    assert image_header.image_size(str(path)) == (40, 30)
     assert image_header.too_large(str(path), 3600) is None
     assert image_header.too_large(str(path), 3599) == (
         '40x30, 3 frames of up to 40x30 = 0.0 megapixels in all, over --max_pixels 3599')
