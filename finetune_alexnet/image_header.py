@@ -9,16 +9,20 @@ once. The file's structure says all of it, so the toolkit refuses images over `-
 its frames and `pixels`: the frames' pixels added up, each frame counted at least as large as the
 canvas (decoders draw every frame on a canvas-sized buffer):
 
-    JPEG  the SOF segment, read by Pillow (JpegImagePlugin)
     BMP   the DIB header, read by Pillow (BmpImagePlugin)
+    JPEG  the SOF segment, found by walking the segments
     PNG   IHDR; an APNG's acTL (frames declared) and every fcTL (each frame's size)
     GIF   the logical screen and every image descriptor, walking extensions and data sub-blocks
     WebP  VP8, VP8L and VP8X chunks; every ANMF frame of an animation
 
-PNG, GIF and WebP are walked here, in pure Python, 64 KiB at a time, because Pillow cannot give what
-the count needs without decoding: it reads no frame's size past the first (its `n_frames` is a count;
-an APNG frame larger than its canvas is an error to it, yet `graph_pixels` counts it), opening a WebP
-reads the whole file and has libwebp allocate the canvas, and it bounds no walk.
+Pillow's BMP class, not `Image.open`, whose bomb check (`Image.MAX_IMAGE_PIXELS`, left as it is)
+would refuse a header before we report its size: `--max_pixels` is the one limit, and nothing is
+decoded. It reads the first 64 KiB (header and palette fit); a BMP it does not read goes to the
+decoder, which first checks that the file holds every pixel. The rest is walked here, 64 KiB at a
+time: Pillow gives no frame's size past the first without decoding (an APNG frame larger than its
+canvas is an error to it, yet `graph_pixels` counts it), bounds no walk, reads a whole WebP and has
+libwebp allocate its canvas on opening it, and refuses a JPEG whose SOF follows a TEM marker, which
+libjpeg skips and decodes (so a 60000x60000 SOF behind one would reach the decoder).
 A walk takes at most `MAX_BLOCKS` steps (PNG and WebP chunks, GIF frames and extensions: some 2,500
 frames) and `MAX_SUB_BLOCKS` GIF data sub-blocks (they hold 255 bytes each, so 64 MB of frames): a
 file that needs more is counted as too large rather than walked for minutes. `image_frames`
@@ -35,7 +39,7 @@ import os
 import stat
 import struct
 
-from PIL import BmpImagePlugin, JpegImagePlugin
+from PIL import BmpImagePlugin
 
 DEFAULT_MAX_PIXELS = 100_000_000
 # The file name endings of what preprocessing.decode_rgb reads: what folder scans look for.
@@ -44,12 +48,9 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
 # a block, so a file made to slow a served model down is stopped within a second or two.
 MAX_BLOCKS = 5_000
 MAX_SUB_BLOCKS = 250_000
-# Pillow's plugin classes, not Image.open: its decompression-bomb check (Image.MAX_IMAGE_PIXELS, 89
-# megapixels) would warn of, or refuse, a header before we could report its size. --max_pixels is the
-# one limit here, and nothing is decoded (no load()), so that check has nothing to guard; the global is
-# left as it is for other code in the process. Pillow reads the JPEG's segments up to its scan, and it
-# reads a size from a file cut short after its SOF, as a decoder would allocate it.
-_PILLOW = {b'\xff\xd8': JpegImagePlugin.JpegImageFile, b'BM': BmpImagePlugin.BmpImageFile}
+_MAX_JPEG_SEGMENTS = 1000  # a real file reaches its SOF within a few dozen segments
+# JPEG start-of-frame markers: C0-CF except C4 (Huffman tables), C8 (reserved), CC (arithmetic tables).
+_SOF_MARKERS = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 # width, height: the canvas (a GIF's logical screen, a PNG's IHDR, a WebP's VP8X); frames: how many
@@ -129,20 +130,20 @@ def image_frames(path):
         if not stat.S_ISREG(os.stat(path).st_mode):
             return None  # a pipe or device: opening it could block
         with open(path, 'rb') as stream:
-            return frames_of(_FileBytes(stream), stream)
+            return frames_of(_FileBytes(stream))
     except OSError:
         return None
 
 
-def frames_of(data, stream=None):
-    """Frames of an encoded image held in `data` (bytes, or the _FileBytes of the open file
-    `stream`), or None."""
+def frames_of(data):
+    """Frames of an encoded image held in `data` (bytes, or an open file's _FileBytes), or None."""
     try:
         head = data[:32]
-        if head[:2] in _PILLOW:
-            stream = stream or io.BytesIO(data)
-            stream.seek(0)
-            return _single(*_PILLOW[head[:2]](stream).size)
+        if head.startswith(b'BM'):  # Pillow's plugin class, not Image.open (see above), on 64 KiB
+            return _single(*BmpImagePlugin.BmpImageFile(io.BytesIO(data[:1 << 16])).size)
+        if head.startswith(b'\xff\xd8'):
+            size = _jpeg_size(data)
+            return _single(*size) if size else None
         if head.startswith(_PNG_SIGNATURE) and head[12:16] == b'IHDR':
             return _png_frames(data)
         if head[:6] in (b'GIF87a', b'GIF89a'):
@@ -150,7 +151,31 @@ def frames_of(data, stream=None):
         if head.startswith(b'RIFF') and head[8:12] == b'WEBP':
             return _webp_frames(data)
     except (SyntaxError, OSError, ValueError, TypeError, EOFError, struct.error, IndexError):
-        return None  # what Image.open takes for "not this format", and a file cut short
+        return None  # and what Pillow raises for a header it does not read, as Image.open takes it
+    return None
+
+
+def _jpeg_size(data):
+    pos = 2
+    for _ in range(_MAX_JPEG_SEGMENTS):
+        while pos < len(data) and data[pos] == 0xFF:  # fill bytes before a marker
+            pos += 1
+        if pos >= len(data):
+            return None
+        marker = data[pos]
+        pos += 1
+        if marker == 0x01 or 0xD0 <= marker <= 0xD9:  # markers without a length
+            continue
+        length = _unpack('>H', data, pos)[0]
+        if marker in _SOF_MARKERS:
+            height, width = _unpack('>HH', data, pos + 3)
+            return width, height
+        if length < 2:
+            return None
+        pos += length
+        # Walking into the marker bytes of the previous segment: the next one must start with 0xFF.
+        if pos >= len(data) or data[pos] != 0xFF:
+            return None
     return None
 
 

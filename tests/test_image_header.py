@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 import datagenerator
 import finetune
@@ -74,39 +74,43 @@ def test_top_down_bmp_and_unknown_files(tmp_path):
         assert image_header.too_large(str(tmp_path / name), 1) is None
 
 
-def _resized_header(data, offset, layout, width, height):
-    out = bytearray(data)
-    out[offset:offset + struct.calcsize(layout)] = struct.pack(layout, *(
-        (height, width) if layout.startswith('>') else (width, height)))
-    return bytes(out)
+def _bmp_header(side):
+    """The first 60 bytes of a 24-bit BMP that says side x side: its pixels are not in the file."""
+    data = bytearray(image_files.encode(image_files.random_rgb(5, 7), '.bmp')[:60])
+    data[18:26] = struct.pack('<ii', side, side)
+    return bytes(data)
 
 
-def _huge_jpeg(side, cut=True):
-    """A JPEG whose SOF says side x side, cut short 20 bytes after its SOF when `cut`."""
-    data = image_files.encode(image_files.random_rgb(37, 53, seed=1), '.jpg')
-    sof = data.find(b'\xff\xc0')
-    data = _resized_header(data, sof + 5, '>HH', side, side)
-    return data[:sof + 20] if cut else data
-
-
-@pytest.mark.parametrize('name, data, max_pixels, reason', [
-    # Over Pillow's own bomb limit (2 x Image.MAX_IMAGE_PIXELS): still read, and read cut short.
-    ('cut.jpg', _huge_jpeg(60000), 100_000_000, '60000x60000 = 3600.0 megapixels'),
-    ('cut.bmp', _resized_header(image_files.encode(image_files.random_rgb(5, 7), '.bmp')[:60], 18,
-                                '<ii', 30000, 30000), 100_000_000, '30000x30000 = 900.0 megapixels'),
-    # Between Pillow's warning and its error: refused by --max_pixels alone, accepted when raised.
-    ('warned.jpg', _huge_jpeg(12000, cut=False), 100_000_000, '12000x12000 = 144.0 megapixels'),
-    ('warned.jpg', _huge_jpeg(12000, cut=False), 144_000_000, None),
-], ids=['cut-jpeg', 'cut-bmp', 'warned-refused', 'warned-raised'])
-def test_max_pixels_is_the_only_limit_on_headers_pillow_reads(tmp_path, name, data, max_pixels, reason):
-    path = tmp_path / name
-    path.write_bytes(data)
+@pytest.mark.parametrize('side, max_pixels, reason', [
+    (30000, 100_000_000, '30000x30000 = 900.0 megapixels'),  # over Pillow's bomb error
+    (12000, 100_000_000, '12000x12000 = 144.0 megapixels'),  # over Pillow's bomb warning
+    (12000, 144_000_000, None),
+])
+def test_max_pixels_is_the_only_limit_on_the_bmp_header_pillow_reads(tmp_path, side, max_pixels, reason):
+    path = tmp_path / 'cut.bmp'
+    path.write_bytes(_bmp_header(side))
     limit = Image.MAX_IMAGE_PIXELS
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # no DecompressionBombWarning: Pillow's check is not run
         found = image_header.too_large(str(path), max_pixels)
     assert found == (reason and f'{reason}, over --max_pixels {max_pixels}')
     assert Image.MAX_IMAGE_PIXELS == limit  # left as it is for Pillow's other users
+
+
+def test_a_jpeg_size_behind_a_tem_marker_is_read(tmp_path):
+    """libjpeg skips a TEM marker (0xFF01) and decodes what follows; Pillow refuses the file, so the
+    JPEG walk stays ours. The SOF here says 60000x60000, and the file ends 20 bytes after it."""
+    data = image_files.encode(image_files.random_rgb(37, 53, seed=1), '.jpg')
+    data = data[:2] + b'\xff\x01' + data[2:]
+    with tf.Graph().as_default(), tf.Session() as session:
+        assert session.run(tf.image.extract_jpeg_shape(data)).tolist() == [37, 53, 3]
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(io.BytesIO(data))
+    sof = data.find(b'\xff\xc0')
+    path = tmp_path / 'tem.jpg'
+    path.write_bytes(data[:sof + 5] + struct.pack('>HH', 60000, 60000) + data[sof + 9:sof + 20])
+    assert image_header.too_large(str(path), image_header.DEFAULT_MAX_PIXELS) == (
+        '60000x60000 = 3600.0 megapixels, over --max_pixels 100000000')
 
 
 huge_png = image_files.huge_png
