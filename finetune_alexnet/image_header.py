@@ -139,8 +139,8 @@ def frames_of(data):
     """Frames of an encoded image held in `data` (bytes, or an open file's _FileBytes), or None."""
     try:
         head = data[:32]
-        if head.startswith(b'BM'):  # Pillow's plugin class, not Image.open (see above), on 64 KiB
-            return _single(*BmpImagePlugin.BmpImageFile(io.BytesIO(data[:1 << 16])).size)
+        if head.startswith(b'BM'):
+            return _bmp_frames(data)
         if head.startswith(b'\xff\xd8'):
             size = _jpeg_size(data)
             return _single(*size) if size else None
@@ -150,9 +150,17 @@ def frames_of(data):
             return _gif_frames(data)
         if head.startswith(b'RIFF') and head[8:12] == b'WEBP':
             return _webp_frames(data)
-    except (SyntaxError, OSError, ValueError, TypeError, EOFError, struct.error, IndexError):
-        return None  # and what Pillow raises for a header it does not read, as Image.open takes it
+    except (struct.error, IndexError):
+        return None
     return None
+
+
+def _bmp_frames(data):
+    """Pillow's plugin class, not Image.open (see above), on the first 64 KiB."""
+    try:
+        return _single(*BmpImagePlugin.BmpImageFile(io.BytesIO(data[:1 << 16])).size)
+    except (SyntaxError, OSError):  # what Pillow raises for a header it does not read, or cut short
+        return None
 
 
 def _jpeg_size(data):
