@@ -5,16 +5,24 @@ A PNG of 23000x23000 black pixels compresses to 1.6 MB and decodes to 1.6 GB; a 
 once. The file's structure says all of it, so the toolkit refuses images over `--max_pixels` (default
 `DEFAULT_MAX_PIXELS`, 100 megapixels, more than any camera photo) without decoding them.
 
-`image_frames(path)` walks the file in pure Python, without TensorFlow (reading only the parts it
-looks at, 64 KiB at a time), and returns its canvas, its frames and `pixels`: the frames' pixels added up, each frame
-counted at least as large as the canvas (decoders draw every frame on a canvas-sized buffer):
+`image_frames(path)` reads the file without TensorFlow and without decoding, and returns its canvas,
+its frames and `pixels`: the frames' pixels added up, each frame counted at least as large as the
+canvas (decoders draw every frame on a canvas-sized buffer):
 
+    BMP   the DIB header, read by Pillow (BmpImagePlugin)
     JPEG  the SOF segment, found by walking the segments
     PNG   IHDR; an APNG's acTL (frames declared) and every fcTL (each frame's size)
     GIF   the logical screen and every image descriptor, walking extensions and data sub-blocks
-    BMP   the DIB header
     WebP  VP8, VP8L and VP8X chunks; every ANMF frame of an animation
 
+Pillow's BMP class, not `Image.open`, whose bomb check (`Image.MAX_IMAGE_PIXELS`, left as it is)
+would refuse a header before we report its size: `--max_pixels` is the one limit, and nothing is
+decoded. It reads the first 64 KiB (header and palette fit); a BMP it does not read goes to the
+decoder, which first checks that the file holds every pixel. The rest is walked here, 64 KiB at a
+time: Pillow gives no frame's size past the first without decoding (an APNG frame larger than its
+canvas is an error to it, yet `graph_pixels` counts it), bounds no walk, reads a whole WebP and has
+libwebp allocate its canvas on opening it, and refuses a JPEG whose SOF follows a TEM marker, which
+libjpeg skips and decodes (so a 60000x60000 SOF behind one would reach the decoder).
 A walk takes at most `MAX_BLOCKS` steps (PNG and WebP chunks, GIF frames and extensions: some 2,500
 frames) and `MAX_SUB_BLOCKS` GIF data sub-blocks (they hold 255 bytes each, so 64 MB of frames): a
 file that needs more is counted as too large rather than walked for minutes. `image_frames`
@@ -26,9 +34,12 @@ from TensorFlow's own header reader, `tf.image.extract_jpeg_shape`. TensorFlow i
 so the folder scans that use the extensions below need none.
 """
 import collections
+import io
 import os
 import stat
 import struct
+
+from PIL import BmpImagePlugin
 
 DEFAULT_MAX_PIXELS = 100_000_000
 # The file name endings of what preprocessing.decode_rgb reads: what folder scans look for.
@@ -128,6 +139,8 @@ def frames_of(data):
     """Frames of an encoded image held in `data` (bytes, or an open file's _FileBytes), or None."""
     try:
         head = data[:32]
+        if head.startswith(b'BM'):
+            return _bmp_frames(data)
         if head.startswith(b'\xff\xd8'):
             size = _jpeg_size(data)
             return _single(*size) if size else None
@@ -135,8 +148,6 @@ def frames_of(data):
             return _png_frames(data)
         if head[:6] in (b'GIF87a', b'GIF89a'):
             return _gif_frames(data)
-        if head.startswith(b'BM'):
-            return _single(*_bmp_size(head))
         if head.startswith(b'RIFF') and head[8:12] == b'WEBP':
             return _webp_frames(data)
     except (struct.error, IndexError):
@@ -144,10 +155,12 @@ def frames_of(data):
     return None
 
 
-def image_size(path):
-    """(width, height) of the canvas of the image file at `path`, or None when unreadable."""
-    frames = image_frames(path)
-    return None if frames is None else (frames.width, frames.height)
+def _bmp_frames(data):
+    """Pillow's plugin class, not Image.open (see above), on the first 64 KiB."""
+    try:
+        return _single(*BmpImagePlugin.BmpImageFile(io.BytesIO(data[:1 << 16])).size)
+    except (SyntaxError, OSError):  # what Pillow raises for a header it does not read, or cut short
+        return None
 
 
 def _jpeg_size(data):
@@ -238,14 +251,6 @@ def _gif_frames(data):
             if length == 0:
                 break
     return animation.result()
-
-
-def _bmp_size(head):
-    header_size = struct.unpack('<I', head[14:18])[0]
-    if header_size == 12:  # OS/2 BITMAPCOREHEADER
-        return struct.unpack('<HH', head[18:22])
-    width, height = struct.unpack('<ii', head[18:26])
-    return abs(width), abs(height)  # a negative height means top-down rows
 
 
 def _webp_frames(data):

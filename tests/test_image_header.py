@@ -9,12 +9,13 @@ import struct
 import subprocess
 import sys
 import time
+import warnings
 
 import cv2
 import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 import datagenerator
 import finetune
@@ -58,19 +59,58 @@ def test_header_size_is_the_decoded_size(tmp_path, name, make):
     with Image.open(path) as decoded:
         expected = decoded.size
     assert expected == (53, 37)
-    assert image_header.image_size(str(path)) == expected
+    assert image_header.image_frames(str(path)) == (53, 37, 1, (53, 37), 53 * 37)
 
 
 def test_top_down_bmp_and_unknown_files(tmp_path):
     bmp = bytearray(image_files.encode(image_files.random_rgb(5, 7), '.bmp'))
     bmp[22:26] = struct.pack('<i', -5)  # negative height: rows stored top-down
     (tmp_path / 'down.bmp').write_bytes(bytes(bmp))
-    assert image_header.image_size(str(tmp_path / 'down.bmp')) == (7, 5)
+    assert image_header.image_frames(str(tmp_path / 'down.bmp')) == (7, 5, 1, (7, 5), 35)
     (tmp_path / 'text.jpg').write_text('not an image')
     (tmp_path / 'short.jpg').write_bytes(b'\xff\xd8\xff\xe0\x00')
     for name in ('text.jpg', 'short.jpg', 'absent.png'):
-        assert image_header.image_size(str(tmp_path / name)) is None
+        assert image_header.image_frames(str(tmp_path / name)) is None
         assert image_header.too_large(str(tmp_path / name), 1) is None
+
+
+def _bmp_header(side):
+    """The first 60 bytes of a 24-bit BMP that says side x side: its pixels are not in the file."""
+    data = bytearray(image_files.encode(image_files.random_rgb(5, 7), '.bmp')[:60])
+    data[18:26] = struct.pack('<ii', side, side)
+    return bytes(data)
+
+
+@pytest.mark.parametrize('side, max_pixels, reason', [
+    (30000, 100_000_000, '30000x30000 = 900.0 megapixels'),  # over Pillow's bomb error
+    (12000, 100_000_000, '12000x12000 = 144.0 megapixels'),  # over Pillow's bomb warning
+    (12000, 144_000_000, None),
+])
+def test_max_pixels_is_the_only_limit_on_the_bmp_header_pillow_reads(tmp_path, side, max_pixels, reason):
+    path = tmp_path / 'cut.bmp'
+    path.write_bytes(_bmp_header(side))
+    limit = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # no DecompressionBombWarning: Pillow's check is not run
+        found = image_header.too_large(str(path), max_pixels)
+    assert found == (reason and f'{reason}, over --max_pixels {max_pixels}')
+    assert Image.MAX_IMAGE_PIXELS == limit  # left as it is for Pillow's other users
+
+
+def test_a_jpeg_size_behind_a_tem_marker_is_read(tmp_path):
+    """libjpeg skips a TEM marker (0xFF01) and decodes what follows; Pillow refuses the file, so the
+    JPEG walk stays ours. The SOF here says 60000x60000, and the file ends 20 bytes after it."""
+    data = image_files.encode(image_files.random_rgb(37, 53, seed=1), '.jpg')
+    data = data[:2] + b'\xff\x01' + data[2:]
+    with tf.Graph().as_default(), tf.Session() as session:
+        assert session.run(tf.image.extract_jpeg_shape(data)).tolist() == [37, 53, 3]
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(io.BytesIO(data))
+    sof = data.find(b'\xff\xc0')
+    path = tmp_path / 'tem.jpg'
+    path.write_bytes(data[:sof + 5] + struct.pack('>HH', 60000, 60000) + data[sof + 9:sof + 20])
+    assert image_header.too_large(str(path), image_header.DEFAULT_MAX_PIXELS) == (
+        '60000x60000 = 3600.0 megapixels, over --max_pixels 100000000')
 
 
 huge_png = image_files.huge_png
@@ -165,7 +205,6 @@ def test_real_animations_count_every_frame(tmp_path, format_, options):
         assert (decoded.n_frames, decoded.size) == (3, (40, 30))
     found = image_header.image_frames(str(path))
     assert (found.width, found.height, found.frames, found.pixels) == (40, 30, 3, 3 * 40 * 30)
-    assert image_header.image_size(str(path)) == (40, 30)
     assert image_header.too_large(str(path), 3600) is None
     assert image_header.too_large(str(path), 3599) == (
         '40x30, 3 frames of up to 40x30 = 0.0 megapixels in all, over --max_pixels 3599')
