@@ -203,12 +203,13 @@ def from_flags(flags, parser_defaults, demo_lists, given=frozenset()):
     flag takes the resumed run's own value, never the default.
     """
     unfreeze_layers_given = getattr(flags, 'unfreeze_layers', None) is not None
+    cluster = distribute.cluster_from(flags.worker_hosts, flags.task_index)
     if flags.resume:
-        flags = with_run_flags(flags, given)
+        flags = with_run_flags(flags, given, writes=cluster is None or cluster.is_chief)
     values = {field.name: getattr(flags, field.name, field.default)
               for field in dataclasses.fields(Settings)
               if field.name not in ('changed_settings', 'cluster', 'num_classes_source')}
-    values['cluster'] = distribute.cluster_from(values['worker_hosts'], values['task_index'])
+    values['cluster'] = cluster
     values['demo'] = bool(flags.demo or not (flags.train_file or flags.val_file))
     if flags.init_checkpoint and flags.skip_layers is None:
         values['skip_layers'] = ()  # a warm start loads every layer the checkpoint has
@@ -260,15 +261,17 @@ NOT_REMEMBERED = ('resume', 'checkpoint_path', 'verbose', 'worker_hosts', 'task_
                   'collective_timeout', 'cluster', 'changed_settings', 'num_classes_source', 'find_lr')
 
 
-def with_run_flags(flags, given):
+def with_run_flags(flags, given, writes=True):
     """`flags` with the resumed run's own value for every flag the command line did not give (a run
     folder keeps every setting in run_state.json's `args`): resuming needs only --checkpoint_path,
-    and --num_epochs to extend the run."""
+    and --num_epochs to extend the run. `writes`: this process will write the run folder (not a
+    worker other than the chief, which reads it while the chief holds its lock)."""
     if not flags.checkpoint_path:
         latest = latest_run(DEFAULT_RUNS)
         raise ToolkitError('--resume needs the run to continue: --checkpoint_path RUN_FOLDER'
                            + (f' (the latest is {latest})' if latest else ''))
-    run_folder.RunLock(flags.checkpoint_path).check_free()  # a run still writing it is named first
+    if writes:
+        run_folder.RunLock(flags.checkpoint_path).check_free()  # a run still writing it, named first
     state = run_state.read(flags.checkpoint_path)
     if state is None:
         raise ToolkitError(f'{flags.checkpoint_path}: no run to resume (no {run_state.FILE_NAME}); '
