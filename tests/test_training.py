@@ -363,3 +363,40 @@ def test_the_learning_rate_can_be_fed_for_one_step():
             w1 = session.run(weights)
             assert session.run(graph.learning_rate) == pytest.approx(0.01)  # fed for that step only
     np.testing.assert_allclose(w1, w0 - 0.3 * g0, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.slow
+def test_a_training_step_under_the_float16_rewrite_is_finite_and_close_to_float32():
+    """Every layer trained, He-scaled weights (conv1 near 400, above float16's squared range) and the
+    emulated float16 rewrite (a GPU's --mixed_precision): the loss agrees with float32 to 1e-3, and
+    once the loss scale has dropped below the first steps' overflow the update is finite and points
+    where float32's does (cosine > 0.99 per layer)."""
+    from test_alexnet import float16_rewrite_config, he_weights
+    images, labels = batch(size=2)
+    runs = []
+    for config in (tf_setup.session_config(), float16_rewrite_config()):
+        with tf.Graph().as_default():
+            tf.set_random_seed(3)
+            graph = build(train_layers=TRAINABLE_LAYERS, mixed_precision=True, learning_rate=1e-3)
+            with tf.Session(config=config) as session:
+                session.run(tf.global_variables_initializer())
+                he_weights(graph.model, session, TRAINABLE_LAYERS[:7])
+                before = session.run(graph.model.variables)
+                for _ in range(16):  # dynamic loss scaling: an overflowing step halves the scale
+                    loss, conv1, _ = session.run(
+                        [graph.loss, graph.model.end_points['conv1'], graph.train_op],
+                        {graph.x: images, graph.y: labels})
+                    after = session.run(graph.model.variables)
+                    if not np.array_equal(after['fc8']['weights'], before['fc8']['weights']):
+                        break
+                runs.append((loss, conv1.max(), before, after))
+    (loss32, conv32, before, after32), (loss16, conv16, _, after16) = runs
+    assert conv32 > 256 and conv16 > 256
+    assert np.isfinite(loss16) and abs(loss16 - loss32) < 1e-3 * abs(loss32)
+    for layer in TRAINABLE_LAYERS:
+        for kind in ('weights', 'biases'):
+            assert np.isfinite(after16[layer][kind]).all(), (layer, kind)
+            update16 = (after16[layer][kind] - before[layer][kind]).ravel()
+            update32 = (after32[layer][kind] - before[layer][kind]).ravel()
+            cosine = update16 @ update32 / (np.linalg.norm(update16) * np.linalg.norm(update32))
+            assert cosine > 0.99, (layer, kind, cosine)
