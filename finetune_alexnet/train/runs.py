@@ -14,6 +14,7 @@ from finetune_alexnet import run_state
 from finetune_alexnet import tfrecords
 from finetune_alexnet import weight_files
 from finetune_alexnet.errors import ToolkitError
+from finetune_alexnet.train import distribute
 from finetune_alexnet.train import graph as training_graph
 from finetune_alexnet.train import loop
 from finetune_alexnet.train import progress
@@ -200,7 +201,8 @@ def describe_data(settings, train_data, val_data, steps_per_epoch, class_names, 
         cluster = settings.cluster
         print(f'{cluster.name(cluster.index)} of {cluster.num_workers}'
               f'{" (the chief: it writes the run folder)" if cluster.is_chief else ""}: '
-              f'{settings.batch_size // cluster.num_workers} images of every batch')
+              f'{settings.batch_size // cluster.num_workers} images of every batch, gradients '
+              f'all-reduced by {distribute.communication(config.use_gpu).value}')
     if settings.unfreeze_at:
         print(f'from epoch {settings.unfreeze_at} on (phase 2): training '
               f'{",".join(settings.phase_layers(2))}')
