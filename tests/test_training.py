@@ -93,11 +93,42 @@ def test_two_towers_give_the_same_loss_and_updates_as_one_device():
                                        atol=1e-4 * scale + rounding, err_msg=f'{layer}/{kind}')
 
 
-def test_towers_run_on_separate_devices():
+def test_replicas_hold_a_copy_of_every_weight_and_all_reduce_the_gradients():
+    """--num_gpus replicas, not a parameter server: each device has its own convolutions and its own
+    copy of every variable, updated there from the all-reduced gradients."""
     with tf.Graph().as_default() as graph:
-        build(num_devices=2)
-        devices = {op.device for op in graph.get_operations() if op.type == 'Conv2D'}
-    assert devices == {'/device:CPU:0', '/device:CPU:1'}
+        training_graph = build(num_devices=2)
+        devices = {op.device.split('device:')[1] for op in graph.get_operations() if op.type == 'Conv2D'}
+        variable = training_graph.model.variables['fc8']['weights']
+        copies = [value.device.split('device:')[1] for value in variable.values]
+        updates = {op.device.split('device:')[1] for op in graph.get_operations()
+                   if op.type == 'ResourceApplyGradientDescent'}
+        # Each copy's update takes the sum of both replicas' gradients (the CPU's all-reduce: a
+        # sum on the first device, copied to each).
+        for update in graph.get_operations():
+            if update.type == 'ResourceApplyGradientDescent':
+                sums = set()
+                pending = [update.inputs[2].op]
+                for _ in range(6):
+                    sums |= {op for op in pending if op.type == 'AddN'}
+                    pending = [tensor.op for op in pending for tensor in op.inputs]
+                assert len(sums) == 1, update.name
+                summed = {tensor.op.device.split('device:')[1] for tensor in sums.pop().inputs}
+                assert summed == {'CPU:0', 'CPU:1'}, update.name
+    assert devices == {'CPU:0', 'CPU:1'}
+    assert copies == ['CPU:0', 'CPU:1']
+    assert updates == {'CPU:0', 'CPU:1'}
+
+
+@pytest.mark.parametrize('use_gpu, reduction', [(True, 'NcclAllReduce'), (False, 'ReductionToOneDevice')])
+def test_replicas_all_reduce_by_nccl_on_gpus(use_gpu, reduction):
+    config = training.TrainingConfig(num_classes=3, train_layers=('fc8',), num_devices=4,
+                                     use_gpu=use_gpu)
+    strategy = training.replica_strategy(config)
+    assert type(strategy.extended._cross_device_ops).__name__ == reduction
+    kind = 'GPU' if use_gpu else 'CPU'
+    assert [device.split('device:')[1] for device in strategy.extended.worker_devices] == \
+        [f'{kind}:{index}' for index in range(4)]
 
 
 @pytest.mark.slow
@@ -400,3 +431,51 @@ def test_a_training_step_under_the_float16_rewrite_is_finite_and_close_to_float3
             update32 = (after32[layer][kind] - before[layer][kind]).ravel()
             cosine = update16 @ update32 / (np.linalg.norm(update16) * np.linalg.norm(update32))
             assert cosine > 0.99, (layer, kind, cosine)
+
+
+def features_steps(num_devices, size, steps=2, initial=None):
+    """`steps` momentum steps of fc7-fc8 on a batch of `size` pool5 features over `num_devices`
+    logical CPU devices, starting from `initial` (fed to the initial values, as the weights file
+    is loaded): (losses, weights before, weights after)."""
+    features, labels = features_batch(size=size)
+    with tf.Graph().as_default():
+        tf.set_random_seed(4)
+        graph = features_graph(train_layers=('fc7', 'fc8'), num_devices=num_devices,
+                               optimizer='momentum', learning_rate=1e-4, weight_decay=5e-4)
+        variables = {layer: graph.model.variables[layer] for layer in ('fc7', 'fc8')}
+        feed = {} if initial is None else {
+            variables[layer][kind].initial_value: initial[layer][kind]
+            for layer in variables for kind in ('weights', 'biases')}
+        with tf.Session(config=tf_setup.session_config(logical_cpus=num_devices, threads=1)) as session:
+            session.run(tf.global_variables_initializer(), feed)
+            before = session.run(variables)
+            losses = [session.run([graph.loss, graph.train_op], {graph.x: features, graph.y: labels})[0]
+                      for _ in range(steps)]
+            after = session.run(variables)
+            copies = [session.run(value) for value in variables['fc8']['weights'].values] \
+                if num_devices > 1 else None
+    return losses, before, after, copies
+
+
+@pytest.mark.parametrize('num_devices, size', [(2, 6), (2, 5), (3, 7)])
+def test_replicas_train_as_one_device_also_on_a_partial_batch(num_devices, size):
+    """Two momentum steps with weight decay: the replicas' losses and weights equal one device's to
+    1e-6, also when the batch does not split evenly (a padding row, whose gradient must be 0, not
+    softmax - 0), and every replica's copy of the weights is the same."""
+    losses_one, before, after_one, _ = features_steps(1, size)
+    losses, before_replicas, after, copies = features_steps(num_devices, size, initial=before)
+    for layer in after:
+        np.testing.assert_array_equal(before_replicas[layer]['weights'], before[layer]['weights'])
+    assert losses_one[1] < losses_one[0]
+    np.testing.assert_allclose(losses, losses_one, rtol=1e-6)
+    for layer in after:
+        for kind in ('weights', 'biases'):
+            update_one = after_one[layer][kind] - before[layer][kind]
+            update = after[layer][kind] - before[layer][kind]
+            scale = np.abs(update_one).max()
+            assert scale > 0
+            rounding = 2 * np.spacing(np.abs(before[layer][kind]).max())
+            np.testing.assert_allclose(update, update_one, rtol=0, atol=1e-6 * scale + rounding,
+                                       err_msg=f'{layer}/{kind}')
+    for copy in copies[1:]:
+        np.testing.assert_array_equal(copy, copies[0])
