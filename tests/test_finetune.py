@@ -637,3 +637,19 @@ def test_the_balanced_loss_of_one_step_is_scikit_learns_weighted_mean(tmp_path, 
     assert counts.tolist() == [12, 4]
     weights = len(classes) / (2 * counts)  # scikit-learn's 'balanced', written out
     assert logged == pytest.approx(np.mean(weights[classes] * cross_entropy), rel=1e-4)
+
+
+@pytest.mark.parametrize('extra, gpus, message', [
+    (['--xla'], 1, "--xla with --seed on a GPU: XLA's deterministic GPU ops are not known to compile "
+                   "max pooling's gradient; drop --xla, or --seed for a run that need not repeat "
+                   'bit for bit'),
+    (['--num_gpus', '8'], 2, '--num_gpus 8 asks for more GPUs than TensorFlow sees (2): use '
+                             '--num_gpus 2, or --device cpu to split over CPU devices')])
+def test_gpu_settings_that_cannot_run_are_one_line_before_anything_is_written(
+        dataset, tmp_path, capsys, monkeypatch, extra, gpus, message):
+    from test_tf_setup import fake_gpus
+    fake_gpus(monkeypatch, gpus)
+    result = run_here(capsys, tiny_runs.flags(dataset, tmp_path, '--batch_size', '8', *extra))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f'error: {message}'
+    assert not (tmp_path / 'ckpt').exists() and not (tmp_path / 'tb').exists()

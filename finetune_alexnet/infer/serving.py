@@ -71,8 +71,9 @@ _READ_LIMIT = 1 << 20  # a marker or model_info.json is a few hundred bytes; nev
 # The exported model's contents: its weights {layer: {'weights', 'biases'}}, class names (one per
 # class), whether inference takes the centre crop of a 256 resize (a model trained with --augment),
 # and the most pixels a served image may have (its header's count, every frame).
-ExportedModel = collections.namedtuple('ExportedModel', 'layers class_names center_crop max_pixels',
-                                       defaults=(image_header.DEFAULT_MAX_PIXELS,))
+# use_gpu: the export's sessions may use a GPU (--device); they take its memory as they need it.
+ExportedModel = collections.namedtuple('ExportedModel', 'layers class_names center_crop max_pixels '
+                                       'use_gpu', defaults=(image_header.DEFAULT_MAX_PIXELS, False))
 
 
 def _resize_each(images, center_crop):
@@ -362,7 +363,7 @@ def _build_saved_model(path, exported):
         for asset in assets:
             # Registered as assets: the builder copies them into assets/ and lists them in the graph.
             graph.add_to_collection(tf.GraphKeys.ASSET_FILEPATHS, tf.constant(asset, name='asset_path'))
-        with tf.Session(graph=graph) as session:
+        with tf.Session(graph=graph, config=tf_setup.session_config(exported.use_gpu)) as session:
             _load_weights(session, model, exported.layers)
             builder = tf.saved_model.Builder(path)
             builder.add_meta_graph_and_variables(
@@ -392,7 +393,7 @@ def convert_tflite(exported, quantizations=(None,), representative=None):
     with tf.Graph().as_default() as graph:
         inputs = tf.placeholder(tf.float32, [None, INPUT_SIZE, INPUT_SIZE, 3], name='images')
         model, outputs = _classifier(inputs, names)
-        with tf.Session(graph=graph) as session:
+        with tf.Session(graph=graph, config=tf_setup.session_config(exported.use_gpu)) as session:
             _load_weights(session, model, exported.layers)
             for quantize in quantizations:
                 converter = tf.lite.TFLiteConverter.from_session(session, [inputs],

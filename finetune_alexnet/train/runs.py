@@ -11,6 +11,7 @@ from finetune_alexnet import checkpoints
 from finetune_alexnet import model_info
 from finetune_alexnet import run_folder
 from finetune_alexnet import run_state
+from finetune_alexnet import tf_setup
 from finetune_alexnet import tfrecords
 from finetune_alexnet import weight_files
 from finetune_alexnet.errors import ToolkitError
@@ -22,11 +23,17 @@ from finetune_alexnet.train import summaries
 
 
 def use_gpu(settings):
-    """True to run the model on a GPU; refuses --device gpu without enough of them."""
-    gpus = len(tf.config.list_physical_devices('GPU'))
-    if settings.device == 'gpu' and gpus < settings.num_gpus:
-        raise ToolkitError(f'--device gpu asks for {settings.num_gpus} GPU(s), TensorFlow sees {gpus}')
-    return settings.device == 'gpu' or (settings.device == 'auto' and gpus > 0)
+    """True to run the model on a GPU; refuses --device gpu without enough of them, --device auto
+    with fewer GPUs than --num_gpus, and --xla with --seed on a GPU."""
+    gpu = tf_setup.use_gpu(settings.device, settings.num_gpus)
+    if gpu and settings.xla and settings.seed is not None:
+        # --seed turns on op determinism, and XLA on a GPU may then refuse the select-and-scatter
+        # that max pooling's gradient compiles into; no GPU has yet shown that it compiles (the
+        # bench/gpu_check.py measurement tries it), so the run is refused before it starts.
+        raise ToolkitError("--xla with --seed on a GPU: XLA's deterministic GPU ops are not known to "
+                           "compile max pooling's gradient; drop --xla, or --seed for a run that "
+                           'need not repeat bit for bit')
+    return gpu
 
 
 def read_class_names(settings):
