@@ -32,7 +32,7 @@ def one_step(num_devices, train_layers, optimizer='sgd', steps=1, weight_decay=0
         tf.set_random_seed(5)
         graph = build(train_layers=train_layers, num_devices=num_devices, optimizer=optimizer,
                       weight_decay=weight_decay, learning_rate=learning_rate)
-        # One thread: CPU convolution gradients are then bit-repeatable, so any difference is the towers'.
+        # One thread: CPU convolution gradients are then bit-repeatable, so any difference is the replicas..
         config = tf_setup.session_config(logical_cpus=2, threads=1)
         with tf.Session(config=config) as session:
             session.run(tf.global_variables_initializer())
@@ -72,7 +72,7 @@ def test_plain_sgd_step_is_learning_rate_times_gradient():
 
 
 @pytest.mark.slow
-def test_two_towers_give_the_same_loss_and_updates_as_one_device():
+def test_two_replicas_give_the_same_loss_and_updates_as_one_device():
     losses_one, before, after_one, _ = one_step(1, TRAINABLE_LAYERS, optimizer='momentum', steps=2,
                                                 learning_rate=1e-4)
     losses_two, _, after_two, _ = one_step(2, TRAINABLE_LAYERS, optimizer='momentum', steps=2,
@@ -82,7 +82,7 @@ def test_two_towers_give_the_same_loss_and_updates_as_one_device():
     np.testing.assert_allclose(losses_two, losses_one, rtol=1e-3)
     for layer in TRAINABLE_LAYERS:
         for kind in ('weights', 'biases'):
-            # After the first step: the same gradients, averaged over two towers or taken at once.
+            # After the first step: the same gradients, summed over two replicas or taken at once.
             update_one = after_one[layer][kind] - before[layer][kind]
             update_two = after_two[layer][kind] - before[layer][kind]
             scale = np.abs(update_one).max()
