@@ -479,3 +479,26 @@ def test_replicas_train_as_one_device_also_on_a_partial_batch(num_devices, size)
                                        err_msg=f'{layer}/{kind}')
     for copy in copies[1:]:
         np.testing.assert_array_equal(copy, copies[0])
+
+
+@pytest.mark.parametrize('num_devices', [1, 2])
+def test_the_graphs_features_are_the_whole_batchs_pool5(num_devices):
+    """What the feature cache stores: every image's pool5, not the first device's part (which is
+    all the model's own end points hold over several devices), and no padding row."""
+    images, labels = batch(size=3)
+    with tf.Graph().as_default():
+        tf.set_random_seed(6)
+        graph = build(num_devices=num_devices)
+        reference = graph.model.end_points['flattened']
+        with tf.Session(config=tf_setup.session_config(logical_cpus=2, threads=1)) as session:
+            session.run(tf.global_variables_initializer())
+            features, first_part = session.run([graph.features, reference],
+                                               {graph.x: images, graph.y: labels})
+            # Each image alone: on two devices, the first device's part is that image.
+            alone = np.concatenate([session.run(reference, {graph.x: images[i:i + 1],
+                                                            graph.y: labels[i:i + 1]})
+                                    for i in range(3)])
+    assert features.shape == (3, 9216)
+    assert first_part.shape == ((3, 9216) if num_devices == 1 else (2, 9216))
+    np.testing.assert_allclose(features, alone, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(features[:len(first_part)], first_part, rtol=1e-6, atol=1e-6)

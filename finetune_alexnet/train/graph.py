@@ -24,14 +24,16 @@ from finetune_alexnet import model_info
 _GRAPH_FIELDS = [
     'x', 'y', 'keep_prob', 'model', 'logits', 'loss', 'accuracy', 'loss_sum', 'correct_count',
     'batch_count', 'train_op', 'train_summaries', 'global_step', 'learning_rate', 'var_list',
-    'training', 'phase', 'phases', 'mix', 'averages', 'shared']
+    'training', 'phase', 'phases', 'mix', 'averages', 'shared', 'features']
 
 
 class TrainingGraph(collections.namedtuple('TrainingGraph', _GRAPH_FIELDS)):
     """The tensors and ops of a training step. `loss`, `train_op`, `train_summaries` and `var_list`
     are those of phase `phase`; `phases` maps each phase this graph trains to its PhaseOps.
     `training` (fed True by training steps) turns mixup/CutMix on; `mix` holds their draws (None
-    when off); `averages` the moving average's AveragingOps (None when off)."""
+    when off); `averages` the moving average's AveragingOps (None when off); `features` the whole
+    batch's pool5 ('flattened', what the feature cache holds) from every device's part (`model`
+    is the first device's: its end points hold only that part of the batch); None on features."""
 
     def for_phase(self, phase):
         """This graph with phase `phase`'s loss, train op, summaries and variables on top."""
@@ -237,7 +239,8 @@ def _build(x, y, keep_prob, training, config, input_layer, reuse, shared, strate
                           if len(config.all_phases) > 1 else None)
         shared = Shared(global_step, rate, sgd, loss_scale, ema, averages, phase_variable, strategy)
 
-    logits = tf.concat(towers.logits, axis=0)[:batch_count] if len(towers.logits) > 1 else towers.logits[0]
+    logits = _joined(towers.logits, batch_count)
+    features = _joined(towers.features, batch_count) if input_layer is None else None
     with tf.name_scope('metrics'):
         # With mixed labels, a training step's accuracy counts the larger share's class.
         correct = tf.equal(tf.argmax(logits, 1), tf.argmax(y_in, 1))
@@ -257,7 +260,8 @@ def _build(x, y, keep_prob, training, config, input_layer, reuse, shared, strate
         x=x, y=y, keep_prob=keep_prob, model=towers.model, logits=logits, loss=None, accuracy=accuracy,
         loss_sum=loss_sum, correct_count=correct_count, batch_count=batch_count, train_op=None,
         train_summaries=None, global_step=global_step, learning_rate=rate, var_list=None,
-        training=training, phase=top, phases=phases, mix=mix, averages=shared.averages, shared=shared)
+        training=training, phase=top, phases=phases, mix=mix, averages=shared.averages, shared=shared,
+        features=features)
     return graph.for_phase(top)
 
 
@@ -496,14 +500,19 @@ def _optimizer(config, global_step):
     return rate, sgd, loss_scale
 
 
-Towers = collections.namedtuple('Towers', ['model', 'logits', 'loss_shares', 'devices'])
+Towers = collections.namedtuple('Towers', ['model', 'logits', 'loss_shares', 'devices', 'features'])
+
+
+def _joined(parts, batch_count):
+    """The devices' parts of a batch as one (without the padding rows)."""
+    return tf.concat(parts, axis=0)[:batch_count] if len(parts) > 1 else parts[0]
 
 
 def _build_towers(x, y, keep_prob, batch_count, config, input_layer, reuse):
     """AlexNet once per device on an equal part of the batch; each tower's share of the loss."""
     devices = _tower_devices(config.num_devices, config.use_gpu)
     x_parts, y_parts = _split_batch(x, y, batch_count, len(devices), config.num_classes)
-    logits, shares = [], []
+    logits, shares, features = [], [], []
     model = None
     for index, device in enumerate(devices):
         with tf.device(device or config.model_device), tf.name_scope(f'tower_{index}' if index else None), \
@@ -515,7 +524,8 @@ def _build_towers(x, y, keep_prob, batch_count, config, input_layer, reuse):
             shares.append(_loss_share(tower_model, y_parts[index], batch_count, config,
                                       padded=len(devices) > 1))
             logits.append(tower_model.fc8)
-    return Towers(model, logits, shares, devices)
+            features.append(tower_model.end_points.get('flattened'))
+    return Towers(model, logits, shares, devices, features)
 
 
 def _split_batch(x, y, batch_count, parts, num_classes):
@@ -589,7 +599,8 @@ def _build_replicas(x, y, keep_prob, batch_count, config, input_layer, reuse, st
     strategy.extended.call_for_each_replica(replica)
     order = [built[index] for index in range(config.num_devices)]
     towers = Towers(order[0][0], [model.fc8 for model, _, _ in order],
-                    [share for _, share, _ in order], list(strategy.extended.worker_devices))
+                    [share for _, share, _ in order], list(strategy.extended.worker_devices),
+                    [model.end_points.get('flattened') for model, _, _ in order])
     return towers, {phase: [steps[phase] for _, _, steps in order] for phase in phases}
 
 
