@@ -653,3 +653,26 @@ def test_gpu_settings_that_cannot_run_are_one_line_before_anything_is_written(
     assert result.returncode == 2
     assert result.stderr.strip() == f'error: {message}'
     assert not (tmp_path / 'ckpt').exists() and not (tmp_path / 'tb').exists()
+
+
+@pytest.mark.slow
+def test_a_cached_first_phase_on_two_devices_trains_as_on_one(dataset, tmp_path, capsys, bvlc_npy):
+    """--unfreeze_at with phase 1 on cached pool5 features and phase 2 on images, over two logical
+    CPU devices: the cache holds every image's features (not the first device's part against the
+    whole batch's labels), so epoch 1 equals one device's. (A rate of 1e-30 keeps the weights: the
+    random weights' giant gradients would amplify rounding between the two into anything.)"""
+    records = {}
+    for devices in ('1', '2'):
+        run_dir = tmp_path / devices
+        result = run_here(capsys, flags(dataset, run_dir, '--num_gpus', devices, '--device', 'cpu',
+                                        '--train_layers', 'fc7,fc8', '--unfreeze_at', '2',
+                                        '--unfreeze_layers', 'conv5,fc6', '--learning_rate', '1e-30',
+                                        '--dropout_rate', '0',
+                                        weights=bvlc_npy))
+        assert result.returncode == 0, result.stderr
+        assert 'caching pool5 features' in result.stdout
+        records[devices] = [json.loads(line) for line in
+                            (run_dir / 'ckpt' / 'metrics.jsonl').read_text().splitlines()]
+    for key in ('train_loss', 'val_loss'):
+        assert records['2'][0][key] == pytest.approx(records['1'][0][key], rel=1e-5)
+    assert records['2'][0]['val_accuracy'] == records['1'][0]['val_accuracy']
