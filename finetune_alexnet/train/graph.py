@@ -138,7 +138,7 @@ class TrainingConfig:
     weight_decay: float = 0.0         # L2 on the trained layers' weights (the paper: 5e-4)
     decay_steps: int = 0              # multiply the rate by decay_factor every this many steps (0: off)
     decay_factor: float = 0.1
-    num_devices: int = 1              # towers the batch is split over
+    num_devices: int = 1              # replicas (towers inside a worker) the batch is split over
     num_workers: int = 1              # machines whose gradients tf.distribute sums every step
     use_gpu: bool = False
     model_device: str = None
@@ -184,8 +184,10 @@ def build_training_graph(images, labels, config, input_layer=None, reuse=False, 
 
     `x`, `y` and `keep_prob` are placeholders with defaults: by default the batch flows straight from
     the tf.data iterator into the graph, and a caller may still feed its own arrays (the benchmarks'
-    feed_dict baseline does). With `config.num_devices` > 1 the batch is split into equal towers, one
-    per device, and their gradients are averaged, as the paper trained on two GPUs.
+    feed_dict baseline does). With `config.num_devices` > 1 the batch is split into equal parts, one
+    per device, as the paper trained on two GPUs: on one machine MirroredStrategy replicas, each
+    device holding a copy of every variable, their gradients all-reduced (`replica_strategy`);
+    inside one of several workers, towers reading the variables from the worker's first device.
 
     With `input_layer` ('flattened' for cached pool5 features), `images` holds that layer's output
     and only the layers after it are built; `reuse` shares variables an earlier AlexNet created, and
