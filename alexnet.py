@@ -61,6 +61,7 @@ LRN_DEPTH_RADIUS = 2
 LRN_ALPHA = 2e-05
 LRN_BETA = 0.75
 LRN_BIAS = 1.0
+LRN_SQRT_ALPHA = np.float32(np.sqrt(LRN_ALPHA))
 
 
 def local_response_normalization(x, name=None):
@@ -84,9 +85,18 @@ def local_response_normalization(x, name=None):
         # x * (r * sqrt(r)) the converter gives r * sqrt(r), in [0, 1], the scale of the output
         # that the max pool after it shares (about 0.5 a step): the int8 pool1 is then off by some
         # 18% (RMS) instead of 1%. Both are the same float32 arithmetic to a rounding.
-        squares = tf.reshape(x * x, [-1, channels])
+        #
+        # Scaled before it is squared, (x * sqrt(alpha))^2, so nothing here exceeds float16's range
+        # (65504) when a float16 rewrite runs it: TensorFlow's mixed-precision pass puts every
+        # MatMul in float16 whatever casts surround it, and x * x overflows there once an activation
+        # passes 256 (conv1 of a He-initialised net reaches ~570), giving Inf, then Inf x 0 = NaN in
+        # the band. Scaled, the squares stay below 65504 up to activations of ~25,000 (five of
+        # them summed); in float32 it is the same arithmetic to a rounding, at the same cost (two
+        # multiplies either way).
+        scaled = x * LRN_SQRT_ALPHA
+        squares = tf.reshape(scaled * scaled, [-1, channels])
         sums = tf.reshape(tf.matmul(squares, band), tf.shape(x))
-        inverse_root = tf.math.rsqrt(LRN_BIAS + LRN_ALPHA * sums)  # beta = 0.75 = 1/2 + 1/4
+        inverse_root = tf.math.rsqrt(LRN_BIAS + sums)  # beta = 0.75 = 1/2 + 1/4
         normalized = (x * inverse_root) * tf.sqrt(inverse_root)
 
         def gradient(upstream):

@@ -111,6 +111,8 @@ def get_args_parser():
                         'have; a larger one fails its own request before it is decoded')
     parser.add_argument('--overwrite', action='store_true',
                         help='replace an output of the same kind that export.py wrote (nothing else)')
+    parser.add_argument('--device', choices=tf_setup.DEVICE_CHOICES, default='auto',
+                        help="where the model's sessions run (auto: a GPU when there is one)")
     return parser
 
 
@@ -169,7 +171,8 @@ def read_model(args):
         names = model_info.read_class_names_file(args.class_names, num_classes)
     if names is None:
         names = default_class_names(num_classes)  # caffe_classes for 1000 classes, else 'class i'
-    return source, serving.ExportedModel(layers, names, center_crop, args.max_pixels)
+    return source, serving.ExportedModel(layers, names, center_crop, args.max_pixels,
+                                         tf_setup.use_gpu(args.device))
 
 
 def _megabytes(path):

@@ -96,6 +96,8 @@ def get_args_parser():
                         '--output, an .npz of features, paths and (for list inputs) labels; conv1-'
                         'conv5, fc6 and fc7 are after their ReLU, LAYER_preact before it')
     parser.add_argument('--output', help='with --features: the .npz file to write')
+    parser.add_argument('--device', choices=tf_setup.DEVICE_CHOICES, default='auto',
+                        help='where the model runs (auto: a GPU when there is one)')
     return parser
 
 
@@ -174,7 +176,7 @@ def main(argv=None):
     weights_path = None if args.checkpoint_path else (args.weights_path or weight_files.DEFAULT_WEIGHTS_PATH)
     with Classifier(weights_path=weights_path, checkpoint=args.checkpoint_path,
                     center_crop=args.center_crop, batch_size=args.batch_size, ten_crop=args.ten_crop,
-                    resize_size=args.resize) as classifier:
+                    resize_size=args.resize, use_gpu=tf_setup.use_gpu(args.device)) as classifier:
         if args.class_names:
             classifier.class_names = model_info.read_class_names_file(args.class_names,
                                                                       classifier.num_classes)

@@ -31,7 +31,7 @@ train/: the training engine (finetune.py).
     settings       the flags parsed once into frozen settings
     runs           a run's life around the epoch loop: new or resumed, starting weights
     inputs         tf.data pipelines over the lists or shards, or cached pool5 features
-    graph          the training graph: towers, loss, SGD step, NaN guard, summaries
+    graph          the training graph: replicas (towers), loss, SGD step, NaN guard, summaries
     distribute     several workers, one run: tf.distribute's all-reduce, the chief, agreed stops
     loop           what the epoch loop calls between its session.run calls
     feature_cache  pool5 features computed once when no conv layer learns

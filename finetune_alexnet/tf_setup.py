@@ -98,6 +98,26 @@ def quiet_python_logging(verbose=False):
     warnings.filterwarnings('ignore', category=UserWarning, module='tensorflow')
 
 
+DEVICE_CHOICES = ('auto', 'cpu', 'gpu')  # every command's --device
+
+
+def use_gpu(device, num_gpus=1):
+    """True to run on a GPU, for a command's --device ('auto': a GPU when TensorFlow sees one).
+
+    `num_gpus` devices are asked for: 'gpu' needs that many; 'auto' with GPUs, but fewer than that,
+    is refused rather than stacking several replicas on one GPU (with no GPU at all, 'auto' splits
+    the batch over logical CPU devices, as 'cpu' does)."""
+    import tensorflow as tf
+    from finetune_alexnet.errors import ToolkitError
+    gpus = len(tf.config.list_physical_devices('GPU'))
+    if device == 'gpu' and gpus < num_gpus:
+        raise ToolkitError(f'--device gpu asks for {num_gpus} GPU(s), TensorFlow sees {gpus}')
+    if device == 'auto' and 0 < gpus < num_gpus:
+        raise ToolkitError(f'--num_gpus {num_gpus} asks for more GPUs than TensorFlow sees ({gpus}): '
+                           f'use --num_gpus {gpus}, or --device cpu to split over CPU devices')
+    return device == 'gpu' or (device == 'auto' and gpus > 0)
+
+
 def session_config(use_gpu=False, logical_cpus=None, xla=False, threads=0, mixed_precision=False):
     """The ConfigProto every session of the toolkit uses.
 

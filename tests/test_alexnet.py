@@ -12,6 +12,7 @@ import alexnet
 import bvlc_fixture
 import reference_alexnet
 from alexnet import AlexNet
+from finetune_alexnet import tf_setup
 from finetune_alexnet.errors import ToolkitError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -283,3 +284,47 @@ def test_layer_missing_from_file_says_to_skip_it(tmp_path):
         with tf.Session() as session:
             with pytest.raises(ToolkitError, match=r'layer conv2 is missing from the file.*skip conv2'):
                 model.load_initial_weights(session)
+
+
+def float16_rewrite_config():
+    """A session whose grappler pass rewrites the graph to float16 as it does on a GPU, emulated on
+    the CPU (every converted op's output is rounded through float16)."""
+    from tensorflow.core.protobuf import rewriter_config_pb2
+    config = tf_setup.session_config()
+    config.graph_options.rewrite_options.auto_mixed_precision_cpu = rewriter_config_pb2.RewriterConfig.ON
+    return config
+
+
+def he_weights(model, session, layers, seed=0):
+    """He-scaled random weights (std sqrt(2 / fan-in)): conv1's activations reach the hundreds."""
+    rng = np.random.default_rng(seed)
+    for layer in layers:
+        weights = model.variables[layer]['weights']
+        shape = weights.shape.as_list()
+        weights.load(rng.normal(0, np.sqrt(2 / np.prod(shape[:-1])), shape).astype(np.float32), session)
+
+
+def test_lrn_stays_finite_under_the_float16_rewrite():
+    """conv1 and conv2 well above 256, where x * x overflows float16: norm1/norm2 stay finite under
+    the float16 rewrite and agree with float32 to float16's rounding. (Before LRN scaled before
+    squaring, norm1 held hundreds of thousands of NaNs here.)"""
+    images = np.random.default_rng(1).uniform(-120, 130, (2, 227, 227, 3)).astype(np.float32)
+    names = ('conv1', 'norm1', 'pool1', 'conv2', 'norm2')
+    results = []
+    for config in (None, float16_rewrite_config()):
+        with tf.Graph().as_default():
+            x, _, model = build(num_classes=3, batch=2)
+            with tf.Session(config=config) as session:
+                session.run(tf.global_variables_initializer())
+                he_weights(model, session, ('conv1', 'conv2'))
+                results.append(session.run({name: model.end_points[name] for name in names},
+                                           {x: images}))
+    float32, float16 = results
+    assert float32['conv1'].max() > 256 and float32['conv2'].max() > 256
+    for name in names:
+        assert np.isfinite(float16[name]).all(), name
+        # float16 keeps 11 bits: ~5e-4 relative per rounding, a few roundings deep
+        error = np.abs(float16[name] - float32[name]).max() / np.abs(float32[name]).max()
+        assert error < 5e-3, (name, error)
+    # the rewrite did run: float16's rounding shows
+    assert not np.array_equal(float16['norm1'], float32['norm1'])

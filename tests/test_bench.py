@@ -181,3 +181,37 @@ def test_workers_bench_times_one_process_against_two_workers(tmp_path):
     assert ratio == pytest.approx(values['two workers'] / values['one process'], abs=0.006)
     # The two workers' run folder is the chief's alone.
     assert len(os.listdir(tmp_path / 'two' / 'tb')) == 1
+
+
+@pytest.mark.slow
+def test_gpu_check_tiny_writes_every_section_on_the_cpu(tmp_path):
+    """bench/gpu_check.py's JSON, by its CPU fallback: every section, the step's ops all on the
+    CPU (listed), positive rates, LRN finite under the emulated float16 rewrite as far as the
+    emulation runs, a uint8 copy of a quarter of the bytes, replicas against towers."""
+    output = tmp_path / 'check.json'
+    result = subprocess.run([sys.executable, os.path.join(REPO, 'bench', 'gpu_check.py'), '--tiny',
+                             '--output', str(output), '--cache_dir', str(tmp_path / 'cache')],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    gpu_check = import_bench_script('gpu_check')
+    assert all(section in report for section in gpu_check.SECTIONS)
+    assert report['gpu'] is False and report['batch'] == 2
+    placement = report['placement']
+    assert list(placement['ops_per_device']) == ['/job:localhost/replica:0/task:0/device:CPU:0']
+    assert len(placement['cpu_ops']) == placement['ops_per_device'][
+        '/job:localhost/replica:0/task:0/device:CPU:0'] > 50
+    rates = report['images_per_second']
+    assert sorted(rates) == ['all', 'fc', 'feature_cache', 'mixed_precision', 'pipeline']
+    assert all(value > 0 for value in rates.values())
+    float16 = report['float16']
+    assert float16['conv1_max'] > 256  # real-scale activations, beyond float16's squared range
+    assert list(float16['non_finite']) == ['conv1', 'norm1', 'pool1', 'conv2', 'norm2', 'pool2']
+    assert not any(float16['non_finite'].values())
+    assert float16['not_run'][0] == 'conv3'
+    assert report['copy']['uint8_bytes'] * 4 == report['copy']['float32_bytes']
+    assert report['copy']['float32_seconds'] > 0 and report['copy']['uint8_seconds'] > 0
+    assert all(isinstance(report['xla'][name], float) for name in ('off', 'on', 'on_seeded'))
+    assert report['replicas']['devices'] == 2
+    assert report['replicas']['replicas'] > 0 and report['replicas']['towers'] > 0
+    assert report['memory']['peak_bytes'] is None

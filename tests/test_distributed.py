@@ -227,7 +227,7 @@ def test_two_workers_train_and_validate_as_one_machine(dataset, tmp_path, one_ma
     for code, stdout, stderr in results:
         assert code == 0, stderr
     assert 'worker 0 (127.0.0.1:' in results[0][1] and 'the chief: it writes the run folder' in results[0][1]
-    assert '2 images of every batch' in results[1][1]
+    assert '2 images of every batch, gradients all-reduced by RING' in results[1][1]
     assert_same_weights(tmp_path / 'ckpt' / 'model_epoch2.ckpt', one_machine / 'ckpt' / 'model_epoch2.ckpt')
     for found, expected in zip(metrics(tmp_path), metrics(one_machine), strict=True):
         assert found['val_images'] == expected['val_images'] == 5
@@ -329,6 +329,16 @@ def test_a_killed_worker_ends_the_other_within_the_timeout_and_resume_goes_on(da
         assert code == 0, stderr
         assert 'resumed model_epoch1.ckpt at step 3' in stdout
     assert_same_weights(tmp_path / 'ckpt' / 'model_epoch2.ckpt', one_machine / 'ckpt' / 'model_epoch2.ckpt')
+
+
+@pytest.mark.parametrize('use_gpu, expected', [(True, 'NCCL'), (False, 'RING')])
+def test_workers_all_reduce_by_nccl_on_gpus_and_by_ring_on_cpus(use_gpu, expected):
+    """The strategy's own communication setting (left to AUTO, TensorFlow would take RING on GPUs
+    too); building it starts no server."""
+    with tf.Graph().as_default():
+        workers = distribute.Workers(distribute.Cluster(('127.0.0.1:1', '127.0.0.1:2'), 1), use_gpu, 5.0)
+    assert workers.strategy.extended._communication_options.implementation.value == expected
+    assert workers.strategy.extended.worker_devices[0].endswith('GPU:0' if use_gpu else 'CPU:0')
 
 
 def test_the_stop_vote_is_decided_from_what_every_worker_sent():

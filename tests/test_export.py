@@ -18,6 +18,7 @@ import datagenerator
 import export
 import finetune
 import image_files
+from finetune_alexnet import cli
 from finetune_alexnet import demo_data
 from finetune_alexnet import model_info
 from finetune_alexnet.infer import exports
@@ -918,3 +919,23 @@ def test_int8_refuses_bad_lists_and_unreadable_images_before_writing(checkpoint,
     assert line.startswith(f'error: {with_broken}: 1 unreadable image: {broken}'), line
     assert sorted(os.listdir(tmp_path)) == sorted(
         ['0.jpg', '1.jpg', '2.jpg', 'broken.jpg', 'labels.txt', 'train.txt', 'val.txt', 'broken.txt'])
+
+
+def test_export_sessions_use_a_gpu_when_there_is_one_taking_memory_as_needed(checkpoint, tmp_path,
+                                                                            monkeypatch, capsys):
+    from finetune_alexnet import tf_setup
+    from test_tf_setup import fake_gpus
+    configs = []
+    real = tf_setup.session_config
+    monkeypatch.setattr(tf_setup, 'session_config',
+                        lambda *args, **kwargs: configs.append(real(*args, **kwargs)) or configs[-1])
+    fake_gpus(monkeypatch, 1)
+    output = tmp_path / 'model'
+    assert cli.run(export.main, ['--checkpoint_path', checkpoint, '--format', 'savedmodel',
+                                 '--output', str(output)]) == 0
+    assert configs and all('GPU' not in config.device_count and config.gpu_options.allow_growth
+                           for config in configs)
+    configs.clear()
+    assert cli.run(export.main, ['--checkpoint_path', checkpoint, '--format', 'savedmodel',
+                                 '--output', str(tmp_path / 'cpu'), '--device', 'cpu']) == 0
+    assert configs and all(config.device_count['GPU'] == 0 for config in configs)

@@ -705,3 +705,41 @@ def test_resume_without_a_run_folder_names_the_latest_run(tmp_path, monkeypatch,
     assert tiny_runs.one_error_line(capsys.readouterr().err) == (
         'error: --resume needs the run to continue: --checkpoint_path RUN_FOLDER (the latest is '
         f"{tmp_path / 'runs' / 'newer'})")
+
+@pytest.mark.parametrize('extra, gpus, message', [
+    (['--xla'], 1, "--xla with --seed on a GPU: XLA's deterministic GPU ops are not known to compile "
+                   "max pooling's gradient; drop --xla, or --seed for a run that need not repeat "
+                   'bit for bit'),
+    (['--num_gpus', '8'], 2, '--num_gpus 8 asks for more GPUs than TensorFlow sees (2): use '
+                             '--num_gpus 2, or --device cpu to split over CPU devices')])
+def test_gpu_settings_that_cannot_run_are_one_line_before_anything_is_written(
+        dataset, tmp_path, capsys, monkeypatch, extra, gpus, message):
+    from test_tf_setup import fake_gpus
+    fake_gpus(monkeypatch, gpus)
+    result = run_here(capsys, tiny_runs.flags(dataset, tmp_path, '--batch_size', '8', *extra))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f'error: {message}'
+    assert not (tmp_path / 'ckpt').exists() and not (tmp_path / 'tb').exists()
+
+
+@pytest.mark.slow
+def test_a_cached_first_phase_on_two_devices_trains_as_on_one(dataset, tmp_path, capsys, bvlc_npy):
+    """--unfreeze_at with phase 1 on cached pool5 features and phase 2 on images, over two logical
+    CPU devices: the cache holds every image's features (not the first device's part against the
+    whole batch's labels), so epoch 1 equals one device's. (A rate of 1e-30 keeps the weights: the
+    random weights' giant gradients would amplify rounding between the two into anything.)"""
+    records = {}
+    for devices in ('1', '2'):
+        run_dir = tmp_path / devices
+        result = run_here(capsys, flags(dataset, run_dir, '--num_gpus', devices, '--device', 'cpu',
+                                        '--train_layers', 'fc7,fc8', '--unfreeze_at', '2',
+                                        '--unfreeze_layers', 'conv5,fc6', '--learning_rate', '1e-30',
+                                        '--dropout_rate', '0',
+                                        weights=bvlc_npy))
+        assert result.returncode == 0, result.stderr
+        assert 'caching pool5 features' in result.stdout
+        records[devices] = [json.loads(line) for line in
+                            (run_dir / 'ckpt' / 'metrics.jsonl').read_text().splitlines()]
+    for key in ('train_loss', 'val_loss'):
+        assert records['2'][0][key] == pytest.approx(records['1'][0][key], rel=1e-5)
+    assert records['2'][0]['val_accuracy'] == records['1'][0]['val_accuracy']

@@ -439,3 +439,21 @@ def test_top_k_accuracy_is_shown_only_where_it_says_something():
                                     [1, 2, 2], ['a', 'b', 'c'], top=2)
     text = reports.format_evaluation(three, [], 20)
     assert f'top-2 accuracy {2 / 3:.4f}' in text and f'top-2  {2 / 3:7.2%}' in text
+
+def test_predict_runs_its_model_on_a_gpu_when_there_is_one(two_class, photos, monkeypatch, capsys):
+    """--device auto with a GPU: the session may place the model there, taking memory as needed;
+    --device gpu without one is one line."""
+    from finetune_alexnet import tf_setup
+    from test_tf_setup import fake_gpus
+    configs = []
+    real = tf_setup.session_config
+    monkeypatch.setattr(tf_setup, 'session_config',
+                        lambda *args, **kwargs: configs.append(real(*args, **kwargs)) or configs[-1])
+    fake_gpus(monkeypatch, 1)  # soft placement runs it on this CPU all the same
+    assert run_predict(capsys, '--weights_path', two_class['npz'], photos[0]).returncode == 0
+    assert any('GPU' not in config.device_count for config in configs)  # the model's session
+    assert all(config.gpu_options.allow_growth for config in configs)
+    fake_gpus(monkeypatch, 0)
+    result = run_predict(capsys, '--weights_path', two_class['npz'], '--device', 'gpu', photos[0])
+    assert result.returncode == 2
+    assert result.stderr.strip() == 'error: --device gpu asks for 1 GPU(s), TensorFlow sees 0'

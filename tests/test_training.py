@@ -32,7 +32,7 @@ def one_step(num_devices, train_layers, optimizer='sgd', steps=1, weight_decay=0
         tf.set_random_seed(5)
         graph = build(train_layers=train_layers, num_devices=num_devices, optimizer=optimizer,
                       weight_decay=weight_decay, learning_rate=learning_rate)
-        # One thread: CPU convolution gradients are then bit-repeatable, so any difference is the towers'.
+        # One thread: CPU convolution gradients are then bit-repeatable, so any difference is the replicas..
         config = tf_setup.session_config(logical_cpus=2, threads=1)
         with tf.Session(config=config) as session:
             session.run(tf.global_variables_initializer())
@@ -72,7 +72,7 @@ def test_plain_sgd_step_is_learning_rate_times_gradient():
 
 
 @pytest.mark.slow
-def test_two_towers_give_the_same_loss_and_updates_as_one_device():
+def test_two_replicas_give_the_same_loss_and_updates_as_one_device():
     losses_one, before, after_one, _ = one_step(1, TRAINABLE_LAYERS, optimizer='momentum', steps=2,
                                                 learning_rate=1e-4)
     losses_two, _, after_two, _ = one_step(2, TRAINABLE_LAYERS, optimizer='momentum', steps=2,
@@ -82,7 +82,7 @@ def test_two_towers_give_the_same_loss_and_updates_as_one_device():
     np.testing.assert_allclose(losses_two, losses_one, rtol=1e-3)
     for layer in TRAINABLE_LAYERS:
         for kind in ('weights', 'biases'):
-            # After the first step: the same gradients, averaged over two towers or taken at once.
+            # After the first step: the same gradients, summed over two replicas or taken at once.
             update_one = after_one[layer][kind] - before[layer][kind]
             update_two = after_two[layer][kind] - before[layer][kind]
             scale = np.abs(update_one).max()
@@ -93,11 +93,42 @@ def test_two_towers_give_the_same_loss_and_updates_as_one_device():
                                        atol=1e-4 * scale + rounding, err_msg=f'{layer}/{kind}')
 
 
-def test_towers_run_on_separate_devices():
+def test_replicas_hold_a_copy_of_every_weight_and_all_reduce_the_gradients():
+    """--num_gpus replicas, not a parameter server: each device has its own convolutions and its own
+    copy of every variable, updated there from the all-reduced gradients."""
     with tf.Graph().as_default() as graph:
-        build(num_devices=2)
-        devices = {op.device for op in graph.get_operations() if op.type == 'Conv2D'}
-    assert devices == {'/device:CPU:0', '/device:CPU:1'}
+        training_graph = build(num_devices=2)
+        devices = {op.device.split('device:')[1] for op in graph.get_operations() if op.type == 'Conv2D'}
+        variable = training_graph.model.variables['fc8']['weights']
+        copies = [value.device.split('device:')[1] for value in variable.values]
+        updates = {op.device.split('device:')[1] for op in graph.get_operations()
+                   if op.type == 'ResourceApplyGradientDescent'}
+        # Each copy's update takes the sum of both replicas' gradients (the CPU's all-reduce: a
+        # sum on the first device, copied to each).
+        for update in graph.get_operations():
+            if update.type == 'ResourceApplyGradientDescent':
+                sums = set()
+                pending = [update.inputs[2].op]
+                for _ in range(6):
+                    sums |= {op for op in pending if op.type == 'AddN'}
+                    pending = [tensor.op for op in pending for tensor in op.inputs]
+                assert len(sums) == 1, update.name
+                summed = {tensor.op.device.split('device:')[1] for tensor in sums.pop().inputs}
+                assert summed == {'CPU:0', 'CPU:1'}, update.name
+    assert devices == {'CPU:0', 'CPU:1'}
+    assert copies == ['CPU:0', 'CPU:1']
+    assert updates == {'CPU:0', 'CPU:1'}
+
+
+@pytest.mark.parametrize('use_gpu, reduction', [(True, 'NcclAllReduce'), (False, 'ReductionToOneDevice')])
+def test_replicas_all_reduce_by_nccl_on_gpus(use_gpu, reduction):
+    config = training.TrainingConfig(num_classes=3, train_layers=('fc8',), num_devices=4,
+                                     use_gpu=use_gpu)
+    strategy = training.replica_strategy(config)
+    assert type(strategy.extended._cross_device_ops).__name__ == reduction
+    kind = 'GPU' if use_gpu else 'CPU'
+    assert [device.split('device:')[1] for device in strategy.extended.worker_devices] == \
+        [f'{kind}:{index}' for index in range(4)]
 
 
 @pytest.mark.slow
@@ -363,3 +394,111 @@ def test_the_learning_rate_can_be_fed_for_one_step():
             w1 = session.run(weights)
             assert session.run(graph.learning_rate) == pytest.approx(0.01)  # fed for that step only
     np.testing.assert_allclose(w1, w0 - 0.3 * g0, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.slow
+def test_a_training_step_under_the_float16_rewrite_is_finite_and_close_to_float32():
+    """Every layer trained, He-scaled weights (conv1 near 400, above float16's squared range) and the
+    emulated float16 rewrite (a GPU's --mixed_precision): the loss agrees with float32 to 1e-3, and
+    once the loss scale has dropped below the first steps' overflow the update is finite and points
+    where float32's does (cosine > 0.99 per layer)."""
+    from test_alexnet import float16_rewrite_config, he_weights
+    images, labels = batch(size=2)
+    runs = []
+    for config in (tf_setup.session_config(), float16_rewrite_config()):
+        with tf.Graph().as_default():
+            tf.set_random_seed(3)
+            graph = build(train_layers=TRAINABLE_LAYERS, mixed_precision=True, learning_rate=1e-3)
+            with tf.Session(config=config) as session:
+                session.run(tf.global_variables_initializer())
+                he_weights(graph.model, session, TRAINABLE_LAYERS[:7])
+                before = session.run(graph.model.variables)
+                for _ in range(16):  # dynamic loss scaling: an overflowing step halves the scale
+                    loss, conv1, _ = session.run(
+                        [graph.loss, graph.model.end_points['conv1'], graph.train_op],
+                        {graph.x: images, graph.y: labels})
+                    after = session.run(graph.model.variables)
+                    if not np.array_equal(after['fc8']['weights'], before['fc8']['weights']):
+                        break
+                runs.append((loss, conv1.max(), before, after))
+    (loss32, conv32, before, after32), (loss16, conv16, _, after16) = runs
+    assert conv32 > 256 and conv16 > 256
+    assert np.isfinite(loss16) and abs(loss16 - loss32) < 1e-3 * abs(loss32)
+    for layer in TRAINABLE_LAYERS:
+        for kind in ('weights', 'biases'):
+            assert np.isfinite(after16[layer][kind]).all(), (layer, kind)
+            update16 = (after16[layer][kind] - before[layer][kind]).ravel()
+            update32 = (after32[layer][kind] - before[layer][kind]).ravel()
+            cosine = update16 @ update32 / (np.linalg.norm(update16) * np.linalg.norm(update32))
+            assert cosine > 0.99, (layer, kind, cosine)
+
+
+def features_steps(num_devices, size, steps=2, initial=None):
+    """`steps` momentum steps of fc7-fc8 on a batch of `size` pool5 features over `num_devices`
+    logical CPU devices, starting from `initial` (fed to the initial values, as the weights file
+    is loaded): (losses, weights before, weights after)."""
+    features, labels = features_batch(size=size)
+    with tf.Graph().as_default():
+        tf.set_random_seed(4)
+        graph = features_graph(train_layers=('fc7', 'fc8'), num_devices=num_devices,
+                               optimizer='momentum', learning_rate=1e-4, weight_decay=5e-4)
+        variables = {layer: graph.model.variables[layer] for layer in ('fc7', 'fc8')}
+        feed = {} if initial is None else {
+            variables[layer][kind].initial_value: initial[layer][kind]
+            for layer in variables for kind in ('weights', 'biases')}
+        with tf.Session(config=tf_setup.session_config(logical_cpus=num_devices, threads=1)) as session:
+            session.run(tf.global_variables_initializer(), feed)
+            before = session.run(variables)
+            losses = [session.run([graph.loss, graph.train_op], {graph.x: features, graph.y: labels})[0]
+                      for _ in range(steps)]
+            after = session.run(variables)
+            copies = [session.run(value) for value in variables['fc8']['weights'].values] \
+                if num_devices > 1 else None
+    return losses, before, after, copies
+
+
+@pytest.mark.parametrize('num_devices, size', [(2, 6), (2, 5), (3, 7)])
+def test_replicas_train_as_one_device_also_on_a_partial_batch(num_devices, size):
+    """Two momentum steps with weight decay: the replicas' losses and weights equal one device's to
+    1e-6, also when the batch does not split evenly (a padding row, whose gradient must be 0, not
+    softmax - 0), and every replica's copy of the weights is the same."""
+    losses_one, before, after_one, _ = features_steps(1, size)
+    losses, before_replicas, after, copies = features_steps(num_devices, size, initial=before)
+    for layer in after:
+        np.testing.assert_array_equal(before_replicas[layer]['weights'], before[layer]['weights'])
+    assert losses_one[1] < losses_one[0]
+    np.testing.assert_allclose(losses, losses_one, rtol=1e-6)
+    for layer in after:
+        for kind in ('weights', 'biases'):
+            update_one = after_one[layer][kind] - before[layer][kind]
+            update = after[layer][kind] - before[layer][kind]
+            scale = np.abs(update_one).max()
+            assert scale > 0
+            rounding = 2 * np.spacing(np.abs(before[layer][kind]).max())
+            np.testing.assert_allclose(update, update_one, rtol=0, atol=1e-6 * scale + rounding,
+                                       err_msg=f'{layer}/{kind}')
+    for copy in copies[1:]:
+        np.testing.assert_array_equal(copy, copies[0])
+
+
+@pytest.mark.parametrize('num_devices', [1, 2])
+def test_the_graphs_features_are_the_whole_batchs_pool5(num_devices):
+    """What the feature cache stores: every image's pool5, not the first device's part (which is
+    all the model's own end points hold over several devices), and no padding row."""
+    images, labels = batch(size=3)
+    with tf.Graph().as_default():
+        tf.set_random_seed(6)
+        graph = build(num_devices=num_devices)
+        reference = graph.model.end_points['flattened']
+        with tf.Session(config=tf_setup.session_config(logical_cpus=2, threads=1)) as session:
+            session.run(tf.global_variables_initializer())
+            features, first_part = session.run([graph.features, reference],
+                                               {graph.x: images, graph.y: labels})
+            # Each image alone: on two devices, the first device's part is that image.
+            alone = np.concatenate([session.run(reference, {graph.x: images[i:i + 1],
+                                                            graph.y: labels[i:i + 1]})
+                                    for i in range(3)])
+    assert features.shape == (3, 9216)
+    assert first_part.shape == ((3, 9216) if num_devices == 1 else (2, 9216))
+    np.testing.assert_allclose(features, alone, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(features[:len(first_part)], first_part, rtol=1e-6, atol=1e-6)

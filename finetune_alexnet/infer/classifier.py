@@ -68,7 +68,7 @@ class Classifier:
     """
 
     def __init__(self, weights_path=None, checkpoint=None, class_names=None, center_crop=False,
-                 batch_size=32, ten_crop=False, resize_size=RESIZE_SIZE):
+                 batch_size=32, ten_crop=False, resize_size=RESIZE_SIZE, use_gpu=False):
         if (weights_path is None) == (checkpoint is None):
             raise ValueError('give exactly one of weights_path and checkpoint')
         if checkpoint is not None:
@@ -107,7 +107,9 @@ class Classifier:
                                    positions=positions,
                                    **{f'{name}{features.BEFORE_RELU}': tensor
                                       for name, tensor in self.model.pre_activations.items()})
-            self.session = tf.Session(graph=self.graph, config=tf_setup.session_config())
+            # On a GPU the model runs there (the input pipeline stays on the CPU, placed by
+            # TensorFlow); its memory is taken as needed, so a training run beside it keeps its own.
+            self.session = tf.Session(graph=self.graph, config=tf_setup.session_config(use_gpu))
             try:
                 if checkpoint is not None:
                     self._restore(self.prefix, info)

@@ -92,8 +92,9 @@ DEPLOY_REQUIREMENTS = 'requirements-deploy.txt'
 # The exported model's contents: its weights {layer: {'weights', 'biases'}}, class names (one per
 # class), whether inference takes the centre crop of a 256 resize (a model trained with --augment),
 # and the most pixels a served image may have (its header's count, every frame).
-ExportedModel = collections.namedtuple('ExportedModel', 'layers class_names center_crop max_pixels',
-                                       defaults=(image_header.DEFAULT_MAX_PIXELS,))
+# use_gpu: the export's sessions may use a GPU (--device); they take its memory as they need it.
+ExportedModel = collections.namedtuple('ExportedModel', 'layers class_names center_crop max_pixels '
+                                       'use_gpu', defaults=(image_header.DEFAULT_MAX_PIXELS, False))
 
 
 def _resize_each(images, center_crop):
@@ -405,7 +406,7 @@ def _build_saved_model(path, exported):
         for asset in assets:
             # Registered as assets: the builder copies them into assets/ and lists them in the graph.
             graph.add_to_collection(tf.GraphKeys.ASSET_FILEPATHS, tf.constant(asset, name='asset_path'))
-        with tf.Session(graph=graph) as session:
+        with tf.Session(graph=graph, config=tf_setup.session_config(exported.use_gpu)) as session:
             _load_weights(session, model, exported.layers)
             builder = tf.saved_model.Builder(path)
             builder.add_meta_graph_and_variables(
@@ -435,7 +436,7 @@ def _float_input_session(exported):
     with tf.Graph().as_default() as graph:
         inputs = tf.placeholder(tf.float32, [None, INPUT_SIZE, INPUT_SIZE, 3], name=ONNX_INPUT)
         model, outputs = _classifier(inputs, list(exported.class_names))
-        with tf.Session(graph=graph) as session:
+        with tf.Session(graph=graph, config=tf_setup.session_config(exported.use_gpu)) as session:
             _load_weights(session, model, exported.layers)
             yield session, inputs, outputs['probabilities']
 

@@ -226,7 +226,9 @@ class Workers:
         resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
             self._spec, task_type='worker', task_id=cluster.index, rpc_layer='grpc',
             num_accelerators={'GPU': 1} if use_gpu else {})
-        self.strategy = tf.distribute.experimental.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+        self.communication = communication(use_gpu)
+        self.strategy = tf.distribute.experimental.MultiWorkerMirroredStrategy(
+            cluster_resolver=resolver, communication=self.communication)
         self._config = None
         self._server = None
         self._gathers = {}  # (graph, kind, size): the all-reduce op that gathers that many values
@@ -598,6 +600,13 @@ def _answers(address, seconds=3.0):
             return True
     except OSError:
         return False
+
+
+def communication(use_gpu):
+    """How the workers all-reduce: NCCL between GPUs (over NVLink/InfiniBand where there is one);
+    RING (gRPC between the hosts' CPUs) otherwise. Left to AUTO, TensorFlow picks RING even on GPUs."""
+    implementation = tf.distribute.experimental.CommunicationImplementation
+    return implementation.NCCL if use_gpu else implementation.RING
 
 
 def start(cluster, use_gpu, timeout):

@@ -24,14 +24,16 @@ from finetune_alexnet import model_info
 _GRAPH_FIELDS = [
     'x', 'y', 'keep_prob', 'model', 'logits', 'loss', 'accuracy', 'loss_sum', 'correct_count',
     'batch_count', 'train_op', 'train_summaries', 'global_step', 'learning_rate', 'var_list',
-    'training', 'phase', 'phases', 'mix', 'averages', 'shared']
+    'training', 'phase', 'phases', 'mix', 'averages', 'shared', 'features']
 
 
 class TrainingGraph(collections.namedtuple('TrainingGraph', _GRAPH_FIELDS)):
     """The tensors and ops of a training step. `loss`, `train_op`, `train_summaries` and `var_list`
     are those of phase `phase`; `phases` maps each phase this graph trains to its PhaseOps.
     `training` (fed True by training steps) turns mixup/CutMix on; `mix` holds their draws (None
-    when off); `averages` the moving average's AveragingOps (None when off)."""
+    when off); `averages` the moving average's AveragingOps (None when off); `features` the whole
+    batch's pool5 ('flattened', what the feature cache holds) from every device's part (`model`
+    is the first device's: its end points hold only that part of the batch); None on features."""
 
     def for_phase(self, phase):
         """This graph with phase `phase`'s loss, train op, summaries and variables on top."""
@@ -43,8 +45,9 @@ class TrainingGraph(collections.namedtuple('TrainingGraph', _GRAPH_FIELDS)):
 PhaseOps = collections.namedtuple('PhaseOps', 'loss train_op train_summaries var_list')
 # What graphs on other inputs (cached features, images) share, so one run has one global step, one
 # rate, one optimizer (one set of slots) and one moving average.
+# `strategy`: the MirroredStrategy of --num_gpus replicas (None on one device, or inside a worker).
 Shared = collections.namedtuple('Shared', 'global_step rate optimizer loss_scale ema averages '
-                                          'phase_variable')
+                                          'phase_variable strategy')
 # start: each average := its variable (run once the starting weights are loaded); swap_in: the
 # variables take their averages (the raw values kept aside); swap_out: the raw values back.
 AveragingOps = collections.namedtuple('AveragingOps', 'start swap_in swap_out variables')
@@ -91,6 +94,27 @@ def _tower_devices(num_devices, use_gpu):
     return [f'/{kind}:{index}' for index in range(num_devices)]
 
 
+def replica_strategy(config):
+    """The MirroredStrategy of `config.num_devices` replicas: a copy of every variable on each
+    device, each device's gradients all-reduced into every copy, so no device serves the others'
+    weights. NCCL between GPUs; between logical CPU devices (the tests' stand-in for GPUs) a sum on
+    the first, which has no NCCL."""
+    devices = _tower_devices(config.num_devices, config.use_gpu)
+    reduction = (tf.distribute.NcclAllReduce() if config.use_gpu
+                 else tf.distribute.ReductionToOneDevice(reduce_to_device=devices[0]))
+    return tf.distribute.MirroredStrategy(devices, cross_device_ops=reduction)
+
+
+def _uses_replicas(config, reuse, shared):
+    """Replicas for --num_gpus on one machine. Inside one of several workers the workers' strategy
+    already holds the graph (one replica per worker), so towers split its rows as before; a graph
+    reusing variables made outside a strategy (pool5 features under an AlexNet built alone) runs
+    on one device: fc6-fc8 on cached features are too cheap to split."""
+    if config.num_devices == 1 or config.num_workers > 1:
+        return False
+    return shared.strategy is not None if shared is not None else not reuse
+
+
 def _per_example_loss(logits, labels):
     return tf.nn.softmax_cross_entropy_with_logits_v2(labels=tf.stop_gradient(labels), logits=logits)
 
@@ -114,7 +138,7 @@ class TrainingConfig:
     weight_decay: float = 0.0         # L2 on the trained layers' weights (the paper: 5e-4)
     decay_steps: int = 0              # multiply the rate by decay_factor every this many steps (0: off)
     decay_factor: float = 0.1
-    num_devices: int = 1              # towers the batch is split over
+    num_devices: int = 1              # replicas (towers inside a worker) the batch is split over
     num_workers: int = 1              # machines whose gradients tf.distribute sums every step
     use_gpu: bool = False
     model_device: str = None
@@ -160,8 +184,10 @@ def build_training_graph(images, labels, config, input_layer=None, reuse=False, 
 
     `x`, `y` and `keep_prob` are placeholders with defaults: by default the batch flows straight from
     the tf.data iterator into the graph, and a caller may still feed its own arrays (the benchmarks'
-    feed_dict baseline does). With `config.num_devices` > 1 the batch is split into equal towers, one
-    per device, and their gradients are averaged, as the paper trained on two GPUs.
+    feed_dict baseline does). With `config.num_devices` > 1 the batch is split into equal parts, one
+    per device, as the paper trained on two GPUs: on one machine MirroredStrategy replicas, each
+    device holding a copy of every variable, their gradients all-reduced (`replica_strategy`);
+    inside one of several workers, towers reading the variables from the worker's first device.
 
     With `input_layer` ('flattened' for cached pool5 features), `images` holds that layer's output
     and only the layers after it are built; `reuse` shares variables an earlier AlexNet created, and
@@ -177,6 +203,17 @@ def build_training_graph(images, labels, config, input_layer=None, reuse=False, 
     y = tf.placeholder_with_default(labels, [None, config.num_classes], name='y')
     keep_prob = tf.placeholder_with_default(1.0, [], name='keep_prob')
     training = tf.placeholder_with_default(False, [], name='training')
+    replicated = _uses_replicas(config, reuse, shared)
+    if not replicated:
+        if config.num_devices > 1 and config.num_workers == 1:  # on cached features: one device
+            config = dataclasses.replace(config, num_devices=1)
+        return _build(x, y, keep_prob, training, config, input_layer, reuse, shared, None)
+    strategy = shared.strategy if shared is not None else replica_strategy(config)
+    with strategy.scope():  # every variable made here is mirrored on each replica's device
+        return _build(x, y, keep_prob, training, config, input_layer, reuse, shared, strategy)
+
+
+def _build(x, y, keep_prob, training, config, input_layer, reuse, shared, strategy):
     first = shared is None
     if first:
         global_step = tf.train.get_or_create_global_step()
@@ -192,14 +229,20 @@ def build_training_graph(images, labels, config, input_layer=None, reuse=False, 
             mix = mixing_draws(x, config, global_step)
             x_in, y_in = tf.cond(training, lambda: mix_batch(x, y, mix), lambda: (x, y))
             mix.update(images=x_in, labels=y_in)  # what the step trains on (x, y unless training)
-    towers = _build_towers(x_in, y_in, keep_prob, batch_count, config, input_layer, reuse)
+    phases = config.phases or config.all_phases
+    if strategy is not None:
+        towers, steps = _build_replicas(x_in, y_in, keep_prob, batch_count, config, input_layer,
+                                        reuse, strategy, phases, sgd, global_step)
+    else:
+        towers = _build_towers(x_in, y_in, keep_prob, batch_count, config, input_layer, reuse)
     if first:
         ema, averages = _moving_average(config, towers.model)
         phase_variable = (tf.Variable(1, dtype=tf.int64, trainable=False, name='training_phase')
                           if len(config.all_phases) > 1 else None)
-        shared = Shared(global_step, rate, sgd, loss_scale, ema, averages, phase_variable)
+        shared = Shared(global_step, rate, sgd, loss_scale, ema, averages, phase_variable, strategy)
 
-    logits = tf.concat(towers.logits, axis=0)[:batch_count] if len(towers.logits) > 1 else towers.logits[0]
+    logits = _joined(towers.logits, batch_count)
+    features = _joined(towers.features, batch_count) if input_layer is None else None
     with tf.name_scope('metrics'):
         # With mixed labels, a training step's accuracy counts the larger share's class.
         correct = tf.equal(tf.argmax(logits, 1), tf.argmax(y_in, 1))
@@ -209,14 +252,18 @@ def build_training_graph(images, labels, config, input_layer=None, reuse=False, 
         # cross-entropy (no smoothing, no class weights), so runs with and without compare.
         loss_sum = tf.reduce_sum(_per_example_loss(logits, y_in))
 
-    phases = {phase: _phase_ops(phase, towers, accuracy, config, shared)
-              for phase in (config.phases or config.all_phases)}
+    if strategy is not None:
+        phases = {phase: _replicated_phase_ops(phase, steps[phase], accuracy, config, shared)
+                  for phase in phases}
+    else:
+        phases = {phase: _phase_ops(phase, towers, accuracy, config, shared) for phase in phases}
     top = min(phases)
     graph = TrainingGraph(
         x=x, y=y, keep_prob=keep_prob, model=towers.model, logits=logits, loss=None, accuracy=accuracy,
         loss_sum=loss_sum, correct_count=correct_count, batch_count=batch_count, train_op=None,
         train_summaries=None, global_step=global_step, learning_rate=rate, var_list=None,
-        training=training, phase=top, phases=phases, mix=mix, averages=shared.averages, shared=shared)
+        training=training, phase=top, phases=phases, mix=mix, averages=shared.averages, shared=shared,
+        features=features)
     return graph.for_phase(top)
 
 
@@ -226,12 +273,7 @@ def _phase_ops(phase, towers, accuracy, config, shared):
                                                             config.unfreeze_layers, phase))
     scope = tf.name_scope(f'phase{phase}') if phase > 1 else contextlib.nullcontext()
     with scope:
-        decay = None
-        if config.weight_decay:
-            with tf.name_scope('loss'):
-                # The paper's weight decay on the trained layers' weights (not biases), once.
-                decayed = [v for v in var_list if v.op.name.endswith('/weights')]
-                decay = config.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed])
+        decay = _weight_decay(var_list, config)
         with tf.name_scope('loss'):
             loss = tf.add_n(towers.loss_shares + ([decay] if decay is not None else []))
         tower_gradients = []
@@ -257,20 +299,60 @@ def _phase_ops(phase, towers, accuracy, config, shared):
         # first. (Validation fetches only the metrics, so it computes no gradient.) With loss scaling
         # an overflowing gradient is expected now and then and handled by the optimizer: only the
         # loss counts.
-        checked = tf.stack([loss] if config.mixed_precision else [loss, tf.linalg.global_norm(gradients)])
-        loss_is_finite = tf.debugging.assert_all_finite(checked, 'loss is not finite',
-                                                        name='loss_is_finite')
+        loss_is_finite = _finite_check(loss, gradients, config)
         with tf.control_dependencies([loss_is_finite]):
             update = _apply(shared.optimizer, gradients, var_list, shared.global_step,
                             config.mixed_precision)
-            train_op = _after_update(update, var_list, shared, phase)
-            scalars = [('cross_entropy', loss), ('accuracy', accuracy), ('learning_rate', shared.rate)]
-            if config.mixed_precision:
-                scalars.append(('loss_scale', shared.loss_scale()))
-            if shared.phase_variable is not None:
-                scalars.append(('phase', tf.constant(phase, tf.float32)))
-            train_summaries = _summaries(scalars, gradients, var_list, config.mixed_precision)
+        return _phase_tail(phase, loss, update, loss_is_finite, gradients, var_list, accuracy,
+                           config, shared)
+
+
+def _finite_check(loss, gradients, config):
+    checked = tf.stack([loss] if config.mixed_precision else [loss, tf.linalg.global_norm(gradients)])
+    return tf.debugging.assert_all_finite(checked, 'loss is not finite', name='loss_is_finite')
+
+
+def _phase_tail(phase, loss, update, loss_is_finite, gradients, var_list, accuracy, config, shared):
+    """After the update: the moving average and the phase's record; the step's summaries."""
+    with tf.control_dependencies([loss_is_finite]):
+        train_op = _after_update(update, var_list, shared, phase)
+        scalars = [('cross_entropy', loss), ('accuracy', accuracy), ('learning_rate', shared.rate)]
+        if config.mixed_precision:
+            scalars.append(('loss_scale', shared.loss_scale()))
+        if shared.phase_variable is not None:
+            scalars.append(('phase', tf.constant(phase, tf.float32)))
+        train_summaries = _summaries(scalars, gradients, var_list, config.mixed_precision)
     return PhaseOps(loss, train_op, train_summaries, var_list)
+
+
+# One phase's step as each replica built it: its update (the optimizer all-reduces the replicas'
+# gradients inside it), its gradients and its NaN guard; the weight decay (replica 0's, else None).
+ReplicaStep = collections.namedtuple('ReplicaStep', 'var_list share update gradients check decay')
+
+
+def _replicated_phase_ops(phase, steps, accuracy, config, shared):
+    """Phase `phase` from its replicas' steps: the whole batch's loss, the summed gradients (for the
+    histograms only), and an update that runs every replica's."""
+    first = steps[0]
+    with tf.name_scope(f'phase{phase}') if phase > 1 else contextlib.nullcontext():
+        with tf.name_scope('loss'):
+            shares = [step.share for step in steps]
+            loss = tf.add_n(shares + ([first.decay] if first.decay is not None else []))
+        with tf.name_scope('train'):
+            gradients = [tf.add_n(list(grads)) for grads in zip(*(step.gradients for step in steps))]
+        loss_is_finite = tf.group(*[step.check for step in steps], name='loss_is_finite')
+        update = tf.group(*[step.update for step in steps])
+        return _phase_tail(phase, loss, update, loss_is_finite, gradients, first.var_list, accuracy,
+                           config, shared)
+
+
+def _weight_decay(var_list, config):
+    """The paper's weight decay on the trained layers' weights (not biases), once; None when off."""
+    if not config.weight_decay:
+        return None
+    with tf.name_scope('loss'):
+        decayed = [v for v in var_list if v.op.name.endswith('/weights')]
+        return config.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed])
 
 
 def _after_update(update, var_list, shared, phase):
@@ -420,22 +502,19 @@ def _optimizer(config, global_step):
     return rate, sgd, loss_scale
 
 
-Towers = collections.namedtuple('Towers', ['model', 'logits', 'loss_shares', 'devices'])
+Towers = collections.namedtuple('Towers', ['model', 'logits', 'loss_shares', 'devices', 'features'])
+
+
+def _joined(parts, batch_count):
+    """The devices' parts of a batch as one (without the padding rows)."""
+    return tf.concat(parts, axis=0)[:batch_count] if len(parts) > 1 else parts[0]
 
 
 def _build_towers(x, y, keep_prob, batch_count, config, input_layer, reuse):
     """AlexNet once per device on an equal part of the batch; each tower's share of the loss."""
     devices = _tower_devices(config.num_devices, config.use_gpu)
-    if len(devices) > 1:
-        # Equal parts. A batch that does not divide evenly (validation's last) is padded with copies
-        # of its last image with all-zero labels, which add nothing to the loss or the gradients
-        # (an empty tower instead would trip oneDNN's convolution).
-        padding = tf.cast((len(devices) - batch_count % len(devices)) % len(devices), tf.int32)
-        x_parts = tf.split(tf.concat([x, tf.repeat(x[-1:], padding, axis=0)], 0), len(devices))
-        y_parts = tf.split(tf.concat([y, tf.zeros([padding, config.num_classes])], 0), len(devices))
-    else:
-        x_parts, y_parts = [x], [y]
-    logits, shares = [], []
+    x_parts, y_parts = _split_batch(x, y, batch_count, len(devices), config.num_classes)
+    logits, shares, features = [], [], []
     model = None
     for index, device in enumerate(devices):
         with tf.device(device or config.model_device), tf.name_scope(f'tower_{index}' if index else None), \
@@ -444,22 +523,87 @@ def _build_towers(x, y, keep_prob, batch_count, config, input_layer, reuse):
                                   config.weights_path, input_layer)
             if model is None:
                 model = tower_model
-            with tf.name_scope('loss'):
-                targets = y_parts[index]
-                if config.label_smoothing:
-                    targets = smoothed_labels(targets, config.label_smoothing, config.num_classes)
-                per_example = _per_example_loss(tower_model.fc8, targets)
-                if config.class_weights is not None:
-                    # Each example's loss times its class's weight (balanced weights average 1
-                    # per image, so the loss keeps its scale). Padding rows have all-zero labels:
-                    # weight 0.
-                    weights = tf.constant(config.class_weights, tf.float32)
-                    per_example *= tf.reduce_sum(y_parts[index] * weights, axis=1)
-                # Each tower's share of the whole batch's mean: the towers' gradients then add up
-                # to exactly the gradient of one device's mean loss, whatever the split.
-                shares.append(tf.reduce_sum(per_example) / tf.cast(batch_count, tf.float32))
+            shares.append(_loss_share(tower_model, y_parts[index], batch_count, config,
+                                      padded=len(devices) > 1))
             logits.append(tower_model.fc8)
-    return Towers(model, logits, shares, devices)
+            features.append(tower_model.end_points.get('flattened'))
+    return Towers(model, logits, shares, devices, features)
+
+
+def _split_batch(x, y, batch_count, parts, num_classes):
+    """`parts` equal parts of the batch. One that does not divide evenly (validation's last) is
+    padded with copies of its last image with all-zero labels, which _loss_share weighs 0 (an empty
+    part instead would trip oneDNN's convolution)."""
+    if parts == 1:
+        return [x], [y]
+    padding = tf.cast((parts - batch_count % parts) % parts, tf.int32)
+    x_parts = tf.split(tf.concat([x, tf.repeat(x[-1:], padding, axis=0)], 0), parts)
+    y_parts = tf.split(tf.concat([y, tf.zeros([padding, num_classes])], 0), parts)
+    return x_parts, y_parts
+
+
+def _loss_share(model, labels, batch_count, config, padded):
+    """One part's share of the whole batch's mean loss: the parts' gradients then add up to exactly
+    the gradient of one device's mean loss, whatever the split."""
+    with tf.name_scope('loss'):
+        targets = labels
+        if config.label_smoothing:
+            targets = smoothed_labels(targets, config.label_smoothing, config.num_classes)
+        per_example = _per_example_loss(model.fc8, targets)
+        if config.class_weights is not None:
+            # Each example's loss times its class's weight (balanced weights average 1 per image,
+            # so the loss keeps its scale). Padding rows have all-zero labels: weight 0.
+            weights = tf.constant(config.class_weights, tf.float32)
+            per_example *= tf.reduce_sum(labels * weights, axis=1)
+        elif padded:
+            # A padding row's loss is 0, but the fused cross-entropy's gradient is softmax - labels
+            # whatever the labels sum to: softmax - 0 for a padding row. Times the row's label sum
+            # (1 for a real row, exactly; 0 for padding) its gradient is 0.
+            per_example *= tf.reduce_sum(labels, axis=1)
+        return tf.reduce_sum(per_example) / tf.cast(batch_count, tf.float32)
+
+
+def _build_replicas(x, y, keep_prob, batch_count, config, input_layer, reuse, strategy, phases,
+                    sgd, global_step):
+    """AlexNet once per replica (strategy.extended.call_for_each_replica) on an equal part of the
+    batch, and each phase's step there: the replica's gradients, its NaN guard, and the optimizer's
+    update, which all-reduces the replicas' gradients (summed: each is of the replica's share of
+    the batch's mean) into every copy of the weights."""
+    x_parts, y_parts = _split_batch(x, y, batch_count, config.num_devices, config.num_classes)
+    built = {}
+
+    @tf.autograph.experimental.do_not_convert
+    def replica():
+        index = int(tf.get_static_value(tf.distribute.get_replica_context().replica_id_in_sync_group))
+        with tf.variable_scope(tf.get_variable_scope(), reuse=reuse or index > 0):
+            model = AlexNet(x_parts[index], keep_prob, config.num_classes, list(config.skip_layers),
+                            config.weights_path, input_layer)
+        share = _loss_share(model, y_parts[index], batch_count, config, padded=True)
+        steps = {}
+        for phase in phases:
+            var_list = trained_variables(model, phase_layers(config.train_layers,
+                                                             config.unfreeze_layers, phase))
+            with tf.name_scope(f'phase{phase}') if phase > 1 else contextlib.nullcontext():
+                decay = _weight_decay(var_list, config) if index == 0 else None
+                total = share + decay if decay is not None else share
+                if config.mixed_precision:  # scales the loss, unscales the gradients
+                    gradients = [grad for grad, _ in sgd.compute_gradients(total, var_list)]
+                else:
+                    gradients = tf.gradients(total, var_list)
+                gradients = _scale_by_lr_mult(gradients, var_list, config.lr_mult)
+                check = _finite_check(total, gradients, config)
+                with tf.control_dependencies([check]):  # nothing is updated from a NaN
+                    gradients = [tf.identity(gradient) for gradient in gradients]
+                update = _apply(sgd, gradients, var_list, global_step, config.mixed_precision)
+            steps[phase] = ReplicaStep(var_list, share, update, gradients, check, decay)
+        built[index] = (model, share, steps)
+
+    strategy.extended.call_for_each_replica(replica)
+    order = [built[index] for index in range(config.num_devices)]
+    towers = Towers(order[0][0], [model.fc8 for model, _, _ in order],
+                    [share for _, share, _ in order], list(strategy.extended.worker_devices),
+                    [model.end_points.get('flattened') for model, _, _ in order])
+    return towers, {phase: [steps[phase] for _, _, steps in order] for phase in phases}
 
 
 def _apply(sgd, gradients, var_list, global_step, mixed_precision):

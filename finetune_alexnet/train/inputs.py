@@ -117,7 +117,9 @@ def build(settings, train_data, val_data, config, order_seed, spill_dir=None, wo
         with tf.device(config.model_device):
             image_model = AlexNet(images, 1.0, settings.num_classes, settings.skip_layers,
                                   settings.weights_path)
-    features = image_model.end_points[feature_cache.FEATURE_LAYER]
+    # The whole batch's features: with --num_gpus, the model's own end points hold one device's part.
+    features = (image_graph.features if image_graph is not None
+                else image_model.end_points[feature_cache.FEATURE_LAYER])
     dataset, feeder = feature_cache.cached_dataset(settings.num_classes, settings.batch_size,
                                                    drop_remainder=False)
     with tf.device('/cpu:0'):

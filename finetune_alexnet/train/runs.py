@@ -11,9 +11,11 @@ from finetune_alexnet import checkpoints
 from finetune_alexnet import model_info
 from finetune_alexnet import run_folder
 from finetune_alexnet import run_state
+from finetune_alexnet import tf_setup
 from finetune_alexnet import tfrecords
 from finetune_alexnet import weight_files
 from finetune_alexnet.errors import ToolkitError
+from finetune_alexnet.train import distribute
 from finetune_alexnet.train import graph as training_graph
 from finetune_alexnet.train import loop
 from finetune_alexnet.train import progress
@@ -21,11 +23,17 @@ from finetune_alexnet.train import summaries
 
 
 def use_gpu(settings):
-    """True to run the model on a GPU; refuses --device gpu without enough of them."""
-    gpus = len(tf.config.list_physical_devices('GPU'))
-    if settings.device == 'gpu' and gpus < settings.num_gpus:
-        raise ToolkitError(f'--device gpu asks for {settings.num_gpus} GPU(s), TensorFlow sees {gpus}')
-    return settings.device == 'gpu' or (settings.device == 'auto' and gpus > 0)
+    """True to run the model on a GPU; refuses --device gpu without enough of them, --device auto
+    with fewer GPUs than --num_gpus, and --xla with --seed on a GPU."""
+    gpu = tf_setup.use_gpu(settings.device, settings.num_gpus)
+    if gpu and settings.xla and settings.seed is not None:
+        # --seed turns on op determinism, and XLA on a GPU may then refuse the select-and-scatter
+        # that max pooling's gradient compiles into; no GPU has yet shown that it compiles (the
+        # bench/gpu_check.py measurement tries it), so the run is refused before it starts.
+        raise ToolkitError("--xla with --seed on a GPU: XLA's deterministic GPU ops are not known to "
+                           "compile max pooling's gradient; drop --xla, or --seed for a run that "
+                           'need not repeat bit for bit')
+    return gpu
 
 
 def read_class_names(settings):
@@ -223,7 +231,8 @@ def describe_data(settings, train_data, val_data, steps_per_epoch, class_names, 
         cluster = settings.cluster
         print(f'{cluster.name(cluster.index)} of {cluster.num_workers}'
               f'{" (the chief: it writes the run folder)" if cluster.is_chief else ""}: '
-              f'{settings.batch_size // cluster.num_workers} images of every batch')
+              f'{settings.batch_size // cluster.num_workers} images of every batch, gradients '
+              f'all-reduced by {distribute.communication(config.use_gpu).value}')
     if settings.unfreeze_at:
         print(f'from epoch {settings.unfreeze_at} on (phase 2): training '
               f'{",".join(settings.phase_layers(2))}')
