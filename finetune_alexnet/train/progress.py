@@ -1,8 +1,6 @@
 """What a fine-tuning run shows and records: a progress bar, per-epoch metrics, and curve plots."""
 import json
-import os
 import sys
-import time
 
 from finetune_alexnet import cli
 from finetune_alexnet import run_folder
