@@ -89,7 +89,8 @@ def check_output(output, export_format, overwrite):
                                        f'the folder of --output {output}')
         return
     if os.path.isdir(output):
-        raise ToolkitError(f'{output}: --output is a folder; --format {export_format} writes a file')
+        raise ToolkitError(f'{output}: --output (--format {export_format} writes a file) is a folder; '
+                           'give a file name')
     # A missing folder is created, as for a SavedModel's models/<name>/.
     run_folder.check_output_folder(os.path.dirname(os.path.abspath(output)),
                                    f'the folder of --output {output}')
