@@ -210,7 +210,8 @@ class DownloadProgress:
         self.label = label
         self.amount = amount or human_bytes  # how a count is written: bytes, or e.g. files
         self.stream = stream or sys.stdout
-        self.line = cli.StatusLine(self.stream) if self.stream.isatty() else None
+        self.terminal = self.stream.isatty()
+        self.line = cli.StatusLine(self.stream)
         self.total = None
         self.start_bytes = 0
         self.start_time = time.monotonic()
@@ -240,7 +241,7 @@ class DownloadProgress:
         return text
 
     def update(self, done):
-        if self.line:
+        if self.terminal:
             now = time.monotonic()
             if now - self.last_draw < 0.1 and done != self.total:
                 return
@@ -261,11 +262,10 @@ class DownloadProgress:
 
     def note(self, text):
         """Print `text` on a line of its own, below the bar."""
-        (self.line or cli.StatusLine(self.stream)).print(text)
+        self.line.print(text)
 
     def finish(self):
-        if self.line:
-            self.line.end()
+        self.line.end()  # nothing off a terminal: no line is open there
 
 
 class _Retry(Exception):

@@ -154,9 +154,10 @@ def _check_complete(spec, files):
 
 
 def data_folder(spec):
-    """The folder a list file, or a set of shards, lives in (where classes.txt is looked for)."""
+    """The folder a list file, or a set of shards, lives in (where classes.txt is looked for), as
+    the user gave it (relative or not), so that messages name it the same way."""
     spec = os.fspath(spec)
-    return os.path.abspath(spec) if os.path.isdir(spec) else os.path.dirname(os.path.abspath(spec))
+    return spec if os.path.isdir(spec) else os.path.dirname(spec)
 
 
 def data_digest(spec):

@@ -13,7 +13,8 @@ class EpochProgress:
 
     def __init__(self, epoch, num_epochs, total_steps, display_step, stream=None):
         self.stream = stream or sys.stdout
-        self.line = cli.StatusLine(self.stream) if self.stream.isatty() else None
+        self.terminal = self.stream.isatty()
+        self.line = cli.StatusLine(self.stream)
         self.epoch, self.num_epochs = epoch, num_epochs
         self.total_steps, self.display_step = total_steps, display_step
 
@@ -27,7 +28,7 @@ class EpochProgress:
         """`step` counts from 1 within the epoch."""
         header = f"epoch {self.epoch}/{self.num_epochs}"
         numbers = f"loss {loss:.4f}  acc {accuracy:.3f}  {images_per_second:.1f} img/s"
-        if self.line:
+        if self.terminal:
             filled = int(24 * step / self.total_steps)
             self.line.show(f"{header} [{'#' * filled}{'.' * (24 - filled)}] {step}/{self.total_steps}  "
                            f"{numbers}", f"{header} {step}/{self.total_steps}  {numbers}")
@@ -38,11 +39,10 @@ class EpochProgress:
     def note(self, text):
         """Print `text` on a line of its own (after the bar's line, which stays as it was)."""
         if text:
-            (self.line or cli.StatusLine(self.stream)).print(text)
+            self.line.print(text)
 
     def finish(self):
-        if self.line:
-            self.line.end()
+        self.line.end()  # nothing off a terminal: no line is open there
 
 
 def append_metrics(path, record):

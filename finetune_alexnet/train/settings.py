@@ -333,10 +333,8 @@ def classes_from_data(values, given_by):
     """Sets `num_classes` (and the classes.txt in use) from the data, or checks a given one against
     them; returns the training labels. The classes.txt beside the lists (or --class_names) names the
     classes; without one, the largest label of the training and validation data + 1 counts them."""
-    train_file = values['train_file']  # shown as the user gave it, relative or not
-    class_file = values['class_names'] or os.path.join(
-        train_file if os.path.isdir(train_file) else os.path.dirname(train_file),
-        model_info.CLASS_NAMES_FILE)
+    class_file = values['class_names'] or os.path.join(tfrecords.data_folder(values['train_file']),
+                                                       model_info.CLASS_NAMES_FILE)
     if not os.path.exists(class_file):
         if values['class_names']:
             raise ToolkitError(f'{class_file}: class names file not found (--class_names)')
