@@ -33,29 +33,22 @@ def _latin1_encode(text, encoding='latin1', errors='strict'):
     return codecs.encode(text, 'latin1', errors)
 
 
-def _numpy_global(*candidates):
-    """The first of `module.name` candidates this numpy has (numpy 2 moved `core` to `_core`)."""
-    for module_name, name in candidates:
-        try:
-            module = __import__(module_name, fromlist=[name])
-            return getattr(module, name)
-        except (ImportError, AttributeError):
-            continue
-    raise ImportError(f"numpy has none of {candidates}")
-
-
-_RECONSTRUCT = (('numpy._core.multiarray', '_reconstruct'), ('numpy.core.multiarray', '_reconstruct'))
-_FROMBUFFER = (('numpy._core.numeric', '_frombuffer'), ('numpy.core.numeric', '_frombuffer'))
+try:  # numpy 2 moved numpy.core to numpy._core; pickles name either
+    from numpy._core.multiarray import _reconstruct
+    from numpy._core.numeric import _frombuffer
+except ImportError:
+    from numpy.core.multiarray import _reconstruct
+    from numpy.core.numeric import _frombuffer
 
 # Everything a pickled dict of numpy arrays may legitimately refer to, from Python 2 and 3 alike.
 _ALLOWED_GLOBALS = {
-    ('numpy.core.multiarray', '_reconstruct'): _RECONSTRUCT,
-    ('numpy._core.multiarray', '_reconstruct'): _RECONSTRUCT,
-    ('numpy.core.numeric', '_frombuffer'): _FROMBUFFER,
-    ('numpy._core.numeric', '_frombuffer'): _FROMBUFFER,
-    ('numpy', 'ndarray'): None,
-    ('numpy', 'dtype'): None,
-    ('_codecs', 'encode'): None,
+    ('numpy.core.multiarray', '_reconstruct'): _reconstruct,
+    ('numpy._core.multiarray', '_reconstruct'): _reconstruct,
+    ('numpy.core.numeric', '_frombuffer'): _frombuffer,
+    ('numpy._core.numeric', '_frombuffer'): _frombuffer,
+    ('numpy', 'ndarray'): np.ndarray,
+    ('numpy', 'dtype'): np.dtype,
+    ('_codecs', 'encode'): _latin1_encode,
 }
 
 
@@ -65,13 +58,7 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) not in _ALLOWED_GLOBALS:
             raise pickle.UnpicklingError(f"it asks for '{module}.{name}'")
-        if (module, name) == ('numpy', 'ndarray'):
-            return np.ndarray
-        if (module, name) == ('numpy', 'dtype'):
-            return np.dtype
-        if (module, name) == ('_codecs', 'encode'):
-            return _latin1_encode
-        return _numpy_global(*_ALLOWED_GLOBALS[(module, name)])
+        return _ALLOWED_GLOBALS[(module, name)]
 
 
 def _read_pickled_npy(path, raw):
