@@ -60,7 +60,7 @@ import tensorflow.compat.v1 as tf
 from tensorflow.python.framework import convert_to_constants
 
 import datagenerator
-from alexnet import INPUT_SIZE, TRAINABLE_LAYERS, AlexNet
+from alexnet import INPUT_SIZE, AlexNet
 from finetune_alexnet import image_header
 from finetune_alexnet import model_info
 from finetune_alexnet import preprocessing
@@ -152,27 +152,12 @@ def _classifier(inputs, class_names):
                    'scores': tf.identity(scores, name='scores')}
 
 
-def _load_weights(session, model, layers):
-    """Feed `layers` into the model's variable initializers: the arrays never become graph constants."""
-    feeds, initializers = {}, []
-    for layer in TRAINABLE_LAYERS:
-        for kind, variable in model.variables[layer].items():
-            feeds[variable.initial_value] = layers[layer][kind]
-            initializers.append(variable.initializer)
-    session.run(initializers, feed_dict=feeds)
-
-
-def _write_side_files(folder, class_names, center_crop, stem=''):
+def _write_side_files(folder, class_names, center_crop):
     """labels.txt (one name a line, in label order) and model_info.json; returns their paths."""
-    labels = os.path.join(folder, stem + LABELS_FILE)
+    labels = os.path.join(folder, LABELS_FILE)
     with open(labels, 'w', encoding='utf-8', newline='\n') as stream:
         stream.writelines(f'{name}\n' for name in class_names)
-    info = model_info.write_model_info(folder, len(class_names), class_names, center_crop)
-    if stem:
-        renamed = os.path.join(folder, stem + model_info.MODEL_INFO)
-        os.replace(info, renamed)
-        info = renamed
-    return labels, info
+    return labels, model_info.write_model_info(folder, len(class_names), class_names, center_crop)
 
 
 def _write_marker(folder, max_pixels):
@@ -185,14 +170,22 @@ def _write_marker(folder, max_pixels):
     return path
 
 
+def _read_text(path, limit=_READ_LIMIT):
+    """The regular UTF-8 text file at `path`, or None (missing, over `limit` bytes, not text)."""
+    try:
+        if os.path.isfile(path) and os.path.getsize(path) <= limit:
+            with open(path, encoding='utf-8') as stream:
+                return stream.read()
+    except (OSError, UnicodeDecodeError):
+        pass
+    return None
+
+
 def _read_json(path):
     """The JSON object in the regular file at `path`, or None (missing, too big, not JSON)."""
     try:
-        if not os.path.isfile(path) or os.path.getsize(path) > _READ_LIMIT:
-            return None
-        with open(path, encoding='utf-8') as stream:
-            content = json.load(stream)
-    except (OSError, UnicodeDecodeError, ValueError):
+        content = json.loads(_read_text(path) or 'null')
+    except ValueError:
         return None
     return content if isinstance(content, dict) else None
 
@@ -264,38 +257,27 @@ def _ours_inside(subfolder, path):
     return name in (LABELS_FILE, model_info.MODEL_INFO, MARKER_FILE)
 
 
+def _head(path, size):
+    """The first `size` bytes of the regular file at `path` (not a pipe, which opening would wait
+    on), or b''."""
+    try:
+        if os.path.isfile(path):
+            with open(path, 'rb') as stream:
+                return stream.read(size)
+    except OSError:
+        pass
+    return b''
+
+
 def is_tflite_file(path):
     """A TFLite flatbuffer (its file identifier, TFL3, at bytes 4-8)."""
-    if not os.path.isfile(path):  # not a pipe, which opening would wait on
-        return False
-    try:
-        with open(path, 'rb') as stream:
-            return stream.read(8)[4:8] == b'TFL3'
-    except OSError:
-        return False
-
-
-def _read_lines(path):
-    """The lines of the regular UTF-8 text file at `path`, or None."""
-    try:
-        if not os.path.isfile(path) or os.path.getsize(path) > _READ_LIMIT * 16:
-            return None
-        with open(path, encoding='utf-8') as stream:
-            return stream.read().splitlines()
-    except (OSError, UnicodeDecodeError):
-        return None
+    return _head(path, 8)[4:8] == b'TFL3'
 
 
 def is_our_onnx_file(path):
     """An ONNX model export.py wrote: a ModelProto whose first fields, ir_version (1) then
     producer_name (2), name WRITTEN_BY (protobuf writes fields in number order)."""
-    if not os.path.isfile(path):
-        return False
-    try:
-        with open(path, 'rb') as stream:
-            head = stream.read(64)
-    except OSError:
-        return False
+    head = _head(path, 64)
     producer = WRITTEN_BY.encode()
     start = head.find(b'\x12' + bytes([len(producer)]) + producer)
     # Before producer_name: the tag of ir_version (0x08) and its one-byte varint.
@@ -318,8 +300,8 @@ def foreign_model_files(output, export_format):
     content = _read_json(info) if _is_model_info(info) else None
     if os.path.lexists(info) and content is None:
         foreign.append(info)
-    if os.path.lexists(labels) and (content is None
-                                    or _read_lines(labels) != content.get('class_names')):
+    names = (_read_text(labels, _READ_LIMIT * 16) or '').splitlines()
+    if os.path.lexists(labels) and (content is None or names != content.get('class_names')):
         foreign.append(labels)
     return foreign
 
@@ -330,12 +312,6 @@ def _partial_path(output):
     folder = os.path.dirname(os.path.abspath(output))
     os.makedirs(folder, exist_ok=True)
     return tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(output)) + '.partial-', dir=folder)
-
-
-def _replace_file(partial, output):
-    """Move the finished file `partial` to `output` in one rename (what was there, if anything, goes
-    in the same step)."""
-    os.replace(partial, output)
 
 
 def _replace_folder(model, output, partial):
@@ -407,7 +383,8 @@ def _build_saved_model(path, exported):
             # Registered as assets: the builder copies them into assets/ and lists them in the graph.
             graph.add_to_collection(tf.GraphKeys.ASSET_FILEPATHS, tf.constant(asset, name='asset_path'))
         with tf.Session(graph=graph, config=tf_setup.session_config(exported.use_gpu)) as session:
-            _load_weights(session, model, exported.layers)
+            # Fed into the variables' initializers: the arrays never become graph constants.
+            model.load_initial_weights(session, exported.layers)
             builder = tf.saved_model.Builder(path)
             builder.add_meta_graph_and_variables(
                 session, [SERVE_TAG], signature_def_map=signatures,
@@ -417,16 +394,11 @@ def _build_saved_model(path, exported):
     return signatures
 
 
-def side_file_stem(output):
-    """`models/cats.tflite` -> `cats.`: its labels go to cats.labels.txt, its info to cats.model_info.json
-    (likewise for cats.onnx)."""
-    return os.path.splitext(os.path.basename(output))[0] + '.'
-
-
 def side_files(output):
-    """[labels, model_info.json] beside the model file `output`."""
-    folder, stem = os.path.dirname(os.path.abspath(output)), side_file_stem(output)
-    return [os.path.join(folder, stem + LABELS_FILE), os.path.join(folder, stem + model_info.MODEL_INFO)]
+    """[labels, model_info.json] beside the model file `output`: `models/cats.tflite` (or cats.onnx)
+    has cats.labels.txt and cats.model_info.json."""
+    stem = os.path.splitext(os.path.abspath(output))[0] + '.'
+    return [stem + LABELS_FILE, stem + model_info.MODEL_INFO]
 
 
 @contextlib.contextmanager
@@ -437,7 +409,8 @@ def _float_input_session(exported):
         inputs = tf.placeholder(tf.float32, [None, INPUT_SIZE, INPUT_SIZE, 3], name=ONNX_INPUT)
         model, outputs = _classifier(inputs, list(exported.class_names))
         with tf.Session(graph=graph, config=tf_setup.session_config(exported.use_gpu)) as session:
-            _load_weights(session, model, exported.layers)
+            # Fed into the variables' initializers: the arrays never become graph constants.
+            model.load_initial_weights(session, exported.layers)
             yield session, inputs, outputs['probabilities']
 
 
@@ -486,10 +459,10 @@ def _write_model_file(output, exported, content):
         with open(written, 'wb') as stream:
             stream.write(content)
         written_side_files = _write_side_files(partial, list(exported.class_names),
-                                               exported.center_crop, stem=side_file_stem(output))
+                                               exported.center_crop)
         for side_file, target in zip(written_side_files, side_files(output)):
-            _replace_file(side_file, target)
-        _replace_file(written, output)
+            os.replace(side_file, target)
+        os.replace(written, output)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return side_files(output)
