@@ -275,10 +275,8 @@ def layer_table(num_classes=1000, input_size=INPUT_SIZE):
             params = channels * depth + depth
             macs = channels * depth
             channels = depth
-        if layer.kind in ('conv', 'fc'):
+        if layer.kind not in ('flatten', 'dropout'):  # the two get no row of their own
             rows.append((layer.name, (height, width, channels), params, macs))
-        elif layer.kind in ('lrn', 'pool'):
-            rows.append((layer.name, (height, width, channels), 0, 0))
     return rows
 
 

@@ -79,9 +79,9 @@ def _add(labels, lines, path, number, identifier, label):
     lines[identifier] = number
 
 
-def read_kaggle_solution(path, lines=None):
-    """GroundTruth from Kaggle's LOC_val_solution.csv; the first wnid of a row is its class."""
-    lines = _read_lines(path, 'ground-truth file') if lines is None else lines
+def read_kaggle_solution(path, lines):
+    """GroundTruth from the `lines` of Kaggle's LOC_val_solution.csv; the first wnid of a row is
+    its class."""
     rows = list(csv.reader(lines))
     if not rows or [field.strip() for field in rows[0]] != KAGGLE_HEADER:
         raise ToolkitError(f'{path}:1: expected the header {",".join(KAGGLE_HEADER)}')
@@ -101,9 +101,9 @@ def read_kaggle_solution(path, lines=None):
     return GroundTruth(labels, numbers, path)
 
 
-def read_caffe_val(path, lines=None):
-    """GroundTruth from Caffe's val.txt: `ILSVRC2012_val_00000001.JPEG 65`, BVLC labels already."""
-    lines = _read_lines(path, 'ground-truth file') if lines is None else lines
+def read_caffe_val(path, lines):
+    """GroundTruth from the `lines` of Caffe's val.txt: `ILSVRC2012_val_00000001.JPEG 65`, BVLC
+    labels already (read_ground_truth saw a first line of that form)."""
     labels, numbers = {}, {}
     for number, line in _numbered(lines):
         fields = line.split()
@@ -115,8 +115,6 @@ def read_caffe_val(path, lines=None):
         if label >= NUM_CLASSES:
             raise ToolkitError(f'{path}:{number}: label {label} is outside 0..{NUM_CLASSES - 1}')
         _add(labels, numbers, path, number, identifier, label)
-    if not labels:
-        raise ToolkitError(f'{path}: no images listed')
     return GroundTruth(labels, numbers, path)
 
 
@@ -149,19 +147,19 @@ def read_meta_mat(path):
     return wnid_of
 
 
-def read_devkit_ground_truth(path, meta_path=None, lines=None):
-    """GroundTruth from ILSVRC2012_validation_ground_truth.txt, mapped through meta.mat.
+def read_devkit_ground_truth(path, meta_path, lines):
+    """GroundTruth from the `lines` of ILSVRC2012_validation_ground_truth.txt (read_ground_truth saw
+    one), mapped through meta.mat.
 
     `meta_path` None: the meta.mat beside the ground truth, as the devkit's data/ folder holds it.
     """
-    lines = _read_lines(path, 'ground-truth file') if lines is None else lines
     entries = _numbered(lines)
     for number, line in entries:
         if not _NUMBER.fullmatch(line):
             raise ToolkitError(f'{path}:{number}: expected one ILSVRC2012 id (1..1000) per line; '
                                f'found {line[:80]!r}')
     # Line k is image k: a blank line would shift every image after it (trailing ones are harmless).
-    if entries and len(entries) != entries[-1][0]:
+    if len(entries) != entries[-1][0]:
         blank = next(number for number, line in enumerate(lines, 1) if not line.strip())
         raise ToolkitError(f'{path}:{blank}: blank line; line k must hold the id of image k')
     if meta_path is None:
@@ -175,8 +173,6 @@ def read_devkit_ground_truth(path, meta_path=None, lines=None):
                                f'in {meta_path}')
         labels[f'ILSVRC2012_val_{number:08d}'] = LABEL_OF_WNID[wnid_of[identifier]]
         numbers[f'ILSVRC2012_val_{number:08d}'] = number
-    if not labels:
-        raise ToolkitError(f'{path}: no images listed')
     return GroundTruth(labels, numbers, path)
 
 

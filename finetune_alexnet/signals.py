@@ -30,9 +30,12 @@ def leave_at_once(before_exit=lambda: None):
     _leave_at_once = before_exit
 
 
-def _leave(aborted):
-    """Print the abort's one line and end the process: no clean-up runs, none is needed (above)."""
-    leave_now(str(aborted), aborted.exit_status)
+def _abort(aborted):
+    """In a command's own process, print the abort's one line and end the process (no clean-up
+    runs, none is needed: see above); elsewhere raise `aborted`."""
+    if _leave_at_once is not None:
+        leave_now(str(aborted), aborted.exit_status)
+    raise aborted
 
 
 def can_leave_now():
@@ -73,10 +76,7 @@ def ending_at_once(message):
     for each other at start-up). In a command's own process the handler leaves there and then (as a
     second signal does); elsewhere it raises Aborted, which `cli.run` prints the same way."""
     def handle(signum, frame):
-        aborted = Aborted(signum, f'{name(signum)} {message}')
-        if _leave_at_once is not None:
-            _leave(aborted)
-        raise aborted
+        _abort(Aborted(signum, f'{name(signum)} {message}'))
     previous = {signum: signal.signal(signum, handle) for signum in HANDLED}
     try:
         yield
@@ -113,9 +113,7 @@ class StopRequests:
     def _handle(self, signum, frame):
         if self.received is not None:
             self.aborted = Aborted(signum)
-            if _leave_at_once is not None:
-                _leave(self.aborted)
-            raise self.aborted
+            _abort(self.aborted)
         self.received = signum
         if self.signum is None:  # (else another worker's signal stops this one already)
             self.signum = signum
