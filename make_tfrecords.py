@@ -106,53 +106,21 @@ def class_names_file(args):
     return beside if os.path.isfile(beside) else None
 
 
-def read_class_names(path, num_classes):
-    """The names of classes.txt; with no --num_classes, as many classes as it names."""
-    if num_classes is None:
-        try:
-            with open(path, encoding='utf-8') as stream:
-                num_classes = sum(1 for line in stream
-                                  if line.strip() and not line.lstrip().startswith('#'))
-        except (OSError, UnicodeDecodeError) as error:
-            raise ToolkitError(f'{path}: unreadable class names file ({error})') from None
-    return model_info.read_class_names_file(path, num_classes)
-
-
-def check_classes_copy(out_dir, class_names, overwrite):
-    """The classes.txt in --out_dir names the same classes, or is absent, or may be replaced."""
-    target = os.path.join(out_dir, model_info.CLASS_NAMES_FILE)
-    if class_names is None or not os.path.exists(target):
-        return
+def names_these_classes(path, class_names):
+    """The classes.txt at `path` exists and names exactly `class_names`."""
+    if not os.path.exists(path):
+        return False
     try:
-        existing = model_info.read_class_names_file(target, len(class_names))
+        return model_info.read_class_names_file(path, len(class_names)) == list(class_names)
     except ToolkitError:
-        existing = None
-    if existing != list(class_names) and not overwrite:
-        raise ToolkitError(f'{target} names other classes; pass --overwrite to replace it, or choose '
-                           'another --out_dir')
-
-
-def write_classes_copy(out_dir, class_names):
-    target = os.path.join(out_dir, model_info.CLASS_NAMES_FILE)
-    if os.path.exists(target):
-        try:
-            if model_info.read_class_names_file(target, len(class_names)) == list(class_names):
-                return
-        except ToolkitError:
-            pass
-    try:
-        image_lists.write_class_names(target + tfrecords.PARTIAL, class_names)
-    except ToolkitError:  # a full disk: no half-written copy left behind
-        if os.path.exists(target + tfrecords.PARTIAL):
-            os.remove(target + tfrecords.PARTIAL)
-        raise
-    os.replace(target + tfrecords.PARTIAL, target)
+        return False
 
 
 def main(argv=None):
     args = parse_args(argv)
     names_file = class_names_file(args)
-    class_names = read_class_names(names_file, args.num_classes) if names_file else None
+    # With no --num_classes, as many classes as classes.txt names.
+    class_names = model_info.read_class_names_file(names_file, args.num_classes) if names_file else None
     num_classes = len(class_names) if class_names else args.num_classes
     # Every check before any image is decoded: the lists whole, the output folder, existing shards.
     run_folder.check_output_folder(args.out_dir, '--out_dir')
@@ -162,7 +130,11 @@ def main(argv=None):
         if args.num_shards and args.num_shards > len(paths):
             raise ToolkitError(f'--num_shards {args.num_shards}: more shards than the {len(paths)} '
                                f'images of {path}')
-    check_classes_copy(args.out_dir, class_names, args.overwrite)
+    target = os.path.join(args.out_dir, model_info.CLASS_NAMES_FILE)
+    copy_classes = class_names is not None and not names_these_classes(target, class_names)
+    if copy_classes and os.path.exists(target) and not args.overwrite:
+        raise ToolkitError(f'{target} names other classes; pass --overwrite to replace it, or choose '
+                           'another --out_dir')
     if class_names is None:
         print('note: no classes.txt beside the list (nor --class_names): image/class/text is left empty')
     tf_setup.quiet_python_logging(args.verbose)
@@ -186,8 +158,9 @@ def main(argv=None):
                 print(f'note: left out {tfrecords.plural(len(result.skipped), "image")} of {path}: '
                       + tfrecords.summarize([f'{p}: {reason}' for p, reason in result.skipped]))
             written.append(os.path.join(args.out_dir, f'{shard_prefix(path)}-*'))
-    if class_names:
-        write_classes_copy(args.out_dir, class_names)
+    if copy_classes:  # a full disk leaves no half-written copy behind
+        with run_folder.replaced_atomically(target) as partial:
+            image_lists.write_class_names(partial, class_names)
     if len(written) >= 2:
         print(f"train with: python finetune.py --train_file '{written[0]}' --val_file '{written[1]}'"
               f'{f" --num_classes {num_classes}" if num_classes else ""}')
