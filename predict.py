@@ -154,17 +154,12 @@ def check_feature_arguments(args):
     run_folder.check_output_file(args.output, '--output')
 
 
-def confusion_matrix_output(args):
-    """The confusion matrix's file: --confusion_matrix, else beside --json or --csv; None: not written."""
-    if not args.evaluate:
-        return None
-    return args.confusion_matrix or reports.confusion_matrix_beside(args.json or args.csv)
-
-
 def main(argv=None):
     args = parse_args(argv)
     check_resize(args)
-    confusion_path = confusion_matrix_output(args)
+    confusion_path = None  # --confusion_matrix, else beside --json or --csv; None: not written
+    if args.evaluate:
+        confusion_path = args.confusion_matrix or reports.confusion_matrix_beside(args.json or args.csv)
     for flag, path in (('--csv', args.csv), ('--json', args.json),  # before any work, not after it
                        ('--confusion_matrix', confusion_path)):
         if path:
@@ -184,9 +179,9 @@ def main(argv=None):
         if args.evaluate:
             paths, labels, records = inputs.evaluation_inputs(args.evaluate, classifier.num_classes)
         else:
-            skipped_entries = []
-            paths, labels = inputs.collect_inputs(args.inputs, classifier.num_classes, skipped_entries)
-            for entry in skipped_entries:
+            skipped = []
+            paths, labels = inputs.collect_inputs(args.inputs, classifier.num_classes, skipped)
+            for entry in skipped:
                 print(f'note: skipped {entry}', file=sys.stderr)
         result = classifier.run(paths, layers=[args.features] if args.features else [],
                                 skip_bad_images=args.skip_bad_images, max_pixels=args.max_pixels,

@@ -83,15 +83,19 @@ def _mosaic_figure(mosaic, title, width_inches, cmap=None):
     return figure
 
 
+def _photo_axes(figure, rows, columns, place, photo, title):
+    axes = figure.add_subplot(rows, columns, place)
+    axes.imshow(photo)
+    axes.set_axis_off()
+    if title:
+        axes.set_title(title)
+
+
 def photos_figure(photos, titles=None):
     """The photos (RGB) side by side."""
     figure = Figure(figsize=(5 * len(photos), 4.5))
     for index, photo in enumerate(photos):
-        axes = figure.add_subplot(1, len(photos), index + 1)
-        axes.imshow(photo)
-        axes.set_axis_off()
-        if titles:
-            axes.set_title(titles[index])
+        _photo_axes(figure, 1, len(photos), index + 1, photo, titles and titles[index])
     figure.tight_layout()
     return figure
 
@@ -100,11 +104,7 @@ def predictions_figure(photos, decoded, titles=None):
     """Each photo (RGB) beside a bar chart of its top classes, from classifier.decode_predictions."""
     figure = Figure(figsize=(11, 2.8 * len(photos)))
     for index, (photo, top) in enumerate(zip(photos, decoded)):
-        image_axes = figure.add_subplot(len(photos), 2, 2 * index + 1)
-        image_axes.imshow(photo)
-        image_axes.set_axis_off()
-        if titles:
-            image_axes.set_title(titles[index])
+        _photo_axes(figure, len(photos), 2, 2 * index + 1, photo, titles and titles[index])
         bar_axes = figure.add_subplot(len(photos), 2, 2 * index + 2)
         names = [name if len(name) <= 32 else name[:31] + '…' for _, name, _ in top]
         probabilities = [probability for _, _, probability in top]
@@ -193,8 +193,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     run_folder.check_output_folder(args.out_dir, '--out_dir')  # before the model loads, not after
 
-    import matplotlib
-    matplotlib.use('Agg')  # files only: never open a window
     import tensorflow.compat.v1 as tf
     from finetune_alexnet.infer.classifier import Classifier
     tf_setup.quiet_python_logging(args.verbose)  # first: disable_v2_behavior logs a deprecation

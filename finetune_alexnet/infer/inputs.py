@@ -47,14 +47,13 @@ def images_in_folder(folder, skipped):
     return sorted(found)
 
 
-def collect_inputs(inputs, num_classes, skipped=None):
+def collect_inputs(inputs, num_classes, skipped):
     """(paths, labels or None per path) from image files, folders and `.txt` list files, in order.
 
     What a folder holds that is not a regular file is left out and appended to the list `skipped`
-    (when given) as 'path (what it is)', for a note.
+    as 'path (what it is)', for a note.
     """
     paths, labels = [], []
-    skipped = [] if skipped is None else skipped
     for item in inputs:
         item = os.fspath(item)
         if os.path.isdir(item):
