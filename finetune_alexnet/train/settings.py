@@ -132,8 +132,8 @@ class Settings:
     def phase_uses_cache(self, phase):
         """Whether phase `phase` trains from cached pool5 features: wherever it can, unless
         --cache_features off (`check` refuses --cache_features on where phase 1 cannot)."""
-        return self.cache_features != 'off' and self.num_workers == 1 and can_cache(self.phase_layers(phase), self.augment,
-                                                          self.mixup, self.cutmix)
+        return self.cache_features != 'off' and self.num_workers == 1 and can_cache(
+            self.phase_layers(phase), self.augment, self.mixup, self.cutmix)
 
     @property
     def num_workers(self):
@@ -228,7 +228,9 @@ def from_flags(flags, parser_defaults, demo_lists, given=frozenset()):
             demo_defaults.update(DEMO_FROM_SCRATCH)
     defaults = {**parser_defaults, **RUN_DEFAULTS, **demo_defaults}
     asked_batch_size = values['batch_size']
-    _fill(values, defaults)
+    for name, value in defaults.items():
+        if name in values and values[name] is None:
+            values[name] = value
     for name in ('train_layers', 'skip_layers', 'lr_mult', 'unfreeze_layers'):
         values[name] = tuple(values[name])
     if unfreeze_layers_given and not values['unfreeze_at']:
@@ -397,12 +399,6 @@ def _differs(name, value, default):
     if name in ('train_layers', 'skip_layers', 'unfreeze_layers'):
         return set(value) != set(default)  # the same layers in another order
     return value != (tuple(default) if isinstance(default, list) else default)
-
-
-def _fill(values, defaults):
-    for name, value in defaults.items():
-        if name in values and values[name] is None:
-            values[name] = value
 
 
 def recipe_checks(v):
