@@ -40,6 +40,7 @@ from finetune_alexnet import image_reader  # noqa: E402
 from finetune_alexnet.model_info import MAX_CLASSES  # noqa: E402
 from finetune_alexnet import preprocessing  # noqa: E402
 from finetune_alexnet.errors import ToolkitError  # noqa: E402
+from finetune_alexnet.image_lists import plural  # noqa: E402
 from finetune_alexnet.image_reader import FileSource, IMAGE_ERRORS, summarize  # noqa: E402, F401
 
 _INTEGER = re.compile(r'[+-]?[0-9]+')
@@ -101,8 +102,7 @@ def _list_entries(txt_file, num_classes, check_files):
         labels.append(label)
         line_numbers.append(number)
     if problems:
-        raise ToolkitError(f'{txt_file}: {len(problems)} bad line{"s" if len(problems) > 1 else ""}: '
-                           + summarize(problems))
+        raise ToolkitError(f'{txt_file}: {plural(len(problems), "bad line")}: ' + summarize(problems))
     if not paths:
         raise ToolkitError(f'{txt_file}: the list is empty (no `path label` lines)')
     return paths, np.array(labels, dtype=np.int64), line_numbers
@@ -181,8 +181,7 @@ def images_dataset(paths, batch_size, center_crop=False, skip_bad_images=False, 
         raise ToolkitError('no images given')
     missing = [path for path in paths if not os.path.isfile(path)]
     if missing:
-        raise ToolkitError(f'{image_reader.plural(len(missing), "image")} not found: '
-                           + summarize(missing))
+        raise ToolkitError(f'{plural(len(missing), "image")} not found: ' + summarize(missing))
     return image_reader.prediction_batches(
         FileSource(paths, max_pixels=max_pixels), batch_size, center_crop=center_crop,
         skip_bad_images=skip_bad_images, ten_crop=ten_crop, resize_size=resize_size)

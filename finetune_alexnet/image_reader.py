@@ -21,6 +21,7 @@ from finetune_alexnet import image_header
 from finetune_alexnet import preprocessing
 from finetune_alexnet import tf_setup
 from finetune_alexnet.errors import ToolkitError
+from finetune_alexnet.image_lists import plural
 
 # The pipeline's functions are plain TensorFlow ops (Python `if`s on settings, tf.cond on tensors):
 # AutoGraph would only re-parse their source, which costs about a second of every command's start.
@@ -38,10 +39,6 @@ def summarize(problems):
     shown = '; '.join(problems[:SHOWN_PROBLEMS])
     hidden = len(problems) - SHOWN_PROBLEMS
     return shown + (f'; and {hidden} more' if hidden > 0 else '')
-
-
-def plural(count, word):
-    return f'{count} {word}{"s" if count != 1 else ""}'
 
 
 def error_reason(error):

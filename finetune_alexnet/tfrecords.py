@@ -50,7 +50,8 @@ from finetune_alexnet import image_reader
 from finetune_alexnet import preprocessing
 from finetune_alexnet import tf_setup
 from finetune_alexnet.errors import ToolkitError
-from finetune_alexnet.image_reader import NOT_CONVERTED, error_reason, plural, summarize
+from finetune_alexnet.image_lists import plural
+from finetune_alexnet.image_reader import NOT_CONVERTED, error_reason, summarize
 
 EXTENSION = '.tfrecord'
 SHARD_NAME = re.compile(r'(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.tfrecord')
