@@ -84,13 +84,9 @@ class FileSource:
 
     def known_bad(self):
         """{position: reason} for every file that is missing or too large: never decoded."""
-        reasons = {}
-        for position, path in enumerate(self.paths):
-            reason = ('file not found' if not os.path.isfile(path)
-                      else image_header.too_large(path, self.max_pixels))
-            if reason:
-                reasons[position] = reason
-        return reasons
+        missing = {position: 'file not found' for position, path in enumerate(self.paths)
+                   if not os.path.isfile(path)}
+        return {**self.oversized(), **missing}
 
     def elements(self, positions):
         """A dataset of the paths at `positions`: each file is read where it is decoded, in parallel."""

@@ -575,15 +575,6 @@ def _read_record(path, offset, length):
     return records.take(1).concatenate(tf.data.Dataset.from_tensors(tf.constant(''))).take(1)
 
 
-@NOT_CONVERTED
-def decode_record(serialized, max_pixels=None):
-    """uint8 [height, width, 3] RGB of a record's image, by preprocessing.decode_rgb; with
-    `max_pixels`, an image whose header announces more fails before it is decoded."""
-    encoded = tf.io.parse_single_example(
-        serialized, {ENCODED: tf.io.FixedLenFeature([], tf.string)})[ENCODED]
-    return preprocessing.decode_rgb(encoded, max_pixels=max_pixels, what='the record')
-
-
 class RecordSource:
     """The records of a ShardIndex as image_reader's source: each read at its byte offset, so any
     order (an epoch's shuffle, one worker's rows) reads only the records it needs. The index's
@@ -621,7 +612,11 @@ class RecordSource:
         return where.interleave(_read_record, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def decode(self, serialized):
-        return decode_record(serialized, self.max_pixels)
+        """uint8 [height, width, 3] RGB of a record's image, by preprocessing.decode_rgb; with
+        `max_pixels`, an image whose header announces more fails before it is decoded."""
+        encoded = tf.io.parse_single_example(
+            serialized, {ENCODED: tf.io.FixedLenFeature([], tf.string)})[ENCODED]
+        return preprocessing.decode_rgb(encoded, max_pixels=self.max_pixels, what='the record')
 
     def alone(self, position):
         """The serialized record at `position`, read in Python (an iterator over the offset reader
