@@ -12,6 +12,7 @@ Foundation: flat modules that import the standard library, third-party packages 
     preprocessing  the one pre-processing definition (decode, resize, ImageNet mean, BGR)
     image_header   an image's size from its file header; the image file extensions
     image_lists    folders of labelled images -> train.txt, val.txt (stratified or hash split), classes.txt
+    image_reader   the one input pipeline of labelled images, from a list's files or shards' records
     tfrecords      sharded TFRecord data sets: written from a list, read as the list pipeline reads
     weight_files   reading bvlc_alexnet.npy safely; the pickle-free .npz format
     caffemodel     BVLC's .caffemodel read and converted

@@ -20,6 +20,7 @@ from collections import OrderedDict
 from typing import NamedTuple, Optional, Tuple
 
 from finetune_alexnet import download
+from finetune_alexnet import image_header
 from finetune_alexnet import image_lists
 from finetune_alexnet.errors import ToolkitError
 
@@ -41,8 +42,6 @@ THUMBS = 'Thumbs.db (Windows thumbnail cache)'
 NOT_IMAGE = 'not an image'
 CORRUPT = 'truncated or corrupt image'
 REASONS = (EMPTY, THUMBS, NOT_IMAGE, CORRUPT)
-
-_IMAGE_MAGIC = (b'\xff\xd8\xff', b'\x89PNG', b'GIF8', b'BM', b'RIFF')
 
 
 class Dataset(NamedTuple):
@@ -270,8 +269,7 @@ def extract(path, destination, stream=None, dataset=None):
 
 def _looks_like_image(path):
     with open(path, 'rb') as stream:
-        head = stream.read(12)
-    return head.startswith(_IMAGE_MAGIC) and (not head.startswith(b'RIFF') or head[8:12] == b'WEBP')
+        return bool(image_header.image_type(stream.read(12)))
 
 
 def _files_under(folder):

@@ -5,9 +5,11 @@ A PNG of 23000x23000 black pixels compresses to 1.6 MB and decodes to 1.6 GB; a 
 once. The file's structure says all of it, so the toolkit refuses images over `--max_pixels` (default
 `DEFAULT_MAX_PIXELS`, 100 megapixels, more than any camera photo) without decoding them.
 
-`image_frames(path)` reads the file without TensorFlow and without decoding, and returns its canvas,
-its frames and `pixels`: the frames' pixels added up, each frame counted at least as large as the
-canvas (decoders draw every frame on a canvas-sized buffer):
+`image_type(head)` names the format from a file's first bytes: the one test of what a file is (the
+folder cleaner, the shard writer's image/format and the walks below ask it). `image_frames(path)`
+reads the file without TensorFlow and without decoding, and returns its canvas, its frames and
+`pixels`: the frames' pixels added up, each frame counted at least as large as the canvas (decoders
+draw every frame on a canvas-sized buffer):
 
     BMP   the DIB header, read by Pillow (BmpImagePlugin)
     JPEG  the SOF segment, found by walking the segments
@@ -52,6 +54,9 @@ _MAX_JPEG_SEGMENTS = 1000  # a real file reaches its SOF within a few dozen segm
 # JPEG start-of-frame markers: C0-CF except C4 (Huffman tables), C8 (reserved), CC (arithmetic tables).
 _SOF_MARKERS = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+# Each format's first bytes, as the decoders tell them apart (a JPEG's are tf.io.is_jpeg's); a WebP
+# is a RIFF file whose form type (bytes 8-11) is WEBP.
+_SIGNATURES = ((b'\xff\xd8\xff', 'jpeg'), (b'\x89PNG', 'png'), (b'GIF8', 'gif'), (b'BM', 'bmp'))
 
 # width, height: the canvas (a GIF's logical screen, a PNG's IHDR, a WebP's VP8X); frames: how many
 # pictures a decoder may make of the file; largest: (width, height) of the largest; pixels: what
@@ -135,24 +140,23 @@ def image_frames(path):
         return None
 
 
+def image_type(head):
+    """'jpeg', 'png', 'gif', 'bmp' or 'webp': the format an image file's first 12 bytes announce;
+    '' for anything else. The one test of what a file is, wherever the toolkit asks."""
+    for magic, name in _SIGNATURES:
+        if head.startswith(magic):
+            return name
+    return 'webp' if head[:4] == b'RIFF' and head[8:12] == b'WEBP' else ''
+
+
 def frames_of(data):
     """Frames of an encoded image held in `data` (bytes, or an open file's _FileBytes), or None."""
+    walk = {'bmp': _bmp_frames, 'jpeg': _jpeg_frames, 'png': _png_frames, 'gif': _gif_frames,
+            'webp': _webp_frames}.get(image_type(data[:12]))
     try:
-        head = data[:32]
-        if head.startswith(b'BM'):
-            return _bmp_frames(data)
-        if head.startswith(b'\xff\xd8'):
-            size = _jpeg_size(data)
-            return _single(*size) if size else None
-        if head.startswith(_PNG_SIGNATURE) and head[12:16] == b'IHDR':
-            return _png_frames(data)
-        if head[:6] in (b'GIF87a', b'GIF89a'):
-            return _gif_frames(data)
-        if head.startswith(b'RIFF') and head[8:12] == b'WEBP':
-            return _webp_frames(data)
+        return walk(data) if walk else None
     except (struct.error, IndexError):
         return None
-    return None
 
 
 def _bmp_frames(data):
@@ -163,7 +167,7 @@ def _bmp_frames(data):
         return None
 
 
-def _jpeg_size(data):
+def _jpeg_frames(data):
     pos = 2
     for _ in range(_MAX_JPEG_SEGMENTS):
         while pos < len(data) and data[pos] == 0xFF:  # fill bytes before a marker
@@ -177,7 +181,7 @@ def _jpeg_size(data):
         length = _unpack('>H', data, pos)[0]
         if marker in _SOF_MARKERS:
             height, width = _unpack('>HH', data, pos + 3)
-            return width, height
+            return _single(width, height)
         if length < 2:
             return None
         pos += length
@@ -190,6 +194,8 @@ def _jpeg_size(data):
 def _png_frames(data):
     """IHDR's canvas; with an acTL, every frame: fcTL sizes, frames declared but not found, and the
     default image when it is not a frame of the animation (no fcTL before the first IDAT)."""
+    if not (data[:8] == _PNG_SIGNATURE and data[12:16] == b'IHDR'):
+        return None
     width, height = _unpack('>II', data, 16)
     animation = _Animation(width, height)
     pos, steps, animated, declared, default_is_frame, seen_idat = 8, 0, False, 0, False, False
@@ -222,6 +228,8 @@ def _png_frames(data):
 
 def _gif_frames(data):
     """The logical screen; every image descriptor, reached by skipping extensions and sub-blocks."""
+    if data[:6] not in (b'GIF87a', b'GIF89a'):  # the versions graph_pixels walks too
+        return None
     width, height = _unpack('<HH', data, 6)
     animation = _Animation(width, height)
     flags = data[10]

@@ -17,12 +17,13 @@ Reading: `find_shards` expands a folder of `*.tfrecord` files, a glob pattern or
 shards, in name order; `index_shards` reads each record once to learn where it starts, how long it is,
 its label, size and file name (seconds per GB, when a data set is opened). The records' global order
 is that index's: shard after shard, record after record. `ShardImageDataGenerator` is
-datagenerator.ImageDataGenerator over that index, feature for feature (epoch-pinned shuffle, mid-epoch
-skip, unreadable images named or skipped): each epoch's shuffle permutes the global positions exactly
-as the list pipeline permutes its lines, and each record is then read at its byte offset (random
-access, TFRecordDatasetV2's `byte_offsets`), so an epoch visits the records in the global order a
-list in the same order would give, and without pre-resize its batches equal that list's bit for bit
-(preprocessing.py, the one definition, decodes both). `images_dataset` is prediction's reader.
+datagenerator.ImageDataGenerator over that index: both are image_reader.ImageReader (epoch-pinned
+shuffle, mid-epoch skip, unreadable images named or skipped), with a `RecordSource` for the list's
+files. Each epoch's shuffle permutes the global positions exactly as the list pipeline permutes its
+lines, and each record is then read at its byte offset (random access, TFRecordDatasetV2's
+`byte_offsets`), so an epoch visits the records in the global order a list in the same order would
+give, and without pre-resize its batches equal that list's bit for bit (preprocessing.py, the one
+definition, decodes both). `images_dataset` is prediction's reader.
 
 Pixel limit: a record's `image/height` x `image/width` is checked against `max_pixels` when the shards
 are opened, before anything is decoded; and since those fields are only what the writer claims
@@ -45,12 +46,12 @@ import tensorflow.compat.v1 as tf
 
 from finetune_alexnet import digests
 from finetune_alexnet import image_header
+from finetune_alexnet import image_reader
 from finetune_alexnet import preprocessing
 from finetune_alexnet import tf_setup
 from finetune_alexnet.errors import ToolkitError
-
-# Plain TensorFlow ops: AutoGraph would only re-parse the functions' source (as in datagenerator).
-NOT_CONVERTED = tf.autograph.experimental.do_not_convert
+from finetune_alexnet.image_lists import plural
+from finetune_alexnet.image_reader import NOT_CONVERTED, error_reason, summarize
 
 EXTENSION = '.tfrecord'
 SHARD_NAME = re.compile(r'(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.tfrecord')
@@ -71,31 +72,6 @@ TEXT = 'image/class/text'
 HEIGHT = 'image/height'
 WIDTH = 'image/width'
 FILENAME = 'image/filename'
-
-SHOWN_PROBLEMS = 5
-_MAGIC = ((b'\xff\xd8', 'jpeg'), (b'\x89PNG', 'png'), (b'GIF8', 'gif'), (b'BM', 'bmp'))
-
-
-def summarize(problems):
-    shown = '; '.join(problems[:SHOWN_PROBLEMS])
-    hidden = len(problems) - SHOWN_PROBLEMS
-    return shown + (f'; and {hidden} more' if hidden > 0 else '')
-
-
-def plural(count, word):
-    return f'{count} {word}{"s" if count != 1 else ""}'
-
-
-def _error_reason(error):
-    """The line of a TensorFlow OpError that says what went wrong, without graph and node details."""
-    lines = [line.strip() for line in str(error.message).splitlines()]
-    useful = [line for line in lines if line and not line.startswith(
-        ('[[', 'File ', 'Graph execution', 'Detected at node', 'Node:'))]
-    reason = useful[-1] if useful else str(error.message).strip()
-    # A check of ours (tf.debugging.Assert: the pixel limit) says its message in brackets.
-    if reason.startswith('assertion failed: [') and reason.endswith(']'):
-        reason = reason[len('assertion failed: ['):-1]
-    return reason
 
 
 # --- where the shards are -------------------------------------------------------------------------
@@ -211,14 +187,6 @@ def shard_count(record_bytes, images, num_shards=None):
     return int(max(1, min(images, MAX_SHARDS, record_bytes // TARGET_SHARD_BYTES)))
 
 
-def image_format(data):
-    """'jpeg', 'png', 'gif', 'bmp' or 'webp' from a file's first bytes; '' when unknown."""
-    for magic, name in _MAGIC:
-        if data.startswith(magic):
-            return name
-    return 'webp' if data[:4] == b'RIFF' and data[8:12] == b'WEBP' else ''
-
-
 def make_example(encoded, label, text, height, width, filename, image_format_name=None):
     """The `tf.train.Example` of one image, with TF-Slim's keys."""
     def bytes_feature(value):
@@ -226,7 +194,7 @@ def make_example(encoded, label, text, height, width, filename, image_format_nam
 
     def int_feature(value):
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-    fmt = image_format(encoded) if image_format_name is None else image_format_name
+    fmt = image_header.image_type(encoded) if image_format_name is None else image_format_name
     return tf.train.Example(features=tf.train.Features(feature={
         ENCODED: bytes_feature(encoded), FORMAT: bytes_feature(fmt.encode()),
         LABEL: int_feature(label), TEXT: bytes_feature(text.encode('utf-8')),
@@ -256,21 +224,6 @@ def _prepare_fn(pre_resize):
         size = tf.constant(PRE_RESIZE_SIZE, tf.int64)
         return position, encoded, size, size
     return prepare
-
-
-def _decode_reasons(paths):
-    """{index: TensorFlow's reason} for files that fail to decode, decoded one by one."""
-    reasons = {}
-    with tf.Graph().as_default(), tf.Session(config=tf_setup.session_config()) as session:
-        path_in = tf.placeholder(tf.string, [])
-        decode = tf.shape(preprocessing.decode_rgb(tf.io.read_file(path_in)))
-        for index, path in enumerate(paths):
-            try:
-                session.run(decode, {path_in: path})
-                reasons[index] = 'failed to decode in the parallel pass, but decodes alone'
-            except tf.errors.OpError as error:
-                reasons[index] = _error_reason(error)
-    return reasons
 
 
 class _ShardWriter:
@@ -311,7 +264,7 @@ class _ShardWriter:
             yield
         except (OSError, tf.errors.OpError) as error:
             self.discard()
-            reason = (_error_reason(error) if isinstance(error, tf.errors.OpError)
+            reason = (error_reason(error) if isinstance(error, tf.errors.OpError)
                       else error.strerror or str(error))
             full = getattr(error, 'errno', None) in (errno.ENOSPC, errno.EDQUOT) or \
                 isinstance(error, tf.errors.ResourceExhaustedError) or 'No space left' in reason
@@ -379,14 +332,11 @@ def write_shards(paths, labels, out_dir, prefix, class_names=None, num_shards=No
     check_output(out_dir, prefix, overwrite)
     order = (np.random.default_rng(seed).permutation(len(paths)) if shuffle
              else np.arange(len(paths)))
-    skipped = []
-    oversized = {position: reason for position in range(len(paths))
-                 if (reason := image_header.too_large(paths[position], max_pixels))}
+    listed = image_reader.FileSource(paths, max_pixels=max_pixels)
+    oversized = listed.oversized()
     if oversized and not skip_bad_images:
-        problems = [f'{paths[p]}: {reason}' for p, reason in sorted(oversized.items())]
-        raise ToolkitError(f'{where}{plural(len(oversized), "image")} too large to decode safely: '
-                           f'{summarize(problems)} (raise --max_pixels if you mean it)')
-    skipped += [(paths[p], reason) for p, reason in sorted(oversized.items())]
+        raise image_reader.too_large_error(listed, oversized, source)
+    skipped = [(paths[p], reason) for p, reason in sorted(oversized.items())]
     order = np.array([p for p in order if p not in oversized], np.int64)
     if len(order) == 0:
         raise ToolkitError(f'{where}no image left to write')
@@ -452,14 +402,12 @@ def write_shards(paths, labels, out_dir, prefix, class_names=None, num_shards=No
             writer.discard()
         return WriteResult([], 0, skipped, 0, True)
     if failed:
-        reasons = _decode_reasons([paths[p] for p in failed])
+        reasons = image_reader.decode_alone(listed, failed)
         if not skip_bad_images:
             writer.discard()
-            problems = [f'{paths[p]}: {reasons[i]}' for i, p in enumerate(failed)]
-            raise ToolkitError(f'{where}{plural(len(failed), "unreadable image")}: '
-                               f'{summarize(problems)} (fix or remove them, or pass '
-                               '--skip_bad_images)')
-        skipped += [(paths[p], reasons[i]) for i, p in enumerate(failed)]
+            raise image_reader.problems_error(listed, reasons, plural(len(failed), 'unreadable image'),
+                                              source, 'fix or remove them, or pass --skip_bad_images')
+        skipped += [(paths[p], reasons[p]) for p in failed]
     if len(failed) == len(order):
         writer.discard()
         raise ToolkitError(f'{where}none of the {len(order)} images could be read')
@@ -573,7 +521,7 @@ def _read_index(identities, where):
                     # A record failing its checksum stops the shard here, --skip_bad_images or
                     # not: the records after it could not be found.
                     raise ToolkitError(f'{where}{path}: not a readable TFRecord file of images '
-                                       f'({_error_reason(error)}); write it again with '
+                                       f'({error_reason(error)}); write it again with '
                                        'make_tfrecords.py') from None
                 columns['shard'].append(np.full(len(lengths), shard, np.int32))
                 columns['record'].append(np.arange(count, count + len(lengths)))
@@ -611,16 +559,6 @@ def oversized_records(index, max_pixels):
                      f'--max_pixels {max_pixels}') for p in np.flatnonzero(pixels > max_pixels)}
 
 
-def oversized_records_error(index, max_pixels, source=None):
-    """A ToolkitError naming the records over `max_pixels`, or None."""
-    big = oversized_records(index, max_pixels)
-    if not big:
-        return None
-    problems = [f'{index.where(p)}: {reason}' for p, reason in sorted(big.items())]
-    return ToolkitError(f"{f'{source}: ' if source else ''}{plural(len(big), 'image')} too large to "
-                        f'decode safely: {summarize(problems)} (raise --max_pixels if you mean it)')
-
-
 @NOT_CONVERTED
 def _read_record(path, offset, length):
     """A dataset of the one serialized record at `offset` of shard `path`.
@@ -637,186 +575,87 @@ def _read_record(path, offset, length):
     return records.take(1).concatenate(tf.data.Dataset.from_tensors(tf.constant(''))).take(1)
 
 
-def read_records(files, offsets, lengths):
-    """A dataset of serialized records, one per (shard path, offset, length) element, in order."""
-    where = tf.data.Dataset.from_tensor_slices((files, offsets, lengths))
-    return where.interleave(_read_record, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+class RecordSource:
+    """The records of a ShardIndex as image_reader's source: each read at its byte offset, so any
+    order (an epoch's shuffle, one worker's rows) reads only the records it needs. The index's
+    height and width are checked against `max_pixels` before anything is decoded (`oversized`); as
+    they are only what the writer claims, each record's own header is checked again as it is
+    decoded (`decode`)."""
+    changed = ('a record failed to read or decode, but every record reads now; was a shard changed '
+               'while it was being read?')
+    gone = 'the shard ends inside this record (was it cut short or replaced while it was read?)'
+
+    def __init__(self, index, max_pixels=None):
+        self.index, self.max_pixels = index, max_pixels
+
+    def __len__(self):
+        return self.index.size
+
+    def where(self, position):
+        return self.index.where(position)
+
+    def oversized(self):
+        return oversized_records(self.index, self.max_pixels)
+
+    def known_bad(self):
+        return {}  # a record's size is checked as it is decoded
+
+    def elements(self, positions):
+        """A dataset of the serialized records at `positions`, in order."""
+        # The graph holds each shard's name once, and per record its shard number, offset, length.
+        def column(values):
+            return tf.gather(tf.constant(values), positions)
+        files = tf.gather(tf.constant([os.fsencode(path) for path in self.index.files]),
+                          column(self.index.shard))
+        where = tf.data.Dataset.from_tensor_slices(
+            (files, column(self.index.offset), column(self.index.length)))
+        return where.interleave(_read_record, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def decode(self, serialized):
+        """uint8 [height, width, 3] RGB of a record's image, by preprocessing.decode_rgb; with
+        `max_pixels`, an image whose header announces more fails before it is decoded."""
+        encoded = tf.io.parse_single_example(
+            serialized, {ENCODED: tf.io.FixedLenFeature([], tf.string)})[ENCODED]
+        return preprocessing.decode_rgb(encoded, max_pixels=self.max_pixels, what='the record')
+
+    def alone(self, position):
+        """The serialized record at `position`, read in Python (an iterator over the offset reader
+        would have to serialize it, which TensorFlow cannot); None when its shard does not hold it
+        (any more). The CRCs are not checked: the parallel pass read it with them."""
+        index = self.index
+        length = index.length[position]
+        with open(index.files[index.shard[position]], 'rb') as stream:
+            stream.seek(int(index.offset[position]))
+            header = stream.read(12)
+            data = stream.read(int(length))
+        if len(header) < 12 or int.from_bytes(header[:8], 'little') != length or len(data) < length:
+            return None
+        return data
 
 
-@NOT_CONVERTED
-def decode_record(serialized, max_pixels=None):
-    """uint8 [height, width, 3] RGB of a record's image, by preprocessing.decode_rgb; with
-    `max_pixels`, an image whose header announces more fails before it is decoded."""
-    encoded = tf.io.parse_single_example(
-        serialized, {ENCODED: tf.io.FixedLenFeature([], tf.string)})[ENCODED]
-    return preprocessing.decode_rgb(encoded, max_pixels=max_pixels, what='the record')
-
-
-def _record_columns(index):
-    """(shard path, offset, length) of every record, as arrays for tensor slices."""
-    files = np.array([os.fsencode(path) for path in index.files], dtype=object)
-    return files[index.shard], index.offset, index.length
-
-
-def _check_graph_mode(what):
-    if tf.executing_eagerly():
-        raise RuntimeError(f'{what} builds graph ops: call tf.disable_v2_behavior() first, '
-                           'or build it inside `with tf.Graph().as_default():`')
-
-
-class ShardImageDataGenerator:
+class ShardImageDataGenerator(image_reader.ImageReader):
     """datagenerator.ImageDataGenerator's batches, from TFRecord shards instead of a list file.
 
     The same arguments (a shard spec for the list file), attributes (`data`, `data_size`, `paths`:
     the records' file names, `labels`, `num_classes`, `txt_file`: the spec, `epoch`, `skip`) and
-    methods (`unreadable_images_error`, `describe_skipped`), and the same batches for records in the
-    same order as the list's lines. `index` is the ShardIndex; `records_digest` identifies the shards
-    (for caches keyed by the images, since pre-resized records share the files' names). With
-    `num_workers` > 1, as there, this worker's rows of every batch: its records, read by offset, so
-    the workers read disjoint records in one machine's order.
+    methods (`unreadable_images_error`, `describe_skipped`): both are image_reader.ImageReader, and
+    give the same batches for records in the same order as the list's lines. `index` is the
+    ShardIndex; `records_digest` identifies the shards (for caches keyed by the images, since
+    pre-resized records share the files' names). With `num_workers` > 1, as there, this worker's rows
+    of every batch: its records, read by offset, so the workers read disjoint records in one
+    machine's order.
     """
 
-    def __init__(self, shards, mode, batch_size, num_classes, shuffle=True, seed=None,
-                 augment=False, skip_bad_images=False, max_pixels=image_header.DEFAULT_MAX_PIXELS,
-                 num_workers=1, worker_index=0):
-        if mode not in ('training', 'inference'):
-            raise ValueError(f"mode must be 'training' or 'inference', not {mode!r}")
-        if batch_size < 1 or num_classes < 1:
-            raise ValueError('batch_size and num_classes must be positive')
-        _check_graph_mode('ShardImageDataGenerator')
-        self.txt_file = os.fspath(shards)
-        self.mode, self.batch_size, self.num_classes = mode, batch_size, num_classes
-        self.shuffle, self.seed, self.augment = shuffle, seed, augment
-        self.skip_bad_images, self.max_pixels = skip_bad_images, max_pixels
-        self.num_workers, self.worker_index, self.worker_batch_size = preprocessing.worker_part(
-            batch_size, num_workers, worker_index)
-        self.index = index_shards(find_shards(self.txt_file), num_classes, self.txt_file)
-        # Before any graph is built, as for a list: one such image could exhaust the memory.
-        too_large = oversized_records_error(self.index, max_pixels, self.txt_file)
-        if too_large:
-            raise too_large
+    def _open(self):
+        self.index = index_shards(find_shards(self.txt_file), self.num_classes, self.txt_file)
         self.records_digest = data_digest(self.txt_file)
         self.paths, self.labels = self.index.filenames, self.index.labels
-        self.data_size = self.index.size
-        self.epoch, self.skip = preprocessing.epoch_feeds()
-        self.data = self._build_dataset()
-
-    def _build_dataset(self):
-        training = self.mode == 'training'
-        random_crops = training and self.augment
-        positions, epoch_key = preprocessing.epoch_order(
-            self.data_size, self.seed, self.epoch, self.shuffle, random_crops, self.batch_size,
-            self.num_workers, self.worker_index)
-        # The graph holds each shard's name once, and per record its shard number, offset, length.
-        files = tf.constant([os.fsencode(path) for path in self.index.files])
-        shards = tf.gather(tf.constant(self.index.shard), positions)
-        where = tf.data.Dataset.from_tensor_slices((tf.gather(files, shards),
-                                                    tf.gather(tf.constant(self.index.offset), positions),
-                                                    tf.gather(tf.constant(self.index.length), positions)))
-        meta = tf.data.Dataset.from_tensor_slices((tf.gather(tf.constant(self.labels), positions),
-                                                   positions))
-        if not self.skip_bad_images:
-            # Skipped before reading: a resumed epoch reads no record it will not train on.
-            where, meta = where.skip(self.skip), meta.skip(self.skip)
-        records = where.interleave(_read_record, num_parallel_calls=tf.data.AUTOTUNE,
-                                   deterministic=True)
-
-        @NOT_CONVERTED
-        def load(serialized, label_and_position):
-            label, position = label_and_position
-            # As the list pipeline: each image's crop depends on the epoch and the image only.
-            crop_key = (tf.random.experimental.stateless_fold_in(epoch_key, position) if random_crops
-                        else None)
-            image = decode_record(serialized, self.max_pixels)
-            return preprocessing.resize_for_model(image, training, self.augment, crop_key), label
-
-        dataset = tf.data.Dataset.zip((records, meta))
-        dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return preprocessing.batches_for_model(dataset, self.worker_batch_size, self.num_classes,
-                                               self.skip_bad_images, self.skip)
-
-    def unreadable_images_error(self, workers=None):
-        """A ToolkitError naming the unreadable records, to raise after a read or decode error."""
-        return unreadable_records_error(self.index, workers, source=self.txt_file,
-                                        max_pixels=self.max_pixels)
-
-    def describe_skipped(self, images_seen):
-        """'skipped N unreadable images ...' for an epoch that yielded `images_seen`, or None if none."""
-        skipped = self.data_size - images_seen
-        if skipped <= 0:
-            return None
-        return f'skipped {plural(skipped, "unreadable image")} of {self.data_size} in {self.txt_file}'
-
-
-def unreadable_records(index, workers=None, max_pixels=None):
-    """{position: reason} for every record that cannot be read or decoded (or whose image's header
-    announces more than `max_pixels`: refused undecoded).
-
-    Every record is read and decoded once in a parallel pass that drops the failures; only those are
-    read again, one by one, for TensorFlow's reason.
-    """
-    workers = workers or os.cpu_count() or 1
-    files, offsets, lengths = _record_columns(index)
-    failed_reasons = {}
-    with tf.Graph().as_default(), tf.Session(config=tf_setup.session_config()) as session:
-        records = read_records(files, offsets, lengths)
-        positions = tf.data.Dataset.range(index.size)
-        dataset = tf.data.Dataset.zip((positions, records)).map(
-            NOT_CONVERTED(lambda position, record: (position,
-                                                    tf.shape(decode_record(record, max_pixels)))),
-            num_parallel_calls=workers, deterministic=False)
-        dataset = dataset.ignore_errors().batch(1024)
-        iterator = tf.data.make_initializable_iterator(dataset)
-        next_batch = iterator.get_next()
-        session.run(iterator.initializer)
-        decoded = set()
-        while True:
-            try:
-                decoded.update(session.run(next_batch)[0].tolist())
-            except tf.errors.OutOfRangeError:
-                break
-        failed = [p for p in range(index.size) if p not in decoded]
-        if failed:
-            # Each failed record's bytes read here, by its offset, and decoded alone: an iterator
-            # over the offset reader would have to serialize it, which TensorFlow cannot.
-            serialized_in = tf.placeholder(tf.string, [])
-            shape = tf.shape(decode_record(serialized_in, max_pixels))
-            for position in failed:
-                serialized = _record_bytes(files[position], offsets[position], lengths[position])
-                if serialized is None:
-                    failed_reasons[position] = ('the shard ends inside this record (was it cut short '
-                                                'or replaced while it was read?)')
-                    continue
-                try:
-                    session.run(shape, {serialized_in: serialized})
-                    failed_reasons[position] = 'failed in the parallel pass, but reads alone'
-                except tf.errors.OpError as error:
-                    failed_reasons[position] = _error_reason(error)
-    return failed_reasons
-
-
-def _record_bytes(path, offset, length):
-    """The serialized record at `offset` of shard `path`, framed as the index says; None when the file
-    does not hold it (any more). The CRCs are not checked: the parallel pass read it with them."""
-    with open(os.fsdecode(path), 'rb') as stream:
-        stream.seek(int(offset))
-        header = stream.read(12)
-        data = stream.read(int(length))
-    if len(header) < 12 or int.from_bytes(header[:8], 'little') != length or len(data) < length:
-        return None
-    return data
+        return RecordSource(self.index, self.max_pixels)
 
 
 def unreadable_records_error(index, workers=None, source=None, hint=None, max_pixels=None):
     """The one message for records that failed: a ToolkitError naming each, with the reason."""
-    bad = unreadable_records(index, workers, max_pixels)
-    where = f'{source}: ' if source else ''
-    if not bad:
-        return ToolkitError(f'{where}a record failed to read or decode, but every record reads '
-                            'now; was a shard changed while it was being read?')
-    problems = [f'{index.where(p)}: {reason}' for p, reason in sorted(bad.items())]
-    return ToolkitError(f'{where}{plural(len(bad), "unreadable image")}: {summarize(problems)}'
-                        + (f' ({hint})' if hint else ''))
+    return image_reader.unreadable_error(RecordSource(index, max_pixels), workers, source, hint)
 
 
 def images_dataset(index, batch_size, center_crop=False, skip_bad_images=False, ten_crop=False,
@@ -827,21 +666,6 @@ def images_dataset(index, batch_size, center_crop=False, skip_bad_images=False, 
     Records over `max_pixels` raise ToolkitError at once, or are left out with `skip_bad_images`
     (which also drops records that fail to read or decode).
     """
-    _check_graph_mode('images_dataset')
-    positions = np.arange(index.size, dtype=np.int64)
-    too_large = oversized_records_error(index, max_pixels)
-    if too_large and not skip_bad_images:
-        raise too_large
-    if too_large:
-        positions = np.array(sorted(set(positions.tolist()) - set(oversized_records(index, max_pixels))),
-                             np.int64)
-        if len(positions) == 0:
-            raise too_large
-    files, offsets, lengths = _record_columns(index)
-    records = read_records(files[positions], offsets[positions], lengths[positions])
-
-    return preprocessing.prediction_batches(
-        tf.data.Dataset.zip((records, tf.data.Dataset.from_tensor_slices(positions))),
-        functools.partial(decode_record, max_pixels=max_pixels), batch_size,
-        center_crop=center_crop, ten_crop=ten_crop, skip_bad_images=skip_bad_images,
-        resize_size=resize_size)
+    return image_reader.prediction_batches(
+        RecordSource(index, max_pixels), batch_size, center_crop=center_crop,
+        skip_bad_images=skip_bad_images, ten_crop=ten_crop, resize_size=resize_size)

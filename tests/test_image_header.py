@@ -74,6 +74,22 @@ def test_top_down_bmp_and_unknown_files(tmp_path):
         assert image_header.too_large(str(tmp_path / name), 1) is None
 
 
+def test_one_sniff_names_the_formats_the_decoders_read():
+    """image_type, the one test of what a file is (folder cleaning, shards' image/format, the walks)."""
+    image = image_files.random_rgb(37, 53, seed=1)
+    no_third_ff = b'\xff\xd8\xc0\x00\x11\x08\x75\x30\x75\x30' + bytes(20)  # tf.io.is_jpeg says no
+    for data, expected in ((image_files.encode(image, '.jpg'), 'jpeg'), (cmyk_jpeg_bytes(image), 'jpeg'),
+                           (image_files.encode(image, '.png'), 'png'), (pil_bytes(image, 'GIF'), 'gif'),
+                           (image_files.encode(image, '.bmp'), 'bmp'),
+                           (pil_bytes(image, 'WEBP', quality=80), 'webp'), (no_third_ff, ''),
+                           (b'RIFF\0\0\0\0WAVEfmt ', ''), (b'GIF', ''), (b'', '')):
+        assert image_header.image_type(data[:12]) == expected
+    # Its 30000x30000 SOF is not read: the decoder reports the file as not an image, as the graph's
+    # count (graph_pixels, 0 for it) leaves it to the decoder.
+    assert image_header.frames_of(no_third_ff) is None
+    assert _graph_counts([no_third_ff]) == [0]
+
+
 def _bmp_header(side):
     """The first 60 bytes of a 24-bit BMP that says side x side: its pixels are not in the file."""
     data = bytearray(image_files.encode(image_files.random_rgb(5, 7), '.bmp')[:60])
