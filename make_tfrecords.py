@@ -140,13 +140,8 @@ def write_classes_copy(out_dir, class_names):
                 return
         except ToolkitError:
             pass
-    try:
-        image_lists.write_class_names(target + tfrecords.PARTIAL, class_names)
-    except ToolkitError:  # a full disk: no half-written copy left behind
-        if os.path.exists(target + tfrecords.PARTIAL):
-            os.remove(target + tfrecords.PARTIAL)
-        raise
-    os.replace(target + tfrecords.PARTIAL, target)
+    with run_folder.replaced_atomically(target) as partial:  # a full disk leaves no half-written copy
+        image_lists.write_class_names(partial, class_names)
 
 
 def main(argv=None):
