@@ -293,58 +293,44 @@ class _SlowHeaders(TimeoutError):
     """The status line and headers did not arrive within --timeout."""
 
 
-class _HeaderDeadline:
-    """Shuts a socket when a response's status line and headers take longer than `seconds`.
+class _HeadersOnTime:
+    """A urllib3 connection whose status line and headers must all arrive within its read timeout.
 
     No library bounds this wait: urllib3's read timeout, like the socket's, is renewed by every
     byte, so a server trickling its headers a byte at a time would hold the request for days; only
     a timer that shuts the socket bounds the whole wait.
     """
 
-    def __init__(self, sock, seconds):
-        self.sock = sock
-        self.fired = False
-        self._over = False
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._fire)
-        self._timer.daemon = True
+    def getresponse(self):
+        self._lock, self._waiting, self._late = threading.Lock(), True, False
+        timer = threading.Timer(self.timeout, self._shut)
+        timer.daemon = True
+        timer.start()
+        try:
+            response = super().getresponse()
+        except (OSError, http.client.HTTPException):
+            if self._late:
+                raise _SlowHeaders() from None
+            raise
+        finally:
+            with self._lock:  # from here on the timer leaves the socket alone
+                self._waiting = False
+            timer.cancel()
+        if self._late:  # cut mid-headers: http.client takes the end of the stream for their end
+            response.close()
+            raise _SlowHeaders()
+        return response
 
-    def _fire(self):
+    def _shut(self):
         with self._lock:
-            if self._over:
+            if not self._waiting:
                 return
-            self.fired = True
+            self._late = True
             try:
                 # socket.socket's own shutdown, under an SSL socket's too: the blocked read must end.
                 socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
             except OSError:
                 pass
-
-    def __enter__(self):
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        with self._lock:
-            self._over = True
-        self._timer.cancel()
-
-
-class _HeadersOnTime:
-    """A urllib3 connection whose response headers must all arrive within its read timeout."""
-
-    def getresponse(self):
-        try:
-            with _HeaderDeadline(self.sock, self.timeout) as deadline:
-                response = super().getresponse()
-        except (OSError, http.client.HTTPException):
-            if deadline.fired:
-                raise _SlowHeaders() from None
-            raise
-        if deadline.fired:  # cut mid-headers: http.client takes the end of the stream for their end
-            response.close()
-            raise _SlowHeaders()
-        return response
 
 
 class _HTTPConnection(_HeadersOnTime, urllib3.connection.HTTPConnection):
@@ -667,8 +653,8 @@ def download(url, output, sha256=None, sha1=None, check=None, timeout=DEFAULT_TI
     part = output + '.part'
     settings = _Settings(timeout, retries, backoff, manual_hint, limits)
     progress = DownloadProgress(os.path.basename(output), stream)
-    if os.path.exists(part) and os.path.getsize(part):
-        stream.write(f'resuming {part} ({human_bytes(os.path.getsize(part))} already there)\n')
+    if _size(part):
+        stream.write(f'resuming {part} ({human_bytes(_size(part))} already there)\n')
     stream.write(f'downloading {url}\n')
     stream.flush()
     try:
@@ -678,13 +664,14 @@ def download(url, output, sha256=None, sha1=None, check=None, timeout=DEFAULT_TI
         raise
     except KeyboardInterrupt:
         progress.finish()
-        held = os.path.getsize(part) if os.path.exists(part) else 0
-        stream.write(f'\ninterrupted: {part} keeps {human_bytes(held)}; rerun to resume\n')
+        stream.write(f'\ninterrupted: {part} keeps {human_bytes(_size(part))}; rerun to resume\n')
         stream.flush()
         raise
     progress.finish()
     found_sha256, found_sha1 = verify_digests(part, sha256, sha1, kept_as=part)
     if check:
         check(part)
+    # Not run_folder.replaced_atomically, whose temporary goes when a write fails: a .part stays, under
+    # the name a rerun looks for, to be resumed.
     os.replace(part, output)
     return Downloaded(output, size, found_sha256, found_sha1, False)
