@@ -29,10 +29,11 @@ dequantized inside), so the app that runs the float32 file runs this one. With -
 float32 model is converted too, and how often the two agree on each image's top-1 class is printed
 (with each one's accuracy on the list's labels), before anything is written.
 
-Every format creates the output's missing folders. --overwrite replaces only an output of the
-same kind that export.py wrote (a SavedModel with its assets, a weights .npz, a TFLite or ONNX file
-and its side files) or an empty folder; anything else at
---output is named and left alone. The new output is written beside it and renamed into place.
+Every format creates the output's missing folders. Each export writes a manifest of its files with
+their sizes and SHA-256 (a SavedModel's assets/finetune_alexnet.json; cats.npz.export.json beside a
+file), and --overwrite replaces only what that manifest lists, unchanged, or an empty folder;
+anything else at --output is named and left alone. The new output is written beside it and renamed
+into place.
 """
 import sys
 
@@ -51,6 +52,7 @@ from finetune_alexnet import image_lists  # noqa: E402
 from finetune_alexnet import image_header  # noqa: E402
 from finetune_alexnet import model_info  # noqa: E402
 from finetune_alexnet.infer import exports  # noqa: E402
+from finetune_alexnet.infer import manifests  # noqa: E402
 from finetune_alexnet.infer import serving  # noqa: E402
 from finetune_alexnet import weight_files  # noqa: E402
 from alexnet import INPUT_SIZE, TRAINABLE_LAYERS  # noqa: E402
@@ -110,7 +112,7 @@ def get_args_parser():
                         'animation added up, from the file header) an image sent to the model may '
                         'have; a larger one fails its own request before it is decoded')
     parser.add_argument('--overwrite', action='store_true',
-                        help='replace an output of the same kind that export.py wrote (nothing else)')
+                        help='replace what the manifest of an earlier export lists, unchanged (nothing else)')
     parser.add_argument('--device', choices=tf_setup.DEVICE_CHOICES, default='auto',
                         help="where the model's sessions run (auto: a GPU when there is one)")
     return parser
@@ -182,6 +184,7 @@ def _megabytes(path):
 def export_npz(args, source, exported):
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)  # as every format does
     weight_files.save_weights(args.output, exported.layers)
+    manifests.write_file_manifest(args.output, [args.output])
     print(f"wrote {args.output} ({_megabytes(args.output)}): {len(TRAINABLE_LAYERS)} layers of {source}, "
           f"{len(exported.class_names)} classes")
     if args.checkpoint_path:
@@ -197,7 +200,7 @@ def export_saved_model(args, source, exported):
     print(f"wrote {args.output} (SavedModel, {_megabytes(args.output)}) from {source}: "
           f"{len(exported.class_names)} classes, centre crop {'on' if exported.center_crop else 'off'}, "
           f"at most {exported.max_pixels} pixels an image, assets {serving.LABELS_FILE}, "
-          f"{model_info.MODEL_INFO} and {serving.MARKER_FILE}")
+          f"{model_info.MODEL_INFO} and the manifest {os.path.basename(manifests.SAVED_MODEL_MANIFEST)}")
     for name in (serving.SERVING_SIGNATURE, serving.IMAGES_SIGNATURE):
         print('  signature ' + serving.describe_signature(name, signatures[name]))
     if not os.path.basename(os.path.normpath(args.output)).isdigit():

@@ -47,6 +47,7 @@ infer/: the inference engine (predict.py, export.py, visualize.py).
     inputs         what predict.py classifies: files, folders, lists, shards
     features       one layer's outputs for every input, on disk
     reports        the prediction table, the evaluation report, CSV and JSON
+    manifests      each export's list of its files and digests: what --overwrite may replace
     serving        the exported SavedModel (TF Serving, TF 2), TFLite and ONNX files
     exports        what export.py reads, and the output checks that keep what it did not write
 """

@@ -32,13 +32,13 @@ import sys
 import numpy as np
 import tensorflow.compat.v1 as tf
 
+from finetune_alexnet import run_folder
 from finetune_alexnet import run_state
 from finetune_alexnet.errors import ToolkitError
 
 RUN_STATE = run_state.FILE_NAME
 BEST = 'best.ckpt'
-INTERRUPTED = 'interrupted'  # interrupted_step{S}.ckpt
-write_json_atomically = run_state.write_json_atomically
+INTERRUPTED = run_folder.INTERRUPTED  # interrupted_step{S}.ckpt
 
 
 def epoch_prefix(directory, epoch):

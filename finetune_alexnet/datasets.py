@@ -24,7 +24,6 @@ from finetune_alexnet import image_header
 from finetune_alexnet import image_lists
 from finetune_alexnet.errors import ToolkitError
 
-COPY_BYTES = 1 << 20  # extracted a buffer at a time, however large the member
 DECODE_BATCH = 1000  # files per parallel decode pass; the progress bar moves once per pass
 REPORT_NAME = 'dropped.txt'
 STAGING_NAME = '.get_data_partial'
@@ -161,108 +160,59 @@ def check_archive(path, dataset=None):
     return members
 
 
-class _WriteFailed(Exception):
-    """Writing an extracted file failed: the disk's fault, not the archive's."""
-
-
-def _make_folder(folder, created):
-    """os.makedirs that notes each folder it makes in `created`."""
-    missing = []
-    while not os.path.isdir(folder):
-        missing.append(folder)
-        folder = os.path.dirname(folder)
-    for path in reversed(missing):
-        try:
-            os.mkdir(path)
-        except OSError as error:
-            raise _WriteFailed(error, path) from None
-        created.append(path)
-
-
-def _extract_member(path, archive, info, target, created):
-    """Copy one member to `target`, a buffer at a time, never more than its header declares."""
-    def damaged(reason):
-        return ToolkitError(f'{path}: cannot extract {info.filename} ({reason}); the archive is '
-                            'damaged: delete it to download it again')
-
-    try:
-        source = archive.open(info)
-    except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as error:
-        raise damaged(error) from None
-    with source:
-        try:
-            sink = open(target, 'wb')
-        except OSError as error:
-            raise _WriteFailed(error, target) from None
-        created.append(target)
-        written = 0
-        try:
-            with sink:
-                while True:
-                    try:
-                        chunk = source.read(COPY_BYTES)
-                    except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as error:
-                        raise damaged(error) from None
-                    if not chunk:
-                        break
-                    written += len(chunk)
-                    if written > info.file_size:
-                        raise damaged(f'more than the {info.file_size:,} bytes its header declares')
-                    sink.write(chunk)
-        except OSError as error:  # the write or the close: reading errors were named above
-            raise _WriteFailed(error, target) from None
-
-
-def _remove(created):
-    """Remove the files and folders an extraction made, the newest first."""
-    for path in reversed(created):
-        try:
-            if os.path.isdir(path) and not os.path.islink(path):
-                os.rmdir(path)
-            else:
-                os.remove(path)
-        except OSError:
-            pass
+def _take_back(destination, existing):
+    """Remove what an extraction added at the top of `destination` (all of it, when `existing` is
+    None: the extraction made the folder)."""
+    if existing is None:
+        shutil.rmtree(destination, ignore_errors=True)
+        return
+    for entry in set(os.listdir(destination)) - existing:
+        added = os.path.join(destination, entry)
+        if os.path.isdir(added) and not os.path.islink(added):
+            shutil.rmtree(added, ignore_errors=True)
+        else:
+            os.remove(added)
 
 
 def extract(path, destination, stream=None, dataset=None):
     """Extract every member of the zip at `path` into `destination`, after checking them all and
-    the free space; a failure removes what was extracted (the archive stays)."""
+    the free space; a failure removes what the extraction added to `destination` (prepare extracts
+    into a fresh staging folder: all of it) and keeps the archive.
+
+    zipfile writes the members: it keeps each inside `destination` (it would rewrite an absolute or
+    '..' name; check_archive refuses them first, by name) and never writes more of a member than its
+    header declares (it stops there and the CRC check fails). What zipfile does not guard is ours:
+    the size bounds and links (check_archive), the free space, and taking back a half extraction.
+    """
     members = check_archive(path, dataset)
-    root = os.path.realpath(destination)
     total = sum(info.file_size for info in members)
-    download.check_free_space(f'{path}: extracting it', total, root)
+    download.check_free_space(f'{path}: extracting it', total, destination)
+    existing = set(os.listdir(destination)) if os.path.isdir(destination) else None
     progress = download.DownloadProgress('extracting', stream)
     progress.begin(0, total or None)
     done = 0
-    created = []
     try:
         with open_archive(path) as archive:
             for info in members:
-                target = os.path.realpath(os.path.join(root, info.filename))
-                if os.path.commonpath([root, target]) != root:  # belt and braces after check_archive
-                    raise ToolkitError(f'{path}: member {info.filename!r} would land outside --out_dir')
-                if info.is_dir():
-                    _make_folder(target, created)
-                    continue
-                _make_folder(os.path.dirname(target), created)
-                _extract_member(path, archive, info, target, created)
+                try:
+                    archive.extract(info, destination)
+                except (zipfile.BadZipFile, EOFError, zlib.error) as error:
+                    raise ToolkitError(f'{path}: cannot extract {info.filename} ({error}); the archive '
+                                       'is damaged: delete it to download it again') from None
+                except OSError as error:  # writing: reading the members fails as above
+                    if download.is_disk_full(error):
+                        raise ToolkitError(f'{destination}: the disk is full after extracting '
+                                           f'{download.human_bytes(done)} of {download.human_bytes(total)} '
+                                           f'from {path}; removed what was extracted and kept the '
+                                           'archive: free some space and rerun') from None
+                    raise ToolkitError(f'{os.path.join(destination, info.filename)}: cannot write it '
+                                       f'({error.strerror or error}); removed what was extracted and '
+                                       f'kept {path}') from None
                 done += info.file_size
                 progress.update(done)
-    except _WriteFailed as failure:
-        progress.finish()
-        _remove(created)
-        error, target = failure.args
-        if download.is_disk_full(error):
-            raise ToolkitError(f'{destination}: the disk is full after extracting '
-                               f'{download.human_bytes(done)} of {download.human_bytes(total)} from '
-                               f'{path}; removed what was extracted and kept the archive: free some '
-                               'space and rerun') from None
-        raise ToolkitError(f'{target}: cannot write it ({error.strerror or error}); removed what was '
-                           f'extracted and kept {path}') from None
     except BaseException:
         progress.finish()
-        _remove(created)
+        _take_back(destination, existing)
         raise
     progress.finish()
 

@@ -4,7 +4,9 @@
 body is complete, its digests match and the caller's `check` accepts it, so a file at `output` is
 always a whole, verified one. A connection that drops (or a body that ends before its
 Content-Length) is resumed with an HTTP Range request, after a back-off, a few times; a rerun after
-Ctrl-C resumes from the `.part` the same way. Standard library only (`urllib`).
+Ctrl-C resumes from the `.part` the same way. urllib3 makes the requests (connection pools,
+redirects, TLS, proxies) and its `Retry` counts and paces the tries; the resume is ours, since a
+Range request is the only way to keep the bytes a dropped connection brought.
 
 Every download is bounded (`Limits`), the way curl's --max-filesize and --speed-limit/--speed-time
 bound one: an announced size over the cap, or over the target folder's free space with a margin, is
@@ -18,7 +20,6 @@ Every failure is a `ToolkitError` of one line naming the URL or the file: an HTT
 `.part` is kept for inspection), a size, speed or disk limit.
 """
 import errno
-import functools
 import http.client
 import math
 import os
@@ -28,10 +29,12 @@ import socket
 import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from typing import NamedTuple, Optional
+
+import urllib3
+from urllib3.util.retry import Retry
 
 from finetune_alexnet import cli
 from finetune_alexnet import digests
@@ -43,7 +46,8 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_RETRIES = 4
 DEFAULT_BACKOFF = 2.0
 MAX_BACKOFF = 60.0
-USER_AGENT = 'finetune-alexnet-downloader/1.0 (urllib)'
+MAX_REDIRECTS = 10
+USER_AGENT = 'finetune-alexnet-downloader/1.0 (urllib3)'
 # Server-side statuses worth another try: the server is overloaded or restarting, not refusing.
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 _CONTENT_RANGE = re.compile(r'bytes\s+(\d+)-(\d+)/(\d+|\*)')
@@ -268,8 +272,13 @@ class DownloadProgress:
         self.line.end()  # nothing off a terminal: no line is open there
 
 
-class _Retry(Exception):
-    """One attempt failed in a way that another attempt may fix."""
+class _TryFailed(Exception):
+    """One try failed in a way that another may fix: args[0] says how; `unreached` when no response
+    came at all (no network, perhaps: the message then gives the manual route)."""
+
+    def __init__(self, message, unreached=False):
+        super().__init__(message)
+        self.unreached = unreached
 
 
 class _Settings(NamedTuple):
@@ -280,92 +289,75 @@ class _Settings(NamedTuple):
     limits: Limits
 
 
-class _HeaderDeadline:
-    """Shuts a request's sockets when its status line and headers take longer than `seconds`.
+class _SlowHeaders(TimeoutError):
+    """The status line and headers did not arrive within --timeout."""
 
-    The socket timeout is renewed by every byte, so a server trickling its headers a byte at a time
-    would hold `urlopen` for days; a timer that shuts the socket bounds the whole wait.
+
+class _HeadersOnTime:
+    """A urllib3 connection whose status line and headers must all arrive within its read timeout.
+
+    No library bounds this wait: urllib3's read timeout, like the socket's, is renewed by every
+    byte, so a server trickling its headers a byte at a time would hold the request for days; only
+    a timer that shuts the socket bounds the whole wait.
     """
 
-    def __init__(self, seconds):
-        self.seconds = seconds
-        self.sockets = []
-        self.fired = False
-        self._over = False
-        self._lock = threading.Lock()
-        self._timer = None
-
-    def add(self, sock):
-        with self._lock:
-            self.sockets.append(sock)
-            if self.fired:
-                self._shut(sock)
-
-    @staticmethod
-    def _shut(sock):
+    def getresponse(self):
+        self._lock, self._waiting, self._late = threading.Lock(), True, False
+        timer = threading.Timer(self.timeout, self._shut)
+        timer.daemon = True
+        timer.start()
         try:
-            # socket.socket's own shutdown, under an SSL socket's too: the blocked read must end.
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
-        except OSError:
-            pass
+            response = super().getresponse()
+        except (OSError, http.client.HTTPException):
+            if self._late:
+                raise _SlowHeaders() from None
+            raise
+        finally:
+            with self._lock:  # from here on the timer leaves the socket alone
+                self._waiting = False
+            timer.cancel()
+        if self._late:  # cut mid-headers: http.client takes the end of the stream for their end
+            response.close()
+            raise _SlowHeaders()
+        return response
 
-    def _fire(self):
+    def _shut(self):
         with self._lock:
-            if self._over:
+            if not self._waiting:
                 return
-            self.fired = True
-            for sock in self.sockets:
-                self._shut(sock)
-
-    def __enter__(self):
-        self._timer = threading.Timer(self.seconds, self._fire)
-        self._timer.daemon = True
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        with self._lock:
-            self._over = True
-        self._timer.cancel()
+            self._late = True
+            try:
+                # socket.socket's own shutdown, under an SSL socket's too: the blocked read must end.
+                socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
-class _DeadlineOnConnect:
-    """A connection whose socket, once connected (and wrapped in TLS), is watched by a deadline."""
-
-    def __init__(self, *args, deadline, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._deadline = deadline
-
-    def connect(self):
-        super().connect()
-        self._deadline.add(self.sock)
-
-
-class _HTTPConnection(_DeadlineOnConnect, http.client.HTTPConnection):
+class _HTTPConnection(_HeadersOnTime, urllib3.connection.HTTPConnection):
     pass
 
 
-class _HTTPSConnection(_DeadlineOnConnect, http.client.HTTPSConnection):
+class _HTTPSConnection(_HeadersOnTime, urllib3.connection.HTTPSConnection):
     pass
 
 
-class _HTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, deadline):
-        super().__init__()
-        self._deadline = deadline
-
-    def http_open(self, req):
-        return self.do_open(functools.partial(_HTTPConnection, deadline=self._deadline), req)
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
 
 
-class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, deadline):
-        super().__init__()
-        self._deadline = deadline
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
 
-    def https_open(self, req):
-        return self.do_open(functools.partial(_HTTPSConnection, deadline=self._deadline), req,
-                            context=self._context)
+
+def _pool_manager(url):
+    """urllib3's pools of such connections, through the proxy the environment names (http_proxy,
+    https_proxy, no_proxy), which curl and Python's urllib honour too."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    use_proxy = proxy and not urllib.request.proxy_bypass(parts.netloc)
+    manager = urllib3.ProxyManager(proxy) if use_proxy else urllib3.PoolManager()
+    manager.pool_classes_by_scheme = {'http': _HTTPPool, 'https': _HTTPSPool}
+    return manager
 
 
 class _SpeedGuard:
@@ -416,22 +408,45 @@ class _SpeedGuard:
             self._check(self.total_received, total_elapsed, held)
 
 
-def _describe_reason(reason):
-    if isinstance(reason, ConnectionRefusedError):
-        return 'connection refused'
-    if isinstance(reason, (socket.timeout, TimeoutError)):
-        return 'timed out'
-    return str(getattr(reason, 'strerror', None) or reason)
+def _cause(error):
+    """The socket's or http.client's error under urllib3's wrapper of it: what a message names."""
+    inner = error.__cause__ or next((arg for arg in error.args if isinstance(arg, Exception)), None)
+    return inner or error
 
 
-def _open(url, offset, settings, deadline):
+def _request(manager, url, offset, timeout):
+    """One GET from byte `offset`: the response with its headers read and its body still to come.
+
+    urllib3 follows redirects (at most MAX_REDIRECTS) but retries nothing: every failure goes back
+    to `_fetch`, whose one count covers the request and the body alike. The body is left as sent
+    (no decoding) and its length is counted by `_receive`, which says how short it was.
+    """
     headers = {'User-Agent': USER_AGENT, 'Accept-Encoding': 'identity'}
     if offset:
         headers['Range'] = f'bytes={offset}-'
-    request = urllib.request.Request(url, headers=headers)
-    opener = urllib.request.build_opener(_HTTPHandler(deadline), _HTTPSHandler(deadline))
-    with deadline:
-        return opener.open(request, timeout=settings.timeout)
+    return manager.request('GET', url, headers=headers, timeout=urllib3.Timeout(timeout, timeout),
+                           retries=Retry(total=MAX_REDIRECTS, connect=0, read=0, other=0),
+                           preload_content=False, decode_content=False, enforce_content_length=False)
+
+
+def _no_response(url, error, settings):
+    """The _TryFailed (or, for a host name that does not resolve, the ToolkitError) for a request
+    that got no response: `error` is urllib3's reason."""
+    cause = _cause(error)
+    if isinstance(cause, socket.gaierror):
+        # A name that does not resolve will not resolve on a retry half a minute later.
+        host = urllib.parse.urlsplit(url).hostname
+        return ToolkitError(f'{url}: the host name {host} does not resolve ({cause.strerror or cause}): '
+                            'check the address (a typo in the URL?) and that this machine reaches a '
+                            'DNS server' + (f'; or {settings.manual_hint}' if settings.manual_hint else ''))
+    if isinstance(cause, _SlowHeaders):
+        return _TryFailed(f'no complete response within --timeout {settings.timeout:g} s (the server '
+                          'sends its headers too slowly)')
+    if isinstance(error, urllib3.exceptions.ConnectTimeoutError):  # refused, unreachable, timed out
+        reason = ('connection refused' if isinstance(cause, ConnectionRefusedError) else 'timed out'
+                  if isinstance(cause, TimeoutError) else getattr(cause, 'strerror', None) or cause)
+        return _TryFailed(f'cannot reach {urllib.parse.urlsplit(url).netloc} ({reason})', unreached=True)
+    return _TryFailed(f'{type(cause).__name__}: {cause}', unreached=True)
 
 
 def _check_encoding(url, response):
@@ -461,53 +476,41 @@ def _check_size(url, part, total, offset, limits):
                            f'{human_bytes(margin(remaining))} must stay free); free some space first')
 
 
-def _start(url, part, settings, progress):
+def _size(path):
+    return os.path.getsize(path) if os.path.exists(path) else 0
+
+
+def _start(url, part, manager, settings, progress):
     """Open the response for the rest of `part`; returns (response or None if complete, offset, total)."""
-    offset = os.path.getsize(part) if os.path.exists(part) else 0
-    deadline = _HeaderDeadline(settings.timeout)
+    offset = _size(part)
     try:
-        response = _open(url, offset, settings, deadline)
-    except urllib.error.HTTPError as error:
-        if error.code == 416 and offset:
-            # Asked for bytes past the end: the .part may already hold the whole file.
-            match = _UNSATISFIABLE_RANGE.search(error.headers.get('Content-Range', '') or '')
-            error.close()
-            if match and int(match.group(1)) == offset:
-                return None, offset, offset
-            os.truncate(part, 0)  # a longer .part than the file: it is not this file; start over
-            raise _Retry(f'the server has fewer bytes than {part} holds; starting over')
-        error.close()
-        if error.code in RETRY_STATUSES:
-            raise _Retry(f'HTTP {error.code} {error.reason}')
-        raise ToolkitError(f'{url}: HTTP {error.code} {error.reason}') from None
-    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
-            http.client.HTTPException, OSError) as error:
-        if deadline.fired:
-            raise _Retry(f'no complete response within --timeout {settings.timeout:g} s (the server '
-                         'sends its headers too slowly)', 'slow') from None
-        if isinstance(error, urllib.error.URLError) and isinstance(error.reason, socket.gaierror):
-            # A name that does not resolve will not resolve on a retry half a minute later.
-            host = urllib.parse.urlsplit(url).hostname
-            raise ToolkitError(f'{url}: the host name {host} does not resolve '
-                               f'({error.reason.strerror or error.reason}): check the address (a '
-                               'typo in the URL?) and that this machine reaches a DNS server'
-                               + (f'; or {settings.manual_hint}' if settings.manual_hint else '')
-                               ) from None
-        if isinstance(error, urllib.error.URLError):
-            raise _Retry(f'cannot reach {urllib.parse.urlsplit(url).netloc} '
-                         f'({_describe_reason(error.reason)})', 'network') from None
-        raise _Retry(f'{type(error).__name__}: {error}', 'network') from None
+        response = _request(manager, url, offset, settings.timeout)
+    except urllib3.exceptions.MaxRetryError as error:
+        raise _no_response(url, error.reason, settings) from None
+    if response.status == 416 and offset:
+        # Asked for bytes past the end: the .part may already hold the whole file.
+        match = _UNSATISFIABLE_RANGE.search(response.headers.get('Content-Range') or '')
+        response.close()
+        if match and int(match.group(1)) == offset:
+            return None, offset, offset
+        os.truncate(part, 0)  # a longer .part than the file: it is not this file; start over
+        raise _TryFailed(f'the server has fewer bytes than {part} holds; starting over')
+    if response.status >= 300:
+        response.close()
+        if response.status in RETRY_STATUSES:
+            raise _TryFailed(f'HTTP {response.status} {response.reason}')
+        raise ToolkitError(f'{url}: HTTP {response.status} {response.reason}')
 
     _check_encoding(url, response)
     length = response.headers.get('Content-Length')
     length = int(length) if length and length.isdigit() else None
     restart = False
     if offset and response.status == 206:
-        match = _CONTENT_RANGE.search(response.headers.get('Content-Range', '') or '')
+        match = _CONTENT_RANGE.search(response.headers.get('Content-Range') or '')
         if not match or int(match.group(1)) != offset:
             response.close()
             os.truncate(part, 0)
-            raise _Retry('the server answered the resume request with other bytes; starting over')
+            raise _TryFailed('the server answered the resume request with other bytes; starting over')
         total = int(match.group(3)) if match.group(3) != '*' else None
     else:
         # 200 to a Range request: the server sends the whole file again, so start it afresh (once
@@ -546,11 +549,11 @@ def _receive(url, part, response, offset, total, progress, settings, speed):
             while True:
                 try:
                     chunk = response.read1(READ_BYTES)  # what has arrived, without waiting for more
-                except (socket.timeout, TimeoutError, ConnectionError, http.client.HTTPException,
-                        OSError) as error:
+                except (urllib3.exceptions.HTTPError, OSError) as error:
                     speed.failed(done)
-                    raise _Retry(f'connection lost after {human_bytes(done)} '
-                                 f'({type(error).__name__}: {error})', 'body') from None
+                    cause = _cause(error)
+                    raise _TryFailed(f'connection lost after {human_bytes(done)} '
+                                     f'({type(cause).__name__}: {cause})') from None
                 if not chunk:
                     break
                 if cap is not None and done + len(chunk) > cap:
@@ -560,7 +563,7 @@ def _receive(url, part, response, offset, total, progress, settings, speed):
                 done += len(chunk)
                 progress.update(done)
                 speed.add(len(chunk), done)
-    except OSError as error:  # writing the .part (reading errors became _Retry above)
+    except OSError as error:  # writing the .part (reading errors became _TryFailed above)
         full = 'the disk is full; free some space and ' if is_disk_full(error) else ''
         raise ToolkitError(f'{part}: cannot write it ({error.strerror or error}) after '
                            f'{human_bytes(done)}; {full}rerun to resume') from None
@@ -568,44 +571,53 @@ def _receive(url, part, response, offset, total, progress, settings, speed):
         response.close()
     if expected_end is not None and done < expected_end:
         speed.failed(done)
-        # urllib returns b'' rather than raising when the server closes early, so count ourselves.
-        raise _Retry(f'the server sent {done:,} of {expected_end:,} bytes (body shorter than its '
-                     'Content-Length)', 'short')
+        # Counted here, not by urllib3 (enforce_content_length), to say how short the body was.
+        raise _TryFailed(f'the server sent {done:,} of {expected_end:,} bytes (body shorter than '
+                         'its Content-Length)')
     if expected_end is not None and done > expected_end:
         os.truncate(part, 0)
-        raise _Retry(f'the server sent {done:,} bytes, more than its Content-Length {expected_end:,}')
+        raise _TryFailed(f'the server sent {done:,} bytes, more than its Content-Length {expected_end:,}')
     return done
 
 
 def _fetch(url, part, settings, progress):
-    """Make `part` hold the whole body of `url`, resuming and retrying; returns its size."""
-    failures = attempts = 0
-    best = os.path.getsize(part) if os.path.exists(part) else 0
+    """Make `part` hold the whole body of `url`, resuming and retrying; returns its size.
+
+    urllib3's Retry counts the tries that brought no new byte (--retries of them after the first)
+    and sets the pause before the next: none after the first failure, then doubling from `backoff`
+    up to MAX_BACKOFF. A try that brought bytes was a dropped connection, not a failing server: the
+    count starts again.
+    """
+    manager = _pool_manager(url)
+    policy = Retry(total=settings.retries, backoff_factor=settings.backoff, backoff_max=MAX_BACKOFF)
+    retry = policy
+    tries = 0
+    best = _size(part)
     speed = _SpeedGuard(url, part, settings.limits)
     while True:
-        attempts += 1
+        tries += 1
         try:
-            response, offset, total = _start(url, part, settings, progress)
+            response, offset, total = _start(url, part, manager, settings, progress)
             if response is None:
                 return offset
             return _receive(url, part, response, offset, total, progress, settings, speed)
-        except _Retry as retry:
-            size = os.path.getsize(part) if os.path.exists(part) else 0
+        except _TryFailed as failure:
+            size = _size(part)
             if size > best:
-                best, failures = size, 0  # progress was made: the connection dropped, not the server
+                best, retry = size, policy
             else:
-                failures += 1
-            if failures > settings.retries:
-                progress.finish()
-                message = f'{url}: {retry.args[0]}'
-                if len(retry.args) > 1 and retry.args[1] == 'network' and size == 0:
-                    message += f'; no network? {settings.manual_hint}'.rstrip('; ')
-                elif size:
-                    message += f'; rerun to resume from {part} ({human_bytes(size)})'
-                raise ToolkitError(message + f' (gave up after {attempts} tries)') from None
-            delay = min(settings.backoff * 2 ** max(failures - 1, 0), MAX_BACKOFF)
-            progress.note(f'{retry.args[0]}; retrying in {delay:.0f} s')
-            time.sleep(delay)
+                try:
+                    retry = retry.increment('GET', url, error=failure)
+                except urllib3.exceptions.MaxRetryError:
+                    progress.finish()
+                    message = f'{url}: {failure}'
+                    if failure.unreached and size == 0:
+                        message += f'; no network? {settings.manual_hint}'.rstrip('; ')
+                    elif size:
+                        message += f'; rerun to resume from {part} ({human_bytes(size)})'
+                    raise ToolkitError(message + f' (gave up after {tries} tries)') from None
+            progress.note(f'{failure}; retrying in {retry.get_backoff_time():.0f} s')
+            retry.sleep()
 
 
 def verify_digests(path, expected_sha256=None, expected_sha1=None, kept_as=None):
@@ -641,8 +653,8 @@ def download(url, output, sha256=None, sha1=None, check=None, timeout=DEFAULT_TI
     part = output + '.part'
     settings = _Settings(timeout, retries, backoff, manual_hint, limits)
     progress = DownloadProgress(os.path.basename(output), stream)
-    if os.path.exists(part) and os.path.getsize(part):
-        stream.write(f'resuming {part} ({human_bytes(os.path.getsize(part))} already there)\n')
+    if _size(part):
+        stream.write(f'resuming {part} ({human_bytes(_size(part))} already there)\n')
     stream.write(f'downloading {url}\n')
     stream.flush()
     try:
@@ -652,13 +664,14 @@ def download(url, output, sha256=None, sha1=None, check=None, timeout=DEFAULT_TI
         raise
     except KeyboardInterrupt:
         progress.finish()
-        held = os.path.getsize(part) if os.path.exists(part) else 0
-        stream.write(f'\ninterrupted: {part} keeps {human_bytes(held)}; rerun to resume\n')
+        stream.write(f'\ninterrupted: {part} keeps {human_bytes(_size(part))}; rerun to resume\n')
         stream.flush()
         raise
     progress.finish()
     found_sha256, found_sha1 = verify_digests(part, sha256, sha1, kept_as=part)
     if check:
         check(part)
+    # Not run_folder.replaced_atomically, whose temporary goes when a write fails: a .part stays, under
+    # the name a rerun looks for, to be resumed.
     os.replace(part, output)
     return Downloaded(output, size, found_sha256, found_sha1, False)

@@ -36,6 +36,7 @@ import tensorflow.compat.v1 as tf
 from finetune_alexnet import checkpoints
 from finetune_alexnet import image_lists
 from finetune_alexnet import preprocessing
+from finetune_alexnet import run_folder
 from finetune_alexnet.errors import ToolkitError
 
 MODEL_INFO = 'model_info.json'
@@ -103,7 +104,7 @@ def write_model_info(ckpt_dir, num_classes, class_names, center_crop, ema=False)
     content = model_info_content(num_classes, class_names, center_crop, ema)
     os.makedirs(ckpt_dir, exist_ok=True)
     path = os.path.join(ckpt_dir, MODEL_INFO)
-    checkpoints.write_json_atomically(path, content)
+    run_folder.write_json_atomically(path, content)
     return path
 
 

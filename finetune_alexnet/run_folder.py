@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import errno
 import fcntl
+import json
 import os
 import re
 import secrets
@@ -23,7 +24,8 @@ import shutil
 from finetune_alexnet.errors import ToolkitError
 
 LOCK_FILE = '.lock'
-_CHECKPOINT = r'(?:model_epoch\d+|best|interrupted_step\d+)\.ckpt'
+INTERRUPTED = 'interrupted'  # interrupted_step{S}.ckpt: checkpoints.py saves them, a start tidies them
+_CHECKPOINT = rf'(?:model_epoch\d+|best|{INTERRUPTED}_step\d+)\.ckpt'
 # What a killed run leaves, by the names a run writes and nothing else: TensorFlow's temporaries of
 # our checkpoints (`<prefix>.index.tempstate123`, the `<prefix>_temp` folder), our own files
 # half-written (`replaced_atomically`'s `.run_state.json.<12 hex digits>.partial`, the older
@@ -165,6 +167,16 @@ def replaced_atomically(path):
             os.remove(partial)
 
 
+def write_json_atomically(path, content):
+    """`content` as indented JSON at `path`, through `replaced_atomically` and flushed to the disk
+    before the rename: a crash leaves the old file or the new one, never half of either."""
+    with replaced_atomically(path) as partial, open(partial, 'w') as stream:
+        json.dump(content, stream, indent=2)
+        stream.write('\n')
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
 def is_stale_name(name):
     """A name in a run folder that only a killed save or run leaves behind (see _STALE_NAME)."""
     return bool(_STALE_NAME.fullmatch(name))
@@ -188,9 +200,8 @@ def remove_stale_files(folder, latest_checkpoint=None):
         elif os.path.lexists(path):
             os.remove(path)
         removed.append(name)
-    from finetune_alexnet import checkpoints
     for name in sorted(os.listdir(folder)):
-        if (name.startswith(checkpoints.INTERRUPTED + '_step')
+        if (name.startswith(INTERRUPTED + '_step')
                 and not (latest_checkpoint and name.startswith(latest_checkpoint + '.'))):
             os.remove(os.path.join(folder, name))
             removed.append(name)

@@ -119,12 +119,4 @@ def _describe(kinds):
 
 def write(directory, state):
     """Replace the folder's run_state.json with `state` in one rename: never half written."""
-    write_json_atomically(path_of(directory), dataclasses.asdict(state))
-
-
-def write_json_atomically(path, content):
-    with run_folder.replaced_atomically(path) as partial, open(partial, 'w') as stream:
-        json.dump(content, stream, indent=2)
-        stream.write('\n')
-        stream.flush()
-        os.fsync(stream.fileno())
+    run_folder.write_json_atomically(path_of(directory), dataclasses.asdict(state))

@@ -137,7 +137,7 @@ def session_config(use_gpu=False, logical_cpus=None, xla=False, threads=0, mixed
     `mixed_precision` turns on grappler's mixed-precision rewrite: float16 convolutions and matrix
     products on a GPU, bfloat16 through oneDNN on a CPU (fast where the CPU has AVX512_BF16 or AMX);
     variables and updates stay float32. The graph needs loss scaling for float16
-    (training.TrainingConfig(mixed_precision=True)).
+    (train/graph.py: TrainingConfig(mixed_precision=True) adds it).
     """
     import tensorflow.compat.v1 as tf
     from tensorflow.core.protobuf import rewriter_config_pb2

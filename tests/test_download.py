@@ -420,3 +420,16 @@ def test_a_narrow_terminal_gets_a_bar_that_fits(tmp_path, file_server, payload, 
     rewrites = [text.split('\x1b[K')[0] for text in screen.getvalue().split('\r')[1:]]
     assert rewrites and all(len(text) <= 39 for text in rewrites), rewrites
     assert rewrites[-1].startswith('data.bin 100.0% 3.0 MiB of 3.0 MiB')  # the bar went first
+
+
+def test_the_proxy_the_environment_names_is_used(tmp_path, file_server, payload, monkeypatch):
+    # The file server stands in for the proxy: a proxied request names the whole URL as its path,
+    # and the host (never resolved here) is the proxy's business.
+    url = 'http://mirror.invalid/data.bin'
+    file_server.add(url, payload[:100_000])
+    monkeypatch.setenv('http_proxy', file_server.url(''))
+    monkeypatch.delenv('no_proxy', raising=False)
+    monkeypatch.delenv('NO_PROXY', raising=False)
+    fetch(url, tmp_path / 'data.bin')
+    assert (tmp_path / 'data.bin').read_bytes() == payload[:100_000]
+    assert file_server.requests == [(url, None)]

@@ -20,8 +20,10 @@ import finetune
 import image_files
 from finetune_alexnet import cli
 from finetune_alexnet import demo_data
+from finetune_alexnet import digests
 from finetune_alexnet import model_info
 from finetune_alexnet.infer import exports
+from finetune_alexnet.infer import manifests
 from finetune_alexnet.infer import serving
 from finetune_alexnet.cli import run as run_main
 from finetune_alexnet import preprocessing
@@ -361,7 +363,7 @@ def test_saved_model_assets_printout_and_saved_model_cli(saved_model, fine_tuned
     assert sorted(os.listdir(output)) == ['assets', 'saved_model.pb', 'variables']
     assert sorted(os.listdir(os.path.join(output, 'assets'))) == [
         'finetune_alexnet.json', 'labels.txt', 'model_info.json']
-    assert serving.read_marker(output)['max_pixels'] == 100000000
+    assert manifests.read(manifests.folder_manifest(output))['max_pixels'] == 100000000
     # Only the finished folder is left: no partial or temporary folders beside it.
     assert os.listdir(os.path.dirname(output)) == ['1']
     assert f'wrote {output} (SavedModel, ' in printed
@@ -464,8 +466,7 @@ def test_export_refuses_a_non_empty_output_unless_overwrite(checkpoint, tmp_path
                                                              str(npz)], capsys)
     # A saved_model.pb alone is not a SavedModel export.py wrote: even --overwrite leaves it.
     assert _error_of(argv + ['--overwrite'], capsys) == (
-        f'error: {folder} holds 1 entry that export.py did not write (saved_model.pb); choose '
-        'another --output')
+        f'error: {folder}: {NO_MANIFEST}')
     assert (folder / 'saved_model.pb').read_bytes() == b'old'
     (folder / 'saved_model.pb').unlink()  # an empty folder is written into
     assert run_main(export.main, argv) == 0
@@ -515,17 +516,23 @@ def _tree(folder):
     return tree
 
 
-def _fake_saved_model(folder, marker=True):
-    """The layout export.py writes (saved_model.pb, variables/, assets/), with made-up contents."""
+NO_MANIFEST = ('holds no manifest assets/finetune_alexnet.json of export.py, so nothing in it is known '
+               'to be an export; choose another --output (an export made before manifests existed: '
+               'remove it first)')
+
+
+def _fake_saved_model(folder, manifest=True, data=b'data'):
+    """The layout export.py writes (saved_model.pb, variables/, assets/), with made-up contents and,
+    with `manifest`, the manifest listing them."""
     (folder / 'variables').mkdir(parents=True)
     (folder / 'assets').mkdir()
     (folder / 'saved_model.pb').write_bytes(b'graph')
     (folder / 'variables' / 'variables.index').write_bytes(b'index')
-    (folder / 'variables' / 'variables.data-00000-of-00001').write_bytes(b'data')
+    (folder / 'variables' / 'variables.data-00000-of-00001').write_bytes(data)
     (folder / 'assets' / 'labels.txt').write_text('cat\ndog\n')
     model_info.write_model_info(str(folder / 'assets'), 2, ['cat', 'dog'], center_crop=False)
-    if marker:
-        serving._write_marker(str(folder / 'assets'), 1000)
+    if manifest:
+        manifests.write_folder_manifest(str(folder), max_pixels=1000)
     return folder
 
 
@@ -536,9 +543,7 @@ def test_overwrite_refuses_a_parent_folder_of_versions_and_notes(checkpoint, tmp
     (models / 'notes.txt').write_text('version 2 is the good one')
     before = _tree(models)
     argv = ['--checkpoint', checkpoint, '--format', 'savedmodel', '--output', str(models), '--overwrite']
-    assert _error_of(argv, capsys) == (
-        f'error: {models} holds 3 entries that export.py did not write (notes.txt, 1/, 2/); choose '
-        'another --output')
+    assert _error_of(argv, capsys) == f'error: {models}: {NO_MANIFEST}'
     assert _tree(models) == before
     assert sorted(os.listdir(tmp_path)) == ['models']  # no partial folder beside it either
 
@@ -550,9 +555,7 @@ def test_overwrite_refuses_the_current_folder_and_a_home_like_folder(checkpoint,
     (home / '.bashrc').write_text('alias ll="ls -l"\n')
     before = _tree(home)
     base = ['--checkpoint', checkpoint, '--format', 'savedmodel', '--overwrite', '--output']
-    assert _error_of(base + [str(home)], capsys) == (
-        f'error: {home} holds 2 entries that export.py did not write (.bashrc, .ssh/); choose '
-        'another --output')
+    assert _error_of(base + [str(home)], capsys) == f'error: {home}: {NO_MANIFEST}'
     monkeypatch.chdir(home)
     assert _error_of(base + ['.'], capsys) == (
         'error: .: is the current folder or holds it; run export.py from elsewhere, or choose '
@@ -564,36 +567,70 @@ def test_overwrite_refuses_the_current_folder_and_a_home_like_folder(checkpoint,
     assert _tree(home) == dict(before, empty=None)
 
 
+def _not_ours(path, manifest):
+    return (f'error: {path}: not written by export.py (missing from the manifest {manifest}); choose '
+            f'another --output, or remove {path}')
+
+
 def test_overwrite_names_what_was_added_to_an_exported_folder(checkpoint, tmp_path, capsys):
     folder = _fake_saved_model(tmp_path / 'models' / '1')
+    manifest = folder / 'assets' / 'finetune_alexnet.json'
     (folder / 'README.md').write_text('how to call it')
     (folder / 'assets' / 'vocabulary.txt').write_text('mine')
     (folder / 'variables' / 'backup').mkdir()
     before = _tree(folder)
     argv = ['--checkpoint', checkpoint, '--format', 'savedmodel', '--output', str(folder), '--overwrite']
+    # Each in turn, in name order: the first one left is named, and nothing is touched.
+    for added in (folder / 'README.md', folder / 'assets' / 'vocabulary.txt',
+                  folder / 'variables' / 'backup'):
+        assert _error_of(argv, capsys) == _not_ours(added, manifest)
+        assert _tree(folder) == before
+        del before[os.path.relpath(added, folder)]
+        if added.is_dir():
+            added.rmdir()
+        else:
+            added.unlink()
+    (folder / 'assets' / 'labels.txt').write_text('dog\ncat\n')  # the same size, edited
+    labels = folder / 'assets' / 'labels.txt'
     assert _error_of(argv, capsys) == (
-        f'error: {folder} holds 3 entries that export.py did not write (README.md, '
-        'assets/vocabulary.txt, variables/backup/); choose another --output')
-    assert _tree(folder) == before
+        f'error: {labels}: changed since export.py wrote it (its size or SHA-256 differs from the '
+        f'manifest {manifest}); choose another --output, or remove {labels}')
 
 
-def test_recognising_saved_models_of_our_own(tmp_path):
+def test_only_a_manifest_of_export_py_listing_every_file_unchanged_makes_a_folder_ours(tmp_path):
     ours = _fake_saved_model(tmp_path / 'ours')
-    assert serving.foreign_saved_model_entries(str(ours)) == []
-    assert serving.read_marker(str(ours))['max_pixels'] == 1000
-    # Exports made before the marker: labels.txt and a model_info.json of ours identify them.
-    earlier = _fake_saved_model(tmp_path / 'earlier', marker=False)
-    assert serving.foreign_saved_model_entries(str(earlier)) == []
-    (earlier / 'assets' / 'model_info.json').write_text('{"format": 1}')
-    assert serving.foreign_saved_model_entries(str(earlier)) == ['saved_model.pb', 'assets/',
-                                                                 'variables/']
-    marker = ours / 'assets' / serving.MARKER_FILE  # someone else's marker of the same name
-    marker.write_text(json.dumps({'format': 1, 'written_by': 'someone else'}))
-    (ours / 'assets' / 'model_info.json').unlink()
-    assert serving.foreign_saved_model_entries(str(ours)) == ['saved_model.pb', 'assets/', 'variables/']
+    manifests.check_folder(str(ours))  # nothing raised: it may be replaced
+    written = manifests.read(manifests.folder_manifest(str(ours)))
+    assert written == {'format': 2, 'written_by': 'finetune_alexnet export.py', 'max_pixels': 1000,
+                       'files': {name: {'size': len(content), 'sha256': digests.file_sha256(ours / name)}
+                                 for name, content in _tree(ours).items()
+                                 if content is not None and name != 'assets/finetune_alexnet.json'}}
+    assert sorted(written['files']) == [
+        'assets/labels.txt', 'assets/model_info.json', 'saved_model.pb',
+        'variables/variables.data-00000-of-00001', 'variables/variables.index']
+    # An export made before manifests listed files: its format-1 marker makes it no export of ours.
+    earlier = _fake_saved_model(tmp_path / 'earlier', manifest=False)
+    marker = earlier / 'assets' / 'finetune_alexnet.json'
+    marker.write_text(json.dumps({'format': 1, 'written_by': 'finetune_alexnet export.py',
+                                  'max_pixels': 1000}))
+    with pytest.raises(ToolkitError) as raised:
+        manifests.check_folder(str(earlier))
+    assert str(raised.value) == f'{earlier}: {NO_MANIFEST}'
+    # Someone else's file of the manifest's name, or one that is not JSON: no manifest either.
+    for content in (json.dumps({'format': 2, 'written_by': 'someone else', 'files': {}}), 'not json'):
+        marker.write_text(content)
+        with pytest.raises(ToolkitError, match='holds no manifest assets/finetune_alexnet.json'):
+            manifests.check_folder(str(earlier))
+    # A listed file turned into a link to a copy of itself is not the file export.py wrote.
+    index = ours / 'variables' / 'variables.index'
+    (tmp_path / 'copy').write_bytes(index.read_bytes())
+    index.unlink()
+    index.symlink_to(tmp_path / 'copy')
+    with pytest.raises(ToolkitError, match='variables.index: changed since export.py wrote it'):
+        manifests.check_folder(str(ours))
     empty = tmp_path / 'empty'
     empty.mkdir()
-    assert serving.foreign_saved_model_entries(str(empty)) == []
+    exports.check_output(str(empty), 'savedmodel', overwrite=False)  # an empty folder is written into
 
 
 class _Stop(Exception):
@@ -637,35 +674,64 @@ def test_a_replacement_is_written_beside_and_renamed_in_whole(tmp_path, monkeypa
     assert _tree(output) == old and os.listdir(output.parent) == ['1']
     monkeypatch.setattr(serving.os, 'rename', real_rename)
 
-    (output / 'variables' / 'variables.data-00000-of-00001').write_bytes(b'new data')
+    def build_new(path, exported):
+        _fake_saved_model(tmp_path / 'new', data=b'new data')
+        os.rename(tmp_path / 'new', path)
+        return {}
+    monkeypatch.setattr(serving, '_build_saved_model', build_new)
     serving.write_saved_model(str(output), None)
-    assert _tree(output)['variables/variables.data-00000-of-00001'] == b'data'
+    assert _tree(output)['variables/variables.data-00000-of-00001'] == b'new data'
     assert os.listdir(output.parent) == ['1']
     # What a library caller cannot replace either: the refusal is in the writer too.
     (output / 'notes.txt').write_text('mine')
-    with pytest.raises(ToolkitError, match=r'holds 1 entry that export.py did not write \(notes.txt\)'):
+    with pytest.raises(ToolkitError, match=r'notes.txt: not written by export.py \(missing from the '
+                       r'manifest .*finetune_alexnet.json\); choose another --output, or remove '):
         serving.write_saved_model(str(output), None)
     assert (output / 'notes.txt').read_text() == 'mine'
+    os.remove(output / 'notes.txt')
+    (output / 'variables' / 'variables.data-00000-of-00001').write_bytes(b'old data')  # changed
+    with pytest.raises(ToolkitError, match='variables.data-00000-of-00001: changed since export.py'):
+        serving.write_saved_model(str(output), None)
+    assert _tree(output)['variables/variables.data-00000-of-00001'] == b'old data'
 
 
-def test_overwrite_of_a_file_replaces_only_a_file_of_the_same_kind(checkpoint, tmp_path, capsys):
-    def npz_error(path):
-        return _error_of(['--checkpoint', checkpoint, '--output', str(path), '--overwrite'], capsys)
+def test_overwrite_of_a_file_replaces_only_what_its_manifest_lists(checkpoint, tmp_path, capsys):
+    def npz_error(path, *flags):
+        return _error_of(['--checkpoint', checkpoint, '--output', str(path), *flags], capsys)
+
+    def no_manifest(path, beside):
+        return (f'error: {path}: exists, and no manifest {beside}.export.json of export.py lists it (an '
+                f'export made before manifests has none); choose another --output, or remove {path}')
     notes = tmp_path / 'notes.npz'
     notes.write_text('my notes')
-    assert npz_error(notes) == (f'error: {notes}: not a weights file that export.py wrote (a .npz of '
-                                'conv1/weights ... fc8/biases only); choose another --output')
+    assert npz_error(notes, '--overwrite') == no_manifest(notes, notes)
     features = tmp_path / 'features.npz'  # a file of ours, but another kind (predict.py --features)
     np.savez(features, features=np.zeros((2, 3)), paths=np.array(['a', 'b']))
-    assert 'not a weights file that export.py wrote' in npz_error(features)
-    npy = tmp_path / 'bvlc_alexnet.npy'
-    npy.write_bytes(b'\x93NUMPY')
-    assert 'not a weights file that export.py wrote' in npz_error(npy)
-    assert notes.read_text() == 'my notes' and npy.read_bytes() == b'\x93NUMPY'
+    assert npz_error(features, '--overwrite') == no_manifest(features, features)
+    assert notes.read_text() == 'my notes'
+
     ours = tmp_path / 'ours.npz'
-    np.savez(ours, **{'fc8/weights': np.zeros((4096, 2), np.float32)})
-    assert exports.is_exported_weights(str(ours))
-    assert not exports.is_exported_weights(str(features)) and not exports.is_exported_weights(str(tmp_path))
+    manifest = tmp_path / 'ours.npz.export.json'
+    assert run_main(export.main, ['--checkpoint', checkpoint, '--output', str(ours)]) == 0
+    assert manifests.read(str(manifest)) == {'format': 2, 'written_by': 'finetune_alexnet export.py',
+                                             'files': {'ours.npz': {'size': ours.stat().st_size,
+                                                                    'sha256': digests.file_sha256(ours)}}}
+    assert npz_error(ours) == f'error: {ours}: exists (pass --overwrite to replace it)'
+    os.remove(ours)
+    assert npz_error(ours) == f'error: {manifest}: exists (pass --overwrite to replace it)'
+    assert run_main(export.main, ['--checkpoint', checkpoint, '--output', str(ours), '--overwrite']) == 0
+    assert run_main(export.main, ['--checkpoint', checkpoint, '--output', str(ours), '--overwrite']) == 0
+    assert sorted(os.listdir(tmp_path)) == ['features.npz', 'notes.npz', 'ours.npz', 'ours.npz.export.json']
+    with open(ours, 'r+b') as stream:  # one byte changed, the size kept: the digest tells
+        stream.seek(1000)
+        stream.write(b'\xff' if stream.read(1) != b'\xff' else b'\x00')
+    changed = ours.read_bytes()
+    assert npz_error(ours, '--overwrite') == (
+        f'error: {ours}: changed since export.py wrote it (its size or SHA-256 differs from the manifest '
+        f'{manifest}); choose another --output, or remove {ours}')
+    os.remove(manifest)  # as an export made before manifests: refused, the fix named
+    assert npz_error(ours, '--overwrite') == no_manifest(ours, ours)
+    assert ours.read_bytes() == changed
 
     model = tmp_path / 'model.tflite'
     model.write_bytes(b'\x1c\x00\x00\x00TFL3' + bytes(24))
@@ -674,17 +740,28 @@ def test_overwrite_of_a_file_replaces_only_a_file_of_the_same_kind(checkpoint, t
     os.replace(tmp_path / 'model_info.json', info)
     with open(labels, 'w') as stream:
         stream.write('cat\ndog\n')
-    assert serving.foreign_model_files(str(model), 'tflite') == []
+    manifests.write_file_manifest(str(model), [str(model), labels, info])
+    exports.check_output(str(model), 'tflite', overwrite=True)  # nothing raised: ours, unchanged
+    model_manifest = str(model) + '.export.json'
     with open(labels, 'w') as stream:
         stream.write('my shopping list\n')
     argv = ['--checkpoint', checkpoint, '--format', 'tflite', '--output', str(model), '--overwrite']
-    assert _error_of(argv, capsys) == (f'error: {labels}: not the class names of the model_info.json '
-                                       'beside it that export.py wrote; choose another --output')
+    assert _error_of(argv, capsys) == (
+        f'error: {labels}: changed since export.py wrote it (its size or SHA-256 differs from the '
+        f'manifest {model_manifest}); choose another --output, or remove {labels}')
     os.remove(labels)
+    exports.check_output(str(model), 'tflite', overwrite=True)  # a side file gone: the rest is ours
     model.write_text('a text file named .tflite')
-    assert _error_of(argv, capsys) == (f'error: {model}: not a TFLite model that export.py wrote; '
-                                       'choose another --output')
+    assert _error_of(argv, capsys) == (
+        f'error: {model}: changed since export.py wrote it (its size or SHA-256 differs from the '
+        f'manifest {model_manifest}); choose another --output, or remove {model}')
     assert model.read_text() == 'a text file named .tflite'
+    os.remove(model)
+    with open(model_manifest, 'w') as stream:  # someone else's file of the manifest's name
+        stream.write('{"written_by": "someone else"}')
+    assert _error_of(argv, capsys) == (
+        f'error: {info}: exists, and no manifest {model_manifest} of export.py lists it (an export '
+        f'made before manifests has none); choose another --output, or remove {info}')
 
 
 def test_max_pixels_flag_is_checked(checkpoint, tmp_path, capsys):
@@ -749,9 +826,15 @@ def test_an_exported_model_refuses_oversized_images_and_records_its_limit(checkp
             '--max_pixels', '5000']
     assert run_main(export.main, argv) == 0
     assert 'at most 5000 pixels an image' in capsys.readouterr().out
-    assert serving.read_marker(str(output)) == {'format': 1, 'written_by': 'finetune_alexnet export.py',
-                                                'max_pixels': 5000}
-    assert serving.foreign_saved_model_entries(str(output)) == []
+    written = manifests.read(manifests.folder_manifest(str(output)))
+    assert written == {'format': 2, 'written_by': 'finetune_alexnet export.py', 'max_pixels': 5000,
+                       'files': written['files']}
+    files = {name for name, content in _tree(output).items() if content is not None}
+    assert set(written['files']) == files - {'assets/finetune_alexnet.json'}
+    assert {'saved_model.pb', 'variables/variables.index', 'assets/labels.txt'} <= files
+    for name, entry in written['files'].items():
+        assert entry == {'size': os.path.getsize(output / name), 'sha256': digests.file_sha256(output / name)}
+    manifests.check_folder(str(output))  # nothing raised: it may be replaced
     small = image_files.encode(image_files.random_rgb(50, 100, seed=3), '.jpg')
     large = image_files.encode(image_files.random_rgb(50, 101, seed=3), '.jpg')
     with tf.Graph().as_default(), tf.Session() as session:
@@ -766,7 +849,7 @@ def test_an_exported_model_refuses_oversized_images_and_records_its_limit(checkp
             np.testing.assert_array_equal(session.run(fetch, {feed: [small]}), expected)
     # Exported again over itself: ours, so replaced, with the new limit.
     assert run_main(export.main, argv[:-1] + ['7000', '--overwrite']) == 0
-    assert serving.read_marker(str(output))['max_pixels'] == 7000
+    assert manifests.read(manifests.folder_manifest(str(output)))['max_pixels'] == 7000
     assert os.listdir(output.parent) == ['1']
 
 

@@ -13,9 +13,11 @@ import pytest
 
 import bvlc_fixture
 import export
+from finetune_alexnet import digests
 from finetune_alexnet import weight_files
 from finetune_alexnet.cli import run as run_main
-from finetune_alexnet.infer import serving
+from finetune_alexnet.infer import exports
+from finetune_alexnet.infer import manifests
 from finetune_alexnet.infer.classifier import Classifier
 from test_datagenerator import prediction_inputs
 from test_predict import REPO, make_checkpoint
@@ -124,7 +126,10 @@ def test_onnx_in_onnxruntime_equals_predict_and_carries_the_class_names(deployed
     with open(beside + '.model_info.json') as stream:
         info = json.load(stream)
     assert json.loads(metadata['model_info']) == info and info['preprocessing']['center_crop'] is True
-    assert serving.is_our_onnx_file(str(path))
+    written = manifests.read(str(path) + '.export.json')['files']
+    assert written == {os.path.basename(name): {'size': os.path.getsize(name),
+                                                 'sha256': digests.file_sha256(name)}
+                       for name in (str(path), beside + '.labels.txt', beside + '.model_info.json')}
     # What the export said: the opset, the side files, the way to load it.
     stdout, _ = deployed['printed']['onnx']
     assert f'wrote {path} (ONNX, opset 13, float32, ' in stdout
@@ -153,7 +158,7 @@ def test_exports_mention_no_deprecation_and_create_their_folders(deployed):
     for path in deployed['outputs'].values():
         assert path.is_file()  # every one's folder was missing
     assert sorted(os.listdir(deployed['outputs']['onnx'].parent)) == [
-        'cats_dogs.labels.txt', 'cats_dogs.model_info.json', 'cats_dogs.onnx']
+        'cats_dogs.labels.txt', 'cats_dogs.model_info.json', 'cats_dogs.onnx', 'cats_dogs.onnx.export.json']
 
 
 def docs_snippet():
@@ -240,22 +245,25 @@ def test_without_the_deploy_packages_the_export_names_the_install(tmp_path, caps
     assert sorted(os.listdir(tmp_path)) == ['list.txt']
 
 
-def test_onnx_overwrite_replaces_only_an_onnx_file_export_py_wrote(tmp_path, capsys):
+def test_onnx_overwrite_replaces_only_an_onnx_file_its_manifest_lists(tmp_path, capsys):
     import onnx
     from onnx import TensorProto, helper
     graph = helper.make_graph([helper.make_node('Relu', ['x'], ['y'])], 'other',
                               [helper.make_tensor_value_info('x', TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info('y', TensorProto.FLOAT, [1])])
+    # Its producer's name makes no file ours (a copy, an export made before manifests): only a
+    # manifest of export.py listing it, unchanged, does.
     theirs = tmp_path / 'theirs.onnx'
-    onnx.save(helper.make_model(graph, producer_name='someone else'), str(theirs))
+    onnx.save(helper.make_model(graph, producer_name='finetune_alexnet export.py'), str(theirs))
     ours = tmp_path / 'ours.onnx'
     onnx.save(helper.make_model(graph, producer_name='finetune_alexnet export.py'), str(ours))
-    assert serving.is_our_onnx_file(str(ours)) and not serving.is_our_onnx_file(str(theirs))
-    assert not serving.is_our_onnx_file(str(tmp_path))
+    manifests.write_file_manifest(str(ours), [str(ours)])
+    exports.check_output(str(ours), 'onnx', overwrite=True)  # nothing raised: it may be replaced
     before = theirs.read_bytes()
     assert _error_of(['--weights_path', str(tmp_path / 'w.npz'), '--format', 'onnx', '--output',
                       str(theirs), '--overwrite'], capsys) == (
-        f'error: {theirs}: not an ONNX model that export.py wrote; choose another --output')
+        f'error: {theirs}: exists, and no manifest {theirs}.export.json of export.py lists it (an '
+        f'export made before manifests has none); choose another --output, or remove {theirs}')
     assert f'{ours}: exists (pass --overwrite' in _error_of(
         ['--weights_path', str(tmp_path / 'w.npz'), '--format', 'onnx', '--output', str(ours)], capsys)
     assert theirs.read_bytes() == before

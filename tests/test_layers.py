@@ -173,6 +173,36 @@ def test_imports_run_one_way():
     assert not found, 'imports that break the layer rule (CONTRIBUTING.md, Layout):\n' + '\n'.join(found)
 
 
+def import_circles(graph):
+    """Each circle in {module: {modules it imports}}, as 'a -> b -> a', once per set of members."""
+    circles, seen = [], set()
+
+    def walk(module, chain):
+        for imported in sorted(graph.get(module, ())):
+            if imported in chain:
+                circle = chain[chain.index(imported):] + [imported]
+                if frozenset(circle) not in seen:
+                    seen.add(frozenset(circle))
+                    circles.append(' -> '.join(circle))
+            elif imported not in done:
+                walk(imported, chain + [imported])
+        done.add(module)
+
+    done = set()
+    for module in sorted(graph):
+        walk(module, [module])
+    return circles
+
+
+def test_no_import_circles():
+    """Within a room too, imports run one way (imports inside functions count): a circle makes the
+    modules' load order matter, and none of them can be read or tested alone."""
+    graph = {FILES[path]: {module for _, module in imported_modules(
+        ast.parse(read(path)), FILES[path], path.endswith('__init__.py'), KNOWN)} for path in PROJECT}
+    assert not import_circles(graph), 'import circles:\n' + '\n'.join(import_circles(graph))
+    assert import_circles({'a': {'b'}, 'b': {'c'}, 'c': {'a'}, 'd': {'a'}}) == ['a -> b -> c -> a']
+
+
 def test_the_package_docstring_lists_every_module_in_its_room():
     """finetune_alexnet/__init__.py: a `Foundation:`, `train/:` and `infer/:` section, one indented
     `name  what it does` line per module."""

@@ -1,7 +1,6 @@
 """What export.py reads and where it may write: a checkpoint's or weights file's layers, shapes
-checked, and the output checks that refuse to replace anything export.py did not write."""
+checked, and the output checks that refuse to replace anything export.py did not write (manifests)."""
 import os
-import zipfile
 
 import tensorflow.compat.v1 as tf
 
@@ -11,6 +10,7 @@ from finetune_alexnet import model_info
 from finetune_alexnet import run_folder
 from finetune_alexnet import weight_files
 from finetune_alexnet.errors import ToolkitError
+from finetune_alexnet.infer import manifests
 from finetune_alexnet.infer import serving
 
 
@@ -49,20 +49,6 @@ def read_weights_file(path):
     return layers
 
 
-def is_exported_weights(path):
-    """A weights file as weight_files.save_weights writes it: a zip of `layer/kind.npy` arrays only."""
-    if not os.path.isfile(path):
-        return False
-    expected = {f'{layer}/{kind}.npy' for layer in TRAINABLE_LAYERS
-                for kind in weight_files.WEIGHT_KINDS}
-    try:
-        with zipfile.ZipFile(path) as archive:  # reads the directory at the end, not the arrays
-            names = archive.namelist()
-    except (OSError, zipfile.BadZipFile):
-        return False
-    return bool(names) and set(names) <= expected
-
-
 def _inside(path, folder):
     path, folder = os.path.realpath(path), os.path.realpath(folder)
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
@@ -70,7 +56,8 @@ def _inside(path, folder):
 
 def check_output(output, export_format, overwrite):
     """Refuse, before any work, an output that would clobber something: anything there without
-    `overwrite`; with it, anything but an output of the same kind that export.py wrote."""
+    `overwrite`; with it, anything that the manifest of an earlier export there does not list
+    unchanged (manifests.py)."""
     if export_format == 'savedmodel':
         if os.path.lexists(output) and not os.path.isdir(output):
             raise ToolkitError(f"{output}: is a file; a SavedModel is a folder (e.g. models/name/1)")
@@ -81,9 +68,7 @@ def check_output(output, export_format, overwrite):
             if not overwrite:
                 raise ToolkitError(f"{output}: folder exists and is not empty (pass --overwrite to "
                                    "replace it, or give a new version number)")
-            foreign = serving.foreign_saved_model_entries(output)
-            if foreign:
-                raise ToolkitError(serving.foreign_entries_message(output, foreign))
+            manifests.check_folder(output)
         # Written beside it and renamed into place: its parent folder is what must be writable.
         run_folder.check_output_folder(os.path.dirname(os.path.abspath(output)),
                                        f'the folder of --output {output}')
@@ -96,26 +81,13 @@ def check_output(output, export_format, overwrite):
                                    f'the folder of --output {output}')
     if os.path.exists(output) and not os.access(output, os.W_OK):
         raise ToolkitError(f'{output}: --output is not writable')
-    existing = [output] if os.path.lexists(output) else []
-    if export_format in MODEL_FILE_FORMATS:
-        existing += [path for path in serving.side_files(output) if os.path.lexists(path)]
+    targets = [output, *(serving.side_files(output) if export_format in MODEL_FILE_FORMATS else []),
+               manifests.file_manifest(output)]
+    existing = [path for path in targets if os.path.lexists(path)]
     if existing and not overwrite:
         raise ToolkitError(f"{existing[0]}: exists (pass --overwrite to replace it)")
-    if export_format == 'npz' and existing and not is_exported_weights(output):
-        raise ToolkitError(f"{output}: not a weights file that export.py wrote (a .npz of "
-                           "conv1/weights ... fc8/biases only); choose another --output")
-    foreign = (serving.foreign_model_files(output, export_format)
-               if export_format in MODEL_FILE_FORMATS else [])
-    if foreign:
-        raise ToolkitError(f"{foreign[0]}: not {_model_file_kind(foreign[0], output, export_format)} "
-                           "that export.py wrote; choose another --output")
+    manifests.check_files(manifests.file_manifest(output), targets)
 
 
 # The formats written as one model file with its labels and model_info.json beside it.
 MODEL_FILE_FORMATS = {'tflite': 'a TFLite model', 'onnx': 'an ONNX model'}
-
-
-def _model_file_kind(path, output, export_format):
-    labels, info = serving.side_files(output)
-    return {output: MODEL_FILE_FORMATS[export_format], info: 'a model_info.json',
-            labels: "the class names of the model_info.json beside it"}[path]

@@ -16,8 +16,8 @@ SavedModel (TF 1 SavedModelBuilder format, tag `serve`; TF Serving serves it, an
                      classes: string [None, k], class names, best first (k = min(5, num_classes))
                      scores: float32 [None, k], their probabilities
     assets           labels.txt (one class name a line, in label order), model_info.json, and
-                     finetune_alexnet.json ({"format", "written_by", "max_pixels"}: what marks the
-                     folder as ours, so that export.py --overwrite replaces it and nothing else)
+                     finetune_alexnet.json ({"format", "written_by", "max_pixels", "files"}: the
+                     manifest of every file of the folder, manifests.py; not a registered asset)
 
 The pixel limit is checked inside the graph, per request, before anything is decoded: an image
 over it fails its own request with InvalidArgumentError naming it (`image_bytes[i]`) and the limit,
@@ -41,9 +41,9 @@ tf2onnx, onnx, onnxruntime and ai_edge_litert are deploy-time packages (requirem
 imported only where they are used; without them the export that needs one stops with the command
 that installs them (`deploy_module`).
 
-Outputs are written beside their final name and renamed into place; what they replace must be an
-output of the same kind (`foreign_saved_model_entries`, `foreign_model_files`). Each writer
-creates the output's missing folders.
+Outputs are written beside their final name and renamed into place, with the manifest that lists
+their files; what they replace must be what such a manifest lists, unchanged (manifests.py). Each
+writer creates the output's missing folders.
 """
 import collections
 import contextlib
@@ -66,6 +66,7 @@ from finetune_alexnet import model_info
 from finetune_alexnet import preprocessing
 from finetune_alexnet import tf_setup
 from finetune_alexnet.errors import ToolkitError
+from finetune_alexnet.infer import manifests
 
 SERVE_TAG = 'serve'
 SERVING_SIGNATURE = 'serving_default'
@@ -74,13 +75,7 @@ LABELS_FILE = 'labels.txt'
 TOP_K = 5
 FLOAT16 = 'float16'
 INT8 = 'int8'
-MARKER_FILE = 'finetune_alexnet.json'
-MARKER_FORMAT = 1
-WRITTEN_BY = 'finetune_alexnet export.py'
-# What a SavedModel written here holds at its top (inside variables/ and assets/: _ours_inside).
-_SAVED_MODEL_FILES = {'saved_model.pb', 'fingerprint.pb'}
-_SAVED_MODEL_FOLDERS = ('variables', 'assets')
-_READ_LIMIT = 1 << 20  # a marker or model_info.json is a few hundred bytes; never read more than this
+WRITTEN_BY = manifests.WRITTEN_BY
 # Opset 13 is the oldest with today's definitions of every op the graph uses (Softmax over the last
 # axis alone, Split's sizes as an input): ONNX Runtime 1.6 and later, TensorRT 8, OpenVINO, and
 # ONNX Runtime Web load it.
@@ -160,152 +155,6 @@ def _write_side_files(folder, class_names, center_crop):
     return labels, model_info.write_model_info(folder, len(class_names), class_names, center_crop)
 
 
-def _write_marker(folder, max_pixels):
-    """finetune_alexnet.json: what marks a SavedModel as export.py's, and the limit it was given."""
-    path = os.path.join(folder, MARKER_FILE)
-    with open(path, 'w', encoding='utf-8', newline='\n') as stream:
-        json.dump({'format': MARKER_FORMAT, 'written_by': WRITTEN_BY, 'max_pixels': int(max_pixels)},
-                  stream, indent=2)
-        stream.write('\n')
-    return path
-
-
-def _read_text(path, limit=_READ_LIMIT):
-    """The regular UTF-8 text file at `path`, or None (missing, over `limit` bytes, not text)."""
-    try:
-        if os.path.isfile(path) and os.path.getsize(path) <= limit:
-            with open(path, encoding='utf-8') as stream:
-                return stream.read()
-    except (OSError, UnicodeDecodeError):
-        pass
-    return None
-
-
-def _read_json(path):
-    """The JSON object in the regular file at `path`, or None (missing, too big, not JSON)."""
-    try:
-        content = json.loads(_read_text(path) or 'null')
-    except ValueError:
-        return None
-    return content if isinstance(content, dict) else None
-
-
-def read_marker(folder):
-    """The finetune_alexnet.json of the SavedModel `folder` ({'format', 'written_by', 'max_pixels'}),
-    or None when it has none (not ours, or exported before the marker existed)."""
-    content = _read_json(os.path.join(folder, 'assets', MARKER_FILE))
-    if content and content.get('written_by') == WRITTEN_BY and content.get('format') == MARKER_FORMAT:
-        return content
-    return None
-
-
-def _is_model_info(path):
-    content = _read_json(path)
-    return bool(content) and content.get('format') == model_info.FORMAT and isinstance(
-        content.get('num_classes'), int) and isinstance(content.get('preprocessing'), dict)
-
-
-def _is_our_saved_model(folder):
-    """A SavedModel export.py wrote: its marker, or the labels and model_info.json of exports made
-    before the marker existed."""
-    if not os.path.isfile(os.path.join(folder, 'saved_model.pb')):
-        return False
-    assets = os.path.join(folder, 'assets')
-    return read_marker(folder) is not None or (
-        os.path.isfile(os.path.join(assets, LABELS_FILE))
-        and _is_model_info(os.path.join(assets, model_info.MODEL_INFO)))
-
-
-def _entry(folder, name, prefix=''):
-    return prefix + name + ('/' if os.path.isdir(os.path.join(folder, name)) else '')
-
-
-def _by_kind(entries):
-    """Files first, then folders (named with a trailing /), each in name order."""
-    return sorted(entries, key=lambda entry: (entry.endswith('/'), entry))
-
-
-def foreign_saved_model_entries(folder):
-    """What in the folder `folder` export.py did not write, as relative names (folders end in /):
-    [] for an empty folder or a SavedModel export.py wrote with nothing added; every entry for
-    anything else. Only such a folder may be replaced."""
-    names = os.listdir(folder)
-    if not names:
-        return []
-    if not _is_our_saved_model(folder):
-        return _by_kind(_entry(folder, name) for name in names)
-    foreign = []
-    for name in names:
-        path = os.path.join(folder, name)
-        if name in _SAVED_MODEL_FILES and os.path.isfile(path) and not os.path.islink(path):
-            continue
-        if name in _SAVED_MODEL_FOLDERS and os.path.isdir(path) and not os.path.islink(path):
-            for inner in os.listdir(path):
-                if not _ours_inside(name, os.path.join(path, inner)):
-                    foreign.append(_entry(path, inner, prefix=name + '/'))
-            continue
-        foreign.append(_entry(folder, name))
-    return _by_kind(foreign)
-
-
-def _ours_inside(subfolder, path):
-    name = os.path.basename(path)
-    if not os.path.isfile(path) or os.path.islink(path):
-        return False
-    if subfolder == 'variables':
-        return name == 'variables.index' or name.startswith('variables.data-')
-    return name in (LABELS_FILE, model_info.MODEL_INFO, MARKER_FILE)
-
-
-def _head(path, size):
-    """The first `size` bytes of the regular file at `path` (not a pipe, which opening would wait
-    on), or b''."""
-    try:
-        if os.path.isfile(path):
-            with open(path, 'rb') as stream:
-                return stream.read(size)
-    except OSError:
-        pass
-    return b''
-
-
-def is_tflite_file(path):
-    """A TFLite flatbuffer (its file identifier, TFL3, at bytes 4-8)."""
-    return _head(path, 8)[4:8] == b'TFL3'
-
-
-def is_our_onnx_file(path):
-    """An ONNX model export.py wrote: a ModelProto whose first fields, ir_version (1) then
-    producer_name (2), name WRITTEN_BY (protobuf writes fields in number order)."""
-    head = _head(path, 64)
-    producer = WRITTEN_BY.encode()
-    start = head.find(b'\x12' + bytes([len(producer)]) + producer)
-    # Before producer_name: the tag of ir_version (0x08) and its one-byte varint.
-    return head[:1] == b'\x08' and start == 2
-
-
-# How each file format is recognised: what export.py --overwrite may replace.
-_IS_MODEL_FILE = {'tflite': is_tflite_file, 'onnx': is_our_onnx_file}
-
-
-def foreign_model_files(output, export_format):
-    """Of `output` (a 'tflite' or 'onnx' file) and the labels and model_info.json beside it, the
-    existing ones export.py did not write: a model file not of that format (an ONNX file not
-    export.py's), a model_info.json that is not one, labels that are not the class names of the
-    model_info.json beside them."""
-    labels, info = side_files(output)
-    foreign = []
-    if os.path.lexists(output) and not _IS_MODEL_FILE[export_format](output):
-        foreign.append(output)
-    content = _read_json(info) if _is_model_info(info) else None
-    if os.path.lexists(info) and content is None:
-        foreign.append(info)
-    names = (_read_text(labels, _READ_LIMIT * 16) or '').splitlines()
-    if os.path.lexists(labels) and (content is None or names != content.get('class_names')):
-        foreign.append(labels)
-    return foreign
-
-
 def _partial_path(output):
     """A fresh temporary name beside `output`, so the result appears whole or not at all; the
     folder of `output` is created when missing."""
@@ -321,9 +170,7 @@ def _replace_folder(model, output, partial):
     if os.path.islink(output):
         os.remove(output)  # the link goes; what it points at stays
     elif os.path.isdir(output) and os.listdir(output):
-        foreign = foreign_saved_model_entries(output)
-        if foreign:  # checked before the work too; a library caller gets the same refusal
-            raise ToolkitError(foreign_entries_message(output, foreign))
+        manifests.check_folder(output)  # checked before the work too; a library caller is refused too
         previous = os.path.join(partial, 'previous')
         os.rename(output, previous)
         try:
@@ -335,21 +182,12 @@ def _replace_folder(model, output, partial):
     os.replace(model, output)
 
 
-def foreign_entries_message(output, entries, shown=5):
-    """'models holds 3 entries that export.py did not write (notes.txt, 1/, 2/); choose another
-    --output'."""
-    count = len(entries)
-    listed = ', '.join(entries[:shown]) + (f', and {count - shown} more' if count > shown else '')
-    return (f"{output} holds {count} entr{'y' if count == 1 else 'ies'} that export.py did not write "
-            f"({listed}); choose another --output")
-
-
 def write_saved_model(output, exported):
     """Write `exported` as a SavedModel folder at `output`; returns {signature name: SignatureDef}.
 
     TF Serving's layout is models/<name>/<version>: the model's folder is created when missing.
-    What is at `output` must be absent, an empty folder or a SavedModel written here (ToolkitError
-    otherwise); it is replaced only once the new model is complete.
+    What is at `output` must be absent, an empty folder or what its manifest lists, unchanged
+    (ToolkitError otherwise); it is replaced only once the new model is complete.
     """
     output = os.path.abspath(output)
     partial = _partial_path(output)
@@ -377,8 +215,7 @@ def _build_saved_model(path, exported):
         signatures = {SERVING_SIGNATURE: build({'image_bytes': image_bytes}, from_files),
                       IMAGES_SIGNATURE: build({'images': images}, from_images)}
         side_files = tempfile.mkdtemp(prefix='assets-', dir=os.path.dirname(path))
-        assets = (*_write_side_files(side_files, names, exported.center_crop),
-                  _write_marker(side_files, exported.max_pixels))
+        assets = _write_side_files(side_files, names, exported.center_crop)
         for asset in assets:
             # Registered as assets: the builder copies them into assets/ and lists them in the graph.
             graph.add_to_collection(tf.GraphKeys.ASSET_FILEPATHS, tf.constant(asset, name='asset_path'))
@@ -391,6 +228,7 @@ def _build_saved_model(path, exported):
                 assets_collection=graph.get_collection(tf.GraphKeys.ASSET_FILEPATHS),
                 strip_default_attrs=True)
             builder.save()
+    manifests.write_folder_manifest(path, max_pixels=int(exported.max_pixels))
     return signatures
 
 
@@ -465,6 +303,7 @@ def _write_model_file(output, exported, content):
         os.replace(written, output)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+    manifests.write_file_manifest(output, [output, *side_files(output)])
     return side_files(output)
 
 
