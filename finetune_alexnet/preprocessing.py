@@ -6,10 +6,8 @@ what Caffe fed it:
 1. decode to RGB, 8 bits per channel (grayscale repeated to 3 channels, alpha dropped, 16-bit PNGs
    reduced to their high byte, animated GIFs reduced to their first frame);
 2. resize to 227x227 with bilinear interpolation (half-pixel centres, no anti-aliasing: the same
-   sampling as OpenCV's INTER_LINEAR), computed in float32 and rounded to whole 8-bit levels (half
-   to even): OpenCV resized Caffe's uint8 images to uint8, so integer pixels are the contract (its
-   fixed-point arithmetic lands within one level of ours), and a batch of uint8 pixels is a quarter
-   of float32's bytes on its way to the GPU;
+   sampling as OpenCV's INTER_LINEAR) in float32, rounded to whole levels (half to even): uint8, as
+   OpenCV's resize of Caffe's 8-bit images (its fixed point lands within a level of this);
 3. subtract the ImageNet mean, R 123.68, G 116.779, B 103.939;
 4. reorder the channels to BGR.
 

@@ -76,35 +76,29 @@ def make_datasets(settings, order_seed, workers=None):
     return train_data, val_data, steps_per_epoch
 
 
-# Where the input pipelines decode and resize, whatever runs the model.
-PIPELINE_DEVICE = '/cpu:0'
-DEVICE_PREFETCH_BATCHES = 2
+PIPELINE_DEVICE = '/cpu:0'  # where the input pipelines decode and resize, whatever runs the model
 
+# images: float32 [b, 227, 227, 3], normalised on the model's device; labels: one-hot;
+# training_init_op / validation_init_op: (re)start the shared iterator on either dataset.
 DeviceBatches = collections.namedtuple('DeviceBatches', 'images labels training_init_op '
                                                         'validation_init_op')
-DeviceBatches.__doc__ = """images: float32 [b, 227, 227, 3] normalised on the model's device; labels:
-one-hot; training_init_op / validation_init_op: (re)start the shared iterator on either dataset."""
 
 
 def device_batches(train_dataset, val_dataset, device):
-    """The batches of two datasets of (uint8 images, labels) (`preprocessing.batches_for_model`),
-    on `device`, from one iterator either initialiser points at: training's and validation's.
+    """The batches of two datasets of (uint8 images, labels) on `device`, from one iterator that
+    either initialiser points at; `preprocessing.normalize` makes the float32 images there.
 
-    On a device other than the pipeline's (a GPU), both datasets are copied there and prefetched,
-    so a step finds its batch already on the device instead of waiting for a synchronous copy, and
-    the copy carries uint8 pixels, a quarter of float32's bytes; the iterator lives on the device
-    (a copied dataset's iterator must). `preprocessing.normalize` then makes the float32 input
-    there. On the pipeline's own CPU nothing is copied and the same iterator and normalisation run
-    on it. tests/test_device_input.py checks the placement from the graph, and runs the copy
-    between two logical CPU devices.
+    On a GPU both datasets are copied there and two batches prefetched, so a step finds its batch
+    waiting instead of waiting for a synchronous copy, of uint8 pixels: a quarter of float32's bytes.
+    (The iterator of a copied dataset must live on its device.) On the pipeline's CPU nothing is
+    copied. tests/test_device_input.py checks the GPU graph's placement and runs the copy.
     """
     if tf.DeviceSpec.from_string(device) != tf.DeviceSpec.from_string(PIPELINE_DEVICE):
         with tf.device(PIPELINE_DEVICE):
             train_dataset, val_dataset = (dataset.apply(tf.data.experimental.copy_to_device(device))
                                           for dataset in (train_dataset, val_dataset))
-        with tf.device(device):  # the buffer of batches waiting on the device
-            train_dataset, val_dataset = (dataset.prefetch(DEVICE_PREFETCH_BATCHES)
-                                          for dataset in (train_dataset, val_dataset))
+        with tf.device(device):
+            train_dataset, val_dataset = train_dataset.prefetch(2), val_dataset.prefetch(2)
     with tf.device(device):
         iterator = tf.data.Iterator.from_structure(tf.data.get_output_types(train_dataset),
                                                    tf.data.get_output_shapes(train_dataset))
