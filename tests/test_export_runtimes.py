@@ -194,7 +194,8 @@ def test_the_docs_snippet_gives_predicts_probabilities(deployed, tmp_path, monke
     assert list(_litert(outputs['int8'], batch).argmax(axis=1)) == [0, 1, 2]
     # Without the centre crop: predict.py's whole-image resize. OpenCV's and TensorFlow's bilinear
     # arithmetic agree to their last few bits (1e-2 of 255), so rounded they give the same levels
-    # but where they straddle a half: there one level apart (58 of 463,761 values here).
+    # but where they straddle a half: there one level apart (58 of 463,761 values here), which
+    # moves the probabilities by 1.2e-5 (measured).
     whole = np.stack([namespace['model_input'](path, dict(preprocessing, center_crop=False))
                       for path in SAMPLES])
     reference = prediction_inputs(SAMPLES, center_crop=False)
@@ -207,7 +208,7 @@ def test_the_docs_snippet_gives_predicts_probabilities(deployed, tmp_path, monke
     assert np.all(np.abs(unrounded[apart] % 1 - 0.5) < 1e-2)
     session = _onnx_session(outputs['onnx'])
     np.testing.assert_allclose(session.run(None, {'images': whole})[0],
-                               session.run(None, {'images': reference})[0], atol=1e-5, rtol=0)
+                               session.run(None, {'images': reference})[0], atol=3e-5, rtol=0)
 
 
 # Spelled in two parts, so that this file is no hit either.
