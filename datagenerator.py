@@ -5,12 +5,12 @@ blank lines and lines starting with `#` are ignored; CRLF line ends are fine; re
 relative to the list file's folder. `read_list` checks the whole file (labels, missing files, empty
 list) before any graph is built and reports every problem in one error.
 
-`ImageDataGenerator(...).data` yields (images float32 [b, 227, 227, 3], one-hot labels float32
+`ImageDataGenerator(...).data` yields (images uint8 [b, 227, 227, 3], one-hot labels float32
 [b, num_classes]), pre-processed by `preprocessing` (the one definition). Per image the pipeline only
-reads, decodes and resizes, in parallel; the mean subtraction and the BGR reorder run once per batch.
-It shuffles file names, not decoded images, so shuffling costs no memory. The pipeline is the one
-TFRecord shards are read with (finetune_alexnet/image_reader.py); only where the bytes come from
-differs.
+reads, decodes and resizes, in parallel; `preprocessing.normalize` (the mean subtraction and the BGR
+reorder) runs once per batch where the model runs (finetune_alexnet/train/inputs.py). It shuffles file
+names, not decoded images, so shuffling costs no memory. The pipeline is the one TFRecord shards are
+read with (finetune_alexnet/image_reader.py); only where the bytes come from differs.
 
 A corrupt file can only be found by decoding it. When one turns up during training, session.run
 raises one of `IMAGE_ERRORS`; `unreadable_images_error()` then checks the list in parallel and

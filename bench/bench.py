@@ -202,6 +202,7 @@ def measure_tf_step(spec):
     import datagenerator
     from alexnet import TRAINABLE_LAYERS
     from finetune_alexnet.train import feature_cache
+    from finetune_alexnet.train import inputs as train_inputs
     source, batch = spec['source'], spec['batch']
     device = '/gpu:0' if spec['device'] == 'gpu' else '/cpu:0'
     graph = tf.Graph()
@@ -211,12 +212,14 @@ def measure_tf_step(spec):
                 data = datagenerator.ImageDataGenerator(spec['list_file'], 'training', batch,
                                                         NUM_CLASSES, shuffle=True, seed=0)
                 # Repeated: a step never waits for an epoch's restart, so the steady state is timed.
-                iterator = tf.data.make_initializable_iterator(data.data.repeat())
-                inputs = iterator.get_next()
+                repeated = data.data.repeat()
             elif source == 'cached':
                 dataset, feeder = feature_cache.cached_dataset(NUM_CLASSES, batch, drop_remainder=True)
                 iterator = tf.data.make_initializable_iterator(dataset.repeat())
                 inputs = iterator.get_next()
+        if source in ('pipeline', 'feed'):  # as finetune.py: uint8 batches sent ahead, normalised there
+            batches = train_inputs.device_batches(repeated, repeated, device)
+            inputs, initializer = (batches.images, batches.labels), batches.training_init_op
         if source == 'seeded':  # what finetune.py --seed does (finetune_alexnet.train.loop.seeded)
             from tensorflow.python.framework import config as tf_config
             tf.set_random_seed(0)
@@ -248,7 +251,7 @@ def measure_tf_step(spec):
         labels_value = np.eye(NUM_CLASSES, dtype=np.float32)[rng.integers(0, NUM_CLASSES, count)]
         session.run(iterator.initializer, feeder.start_epoch(features, labels_value, shuffle_seed=0))
     else:
-        session.run(iterator.initializer)
+        session.run(initializer)
     graph.finalize()  # nothing may add ops between steps (that would be a slow leak)
     train_feed = {train.keep_prob: KEEP_PROB, train.training: True}  # training: mixup and CutMix on
     if source != 'feed':
@@ -337,7 +340,7 @@ def measure_input(spec):
         iterator = tf.data.make_initializable_iterator(dataset)
         images, labels = iterator.get_next()
         # Touching one value makes session.run wait for the whole batch, as a training step does.
-        touch = images[0, 0, 0, 0] + labels[0, 0]
+        touch = tf.cast(images[0, 0, 0, 0], tf.float32) + labels[0, 0]
     session = _session(tf, dict(spec, device='cpu'), graph,
                        threads=1 if spec['source'] in CORE_SOURCES else 0)
 

@@ -6,7 +6,8 @@ what Caffe fed it:
 1. decode to RGB, 8 bits per channel (grayscale repeated to 3 channels, alpha dropped, 16-bit PNGs
    reduced to their high byte, animated GIFs reduced to their first frame);
 2. resize to 227x227 with bilinear interpolation (half-pixel centres, no anti-aliasing: the same
-   sampling as OpenCV's INTER_LINEAR), giving float32 values in [0, 255];
+   sampling as OpenCV's INTER_LINEAR) in float32, rounded to whole levels (half to even): uint8, as
+   OpenCV's resize of Caffe's 8-bit images (its fixed point lands within a level of this);
 3. subtract the ImageNet mean, R 123.68, G 116.779, B 103.939;
 4. reorder the channels to BGR.
 
@@ -17,7 +18,8 @@ corner crops and the centre crop of the 256x256 resize and their mirror images; 
 the network's probabilities over them.
 
 Steps 1-2 run once per image (`decode_rgb`, `resize_for_model`); steps 3-4 (`normalize`) run on any
-[..., 3] tensor, so the data pipeline applies them once per batch, where they are cheapest.
+[..., 3] tensor, once per batch: in training on the model's device, after the uint8 batch has been
+copied there (finetune_alexnet/train/inputs.py's `device_batches`), in prediction in its pipeline.
 
 Everything here only adds ops to the graph that calls it: nothing runs at import and no tensor is
 made at module level (`_bgr_minus_mean` is a tf.function, traced into each graph that calls it), so
@@ -145,8 +147,9 @@ def worker_rows(size, batch_size, worker_index, num_workers):
 
 
 def batches_for_model(images_and_labels, batch_size, num_classes, skip_bad_images=False, skip=0):
-    """A dataset of (pre-processed image, integer label) pairs as the model takes it: batches with
-    the mean subtracted in BGR, labels one-hot, prefetched. With `skip_bad_images`, images that
+    """A dataset of (resized uint8 RGB image, integer label) pairs in batches as training takes them:
+    images uint8 [b, 227, 227, 3] (`normalize` them where the model runs), labels one-hot,
+    prefetched. With `skip_bad_images`, images that
     failed to decode are dropped and then `skip` images skipped: dropped images shift the batches,
     so a resumed epoch's consumed part is counted in decoded images (decoded again, but the epoch
     still starts where the interrupted one stopped)."""
@@ -157,7 +160,7 @@ def batches_for_model(images_and_labels, batch_size, num_classes, skip_bad_image
 
     @tf.autograph.experimental.do_not_convert
     def finish_batch(images, labels):
-        return normalize(images), tf.one_hot(labels, num_classes)
+        return images, tf.one_hot(labels, num_classes)
     dataset = dataset.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
@@ -200,8 +203,15 @@ def _crop(image, top, left):
     return image[top:top + INPUT_SIZE, left:left + INPUT_SIZE, :]
 
 
+def resized_pixels(image_rgb, size):
+    """uint8 [size, size, 3]: `bilinear_resize` rounded to whole levels (half to even), as OpenCV
+    resizes 8-bit images (its fixed point lands within one level of this)."""
+    resized = bilinear_resize(image_rgb, size)
+    return tf.cast(tf.round(tf.clip_by_value(resized, 0, 255)), tf.uint8)
+
+
 def resize_for_model(image_rgb, training=False, augment=False, seed=None, resize_size=RESIZE_SIZE):
-    """float32 [227, 227, 3] RGB in [0, 255] from a decoded image of any size.
+    """uint8 [227, 227, 3] RGB from a decoded image of any size (`resized_pixels`).
 
     Without `augment`: a bilinear resize straight to 227x227. With `augment`: a bilinear resize to
     `resize_size` (256) squared, then in training a 227x227 crop at a random place, flipped left-right
@@ -210,9 +220,9 @@ def resize_for_model(image_rgb, training=False, augment=False, seed=None, resize
     ops, so one seed always gives the same crop: the caller varies it per image and per epoch.
     """
     if not augment:
-        return bilinear_resize(image_rgb, INPUT_SIZE)
+        return resized_pixels(image_rgb, INPUT_SIZE)
     _check_resize_size(resize_size)
-    resized = bilinear_resize(image_rgb, resize_size)
+    resized = resized_pixels(image_rgb, resize_size)
     spare = resize_size - INPUT_SIZE
     if not training:
         return _crop(resized, spare // 2, spare // 2)
@@ -226,14 +236,14 @@ def resize_for_model(image_rgb, training=False, augment=False, seed=None, resize
 
 
 def ten_crops(image_rgb, resize_size=RESIZE_SIZE):
-    """float32 [10, 227, 227, 3] RGB in [0, 255]: the paper's test-time crops of a decoded image.
+    """uint8 [10, 227, 227, 3] RGB: the paper's test-time crops of a decoded image.
 
     Caffe's `oversample`, in its order: of the bilinear `resize_size` (256) squared resize, the crops
     at the top-left, top-right, bottom-left and bottom-right corners and the centre crop (the one
     `resize_for_model` gives in inference), then the same five mirrored left-right.
     """
     _check_resize_size(resize_size)
-    resized = bilinear_resize(image_rgb, resize_size)
+    resized = resized_pixels(image_rgb, resize_size)
     far, centre = resize_size - INPUT_SIZE, (resize_size - INPUT_SIZE) // 2
     crops = tf.stack([_crop(resized, top, left)
                       for top, left in ((0, 0), (0, far), (far, 0), (far, far), (centre, centre))])

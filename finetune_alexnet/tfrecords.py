@@ -217,9 +217,8 @@ def _prepare_fn(pre_resize):
         if not pre_resize:
             shape = tf.shape(image, out_type=tf.int64)
             return position, data, shape[0], shape[1]
-        # The pipeline's own bilinear sampling (half-pixel centres, OpenCV's), rounded back to 8 bits.
-        resized = preprocessing.bilinear_resize(image, PRE_RESIZE_SIZE)
-        pixels = tf.cast(tf.round(tf.clip_by_value(resized, 0, 255)), tf.uint8)
+        # The pipeline's own bilinear sampling (half-pixel centres, OpenCV's), rounded to 8 bits.
+        pixels = preprocessing.resized_pixels(image, PRE_RESIZE_SIZE)
         encoded = tf.io.encode_jpeg(pixels, quality=PRE_RESIZE_QUALITY)
         size = tf.constant(PRE_RESIZE_SIZE, tf.int64)
         return position, encoded, size, size

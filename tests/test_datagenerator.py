@@ -69,6 +69,11 @@ def prediction_inputs(paths, center_crop=False):
     return np.concatenate(batches)
 
 
+def normalised(pixels):
+    """What preprocessing.normalize makes of uint8 RGB batches, in NumPy: float32 BGR minus the mean."""
+    return pixels[..., ::-1].astype(np.float32) - np.float32([103.939, 116.779, 123.68])
+
+
 def identities(labels_one_hot):
     return labels_one_hot.argmax(axis=1).tolist()
 
@@ -206,7 +211,8 @@ def test_batches_shapes_values_and_the_last_partial_batch(tmp_path):
         images_spec, labels_spec = tf.data.get_output_shapes(generator.data)
         assert images_spec.as_list() == [None, 227, 227, 3]
         assert labels_spec.as_list() == [None, 3]
-        assert tf.data.get_output_types(generator.data) == (tf.float32, tf.float32)
+        # uint8 pixels: normalised where the model runs (finetune_alexnet/train/inputs.py)
+        assert tf.data.get_output_types(generator.data) == (tf.uint8, tf.float32)
         iterator = tf.data.make_one_shot_iterator(generator.data)
         next_batch = iterator.get_next()
         with tf.Session() as session:
@@ -219,8 +225,8 @@ def test_batches_shapes_values_and_the_last_partial_batch(tmp_path):
     images = np.concatenate([images for images, _ in batches])
     labels = np.concatenate([labels for _, labels in batches])
     assert np.array_equal(labels, np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1]])
-    # Exactly what prediction and the notebook get for the same files.
-    assert np.array_equal(images, prediction_inputs(paths))
+    # Normalised, exactly what prediction and the notebook get for the same files.
+    assert np.array_equal(normalised(images), prediction_inputs(paths))
 
 
 def test_uniform_image_through_the_pipeline_has_the_exact_values(tmp_path):
@@ -228,8 +234,8 @@ def test_uniform_image_through_the_pipeline_has_the_exact_values(tmp_path):
     with tf.Graph().as_default():
         generator = datagenerator.ImageDataGenerator(labelled_list(tmp_path, [path]), 'training', 4, 1)
         ((images, labels),) = epochs(generator, 1)
-    expected = np.float32([50, 100, 200]) - np.float32([103.939, 116.779, 123.68])
-    assert np.array_equal(images[0], np.broadcast_to(expected, (227, 227, 3)))
+    assert images.dtype == np.uint8
+    assert np.array_equal(images[0], np.broadcast_to(np.uint8([200, 100, 50]), (227, 227, 3)))
     assert labels.tolist() == [[1.0]]
 
 
@@ -255,8 +261,7 @@ def test_every_format_and_size_goes_through(tmp_path):
         ((images, labels),) = epochs(generator, 1)
     assert images.shape == (len(files), 227, 227, 3)
     assert identities(labels) == list(range(len(files)))
-    assert np.isfinite(images).all()
-    assert images.min() >= -123.68 and images.max() <= 255 - 103.939
+    assert images.dtype == np.uint8
     # GIF: the first frame, not the black second one.
     assert images[6].max() > 0
 
@@ -314,8 +319,8 @@ def test_augmentation_differs_per_epoch_repeats_with_the_seed_and_is_fixed_in_in
     assert np.array_equal(again[0], first) and np.array_equal(again[1], second)
     inference = run('inference', seed=None)
     assert np.array_equal(inference[0], inference[1])
-    assert np.array_equal(inference[0], prediction_inputs(paths, center_crop=True))
-    assert not np.array_equal(inference[0], prediction_inputs(paths))
+    assert np.array_equal(normalised(inference[0]), prediction_inputs(paths, center_crop=True))
+    assert not np.array_equal(normalised(inference[0]), prediction_inputs(paths))
 
 
 def bad_set(tmp_path):

@@ -20,7 +20,7 @@ import predict
 from alexnet import AlexNet
 from finetune_alexnet import cli, metrics, preprocessing, weight_files
 from finetune_alexnet.infer.classifier import Classifier
-from test_preprocessing import reference_resize
+from test_preprocessing import levels_of, reference_pixels
 
 MEAN_BGR = np.array([103.939, 116.779, 123.68])
 NUM_CLASSES = 10
@@ -34,7 +34,7 @@ def corner_and_centre_offsets(resize):
 
 def reference_crops(image_rgb, resize=256):
     """The ten crops of one image, built one at a time: corners and centre, then each mirrored."""
-    resized = reference_resize(image_rgb, resize, resize)
+    resized = reference_pixels(image_rgb, resize, resize)
     crops = [resized[top:top + 227, left:left + 227] for top, left in corner_and_centre_offsets(resize)]
     return crops + [crop[:, ::-1] for crop in crops]
 
@@ -95,9 +95,9 @@ def test_ten_crops_are_the_corners_and_centre_and_their_mirrors(resize):
         crops = session.run(preprocessing.ten_crops(tf.constant(image), resize))
         centre = session.run(preprocessing.resize_for_model(tf.constant(image), augment=True,
                                                             resize_size=resize))
-    assert crops.shape == (10, 227, 227, 3) and crops.dtype == np.float32
+    assert crops.shape == (10, 227, 227, 3) and crops.dtype == np.uint8
     for ours, theirs in zip(crops, reference_crops(image, resize)):
-        np.testing.assert_allclose(ours, theirs, atol=1e-4)
+        np.testing.assert_array_equal(ours, theirs)
     np.testing.assert_array_equal(crops[4], centre)  # the centre crop of inference with --augment
 
 
@@ -111,7 +111,7 @@ def test_ten_crop_batches_hold_ten_rows_per_image_in_image_order(photos):
     assert first[0].shape == (20, 227, 227, 3) and second[0].shape == (10, 227, 227, 3)
     assert first[1].tolist() == [0, 1] and second[1].tolist() == [2]
     for row, crop in enumerate(reference_crops(read_rgb(photos[1]))):
-        np.testing.assert_allclose(first[0][10 + row], (crop - MEAN_BGR[::-1])[..., ::-1], atol=1e-3)
+        np.testing.assert_array_equal(levels_of(first[0][10 + row]), crop)
 
 
 def test_ten_crop_is_the_mean_of_the_ten_crops_computed_one_by_one(model, photos):
@@ -230,7 +230,7 @@ def test_crop_flag_mistakes_are_one_line(model, photos, capsys, args, message):
 def test_resize_sets_the_square_the_centre_crop_comes_from(model, photos):
     with Classifier(weights_path=model, center_crop=True, resize_size=300) as classifier:
         ours = classifier.run(photos[:1], layers=['conv1'])
-    image = reference_resize(read_rgb(photos[0]), 300, 300)[36:263, 36:263]
+    image = reference_pixels(read_rgb(photos[0]), 300, 300)[36:263, 36:263]
     with tf.Graph().as_default():
         x = tf.placeholder(tf.float32, [1, 227, 227, 3])
         network = AlexNet(x, 1.0, NUM_CLASSES, [], model)

@@ -25,25 +25,39 @@ def decode(data):
 def reference_resize(image, height, width):
     """Bilinear resize with half-pixel centres and edge clamping: the definition, in NumPy.
 
-    Sample positions are computed in float32, as TensorFlow and OpenCV do (in float64 they move by up
-    to 1e-5 pixel, which changes values by up to 0.01); the interpolation itself is in float64.
+    In float32 and in the order TensorFlow's kernel takes (sample positions, then each row's pair of
+    pixels, then between the two rows), so the values are TensorFlow's to the bit and, rounded, the
+    pipeline's pixels exactly (in float64 they would move by up to 1e-5, enough to tip a value
+    lying on a half to the other level).
     """
     def weights(size_in, size_out):
         scale = np.float32(size_in) / np.float32(size_out)
         centres = (np.arange(size_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
-        centres = np.clip(centres, 0, size_in - 1).astype(np.float64)
-        low = np.floor(centres).astype(int)
-        return low, np.minimum(low + 1, size_in - 1), centres - low
-    image = image.astype(np.float64)
+        floor = np.floor(centres)
+        low = np.maximum(floor, 0).astype(int)
+        high = np.minimum(np.ceil(centres), size_in - 1).astype(int)
+        return low, high, centres - floor
+    image = image.astype(np.float32)
     top, bottom, dy = weights(image.shape[0], height)
     left, right, dx = weights(image.shape[1], width)
-    rows = image[top] * (1 - dy)[:, None, None] + image[bottom] * dy[:, None, None]
-    return rows[:, left] * (1 - dx)[None, :, None] + rows[:, right] * dx[None, :, None]
+    dx, dy = dx[None, :, None], dy[:, None, None]
+    upper = image[top][:, left] + (image[top][:, right] - image[top][:, left]) * dx
+    lower = image[bottom][:, left] + (image[bottom][:, right] - image[bottom][:, left]) * dx
+    return upper + (lower - upper) * dy
 
 
-def reference_preprocess(image_rgb):
-    """Resize to 227, subtract the ImageNet mean, reorder to BGR, in NumPy."""
-    return (reference_resize(image_rgb, 227, 227) - MEAN_RGB)[..., ::-1]
+def reference_pixels(image, height, width):
+    """The pipeline's pixels: `reference_resize` rounded to whole levels, half to even (float32)."""
+    return np.round(reference_resize(image, height, width))
+
+
+def levels_of(normalised):
+    """The whole RGB levels a normalised image (float32 BGR minus the mean) was made from, checked to
+    give it exactly."""
+    levels = np.round(normalised[..., ::-1] + MEAN_RGB)
+    np.testing.assert_array_equal(normalised,
+                                  levels[..., ::-1].astype(np.float32) - np.float32(MEAN_RGB[::-1]))
+    return levels
 
 
 def test_constants_are_the_caffe_ones():
@@ -81,7 +95,16 @@ def test_pinned_values_on_a_two_by_two_image(tmp_path):
     np.testing.assert_allclose(out[0, 0], [30 - 103.939, 20 - 116.779, 10 - 123.68], atol=1e-4)
     np.testing.assert_allclose(out[113, 113], [90 - 103.939, 80 - 116.779, 70 - 123.68], atol=1e-4)
     np.testing.assert_allclose(out[-1, -1], [150 - 103.939, 140 - 116.779, 130 - 123.68], atol=1e-4)
-    np.testing.assert_allclose(out, reference_preprocess(pixels), atol=1e-4)
+    np.testing.assert_array_equal(levels_of(out), reference_pixels(pixels, 227, 227))
+
+
+def test_resize_rounds_half_to_even():
+    # Output pixel 113 of a 2x2 image samples input coordinate 0.5 exactly (above): the average of
+    # the four pixels, here 10.5, 11.5 and 0.5 per channel, rounded to the even neighbour.
+    pixels = np.array([[[10, 11, 0], [11, 12, 1]], [[10, 11, 0], [11, 12, 1]]], np.uint8)
+    out = run(preprocessing.resize_for_model, pixels)
+    assert out.dtype == np.uint8
+    assert out[113, 113].tolist() == [10, 12, 0]
 
 
 def test_uniform_image_is_exactly_the_colour_minus_the_mean():
@@ -95,7 +118,7 @@ def test_uniform_image_is_exactly_the_colour_minus_the_mean():
 def test_any_size_matches_the_numpy_reference(height, width):
     image = image_files.random_rgb(height, width, seed=height * width)
     out = run(whole_chain, image_files.encode(image, '.png'))
-    np.testing.assert_allclose(out, reference_preprocess(image), atol=1e-4)
+    np.testing.assert_array_equal(levels_of(out), reference_pixels(image, 227, 227))
 
 
 def test_resize_agrees_with_opencv_inter_linear():
@@ -103,7 +126,13 @@ def test_resize_agrees_with_opencv_inter_linear():
     image = image_files.random_rgb(41, 67, seed=3)
     ours = run(lambda x: preprocessing.resize_for_model(x), image)
     theirs = cv2.resize(image.astype(np.float32), (227, 227), interpolation=cv2.INTER_LINEAR)
-    np.testing.assert_allclose(ours, theirs, atol=0.01)  # both round sample positions to float32
+    # OpenCV's float32 resize, rounded: both round sample positions to float32, so they may part
+    # only within 0.01 of a half.
+    assert np.abs(ours - theirs.astype(np.float64)).max() <= 0.5 + 0.01
+    # OpenCV's own uint8 resize (what Caffe's images went through) works in fixed point: one level
+    # off at most.
+    eight_bit = cv2.resize(image, (227, 227), interpolation=cv2.INTER_LINEAR)
+    assert np.abs(ours.astype(int) - eight_bit).max() <= 1
 
 
 def test_normalize_is_exact_for_single_images_and_batches():
@@ -207,7 +236,7 @@ def test_truncated_files_fail_with_invalid_argument():
 def test_inference_with_augment_is_the_centre_crop_of_the_256_resize():
     image = image_files.random_rgb(50, 70, seed=9)
     out = run(lambda x: preprocessing.resize_for_model(x, training=False, augment=True), image)
-    np.testing.assert_allclose(out, reference_resize(image, 256, 256)[14:241, 14:241], atol=1e-4)
+    np.testing.assert_array_equal(out, reference_pixels(image, 256, 256)[14:241, 14:241])
 
 
 def _place_of(crop, resized):
@@ -224,7 +253,7 @@ def _place_of(crop, resized):
 
 def test_training_with_augment_takes_a_seeded_random_crop_and_flip():
     image = image_files.random_rgb(40, 60, seed=10)
-    resized = reference_resize(image, 256, 256)
+    resized = reference_pixels(image, 256, 256)
     seeds = [[0, seed] for seed in range(12)]
 
     def build(x):

@@ -221,7 +221,7 @@ def assert_same_batches(list_file, shard_spec, cases):
                                           shuffle, epoch, skip)
         assert len(found) == len(expected) > 0
         for (images, labels), (list_images, list_labels) in zip(found, expected):
-            assert images.dtype == np.float32 and images.shape[1:] == (227, 227, 3)
+            assert images.dtype == np.uint8 and images.shape[1:] == (227, 227, 3)
             np.testing.assert_array_equal(images, list_images)
             np.testing.assert_array_equal(labels, list_labels)
         assert shard_data.paths == list_data.paths

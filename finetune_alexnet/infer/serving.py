@@ -93,9 +93,9 @@ ExportedModel = collections.namedtuple('ExportedModel', 'layers class_names cent
 
 
 def _resize_each(images, center_crop):
-    """float32 [n, 227, 227, 3] RGB from a batch of decoded images, one `resize_for_model` each."""
+    """uint8 [n, 227, 227, 3] RGB from a batch of decoded images, one `resize_for_model` each."""
     return tf.map_fn(lambda image: preprocessing.resize_for_model(image, augment=center_crop), images,
-                     fn_output_signature=tf.TensorSpec([INPUT_SIZE, INPUT_SIZE, 3], tf.float32),
+                     fn_output_signature=tf.TensorSpec([INPUT_SIZE, INPUT_SIZE, 3], tf.uint8),
                      back_prop=False)
 
 
@@ -111,7 +111,7 @@ def preprocess_encoded(image_bytes, center_crop, max_pixels=image_header.DEFAULT
         return preprocessing.resize_for_model(image, augment=center_crop)
     decoded_and_resized = tf.map_fn(
         lambda elements: one(*elements), (image_bytes, tf.range(tf.size(image_bytes))),
-        fn_output_signature=tf.TensorSpec([INPUT_SIZE, INPUT_SIZE, 3], tf.float32), back_prop=False)
+        fn_output_signature=tf.TensorSpec([INPUT_SIZE, INPUT_SIZE, 3], tf.uint8), back_prop=False)
     return preprocessing.normalize(decoded_and_resized, compiled=False)
 
 

@@ -8,6 +8,7 @@ import tensorflow.compat.v1 as tf
 
 import datagenerator
 from alexnet import CONV_LAYERS, AlexNet
+from finetune_alexnet import preprocessing
 from finetune_alexnet import tfrecords
 from finetune_alexnet.errors import ToolkitError
 from finetune_alexnet.train import feature_cache
@@ -75,17 +76,45 @@ def make_datasets(settings, order_seed, workers=None):
     return train_data, val_data, steps_per_epoch
 
 
+PIPELINE_DEVICE = '/cpu:0'  # where the input pipelines decode and resize, whatever runs the model
+
+# images: float32 [b, 227, 227, 3], normalised on the model's device; labels: one-hot;
+# training_init_op / validation_init_op: (re)start the shared iterator on either dataset.
+DeviceBatches = collections.namedtuple('DeviceBatches', 'images labels training_init_op '
+                                                        'validation_init_op')
+
+
+def device_batches(train_dataset, val_dataset, device):
+    """The batches of two datasets of (uint8 images, labels) on `device`, from one iterator that
+    either initialiser points at; `preprocessing.normalize` makes the float32 images there.
+
+    On a GPU both datasets are copied there and two batches prefetched, so a step finds its batch
+    waiting instead of waiting for a synchronous copy, of uint8 pixels: a quarter of float32's bytes.
+    (The iterator of a copied dataset must live on its device.) On the pipeline's CPU nothing is
+    copied. tests/test_device_input.py checks the GPU graph's placement and runs the copy.
+    """
+    if tf.DeviceSpec.from_string(device) != tf.DeviceSpec.from_string(PIPELINE_DEVICE):
+        with tf.device(PIPELINE_DEVICE):
+            train_dataset, val_dataset = (dataset.apply(tf.data.experimental.copy_to_device(device))
+                                          for dataset in (train_dataset, val_dataset))
+        with tf.device(device):
+            train_dataset, val_dataset = train_dataset.prefetch(2), val_dataset.prefetch(2)
+    with tf.device(device):
+        iterator = tf.data.Iterator.from_structure(tf.data.get_output_types(train_dataset),
+                                                   tf.data.get_output_shapes(train_dataset))
+        pixels, labels = iterator.get_next()
+        images = preprocessing.normalize(pixels)
+        return DeviceBatches(images, labels, iterator.make_initializer(train_dataset),
+                             iterator.make_initializer(val_dataset))
+
+
 def build(settings, train_data, val_data, config, order_seed, spill_dir=None, workers=None):
     """The training graph on the image pipeline, or on cached pool5 features: with --unfreeze_at, a
     graph for each kind of input the phases train on (phase 1 on the cache and phase 2 on images,
     say), sharing the variables, the optimizer and its slots, the step and the moving average.
     On several `workers`, the graph is built inside their strategy (images only: no cache)."""
-    with tf.device('/cpu:0'):  # the input pipeline stays on the CPU, whatever runs the model
-        iterator = tf.data.Iterator.from_structure(tf.data.get_output_types(train_data.data),
-                                                   tf.data.get_output_shapes(train_data.data))
-        images, labels = iterator.get_next()
-        training_init_op = iterator.make_initializer(train_data.data)
-        validation_init_op = iterator.make_initializer(val_data.data)
+    images, labels, training_init_op, validation_init_op = device_batches(
+        train_data.data, val_data.data, config.model_device or PIPELINE_DEVICE)
     image_phases = tuple(phase for phase in settings.phases if not settings.phase_uses_cache(phase))
     cache_phases = tuple(phase for phase in settings.phases if settings.phase_uses_cache(phase))
     setups, image_graph = {}, None
