@@ -27,6 +27,20 @@ import bvlc_fixture  # noqa: E402
 tf.get_logger().setLevel('ERROR')  # as the commands do: no deprecation notices in the output
 tf.disable_v2_behavior()  # what every entry point of the toolkit does
 
+# The files that take longest (pytest --durations on 2 cores), longest first. --dist loadfile hands
+# each file whole to one worker, in collection order: these start first, so the files handed out
+# last are short ones and no worker is left running a long file while the other idles. (Whole
+# files: a file's module-scoped fixtures, some of a minute or more, are built once.)
+LONGEST_FILES = ('test_finetune.py', 'test_bench.py', 'test_export.py', 'test_distributed.py',
+                 'test_recipe.py', 'test_checkpoints.py', 'test_training.py', 'test_tfrecords.py',
+                 'test_export_runtimes.py', 'test_signals.py', 'test_datagenerator.py',
+                 'test_summaries.py', 'test_run_folder.py', 'test_predict_features.py', 'test_cli.py')
+
+
+def pytest_collection_modifyitems(items):
+    first = {name: rank for rank, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: a file's order kept
+
 
 @pytest.fixture(scope='session')
 def bvlc_layers():
