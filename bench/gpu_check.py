@@ -12,9 +12,9 @@ with), --num_gpus replicas against towers on every GPU it sees (two or more), an
 memory. Each section is written as soon as it is done, so a crash leaves the sections before it.
 
 Without a GPU it runs the same sections on the CPU: float16 by TensorFlow's CPU emulation of the
-rewrite, replicas and towers on two logical CPU devices. `--tiny` (batch 2, short windows) is what
-the tests run, to check the file's shape. docs/speed.md says what the CPU emulation verified and
-what only this command can show.
+rewrite, replicas and towers on two logical CPU devices. `--tiny` (batch 2, one timed step per
+figure) is what the tests run, to check the file's shape. docs/speed.md says what the CPU emulation
+verified and what only this command can show.
 """
 import os
 import sys
@@ -214,7 +214,7 @@ def main(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--output', required=True, help='the JSON file to write')
     parser.add_argument('--tiny', action='store_true',
-                        help='batch 2 and short windows: the file\'s shape, not its numbers')
+                        help='batch 2 and one timed step per figure: the file\'s shape, not its numbers')
     parser.add_argument('--cache_dir', default=os.path.join(tempfile.gettempdir(), 'alexnet-bench'),
                         help='weights and JPEGs written once, shared with bench.py')
     args = parser.parse_args(argv)
@@ -225,7 +225,7 @@ def main(argv=None):
     tf.disable_v2_behavior()
     gpu = bool(tf2.config.list_physical_devices('GPU'))
     device = '/gpu:0' if gpu else '/cpu:0'
-    batch, seconds = (2, 0.2) if args.tiny else (128, 8.0)
+    batch, seconds = (2, 0) if args.tiny else (128, 8.0)
     os.makedirs(args.cache_dir, exist_ok=True)
     weights = bench.write_weights(os.path.join(args.cache_dir, 'weights.npz'))
     list_file = bench.write_jpegs(os.path.join(args.cache_dir, 'jpegs'), 4 * batch)

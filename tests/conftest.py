@@ -1,4 +1,5 @@
-"""Shared fixtures: TF1 graph mode for every test, and weight files in the real file's layout."""
+"""Shared fixtures: TF1 graph mode for every test, weight files in the real file's layout, and the
+order the files run in (the longest first)."""
 import atexit
 import os
 import shutil
@@ -26,6 +27,21 @@ import bvlc_fixture  # noqa: E402
 
 tf.get_logger().setLevel('ERROR')  # as the commands do: no deprecation notices in the output
 tf.disable_v2_behavior()  # what every entry point of the toolkit does
+
+# The files that take longest (pytest --durations on 2 cores), longest first. --dist loadfile hands
+# each file whole to one worker, in collection order: these start first, so the files handed out
+# last are short ones and no worker is left running a long file while the other idles. (Whole
+# files: a file's module-scoped fixtures, some of a minute or more, are built once.)
+LONGEST_FILES = ('test_distributed.py', 'test_tfrecords.py', 'test_bench.py', 'test_training.py',
+                 'test_finetune.py', 'test_recipe.py', 'test_checkpoints.py', 'test_export.py',
+                 'test_signals.py', 'test_export_runtimes.py', 'test_cli.py', 'test_datagenerator.py',
+                 'test_run_folder.py', 'test_summaries.py', 'test_caffemodel.py',
+                 'test_working_directory.py', 'test_visualize.py', 'test_predict.py')
+
+
+def pytest_collection_modifyitems(items):
+    first = {name: rank for rank, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: a file's order kept
 
 
 @pytest.fixture(scope='session')

@@ -16,11 +16,13 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO, 'bench', 'bench.py')
 # Every kind of measurement: the step from memory, through the original's feed_dict loop and
-# through finetune.py itself (a subprocess of its own), inference, and the input pipeline alone.
-REDUCED = 'fc/memory/*,fc/feed/*,fc/loop/*,infer/tf/1,input/*'
-EXPECTED = ['fc/memory/8', 'fc/loop/8', 'fc/feed/8', 'infer/tf/1', 'input/pipeline/8',
-            'input/opencv/8', 'input/core-list/8', 'input/core-shards/8', 'input/core-resized/8',
-            'input/core-list-augment/8', 'input/core-resized-augment/8']
+# through finetune.py itself (a subprocess of its own), the recipe's steps, inference, and the input
+# pipeline alone. One run serves the tests of its rows (each configuration costs a process).
+REDUCED = 'fc/memory/*,fc/feed/*,fc/loop/*,fc/ema/8,fc/cutmix/8,fc/unfreeze/8,infer/tf/1,input/*'
+EXPECTED = ['fc/memory/8', 'fc/loop/8', 'fc/feed/8', 'fc/ema/8', 'fc/cutmix/8', 'fc/unfreeze/8',
+            'infer/tf/1', 'input/pipeline/8', 'input/opencv/8', 'input/core-list/8',
+            'input/core-shards/8', 'input/core-resized/8', 'input/core-list-augment/8',
+            'input/core-resized-augment/8']
 
 
 def run_bench(*args):
@@ -38,17 +40,24 @@ def table_rows(stdout):
     return rows
 
 
-@pytest.mark.slow
-def test_quick_run_prints_every_asked_row_with_positive_figures(tmp_path):
+@pytest.fixture(scope='module')
+def quick_run(tmp_path_factory):
+    """bench.py --quick on the reduced set: (its result, its table's rows, its JSON, its folder)."""
+    folder = tmp_path_factory.mktemp('bench')
     result = run_bench('--quick', '--no_torch', '--seconds', '0.5', '--only', REDUCED,
-                       '--cache_dir', str(tmp_path / 'cache'), '--json', str(tmp_path / 'bench.json'))
+                       '--cache_dir', str(folder / 'cache'), '--json', str(folder / 'bench.json'))
     assert result.returncode == 0, result.stderr[-3000:]
+    with open(folder / 'bench.json') as stream:
+        recorded = json.load(stream)
+    return result, table_rows(result.stdout), recorded, folder
+
+
+@pytest.mark.slow
+def test_quick_run_prints_every_asked_row_with_positive_figures(quick_run):
+    result, rows, recorded, folder = quick_run
     assert re.search(r'AlexNet fine-tuning speed, \d{4}-\d\d-\d\d: .+, \d+ cores; .*tensorflow 2\.',
                      result.stdout)
-    rows = table_rows(result.stdout)
     assert list(rows) == EXPECTED
-    with open(tmp_path / 'bench.json') as stream:
-        recorded = json.load(stream)
     assert recorded['failed'] == []
     for key, (batch, shown, _) in rows.items():
         assert batch == (1 if key == 'infer/tf/1' else 8)
@@ -65,7 +74,7 @@ def test_quick_run_prints_every_asked_row_with_positive_figures(tmp_path):
         assert ratio == pytest.approx(values[key] / values[reference], abs=0.006)
     assert 'No PyTorch rows or equality check' in result.stdout
     # The shard rows read shards the run wrote from the JPEG list, as they are and pre-resized.
-    shards = tmp_path / 'cache' / 'shards'
+    shards = folder / 'cache' / 'shards'
     assert sorted(os.listdir(shards)) == ['list_32_core-resized', 'list_32_core-shards']
 
 
@@ -106,14 +115,11 @@ def test_equality_line_holds_the_largest_relative_difference():
 
 
 @pytest.mark.slow
-def test_recipe_rows_are_timed_against_the_plain_step(tmp_path):
-    result = run_bench('--quick', '--no_torch', '--seconds', '0.5', '--only',
-                       'fc/memory/8,fc/ema/8,fc/cutmix/8,fc/unfreeze/8',
-                       '--cache_dir', str(tmp_path / 'cache'), '--json', str(tmp_path / 'bench.json'))
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = table_rows(result.stdout)
-    assert list(rows) == ['fc/memory/8', 'fc/ema/8', 'fc/cutmix/8', 'fc/unfreeze/8']
-    values = json.loads((tmp_path / 'bench.json').read_text())['values']
+def test_recipe_rows_are_timed_against_the_plain_step(quick_run):
+    _, rows, recorded, _ = quick_run
+    recipe_rows = ['fc/memory/8', 'fc/ema/8', 'fc/cutmix/8', 'fc/unfreeze/8']
+    assert [key for key in rows if key in recipe_rows] == recipe_rows
+    values = recorded['values']
     for key in ('fc/ema/8', 'fc/cutmix/8', 'fc/unfreeze/8'):
         ratio, meaning = rows[key][2].split('x ')
         assert meaning == 'plain SGD' and values[key] > 0
