@@ -1,5 +1,7 @@
-"""A run's life around the epoch loop: new or resumed, its starting weights, what it tells the user
-before training, and what it records after each epoch."""
+"""A run's life around the epoch loop: its start (workers, lock, new or resumed state, starting
+weights), what it tells the user before training, and what it records after each epoch."""
+import collections
+import contextlib
 import math
 import os
 
@@ -11,12 +13,14 @@ from finetune_alexnet import checkpoints
 from finetune_alexnet import model_info
 from finetune_alexnet import run_folder
 from finetune_alexnet import run_state
+from finetune_alexnet import signals
 from finetune_alexnet import tf_setup
 from finetune_alexnet import tfrecords
 from finetune_alexnet import weight_files
 from finetune_alexnet.errors import ToolkitError
 from finetune_alexnet.train import distribute
 from finetune_alexnet.train import graph as training_graph
+from finetune_alexnet.train import inputs
 from finetune_alexnet.train import loop
 from finetune_alexnet.train import progress
 from finetune_alexnet.train import summaries
@@ -200,7 +204,9 @@ def training_config(settings, gpu, steps_per_epoch, train_labels=None, order_see
         decay_steps=settings.lr_decay_epochs * steps_per_epoch,
         decay_factor=settings.lr_decay_factor, num_devices=settings.num_gpus, use_gpu=gpu,
         num_workers=settings.num_workers,
-        model_device='/gpu:0' if gpu else '/cpu:0', mixed_precision=settings.mixed_precision)
+        model_device='/gpu:0' if gpu else '/cpu:0', mixed_precision=settings.mixed_precision,
+        # The graph on images trains these; those on cached features get a graph of their own.
+        phases=tuple(phase for phase in settings.phases if not settings.phase_uses_cache(phase)))
 
 
 def warmup_steps(epochs, steps_per_epoch):
@@ -265,9 +271,10 @@ NOT_SHARED = ('worker_hosts', 'task_index', 'cluster', 'collective_timeout', 've
               'cache_dir', 'init_checkpoint', 'changed_settings', 'device', 'num_classes_source')
 
 
-def record_epoch(session, keeper, writer, state, record, writes=True):
+def record_epoch(session, keeper, writer, state, record):
     """The epoch's scalars, checkpoint, run state, metrics line and curves; True if it is the best.
-    With `writes` False (a worker other than the chief) only the state in memory is updated."""
+    With a keeper that writes nothing (a worker other than the chief) only the state in memory is
+    updated."""
     directory = keeper.directory
     improved = state.best_val_accuracy is None or record['val_accuracy'] > state.best_val_accuracy
     if improved:
@@ -277,7 +284,7 @@ def record_epoch(session, keeper, writer, state, record, writes=True):
         record['phase'] = state.phase
     state.epochs_completed = record['epoch']
     state.history.append(record)
-    if not writes:
+    if not keeper.writes:
         return improved
     loop.write_scalars(writer, record['step'], {
         'validation/cross_entropy': record['val_loss'], 'validation/accuracy': record['val_accuracy'],
@@ -315,3 +322,167 @@ def report_warm_start(session, settings, setup, state, workers=None):
     state.init_val_accuracy = accuracy
     print(f'warm start from {settings.init_checkpoint}: validation loss {loss:.4f} acc '
           f'{accuracy:.4f} before training')
+
+
+def nan_message(settings, state, epoch, step):
+    return (f'the loss became NaN or infinite at epoch {epoch}, step {step}: lower the learning rate '
+            f'(now {settings.learning_rate:g}); {last_good_checkpoint(settings, state)}')
+
+
+# One epoch's training, as finetune.py's train_one_epoch sums it up (on several workers, the whole
+# cluster's): mean loss and accuracy, images per second, images seen, the rates its steps used,
+# and whether it ran to its end (False: a stop signal came first).
+EpochTraining = collections.namedtuple('EpochTraining', 'loss accuracy images_per_second images '
+                                                        'rates finished')
+
+
+@contextlib.contextmanager
+def started(settings):
+    """The run, started: its device, its workers (one machine, or one of several: TF_CONFIG,
+    --worker_hosts; then the chief, worker 0, alone writes the run folder), the run folder's lock,
+    stop signals caught, its state (new, or resumed from the run folder), the shuffle seed the
+    workers agree on, the weights file read, seeding. Feature files the run spilled are removed
+    when it ends."""
+    gpu = use_gpu(settings)
+    class_names = read_class_names(settings)
+    workers = distribute.start(settings.cluster, gpu, settings.collective_timeout)
+    session_config = workers.session_config(tf_setup.session_config(
+        gpu, xla=settings.xla, mixed_precision=settings.mixed_precision,
+        logical_cpus=settings.num_gpus if not gpu and settings.num_gpus > 1 else None))
+    # Signals are caught from here on, so a SIGTERM while the weights load still ends in one line.
+    with workers.lock(settings.checkpoint_path), signals.StopRequests() as stop:
+        state, resumed = new_or_resumed_state(settings, writes=workers.is_chief)
+        state.order_seed = workers.start(state.order_seed, agreed_settings(settings, gpu))
+        # The .npy read once, checked before anything is built.
+        run = Run(settings, gpu, class_names, workers, session_config, stop, state, resumed,
+                  initial_weights(settings, resumed))
+        with loop.seeded(settings.seed):
+            try:
+                yield run
+            finally:
+                if run.setup is not None:
+                    inputs.remove_feature_files(run.setup)
+
+
+class Run:
+    """A started run (`started`): what it does once its session is open (`begin`), at the end of
+    each epoch (`end_epoch`), when a signal stops it (`stopped`) and at its end (`finish`)."""
+
+    def __init__(self, settings, gpu, class_names, workers, session_config, stop, state, resumed,
+                 layers):
+        self.settings, self.gpu, self.class_names = settings, gpu, class_names
+        self.workers, self.session_config, self.stop = workers, session_config, stop
+        self.state, self.resumed, self._layers = state, resumed, layers
+        self.setup = None
+        self.outputs = None  # the last validation pass's, for the projector
+        self.steps_done = 0  # steps of the first epoch trained before a resume
+
+    @property
+    def order_seed(self):
+        return self.state.order_seed
+
+    def begin(self, session, setup, keeper, writer, config):
+        """The variables initialised; the checkpoint restored (--resume), or the starting weights
+        loaded and the run's graph and hyper-parameters summarised; every worker's start compared;
+        the feature cache filled if the first epoch trains on it; a warm start checked."""
+        settings, state, workers = self.settings, self.state, self.workers
+        self.setup = setup
+        workers.run(session, tf.global_variables_initializer())
+        if self.resumed:
+            keeper.restore(session, os.path.join(settings.checkpoint_path, state.latest_checkpoint),
+                           state)
+            print(f'resumed {state.latest_checkpoint} at step {session.run(setup.graph.global_step)}')
+        else:
+            writer.add_graph(session.graph)
+            for summary in summaries.hparams_summaries(settings, state.run_name,
+                                                       class_weight_values=config.class_weights):
+                writer.add_summary(summary, 0)
+            load_starting_weights(session, settings, setup.weights_model, self._layers)
+            loop.start_averages(session, setup.graph)  # --ema_decay: from these weights
+            if keeper.writes:
+                model_info.write_model_info(
+                    settings.checkpoint_path, settings.num_classes, self.class_names,
+                    center_crop=settings.augment, ema=bool(settings.ema_decay))
+        step = int(session.run(setup.graph.global_step))
+        workers.check_same_start(session, step)
+        self._layers = None  # 233 MB no longer needed: the variables hold the weights now
+        print(f'open TensorBoard with: tensorboard --logdir {runs_folder(settings)} '
+              f'(this run: {state.run_name})')
+        first = setup.for_phase(settings.phase_of(state.epochs_completed + 1))
+        if first.fill_feature_cache:  # pool5 once, if the next epoch's phase trains on it
+            first.fill_feature_cache(session)
+        if settings.init_checkpoint and not self.resumed:
+            report_warm_start(session, settings, setup, state, workers)
+        # A resumed epoch starts its pinned order just past the batches already trained on, so a
+        # resumed run trains on exactly the images of an uninterrupted one. Counted from the run
+        # state, not global_step // steps_per_epoch: with --skip_bad_images an epoch can end a
+        # step or more early.
+        self.steps_done = step - state.last_step
+
+    def stopped(self, session, keeper):
+        """A stop signal came: the chief saves the run where it is; the exit status."""
+        step = int(session.run(self.setup.graph.global_step))
+        prefix = keeper.save_interrupted(session, self.state, step)
+        if prefix:
+            print(f'saved {prefix} at step {step}; continue with --resume (and the same flags)')
+        else:
+            print(f'stopped at step {step}; the chief saves the run: continue with --resume')
+        return self.stop.exit_status
+
+    def end_epoch(self, session, current, keeper, writer, epoch, trained, resumed_epoch):
+        """After epoch `epoch` trained (`trained`, an EpochTraining) on `current` (its phase's
+        TrainingSetup): the skipped images counted, validation, its pictures, the epoch's record
+        (run state, metrics, curves, checkpoint), the epoch's line and notes. True when early
+        stopping ends the run."""
+        settings, state = self.settings, self.state
+        notes = []
+        if settings.skip_bad_images and current.image_labels is not None and not resumed_epoch:
+            notes.append(current.train.data.describe_skipped(
+                trained.images + loop.count_remaining_images(session, current.image_labels)))
+        step = int(session.run(current.graph.global_step))
+        outputs = summaries.ValidationOutputs(
+            keep_features=summaries.PROJECTOR_MAX_IMAGES if settings.projector else 0)
+        val_loss, val_accuracy, val_count = loop.validate(session, current.graph, current.val,
+                                                          outputs, current.pictures, self.workers)
+        if settings.skip_bad_images:
+            notes.append(current.val.data.describe_skipped(val_count))
+        val_paths = inputs.image_paths(current.val.data)
+        if keeper.writes:
+            writer.add_summary(summaries.validation_summary(
+                outputs, aligned_paths(val_paths, outputs), self.class_names, settings.num_classes),
+                step)
+        record = {'epoch': epoch, 'step': step, 'train_loss': trained.loss,
+                  'train_accuracy': trained.accuracy, 'val_loss': val_loss,
+                  'val_accuracy': val_accuracy, 'val_images': val_count,
+                  **epoch_rates(trained.rates, session, current.graph),
+                  'images_per_second': trained.images_per_second}
+        improved = record_epoch(session, keeper, writer, state, record)
+        print(f'epoch {epoch}: train loss {trained.loss:.4f} acc {trained.accuracy:.3f}, validation '
+              f'loss {val_loss:.4f} acc {val_accuracy:.4f}{" (best)" if improved else ""}')
+        for note in filter(None, notes):
+            print(f'note: {note}')
+        self.outputs = outputs
+        if settings.early_stopping and epoch - state.best_epoch >= settings.early_stopping:
+            print(f"early stopping after epoch {epoch}: no better validation accuracy for "
+                  f"{settings.early_stopping} epoch(s) since epoch {state.best_epoch}")
+            return True
+        return False
+
+    def finish(self, writer):
+        """The projector's embedding (--projector), the HParams run's end, the last line; 0."""
+        settings, state, outputs = self.settings, self.state, self.outputs
+        if settings.projector and outputs is not None and outputs.features is not None:
+            paths = aligned_paths(inputs.image_paths(self.setup.val.data), outputs)
+            summaries.write_projector(writer.get_logdir(), outputs.features, paths, outputs.labels,
+                                      outputs.probabilities.argmax(axis=1), self.class_names,
+                                      settings.num_classes)
+            print(f'projector: fc7 features of {len(outputs.features)} validation images in '
+                  f'{writer.get_logdir()}')
+        writer.add_summary(summaries.hparams_end_summary(), state.last_step)
+        written_by = '' if self.workers.is_chief else ' (written by the chief)'
+        events = f'; TensorBoard events in {writer.get_logdir()}' if settings.filewriter_path else \
+            ', TensorBoard events'
+        print(f"done: best validation accuracy {state.best_val_accuracy:.4f} at epoch "
+              f"{state.best_epoch}; checkpoints, metrics.jsonl, curves.png{events} in "
+              f"{settings.checkpoint_path}{written_by}")
+        return 0

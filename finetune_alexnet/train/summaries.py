@@ -183,6 +183,18 @@ class NoWriter:
     def get_logdir(self):
         return None
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        pass
+
+
+def writer(folder, writes=True):
+    """The run's summary writer into `folder`; with `writes` False (a worker other than the chief)
+    a NoWriter."""
+    return tf.summary.FileWriter(folder) if writes else NoWriter()
+
 
 class ValidationOutputs:
     """Collects what each validation batch fetched: class probabilities, true labels, fc7 rows."""
