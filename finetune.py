@@ -5,10 +5,10 @@ whole loop can be seen working in a few minutes on a laptop CPU.
 
 Read `fine_tune` below for the TensorFlow 1.x recipe, in the original's order: the iterator and its
 init ops, `model = AlexNet(...)`, the loss, the optimizer and `train_op`, the summaries, the saver,
-the session. `train_epochs` is the epoch loop, and `train_one_epoch` calls
-`session.run({'train': train_op, 'loss': loss, ...})` for each step. The machinery behind each named
-call (replicas for --num_gpus, several workers, mixed precision, the NaN guard, the feature cache,
---unfreeze_at's phases, resume) lives in finetune_alexnet/train/.
+the session. `train_epochs` is the epoch loop, and `train_one_epoch` runs each step's `train_op`,
+loss and accuracy in one `session.run`. The machinery behind each named call (replicas for
+--num_gpus, several workers, mixed precision, the NaN guard, the feature cache, --unfreeze_at's
+phases, start-up and resume, an epoch's end) lives in finetune_alexnet/train/.
 
 Flags are named after the original script's configuration. Two defaults differ from it, because its
 users found them to fail on cats vs dogs: `--skip_layers fc8` (the original skipped every trained
@@ -201,8 +201,7 @@ def fine_tune(settings):
     """The TensorFlow 1.x recipe: the iterator, the model, the loss, the optimizer and train_op, the
     summaries, the saver; then a session, and the epochs (`train_epochs`)."""
     with runs.started(settings) as run:  # workers, the run folder's lock, its state, the weights file
-        train_data, val_data, steps_per_epoch = inputs.make_datasets(settings, run.order_seed,
-                                                                     run.workers)
+        train_data, val_data, steps_per_epoch = inputs.make_datasets(settings, run.order_seed, run.workers)
         config = runs.training_config(settings, run.gpu, steps_per_epoch, train_data.labels,
                                       run.order_seed)
 
@@ -253,7 +252,7 @@ def train_epochs(session, settings, run, setup, keeper, writer, steps_per_epoch)
     save."""
     steps_done = run.steps_done  # of a resumed epoch
     for epoch in range(run.state.epochs_completed + 1, settings.num_epochs + 1):
-        current = runs.epoch_setup(settings, setup, run.state, epoch)  # --unfreeze_at: its phase's
+        current = run.phase(setup, epoch)  # --unfreeze_at: the graph of the epoch's phase
         current.train.start(session, epoch, steps_done)  # training_init_op (or the cache's)
         trained = train_one_epoch(run.workers.bounded(session), settings, run, current.graph,
                                   current.train, writer, epoch, steps_done, steps_per_epoch)

@@ -1,7 +1,7 @@
-"""The fine-tuning graph: AlexNet on one or more devices, loss, SGD step, accuracy and summaries.
-
-Kept apart from finetune.py's command line so tests and the benchmarks build exactly the graph that
-users train. Nothing here runs a session.
+"""The steps finetune.py builds its graph with: `optimizer`, `loss`, `train_ops` (the model function
+finetune.py hands it, once per replica with --num_gpus; the batch's loss, gradients, NaN guard,
+update) and `summaries`. `build_training_graph` composes them as finetune.py does, so tests and the
+benchmarks build exactly the graph that users train. Nothing here runs a session.
 
 Besides the paper's recipe, what fine-tuning uses today, each off unless its config field is set:
 label smoothing (the training loss only), an exponential moving average of the trained weights
@@ -229,19 +229,13 @@ def alexnet_and_loss(keep_prob, config):
     return model_and_loss
 
 
-def build_training_graph(images, labels, config, input_layer=None, reuse=False, shared=None,
-                         keep_prob=None):
+def build_training_graph(images, labels, config, input_layer=None, reuse=False, shared=None):
     """finetune.py's graph in one call: `optimizer`, `train_ops` and `summaries` on AlexNet
     (`alexnet_and_loss`). `reuse` shares variables an earlier AlexNet created (cached pool5 features
     under an AlexNet built alone: on one device), `shared` an earlier graph's `.shared`."""
-    if keep_prob is None:
-        keep_prob = tf.placeholder_with_default(1.0, [], name='keep_prob')
-    if shared is None:
-        solo = dataclasses.replace(config, num_devices=1) if reuse and config.num_workers == 1 else config
-        optimizer_ops = optimizer(solo)
-    else:
-        optimizer_ops = Optimizer(shared.global_step, shared.rate, shared.optimizer, shared.loss_scale,
-                                  shared.strategy)
+    keep_prob = tf.placeholder_with_default(1.0, [], name='keep_prob')
+    optimizer_ops = None if shared is not None else optimizer(
+        dataclasses.replace(config, num_devices=1) if reuse and config.num_workers == 1 else config)
     graph = train_ops(alexnet_and_loss(keep_prob, config), images, labels, keep_prob, optimizer_ops,
                       config, input_layer, reuse, shared)
     return summaries(graph, config)
@@ -264,8 +258,12 @@ def train_ops(model_and_loss, images, labels, keep_prob, optimizer_ops, config, 
 
     With `input_layer` ('flattened' for cached pool5 features), `images` holds that layer's output
     and only the layers after it are built; `reuse` shares variables an earlier AlexNet created, and
-    `shared` (an earlier graph's `.shared`) its moving average and phase record.
+    `shared` (an earlier graph's `.shared`, then no `optimizer_ops`) its optimizer, moving average
+    and phase record.
     """
+    if shared is not None:
+        optimizer_ops = Optimizer(shared.global_step, shared.rate, shared.optimizer, shared.loss_scale,
+                                  shared.strategy)
     x = tf.placeholder_with_default(images, images.shape, name='x')
     y = tf.placeholder_with_default(labels, [None, config.num_classes], name='y')
     training = tf.placeholder_with_default(False, [], name='training')

@@ -16,14 +16,10 @@ from finetune_alexnet.train import graph as training_graph
 from finetune_alexnet.train import loop
 
 
-class BatchSource:
-    """One phase's batches (training or validation): `start` (re)initialises the shared iterator."""
-
-    def __init__(self, start, data):
-        # start(session, epoch, skip_steps) initialises the iterator skip_steps batches into the
-        # epoch's order (a resumed epoch); epoch None: validation
-        self.start = start
-        self.data = data  # the ImageDataGenerator behind it, for naming unreadable images
+# One phase's batches (training or validation): start(session, epoch, skip_steps) (re)initialises
+# the iterator skip_steps batches into the epoch's order (a resumed epoch; epoch None: validation);
+# data: the ImageDataGenerator behind it, for naming unreadable images.
+BatchSource = collections.namedtuple('BatchSource', 'start data')
 
 
 class TrainingSetup(collections.namedtuple('TrainingSetup', [
@@ -122,13 +118,10 @@ def training_setup(settings, graph, model_and_loss, config, train_data, val_data
     with tf.device('/cpu:0'):
         cache_iterator = tf.data.make_initializable_iterator(dataset)
         cached_features, cached_labels = cache_iterator.get_next()
-    shared = graph.shared
     cache_graph = training_graph.summaries(training_graph.train_ops(
-        model_and_loss, cached_features, cached_labels, graph.keep_prob,
-        training_graph.Optimizer(shared.global_step, shared.rate, shared.optimizer, shared.loss_scale,
-                                 shared.strategy),
+        model_and_loss, cached_features, cached_labels, graph.keep_prob, None,
         dataclasses.replace(config, phases=cache_phases), input_layer='flattened', reuse=True,
-        shared=shared), config)
+        shared=graph.shared), config)
     cache = {}
     # Features too large for memory spill to files here (the run's folder unless told otherwise).
     feature_files = {name: os.path.join(spill_dir or settings.checkpoint_path, f'features_{name}.npy')

@@ -56,14 +56,6 @@ def events_folder(settings, state):
     return settings.checkpoint_path
 
 
-def last_good_checkpoint(settings, state):
-    """What a run that fails now can do, for the error that ends it."""
-    if state.latest_checkpoint:
-        return (f'continue from the last good checkpoint ({state.latest_checkpoint} in '
-                f'{settings.checkpoint_path}) with --resume --learning_rate and a lower rate')
-    return 'no checkpoint was saved yet: start the run again with a lower --learning_rate'
-
-
 def runs_folder(settings):
     """The folder to give `tensorboard --logdir`: the one that holds this run beside the others."""
     if settings.filewriter_path:
@@ -214,14 +206,6 @@ def warmup_steps(epochs, steps_per_epoch):
     return max(1, round(epochs * steps_per_epoch)) if epochs else 0
 
 
-def epoch_setup(settings, setup, state, epoch):
-    """The graph and batches of epoch `epoch`'s phase; run_state.json records the phase."""
-    phase = settings.phase_of(epoch)
-    if settings.unfreeze_at:
-        state.phase = phase
-    return setup.for_phase(phase)
-
-
 def describe_data(settings, train_data, val_data, steps_per_epoch, class_names, config):
     """What the run trains on, printed before it starts: images per class, class weights, sizes."""
     names = model_info.class_names_or_placeholders(class_names, settings.num_classes)
@@ -271,32 +255,6 @@ NOT_SHARED = ('worker_hosts', 'task_index', 'cluster', 'collective_timeout', 've
               'cache_dir', 'init_checkpoint', 'changed_settings', 'device', 'num_classes_source')
 
 
-def record_epoch(session, keeper, writer, state, record):
-    """The epoch's scalars, checkpoint, run state, metrics line and curves; True if it is the best.
-    With a keeper that writes nothing (a worker other than the chief) only the state in memory is
-    updated."""
-    directory = keeper.directory
-    improved = state.best_val_accuracy is None or record['val_accuracy'] > state.best_val_accuracy
-    if improved:
-        state.best_val_accuracy, state.best_epoch = record['val_accuracy'], record['epoch']
-    state.best_val_loss = min(state.best_val_loss or math.inf, record['val_loss'])
-    if state.phase is not None:
-        record['phase'] = state.phase
-    state.epochs_completed = record['epoch']
-    state.history.append(record)
-    if not keeper.writes:
-        return improved
-    loop.write_scalars(writer, record['step'], {
-        'validation/cross_entropy': record['val_loss'], 'validation/accuracy': record['val_accuracy'],
-        'images_per_second': record['images_per_second'],
-        'hparams/best_val_accuracy': state.best_val_accuracy,
-        'hparams/best_val_loss': state.best_val_loss})
-    keeper.save_epoch(session, record['epoch'], state, best=improved)
-    progress.append_metrics(os.path.join(directory, 'metrics.jsonl'), record)
-    progress.plot_curves(state.history, os.path.join(directory, 'curves.png'))
-    return improved
-
-
 def epoch_rates(rates, session, graph):
     """The learning rate an epoch's steps trained with, for its record: `learning_rate`, and
     `learning_rate_last` too where the rate changed within the epoch (then `learning_rate` is its
@@ -316,17 +274,15 @@ def aligned_paths(paths, outputs):
     return paths if len(outputs.labels) == len(paths) else [''] * len(outputs.labels)
 
 
-def report_warm_start(session, settings, setup, state, workers=None):
-    """The warm-started model's validation loss and accuracy before any step, as a check."""
-    loss, accuracy, _ = loop.validate(session, setup.graph, setup.val, workers=workers)
-    state.init_val_accuracy = accuracy
-    print(f'warm start from {settings.init_checkpoint}: validation loss {loss:.4f} acc '
-          f'{accuracy:.4f} before training')
-
-
 def nan_message(settings, state, epoch, step):
+    """What a run whose loss became NaN at `step` can do, for the error that ends it."""
+    if state.latest_checkpoint:
+        last_good = (f'continue from the last good checkpoint ({state.latest_checkpoint} in '
+                     f'{settings.checkpoint_path}) with --resume --learning_rate and a lower rate')
+    else:
+        last_good = 'no checkpoint was saved yet: start the run again with a lower --learning_rate'
     return (f'the loss became NaN or infinite at epoch {epoch}, step {step}: lower the learning rate '
-            f'(now {settings.learning_rate:g}); {last_good_checkpoint(settings, state)}')
+            f'(now {settings.learning_rate:g}); {last_good}')
 
 
 # One epoch's training, as finetune.py's train_one_epoch sums it up (on several workers, the whole
@@ -373,13 +329,10 @@ class Run:
         self.settings, self.gpu, self.class_names = settings, gpu, class_names
         self.workers, self.session_config, self.stop = workers, session_config, stop
         self.state, self.resumed, self._layers = state, resumed, layers
+        self.order_seed = state.order_seed  # every epoch's shuffle order (the chief's, on workers)
         self.setup = None
         self.outputs = None  # the last validation pass's, for the projector
         self.steps_done = 0  # steps of the first epoch trained before a resume
-
-    @property
-    def order_seed(self):
-        return self.state.order_seed
 
     def begin(self, session, setup, keeper, writer, config):
         """The variables initialised; the checkpoint restored (--resume), or the starting weights
@@ -411,13 +364,22 @@ class Run:
         first = setup.for_phase(settings.phase_of(state.epochs_completed + 1))
         if first.fill_feature_cache:  # pool5 once, if the next epoch's phase trains on it
             first.fill_feature_cache(session)
-        if settings.init_checkpoint and not self.resumed:
-            report_warm_start(session, settings, setup, state, workers)
+        if settings.init_checkpoint and not self.resumed:  # the warm start's numbers, as a check
+            loss, accuracy, _ = loop.validate(session, setup.graph, setup.val, workers=workers)
+            state.init_val_accuracy = accuracy
+            print(f'warm start from {settings.init_checkpoint}: validation loss {loss:.4f} acc '
+                  f'{accuracy:.4f} before training')
         # A resumed epoch starts its pinned order just past the batches already trained on, so a
         # resumed run trains on exactly the images of an uninterrupted one. Counted from the run
         # state, not global_step // steps_per_epoch: with --skip_bad_images an epoch can end a
         # step or more early.
         self.steps_done = step - state.last_step
+
+    def phase(self, setup, epoch):
+        """The graph and batches of epoch `epoch`'s phase; run_state.json records the phase."""
+        if self.settings.unfreeze_at:
+            self.state.phase = self.settings.phase_of(epoch)
+        return setup.for_phase(self.settings.phase_of(epoch))
 
     def stopped(self, session, keeper):
         """A stop signal came: the chief saves the run where it is; the exit status."""
@@ -447,16 +409,31 @@ class Run:
         if settings.skip_bad_images:
             notes.append(current.val.data.describe_skipped(val_count))
         val_paths = inputs.image_paths(current.val.data)
-        if keeper.writes:
-            writer.add_summary(summaries.validation_summary(
-                outputs, aligned_paths(val_paths, outputs), self.class_names, settings.num_classes),
-                step)
         record = {'epoch': epoch, 'step': step, 'train_loss': trained.loss,
                   'train_accuracy': trained.accuracy, 'val_loss': val_loss,
                   'val_accuracy': val_accuracy, 'val_images': val_count,
                   **epoch_rates(trained.rates, session, current.graph),
                   'images_per_second': trained.images_per_second}
-        improved = record_epoch(session, keeper, writer, state, record)
+        improved = state.best_val_accuracy is None or val_accuracy > state.best_val_accuracy
+        if improved:
+            state.best_val_accuracy, state.best_epoch = val_accuracy, epoch
+        state.best_val_loss = min(state.best_val_loss or math.inf, val_loss)
+        if state.phase is not None:
+            record['phase'] = state.phase
+        state.epochs_completed = epoch
+        state.history.append(record)
+        if keeper.writes:  # the chief: the pictures, scalars, checkpoint, metrics line and curves
+            writer.add_summary(summaries.validation_summary(
+                outputs, aligned_paths(val_paths, outputs), self.class_names, settings.num_classes),
+                step)
+            loop.write_scalars(writer, step, {
+                'validation/cross_entropy': val_loss, 'validation/accuracy': val_accuracy,
+                'images_per_second': trained.images_per_second,
+                'hparams/best_val_accuracy': state.best_val_accuracy,
+                'hparams/best_val_loss': state.best_val_loss})
+            keeper.save_epoch(session, epoch, state, best=improved)
+            progress.append_metrics(os.path.join(keeper.directory, 'metrics.jsonl'), record)
+            progress.plot_curves(state.history, os.path.join(keeper.directory, 'curves.png'))
         print(f'epoch {epoch}: train loss {trained.loss:.4f} acc {trained.accuracy:.3f}, validation '
               f'loss {val_loss:.4f} acc {val_accuracy:.4f}{" (best)" if improved else ""}')
         for note in filter(None, notes):
