@@ -212,7 +212,7 @@ def fine_tune(settings):
             images, labels = iterator.get_next()
             training_init_op = iterator.make_initializer(train_data.data)
             validation_init_op = iterator.make_initializer(val_data.data)
-        keep_prob = tf.placeholder_with_default(1.0, [], name='keep_prob')  # training feeds its own
+        keep_prob = tf.placeholder_with_default(1.0, [], name='keep_prob')  # steps feed 1 - dropout
 
         # -- the model and the loss of each image (cross-entropy, label smoothing, class weights):
         #    a function of a batch, because --num_gpus replicas each build it on their part of it
@@ -238,11 +238,12 @@ def fine_tune(settings):
         #    other than the chief they write nothing
         keeper = checkpoints.CheckpointKeeper(settings.checkpoint_path, settings.keep_checkpoints,
                                               writes=run.workers.is_chief)
-        writer = summaries.writer(runs.events_folder(settings, run.state), run.workers.is_chief)
+        writer = (tf.summary.FileWriter(runs.events_folder(settings, run.state)) if run.workers.is_chief
+                  else summaries.NoWriter())
         runs.describe_data(settings, train_data, val_data, steps_per_epoch, run.class_names, config)
 
         # -- the session: the weights restored or loaded (the feature cache filled), the epochs
-        with tf.Session(run.workers.session_target, config=run.session_config) as session, writer:
+        with writer, tf.Session(run.workers.session_target, config=run.session_config) as session:
             run.begin(session, setup, keeper, writer, config)
             return train_epochs(session, settings, run, setup, keeper, writer, steps_per_epoch)
 

@@ -188,9 +188,6 @@ class OneMachine:
     def replicated(self, build):
         return build()
 
-    def run(self, session, fetches, feed=None):
-        return session.run(fetches, feed)
-
     def bounded(self, session):
         return session
 

@@ -170,7 +170,8 @@ def balanced_class_weights(labels, num_classes):
     return tuple(float(w) for w in weights)
 
 
-Optimizer = collections.namedtuple('Optimizer', 'global_step learning_rate sgd loss_scale strategy')
+# Named as in Shared, so an earlier graph's `.shared` serves `train_ops` as its optimizer too.
+Optimizer = collections.namedtuple('Optimizer', 'global_step rate optimizer loss_scale strategy')
 
 
 def optimizer(config):
@@ -234,15 +235,15 @@ def build_training_graph(images, labels, config, input_layer=None, reuse=False, 
     (`alexnet_and_loss`). `reuse` shares variables an earlier AlexNet created (cached pool5 features
     under an AlexNet built alone: on one device), `shared` an earlier graph's `.shared`."""
     keep_prob = tf.placeholder_with_default(1.0, [], name='keep_prob')
-    optimizer_ops = None if shared is not None else optimizer(
+    optimizer_ops = shared if shared is not None else optimizer(
         dataclasses.replace(config, num_devices=1) if reuse and config.num_workers == 1 else config)
     graph = train_ops(alexnet_and_loss(keep_prob, config), images, labels, keep_prob, optimizer_ops,
-                      config, input_layer, reuse, shared)
+                      config, input_layer, reuse)
     return summaries(graph, config)
 
 
 def train_ops(model_and_loss, images, labels, keep_prob, optimizer_ops, config, input_layer=None,
-              reuse=False, shared=None):
+              reuse=False):
     """The model (`model_and_loss(images, labels, input_layer)`: the model and each image's loss)
     on `images` (a batch from tf.data), and for each phase `config.phases` trains its train op: the
     batch's mean loss (and the weight decay), the gradients of the phase's layers, scaled by
@@ -258,12 +259,9 @@ def train_ops(model_and_loss, images, labels, keep_prob, optimizer_ops, config, 
 
     With `input_layer` ('flattened' for cached pool5 features), `images` holds that layer's output
     and only the layers after it are built; `reuse` shares variables an earlier AlexNet created, and
-    `shared` (an earlier graph's `.shared`, then no `optimizer_ops`) its optimizer, moving average
-    and phase record.
+    `optimizer_ops` an earlier graph's `.shared`: its optimizer, moving average and phase record.
     """
-    if shared is not None:
-        optimizer_ops = Optimizer(shared.global_step, shared.rate, shared.optimizer, shared.loss_scale,
-                                  shared.strategy)
+    shared = optimizer_ops if isinstance(optimizer_ops, Shared) else None
     x = tf.placeholder_with_default(images, images.shape, name='x')
     y = tf.placeholder_with_default(labels, [None, config.num_classes], name='y')
     training = tf.placeholder_with_default(False, [], name='training')
@@ -277,7 +275,7 @@ def train_ops(model_and_loss, images, labels, keep_prob, optimizer_ops, config, 
 
 def _build(model_and_loss, x, y, keep_prob, training, config, input_layer, reuse, optimizer_ops,
            shared):
-    global_step, sgd = optimizer_ops.global_step, optimizer_ops.sgd
+    global_step, sgd = optimizer_ops.global_step, optimizer_ops.optimizer
     strategy = optimizer_ops.strategy
     batch_count = tf.shape(x, out_type=tf.int64)[0]
     mix, x_in, y_in = None, x, y
@@ -298,8 +296,7 @@ def _build(model_and_loss, x, y, keep_prob, training, config, input_layer, reuse
         ema, averages = _moving_average(config, towers.model)
         phase_variable = (tf.Variable(1, dtype=tf.int64, trainable=False, name='training_phase')
                           if len(config.all_phases) > 1 else None)
-        shared = Shared(global_step, optimizer_ops.learning_rate, sgd, optimizer_ops.loss_scale, ema,
-                        averages, phase_variable, strategy)
+        shared = Shared(*optimizer_ops[:4], ema, averages, phase_variable, strategy)
 
     logits = _joined(towers.logits, batch_count)
     features = _joined(towers.features, batch_count) if input_layer is None else None
@@ -340,8 +337,19 @@ def summaries(graph, config):
                 scalars.append(('loss_scale', shared.loss_scale()))
             if shared.phase_variable is not None:
                 scalars.append(('phase', tf.constant(phase, tf.float32)))
-            phases[phase] = ops._replace(train_summaries=_summaries(
-                scalars, ops.gradients, ops.var_list, config.mixed_precision))
+            # Tags set explicitly: tf.summary.* would derive them from op names, which the variables
+            # already hold ('fc6/weights' would become 'fc6/weights_1').
+            merged = [tf.raw_ops.ScalarSummary(tags=tag, values=value) for tag, value in scalars]
+            with tf.name_scope('histogram_samples'):
+                for gradient, variable in zip(ops.gradients, ops.var_list):
+                    sample = histogram_sample(gradient)
+                    if config.mixed_precision:  # an overflowed (skipped) step's gradients hold Inf/NaN
+                        sample = tf.where(tf.math.is_finite(sample), sample, tf.zeros_like(sample))
+                    merged.append(tf.raw_ops.HistogramSummary(tag=variable.op.name + '/gradient',
+                                                              values=sample))
+                    merged.append(tf.raw_ops.HistogramSummary(tag=variable.op.name,
+                                                              values=histogram_sample(variable)))
+            phases[phase] = ops._replace(train_summaries=tf.summary.merge(merged))
     graph = graph._replace(phases=phases)
     return graph.for_phase(graph.phase) if phases else graph
 
@@ -653,21 +661,3 @@ def _apply(sgd, gradients, var_list, global_step, mixed_precision):
             with tf.control_dependencies([update]):
                 return tf.assign_add(global_step, 1).op
         return sgd.apply_gradients(list(zip(gradients, var_list)), global_step=global_step)
-
-
-def _summaries(scalars, gradients, var_list, mixed_precision):
-    """The merged training summaries: the scalars, and histograms of samples of each trained variable
-    and its gradient."""
-    # Tags set explicitly: tf.summary.* would derive them from op names, which the variables
-    # already hold ('fc6/weights' would become 'fc6/weights_1').
-    summaries = [tf.raw_ops.ScalarSummary(tags=tag, values=value) for tag, value in scalars]
-    with tf.name_scope('histogram_samples'):
-        for gradient, variable in zip(gradients, var_list):
-            sample = histogram_sample(gradient)
-            if mixed_precision:  # an overflowed (skipped) step's gradients hold Inf/NaN
-                sample = tf.where(tf.math.is_finite(sample), sample, tf.zeros_like(sample))
-            summaries.append(tf.raw_ops.HistogramSummary(tag=variable.op.name + '/gradient',
-                                                         values=sample))
-            summaries.append(tf.raw_ops.HistogramSummary(tag=variable.op.name,
-                                                         values=histogram_sample(variable)))
-    return tf.summary.merge(summaries)

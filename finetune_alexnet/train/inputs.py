@@ -119,9 +119,8 @@ def training_setup(settings, graph, model_and_loss, config, train_data, val_data
         cache_iterator = tf.data.make_initializable_iterator(dataset)
         cached_features, cached_labels = cache_iterator.get_next()
     cache_graph = training_graph.summaries(training_graph.train_ops(
-        model_and_loss, cached_features, cached_labels, graph.keep_prob, None,
-        dataclasses.replace(config, phases=cache_phases), input_layer='flattened', reuse=True,
-        shared=graph.shared), config)
+        model_and_loss, cached_features, cached_labels, graph.keep_prob, graph.shared,
+        dataclasses.replace(config, phases=cache_phases), input_layer='flattened', reuse=True), config)
     cache = {}
     # Features too large for memory spill to files here (the run's folder unless told otherwise).
     feature_files = {name: os.path.join(spill_dir or settings.checkpoint_path, f'features_{name}.npy')
@@ -177,12 +176,6 @@ def _phases_joined(setups):
     """Phase 1's setup, holding the later phases'."""
     return setups[1]._replace(later_phases={phase: setup for phase, setup in setups.items()
                                             if phase != 1})
-
-
-def remove_feature_files(setup):
-    """Features spilled to disk serve only the run that wrote them."""
-    for path in setup.feature_files:
-        feature_cache.remove_cache_file(path)
 
 
 def shared_feature_store(settings):

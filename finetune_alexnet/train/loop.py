@@ -1,5 +1,5 @@
 """What the epoch loop of finetune.py calls around its session.run calls: the steps' failures as one
-line, a validation pass, scalars for TensorBoard, and seeding."""
+line, a validation pass, and seeding."""
 import contextlib
 import math
 import re
@@ -130,13 +130,6 @@ def start_averages(session, graph):
     """The moving averages start at the weights a new run starts from (after they are loaded)."""
     if graph.averages is not None:
         session.run(graph.averages.start)
-
-
-def write_scalars(writer, step, values):
-    summary = tf.Summary(value=[tf.Summary.Value(tag=tag, simple_value=float(value))
-                                for tag, value in values.items()])
-    writer.add_summary(summary, step)
-    writer.flush()
 
 
 @contextlib.contextmanager

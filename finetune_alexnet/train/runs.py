@@ -19,6 +19,7 @@ from finetune_alexnet import tfrecords
 from finetune_alexnet import weight_files
 from finetune_alexnet.errors import ToolkitError
 from finetune_alexnet.train import distribute
+from finetune_alexnet.train import feature_cache
 from finetune_alexnet.train import graph as training_graph
 from finetune_alexnet.train import inputs
 from finetune_alexnet.train import loop
@@ -316,8 +317,8 @@ def started(settings):
             try:
                 yield run
             finally:
-                if run.setup is not None:
-                    inputs.remove_feature_files(run.setup)
+                for path in run.setup.feature_files if run.setup else ():  # this run's alone
+                    feature_cache.remove_cache_file(path)
 
 
 class Run:
@@ -340,7 +341,7 @@ class Run:
         the feature cache filled if the first epoch trains on it; a warm start checked."""
         settings, state, workers = self.settings, self.state, self.workers
         self.setup = setup
-        workers.run(session, tf.global_variables_initializer())
+        workers.bounded(session).run(tf.global_variables_initializer())
         if self.resumed:
             keeper.restore(session, os.path.join(settings.checkpoint_path, state.latest_checkpoint),
                            state)
@@ -408,7 +409,6 @@ class Run:
                                                           outputs, current.pictures, self.workers)
         if settings.skip_bad_images:
             notes.append(current.val.data.describe_skipped(val_count))
-        val_paths = inputs.image_paths(current.val.data)
         record = {'epoch': epoch, 'step': step, 'train_loss': trained.loss,
                   'train_accuracy': trained.accuracy, 'val_loss': val_loss,
                   'val_accuracy': val_accuracy, 'val_images': val_count,
@@ -424,13 +424,16 @@ class Run:
         state.history.append(record)
         if keeper.writes:  # the chief: the pictures, scalars, checkpoint, metrics line and curves
             writer.add_summary(summaries.validation_summary(
-                outputs, aligned_paths(val_paths, outputs), self.class_names, settings.num_classes),
+                outputs, aligned_paths(inputs.image_paths(current.val.data), outputs),
+                self.class_names, settings.num_classes),
                 step)
-            loop.write_scalars(writer, step, {
-                'validation/cross_entropy': val_loss, 'validation/accuracy': val_accuracy,
-                'images_per_second': trained.images_per_second,
-                'hparams/best_val_accuracy': state.best_val_accuracy,
-                'hparams/best_val_loss': state.best_val_loss})
+            scalars = {'validation/cross_entropy': val_loss, 'validation/accuracy': val_accuracy,
+                       'images_per_second': trained.images_per_second,
+                       'hparams/best_val_accuracy': state.best_val_accuracy,
+                       'hparams/best_val_loss': state.best_val_loss}
+            writer.add_summary(tf.Summary(value=[tf.Summary.Value(tag=tag, simple_value=float(value))
+                                                 for tag, value in scalars.items()]), step)
+            writer.flush()
             keeper.save_epoch(session, epoch, state, best=improved)
             progress.append_metrics(os.path.join(keeper.directory, 'metrics.jsonl'), record)
             progress.plot_curves(state.history, os.path.join(keeper.directory, 'curves.png'))

@@ -185,12 +185,6 @@ class NoWriter(contextlib.nullcontext):
         return None
 
 
-def writer(folder, writes=True):
-    """The run's summary writer into `folder`; with `writes` False (a worker other than the chief)
-    a NoWriter."""
-    return tf.summary.FileWriter(folder) if writes else NoWriter()
-
-
 class ValidationOutputs:
     """Collects what each validation batch fetched: class probabilities, true labels, fc7 rows."""
 
