@@ -3,9 +3,12 @@
 With no lists (or `--demo`) it generates a small two-class data set and fine-tunes on that, so the
 whole loop can be seen working in a few minutes on a laptop CPU.
 
-Read `fine_tune` and `train_epochs` below for the TensorFlow 1.x recipe: the input pipeline, the
-graph, the session, the weights, then for each epoch train / validate / summarise / save. The
-machinery behind each call lives in finetune_alexnet/train/.
+Read `fine_tune` below for the TensorFlow 1.x recipe, in the original's order: the iterator and its
+init ops, `model = AlexNet(...)`, the loss, the optimizer and `train_op`, the summaries, the saver,
+the session. `train_epochs` is the epoch loop, and `train_one_epoch` runs each step's `train_op`,
+loss and accuracy in one `session.run`. The machinery behind each named call (replicas for
+--num_gpus, several workers, mixed precision, the NaN guard, the feature cache, --unfreeze_at's
+phases, start-up and resume, an epoch's end) lives in finetune_alexnet/train/.
 
 Flags are named after the original script's configuration. Two defaults differ from it, because its
 users found them to fail on cats vs dogs: `--skip_layers fc8` (the original skipped every trained
@@ -25,15 +28,15 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 
+from alexnet import AlexNet  # noqa: E402
 from finetune_alexnet import checkpoints  # noqa: E402
 from finetune_alexnet import image_header  # noqa: E402
-from finetune_alexnet import model_info  # noqa: E402
-from finetune_alexnet import signals  # noqa: E402
 from finetune_alexnet import tf_setup  # noqa: E402
 from finetune_alexnet import weight_files  # noqa: E402
 from finetune_alexnet.train import demo  # noqa: E402
 from finetune_alexnet.train import distribute  # noqa: E402
 from finetune_alexnet.train import feature_store  # noqa: E402
+from finetune_alexnet.train import graph as training_graph  # noqa: E402
 from finetune_alexnet.train import inputs  # noqa: E402
 from finetune_alexnet.train import loop  # noqa: E402
 from finetune_alexnet.train import lr_finder  # noqa: E402
@@ -195,168 +198,96 @@ def parse_settings(argv=None):
 
 
 def fine_tune(settings):
-    """Build the input pipeline and the graph, open a session, load or restore the weights, train."""
-    gpu = runs.use_gpu(settings)
-    class_names = runs.read_class_names(settings)
-    # One machine, or one of several workers (TF_CONFIG, --worker_hosts): then the chief (worker 0)
-    # alone writes the run folder, and every step all-reduces the gradients (distribute.py).
-    workers = distribute.start(settings.cluster, gpu, settings.collective_timeout)
-    session_config = workers.session_config(tf_setup.session_config(
-        gpu, xla=settings.xla, mixed_precision=settings.mixed_precision,
-        logical_cpus=settings.num_gpus if not gpu and settings.num_gpus > 1 else None))
-    # Signals are caught from here on, so a SIGTERM while the weights load still ends in one line.
-    with workers.lock(settings.checkpoint_path), signals.StopRequests() as stop:
-        state, resumed = runs.new_or_resumed_state(settings, writes=workers.is_chief)
-        state.order_seed = workers.start(state.order_seed, runs.agreed_settings(settings, gpu))
-        layers = runs.initial_weights(settings, resumed)  # the .npy read once, checked before building
-        with loop.seeded(settings.seed):
-            # -- the input pipeline: tf.data over the lists (or pool5 features cached once)
-            train_data, val_data, steps_per_epoch = inputs.make_datasets(settings, state.order_seed,
-                                                                         workers)
-            config = runs.training_config(settings, gpu, steps_per_epoch, train_data.labels,
-                                          state.order_seed)
-            # -- the graph: AlexNet, the loss, the SGD step, the step's summaries
-            setup = inputs.build(settings, train_data, val_data, config, state.order_seed,
-                                 workers=workers)
-            keeper = checkpoints.CheckpointKeeper(settings.checkpoint_path, settings.keep_checkpoints)
-            writer = (tf.summary.FileWriter(runs.events_folder(settings, state))
-                      if workers.is_chief else summaries.NoWriter())
-            runs.describe_data(settings, train_data, val_data, steps_per_epoch, class_names, config)
-            # -- the session
-            try:
-                with tf.Session(workers.session_target, config=session_config) as session:
-                    workers.run(session, tf.global_variables_initializer())
-                    if resumed:
-                        keeper.restore(session, os.path.join(settings.checkpoint_path,
-                                                             state.latest_checkpoint), state)
-                        print(f'resumed {state.latest_checkpoint} at step '
-                              f'{session.run(setup.graph.global_step)}')
-                    else:
-                        writer.add_graph(session.graph)
-                        for summary in summaries.hparams_summaries(
-                                settings, state.run_name, class_weight_values=config.class_weights):
-                            writer.add_summary(summary, 0)
-                        runs.load_starting_weights(session, settings, setup.weights_model, layers)
-                        loop.start_averages(session, setup.graph)  # --ema_decay: from these weights
-                        if workers.is_chief:
-                            model_info.write_model_info(
-                                settings.checkpoint_path, settings.num_classes, class_names,
-                                center_crop=settings.augment, ema=bool(settings.ema_decay))
-                    workers.check_same_start(session, int(session.run(setup.graph.global_step)))
-                    del layers  # 233 MB no longer needed: the variables hold the weights now
-                    print(f'open TensorBoard with: tensorboard --logdir {runs.runs_folder(settings)} '
-                          f'(this run: {state.run_name})')
-                    first = setup.for_phase(settings.phase_of(state.epochs_completed + 1))
-                    if first.fill_feature_cache:  # pool5 once, if the next epoch's phase trains on it
-                        first.fill_feature_cache(session)
-                    if settings.init_checkpoint and not resumed:
-                        runs.report_warm_start(session, settings, setup, state, workers)
-                    return train_epochs(session, settings, state, setup, keeper, writer, stop,
-                                        steps_per_epoch, class_names, workers)
-            finally:
-                writer.close()
-                inputs.remove_feature_files(setup)
+    """The TensorFlow 1.x recipe: the iterator, the model, the loss, the optimizer and train_op, the
+    summaries, the saver; then a session, and the epochs (`train_epochs`)."""
+    with runs.started(settings) as run:  # workers, the run folder's lock, its state, the weights file
+        train_data, val_data, steps_per_epoch = inputs.make_datasets(settings, run.order_seed, run.workers)
+        config = runs.training_config(settings, run.gpu, steps_per_epoch, train_data.labels,
+                                      run.order_seed)
+
+        # -- the iterator: one for both lists, on the model's device (the CPU decodes and resizes;
+        #    on a GPU the uint8 batches are copied there ahead of the step and normalised there);
+        #    each pass over a list starts with its init op
+        images, labels, training_init_op, validation_init_op = inputs.device_batches(
+            train_data.data, val_data.data, config.model_device or inputs.PIPELINE_DEVICE)
+        keep_prob = tf.placeholder_with_default(1.0, [], name='keep_prob')  # steps feed 1 - dropout
+
+        # -- the model and the loss of each image (cross-entropy, label smoothing, class weights):
+        #    a function of a batch, because --num_gpus replicas each build it on their part of it
+        def model_and_loss(images, labels, input_layer=None):
+            model = AlexNet(images, keep_prob, settings.num_classes, settings.skip_layers,
+                            settings.weights_path, input_layer)
+            loss = training_graph.loss(model.fc8, labels, config)
+            return model, loss
+
+        # -- the optimizer and train_op (the batch's mean loss, the trained layers' gradients, a NaN
+        #    guard, the update), and the summaries; several workers build them in their strategy
+        def optimizer_and_train_op():
+            optimizer = training_graph.optimizer(config)  # the rate's schedule, SGD or momentum
+            graph = training_graph.train_ops(model_and_loss, images, labels, keep_prob, optimizer,
+                                             config)
+            return training_graph.summaries(graph, config)
+        graph = run.workers.replicated(optimizer_and_train_op)
+        # Each --unfreeze_at phase's graph; phases on cached pool5 features get fc6-fc8 there.
+        setup = inputs.training_setup(settings, graph, model_and_loss, config, train_data, val_data,
+                                      labels, (training_init_op, validation_init_op), run.order_seed)
+
+        # -- the saver (epoch, best and interrupted checkpoints) and the summary writer; on workers
+        #    other than the chief they write nothing
+        keeper = checkpoints.CheckpointKeeper(settings.checkpoint_path, settings.keep_checkpoints,
+                                              writes=run.workers.is_chief)
+        writer = (tf.summary.FileWriter(runs.events_folder(settings, run.state)) if run.workers.is_chief
+                  else summaries.NoWriter())
+        runs.describe_data(settings, train_data, val_data, steps_per_epoch, run.class_names, config)
+
+        # -- the session: the weights restored or loaded (the feature cache filled), the epochs
+        with writer, tf.Session(run.workers.session_target, config=run.session_config) as session:
+            run.begin(session, setup, keeper, writer, config)
+            return train_epochs(session, settings, run, setup, keeper, writer, steps_per_epoch)
 
 
-def train_epochs(session, settings, state, setup, keeper, writer, stop, steps_per_epoch, class_names,
-                 workers):
-    """The epoch loop: train, validate, summarise, save; stop early, or on a signal after a save."""
-    val_paths = inputs.image_paths(setup.val.data)
-    # A resumed epoch starts its pinned order just past the batches already trained on, so a resumed
-    # run trains on exactly the images of an uninterrupted one. Counted from the run state, not
-    # global_step // steps_per_epoch: with --skip_bad_images an epoch can end a step or more early.
-    steps_done = int(session.run(setup.graph.global_step)) - state.last_step
-    outputs = None
-    for epoch in range(state.epochs_completed + 1, settings.num_epochs + 1):
-        current = runs.epoch_setup(settings, setup, state, epoch)  # --unfreeze_at: its phase's graph
-        current.train.start(session, epoch, steps_done)
-        train_loss, train_accuracy, images_per_second, seen, rates, finished = train_one_epoch(
-            session, settings, current, writer, stop, epoch, steps_done, steps_per_epoch, workers,
-            runs.last_good_checkpoint(settings, state))
-        step = int(session.run(setup.graph.global_step))
-        if not finished:
-            if workers.is_chief:
-                prefix = keeper.save_interrupted(session, state, step)
-                print(f'saved {prefix} at step {step}; continue with --resume (and the same flags)')
-            else:
-                print(f'stopped at step {step}; the chief saves the run: continue with --resume')
-            return stop.exit_status
-        notes = []
-        if settings.skip_bad_images and current.image_labels is not None and steps_done == 0:
-            notes.append(current.train.data.describe_skipped(
-                seen + loop.count_remaining_images(session, current.image_labels)))
+def train_epochs(session, settings, run, setup, keeper, writer, steps_per_epoch):
+    """The epoch loop: train, then validate, summarise and save; stop early, or on a signal after a
+    save."""
+    steps_done = run.steps_done  # of a resumed epoch
+    for epoch in range(run.state.epochs_completed + 1, settings.num_epochs + 1):
+        current = run.phase(setup, epoch)  # --unfreeze_at: the graph of the epoch's phase
+        current.train.start(session, epoch, steps_done)  # training_init_op (or the cache's)
+        trained = train_one_epoch(run.workers.bounded(session), settings, run, current.graph,
+                                  current.train, writer, epoch, steps_done, steps_per_epoch)
+        if not trained.finished:
+            return run.stopped(session, keeper)
+        if run.end_epoch(session, current, keeper, writer, epoch, trained, steps_done > 0):
+            break  # early stopping
         steps_done = 0
-
-        outputs = summaries.ValidationOutputs(
-            keep_features=summaries.PROJECTOR_MAX_IMAGES if settings.projector else 0)
-        val_loss, val_accuracy, val_count = loop.validate(session, current.graph, current.val,
-                                                          outputs, current.pictures, workers)
-        if settings.skip_bad_images:
-            notes.append(setup.val.data.describe_skipped(val_count))
-
-        if workers.is_chief:
-            writer.add_summary(summaries.validation_summary(
-                outputs, runs.aligned_paths(val_paths, outputs), class_names, settings.num_classes),
-                step)
-        record = {'epoch': epoch, 'step': step, 'train_loss': train_loss,
-                  'train_accuracy': train_accuracy, 'val_loss': val_loss,
-                  'val_accuracy': val_accuracy, 'val_images': val_count,
-                  **runs.epoch_rates(rates, session, current.graph),
-                  'images_per_second': images_per_second}
-        improved = runs.record_epoch(session, keeper, writer, state, record, writes=workers.is_chief)
-        print(f'epoch {epoch}: train loss {train_loss:.4f} acc {train_accuracy:.3f}, validation '
-              f'loss {val_loss:.4f} acc {val_accuracy:.4f}{" (best)" if improved else ""}')
-        for note in filter(None, notes):
-            print(f'note: {note}')
-        if settings.early_stopping and epoch - state.best_epoch >= settings.early_stopping:
-            print(f"early stopping after epoch {epoch}: no better validation accuracy for "
-                  f"{settings.early_stopping} epoch(s) since epoch {state.best_epoch}")
-            break
-
-    if settings.projector and outputs is not None and outputs.features is not None:
-        summaries.write_projector(writer.get_logdir(), outputs.features,
-                                  runs.aligned_paths(val_paths, outputs), outputs.labels,
-                                  outputs.probabilities.argmax(axis=1), class_names,
-                                  settings.num_classes)
-        print(f'projector: fc7 features of {len(outputs.features)} validation images in '
-              f'{writer.get_logdir()}')
-    writer.add_summary(summaries.hparams_end_summary(), state.last_step)
-    written_by = '' if workers.is_chief else ' (written by the chief)'
-    events = f'; TensorBoard events in {writer.get_logdir()}' if settings.filewriter_path else \
-        ', TensorBoard events'
-    print(f"done: best validation accuracy {state.best_val_accuracy:.4f} at epoch "
-          f"{state.best_epoch}; checkpoints, metrics.jsonl, curves.png{events} in "
-          f"{settings.checkpoint_path}{written_by}")
-    return 0
+    return run.finish(writer)
 
 
-def train_one_epoch(session, settings, setup, writer, stop, epoch, first_step, steps_per_epoch,
-                    workers, last_good):
-    """SGD steps first_step+1..steps_per_epoch: (loss, accuracy, images/s, images seen, the
-    learning rates the steps used, finished), finished False when a stop signal came before the
-    last step. On several workers the numbers are the whole cluster's, and a signal to any of them
-    stops all after the same step. `last_good` says where a NaN loss leaves the run."""
-    graph = setup.graph
+def train_one_epoch(session, settings, run, graph, batches, writer, epoch, first_step,
+                    steps_per_epoch):
+    """SGD steps first_step+1..steps_per_epoch: a runs.EpochTraining (finished False when a stop
+    signal came before the last step). On several workers `session` waits for the others at most
+    --collective_timeout, the numbers are the whole cluster's, and a signal to any of them stops
+    all after the same step."""
     # The rate is fetched in the step's own run call: the value this step's update used.
     fetches = {'train': graph.train_op, 'loss': graph.loss, 'accuracy': graph.accuracy,
                'count': graph.batch_count, 'step': graph.global_step, 'rate': graph.learning_rate}
     feed = {graph.keep_prob: settings.keep_probability, graph.training: True}
     losses, accuracies, rates, images = [], [], [], 0
     start, finished = time.perf_counter(), True
+    # Fewer batches than planned (unreadable images skipped) end the steps early; a bad image or a
+    # NaN loss ends the run in one line.
     with progress.EpochProgress(epoch, settings.num_epochs, steps_per_epoch,
-                                settings.display_step) as bar:
+                                settings.display_step) as bar, \
+            loop.step_errors(batches, lambda: runs.nan_message(settings, run.state, epoch, step)):
         for step in range(first_step + 1, steps_per_epoch + 1):
-            if workers.agree_to_stop(session, stop):
+            if run.workers.agree_to_stop(session, run.stop):
                 finished = False
                 break
             # Summaries ride along in the same run call as the step: no second forward pass.
             with_summary = step % settings.display_step == 0 or step == 1
-            result = loop.run_step(
-                session, {**fetches, 'summary': graph.train_summaries} if with_summary else fetches,
-                feed, setup.train, f'the loss became NaN or infinite at epoch {epoch}, step {step}: '
-                f'lower the learning rate (now {settings.learning_rate:g}); {last_good}', workers)
-            if result is None:
-                break  # fewer batches than planned: unreadable images were skipped
+            result = session.run({**fetches, 'summary': graph.train_summaries} if with_summary
+                                 else fetches, feed)
             if with_summary:
                 writer.add_summary(result['summary'], result['step'])
             if result['step'] == 1:
@@ -369,10 +300,11 @@ def train_one_epoch(session, settings, setup, writer, stop, epoch, first_step, s
                        float(np.mean(accuracies[-settings.display_step:])),
                        images / (time.perf_counter() - start))
     seconds = time.perf_counter() - start
-    loss_sum, accuracy_sum, steps, images = workers.epoch_totals(
+    loss_sum, accuracy_sum, steps, images = run.workers.epoch_totals(
         session, [np.sum(losses), np.sum(accuracies), len(losses), images])
-    return (loss_sum / steps if steps else float('nan'), accuracy_sum / steps if steps else float('nan'),
-            images / seconds if images else 0.0, int(images), rates, finished)
+    return runs.EpochTraining(loss_sum / steps if steps else float('nan'),
+                              accuracy_sum / steps if steps else float('nan'),
+                              images / seconds if images else 0.0, int(images), rates, finished)
 
 
 def main(argv=None):

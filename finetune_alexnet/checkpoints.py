@@ -248,10 +248,12 @@ def repair_best(directory, best_epoch_before, state):
 
 
 class CheckpointKeeper:
-    """Saves epoch, best and interrupted checkpoints of one run, and its run state."""
+    """Saves epoch, best and interrupted checkpoints of one run, and its run state. With `writes`
+    False (a worker other than the chief, which owns the run folder) it restores, and saves nothing."""
 
-    def __init__(self, directory, keep):
+    def __init__(self, directory, keep, writes=True):
         self.directory = directory  # made by the first save: a worker that only restores writes nothing
+        self.writes = writes
         # Weights stay out of any graph file (write_meta_graph=False below) and paths are relative,
         # so a checkpoint folder can be moved.
         # The keeper prunes old epochs itself, after run_state.json has moved on from them: the
@@ -272,6 +274,8 @@ class CheckpointKeeper:
 
     def save_epoch(self, session, epoch, state, best=False):
         """Saves epoch `epoch`; with `best`, best.ckpt becomes this checkpoint too."""
+        if not self.writes:
+            return
         target = epoch_prefix(self.directory, epoch)
         os.makedirs(self.directory, exist_ok=True)
         with self._space_check(session, target, state):
@@ -290,11 +294,14 @@ class CheckpointKeeper:
             _remove_files_of(os.path.join(self.directory, old))
 
     def save_interrupted(self, session, state, step):
-        """Saves interrupted_step{step}.ckpt and points run_state.json at it; returns its prefix.
+        """Saves interrupted_step{step}.ckpt and points run_state.json at it; returns its prefix
+        (None: the keeper writes nothing).
 
         A fresh name per step: rewriting the checkpoint that run_state.json points at would leave it
         half old, half new if the process died between TensorFlow's renames of its two files.
         """
+        if not self.writes:
+            return None
         target = os.path.join(self.directory, f'{INTERRUPTED}_step{step}.ckpt')
         if state.latest_checkpoint == os.path.basename(target):
             return target  # no step since that checkpoint: it holds exactly this state

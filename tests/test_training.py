@@ -1,4 +1,5 @@
-"""The training graph on in-memory batches: what changes, what stays, towers, NaN guard, decay."""
+"""The training graph on in-memory batches: what changes, what stays, --num_gpus replicas (towers
+inside a worker), NaN guard, decay."""
 import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
@@ -197,7 +198,7 @@ def test_evaluation_counts_are_exact_for_a_partial_batch():
 
 
 @pytest.mark.parametrize('size', [1, 3])
-def test_towers_count_a_partial_batch_exactly(size):
+def test_replicas_count_a_partial_batch_exactly(size):
     images, labels = batch(size=size)
     results = []
     for num_devices in (1, 2):
@@ -341,7 +342,7 @@ def test_balanced_class_weights_are_scikit_learns_and_average_one_per_image():
 
 @pytest.mark.parametrize('num_devices', [1, 2])
 def test_class_weights_weight_each_example_loss_as_computed_by_hand(num_devices):
-    features, labels = features_batch(size=5)  # 5 over 2 towers: a padded row, which must weigh 0
+    features, labels = features_batch(size=5)  # 5 over 2 replicas: a padded row, which must weigh 0
     class_weights = (0.25, 2.0, 0.75)
     with tf.Graph().as_default():
         tf.set_random_seed(4)

@@ -188,8 +188,8 @@ class OneMachine:
     def replicated(self, build):
         return build()
 
-    def run(self, session, fetches, feed=None):
-        return session.run(fetches, feed)
+    def bounded(self, session):
+        return session
 
     def lock(self, folder):
         return run_folder.RunLock(folder)
@@ -267,9 +267,14 @@ class Workers:
     def run_options(self):
         return tf.RunOptions(timeout_in_ms=int(self.timeout * 1000))
 
+    def bounded(self, session):
+        """`session` whose `run` waits for the others at most --collective_timeout (`run`)."""
+        return BoundedSession(self, session)
+
     def run(self, session, fetches, feed=None):
         """session.run with the deadline; a worker that stopped answering becomes one line naming it.
         In a command's own process a watcher guards the call (`_watching`)."""
+        session = getattr(session, 'session', session)  # a BoundedSession's own
         with self._watching():
             try:
                 return session.run(fetches, feed, options=self.run_options())
@@ -553,6 +558,19 @@ class Workers:
         merged = type(outputs)()
         merged.add(joined[:, :classes], joined[:, classes].astype(np.int64))
         return totals, merged
+
+
+class BoundedSession:
+    """A session whose `run` is Workers.run: bounded by --collective_timeout, a lost worker named."""
+
+    def __init__(self, workers, session):
+        self.workers, self.session = workers, session
+
+    def run(self, fetches, feed_dict=None):
+        return self.workers.run(self.session, fetches, feed_dict)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
 
 
 def _unlike_the_chief(values):

@@ -1,7 +1,7 @@
-"""The fine-tuning graph: AlexNet on one or more devices, loss, SGD step, accuracy and summaries.
-
-Kept apart from finetune.py's command line so tests and the benchmarks build exactly the graph that
-users train. Nothing here runs a session.
+"""The steps finetune.py builds its graph with: `optimizer`, `loss`, `train_ops` (the model function
+finetune.py hands it, once per replica with --num_gpus; the batch's loss, gradients, NaN guard,
+update) and `summaries`. `build_training_graph` composes them as finetune.py does, so tests and the
+benchmarks build exactly the graph that users train. Nothing here runs a session.
 
 Besides the paper's recipe, what fine-tuning uses today, each off unless its config field is set:
 label smoothing (the training loss only), an exponential moving average of the trained weights
@@ -42,7 +42,8 @@ class TrainingGraph(collections.namedtuple('TrainingGraph', _GRAPH_FIELDS)):
                              train_summaries=ops.train_summaries, var_list=ops.var_list, phase=phase)
 
 
-PhaseOps = collections.namedtuple('PhaseOps', 'loss train_op train_summaries var_list')
+# `gradients` (summed over the devices) and `check` (the NaN guard) are what `summaries` draws on.
+PhaseOps = collections.namedtuple('PhaseOps', 'loss train_op train_summaries var_list gradients check')
 # What graphs on other inputs (cached features, images) share, so one run has one global step, one
 # rate, one optimizer (one set of slots) and one moving average.
 # `strategy`: the MirroredStrategy of --num_gpus replicas (None on one device, or inside a worker).
@@ -103,16 +104,6 @@ def replica_strategy(config):
     reduction = (tf.distribute.NcclAllReduce() if config.use_gpu
                  else tf.distribute.ReductionToOneDevice(reduce_to_device=devices[0]))
     return tf.distribute.MirroredStrategy(devices, cross_device_ops=reduction)
-
-
-def _uses_replicas(config, reuse, shared):
-    """Replicas for --num_gpus on one machine. Inside one of several workers the workers' strategy
-    already holds the graph (one replica per worker), so towers split its rows as before; a graph
-    reusing variables made outside a strategy (pool5 features under an AlexNet built alone) runs
-    on one device: fc6-fc8 on cached features are too cheap to split."""
-    if config.num_devices == 1 or config.num_workers > 1:
-        return False
-    return shared.strategy is not None if shared is not None else not reuse
 
 
 def _per_example_loss(logits, labels):
@@ -179,47 +170,113 @@ def balanced_class_weights(labels, num_classes):
     return tuple(float(w) for w in weights)
 
 
-def build_training_graph(images, labels, config, input_layer=None, reuse=False, shared=None):
-    """Builds the model on `images` (a batch from tf.data) and everything one training step needs.
+# Named as in Shared, so an earlier graph's `.shared` serves `train_ops` as its optimizer too.
+Optimizer = collections.namedtuple('Optimizer', 'global_step rate optimizer loss_scale strategy')
 
-    `x`, `y` and `keep_prob` are placeholders with defaults: by default the batch flows straight from
-    the tf.data iterator into the graph, and a caller may still feed its own arrays (the benchmarks'
-    feed_dict baseline does). With `config.num_devices` > 1 the batch is split into equal parts, one
-    per device, as the paper trained on two GPUs: on one machine MirroredStrategy replicas, each
-    device holding a copy of every variable, their gradients all-reduced (`replica_strategy`);
-    inside one of several workers, towers reading the variables from the worker's first device.
+
+def optimizer(config):
+    """The global step, the learning rate (its schedule; feedable, for the range test), SGD or
+    momentum, and with `config.mixed_precision` its dynamic loss scale. With `config.num_devices`
+    replicas on one machine (--num_gpus) they are made in the replicas' MirroredStrategy (`strategy`),
+    which then holds every variable the graph makes; none when the graph trains no phase on images
+    (fc6-fc8 on cached features are too cheap to split) or inside one of several workers (their
+    strategy holds the graph already).
+
+    Mixed precision: the loss is multiplied by a power of two (from 32768) before the gradients and
+    they are divided by it after, which is exact in float32, so float16 gradients do not underflow.
+    A step whose scaled gradients overflow updates no weight and halves the scale; the global step
+    still counts it, so epochs and --resume keep their arithmetic.
+    """
+    replicas = config.num_devices > 1 and config.num_workers == 1 and config.phases != ()
+    strategy = replica_strategy(config) if replicas else None
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        global_step = tf.train.get_or_create_global_step()
+        with tf.name_scope('learning_rate_schedule'):
+            rate = tf.placeholder_with_default(scheduled_rate(config, global_step), [],
+                                               name='learning_rate')
+        if config.optimizer == 'momentum':
+            sgd = tf.train.MomentumOptimizer(rate, config.momentum)
+        else:
+            sgd = tf.train.GradientDescentOptimizer(rate)
+        loss_scale = None
+        if config.mixed_precision:
+            loss_scale = tf.mixed_precision.DynamicLossScale()  # from 2**15, x2 after 2000 good steps
+            sgd = tf.mixed_precision.MixedPrecisionLossScaleOptimizer(sgd, loss_scale)
+    return Optimizer(global_step, rate, sgd, loss_scale, strategy)
+
+
+def loss(logits, labels, config):
+    """Each image's training loss: the cross-entropy of `logits` against `labels` (with
+    `config.label_smoothing`, against smoothed ones), times its class's weight with
+    `config.class_weights` (an all-zero label row, padding, then weighs 0)."""
+    with tf.name_scope('loss'):
+        targets = labels
+        if config.label_smoothing:
+            targets = smoothed_labels(targets, config.label_smoothing, config.num_classes)
+        per_example = _per_example_loss(logits, targets)
+        if config.class_weights is not None:
+            # Balanced weights average 1 per image, so the loss keeps its scale.
+            per_example *= tf.reduce_sum(labels * tf.constant(config.class_weights, tf.float32), axis=1)
+        return per_example
+
+
+def alexnet_and_loss(keep_prob, config):
+    """finetune.py's model function, for graphs built by `build_training_graph` (tests, benchmarks,
+    the range test): AlexNet on a batch and each image's loss."""
+    def model_and_loss(images, labels, input_layer=None):
+        model = AlexNet(images, keep_prob, config.num_classes, list(config.skip_layers),
+                        config.weights_path, input_layer)
+        return model, loss(model.fc8, labels, config)
+    return model_and_loss
+
+
+def build_training_graph(images, labels, config, input_layer=None, reuse=False, shared=None):
+    """finetune.py's graph in one call: `optimizer`, `train_ops` and `summaries` on AlexNet
+    (`alexnet_and_loss`). `reuse` shares variables an earlier AlexNet created (cached pool5 features
+    under an AlexNet built alone: on one device), `shared` an earlier graph's `.shared`."""
+    keep_prob = tf.placeholder_with_default(1.0, [], name='keep_prob')
+    optimizer_ops = shared if shared is not None else optimizer(
+        dataclasses.replace(config, num_devices=1) if reuse and config.num_workers == 1 else config)
+    graph = train_ops(alexnet_and_loss(keep_prob, config), images, labels, keep_prob, optimizer_ops,
+                      config, input_layer, reuse)
+    return summaries(graph, config)
+
+
+def train_ops(model_and_loss, images, labels, keep_prob, optimizer_ops, config, input_layer=None,
+              reuse=False):
+    """The model (`model_and_loss(images, labels, input_layer)`: the model and each image's loss)
+    on `images` (a batch from tf.data), and for each phase `config.phases` trains its train op: the
+    batch's mean loss (and the weight decay), the gradients of the phase's layers, scaled by
+    `config.lr_mult`, a NaN guard, `optimizer_ops`' update, the moving average's. No phase (an
+    empty `config.phases`): the model and the metrics alone.
+
+    `x` and `y` are placeholders with defaults: by default the batch flows straight from the tf.data
+    iterator into the graph, and a caller may still feed its own arrays (the benchmarks' feed_dict
+    baseline does). With `config.num_devices` > 1 the batch is split into equal parts, one per
+    device, as the paper trained on two GPUs: on one machine MirroredStrategy replicas (made by
+    `optimizer`), each device holding a copy of every variable, their gradients all-reduced; inside
+    one of several workers, towers reading the variables from the worker's first device.
 
     With `input_layer` ('flattened' for cached pool5 features), `images` holds that layer's output
     and only the layers after it are built; `reuse` shares variables an earlier AlexNet created, and
-    `shared` (an earlier graph's `.shared`) its global step, rate, optimizer and moving average.
-
-    `config.mixed_precision` adds dynamic loss scaling, which a session with grappler's
-    mixed-precision rewrite (tf_setup.session_config) needs: the loss is multiplied by a power of two
-    (from 32768) before the gradients and they are divided by it after, which is exact in float32, so
-    float16 gradients do not underflow. A step whose scaled gradients overflow updates no weight and
-    halves the scale; the global step still counts it, so epochs and --resume keep their arithmetic.
+    `optimizer_ops` an earlier graph's `.shared`: its optimizer, moving average and phase record.
     """
+    shared = optimizer_ops if isinstance(optimizer_ops, Shared) else None
     x = tf.placeholder_with_default(images, images.shape, name='x')
     y = tf.placeholder_with_default(labels, [None, config.num_classes], name='y')
-    keep_prob = tf.placeholder_with_default(1.0, [], name='keep_prob')
     training = tf.placeholder_with_default(False, [], name='training')
-    replicated = _uses_replicas(config, reuse, shared)
-    if not replicated:
-        if config.num_devices > 1 and config.num_workers == 1:  # on cached features: one device
-            config = dataclasses.replace(config, num_devices=1)
-        return _build(x, y, keep_prob, training, config, input_layer, reuse, shared, None)
-    strategy = shared.strategy if shared is not None else replica_strategy(config)
-    with strategy.scope():  # every variable made here is mirrored on each replica's device
-        return _build(x, y, keep_prob, training, config, input_layer, reuse, shared, strategy)
+    strategy = optimizer_ops.strategy
+    if strategy is None and config.num_workers == 1:  # on cached features, or no phase: one device
+        config = dataclasses.replace(config, num_devices=1)
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        return _build(model_and_loss, x, y, keep_prob, training, config, input_layer, reuse,
+                      optimizer_ops, shared)
 
 
-def _build(x, y, keep_prob, training, config, input_layer, reuse, shared, strategy):
-    first = shared is None
-    if first:
-        global_step = tf.train.get_or_create_global_step()
-        rate, sgd, loss_scale = _optimizer(config, global_step)
-    else:
-        global_step, rate, sgd, loss_scale = shared[:4]
+def _build(model_and_loss, x, y, keep_prob, training, config, input_layer, reuse, optimizer_ops,
+           shared):
+    global_step, sgd = optimizer_ops.global_step, optimizer_ops.optimizer
+    strategy = optimizer_ops.strategy
     batch_count = tf.shape(x, out_type=tf.int64)[0]
     mix, x_in, y_in = None, x, y
     if config.mixup or config.cutmix:
@@ -229,17 +286,17 @@ def _build(x, y, keep_prob, training, config, input_layer, reuse, shared, strate
             mix = mixing_draws(x, config, global_step)
             x_in, y_in = tf.cond(training, lambda: mix_batch(x, y, mix), lambda: (x, y))
             mix.update(images=x_in, labels=y_in)  # what the step trains on (x, y unless training)
-    phases = config.phases or config.all_phases
+    phases = config.all_phases if config.phases is None else config.phases
     if strategy is not None:
-        towers, steps = _build_replicas(x_in, y_in, keep_prob, batch_count, config, input_layer,
+        towers, steps = _build_replicas(model_and_loss, x_in, y_in, batch_count, config, input_layer,
                                         reuse, strategy, phases, sgd, global_step)
     else:
-        towers = _build_towers(x_in, y_in, keep_prob, batch_count, config, input_layer, reuse)
-    if first:
+        towers = _build_towers(model_and_loss, x_in, y_in, batch_count, config, input_layer, reuse)
+    if shared is None:
         ema, averages = _moving_average(config, towers.model)
         phase_variable = (tf.Variable(1, dtype=tf.int64, trainable=False, name='training_phase')
                           if len(config.all_phases) > 1 else None)
-        shared = Shared(global_step, rate, sgd, loss_scale, ema, averages, phase_variable, strategy)
+        shared = Shared(*optimizer_ops[:4], ema, averages, phase_variable, strategy)
 
     logits = _joined(towers.logits, batch_count)
     features = _joined(towers.features, batch_count) if input_layer is None else None
@@ -253,21 +310,51 @@ def _build(x, y, keep_prob, training, config, input_layer, reuse, shared, strate
         loss_sum = tf.reduce_sum(_per_example_loss(logits, y_in))
 
     if strategy is not None:
-        phases = {phase: _replicated_phase_ops(phase, steps[phase], accuracy, config, shared)
+        phases = {phase: _replicated_phase_ops(phase, steps[phase], config, shared)
                   for phase in phases}
     else:
-        phases = {phase: _phase_ops(phase, towers, accuracy, config, shared) for phase in phases}
-    top = min(phases)
+        phases = {phase: _phase_ops(phase, towers, config, shared) for phase in phases}
     graph = TrainingGraph(
         x=x, y=y, keep_prob=keep_prob, model=towers.model, logits=logits, loss=None, accuracy=accuracy,
         loss_sum=loss_sum, correct_count=correct_count, batch_count=batch_count, train_op=None,
-        train_summaries=None, global_step=global_step, learning_rate=rate, var_list=None,
-        training=training, phase=top, phases=phases, mix=mix, averages=shared.averages, shared=shared,
+        train_summaries=None, global_step=global_step, learning_rate=shared.rate, var_list=None,
+        training=training, phase=None, phases=phases, mix=mix, averages=shared.averages, shared=shared,
         features=features)
-    return graph.for_phase(top)
+    return graph.for_phase(min(phases)) if phases else graph
 
 
-def _phase_ops(phase, towers, accuracy, config, shared):
+def summaries(graph, config):
+    """`graph` with each phase's training summaries: the loss, accuracy and rate (the loss scale,
+    the phase), and histograms of samples of each trained variable and its gradient. Fetched in a
+    step's own run call; they wait for its NaN guard, so a histogram never meets a NaN first."""
+    shared, phases = graph.shared, {}
+    for phase, ops in graph.phases.items():
+        with tf.name_scope(f'phase{phase}') if phase > 1 else contextlib.nullcontext(), \
+                tf.control_dependencies([ops.check]):
+            scalars = [('cross_entropy', ops.loss), ('accuracy', graph.accuracy),
+                       ('learning_rate', shared.rate)]
+            if config.mixed_precision:
+                scalars.append(('loss_scale', shared.loss_scale()))
+            if shared.phase_variable is not None:
+                scalars.append(('phase', tf.constant(phase, tf.float32)))
+            # Tags set explicitly: tf.summary.* would derive them from op names, which the variables
+            # already hold ('fc6/weights' would become 'fc6/weights_1').
+            merged = [tf.raw_ops.ScalarSummary(tags=tag, values=value) for tag, value in scalars]
+            with tf.name_scope('histogram_samples'):
+                for gradient, variable in zip(ops.gradients, ops.var_list):
+                    sample = histogram_sample(gradient)
+                    if config.mixed_precision:  # an overflowed (skipped) step's gradients hold Inf/NaN
+                        sample = tf.where(tf.math.is_finite(sample), sample, tf.zeros_like(sample))
+                    merged.append(tf.raw_ops.HistogramSummary(tag=variable.op.name + '/gradient',
+                                                              values=sample))
+                    merged.append(tf.raw_ops.HistogramSummary(tag=variable.op.name,
+                                                              values=histogram_sample(variable)))
+            phases[phase] = ops._replace(train_summaries=tf.summary.merge(merged))
+    graph = graph._replace(phases=phases)
+    return graph.for_phase(graph.phase) if phases else graph
+
+
+def _phase_ops(phase, towers, config, shared):
     """Phase `phase`'s loss, gradients of its layers, NaN guard, update and summaries."""
     var_list = trained_variables(towers.model, phase_layers(config.train_layers,
                                                             config.unfreeze_layers, phase))
@@ -303,8 +390,7 @@ def _phase_ops(phase, towers, accuracy, config, shared):
         with tf.control_dependencies([loss_is_finite]):
             update = _apply(shared.optimizer, gradients, var_list, shared.global_step,
                             config.mixed_precision)
-        return _phase_tail(phase, loss, update, loss_is_finite, gradients, var_list, accuracy,
-                           config, shared)
+        return _phase_tail(loss, update, loss_is_finite, gradients, var_list, shared, phase)
 
 
 def _finite_check(loss, gradients, config):
@@ -312,17 +398,11 @@ def _finite_check(loss, gradients, config):
     return tf.debugging.assert_all_finite(checked, 'loss is not finite', name='loss_is_finite')
 
 
-def _phase_tail(phase, loss, update, loss_is_finite, gradients, var_list, accuracy, config, shared):
-    """After the update: the moving average and the phase's record; the step's summaries."""
+def _phase_tail(loss, update, loss_is_finite, gradients, var_list, shared, phase):
+    """After the update: the moving average and the phase's record (`summaries` adds the rest)."""
     with tf.control_dependencies([loss_is_finite]):
         train_op = _after_update(update, var_list, shared, phase)
-        scalars = [('cross_entropy', loss), ('accuracy', accuracy), ('learning_rate', shared.rate)]
-        if config.mixed_precision:
-            scalars.append(('loss_scale', shared.loss_scale()))
-        if shared.phase_variable is not None:
-            scalars.append(('phase', tf.constant(phase, tf.float32)))
-        train_summaries = _summaries(scalars, gradients, var_list, config.mixed_precision)
-    return PhaseOps(loss, train_op, train_summaries, var_list)
+    return PhaseOps(loss, train_op, None, var_list, gradients, loss_is_finite)
 
 
 # One phase's step as each replica built it: its update (the optimizer all-reduces the replicas'
@@ -330,7 +410,7 @@ def _phase_tail(phase, loss, update, loss_is_finite, gradients, var_list, accura
 ReplicaStep = collections.namedtuple('ReplicaStep', 'var_list share update gradients check decay')
 
 
-def _replicated_phase_ops(phase, steps, accuracy, config, shared):
+def _replicated_phase_ops(phase, steps, config, shared):
     """Phase `phase` from its replicas' steps: the whole batch's loss, the summed gradients (for the
     histograms only), and an update that runs every replica's."""
     first = steps[0]
@@ -342,8 +422,7 @@ def _replicated_phase_ops(phase, steps, accuracy, config, shared):
             gradients = [tf.add_n(list(grads)) for grads in zip(*(step.gradients for step in steps))]
         loss_is_finite = tf.group(*[step.check for step in steps], name='loss_is_finite')
         update = tf.group(*[step.update for step in steps])
-        return _phase_tail(phase, loss, update, loss_is_finite, gradients, first.var_list, accuracy,
-                           config, shared)
+        return _phase_tail(loss, update, loss_is_finite, gradients, first.var_list, shared, phase)
 
 
 def _weight_decay(var_list, config):
@@ -485,23 +564,6 @@ def scheduled_rate(config, global_step):
     return tf.cast(rate, tf.float32)
 
 
-def _optimizer(config, global_step):
-    """The learning rate (with its schedule), the optimizer, and its loss scale (mixed precision)."""
-    with tf.name_scope('learning_rate_schedule'):
-        rate = scheduled_rate(config, global_step)
-        # Feedable, so the learning-rate range test (lr_finder) sets each step's rate.
-        rate = tf.placeholder_with_default(rate, [], name='learning_rate')
-    if config.optimizer == 'momentum':
-        sgd = tf.train.MomentumOptimizer(rate, config.momentum)
-    else:
-        sgd = tf.train.GradientDescentOptimizer(rate)
-    loss_scale = None
-    if config.mixed_precision:
-        loss_scale = tf.mixed_precision.DynamicLossScale()  # from 2**15, x2 after 2000 good steps
-        sgd = tf.mixed_precision.MixedPrecisionLossScaleOptimizer(sgd, loss_scale)
-    return rate, sgd, loss_scale
-
-
 Towers = collections.namedtuple('Towers', ['model', 'logits', 'loss_shares', 'devices', 'features'])
 
 
@@ -510,24 +572,20 @@ def _joined(parts, batch_count):
     return tf.concat(parts, axis=0)[:batch_count] if len(parts) > 1 else parts[0]
 
 
-def _build_towers(x, y, keep_prob, batch_count, config, input_layer, reuse):
-    """AlexNet once per device on an equal part of the batch; each tower's share of the loss."""
+def _build_towers(model_and_loss, x, y, batch_count, config, input_layer, reuse):
+    """The model once per device on an equal part of the batch; each tower's share of the loss."""
     devices = _tower_devices(config.num_devices, config.use_gpu)
     x_parts, y_parts = _split_batch(x, y, batch_count, len(devices), config.num_classes)
-    logits, shares, features = [], [], []
-    model = None
+    models, shares = [], []
     for index, device in enumerate(devices):
         with tf.device(device or config.model_device), tf.name_scope(f'tower_{index}' if index else None), \
                 tf.variable_scope(tf.get_variable_scope(), reuse=reuse or index > 0):
-            tower_model = AlexNet(x_parts[index], keep_prob, config.num_classes, list(config.skip_layers),
-                                  config.weights_path, input_layer)
-            if model is None:
-                model = tower_model
-            shares.append(_loss_share(tower_model, y_parts[index], batch_count, config,
+            model, per_example = model_and_loss(x_parts[index], y_parts[index], input_layer)
+            models.append(model)
+            shares.append(_loss_share(per_example, y_parts[index], batch_count, config,
                                       padded=len(devices) > 1))
-            logits.append(tower_model.fc8)
-            features.append(tower_model.end_points.get('flattened'))
-    return Towers(model, logits, shares, devices, features)
+    return Towers(models[0], [model.fc8 for model in models], shares, devices,
+                  [model.end_points.get('flattened') for model in models])
 
 
 def _split_batch(x, y, batch_count, parts, num_classes):
@@ -542,30 +600,20 @@ def _split_batch(x, y, batch_count, parts, num_classes):
     return x_parts, y_parts
 
 
-def _loss_share(model, labels, batch_count, config, padded):
+def _loss_share(per_example, labels, batch_count, config, padded):
     """One part's share of the whole batch's mean loss: the parts' gradients then add up to exactly
     the gradient of one device's mean loss, whatever the split."""
-    with tf.name_scope('loss'):
-        targets = labels
-        if config.label_smoothing:
-            targets = smoothed_labels(targets, config.label_smoothing, config.num_classes)
-        per_example = _per_example_loss(model.fc8, targets)
-        if config.class_weights is not None:
-            # Each example's loss times its class's weight (balanced weights average 1 per image,
-            # so the loss keeps its scale). Padding rows have all-zero labels: weight 0.
-            weights = tf.constant(config.class_weights, tf.float32)
-            per_example *= tf.reduce_sum(labels * weights, axis=1)
-        elif padded:
-            # A padding row's loss is 0, but the fused cross-entropy's gradient is softmax - labels
-            # whatever the labels sum to: softmax - 0 for a padding row. Times the row's label sum
-            # (1 for a real row, exactly; 0 for padding) its gradient is 0.
-            per_example *= tf.reduce_sum(labels, axis=1)
-        return tf.reduce_sum(per_example) / tf.cast(batch_count, tf.float32)
+    if padded and config.class_weights is None:
+        # A padding row's loss is 0, but the fused cross-entropy's gradient is softmax - labels
+        # whatever the labels sum to: softmax - 0 for a padding row. Times the row's label sum
+        # (1 for a real row, exactly; 0 for padding) its gradient is 0.
+        per_example *= tf.reduce_sum(labels, axis=1)
+    return tf.reduce_sum(per_example) / tf.cast(batch_count, tf.float32)
 
 
-def _build_replicas(x, y, keep_prob, batch_count, config, input_layer, reuse, strategy, phases,
+def _build_replicas(model_and_loss, x, y, batch_count, config, input_layer, reuse, strategy, phases,
                     sgd, global_step):
-    """AlexNet once per replica (strategy.extended.call_for_each_replica) on an equal part of the
+    """The model once per replica (strategy.extended.call_for_each_replica) on an equal part of the
     batch, and each phase's step there: the replica's gradients, its NaN guard, and the optimizer's
     update, which all-reduces the replicas' gradients (summed: each is of the replica's share of
     the batch's mean) into every copy of the weights."""
@@ -576,9 +624,8 @@ def _build_replicas(x, y, keep_prob, batch_count, config, input_layer, reuse, st
     def replica():
         index = int(tf.get_static_value(tf.distribute.get_replica_context().replica_id_in_sync_group))
         with tf.variable_scope(tf.get_variable_scope(), reuse=reuse or index > 0):
-            model = AlexNet(x_parts[index], keep_prob, config.num_classes, list(config.skip_layers),
-                            config.weights_path, input_layer)
-        share = _loss_share(model, y_parts[index], batch_count, config, padded=True)
+            model, per_example = model_and_loss(x_parts[index], y_parts[index], input_layer)
+        share = _loss_share(per_example, y_parts[index], batch_count, config, padded=True)
         steps = {}
         for phase in phases:
             var_list = trained_variables(model, phase_layers(config.train_layers,
@@ -614,21 +661,3 @@ def _apply(sgd, gradients, var_list, global_step, mixed_precision):
             with tf.control_dependencies([update]):
                 return tf.assign_add(global_step, 1).op
         return sgd.apply_gradients(list(zip(gradients, var_list)), global_step=global_step)
-
-
-def _summaries(scalars, gradients, var_list, mixed_precision):
-    """The merged training summaries: the scalars, and histograms of samples of each trained variable
-    and its gradient."""
-    # Tags set explicitly: tf.summary.* would derive them from op names, which the variables
-    # already hold ('fc6/weights' would become 'fc6/weights_1').
-    summaries = [tf.raw_ops.ScalarSummary(tags=tag, values=value) for tag, value in scalars]
-    with tf.name_scope('histogram_samples'):
-        for gradient, variable in zip(gradients, var_list):
-            sample = histogram_sample(gradient)
-            if mixed_precision:  # an overflowed (skipped) step's gradients hold Inf/NaN
-                sample = tf.where(tf.math.is_finite(sample), sample, tf.zeros_like(sample))
-            summaries.append(tf.raw_ops.HistogramSummary(tag=variable.op.name + '/gradient',
-                                                         values=sample))
-            summaries.append(tf.raw_ops.HistogramSummary(tag=variable.op.name,
-                                                         values=histogram_sample(variable)))
-    return tf.summary.merge(summaries)

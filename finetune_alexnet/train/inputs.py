@@ -1,5 +1,5 @@
 """Where a run's batches come from: tf.data pipelines over the image lists or TFRecord shards, or pool5
-features cached once when no conv layer learns; and the training graph built on them."""
+features cached once when no conv layer learns; and each phase's graph and batches (TrainingSetup)."""
 import collections
 import dataclasses
 import os
@@ -7,7 +7,7 @@ import os
 import tensorflow.compat.v1 as tf
 
 import datagenerator
-from alexnet import CONV_LAYERS, AlexNet
+from alexnet import CONV_LAYERS
 from finetune_alexnet import preprocessing
 from finetune_alexnet import tfrecords
 from finetune_alexnet.errors import ToolkitError
@@ -17,14 +17,10 @@ from finetune_alexnet.train import graph as training_graph
 from finetune_alexnet.train import loop
 
 
-class BatchSource:
-    """One phase's batches (training or validation): `start` (re)initialises the shared iterator."""
-
-    def __init__(self, start, data):
-        # start(session, epoch, skip_steps) initialises the iterator skip_steps batches into the
-        # epoch's order (a resumed epoch); epoch None: validation
-        self.start = start
-        self.data = data  # the ImageDataGenerator behind it, for naming unreadable images
+# One phase's batches (training or validation): start(session, epoch, skip_steps) (re)initialises
+# the iterator skip_steps batches into the epoch's order (a resumed epoch; epoch None: validation);
+# data: the ImageDataGenerator behind it, for naming unreadable images.
+BatchSource = collections.namedtuple('BatchSource', 'start data')
 
 
 class TrainingSetup(collections.namedtuple('TrainingSetup', [
@@ -108,55 +104,53 @@ def device_batches(train_dataset, val_dataset, device):
                              iterator.make_initializer(val_dataset))
 
 
-def build(settings, train_data, val_data, config, order_seed, spill_dir=None, workers=None):
-    """The training graph on the image pipeline, or on cached pool5 features: with --unfreeze_at, a
-    graph for each kind of input the phases train on (phase 1 on the cache and phase 2 on images,
-    say), sharing the variables, the optimizer and its slots, the step and the moving average.
-    On several `workers`, the graph is built inside their strategy (images only: no cache)."""
-    images, labels, training_init_op, validation_init_op = device_batches(
-        train_data.data, val_data.data, config.model_device or PIPELINE_DEVICE)
-    image_phases = tuple(phase for phase in settings.phases if not settings.phase_uses_cache(phase))
+def build(settings, train_data, val_data, config, order_seed, spill_dir=None):
+    """finetune.py's graph in one call (the iterator, AlexNet and its loss, the optimizer, the train
+    ops, `training_setup`), for the learning-rate range test; no summaries."""
+    images, labels, *init_ops = device_batches(train_data.data, val_data.data,
+                                               config.model_device or PIPELINE_DEVICE)
+    keep_prob = tf.placeholder_with_default(1.0, [], name='keep_prob')
+    model_and_loss = training_graph.alexnet_and_loss(keep_prob, config)
+    graph = training_graph.train_ops(model_and_loss, images, labels, keep_prob,
+                                     training_graph.optimizer(config), config)
+    return training_setup(settings, graph, model_and_loss, config, train_data, val_data, labels,
+                          init_ops, order_seed, spill_dir)
+
+
+def training_setup(settings, graph, model_and_loss, config, train_data, val_data, labels, init_ops,
+                   order_seed, spill_dir=None):
+    """The TrainingSetup of each phase: `graph` (on the images of the iterator whose `labels` and
+    (training, validation) `init_ops` are given) for the phases that train on images, and for
+    those that train on cached pool5 features a graph of fc6-fc8 there (`model_and_loss` again,
+    sharing the variables, the optimizer and its slots, the step and the moving average)."""
+    training_init_op, validation_init_op = init_ops
+    setups = {}
+    # The epoch number pins the shuffle order, so a resumed run sees the orders an uninterrupted one
+    # would have seen.
+    train = BatchSource(lambda session, epoch, skip_steps=0: session.run(
+        training_init_op, {train_data.epoch: epoch,
+                           train_data.skip: skip_steps * train_data.worker_batch_size}),
+        train_data)
+    val = BatchSource(lambda session, epoch, skip_steps=0: session.run(validation_init_op), val_data)
+    pictures = loop.picture_fetches(graph)
+    for phase in graph.phases:
+        setups[phase] = TrainingSetup(graph.for_phase(phase), train, val, graph.model, labels, None, (),
+                                      pictures, {})
     cache_phases = tuple(phase for phase in settings.phases if settings.phase_uses_cache(phase))
-    setups, image_graph = {}, None
-    if image_phases:
-        def build_graph():
-            return training_graph.build_training_graph(
-                images, labels, dataclasses.replace(config, phases=image_phases))
-        image_graph = workers.replicated(build_graph) if workers else build_graph()
-        # The epoch number pins the shuffle order, so a resumed run sees the orders an
-        # uninterrupted one would have seen.
-        train = BatchSource(lambda session, epoch, skip_steps=0: session.run(
-            training_init_op, {train_data.epoch: epoch,
-                               train_data.skip: skip_steps * train_data.worker_batch_size}),
-            train_data)
-        val = BatchSource(lambda session, epoch, skip_steps=0: session.run(validation_init_op),
-                          val_data)
-        pictures = loop.picture_fetches(image_graph)
-        for phase in image_phases:
-            setups[phase] = TrainingSetup(image_graph.for_phase(phase), train, val, image_graph.model,
-                                          labels, None, (), pictures, {})
     if not cache_phases:
         return _phases_joined(setups)
 
-    # Cached features: the full model on images (its conv layers make the features, and every
-    # variable exists for the checkpoints), and fc6-fc8 again on the cache, sharing their variables.
-    if image_graph is not None:
-        image_model = image_graph.model
-    else:
-        with tf.device(config.model_device):
-            image_model = AlexNet(images, 1.0, settings.num_classes, settings.skip_layers,
-                                  settings.weights_path)
-    # The whole batch's features: with --num_gpus, the model's own end points hold one device's part.
-    features = (image_graph.features if image_graph is not None
-                else image_model.end_points[feature_cache.FEATURE_LAYER])
+    # Cached features: the full model on images made them (its conv layers, and every variable
+    # exists for the checkpoints); fc6-fc8 again on the cache, sharing their variables.
+    image_model = graph.model
     dataset, feeder = feature_cache.cached_dataset(settings.num_classes, settings.batch_size,
                                                    drop_remainder=False)
     with tf.device('/cpu:0'):
         cache_iterator = tf.data.make_initializable_iterator(dataset)
         cached_features, cached_labels = cache_iterator.get_next()
-    graph = training_graph.build_training_graph(
-        cached_features, cached_labels, dataclasses.replace(config, phases=cache_phases),
-        input_layer='flattened', reuse=True, shared=image_graph.shared if image_graph else None)
+    cache_graph = training_graph.summaries(training_graph.train_ops(
+        model_and_loss, cached_features, cached_labels, graph.keep_prob, graph.shared,
+        dataclasses.replace(config, phases=cache_phases), input_layer='flattened', reuse=True), config)
     cache = {}
     # Features too large for memory spill to files here (the run's folder unless told otherwise).
     feature_files = {name: os.path.join(spill_dir or settings.checkpoint_path, f'features_{name}.npy')
@@ -183,8 +177,9 @@ def build(settings, train_data, val_data, config, order_seed, spill_dir=None, wo
             print(f'caching pool5 features of {data.txt_file}: '
                   f'{feature_cache.describe_size(data.data_size)}')
             try:
-                cache[name] = feature_cache.extract(session, init_op, features, labels, data.data_size,
-                                                    settings.num_classes, feature_files[name])
+                cache[name] = feature_cache.extract(session, init_op, graph.features, labels,
+                                                    data.data_size, settings.num_classes,
+                                                    feature_files[name])
             except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, tf.errors.NotFoundError):
                 raise data.unreadable_images_error() from None
             if store:
@@ -198,10 +193,10 @@ def build(settings, train_data, val_data, config, order_seed, spill_dir=None, wo
     def start_val(session, epoch, skip_steps=0):
         session.run(cache_iterator.initializer, feeder.start_epoch(*cache['val']))
 
-    pictures = loop.picture_fetches(graph)
+    pictures = loop.picture_fetches(cache_graph)
     for phase in cache_phases:
         setups[phase] = TrainingSetup(
-            graph.for_phase(phase), BatchSource(start_train, train_data),
+            cache_graph.for_phase(phase), BatchSource(start_train, train_data),
             BatchSource(start_val, val_data), image_model, None, fill_feature_cache,
             tuple(feature_files.values()), pictures, {})
     return _phases_joined(setups)
@@ -211,12 +206,6 @@ def _phases_joined(setups):
     """Phase 1's setup, holding the later phases'."""
     return setups[1]._replace(later_phases={phase: setup for phase, setup in setups.items()
                                             if phase != 1})
-
-
-def remove_feature_files(setup):
-    """Features spilled to disk serve only the run that wrote them."""
-    for path in setup.feature_files:
-        feature_cache.remove_cache_file(path)
 
 
 def shared_feature_store(settings):

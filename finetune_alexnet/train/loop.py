@@ -1,5 +1,5 @@
-"""What the epoch loop of finetune.py calls between its session.run calls: a step whose failures read
-as one line, a validation pass, scalars for TensorBoard, and seeding."""
+"""What the epoch loop of finetune.py calls around its session.run calls: the steps' failures as one
+line, a validation pass, and seeding."""
 import contextlib
 import math
 import re
@@ -14,17 +14,18 @@ _STEP_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.UnknownError, tf.error
                 tf.errors.NotFoundError)
 
 
-def run_step(session, fetches, feed, batches, nan_message, workers=None):
-    """One training step's session.run; None when the epoch's batches ran out early (unreadable
-    images skipped). A bad image is a one-line ToolkitError naming it, a NaN loss `nan_message`.
-    On several `workers`, the step waits for the others at most their --collective_timeout."""
+@contextlib.contextmanager
+def step_errors(batches, nan_message):
+    """Around an epoch's training steps: the batches running out early (unreadable images skipped)
+    ends the block quietly; an unreadable image becomes a one-line ToolkitError naming it, a NaN loss
+    one saying `nan_message()` (called then, so it can name the step)."""
     try:
-        return workers.run(session, fetches, feed) if workers else session.run(fetches, feed)
+        yield
     except tf.errors.OutOfRangeError:
-        return None
+        pass
     except _STEP_ERRORS as error:
         if 'loss is not finite' in str(error.message):
-            raise ToolkitError(nan_message) from None
+            raise ToolkitError(nan_message()) from None
         raise step_error(error, batches) from None
 
 
@@ -101,8 +102,7 @@ def _validate(session, graph, batches, outputs, picture_fetches):
             result = session.run(fetches)
         except tf.errors.OutOfRangeError:
             break
-        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, tf.errors.NotFoundError,
-                tf.errors.DataLossError) as error:  # DataLoss: a damaged TFRecord shard
+        except _STEP_ERRORS as error:  # DataLoss: a damaged TFRecord shard
             raise step_error(error, batches) from None
         if outputs is not None:
             outputs.add(result['probabilities'], result['labels'], result.get('features'))
@@ -130,13 +130,6 @@ def start_averages(session, graph):
     """The moving averages start at the weights a new run starts from (after they are loaded)."""
     if graph.averages is not None:
         session.run(graph.averages.start)
-
-
-def write_scalars(writer, step, values):
-    summary = tf.Summary(value=[tf.Summary.Value(tag=tag, simple_value=float(value))
-                                for tag, value in values.items()])
-    writer.add_summary(summary, step)
-    writer.flush()
 
 
 @contextlib.contextmanager

@@ -1,5 +1,7 @@
-"""A run's life around the epoch loop: new or resumed, its starting weights, what it tells the user
-before training, and what it records after each epoch."""
+"""A run's life around the epoch loop: its start (workers, lock, new or resumed state, starting
+weights), what it tells the user before training, and what it records after each epoch."""
+import collections
+import contextlib
 import math
 import os
 
@@ -11,12 +13,15 @@ from finetune_alexnet import checkpoints
 from finetune_alexnet import model_info
 from finetune_alexnet import run_folder
 from finetune_alexnet import run_state
+from finetune_alexnet import signals
 from finetune_alexnet import tf_setup
 from finetune_alexnet import tfrecords
 from finetune_alexnet import weight_files
 from finetune_alexnet.errors import ToolkitError
 from finetune_alexnet.train import distribute
+from finetune_alexnet.train import feature_cache
 from finetune_alexnet.train import graph as training_graph
+from finetune_alexnet.train import inputs
 from finetune_alexnet.train import loop
 from finetune_alexnet.train import progress
 from finetune_alexnet.train import summaries
@@ -50,14 +55,6 @@ def events_folder(settings, state):
     if settings.filewriter_path:
         return os.path.join(settings.filewriter_path, state.run_name)
     return settings.checkpoint_path
-
-
-def last_good_checkpoint(settings, state):
-    """What a run that fails now can do, for the error that ends it."""
-    if state.latest_checkpoint:
-        return (f'continue from the last good checkpoint ({state.latest_checkpoint} in '
-                f'{settings.checkpoint_path}) with --resume --learning_rate and a lower rate')
-    return 'no checkpoint was saved yet: start the run again with a lower --learning_rate'
 
 
 def runs_folder(settings):
@@ -200,20 +197,14 @@ def training_config(settings, gpu, steps_per_epoch, train_labels=None, order_see
         decay_steps=settings.lr_decay_epochs * steps_per_epoch,
         decay_factor=settings.lr_decay_factor, num_devices=settings.num_gpus, use_gpu=gpu,
         num_workers=settings.num_workers,
-        model_device='/gpu:0' if gpu else '/cpu:0', mixed_precision=settings.mixed_precision)
+        model_device='/gpu:0' if gpu else '/cpu:0', mixed_precision=settings.mixed_precision,
+        # The graph on images trains these; those on cached features get a graph of their own.
+        phases=tuple(phase for phase in settings.phases if not settings.phase_uses_cache(phase)))
 
 
 def warmup_steps(epochs, steps_per_epoch):
     """--warmup_epochs in steps: rounded, and at least one step when asked for at all."""
     return max(1, round(epochs * steps_per_epoch)) if epochs else 0
-
-
-def epoch_setup(settings, setup, state, epoch):
-    """The graph and batches of epoch `epoch`'s phase; run_state.json records the phase."""
-    phase = settings.phase_of(epoch)
-    if settings.unfreeze_at:
-        state.phase = phase
-    return setup.for_phase(phase)
 
 
 def describe_data(settings, train_data, val_data, steps_per_epoch, class_names, config):
@@ -265,31 +256,6 @@ NOT_SHARED = ('worker_hosts', 'task_index', 'cluster', 'collective_timeout', 've
               'cache_dir', 'init_checkpoint', 'changed_settings', 'device', 'num_classes_source')
 
 
-def record_epoch(session, keeper, writer, state, record, writes=True):
-    """The epoch's scalars, checkpoint, run state, metrics line and curves; True if it is the best.
-    With `writes` False (a worker other than the chief) only the state in memory is updated."""
-    directory = keeper.directory
-    improved = state.best_val_accuracy is None or record['val_accuracy'] > state.best_val_accuracy
-    if improved:
-        state.best_val_accuracy, state.best_epoch = record['val_accuracy'], record['epoch']
-    state.best_val_loss = min(state.best_val_loss or math.inf, record['val_loss'])
-    if state.phase is not None:
-        record['phase'] = state.phase
-    state.epochs_completed = record['epoch']
-    state.history.append(record)
-    if not writes:
-        return improved
-    loop.write_scalars(writer, record['step'], {
-        'validation/cross_entropy': record['val_loss'], 'validation/accuracy': record['val_accuracy'],
-        'images_per_second': record['images_per_second'],
-        'hparams/best_val_accuracy': state.best_val_accuracy,
-        'hparams/best_val_loss': state.best_val_loss})
-    keeper.save_epoch(session, record['epoch'], state, best=improved)
-    progress.append_metrics(os.path.join(directory, 'metrics.jsonl'), record)
-    progress.plot_curves(state.history, os.path.join(directory, 'curves.png'))
-    return improved
-
-
 def epoch_rates(rates, session, graph):
     """The learning rate an epoch's steps trained with, for its record: `learning_rate`, and
     `learning_rate_last` too where the rate changed within the epoch (then `learning_rate` is its
@@ -309,9 +275,194 @@ def aligned_paths(paths, outputs):
     return paths if len(outputs.labels) == len(paths) else [''] * len(outputs.labels)
 
 
-def report_warm_start(session, settings, setup, state, workers=None):
-    """The warm-started model's validation loss and accuracy before any step, as a check."""
-    loss, accuracy, _ = loop.validate(session, setup.graph, setup.val, workers=workers)
-    state.init_val_accuracy = accuracy
-    print(f'warm start from {settings.init_checkpoint}: validation loss {loss:.4f} acc '
-          f'{accuracy:.4f} before training')
+def nan_message(settings, state, epoch, step):
+    """What a run whose loss became NaN at `step` can do, for the error that ends it."""
+    if state.latest_checkpoint:
+        last_good = (f'continue from the last good checkpoint ({state.latest_checkpoint} in '
+                     f'{settings.checkpoint_path}) with --resume --learning_rate and a lower rate')
+    else:
+        last_good = 'no checkpoint was saved yet: start the run again with a lower --learning_rate'
+    return (f'the loss became NaN or infinite at epoch {epoch}, step {step}: lower the learning rate '
+            f'(now {settings.learning_rate:g}); {last_good}')
+
+
+# One epoch's training, as finetune.py's train_one_epoch sums it up (on several workers, the whole
+# cluster's): mean loss and accuracy, images per second, images seen, the rates its steps used,
+# and whether it ran to its end (False: a stop signal came first).
+EpochTraining = collections.namedtuple('EpochTraining', 'loss accuracy images_per_second images '
+                                                        'rates finished')
+
+
+@contextlib.contextmanager
+def started(settings):
+    """The run, started: its device, its workers (one machine, or one of several: TF_CONFIG,
+    --worker_hosts; then the chief, worker 0, alone writes the run folder), the run folder's lock,
+    stop signals caught, its state (new, or resumed from the run folder), the shuffle seed the
+    workers agree on, the weights file read, seeding. Feature files the run spilled are removed
+    when it ends."""
+    gpu = use_gpu(settings)
+    class_names = read_class_names(settings)
+    workers = distribute.start(settings.cluster, gpu, settings.collective_timeout)
+    session_config = workers.session_config(tf_setup.session_config(
+        gpu, xla=settings.xla, mixed_precision=settings.mixed_precision,
+        logical_cpus=settings.num_gpus if not gpu and settings.num_gpus > 1 else None))
+    # Signals are caught from here on, so a SIGTERM while the weights load still ends in one line.
+    with workers.lock(settings.checkpoint_path), signals.StopRequests() as stop:
+        state, resumed = new_or_resumed_state(settings, writes=workers.is_chief)
+        state.order_seed = workers.start(state.order_seed, agreed_settings(settings, gpu))
+        # The .npy read once, checked before anything is built.
+        run = Run(settings, gpu, class_names, workers, session_config, stop, state, resumed,
+                  initial_weights(settings, resumed))
+        with loop.seeded(settings.seed):
+            try:
+                yield run
+            finally:
+                for path in run.setup.feature_files if run.setup else ():  # this run's alone
+                    feature_cache.remove_cache_file(path)
+
+
+class Run:
+    """A started run (`started`): what it does once its session is open (`begin`), at the end of
+    each epoch (`end_epoch`), when a signal stops it (`stopped`) and at its end (`finish`)."""
+
+    def __init__(self, settings, gpu, class_names, workers, session_config, stop, state, resumed,
+                 layers):
+        self.settings, self.gpu, self.class_names = settings, gpu, class_names
+        self.workers, self.session_config, self.stop = workers, session_config, stop
+        self.state, self.resumed, self._layers = state, resumed, layers
+        self.order_seed = state.order_seed  # every epoch's shuffle order (the chief's, on workers)
+        self.setup = None
+        self.outputs = None  # the last validation pass's, for the projector
+        self.steps_done = 0  # steps of the first epoch trained before a resume
+
+    def begin(self, session, setup, keeper, writer, config):
+        """The variables initialised; the checkpoint restored (--resume), or the starting weights
+        loaded and the run's graph and hyper-parameters summarised; every worker's start compared;
+        the feature cache filled if the first epoch trains on it; a warm start checked."""
+        settings, state, workers = self.settings, self.state, self.workers
+        self.setup = setup
+        workers.bounded(session).run(tf.global_variables_initializer())
+        if self.resumed:
+            keeper.restore(session, os.path.join(settings.checkpoint_path, state.latest_checkpoint),
+                           state)
+            print(f'resumed {state.latest_checkpoint} at step {session.run(setup.graph.global_step)}')
+        else:
+            writer.add_graph(session.graph)
+            for summary in summaries.hparams_summaries(settings, state.run_name,
+                                                       class_weight_values=config.class_weights):
+                writer.add_summary(summary, 0)
+            load_starting_weights(session, settings, setup.weights_model, self._layers)
+            loop.start_averages(session, setup.graph)  # --ema_decay: from these weights
+            if keeper.writes:
+                model_info.write_model_info(
+                    settings.checkpoint_path, settings.num_classes, self.class_names,
+                    center_crop=settings.augment, ema=bool(settings.ema_decay))
+        step = int(session.run(setup.graph.global_step))
+        workers.check_same_start(session, step)
+        self._layers = None  # 233 MB no longer needed: the variables hold the weights now
+        print(f'open TensorBoard with: tensorboard --logdir {runs_folder(settings)} '
+              f'(this run: {state.run_name})')
+        first = setup.for_phase(settings.phase_of(state.epochs_completed + 1))
+        if first.fill_feature_cache:  # pool5 once, if the next epoch's phase trains on it
+            first.fill_feature_cache(session)
+        if settings.init_checkpoint and not self.resumed:  # the warm start's numbers, as a check
+            loss, accuracy, _ = loop.validate(session, setup.graph, setup.val, workers=workers)
+            state.init_val_accuracy = accuracy
+            print(f'warm start from {settings.init_checkpoint}: validation loss {loss:.4f} acc '
+                  f'{accuracy:.4f} before training')
+        # A resumed epoch starts its pinned order just past the batches already trained on, so a
+        # resumed run trains on exactly the images of an uninterrupted one. Counted from the run
+        # state, not global_step // steps_per_epoch: with --skip_bad_images an epoch can end a
+        # step or more early.
+        self.steps_done = step - state.last_step
+
+    def phase(self, setup, epoch):
+        """The graph and batches of epoch `epoch`'s phase; run_state.json records the phase."""
+        if self.settings.unfreeze_at:
+            self.state.phase = self.settings.phase_of(epoch)
+        return setup.for_phase(self.settings.phase_of(epoch))
+
+    def stopped(self, session, keeper):
+        """A stop signal came: the chief saves the run where it is; the exit status."""
+        step = int(session.run(self.setup.graph.global_step))
+        prefix = keeper.save_interrupted(session, self.state, step)
+        if prefix:
+            print(f'saved {prefix} at step {step}; continue with --resume (and the same flags)')
+        else:
+            print(f'stopped at step {step}; the chief saves the run: continue with --resume')
+        return self.stop.exit_status
+
+    def end_epoch(self, session, current, keeper, writer, epoch, trained, resumed_epoch):
+        """After epoch `epoch` trained (`trained`, an EpochTraining) on `current` (its phase's
+        TrainingSetup): the skipped images counted, validation, its pictures, the epoch's record
+        (run state, metrics, curves, checkpoint), the epoch's line and notes. True when early
+        stopping ends the run."""
+        settings, state = self.settings, self.state
+        notes = []
+        if settings.skip_bad_images and current.image_labels is not None and not resumed_epoch:
+            notes.append(current.train.data.describe_skipped(
+                trained.images + loop.count_remaining_images(session, current.image_labels)))
+        step = int(session.run(current.graph.global_step))
+        outputs = summaries.ValidationOutputs(
+            keep_features=summaries.PROJECTOR_MAX_IMAGES if settings.projector else 0)
+        val_loss, val_accuracy, val_count = loop.validate(session, current.graph, current.val,
+                                                          outputs, current.pictures, self.workers)
+        if settings.skip_bad_images:
+            notes.append(current.val.data.describe_skipped(val_count))
+        record = {'epoch': epoch, 'step': step, 'train_loss': trained.loss,
+                  'train_accuracy': trained.accuracy, 'val_loss': val_loss,
+                  'val_accuracy': val_accuracy, 'val_images': val_count,
+                  **epoch_rates(trained.rates, session, current.graph),
+                  'images_per_second': trained.images_per_second}
+        improved = state.best_val_accuracy is None or val_accuracy > state.best_val_accuracy
+        if improved:
+            state.best_val_accuracy, state.best_epoch = val_accuracy, epoch
+        state.best_val_loss = min(state.best_val_loss or math.inf, val_loss)
+        if state.phase is not None:
+            record['phase'] = state.phase
+        state.epochs_completed = epoch
+        state.history.append(record)
+        if keeper.writes:  # the chief: the pictures, scalars, checkpoint, metrics line and curves
+            writer.add_summary(summaries.validation_summary(
+                outputs, aligned_paths(inputs.image_paths(current.val.data), outputs),
+                self.class_names, settings.num_classes),
+                step)
+            scalars = {'validation/cross_entropy': val_loss, 'validation/accuracy': val_accuracy,
+                       'images_per_second': trained.images_per_second,
+                       'hparams/best_val_accuracy': state.best_val_accuracy,
+                       'hparams/best_val_loss': state.best_val_loss}
+            writer.add_summary(tf.Summary(value=[tf.Summary.Value(tag=tag, simple_value=float(value))
+                                                 for tag, value in scalars.items()]), step)
+            writer.flush()
+            keeper.save_epoch(session, epoch, state, best=improved)
+            progress.append_metrics(os.path.join(keeper.directory, 'metrics.jsonl'), record)
+            progress.plot_curves(state.history, os.path.join(keeper.directory, 'curves.png'))
+        print(f'epoch {epoch}: train loss {trained.loss:.4f} acc {trained.accuracy:.3f}, validation '
+              f'loss {val_loss:.4f} acc {val_accuracy:.4f}{" (best)" if improved else ""}')
+        for note in filter(None, notes):
+            print(f'note: {note}')
+        self.outputs = outputs
+        if settings.early_stopping and epoch - state.best_epoch >= settings.early_stopping:
+            print(f"early stopping after epoch {epoch}: no better validation accuracy for "
+                  f"{settings.early_stopping} epoch(s) since epoch {state.best_epoch}")
+            return True
+        return False
+
+    def finish(self, writer):
+        """The projector's embedding (--projector), the HParams run's end, the last line; 0."""
+        settings, state, outputs = self.settings, self.state, self.outputs
+        if settings.projector and outputs is not None and outputs.features is not None:
+            paths = aligned_paths(inputs.image_paths(self.setup.val.data), outputs)
+            summaries.write_projector(writer.get_logdir(), outputs.features, paths, outputs.labels,
+                                      outputs.probabilities.argmax(axis=1), self.class_names,
+                                      settings.num_classes)
+            print(f'projector: fc7 features of {len(outputs.features)} validation images in '
+                  f'{writer.get_logdir()}')
+        writer.add_summary(summaries.hparams_end_summary(), state.last_step)
+        written_by = '' if self.workers.is_chief else ' (written by the chief)'
+        events = f'; TensorBoard events in {writer.get_logdir()}' if settings.filewriter_path else \
+            ', TensorBoard events'
+        print(f"done: best validation accuracy {state.best_val_accuracy:.4f} at epoch "
+              f"{state.best_epoch}; checkpoints, metrics.jsonl, curves.png{events} in "
+              f"{settings.checkpoint_path}{written_by}")
+        return 0

@@ -9,6 +9,7 @@ only for the few thumbnails shown (the worst mistakes, and the projector's sprit
 TensorBoard's plugins (hparams, pr_curve) build their summaries as TensorBoard's own protobufs; they
 are re-read as `tf.Summary` so the run's `tf.summary.FileWriter` writes them with everything else.
 """
+import contextlib
 import datetime
 import os
 import re
@@ -165,7 +166,7 @@ def hparams_end_summary():
     return as_tf_summary(hparams_v1_summary.session_end_pb(hparams_api_pb2.STATUS_SUCCESS))
 
 
-class NoWriter:
+class NoWriter(contextlib.nullcontext):
     """A FileWriter that writes nothing: what workers other than the chief summarise to."""
 
     def add_summary(self, summary, step=None):
