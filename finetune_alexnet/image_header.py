@@ -350,12 +350,14 @@ def graph_pixels(image_bytes):
     def walk(parse):
         return lambda: parse(tf, _Bytes(tf, image_bytes))
 
-    formats = [(tf.io.is_jpeg(image_bytes), jpeg),
-               (starts(0, _PNG_SIGNATURE) & starts(12, b'IHDR'), walk(_graph_png)),
-               (starts(0, b'GIF87a') | starts(0, b'GIF89a'), walk(_graph_gif)),
-               (starts(0, b'BM'), walk(_graph_bmp)),
-               (starts(0, b'RIFF') & starts(8, b'WEBP'), walk(_graph_webp))]
-    return tf.case(formats, default=lambda: tf.constant(0, tf.int64), exclusive=False)
+    # One flat switch on the format: nested conds (tf.case) made the function TensorFlow instantiates
+    # (and tf.data rewrites) at every iterator initialisation several times larger.
+    formats = [tf.io.is_jpeg(image_bytes), starts(0, _PNG_SIGNATURE) & starts(12, b'IHDR'),
+               starts(0, b'GIF87a') | starts(0, b'GIF89a'), starts(0, b'BM'),
+               starts(0, b'RIFF') & starts(8, b'WEBP'), tf.constant(True)]
+    first = tf.argmax(tf.cast(tf.stack(formats), tf.int32), output_type=tf.int32)
+    return tf.switch_case(first, [jpeg, walk(_graph_png), walk(_graph_gif), walk(_graph_bmp),
+                                  walk(_graph_webp), lambda: tf.constant(0, tf.int64)])
 
 
 class _Bytes:
@@ -367,21 +369,21 @@ class _Bytes:
         self.size = tf.cast(tf.strings.length(image_bytes, unit='BYTE'), tf.int64)
         self._data = tf.concat([tf.io.decode_raw(image_bytes, tf.uint8),
                                 tf.zeros([self.PAD], tf.uint8)], axis=0)
+        self._last = self.size + self.PAD - 1
 
     def byte(self, pos):
-        tf = self.tf
-        pos = tf.convert_to_tensor(pos, tf.int64)
-        value = self.byte_near(tf.clip_by_value(pos, 0, self.size + self.PAD - 1))
-        return tf.where(pos < self.size, value, tf.zeros_like(value))
+        return self.byte_near(self.tf.minimum(self._last, pos))
 
     def byte_near(self, pos):
         """The byte at `pos`, which must lie below size + PAD: one gather, for the inner loop."""
         return self.tf.cast(self.tf.gather(self._data, pos), self.tf.int64)
 
     def uint(self, pos, count, big_endian=False):
+        """Positions past the end read the zeros of the padding. As few ops as can be: every op here
+        is copied into each walk, and the walks' size is what instantiating them costs."""
         tf = self.tf
-        values = self.byte(pos + tf.range(count, dtype=tf.int64))
         weights = [256**i for i in range(count)]
+        values = self.byte(pos + tf.constant(list(range(count)), tf.int64))
         return tf.reduce_sum(values * tf.constant(weights[::-1] if big_endian else weights, tf.int64))
 
 

@@ -306,6 +306,19 @@ def test_the_graph_counts_what_python_counts():
     assert _graph_counts([b'', b'GIF8', b'not an image', b'RIFF\0\0\0\0WEBP']) == [0, 0, 0, 0]
 
 
+
+def test_the_graph_is_one_switch_of_small_branches():
+    """tf.data instantiates (and rewrites) a map function at every iterator initialisation, at a cost
+    that grows with every branch and loop body it holds, taken or not: 2.2 s of CPU a time for the
+    nested tf.case of 1442 nodes, 0.6 s for one switch_case of 1115 (while a JPEG decodes in 2 ms)."""
+    with tf.Graph().as_default() as graph:
+        image_header.graph_pixels(tf.placeholder(tf.string, []))
+    definition = graph.as_graph_def()
+    dispatch = [node.op for node in definition.node if node.op in ('If', 'StatelessIf', 'Case',
+                                                                    'StatelessCase')]
+    assert dispatch in (['Case'], ['StatelessCase'])
+    assert len(definition.node) + sum(len(f.node_def) for f in definition.library.function) <= 1150
+
 @pytest.fixture
 def hidden_frame_list(tmp_path):
     """A list of an ordinary image and a GIF whose 1x1 screen hides a 12000x12000 frame."""
