@@ -62,8 +62,6 @@ def parse_args(argv):
     if args.workers > datagenerator.MAX_WORKERS:
         parser.error(f'--workers must be at most {datagenerator.MAX_WORKERS}, got {args.workers}')
     args.sha256 = download.check_digest_flag('sha256', args.sha256) or args.dataset.sha256
-    if args.url:
-        download.check_url(args.url)
     if args.workers < 1:
         parser.error(f'--workers must be at least 1, got {args.workers}')
     download.check_connection_flags(parser, args)

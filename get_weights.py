@@ -73,8 +73,6 @@ def parse_args(argv):
     args.sha1 = download.check_digest_flag('sha1', args.sha1)
     if args.caffemodel and (args.url or args.source != 'toronto'):
         parser.error('--caffemodel converts a local file: drop --url and --source')
-    if args.url:
-        download.check_url(args.url)
     download.check_connection_flags(parser, args)
     converting = bool(args.caffemodel) or args.source == 'berkeley'
     if args.output is None:

@@ -1,23 +1,10 @@
-"""HTTP downloads that survive the network: resume, retry, verify, and never leave half a file.
+"""HTTP downloads that survive the network: resume, retry, verify, bound, and never leave half a file.
 
-`download(url, output, ...)` writes to `output + '.part'` and renames it to `output` only once the
-body is complete, its digests match and the caller's `check` accepts it, so a file at `output` is
-always a whole, verified one. A connection that drops (or a body that ends before its
-Content-Length) is resumed with an HTTP Range request, after a back-off, a few times; a rerun after
-Ctrl-C resumes from the `.part` the same way. urllib3 makes the requests (connection pools,
-redirects, TLS, proxies) and its `Retry` counts and paces the tries; the resume is ours, since a
-Range request is the only way to keep the bytes a dropped connection brought.
-
-Every download is bounded (`Limits`), the way curl's --max-filesize and --speed-limit/--speed-time
-bound one: an announced size over the cap, or over the target folder's free space with a margin, is
-refused before a byte is written; a body without a size stops at the cap (its `.part` removed); a
-transfer slower than the speed limit for the speed time stops; the status line and headers must
-arrive within the timeout (the socket timeout alone is renewed by every byte a trickling server
-sends); a Content-Encoding the request did not ask for is refused by name.
-
-Every failure is a `ToolkitError` of one line naming the URL or the file: an HTTP status, no network
-(with the caller's hint on how to download by hand), a body that stays short, a digest mismatch (the
-`.part` is kept for inspection), a size, speed or disk limit.
+`download(url, output, ...)` writes `output + '.part'` and renames it to `output` only once the body
+is complete, its digests match and the caller's `check` accepts it. urllib3 makes the requests and its
+`Retry` paces the tries; the resume (an HTTP Range request) is ours. The bounds (`Limits`, as curl's
+--max-filesize and --speed-limit/--speed-time) and the one-line failures: docs/weights.md, "How
+downloads behave".
 """
 import errno
 import http.client
@@ -62,12 +49,8 @@ MARGIN_BYTES = 100 * 2 ** 20
 
 
 class Limits(NamedTuple):
-    """How much one download may write and how slowly it may arrive.
-
-    `max_bytes` is the cap (None: none), `cap_text` says what it is for the error line
-    ("--max_download_mb 2048 (2,147,483,648 bytes)", "bvlc_alexnet.npy's known size (243,861,814
-    bytes)"); a `speed_limit` of 0 turns the speed check off.
-    """
+    """How much one download may write (`max_bytes`, None: no cap; `cap_text` names the cap in the
+    error line) and how slowly it may arrive (a `speed_limit` of 0: no check)."""
     max_bytes: Optional[int] = DEFAULT_MAX_MB * 2 ** 20
     cap_text: str = f'--max_download_mb {DEFAULT_MAX_MB} ({DEFAULT_MAX_MB * 2 ** 20:,} bytes)'
     speed_limit: float = DEFAULT_SPEED_LIMIT
@@ -107,7 +90,8 @@ MAX_RETRIES = 1000
 
 
 def check_connection_flags(parser, args):
-    """parser.error for a connection flag out of range (NaN and infinities included)."""
+    """parser.error for a connection flag out of range (NaN and infinities included); ToolkitError
+    for a --url that is not http(s)."""
     def finite(value):
         return value is not None and math.isfinite(value)
 
@@ -126,6 +110,8 @@ def check_connection_flags(parser, args):
         if not args.url:
             parser.error('--max_download_mb caps a --url download; a known source is capped at its '
                          'known size')
+    if args.url:
+        check_url(args.url)
 
 
 def limits(args, known_size=None, name='this file', most=None):
@@ -133,38 +119,30 @@ def limits(args, known_size=None, name='this file', most=None):
     --max_download_mb, else `most` ((bytes, 'what they are'): the most a file of this kind can be,
     e.g. AlexNet's weights), else DEFAULT_MAX_MB."""
     if known_size is not None and not args.url:
-        return Limits(known_size, f"{name}'s known size ({known_size:,} bytes)", args.speed_limit,
-                      args.speed_time)
-    if args.max_download_mb is None and most is not None:
-        size, what = most
-        return Limits(size, f'{what} ({size:,} bytes; --max_download_mb allows more)',
-                      args.speed_limit, args.speed_time)
-    megabytes = args.max_download_mb if args.max_download_mb is not None else DEFAULT_MAX_MB
-    cap = int(megabytes * 2 ** 20)
-    return Limits(cap, f'--max_download_mb {megabytes:g} ({cap:,} bytes)', args.speed_limit,
-                  args.speed_time)
+        cap, text = known_size, f"{name}'s known size ({known_size:,} bytes)"
+    elif args.max_download_mb is None and most is not None:
+        cap, text = most[0], f'{most[1]} ({most[0]:,} bytes; --max_download_mb allows more)'
+    else:
+        megabytes = args.max_download_mb if args.max_download_mb is not None else DEFAULT_MAX_MB
+        cap = int(megabytes * 2 ** 20)
+        text = f'--max_download_mb {megabytes:g} ({cap:,} bytes)'
+    return Limits(cap, text, args.speed_limit, args.speed_time)
 
 
 def free_space(folder):
-    """Bytes free for this user in the file system that holds `folder` (or would hold it: the
-    nearest folder above it that exists)."""
-    folder = os.path.abspath(folder)
-    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
-        folder = os.path.dirname(folder)
-    return shutil.disk_usage(folder).free
+    """Bytes free for this user in the file system that holds `folder` (or would hold it)."""
+    return shutil.disk_usage(run_folder.nearest_existing(folder)).free
 
 
-def margin(size):
-    return max(int(size * MARGIN_FRACTION), MARGIN_BYTES)
-
-
-def check_free_space(what, size, folder):
-    """ToolkitError unless `folder`'s file system can take `size` more bytes and the margin."""
+def check_free_space(what, size, folder, needs=None):
+    """ToolkitError unless `folder`'s file system can take `size` more bytes and the margin; `needs`
+    words the need in the message (default: 'needs SIZE and')."""
     free = free_space(folder)
-    if size + margin(size) > free:
-        raise ToolkitError(f'{what}: needs {human_bytes(size)} ({size:,} bytes) and {folder} has '
-                           f'{human_bytes(free)} free (a margin of {human_bytes(margin(size))} must '
-                           'stay free); free some space first')
+    margin = max(int(size * MARGIN_FRACTION), MARGIN_BYTES)
+    if size + margin > free:
+        needs = needs or f'needs {human_bytes(size)} ({size:,} bytes) and'
+        raise ToolkitError(f'{what}: {needs} {folder} has {human_bytes(free)} free (a margin of '
+                           f'{human_bytes(margin)} must stay free); free some space first')
 
 
 def is_disk_full(error):
@@ -294,12 +272,9 @@ class _SlowHeaders(TimeoutError):
 
 
 class _HeadersOnTime:
-    """A urllib3 connection whose status line and headers must all arrive within its read timeout.
-
-    No library bounds this wait: urllib3's read timeout, like the socket's, is renewed by every
-    byte, so a server trickling its headers a byte at a time would hold the request for days; only
-    a timer that shuts the socket bounds the whole wait.
-    """
+    """A urllib3 connection whose status line and headers must all arrive within its read timeout:
+    that timeout, like the socket's, is renewed by every byte, so only a timer that shuts the socket
+    bounds the whole wait."""
 
     def getresponse(self):
         self._lock, self._waiting, self._late = threading.Lock(), True, False
@@ -361,13 +336,9 @@ def _pool_manager(url):
 
 
 class _SpeedGuard:
-    """curl's --speed-limit/--speed-time: fewer than `limit` bytes a second over `window` seconds
-    stops the download, in two ways. Within one response, a window that ran too slowly stops it
-    when its next bytes arrive (a trickle). When a response fails (a stall until the timeout, a
-    drop, a short body), the average since the first response began, pauses and reconnections
-    included, stops it if it is too slow over at least `window` seconds: a server that sends a
-    little, then stalls or hangs up, on every resumed request cannot keep the retries going, while
-    one stall in a fast download is resumed."""
+    """curl's --speed-limit/--speed-time: a window of one response that ran too slowly stops the
+    download (`add`), and so does a failed response when the average since the first one began,
+    pauses included, is too slow (`failed`): see docs/weights.md, "How downloads behave"."""
 
     def __init__(self, url, part, limits):
         self.url, self.part = url, part
@@ -390,8 +361,7 @@ class _SpeedGuard:
                                f'for --speed_time {self.window:g} s{resume}')
 
     def add(self, count, held):
-        """Count `count` more bytes received now (the .part holds `held`); ToolkitError if the
-        window ran too slowly."""
+        """Count `count` more bytes received now (the .part holds `held`)."""
         now = time.monotonic()
         self.elapsed += now - self.mark
         self.mark = now
@@ -402,7 +372,6 @@ class _SpeedGuard:
             self.elapsed = self.received = 0
 
     def failed(self, held):
-        """The response ended in a failure; ToolkitError if the whole download ran too slowly."""
         total_elapsed = time.monotonic() - self.started
         if self.limit and total_elapsed >= self.window:
             self._check(self.total_received, total_elapsed, held)
@@ -415,12 +384,8 @@ def _cause(error):
 
 
 def _request(manager, url, offset, timeout):
-    """One GET from byte `offset`: the response with its headers read and its body still to come.
-
-    urllib3 follows redirects (at most MAX_REDIRECTS) but retries nothing: every failure goes back
-    to `_fetch`, whose one count covers the request and the body alike. The body is left as sent
-    (no decoding) and its length is counted by `_receive`, which says how short it was.
-    """
+    """One GET from byte `offset`, its body still to come and left as sent. urllib3 follows
+    redirects but retries nothing: `_fetch`'s one count covers the request and the body alike."""
     headers = {'User-Agent': USER_AGENT, 'Accept-Encoding': 'identity'}
     if offset:
         headers['Range'] = f'bytes={offset}-'
@@ -466,14 +431,9 @@ def _check_size(url, part, total, offset, limits):
     if cap is not None and total > cap:
         raise ToolkitError(f'{url}: the server announces {human_bytes(total)} ({total:,} bytes), more '
                            f'than {limits.cap_text}; refusing it before writing anything')
-    folder = os.path.dirname(os.path.abspath(part))
     held = f', {human_bytes(offset)} of it already in {part}' if offset else ''
-    remaining = total - offset
-    free = free_space(folder)
-    if remaining + margin(remaining) > free:
-        raise ToolkitError(f'{url}: {human_bytes(total)} ({total:,} bytes) to download{held}, but '
-                           f'{folder} has {human_bytes(free)} free (a margin of '
-                           f'{human_bytes(margin(remaining))} must stay free); free some space first')
+    check_free_space(url, total - offset, os.path.dirname(os.path.abspath(part)),
+                     f'{human_bytes(total)} ({total:,} bytes) to download{held}, but')
 
 
 def _size(path):
@@ -530,18 +490,9 @@ def _start(url, part, manager, settings, progress):
     return response, offset, total
 
 
-def _over_cap(url, part, done, limits):
-    """A body without an announced size passed the cap: what came is no use, so it goes."""
-    if os.path.exists(part):
-        os.remove(part)
-    raise ToolkitError(f'{url}: the server announced no size and sent more than {limits.cap_text}; '
-                       f'stopped at {done:,} bytes and removed {part}')
-
-
 def _receive(url, part, response, offset, total, progress, settings, speed):
     """Append the response's body to `part`; returns the .part's size when the body ended."""
     done = offset
-    expected_end = total
     cap = settings.limits.max_bytes
     speed.begin()
     try:
@@ -556,9 +507,12 @@ def _receive(url, part, response, offset, total, progress, settings, speed):
                                      f'({type(cause).__name__}: {cause})') from None
                 if not chunk:
                     break
-                if cap is not None and done + len(chunk) > cap:
+                if cap is not None and done + len(chunk) > cap:  # no size announced: what came goes
                     stream.close()
-                    _over_cap(url, part, done + len(chunk), settings.limits)
+                    os.remove(part)
+                    raise ToolkitError(f'{url}: the server announced no size and sent more than '
+                                       f'{settings.limits.cap_text}; stopped at {done + len(chunk):,} '
+                                       f'bytes and removed {part}')
                 stream.write(chunk)
                 done += len(chunk)
                 progress.update(done)
@@ -569,14 +523,14 @@ def _receive(url, part, response, offset, total, progress, settings, speed):
                            f'{human_bytes(done)}; {full}rerun to resume') from None
     finally:
         response.close()
-    if expected_end is not None and done < expected_end:
+    if total is not None and done < total:
         speed.failed(done)
         # Counted here, not by urllib3 (enforce_content_length), to say how short the body was.
-        raise _TryFailed(f'the server sent {done:,} of {expected_end:,} bytes (body shorter than '
+        raise _TryFailed(f'the server sent {done:,} of {total:,} bytes (body shorter than '
                          'its Content-Length)')
-    if expected_end is not None and done > expected_end:
+    if total is not None and done > total:
         os.truncate(part, 0)
-        raise _TryFailed(f'the server sent {done:,} bytes, more than its Content-Length {expected_end:,}')
+        raise _TryFailed(f'the server sent {done:,} bytes, more than its Content-Length {total:,}')
     return done
 
 

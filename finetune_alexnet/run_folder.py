@@ -38,7 +38,7 @@ _STALE_NAME = re.compile(
     r'|features_(?:train|val)\.npy')
 
 
-def _nearest_existing(path):
+def nearest_existing(path):
     path = os.path.abspath(path)
     while not os.path.exists(path):
         parent = os.path.dirname(path)
@@ -52,7 +52,7 @@ def check_output_folder(path, flag):
     """Refuses `path` (given as `flag`) unless it is a writable folder, or one that can be created."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise ToolkitError(f'{path}: {flag} is a file, not a folder')
-    existing = _nearest_existing(path)
+    existing = nearest_existing(path)
     if not os.path.isdir(existing):
         raise ToolkitError(f'{path}: {flag} cannot be created: {existing} is a file, not a folder')
     if not os.access(existing, os.W_OK | os.X_OK):
