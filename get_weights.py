@@ -5,13 +5,9 @@
     python get_weights.py --caffemodel FILE --output OUT.npz    # convert a local .caffemodel
     python get_weights.py --url URL [--sha256 HEX | --sha1 HEX] # any mirror
 
-A download goes to OUTPUT.part and is renamed to OUTPUT only when it is complete, its digests match
-and it loads as AlexNet (all eight layers, every shape), so a file at OUTPUT is always a good one. A
-dropped connection is resumed; so is a rerun after Ctrl-C. Every download is bounded: no larger
-than the source's known size (for `--url`: than AlexNet's weights can be, or
-`--max_download_mb`) or the free space, no slower than
-`--speed_limit` for `--speed_time`. A conversion writes the pickle-free `.npz` that `--weights_path`
-takes everywhere.
+A download is resumable, verified and bounded (docs/weights.md, "How downloads behave"), and is
+renamed to OUTPUT only once it loads as AlexNet (all eight layers, every shape). A conversion writes
+the pickle-free `.npz` that `--weights_path` takes everywhere.
 """
 import sys
 
@@ -22,30 +18,26 @@ if __name__ == '__main__':
 
 import os  # noqa: E402
 
-from alexnet import TRAINABLE_LAYERS, variable_shapes  # noqa: E402
+from alexnet import TRAINABLE_LAYERS  # noqa: E402
 from finetune_alexnet import caffemodel  # noqa: E402
 from finetune_alexnet import download  # noqa: E402
 from finetune_alexnet import run_folder  # noqa: E402
 from finetune_alexnet import tf_setup  # noqa: E402
 from finetune_alexnet import weight_files  # noqa: E402
+from finetune_alexnet.caffemodel import check_alexnet  # noqa: E402
 
 TORONTO_URL = 'http://www.cs.toronto.edu/~guerzhoy/tf_alexnet/bvlc_alexnet.npy'
 BERKELEY_URL = 'http://dl.caffe.berkeleyvision.org/bvlc_alexnet.caffemodel'
 # Published by BVLC in Caffe's models/bvlc_alexnet/readme.md (`sha1:`).
 BERKELEY_SHA1 = '9116a64c0fbe4459d18f4bb6b56d647b63920377'
-# The most each source may send (a server announcing more is refused before a byte is written).
-# The Toronto file's size is the one its server announces. BVLC publishes no size for the
-# .caffemodel: its 60,965,224 float32 parameters (243,860,896 bytes) and at most 1 MiB of layer
-# definitions and protobuf framing.
+# The most each source may send: the Toronto file's announced size; BVLC publishes none for the
+# .caffemodel: its 60,965,224 float32 parameters and at most 1 MiB of layer definitions and framing.
 TORONTO_SIZE = 243_861_814
 BERKELEY_MAX_SIZE = 243_860_896 + 2 ** 20
-# The most a --url download of either kind may be (unless --max_download_mb says otherwise): AlexNet's
-# weights as float32, with the same 1 MiB for a .npy's pickle or a .caffemodel's framing. A server
-# that streams without end stops there, not at the generic 2 GiB.
+# A --url download's cap without --max_download_mb: AlexNet's weights in either format, 1 MiB included.
 WEIGHTS_MOST = {'toronto': (BERKELEY_MAX_SIZE, "the most AlexNet's weights (.npy or .npz) can be"),
                 'berkeley': (BERKELEY_MAX_SIZE, "the most AlexNet's .caffemodel can be")}
 CAFFEMODEL_NAME = 'bvlc_alexnet.caffemodel'
-DEFAULT_OUTPUTS = {'toronto': weight_files.DEFAULT_WEIGHTS_PATH, 'convert': 'bvlc_alexnet.npz'}
 
 
 def get_args_parser():
@@ -76,26 +68,13 @@ def parse_args(argv):
     download.check_connection_flags(parser, args)
     converting = bool(args.caffemodel) or args.source == 'berkeley'
     if args.output is None:
-        args.output = DEFAULT_OUTPUTS['convert' if converting else 'toronto']
+        args.output = 'bvlc_alexnet.npz' if converting else weight_files.DEFAULT_WEIGHTS_PATH
     if converting and not args.output.endswith('.npz'):
         parser.error(f'--output {args.output}: a converted model is written as .npz (pickle-free); '
                      'name it OUT.npz')
     if not os.path.isfile(args.output):  # a complete file there is checked and reused, not written
         run_folder.check_output_file(args.output, '--output')
     return args
-
-
-def class_count(layers):
-    """fc8's width in a weights dict: 1000 for ImageNet, fewer for a fine-tuned model."""
-    biases = layers.get('fc8', {}).get('biases')
-    return int(biases.shape[0]) if biases is not None and biases.ndim == 1 and biases.size else 1000
-
-
-def check_alexnet(path, layers):
-    """ToolkitError naming the first missing layer or wrong shape; returns fc8's class count."""
-    num_classes = class_count(layers)
-    caffemodel.check_shapes(path, layers, variable_shapes(num_classes))
-    return num_classes
 
 
 def check_weights_file(path):

@@ -1,29 +1,10 @@
 """Read a Caffe `.caffemodel` (a binary `NetParameter` protobuf) and convert AlexNet's weights.
 
-No Caffe and no generated `caffe_pb2` module: the few messages needed are declared here at run time
-with `google.protobuf` (which TensorFlow installs), with the field numbers of Caffe's
-`src/caffe/proto/caffe.proto`. Only the fields we read are declared; protobuf skips the rest.
-
-    NetParameter      name = 1, layers = 2 (V1LayerParameter, 2014 format), layer = 100 (LayerParameter)
-    LayerParameter    name = 1, type = 2 (string), blobs = 7
-    V1LayerParameter  name = 4, type = 5 (an enum, read as int32), blobs = 6
-    BlobProto         num = 1, channels = 2, height = 3, width = 4 (4-D shape, 2014 format),
-                      data = 5 (packed float), shape = 7 (BlobShape), double_data = 8 (packed double)
-    BlobShape         dim = 1 (packed int64)
-
-Caffe's layout is NCHW; ours (and caffe-tensorflow's, which made `bvlc_alexnet.npy`) is NHWC:
-
-* convolution weights (out, in/group, kh, kw) become (kh, kw, in/group, out); the groups split the
-  output channels in the same order in both, so nothing else moves;
-* inner-product weights (out, in) become (in, out); the 2014 format stores them as 4-D
-  1 x 1 x out x in blobs and biases as 1 x 1 x 1 x out;
-* fc6 reads pool5 flattened: Caffe flattens it in C,H,W order, we in H,W,C order, so fc6's rows are
-  permuted to match;
-* the input channels stay BGR, the order Caffe was trained in and our pre-processing produces.
-
-Nothing in the file is trusted: it must be a regular file under protobuf's 2 GiB limit, and every
-blob's shape has 1 to 32 dimensions (Caffe's limit), each at least 1, whose exact product is the
-number of values the blob holds; anything else is one line naming the layer.
+No Caffe and no generated `caffe_pb2` module: the few fields read are declared at run time with
+`google.protobuf` (which TensorFlow installs) in `_MESSAGES`, with the field numbers of Caffe's
+`src/caffe/proto/caffe.proto`; protobuf skips the rest. `caffe_to_alexnet` moves Caffe's NCHW layout
+to ours (NHWC, as caffe-tensorflow's `bvlc_alexnet.npy`): docs/weights.md says how. Nothing in the
+file is trusted: every blob's shape is checked against Caffe's limits and the values it holds.
 """
 import math
 import os
@@ -32,6 +13,7 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
+from alexnet import variable_shapes
 from finetune_alexnet import image_lists
 from finetune_alexnet.errors import ToolkitError
 
@@ -117,6 +99,10 @@ def read_net(path):
     return net
 
 
+def _shown(shape):
+    return str(shape) if len(shape) <= 8 else str(shape[:8])[:-1] + ', ...)'
+
+
 def _blob_shape(path, layer, index, blob):
     """The blob's shape, every dimension at least 1; ToolkitError naming the layer otherwise."""
     if blob.HasField('shape'):
@@ -128,8 +114,7 @@ def _blob_shape(path, layer, index, blob):
         raise ToolkitError(f'{where} has {len(shape)} dimensions; a Caffe blob has 1 to {MAX_AXES} '
                            '(corrupt?)')
     if min(shape) < 1:
-        shown = str(shape) if len(shape) <= 8 else str(shape[:8])[:-1] + ', ...)'
-        raise ToolkitError(f'{where} has shape {shown}: a dimension of {min(shape)} (corrupt?)')
+        raise ToolkitError(f'{where} has shape {_shown(shape)}: a dimension of {min(shape)} (corrupt?)')
     return shape
 
 
@@ -139,10 +124,9 @@ def blob_array(path, layer, index, blob):
     count = len(blob.data) or len(blob.double_data)
     needed = math.prod(shape)  # exact: NumPy's int64 product wraps around silently
     if count != needed:
-        shown = str(shape) if len(shape) <= 8 else str(shape[:8])[:-1] + ', ...)'
         needs = f'{needed:,}' if needed < 10**15 else f'about 10^{len(str(needed)) - 1}'
         raise ToolkitError(f'{path}: layer {layer} blob {index} holds {count:,} values but its '
-                           f'shape {shown} needs {needs} (truncated or corrupt)')
+                           f'shape {_shown(shape)} needs {needs} (truncated or corrupt)')
     if len(blob.data):
         values = np.asarray(blob.data, dtype=np.float32)
     else:
@@ -213,10 +197,12 @@ def caffe_to_alexnet(path, blobs):
     return layers
 
 
-def check_shapes(path, layers, expected):
-    """ToolkitError naming the first layer that is missing or has another shape than `expected`
-    ({layer: {'weights': shape, 'biases': shape}})."""
-    for name, kinds in expected.items():
+def check_alexnet(path, layers):
+    """ToolkitError naming the first layer of a weights dict that is missing or has another shape
+    than AlexNet's; returns fc8's class count (1000 for ImageNet, fewer for a fine-tuned model)."""
+    biases = layers.get('fc8', {}).get('biases')
+    num_classes = int(biases.shape[0]) if biases is not None and biases.ndim == 1 and biases.size else 1000
+    for name, kinds in variable_shapes(num_classes).items():
         if name not in layers:
             raise ToolkitError(f'{path}: not AlexNet: layer {name} is missing (found '
                                f'{", ".join(sorted(layers))})')
@@ -225,6 +211,7 @@ def check_shapes(path, layers, expected):
             if found != tuple(shape):
                 raise ToolkitError(f'{path}: not AlexNet: layer {name} {kind} has shape {found}, '
                                    f'expected {tuple(shape)}')
+    return num_classes
 
 
 def read_alexnet(path):

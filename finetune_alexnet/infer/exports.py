@@ -5,6 +5,7 @@ import os
 import tensorflow.compat.v1 as tf
 
 from alexnet import TRAINABLE_LAYERS, variable_shapes
+from finetune_alexnet import caffemodel
 from finetune_alexnet import checkpoints
 from finetune_alexnet import model_info
 from finetune_alexnet import run_folder
@@ -37,15 +38,7 @@ def read_checkpoint_layers(checkpoint):
 def read_weights_file(path):
     """{layer: {'weights', 'biases'}} of a weights file holding every layer, shapes checked."""
     layers = weight_files.load_weights(path)
-    missing = [layer for layer in TRAINABLE_LAYERS if layer not in layers]
-    if missing:
-        raise ToolkitError(f"{path}: layer(s) {', '.join(missing)} missing from the file (it holds "
-                           f"{', '.join(sorted(layers))}); an export needs every layer")
-    for layer, kinds in variable_shapes(int(layers['fc8']['biases'].shape[0])).items():
-        for kind, shape in kinds.items():
-            if layers[layer][kind].shape != shape:
-                raise ToolkitError(f"{path}: layer {layer} {kind} has shape {layers[layer][kind].shape}, "
-                                   f"expected {shape}")
+    caffemodel.check_alexnet(path, layers)
     return layers
 
 
