@@ -3,13 +3,10 @@
     python get_data.py cats_vs_dogs --out_dir data [--val_fraction 0.1] [--seed 0]
     python get_data.py --list
 
-It downloads the archive into --out_dir (resumable and bounded, like get_weights.py; `--url` for a
-mirror), extracts it safely (no member may land outside --out_dir; the members' total and each one's
-compression ratio are checked against the data set's bounds and the free space first), drops what is not a usable image
-(zero-byte files, Thumbs.db, non-images, truncated or corrupt files: every image is decoded with the
-training pipeline's own decoder, in parallel), writes the dropped files and why to `dropped.txt`, and
-writes train.txt, val.txt and classes.txt exactly as make_lists.py does. A rerun reuses the download
-and the extracted folder, and only writes the lists again (with the new --val_fraction/--seed).
+The download is resumable, verified and bounded as get_weights.py's; the extraction is checked and
+bounded, and every image is decoded with the training pipeline's own decoder (docs/data.md; what is
+dropped, and why, goes to `dropped.txt`). The lists are make_lists.py's. A rerun reuses the download
+and the extracted folder, and only writes the lists again.
 """
 import sys
 

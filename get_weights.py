@@ -20,6 +20,7 @@ import os  # noqa: E402
 
 from alexnet import TRAINABLE_LAYERS  # noqa: E402
 from finetune_alexnet import caffemodel  # noqa: E402
+from finetune_alexnet import digests  # noqa: E402
 from finetune_alexnet import download  # noqa: E402
 from finetune_alexnet import run_folder  # noqa: E402
 from finetune_alexnet import tf_setup  # noqa: E402
@@ -84,7 +85,7 @@ def check_weights_file(path):
 
 def report(path, num_classes, sha256=None):
     size = os.path.getsize(path)
-    sha256 = sha256 or download.file_digests(path)[0]
+    sha256 = sha256 or digests.file_sha256(path)
     print(f'{path}: {size:,} bytes ({download.human_bytes(size)}), SHA-256 {sha256}')
     print(f'{path}: all {len(TRAINABLE_LAYERS)} layers load and have AlexNet\'s shapes '
           f'(fc8: {num_classes} classes)')

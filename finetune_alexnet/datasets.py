@@ -1,15 +1,7 @@
-"""The data sets `get_data.py` knows, and how one becomes a folder of images that all decode.
-
-A data set is a row of `DATASETS`: where its archive is, how big it is (the archive's exact size,
-the most its members may add up to), its digest when known, and its layout (the folder inside the
-archive that holds one sub-folder per class). Adding one is adding a row. Getting one is: download
-(with `download`), `extract` (every member checked first, so that none can land outside the
-destination: no absolute paths, no `..`, no links; and the archive bounded before a byte is
-written: the members' total against the data set's cap and the free space, each member's
-compression ratio against `MAX_RATIO`; a disk that fills anyway takes back what was extracted), then
-`clean`: drop what is not a usable image (zero-byte files, `Thumbs.db` and other non-images, files
-that fail to decode with the training pipeline's own decoder, checked in parallel) and say why, per
-reason.
+"""The data sets `get_data.py` knows (`DATASETS`: adding one is adding a row), and how one becomes a
+folder of images that all decode: `extract` (every member checked and the archive bounded before a
+byte is written), then `clean` (drop what is not a usable image and say why). docs/data.md gives the
+bounds and the reasons.
 """
 import os
 import shutil
@@ -176,13 +168,10 @@ def _take_back(destination, existing):
 
 def extract(path, destination, stream=None, dataset=None):
     """Extract every member of the zip at `path` into `destination`, after checking them all and
-    the free space; a failure removes what the extraction added to `destination` (prepare extracts
-    into a fresh staging folder: all of it) and keeps the archive.
+    the free space; a failure removes what the extraction added and keeps the archive.
 
-    zipfile writes the members: it keeps each inside `destination` (it would rewrite an absolute or
-    '..' name; check_archive refuses them first, by name) and never writes more of a member than its
-    header declares (it stops there and the CRC check fails). What zipfile does not guard is ours:
-    the size bounds and links (check_archive), the free space, and taking back a half extraction.
+    zipfile keeps each member inside `destination` and writes no more of it than its header
+    declares; the size bounds, links, free space and taking back a half extraction are ours.
     """
     members = check_archive(path, dataset)
     total = sum(info.file_size for info in members)
@@ -302,7 +291,6 @@ def prepare(dataset, archive_path, out_dir, find_bad_images, workers=None, strea
     Everything happens in a staging folder that is moved into place only at the end, so an existing
     `out_dir/<root>` is always complete and clean, and a rerun can reuse it.
     """
-    check_archive(archive_path, dataset)
     staging = os.path.join(out_dir, STAGING_NAME)
     if os.path.exists(staging):
         shutil.rmtree(staging)  # left by an interrupted run: start the extraction over

@@ -149,11 +149,6 @@ def is_disk_full(error):
     return getattr(error, 'errno', None) in (errno.ENOSPC, errno.EDQUOT)
 
 
-def file_digests(path):
-    """(sha256 hex, sha1 hex) of a file, from one read of it."""
-    return digests.file_hexdigests(path, 'sha256', 'sha1')
-
-
 def check_digest_flag(name, value):
     """A --sha256/--sha1 value, lower-cased; a ToolkitError unless it is hex of the right length."""
     if value is None:
@@ -308,20 +303,13 @@ class _HeadersOnTime:
                 pass
 
 
-class _HTTPConnection(_HeadersOnTime, urllib3.connection.HTTPConnection):
-    pass
+def _on_time(pool):
+    """The urllib3 pool class `pool` with connections whose headers must arrive on time."""
+    connection = type(pool.ConnectionCls.__name__, (_HeadersOnTime, pool.ConnectionCls), {})
+    return type(pool.__name__, (pool,), {'ConnectionCls': connection})
 
 
-class _HTTPSConnection(_HeadersOnTime, urllib3.connection.HTTPSConnection):
-    pass
-
-
-class _HTTPPool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _HTTPConnection
-
-
-class _HTTPSPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _HTTPSConnection
+_POOL_CLASSES = {'http': _on_time(urllib3.HTTPConnectionPool), 'https': _on_time(urllib3.HTTPSConnectionPool)}
 
 
 def _pool_manager(url):
@@ -331,7 +319,7 @@ def _pool_manager(url):
     proxy = urllib.request.getproxies().get(parts.scheme)
     use_proxy = proxy and not urllib.request.proxy_bypass(parts.netloc)
     manager = urllib3.ProxyManager(proxy) if use_proxy else urllib3.PoolManager()
-    manager.pool_classes_by_scheme = {'http': _HTTPPool, 'https': _HTTPSPool}
+    manager.pool_classes_by_scheme = _POOL_CLASSES
     return manager
 
 
@@ -537,10 +525,9 @@ def _receive(url, part, response, offset, total, progress, settings, speed):
 def _fetch(url, part, settings, progress):
     """Make `part` hold the whole body of `url`, resuming and retrying; returns its size.
 
-    urllib3's Retry counts the tries that brought no new byte (--retries of them after the first)
-    and sets the pause before the next: none after the first failure, then doubling from `backoff`
-    up to MAX_BACKOFF. A try that brought bytes was a dropped connection, not a failing server: the
-    count starts again.
+    urllib3's Retry counts the tries that brought no new byte and paces them (doubling from
+    `backoff` up to MAX_BACKOFF); a try that brought bytes was a dropped connection, not a failing
+    server: the count starts again.
     """
     manager = _pool_manager(url)
     policy = Retry(total=settings.retries, backoff_factor=settings.backoff, backoff_max=MAX_BACKOFF)
@@ -563,7 +550,6 @@ def _fetch(url, part, settings, progress):
                 try:
                     retry = retry.increment('GET', url, error=failure)
                 except urllib3.exceptions.MaxRetryError:
-                    progress.finish()
                     message = f'{url}: {failure}'
                     if failure.unreached and size == 0:
                         message += f'; no network? {settings.manual_hint}'.rstrip('; ')
@@ -576,7 +562,7 @@ def _fetch(url, part, settings, progress):
 
 def verify_digests(path, expected_sha256=None, expected_sha1=None, kept_as=None):
     """(sha256, sha1) of `path`; a ToolkitError naming expected and found when one differs."""
-    sha256, sha1 = file_digests(path)
+    sha256, sha1 = digests.file_hexdigests(path, 'sha256', 'sha1')
     for name, expected, found in (('SHA-256', expected_sha256, sha256), ('SHA-1', expected_sha1, sha1)):
         if expected and expected.lower() != found:
             keep = f'; the file is kept as {kept_as} for inspection (delete it to download again)' \
@@ -613,15 +599,13 @@ def download(url, output, sha256=None, sha1=None, check=None, timeout=DEFAULT_TI
     stream.flush()
     try:
         size = _fetch(url, part, settings, progress)
-    except ToolkitError:
-        progress.finish()  # the error line goes below the bar, not onto it
-        raise
     except KeyboardInterrupt:
         progress.finish()
         stream.write(f'\ninterrupted: {part} keeps {human_bytes(_size(part))}; rerun to resume\n')
         stream.flush()
         raise
-    progress.finish()
+    finally:
+        progress.finish()  # an error line goes below the bar, not onto it
     found_sha256, found_sha1 = verify_digests(part, sha256, sha1, kept_as=part)
     if check:
         check(part)
