@@ -1,15 +1,6 @@
-"""A run's output folders: checked before any work, held by one run at a time, tidied at start.
-
-- `check_output_folder` / `check_output_file`: an output path is refused in one line before any
-  long work when it cannot be written (a file where a folder should be, a missing or read-only
-  parent folder, a folder where a file should be).
-- `RunLock`: an OS file lock (`fcntl.flock`) on `<folder>/.lock`, so two runs never share a
-  checkpoint folder. The OS releases it when the holder exits or dies (even by kill -9), so a stale
-  lock cannot block a later run; the file only records who holds it, for the refusal's message.
-- `remove_stale_files`: what a killed save leaves (TensorFlow's temporaries of our checkpoints, our
-  own `.partial` files), a killed run's feature cache files, and interrupted checkpoints that
-  run_state.json does not point at. Safe because the caller holds the folder's lock, and only names
-  a run writes are matched (`is_stale_name`): a folder shared with the user's own files keeps them.
+"""A run's output folders: checked before any work (`check_output_folder`, `check_output_file`), held
+by one run at a time (`RunLock`), tidied at start (`remove_stale_files`). docs/resume-and-failures.md
+says what a user sees of each.
 """
 import contextlib
 import datetime
@@ -27,9 +18,7 @@ LOCK_FILE = '.lock'
 INTERRUPTED = 'interrupted'  # interrupted_step{S}.ckpt: checkpoints.py saves them, a start tidies them
 _CHECKPOINT = rf'(?:model_epoch\d+|best|{INTERRUPTED}_step\d+)\.ckpt'
 # What a killed run leaves, by the names a run writes and nothing else: TensorFlow's temporaries of
-# our checkpoints (`<prefix>.index.tempstate123`, the `<prefix>_temp` folder), our own files
-# half-written (`replaced_atomically`'s `.run_state.json.<12 hex digits>.partial`, the older
-# `run_state.json.partial`, `best.ckpt.index.partial`, ...) and the feature cache.
+# our checkpoints, our own half-written files (`replaced_atomically`'s and older ones), the feature cache.
 _STALE_NAME = re.compile(
     rf'{_CHECKPOINT}(?:\..*tempstate.*|_temp(?:_.*)?)'
     rf'|(?:{_CHECKPOINT}\..+|run_state\.json|metrics\.jsonl|model_info\.json)\.partial'
@@ -96,7 +85,11 @@ def created_folder(path, flag):
 
 
 class RunLock:
-    """Holds `<folder>/.lock` for the life of a run (a context manager); refuses a second holder."""
+    """Holds `<folder>/.lock` for the life of a run (a context manager); refuses a second holder.
+
+    An OS file lock (`fcntl.flock`): the OS releases it when the holder exits or dies (even by kill
+    -9), so a stale lock cannot block a later run; the file only records who holds it.
+    """
 
     def __init__(self, folder):
         self.folder = folder
@@ -183,26 +176,22 @@ def is_stale_name(name):
 
 
 def remove_stale_files(folder, latest_checkpoint=None):
-    """Removes what killed saves left in `folder`; returns the names removed.
-
-    `latest_checkpoint`: the checkpoint run_state.json points at, which is kept whatever its name.
-    A feature cache a killed run did not get to remove (features_train.npy) can take gigabytes.
+    """Removes what killed saves left in `folder`, and interrupted checkpoints but
+    `latest_checkpoint` (the one run_state.json points at); returns the names removed. Safe because
+    the caller holds the folder's lock and only names a run writes are matched.
     """
     if not os.path.isdir(folder):
         return []
     removed = []
     for name in sorted(os.listdir(folder)):
-        if not is_stale_name(name):
+        interrupted = (name.startswith(INTERRUPTED + '_step')
+                       and not (latest_checkpoint and name.startswith(latest_checkpoint + '.')))
+        if not (interrupted or is_stale_name(name)):
             continue
         path = os.path.join(folder, name)
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
-        elif os.path.lexists(path):
+        else:
             os.remove(path)
         removed.append(name)
-    for name in sorted(os.listdir(folder)):
-        if (name.startswith(INTERRUPTED + '_step')
-                and not (latest_checkpoint and name.startswith(latest_checkpoint + '.'))):
-            os.remove(os.path.join(folder, name))
-            removed.append(name)
     return removed
