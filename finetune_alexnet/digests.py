@@ -1,8 +1,5 @@
-"""A file's SHA-256 (and, for downloads, its SHA-1 in the same pass), read in chunks.
-
-One definition for every file digest the toolkit keeps: the list files a run was started with
-(run_state.json), the cached feature files (feature_store), downloads checked against a published
-digest, and duplicate images in a folder (image_lists).
+"""A file's SHA-256 (and, for downloads, its SHA-1 in the same pass), read in chunks: the one
+definition of a file digest for run_state.json, the feature cache, downloads and duplicate images.
 """
 import hashlib
 

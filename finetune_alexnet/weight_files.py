@@ -1,14 +1,8 @@
 """Reading and writing AlexNet weight files: the one place that knows their layouts.
 
-`bvlc_alexnet.npy` (the Caffe BVLC reference model converted with caffe-tensorflow) is a `.npy` file
-holding a 0-d object array whose single element is a Python 2 dict ``{layer: [weights, biases]}``,
-pickled by Python 2. Plain ``np.load`` refuses it, and ``np.load(allow_pickle=True)`` would run any
-code the pickle asks for. So we unpickle it ourselves with an allow-list: only the few numpy callables
-needed to rebuild arrays and dtypes may be looked up, and anything else (``os.system``, ``eval``...)
-is refused before it can run.
-
-Our own export format (`save_weights`) is a pickle-free `.npz` with keys ``conv1/weights``,
-``conv1/biases``, ... — the same names as the graph's variables.
+`bvlc_alexnet.npy` holds a Python 2 pickle, which we unpickle with an allow-list of numpy's array
+rebuilders (docs/weights.md, "Safe loading"); our own format (`save_weights`) is a pickle-free `.npz`
+with keys ``conv1/weights``, ``conv1/biases``, ...: the graph's variable names.
 """
 import codecs
 import io
@@ -18,6 +12,7 @@ import zipfile
 
 import numpy as np
 
+from finetune_alexnet import run_folder
 from finetune_alexnet.errors import ToolkitError
 
 DEFAULT_WEIGHTS_PATH = 'bvlc_alexnet.npy'
@@ -65,11 +60,9 @@ def _read_pickled_npy(path, raw):
     """The object stored in a `.npy` file with an object dtype, unpickled through the allow-list."""
     stream = io.BytesIO(raw)
     try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
-        else:
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+        read_header = (np.lib.format.read_array_header_1_0 if np.lib.format.read_magic(stream) == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read_header(stream)
     except ValueError as error:
         raise ToolkitError(f"{path}: not a weights file (bad .npy header: {error})") from None
     if dtype != np.dtype(object):
@@ -167,14 +160,9 @@ def load_weights(path):
 
 
 def save_weights(path, layers):
-    """Write ``{layer: {'weights', 'biases'}}`` as a pickle-free `.npz` that `load_weights` reads.
-
-    Written to a temporary name first and renamed, so an interrupted export never leaves half a file
-    under the final name; a failed write (a full disk) removes the temporary file. A folder, or a
-    file in a missing folder, is refused before anything is written.
-    """
+    """Write ``{layer: {'weights', 'biases'}}`` as a pickle-free `.npz` that `load_weights` reads,
+    through `run_folder.replaced_atomically`: never half a file under the final name."""
     path = os.fspath(path)
-    from finetune_alexnet import run_folder
     run_folder.check_output_file(path, 'the output')  # before 233 MB are written, not after
     flat = {f"{layer}/{kind}": np.asarray(arrays[kind], dtype=np.float32)
             for layer, arrays in layers.items() for kind in WEIGHT_KINDS}
