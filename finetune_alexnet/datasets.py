@@ -107,9 +107,18 @@ def open_archive(path):
                            'it again') from None
 
 
-def _check_bounds(path, members, dataset):
-    """ToolkitError when the members would write more than the data set takes, or one of them
-    expands like a zip bomb; from the central directory alone, before anything is extracted."""
+def check_archive(path, dataset=None):
+    """ToolkitError unless `path` is a zip whose every member stays inside the folder it is extracted
+    to, whose size is bounded (the data set's caps, or the defaults without one: from the central
+    directory alone, before anything is extracted) and, given `dataset`, which holds the dataset's
+    class folders."""
+    with open_archive(path) as archive:
+        members = archive.infolist()
+    for info in members:
+        reason = _unsafe_reason(info)
+        if reason:
+            raise ToolkitError(f'{path}: member {info.filename!r} is {reason} and would land outside '
+                               '--out_dir; refusing to extract this archive')
     name = f'the {dataset.name} data set' if dataset else 'an archive'
     max_total = dataset.max_extracted if dataset else DEFAULT_MAX_EXTRACTED
     max_members = dataset.max_members if dataset else DEFAULT_MAX_MEMBERS
@@ -128,21 +137,6 @@ def _check_bounds(path, members, dataset):
         raise ToolkitError(f'{path}: its members add up to {download.human_bytes(total)} ({total:,} '
                            f'bytes) uncompressed, more than the {download.human_bytes(max_total)} '
                            f'{name} may take; refusing to extract this archive')
-    return total
-
-
-def check_archive(path, dataset=None):
-    """ToolkitError unless `path` is a zip whose every member stays inside the folder it is extracted
-    to, whose size is bounded (the data set's caps, or the defaults without one) and, given
-    `dataset`, which holds the dataset's class folders."""
-    with open_archive(path) as archive:
-        members = archive.infolist()
-    for info in members:
-        reason = _unsafe_reason(info)
-        if reason:
-            raise ToolkitError(f'{path}: member {info.filename!r} is {reason} and would land outside '
-                               '--out_dir; refusing to extract this archive')
-    _check_bounds(path, members, dataset)
     if dataset:
         names = {info.filename.replace('\\', '/') for info in members}
         for class_folder in dataset.classes:
