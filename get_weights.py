@@ -18,14 +18,13 @@ if __name__ == '__main__':
 
 import os  # noqa: E402
 
-from alexnet import TRAINABLE_LAYERS  # noqa: E402
+from alexnet import TRAINABLE_LAYERS, variable_shapes  # noqa: E402
 from finetune_alexnet import caffemodel  # noqa: E402
 from finetune_alexnet import digests  # noqa: E402
 from finetune_alexnet import download  # noqa: E402
 from finetune_alexnet import run_folder  # noqa: E402
 from finetune_alexnet import tf_setup  # noqa: E402
 from finetune_alexnet import weight_files  # noqa: E402
-from finetune_alexnet.caffemodel import check_alexnet  # noqa: E402
 
 TORONTO_URL = 'http://www.cs.toronto.edu/~guerzhoy/tf_alexnet/bvlc_alexnet.npy'
 BERKELEY_URL = 'http://dl.caffe.berkeleyvision.org/bvlc_alexnet.caffemodel'
@@ -76,6 +75,13 @@ def parse_args(argv):
     if not os.path.isfile(args.output):  # a complete file there is checked and reused, not written
         run_folder.check_output_file(args.output, '--output')
     return args
+
+
+def check_alexnet(path, layers):
+    """ToolkitError naming the first missing layer or wrong shape; returns fc8's class count."""
+    num_classes = weight_files.class_count(layers)
+    weight_files.check_shapes(path, layers, variable_shapes(num_classes))
+    return num_classes
 
 
 def check_weights_file(path):

@@ -13,7 +13,6 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
-from alexnet import variable_shapes
 from finetune_alexnet import image_lists
 from finetune_alexnet.errors import ToolkitError
 
@@ -195,23 +194,6 @@ def caffe_to_alexnet(path, blobs):
         layers[name] = {'weights': np.ascontiguousarray(weights),
                         'biases': _squeeze_leading(path, name, 'biases', biases, 1)}
     return layers
-
-
-def check_alexnet(path, layers):
-    """ToolkitError naming the first layer of a weights dict that is missing or has another shape
-    than AlexNet's; returns fc8's class count (1000 for ImageNet, fewer for a fine-tuned model)."""
-    biases = layers.get('fc8', {}).get('biases')
-    num_classes = int(biases.shape[0]) if biases is not None and biases.ndim == 1 and biases.size else 1000
-    for name, kinds in variable_shapes(num_classes).items():
-        if name not in layers:
-            raise ToolkitError(f'{path}: not AlexNet: layer {name} is missing (found '
-                               f'{", ".join(sorted(layers))})')
-        for kind, shape in kinds.items():
-            found = tuple(layers[name][kind].shape)
-            if found != tuple(shape):
-                raise ToolkitError(f'{path}: not AlexNet: layer {name} {kind} has shape {found}, '
-                                   f'expected {tuple(shape)}')
-    return num_classes
 
 
 def read_alexnet(path):

@@ -159,6 +159,26 @@ def load_weights(path):
             for layer, value in content.items()}
 
 
+def class_count(layers):
+    """fc8's width in a weights dict: 1000 for ImageNet, fewer for a fine-tuned model."""
+    biases = layers.get('fc8', {}).get('biases')
+    return int(biases.shape[0]) if biases is not None and biases.ndim == 1 and biases.size else 1000
+
+
+def check_shapes(path, layers, expected):
+    """ToolkitError naming the first layer that is missing or has another shape than `expected`
+    (alexnet.variable_shapes)."""
+    for name, kinds in expected.items():
+        if name not in layers:
+            raise ToolkitError(f'{path}: not AlexNet: layer {name} is missing (found '
+                               f'{", ".join(sorted(layers))})')
+        for kind, shape in kinds.items():
+            found = tuple(layers[name][kind].shape)
+            if found != tuple(shape):
+                raise ToolkitError(f'{path}: not AlexNet: layer {name} {kind} has shape {found}, '
+                                   f'expected {tuple(shape)}')
+
+
 def save_weights(path, layers):
     """Write ``{layer: {'weights', 'biases'}}`` as a pickle-free `.npz` that `load_weights` reads,
     through `run_folder.replaced_atomically`: never half a file under the final name."""

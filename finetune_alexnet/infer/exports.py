@@ -5,7 +5,6 @@ import os
 import tensorflow.compat.v1 as tf
 
 from alexnet import TRAINABLE_LAYERS, variable_shapes
-from finetune_alexnet import caffemodel
 from finetune_alexnet import checkpoints
 from finetune_alexnet import model_info
 from finetune_alexnet import run_folder
@@ -38,7 +37,7 @@ def read_checkpoint_layers(checkpoint):
 def read_weights_file(path):
     """{layer: {'weights', 'biases'}} of a weights file holding every layer, shapes checked."""
     layers = weight_files.load_weights(path)
-    caffemodel.check_alexnet(path, layers)
+    weight_files.check_shapes(path, layers, variable_shapes(weight_files.class_count(layers)))
     return layers
 
 
