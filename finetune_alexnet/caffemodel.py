@@ -6,6 +6,7 @@ No Caffe and no generated `caffe_pb2` module: the few fields read are declared a
 to ours (NHWC, as caffe-tensorflow's `bvlc_alexnet.npy`): docs/weights.md says how. Nothing in the
 file is trusted: every blob's shape is checked against Caffe's limits and the values it holds.
 """
+import functools
 import math
 import os
 
@@ -43,30 +44,26 @@ _MESSAGES = {
                      ('layers', 2, _FIELD.TYPE_MESSAGE, True, 'V1LayerParameter'),
                      ('layer', 100, _FIELD.TYPE_MESSAGE, True, 'LayerParameter')],
 }
-_classes = {}
 
 
+@functools.cache
 def message_classes():
     """{'NetParameter': class, ...}, built once from the table above in a private descriptor pool."""
-    if not _classes:
-        file_proto = descriptor_pb2.FileDescriptorProto(name='finetune_alexnet_caffe.proto',
-                                                        package=_PACKAGE, syntax='proto2')
-        for message_name, fields in _MESSAGES.items():
-            message = file_proto.message_type.add(name=message_name)
-            for name, number, field_type, repeated, type_name in fields:
-                field = message.field.add(name=name, number=number, type=field_type,
-                                          label=_FIELD.LABEL_REPEATED if repeated
-                                          else _FIELD.LABEL_OPTIONAL)
-                if type_name:
-                    field.type_name = f'.{_PACKAGE}.{type_name}'
-                elif repeated:
-                    field.options.packed = True  # as caffe.proto declares them; unpacked also parses
-        pool = descriptor_pool.DescriptorPool()
-        pool.Add(file_proto)
-        for message_name in _MESSAGES:
-            descriptor = pool.FindMessageTypeByName(f'{_PACKAGE}.{message_name}')
-            _classes[message_name] = message_factory.GetMessageClass(descriptor)
-    return _classes
+    file_proto = descriptor_pb2.FileDescriptorProto(name='finetune_alexnet_caffe.proto',
+                                                    package=_PACKAGE, syntax='proto2')
+    for message_name, fields in _MESSAGES.items():
+        message = file_proto.message_type.add(name=message_name)
+        for name, number, field_type, repeated, type_name in fields:
+            field = message.field.add(name=name, number=number, type=field_type,
+                                      label=_FIELD.LABEL_REPEATED if repeated else _FIELD.LABEL_OPTIONAL)
+            if type_name:
+                field.type_name = f'.{_PACKAGE}.{type_name}'
+            elif repeated:
+                field.options.packed = True  # as caffe.proto declares them; unpacked also parses
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file_proto)
+    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f'{_PACKAGE}.{name}'))
+            for name in _MESSAGES}
 
 
 def read_net(path):

@@ -331,14 +331,14 @@ class _SpeedGuard:
     def __init__(self, url, part, limits):
         self.url, self.part = url, part
         self.limit, self.window = limits.speed_limit, limits.speed_time
-        self.elapsed = self.received = 0  # this window
         self.total_received = 0
-        self.started = self.mark = None
+        self.started = None
 
     def begin(self):
-        self.mark = time.monotonic()
-        self.started = self.started or self.mark
-        self.elapsed = self.received = 0
+        """A window starts: a response begins, or the last window was checked."""
+        self.window_start = time.monotonic()
+        self.started = self.started or self.window_start
+        self.received = 0
 
     def _check(self, received, elapsed, held):
         rate = received / elapsed
@@ -350,14 +350,12 @@ class _SpeedGuard:
 
     def add(self, count, held):
         """Count `count` more bytes received now (the .part holds `held`)."""
-        now = time.monotonic()
-        self.elapsed += now - self.mark
-        self.mark = now
         self.received += count
         self.total_received += count
-        if self.limit and self.elapsed >= self.window:
-            self._check(self.received, self.elapsed, held)
-            self.elapsed = self.received = 0
+        elapsed = time.monotonic() - self.window_start
+        if self.limit and elapsed >= self.window:
+            self._check(self.received, elapsed, held)
+            self.begin()
 
     def failed(self, held):
         total_elapsed = time.monotonic() - self.started
