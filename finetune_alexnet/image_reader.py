@@ -1,16 +1,12 @@
 """The one input pipeline behind both readers of labelled images: a list file's (datagenerator.py's
 `ImageDataGenerator`) and TFRecord shards' (tfrecords.py's `ShardImageDataGenerator`).
 
-What differs is where an image's bytes come from, its source: `FileSource` (image files, named by a
-list) here, `tfrecords.RecordSource` (records in shards, read at their offsets) beside the shards.
-A source says how many images it has, names one in a message (`where`), finds the ones over the pixel
-limit from their headers (`oversized`) and the ones that fail without decoding (`known_bad`), gives a
-dataset of what `decode` takes for given positions (`elements`), and one image's bytes alone
-(`alone`). Everything else lives here once: the epoch's order and crops, decoding and batches (by
-preprocessing.py's functions, the one definition), skipped and dropped images, and the errors.
-
-A corrupt image is found only by decoding it. `undecodable` decodes a source's images in parallel,
-dropping the failures, then decodes only the failures again, one by one, for TensorFlow's reason.
+What differs is where an image's bytes come from, its source: `FileSource` (a list's files) or
+`tfrecords.RecordSource` (records read at their offsets). A source has a length, names an image
+(`where`), finds the images over the pixel limit from their headers (`oversized`) and those that fail
+without decoding (`known_bad`), gives a dataset of what `decode` takes (`elements`) and one image's
+bytes (`alone`). Everything else lives here once: the epoch's order and crops, decoding and batches
+(by preprocessing.py), skipped and dropped images, and the errors.
 """
 import os
 
@@ -207,41 +203,25 @@ def prediction_batches(source, batch_size, center_crop=False, skip_bad_images=Fa
 
 
 class ImageReader:
-    """Pre-processed, batched (images, one-hot labels) of a labelled data set, as `self.data`.
+    """Pre-processed, batched (images, one-hot labels) of a labelled data set, as `self.data`: not
+    repeated (re-initialise its iterator every epoch), its last batch perhaps smaller.
 
-    `mode` is 'training' or 'inference'; it matters only with `augment`, the paper's augmentation
-    (resize to 256, then a random 227 crop and a random left-right flip in training, the centre crop
-    in inference). With `shuffle` the whole data set's order is reshuffled at every initialisation of
-    an iterator over `self.data`: a different order each epoch, the same sequence of orders for the
-    same `seed` in a fresh graph. To tie the order (and the crops) to the epoch number instead, so
-    that a resumed run sees the orders of an uninterrupted one, feed it when initialising:
-    `session.run(init_op, {generator.epoch: epoch})`; feed `generator.skip` as well (a count of
-    images) to start the epoch that many places into its order, as a run resumed mid-epoch must:
-    the skipped images are dropped before anything is read or decoded (with `skip_bad_images` after
-    decoding, since dropped images shift the batches). Positions are shuffled, not decoded images,
-    so shuffling costs no memory.
+    `mode` ('training' or 'inference') matters only with `augment` (preprocessing.resize_for_model).
+    With `shuffle`, positions (not decoded images) are reshuffled at every initialisation of the
+    iterator, the same sequence of orders for one `seed` in a fresh graph. Feeding `epoch` when
+    initialising ties the order and the crops to the epoch (preprocessing.epoch_key), and `skip` (a
+    count of images) starts it that many places in, as a run resumed mid-epoch must: before anything
+    is read, or with `skip_bad_images` after decoding, since dropped images shift the batches.
 
-    `self.data` is not repeated: re-initialise its iterator for every epoch. Its last batch may be
-    smaller than `batch_size` (no image is dropped). Attributes: `data`, `data_size`, `paths`,
-    `labels` (int64 array), `num_classes`, `txt_file` (the data set as given), `epoch` and `skip`
-    (the optional feeds above).
+    An image that fails to decode makes session.run raise one of `IMAGE_ERRORS`: raise
+    `unreadable_images_error()`, which names it. With `skip_bad_images` it is dropped instead, and
+    `describe_skipped(images the epoch yielded)` reports it. On several workers `batch_size` is the
+    global batch, and worker `worker_index` of `num_workers` gets its rows of each
+    (preprocessing.worker_rows; `skip` then counts this worker's images).
 
-    An image that fails to decode makes session.run raise one of `IMAGE_ERRORS`; catch it and raise
-    `unreadable_images_error()`, which names the image:
-
-        except datagenerator.IMAGE_ERRORS:
-            raise train_data.unreadable_images_error() from None
-
-    With `skip_bad_images=True` such images are dropped instead: count the images an epoch yields
-    (the sum of the batch sizes) and pass the count to `describe_skipped` for the report.
-
-    On several workers (finetune_alexnet/train/distribute.py), `batch_size` is the global batch and
-    worker `worker_index` of `num_workers` gets its rows of each: batches of batch_size /
-    num_workers, in the order every worker shares (`skip` then counts this worker's images).
-
-    A reader is this class and its source: `_open` returns the `FileSource` or
-    `tfrecords.RecordSource` of `txt_file` (setting `paths` and `labels`), checked before any graph is
-    built; `check_command` names the command that lists a data set's unreadable images, if any.
+    Attributes: `data`, `data_size`, `paths`, `labels` (int64), `num_classes`, `txt_file` (the data set
+    as given), `epoch`, `skip`. A subclass's `_open` returns the source of `txt_file` (setting `paths`
+    and `labels`); `check_command` names the command that lists its unreadable images, if any.
     """
     check_command = None
 

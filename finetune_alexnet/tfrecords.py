@@ -1,36 +1,13 @@
-"""Sharded TFRecord data sets: written from a list file, read back exactly as the list pipeline reads.
+"""Sharded TFRecord data sets: written from a list file, read back exactly as the list pipeline reads
+(what a record holds, the order, the checks: docs/distributed.md#sharded-tfrecord-data-sets).
 
-Writing (`write_shards`, for make_tfrecords.py): every image of a list becomes one `tf.train.Example`
-with TF-Slim's keys (`image/encoded`, `image/format`, `image/class/label`, `image/class/text`,
-`image/height`, `image/width`, `image/filename`), in an order shuffled by a seed, split into
-`train-00000-of-00004.tfrecord`-style shards of at least `TARGET_SHARD_BYTES` where the data allow
-(TensorFlow's guidance: 100 MB or more per shard; fewer, larger shards for a small set). Each image is
-decoded once on the way in, with the training decoder: a file that fails is named (or, told, left out),
-and height and width are the decoded ones. The bytes stored are the file's own, untouched, unless
-`pre_resize`: then the image is resized to 256x256 (bilinear, as the pipeline resizes; Caffe's
-ImageNet LMDB was built at 256x256 too) and stored as a JPEG of quality `PRE_RESIZE_QUALITY` (colour
-at half resolution, OpenCV's and Caffe's default), which decodes faster than a photo; such records
-need not give the list's pixels exactly.
-Shards are written under temporary names and renamed into place once all are complete.
-
-Reading: `find_shards` expands a folder of `*.tfrecord` files, a glob pattern or one file into the
-shards, in name order; `index_shards` reads each record once to learn where it starts, how long it is,
-its label, size and file name (seconds per GB, when a data set is opened). The records' global order
-is that index's: shard after shard, record after record. `ShardImageDataGenerator` is
-datagenerator.ImageDataGenerator over that index: both are image_reader.ImageReader (epoch-pinned
-shuffle, mid-epoch skip, unreadable images named or skipped), with a `RecordSource` for the list's
-files. Each epoch's shuffle permutes the global positions exactly as the list pipeline permutes its
-lines, and each record is then read at its byte offset (random access, TFRecordDatasetV2's
-`byte_offsets`), so an epoch visits the records in the global order a list in the same order would
-give, and without pre-resize its batches equal that list's bit for bit (preprocessing.py, the one
-definition, decodes both). `images_dataset` is prediction's reader.
-
-Pixel limit: a record's `image/height` x `image/width` is checked against `max_pixels` when the shards
-are opened, before anything is decoded; and since those fields are only what the writer claims
-(another tool's shards may say 100x100 for a PNG of 15000x15000), every record's encoded image is held
-to `max_pixels` again as it is decoded, from its own header (`preprocessing.decode_rgb`'s check, as
-for list images): a record over it fails like an unreadable one, named with its shard and record, or
-is skipped and counted with `skip_bad_images`.
+Writing (`write_shards`, for make_tfrecords.py): every image becomes one `tf.train.Example` with
+TF-Slim's keys, decoded once on the way in, in an order shuffled by a seed, into shards of at least
+`TARGET_SHARD_BYTES` written under temporary names and renamed into place once all are complete.
+Reading: `find_shards` names the shards, `index_shards` reads each record once to learn where it
+starts and what it holds, and `ShardImageDataGenerator` is image_reader.ImageReader over a
+`RecordSource`, which reads each record at its byte offset (TFRecordDatasetV2's `byte_offsets`), so
+an epoch visits the records in the order a list in the same order would give.
 """
 import collections
 import contextlib
@@ -124,7 +101,7 @@ def _check_complete(spec, files):
     for (prefix, count), indices in sorted(sets.items()):
         missing = sorted(set(range(count)) - indices)
         if missing:
-            names = [f'{prefix}-{index:05d}-of-{count:05d}{EXTENSION}' for index in missing]
+            names = [shard_file_name(prefix, index, count) for index in missing]
             raise ToolkitError(f'{spec}: {plural(len(missing), "shard")} of {count} missing: '
                                + summarize(names))
 
@@ -348,24 +325,20 @@ def write_shards(paths, labels, out_dir, prefix, class_names=None, num_shards=No
     texts = list(class_names) if class_names else None
 
     workers = workers or os.cpu_count() or 1
-    with tf.Graph().as_default(), tf.Session(config=tf_setup.session_config()) as session:
-        dataset = tf.data.Dataset.from_tensor_slices((order, [paths[p] for p in order]))
-        dataset = dataset.map(_prepare_fn(pre_resize), num_parallel_calls=workers, deterministic=True)
-        # A file that fails drops out here; the gap in the positions names it below.
-        dataset = dataset.ignore_errors().batch(16).prefetch(2)
-        options = tf.data.Options()
-        options.threading.private_threadpool_size = workers
-        iterator = tf.data.make_initializable_iterator(dataset.with_options(options))
-        next_batch = iterator.get_next()
-        session.run(iterator.initializer)
-        slot_of = {int(position): slot for slot, position in enumerate(order)}
-        pending, writer, failed, done = [], None, [], 0
-        stopped = False
-        try:
-            while True:
-                if stop is not None and stop.requested:
-                    stopped = True
-                    break
+    slot_of = {int(position): slot for slot, position in enumerate(order)}
+    pending, writer, failed, done = [], None, [], 0
+    try:  # whatever stops the work removes the shards written so far
+        with tf.Graph().as_default(), tf.Session(config=tf_setup.session_config()) as session:
+            dataset = tf.data.Dataset.from_tensor_slices((order, [paths[p] for p in order]))
+            dataset = dataset.map(_prepare_fn(pre_resize), num_parallel_calls=workers, deterministic=True)
+            # A file that fails drops out here; the gap in the positions names it below.
+            dataset = dataset.ignore_errors().batch(16).prefetch(2)
+            options = tf.data.Options()
+            options.threading.private_threadpool_size = workers
+            iterator = tf.data.make_initializable_iterator(dataset.with_options(options))
+            next_batch = iterator.get_next()
+            session.run(iterator.initializer)
+            while not (stop is not None and stop.requested):
                 try:
                     positions, images, heights, widths = session.run(next_batch)
                 except tf.errors.OutOfRangeError:
@@ -385,36 +358,28 @@ def write_shards(paths, labels, out_dir, prefix, class_names=None, num_shards=No
                     for slot, record in pending:
                         writer.write(slot, record)
                     pending = []
-            if not stopped:
-                failed += [int(order[s]) for s in range(done, len(order))]
-                if writer is None:
-                    writer = _start_writer(out_dir, prefix, paths, order, pending, pre_resize,
-                                           num_shards, report)
-                for slot, record in pending:
-                    writer.write(slot, record)
-        except BaseException:
-            if writer is not None:
-                writer.discard()
-            raise
-    if stopped:
-        if writer is not None:
-            writer.discard()
-        return WriteResult([], 0, skipped, 0, True)
-    if failed:
-        reasons = image_reader.decode_alone(listed, failed)
-        if not skip_bad_images:
-            writer.discard()
-            raise image_reader.problems_error(listed, reasons, plural(len(failed), 'unreadable image'),
-                                              source, 'fix or remove them, or pass --skip_bad_images')
-        skipped += [(paths[p], reasons[p]) for p in failed]
-    if len(failed) == len(order):
-        writer.discard()
-        raise ToolkitError(f'{where}none of the {len(order)} images could be read')
-    try:
+            else:  # a stop request
+                if writer is not None:
+                    writer.discard()
+                return WriteResult([], 0, skipped, 0, True)
+        failed += [int(order[s]) for s in range(done, len(order))]
+        writer = writer or _start_writer(out_dir, prefix, paths, order, pending, pre_resize, num_shards,
+                                         report)
+        for slot, record in pending:
+            writer.write(slot, record)
+        if failed:
+            reasons = image_reader.decode_alone(listed, failed)
+            if not skip_bad_images:
+                raise image_reader.problems_error(listed, reasons, plural(len(failed), 'unreadable image'),
+                                                  source, 'fix or remove them, or pass --skip_bad_images')
+            skipped += [(paths[p], reasons[p]) for p in failed]
+        if len(failed) == len(order):
+            raise ToolkitError(f'{where}none of the {len(order)} images could be read')
         writer.finish()
         files = writer.commit(replace=overwrite)
     except BaseException:
-        writer.discard()
+        if writer is not None:
+            writer.discard()
         raise
     return WriteResult(files, len(order) - len(failed), skipped, writer.total_bytes, False)
 
@@ -449,17 +414,11 @@ class ShardIndex:
     and the list `filenames`.
     """
 
-    def __init__(self, files, shard, record, length, labels, heights, widths, filenames):
+    def __init__(self, files, shard, record, offset, length, labels, heights, widths, filenames):
         self.files = list(files)
-        self.shard, self.record, self.length = shard, record, length
+        self.shard, self.record, self.offset, self.length = shard, record, offset, length
         self.labels, self.heights, self.widths = labels, heights, widths
         self.filenames = filenames
-        # A record starts where the one before it in its shard ended (records come shard by shard).
-        ends = np.cumsum(length + RECORD_OVERHEAD)
-        starts = ends - (length + RECORD_OVERHEAD)
-        first = np.concatenate([[0], np.flatnonzero(np.diff(shard)) + 1]).astype(np.int64)
-        counts = np.diff(np.concatenate([first, [len(length)]]))
-        self.offset = (starts - np.repeat(starts[first], counts)).astype(np.int64)
 
     @property
     def size(self):
@@ -509,7 +468,7 @@ def _read_index(identities, where):
         next_batch = iterator.get_next()
         for shard, path in enumerate(files):
             session.run(iterator.initializer, {path_in: path})
-            count = 0
+            count = offset = 0
             while True:
                 try:
                     lengths, features = session.run(next_batch)
@@ -525,6 +484,10 @@ def _read_index(identities, where):
                 columns['shard'].append(np.full(len(lengths), shard, np.int32))
                 columns['record'].append(np.arange(count, count + len(lengths)))
                 columns['length'].append(lengths.astype(np.int64))
+                # A record starts where the one before it in its shard ended.
+                sizes = columns['length'][-1] + RECORD_OVERHEAD
+                columns['offset'].append(offset + np.cumsum(sizes) - sizes)
+                offset += int(sizes.sum())
                 for key, name in ((LABEL, 'labels'), (HEIGHT, 'heights'), (WIDTH, 'widths')):
                     columns[name].append(features[key].astype(np.int64))
                 columns['filenames'] += [name.decode('utf-8', 'replace') for name in features[FILENAME]]
@@ -532,7 +495,7 @@ def _read_index(identities, where):
     if not columns['length']:
         raise ToolkitError(f'{where}no records in {summarize(files)}')
     arrays = {name: np.concatenate(columns[name]) for name in
-              ('shard', 'record', 'length', 'labels', 'heights', 'widths')}
+              ('shard', 'record', 'offset', 'length', 'labels', 'heights', 'widths')}
     return ShardIndex(files, filenames=columns['filenames'], **arrays)
 
 
@@ -633,17 +596,10 @@ class RecordSource:
 
 
 class ShardImageDataGenerator(image_reader.ImageReader):
-    """datagenerator.ImageDataGenerator's batches, from TFRecord shards instead of a list file.
-
-    The same arguments (a shard spec for the list file), attributes (`data`, `data_size`, `paths`:
-    the records' file names, `labels`, `num_classes`, `txt_file`: the spec, `epoch`, `skip`) and
-    methods (`unreadable_images_error`, `describe_skipped`): both are image_reader.ImageReader, and
-    give the same batches for records in the same order as the list's lines. `index` is the
-    ShardIndex; `records_digest` identifies the shards (for caches keyed by the images, since
-    pre-resized records share the files' names). With `num_workers` > 1, as there, this worker's rows
-    of every batch: its records, read by offset, so the workers read disjoint records in one
-    machine's order.
-    """
+    """datagenerator.ImageDataGenerator's batches, from TFRecord shards (`txt_file`: their spec;
+    `paths`: the records' file names): the same batches for records in the list's order. `index` is
+    the ShardIndex; `records_digest` identifies the shards (for caches keyed by the images, since
+    pre-resized records share the files' names)."""
 
     def _open(self):
         self.index = index_shards(find_shards(self.txt_file), self.num_classes, self.txt_file)
