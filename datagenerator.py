@@ -141,7 +141,7 @@ class ImageDataGenerator(image_reader.ImageReader):
 def images_dataset(paths, batch_size, center_crop=False, skip_bad_images=False, ten_crop=False,
                    resize_size=preprocessing.RESIZE_SIZE, max_pixels=image_header.DEFAULT_MAX_PIXELS):
     """A dataset of (images float32 [b, 227, 227, 3], positions int64 [b]) for unlabelled files, in
-    order, as prediction takes them (`center_crop`, `ten_crop`: preprocessing.prediction_batches);
+    order, as prediction takes them (`center_crop`, `ten_crop`: image_reader.prediction_batches);
     `positions` index into `paths`, also when `skip_bad_images` drops some. Missing files, and images
     over `max_pixels` unless skipped, raise ToolkitError at once; an undecodable one makes session.run
     raise one of `IMAGE_ERRORS` (`find_bad_images` names it) unless skipped.

@@ -48,52 +48,6 @@ def _within_pixel_limit(image_bytes, max_pixels, what):
         return tf.identity(image_bytes)
 
 
-def epoch_key(seed, epoch):
-    """int64 [2], the key of one epoch's shuffle and crops: drawn by a seeded stateful op at every
-    initialisation of the iterator (so a seed repeats the epochs in a fresh graph; the shuffle's own
-    reshuffle_each_iteration would repeat one order, as an initializable iterator rebuilds the
-    dataset), or made of the seed and `epoch` when `epoch` >= 0 is fed, so that a resumed run replays
-    the uninterrupted one's orders. Lists and shards derive their keys here, so their batches agree.
-    """
-    drawn = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64, seed=seed)
-    base = seed if seed is not None else np.random.randint(2**31)
-    pinned = tf.stack([tf.constant(base, tf.int64), epoch])
-    return tf.where(epoch >= 0, pinned, drawn)
-
-
-def epoch_feeds():
-    """The optional feeds of an input pipeline's epoch: `epoch` (pins the order; -1, the default:
-    a new draw) and `skip` (images of the order to leave out first, for a resumed epoch)."""
-    return (tf.placeholder_with_default(tf.constant(-1, tf.int64), [], name='epoch'),
-            tf.placeholder_with_default(tf.constant(0, tf.int64), [], name='skip'))
-
-
-def epoch_order(size, seed, epoch, shuffle, random_crops, batch_size=None, num_workers=1,
-                worker_index=0):
-    """(positions, key): the order in which an epoch visits a data set's `size` items (shuffled by
-    the epoch's key when `shuffle`), and the key its random crops derive from (None when neither
-    shuffles nor crops). With `num_workers` > 1, only worker `worker_index`'s places of the order
-    (worker_rows of batches of `batch_size`): its part of every batch, in the order all share."""
-    positions = tf.range(size, dtype=tf.int64)
-    key = epoch_key(seed, epoch) if shuffle or random_crops else None
-    if shuffle:
-        positions = tf.random.experimental.stateless_shuffle(positions, seed=key)
-    if num_workers > 1:
-        rows = worker_rows(size, batch_size, worker_index, num_workers)
-        positions = tf.gather(positions, tf.constant(rows, tf.int64))
-    return positions, key
-
-
-def worker_part(batch_size, num_workers, worker_index):
-    """(num_workers, worker_index, the worker's rows per batch), checked: a batch the workers split
-    evenly, an index among them."""
-    if num_workers < 1 or not 0 <= worker_index < num_workers:
-        raise ValueError(f'worker_index must be in 0..num_workers - 1, got {worker_index} of {num_workers}')
-    if batch_size % num_workers:
-        raise ValueError(f'batch_size {batch_size} does not split evenly over {num_workers} workers')
-    return num_workers, worker_index, batch_size // num_workers
-
-
 def worker_rows(size, batch_size, worker_index, num_workers):
     """The places in an epoch's order (of `size` items, in batches of `batch_size`) that worker
     `worker_index` of `num_workers` reads: rows i*b .. i*b + b - 1 of every batch, b = batch_size /
@@ -103,52 +57,6 @@ def worker_rows(size, batch_size, worker_index, num_workers):
     starts = np.arange(0, size, batch_size, dtype=np.int64)
     rows = (starts[:, None] + worker_index * part + np.arange(part, dtype=np.int64)[None, :]).ravel()
     return rows[rows < size]
-
-
-def batches_for_model(images_and_labels, batch_size, num_classes, skip_bad_images=False, skip=0):
-    """A dataset of (resized uint8 RGB image, integer label) pairs in batches as training takes them:
-    images uint8 [b, 227, 227, 3] (`normalize` them where the model runs), labels one-hot,
-    prefetched. With `skip_bad_images`, images that failed to decode are dropped, then `skip` images
-    skipped: dropped images shift the batches, so a resumed epoch's consumed part counts decoded images."""
-    dataset = images_and_labels
-    if skip_bad_images:
-        dataset = dataset.ignore_errors().skip(skip)
-    dataset = dataset.batch(batch_size)
-
-    @tf.autograph.experimental.do_not_convert
-    def finish_batch(images, labels):
-        return images, tf.one_hot(labels, num_classes)
-    dataset = dataset.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def prediction_batches(sources_and_positions, decode, batch_size, center_crop=False, ten_crop=False,
-                       skip_bad_images=False, resize_size=RESIZE_SIZE):
-    """Batches (images float32, positions int64) for prediction from a dataset of (source, position)
-    pairs, `decode(source)` giving an RGB image: resized as inference takes it (the centre crop
-    with `center_crop`; with `ten_crop` each image's ten crops, rows 10 i ... 10 i + 9 of
-    [10 b, 227, 227, 3]), in order; with `skip_bad_images`, undecodable images are dropped and the
-    positions say which remain."""
-    @tf.autograph.experimental.do_not_convert
-    def load(source, position):
-        image = decode(source)
-        if ten_crop:
-            return ten_crops(image, resize_size), position
-        return resize_for_model(image, training=False, augment=center_crop,
-                                resize_size=resize_size), position
-
-    @tf.autograph.experimental.do_not_convert
-    def finish_batch(images, positions):
-        if ten_crop:  # [b, 10, 227, 227, 3] -> [10 b, 227, 227, 3]: image after image
-            images = tf.reshape(images, [-1, INPUT_SIZE, INPUT_SIZE, 3])
-        return normalize(images), positions
-
-    dataset = sources_and_positions.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if skip_bad_images:
-        dataset = dataset.ignore_errors()
-    dataset = dataset.batch(batch_size)
-    dataset = dataset.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def _check_resize_size(resize_size):

@@ -164,16 +164,15 @@ def shard_count(record_bytes, images, num_shards=None):
     return int(max(1, min(images, MAX_SHARDS, record_bytes // TARGET_SHARD_BYTES)))
 
 
-def make_example(encoded, label, text, height, width, filename, image_format_name=None):
+def make_example(encoded, label, text, height, width, filename):
     """The `tf.train.Example` of one image, with TF-Slim's keys."""
     def bytes_feature(value):
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
     def int_feature(value):
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-    fmt = image_header.image_type(encoded) if image_format_name is None else image_format_name
     return tf.train.Example(features=tf.train.Features(feature={
-        ENCODED: bytes_feature(encoded), FORMAT: bytes_feature(fmt.encode()),
+        ENCODED: bytes_feature(encoded), FORMAT: bytes_feature(image_header.image_type(encoded).encode()),
         LABEL: int_feature(label), TEXT: bytes_feature(text.encode('utf-8')),
         HEIGHT: int_feature(height), WIDTH: int_feature(width),
         FILENAME: bytes_feature(os.fspath(filename).encode('utf-8'))}))
