@@ -95,13 +95,9 @@ def read_list_lines(txt_file, num_classes=None, check_files=True):
 
 
 def read_list(txt_file, num_classes=None, check_files=True):
-    """(paths, labels): absolute image paths and an int64 array of labels, from a list file.
-
-    Raises ToolkitError, before anything is decoded, for: a missing or unreadable list file, a line
-    without a label, a label that is not an integer or lies outside [0, num_classes), an image that
-    does not exist (unless `check_files` is False), an empty list. The message names the first few
-    bad lines by number and counts the rest.
-    """
+    """(paths, labels): absolute image paths and an int64 array of labels, from a list file. A
+    ToolkitError names the first few bad lines and counts the rest: labels that are not integers or
+    lie outside [0, num_classes), missing images (unless not `check_files`), an empty list."""
     paths, labels, _ = read_list_lines(txt_file, num_classes, check_files)
     return paths, labels
 

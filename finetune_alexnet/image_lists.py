@@ -332,11 +332,9 @@ def validation_count(class_size, val_fraction):
 
 
 def split_stratified(paths, labels, val_fraction, seed):
-    """Split images into (train, val) lists of (path, label) pairs, every class by the same fraction.
-
-    Deterministic for a seed. Validation keeps the input order; training is shuffled (with the seed)
-    because a streaming shuffle buffer smaller than the data set would otherwise see one class at a time.
-    """
+    """Split images into (train, val) lists of (path, label) pairs, every class by the same fraction,
+    the same for a seed. Validation keeps the input order; training is shuffled, as a streaming shuffle
+    buffer smaller than the data set would otherwise see one class at a time."""
     check_val_fraction(val_fraction)
     rng = random.Random(seed)
     members_of = {}
@@ -375,13 +373,8 @@ def hash_percentage(path):
 
 def split_by_hash(paths, labels, val_fraction, seed):
     """Split images into (train, val) lists of (path, label) pairs by retrain.py's rule: a file goes
-    to validation when its `hash_percentage` is below 100 * val_fraction.
-
-    A file's side depends on its name only, so adding images never moves one between the lists; the
-    fraction holds on average, not per class (a small class may get none, or only, validation
-    images: `split_notes` says so). Validation keeps the input order; training is shuffled with
-    `seed`, which changes nothing else.
-    """
+    to validation when its `hash_percentage` is below 100 * val_fraction, so the fraction holds on
+    average, not per class (`split_notes`). Validation keeps the input order; `seed` shuffles training."""
     check_val_fraction(val_fraction)
     train, val = [], []
     for path, label in zip(paths, labels):

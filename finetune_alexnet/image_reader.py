@@ -133,21 +133,25 @@ def undecodable(source, workers=None):
             num_parallel_calls=workers, deterministic=False)
         # Dropping failures keeps the pass going; whatever does not come out is a bad image.
         dataset = dataset.ignore_errors().batch(1024)
-        options = tf.data.Options()
-        options.threading.private_threadpool_size = workers
-        # An initializable iterator: a one-shot one asks for a random seed, which fails while a
-        # seeded fine-tuning run (op determinism on) reports a bad image through this function.
-        iterator = tf.data.make_initializable_iterator(dataset.with_options(options))
-        next_batch = iterator.get_next()
-        session.run(iterator.initializer)
-        decoded = set()
-        try:
-            while True:
-                decoded.update(session.run(next_batch)[0].tolist())
-        except tf.errors.OutOfRangeError:
-            pass
+        decoded = {int(p) for positions, _ in run_to_end(session, dataset, workers) for p in positions}
     reasons.update(decode_alone(source, [p for p in present.tolist() if p not in decoded]))
     return reasons
+
+
+def run_to_end(session, dataset, workers):
+    """Each element of `dataset`, run in `session` with a pool of `workers` threads of its own."""
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = workers
+    # An initializable iterator: a one-shot one asks for a random seed, which fails while a seeded
+    # fine-tuning run (op determinism on) reports a bad image through `undecodable`.
+    iterator = tf.data.make_initializable_iterator(dataset.with_options(options))
+    next_element = iterator.get_next()
+    session.run(iterator.initializer)
+    while True:
+        try:
+            yield session.run(next_element)
+        except tf.errors.OutOfRangeError:
+            return
 
 
 def decode_alone(source, positions):

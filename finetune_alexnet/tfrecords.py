@@ -208,10 +208,7 @@ class _ShardWriter:
         self.out_dir, self.prefix, self.count, self.bounds = out_dir, prefix, count, bounds
         self.report = report
         self.names = [shard_file_name(prefix, index, count) for index in range(count)]
-        self.shard = -1
-        self.writer = None
-        self.records = 0
-        self.total_bytes = 0
+        self.shard, self.writer, self.records, self.total_bytes = -1, None, 0, 0
 
     def _path(self, shard, partial=True):
         return os.path.join(self.out_dir, self.names[shard] + (PARTIAL if partial else ''))
@@ -265,10 +262,8 @@ class _ShardWriter:
 
     def discard(self):
         if self.writer is not None:
-            try:
+            with contextlib.suppress(OSError, tf.errors.OpError):  # the failure being cleaned up, again
                 self.writer.close()
-            except (OSError, tf.errors.OpError):  # the failure being cleaned up, again
-                pass
             self.writer = None
         for shard in range(self.count):
             if os.path.exists(self._path(shard)):
@@ -332,15 +327,8 @@ def write_shards(paths, labels, out_dir, prefix, class_names=None, num_shards=No
             dataset = dataset.map(_prepare_fn(pre_resize), num_parallel_calls=workers, deterministic=True)
             # A file that fails drops out here; the gap in the positions names it below.
             dataset = dataset.ignore_errors().batch(16).prefetch(2)
-            options = tf.data.Options()
-            options.threading.private_threadpool_size = workers
-            iterator = tf.data.make_initializable_iterator(dataset.with_options(options))
-            next_batch = iterator.get_next()
-            session.run(iterator.initializer)
-            while not (stop is not None and stop.requested):
-                try:
-                    positions, images, heights, widths = session.run(next_batch)
-                except tf.errors.OutOfRangeError:
+            for positions, images, heights, widths in image_reader.run_to_end(session, dataset, workers):
+                if stop is not None and stop.requested:
                     break
                 for position, data, height, width in zip(positions, images, heights, widths):
                     slot = slot_of[int(position)]
@@ -357,10 +345,10 @@ def write_shards(paths, labels, out_dir, prefix, class_names=None, num_shards=No
                     for slot, record in pending:
                         writer.write(slot, record)
                     pending = []
-            else:  # a stop request
-                if writer is not None:
-                    writer.discard()
-                return WriteResult([], 0, skipped, 0, True)
+        if stop is not None and stop.requested:
+            if writer is not None:
+                writer.discard()
+            return WriteResult([], 0, skipped, 0, True)
         failed += [int(order[s]) for s in range(done, len(order))]
         writer = writer or _start_writer(out_dir, prefix, paths, order, pending, pre_resize, num_shards,
                                          report)
@@ -406,12 +394,9 @@ _INDEX_FEATURES = {LABEL: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
 
 
 class ShardIndex:
-    """Where every record of a set of shards is, and what it holds, in the set's global order.
-
-    `files`: the shard paths; per record, arrays `shard` (index into `files`), `record` (its place in
-    its shard), `offset` and `length` (of its serialized Example) and `labels`, `heights`, `widths`,
-    and the list `filenames`.
-    """
+    """Where every record of a set of shards is, and what it holds, in the set's global order:
+    `files`, the shard paths; per record, arrays `shard` (index into `files`), `record` (its place in
+    its shard), `offset`, `length` (of its Example), `labels`, `heights`, `widths`; list `filenames`."""
 
     def __init__(self, files, shard, record, offset, length, labels, heights, widths, filenames):
         self.files = list(files)
@@ -431,12 +416,9 @@ class ShardIndex:
 
 
 def index_shards(files, num_classes=None, source=None):
-    """The ShardIndex of `files` (find_shards' list), every record read once.
-
-    ToolkitError (prefixed by `source`, the flag's value) for a file that is not a readable,
-    uncompressed TFRecord file, records without a label, height or width, labels outside
-    0..num_classes-1, or no record at all.
-    """
+    """The ShardIndex of `files` (find_shards' list), every record read once. ToolkitError (prefixed
+    by `source`, the flag's value) for a file that is not a readable, uncompressed TFRecord file,
+    records without a label, height or width, labels outside 0..num_classes-1, or no record at all."""
     where = f'{source}: ' if source and source not in files else ''
     index = _read_index(tuple(_identity(path) for path in files), where)
     _check_index(index, num_classes, where)
@@ -522,13 +504,9 @@ def oversized_records(index, max_pixels):
 
 @NOT_CONVERTED
 def _read_record(path, offset, length):
-    """A dataset of the one serialized record at `offset` of shard `path`.
-
-    TFRecordDatasetV2 starts reading at `byte_offsets` and checks the record's CRCs; its buffer is the
-    record's size, so exactly one read is made. A record missing since the index was built (a file
-    truncated or replaced) yields the empty string, which fails to parse: an error, never a record
-    silently dropped from the epoch.
-    """
+    """A dataset of the one serialized record at `offset` of shard `path`, read (CRCs checked) in
+    one read of its size. A record missing since the index was built (a file truncated or replaced)
+    yields the empty string, which fails to parse: an error, never a record silently dropped."""
     variant = tf.raw_ops.TFRecordDatasetV2(
         filenames=tf.reshape(path, [1]), compression_type='', buffer_size=length + RECORD_OVERHEAD,
         byte_offsets=tf.reshape(offset, [1]))
@@ -614,12 +592,7 @@ def unreadable_records_error(index, workers=None, source=None, hint=None, max_pi
 
 def images_dataset(index, batch_size, center_crop=False, skip_bad_images=False, ten_crop=False,
                    resize_size=preprocessing.RESIZE_SIZE, max_pixels=image_header.DEFAULT_MAX_PIXELS):
-    """datagenerator.images_dataset for the records of `index`: (images, positions) batches in the
-    index's order, pre-processed as prediction pre-processes files; `positions` index into it.
-
-    Records over `max_pixels` raise ToolkitError at once, or are left out with `skip_bad_images`
-    (which also drops records that fail to read or decode).
-    """
+    """datagenerator.images_dataset for the records of `index`, in its order (`positions` index it)."""
     return image_reader.prediction_batches(
         RecordSource(index, max_pixels), batch_size, center_crop=center_crop,
         skip_bad_images=skip_bad_images, ten_crop=ten_crop, resize_size=resize_size)
