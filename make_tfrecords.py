@@ -97,8 +97,6 @@ def class_names_file(args):
 
 def names_these_classes(path, class_names):
     """The classes.txt at `path` exists and names exactly `class_names`."""
-    if not os.path.exists(path):
-        return False
     try:
         return model_info.read_class_names_file(path, len(class_names)) == list(class_names)
     except ToolkitError:

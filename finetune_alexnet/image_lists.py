@@ -78,11 +78,9 @@ def line_problem(text):
 
 
 def class_name_problem(name):
-    """Why `name` cannot be a class name (classes.txt, model_info.json), or None.
-
-    The classes.txt reader strips each name, and a name is printed in tables and reports: so no
-    whitespace at either end and no control character (a line break, a tab, a terminal escape).
-    """
+    """Why `name` cannot be a class name (classes.txt, model_info.json), or None: the classes.txt
+    reader strips each name, and names are printed, so no whitespace at either end and no control
+    character (a line break, a tab, a terminal escape)."""
     if not isinstance(name, str) or not name.strip():
         return 'is empty'
     if name != name.strip():
@@ -262,18 +260,13 @@ def scan_folder(folder):
 def find_duplicates(paths):
     """Groups of paths whose files have the same content (sha256), in list order; only files of
     equal size are read."""
-    by_size = {}
-    for path in paths:
-        by_size.setdefault(os.path.getsize(path), []).append(path)
+    sizes = [os.path.getsize(path) for path in paths]
+    count = Counter(sizes)
     by_digest = {}
-    for group in by_size.values():
-        if len(group) < 2:
-            continue
-        for path in group:
+    for path, size in zip(paths, sizes):
+        if count[size] > 1:
             by_digest.setdefault(digests.file_sha256(path), []).append(path)
-    position = {path: number for number, path in enumerate(paths)}
-    return sorted((group for group in by_digest.values() if len(group) > 1),
-                  key=lambda group: position[group[0]])
+    return [group for group in by_digest.values() if len(group) > 1]
 
 
 def find_images(folder):

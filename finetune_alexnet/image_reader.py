@@ -228,17 +228,14 @@ class ImageReader:
     repeated (re-initialise its iterator every epoch), its last batch perhaps smaller.
 
     `mode` ('training' or 'inference') matters only with `augment` (preprocessing.resize_for_model).
-    With `shuffle`, positions (not decoded images) are reshuffled at every initialisation of the
-    iterator, the same sequence of orders for one `seed` in a fresh graph. Feeding `epoch` when
-    initialising ties the order and the crops to the epoch (`_build_dataset`), and `skip` (a
-    count of images) starts it that many places in, as a run resumed mid-epoch must: before anything
-    is read, or with `skip_bad_images` after decoding, since dropped images shift the batches.
-
-    An image that fails to decode makes session.run raise one of `IMAGE_ERRORS`: raise
-    `unreadable_images_error()`, which names it. With `skip_bad_images` it is dropped instead, and
-    `describe_skipped(images the epoch yielded)` reports it. On several workers `batch_size` is the
-    global batch, and worker `worker_index` of `num_workers` gets its rows of each
-    (preprocessing.worker_rows; `skip` then counts this worker's images).
+    With `shuffle`, positions (not decoded images) are reshuffled at every initialisation, the same
+    sequence of orders for one `seed` in a fresh graph; feeding `epoch` ties the order and the crops
+    to the epoch, and `skip` starts it that many images in, as a run resumed mid-epoch must. An image
+    that fails to decode makes session.run raise one of `IMAGE_ERRORS` (raise
+    `unreadable_images_error()`, which names it), or with `skip_bad_images` is dropped and counted by
+    `describe_skipped(images the epoch yielded)`. On several workers `batch_size` is the global batch,
+    and worker `worker_index` of `num_workers` gets its rows of each (preprocessing.worker_rows;
+    `skip` then counts this worker's images).
 
     Attributes: `data`, `data_size`, `paths`, `labels` (int64), `num_classes`, `txt_file` (the data set
     as given), `epoch`, `skip`. A subclass's `_open` returns the source of `txt_file` (setting `paths`

@@ -59,9 +59,10 @@ def worker_rows(size, batch_size, worker_index, num_workers):
     return rows[rows < size]
 
 
-def _check_resize_size(resize_size):
+def _resized_for_crops(image_rgb, resize_size):
     if resize_size < INPUT_SIZE:
         raise ValueError(f'resize size {resize_size} is smaller than the {INPUT_SIZE}x{INPUT_SIZE} crop')
+    return resized_pixels(image_rgb, resize_size)
 
 
 def _crop(image, top, left):
@@ -84,8 +85,7 @@ def resize_for_model(image_rgb, training=False, augment=False, seed=None, resize
     """
     if not augment:
         return resized_pixels(image_rgb, INPUT_SIZE)
-    _check_resize_size(resize_size)
-    resized = resized_pixels(image_rgb, resize_size)
+    resized = _resized_for_crops(image_rgb, resize_size)
     spare = resize_size - INPUT_SIZE
     if not training:
         return _crop(resized, spare // 2, spare // 2)
@@ -102,8 +102,7 @@ def ten_crops(image_rgb, resize_size=RESIZE_SIZE):
     """uint8 [10, 227, 227, 3] RGB: the paper's test-time crops of a decoded image, in Caffe's
     `oversample` order: of the `resize_size` (256) squared resize, the top-left, top-right,
     bottom-left and bottom-right corners and the centre, then the same five mirrored left-right."""
-    _check_resize_size(resize_size)
-    resized = resized_pixels(image_rgb, resize_size)
+    resized = _resized_for_crops(image_rgb, resize_size)
     far, centre = resize_size - INPUT_SIZE, (resize_size - INPUT_SIZE) // 2
     crops = tf.stack([_crop(resized, top, left)
                       for top, left in ((0, 0), (0, far), (far, 0), (far, far), (centre, centre))])
