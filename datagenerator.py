@@ -1,26 +1,12 @@
 """Batches of images for AlexNet from a list file, as a `tf.data` pipeline; a command to check a list.
 
-A list file holds one `path label` per line. The label is the last field, so paths may contain spaces;
-blank lines and lines starting with `#` are ignored; CRLF line ends are fine; relative paths are
-relative to the list file's folder. `read_list` checks the whole file (labels, missing files, empty
-list) before any graph is built and reports every problem in one error.
-
-`ImageDataGenerator(...).data` yields (images uint8 [b, 227, 227, 3], one-hot labels float32
-[b, num_classes]), pre-processed by `preprocessing` (the one definition). Per image the pipeline only
-reads, decodes and resizes, in parallel; `preprocessing.normalize` (the mean subtraction and the BGR
-reorder) runs once per batch where the model runs (finetune_alexnet/train/inputs.py). It shuffles file
-names, not decoded images, so shuffling costs no memory. The pipeline is the one TFRecord shards are
-read with (finetune_alexnet/image_reader.py); only where the bytes come from differs.
-
-A corrupt file can only be found by decoding it. When one turns up during training, session.run
-raises one of `IMAGE_ERRORS`; `unreadable_images_error()` then checks the list in parallel and
-returns a ToolkitError naming the file. With `skip_bad_images=True` such files are dropped
-instead, and `describe_skipped` says how many. To check a list up front:
+`read_list` checks a whole list file (`path label` lines: docs/data.md#the-list-file-format) before
+any graph is built. `ImageDataGenerator(...).data` yields (images uint8 [b, 227, 227, 3], one-hot
+labels): the pipeline of image_reader.py, which TFRecord shards are read with too. An image that fails
+to decode makes session.run raise one of `IMAGE_ERRORS`; `unreadable_images_error` names it. To check
+a list up front (docs/data.md#check-a-list-before-training):
 
     python datagenerator.py --check train.txt [--num_classes 2] [--workers 8]
-
-prints each unreadable image as `list:line: path: reason` and exits 1 if there is any, 0 if every
-image decodes, 2 if the list file itself is wrong.
 """
 import os
 import sys
@@ -54,8 +40,8 @@ def _shown(text):
     return repr(text) if len(text) <= _SHOWN_CHARS else repr(text[:_SHOWN_CHARS]) + '...'
 
 
-def _list_entries(txt_file, num_classes, check_files):
-    """(paths, labels, line numbers) from a list file; ToolkitError listing every bad line."""
+def read_list_lines(txt_file, num_classes=None, check_files=True):
+    """read_list's (paths, labels), and the line number of each entry in the file (for messages)."""
     kind = image_lists.not_a_regular_file(txt_file) if os.path.lexists(txt_file) else None
     if kind and not kind.startswith('unreadable'):  # a FIFO would wait for a writer forever
         raise ToolkitError(f'{txt_file}: not a list file ({kind})')
@@ -109,41 +95,25 @@ def _list_entries(txt_file, num_classes, check_files):
 
 
 def read_list(txt_file, num_classes=None, check_files=True):
-    """(paths, labels): absolute image paths and an int64 array of labels, from a list file.
-
-    Raises ToolkitError, before anything is decoded, for: a missing or unreadable list file, a line
-    without a label, a label that is not an integer or lies outside [0, num_classes), an image that
-    does not exist (unless `check_files` is False), an empty list. The message names the first few
-    bad lines by number and counts the rest.
-    """
-    paths, labels, _ = _list_entries(txt_file, num_classes, check_files)
+    """(paths, labels): absolute image paths and an int64 array of labels, from a list file. A
+    ToolkitError names the first few bad lines and counts the rest: labels that are not integers or
+    lie outside [0, num_classes), missing images (unless not `check_files`), an empty list."""
+    paths, labels, _ = read_list_lines(txt_file, num_classes, check_files)
     return paths, labels
-
-
-def read_list_lines(txt_file, num_classes=None, check_files=True):
-    """read_list's (paths, labels), and the line number of each entry in the file (for messages)."""
-    return _list_entries(txt_file, num_classes, check_files)
 
 
 def unreadable_images_error(paths, workers=None, line_numbers=None, list_file=None, hint=None,
                             max_pixels=image_header.DEFAULT_MAX_PIXELS):
     """The one message for images that failed to decode: a ToolkitError naming each bad file (with
-    its list line, when `line_numbers` are given) and why, to raise after a decode error.
-
-    Decodes `paths` again, in parallel (image_reader.undecodable): seconds per thousand images.
-    `max_pixels` is the limit the run was given, so this pass decodes nothing the run would not have.
-    """
+    its list line, when `line_numbers` are given) and why, to raise after a decode error. Decodes
+    `paths` again (seconds per thousand images) under the run's `max_pixels`."""
     return image_reader.unreadable_error(FileSource(paths, line_numbers, max_pixels), workers,
                                          list_file, hint)
 
 
 def find_bad_images(paths, workers=None, max_pixels=image_header.DEFAULT_MAX_PIXELS):
-    """[(path, reason)], in list order, for every file that is missing or fails to decode.
-
-    Decodes every file with the training pipeline's decoder, `workers` files at a time (default: one
-    per CPU core). Each file is decoded once in a parallel pass that drops the failures; only the
-    failures are decoded again, one by one, to get TensorFlow's reason.
-    """
+    """[(path, reason)], in list order, for every file that is missing or fails to decode with the
+    training pipeline's decoder, `workers` files at a time (image_reader.undecodable)."""
     paths = list(paths)
     reasons = image_reader.undecodable(FileSource(paths, max_pixels=max_pixels), workers)
     return [(paths[position], reasons[position]) for position in sorted(reasons)]
@@ -160,22 +130,17 @@ class ImageDataGenerator(image_reader.ImageReader):
         return f'python datagenerator.py --check {self.txt_file}'
 
     def _open(self):
-        self.paths, self.labels, line_numbers = _list_entries(self.txt_file, self.num_classes, True)
+        self.paths, self.labels, line_numbers = read_list_lines(self.txt_file, self.num_classes, True)
         return FileSource(self.paths, line_numbers, self.max_pixels)
 
 
 def images_dataset(paths, batch_size, center_crop=False, skip_bad_images=False, ten_crop=False,
                    resize_size=preprocessing.RESIZE_SIZE, max_pixels=image_header.DEFAULT_MAX_PIXELS):
-    """A dataset of (images float32 [b, 227, 227, 3], positions int64 [b]) for unlabelled files.
-
-    For prediction: pre-processed exactly as in training, in the order given; `positions` index into
-    `paths`, so results map back to files even when `skip_bad_images` drops some. `center_crop`
-    resizes to `resize_size` (256) and takes the centre 227 crop, as inference does for a model trained
-    with augmentation. `ten_crop` instead gives each image's ten crops (`preprocessing.ten_crops`):
-    images are then [10 b, 227, 227, 3], image i's crops in rows 10 i ... 10 i + 9, so one forward pass
-    covers the batch's ten crops. Missing files, and images over `max_pixels` (from their headers)
-    unless skipped, raise ToolkitError at once; an undecodable one makes session.run raise one of
-    `IMAGE_ERRORS` (use `find_bad_images` to name it) unless skipped.
+    """A dataset of (images float32 [b, 227, 227, 3], positions int64 [b]) for unlabelled files, in
+    order, as prediction takes them (`center_crop`, `ten_crop`: image_reader.prediction_batches);
+    `positions` index into `paths`, also when `skip_bad_images` drops some. Missing files, and images
+    over `max_pixels` unless skipped, raise ToolkitError at once; an undecodable one makes session.run
+    raise one of `IMAGE_ERRORS` (`find_bad_images` names it) unless skipped.
     """
     if not paths:
         raise ToolkitError('no images given')
@@ -213,7 +178,7 @@ def _parse_args(argv):
 
 def main(argv=None):
     args = _parse_args(argv)
-    paths, _, line_numbers = _list_entries(args.check, args.num_classes, check_files=False)
+    paths, _, line_numbers = read_list_lines(args.check, args.num_classes, check_files=False)
     bad = image_reader.undecodable(FileSource(paths, max_pixels=args.max_pixels), args.workers)
     for position, reason in sorted(bad.items()):
         print(f'{args.check}:{line_numbers[position]}: {paths[position]}: {reason}')

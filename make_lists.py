@@ -4,31 +4,9 @@
     python make_lists.py FOLDER --out_dir DIR --split hash     # stays put as images are added
     python make_lists.py --imagenet_val DIR --labels FILE [--meta meta.mat] --out_dir lists
 
-FOLDER is in one of two layouts:
-
-* one sub-folder per class (`FOLDER/cat/*.jpg`, `FOLDER/dog/*.jpg`): the class name is the sub-folder
-  name, and labels 0, 1, ... follow the sorted sub-folder names;
-* Kaggle's flat Dogs vs. Cats layout (`FOLDER/cat.0.jpg`, `FOLDER/dog.12.jpg`): the class name is the
-  part of the file name before the first dot, labels again in sorted name order.
-
-Each line of train.txt and val.txt is `path label`. The path may contain spaces; the label is the last
-field. Paths are absolute, or with --relative relative to DIR (the data pipeline resolves a relative
-path against the list file's folder). classes.txt has one `label name` line per class. Every class is
-split into train and validation by the same fraction (a stratified split), the same way for one seed.
-With --split hash, each file goes to validation by a hash of its name instead (TensorFlow's retrain.py
-rule, finetune_alexnet/image_lists.py): adding images to the folder never moves an existing image from
-one list to the other, and `name_nohash_1.jpg`, `name_nohash_2.jpg` (variants of one subject) land
-together; the fraction then holds on average rather than exactly per class.
-A name that a line cannot hold (a line break of any kind, bytes that are not UTF-8; for a class, also
-whitespace at either end or a control character) is refused by name, so the lists read back exactly
-as written; FIFOs, sockets, devices and dangling symlinks are skipped with a note, never opened.
-
-With --imagenet_val, DIR is ImageNet's ILSVRC2012 validation set (`ILSVRC2012_val_00000001.JPEG` ...,
-flat or in WordNet-id folders) and --labels its ground truth: Kaggle's LOC_val_solution.csv, the
-devkit's ILSVRC2012_validation_ground_truth.txt (with the devkit's meta.mat beside it, or --meta), or
-Caffe's val.txt. Only val.txt is written, every image in it, labelled in the BVLC weights' order
-(sorted WordNet ids, the order of caffe_classes.py), for `predict.py --evaluate`
-(see finetune_alexnet/imagenet.py).
+FOLDER holds one sub-folder per class (`FOLDER/cat/*.jpg`) or Kaggle's flat `FOLDER/cat.0.jpg` names.
+The layouts, the splits, the list format and what a name may hold: docs/data.md#your-own-images-make_listspy;
+--imagenet_val: docs/data.md#the-imagenet-validation-set. The work is in finetune_alexnet/image_lists.py.
 """
 
 import sys

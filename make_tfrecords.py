@@ -3,20 +3,9 @@
     python make_tfrecords.py lists/train.txt lists/val.txt --out_dir shards [--pre_resize]
     python finetune.py --train_file 'shards/train-*' --val_file 'shards/val-*' ...
 
-Each list (`path label` lines, as make_lists.py writes them) becomes shards named after it,
-`train-00000-of-00004.tfrecord`, ..., with TF-Slim's keys (`image/encoded`, `image/format`,
-`image/class/label`, `image/class/text`, `image/height`, `image/width`, `image/filename`), in an order
-shuffled by --seed (--keep_order: the list's), each shard 100 MB or more where the data allow
-(--num_shards to choose). `image/class/text` comes from classes.txt (the one beside the first list,
-or --class_names), which is copied into --out_dir. Every image is decoded once on the way in: one that
-fails, or is over --max_pixels, stops the command with its name before anything is written, unless
---skip_bad_images. --pre_resize stores each image resized to 256x256 as a JPEG of quality 95 (as
-Caffe's ImageNet LMDB was built), which decodes faster than a photo.
-
-Existing shards of the same name are replaced only with --overwrite (and then only files named as
-those shards). The shards are written under temporary names and renamed into place when complete,
-so an interrupted run (Ctrl-C, SIGTERM) leaves what was there before. The work is in
-finetune_alexnet/tfrecords.py.
+Each list becomes shards named after it (`train-00000-of-00004.tfrecord`, ...), and classes.txt is
+copied beside them. What a record holds, the order, the checks and --pre_resize:
+docs/distributed.md#sharded-tfrecord-data-sets. The work is in finetune_alexnet/tfrecords.py.
 """
 import sys
 
@@ -108,8 +97,6 @@ def class_names_file(args):
 
 def names_these_classes(path, class_names):
     """The classes.txt at `path` exists and names exactly `class_names`."""
-    if not os.path.exists(path):
-        return False
     try:
         return model_info.read_class_names_file(path, len(class_names)) == list(class_names)
     except ToolkitError:

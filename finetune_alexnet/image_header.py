@@ -1,39 +1,15 @@
-"""How many pixels an image file will decode to, every frame counted, read before anything is decoded.
+"""How many pixels an image file will decode to, every frame counted, read before anything is decoded:
+the toolkit refuses images over `--max_pixels` (default `DEFAULT_MAX_PIXELS`) without decoding them
+(why, and what each format's walk reads: docs/data.md#broken-and-huge-images).
 
-A PNG of 23000x23000 black pixels compresses to 1.6 MB and decodes to 1.6 GB; a GIF whose screen says
-1x1 can hold a 12000x12000 frame; an animation's frames are decoded one after another and held at
-once. The file's structure says all of it, so the toolkit refuses images over `--max_pixels` (default
-`DEFAULT_MAX_PIXELS`, 100 megapixels, more than any camera photo) without decoding them.
+`image_type(head)` names the format from a file's first bytes: the one test of what a file is.
+`image_frames(path)` reads the file without TensorFlow and without decoding, and returns its canvas,
+its frames and `pixels`: the frames' pixels added up, each at least the canvas (decoders draw every
+frame on a canvas-sized buffer); None for anything it cannot read. A walk takes at most `MAX_BLOCKS`
+steps and `MAX_SUB_BLOCKS` GIF data sub-blocks: a file that needs more counts as too large.
 
-`image_type(head)` names the format from a file's first bytes: the one test of what a file is (the
-folder cleaner, the shard writer's image/format and the walks below ask it). `image_frames(path)`
-reads the file without TensorFlow and without decoding, and returns its canvas, its frames and
-`pixels`: the frames' pixels added up, each frame counted at least as large as the canvas (decoders
-draw every frame on a canvas-sized buffer):
-
-    BMP   the DIB header, read by Pillow (BmpImagePlugin)
-    JPEG  the SOF segment, found by walking the segments
-    PNG   IHDR; an APNG's acTL (frames declared) and every fcTL (each frame's size)
-    GIF   the logical screen and every image descriptor, walking extensions and data sub-blocks
-    WebP  VP8, VP8L and VP8X chunks; every ANMF frame of an animation
-
-Pillow's BMP class, not `Image.open`, whose bomb check (`Image.MAX_IMAGE_PIXELS`, left as it is)
-would refuse a header before we report its size: `--max_pixels` is the one limit, and nothing is
-decoded. It reads the first 64 KiB (header and palette fit); a BMP it does not read goes to the
-decoder, which first checks that the file holds every pixel. The rest is walked here, 64 KiB at a
-time: Pillow gives no frame's size past the first without decoding (an APNG frame larger than its
-canvas is an error to it, yet `graph_pixels` counts it), bounds no walk, reads a whole WebP and has
-libwebp allocate its canvas on opening it, and refuses a JPEG whose SOF follows a TEM marker, which
-libjpeg skips and decodes (so a 60000x60000 SOF behind one would reach the decoder).
-A walk takes at most `MAX_BLOCKS` steps (PNG and WebP chunks, GIF frames and extensions: some 2,500
-frames) and `MAX_SUB_BLOCKS` GIF data sub-blocks (they hold 255 bytes each, so 64 MB of frames): a
-file that needs more is counted as too large rather than walked for minutes. `image_frames`
-returns None for anything it cannot read; the decoder then reports the file as it always did.
-
-`graph_pixels(image_bytes)` counts the same from a string tensor, as graph ops, for graphs that decode
-with no Python at hand (the exported SavedModel checks each request with it); JPEG's size there comes
-from TensorFlow's own header reader, `tf.image.extract_jpeg_shape`. TensorFlow is imported only there,
-so the folder scans that use the extensions below need none.
+`graph_pixels(image_bytes)` counts the same as graph ops, for graphs that decode with no Python at
+hand (the exported SavedModel). TensorFlow is imported only there, so folder scans need none.
 """
 import collections
 import io
@@ -117,8 +93,6 @@ class _FileBytes:
             return b''.join(
                 self._chunk(index)[max(start - index * self._CHUNK, 0):stop - index * self._CHUNK]
                 for index in range(start // self._CHUNK, (stop - 1) // self._CHUNK + 1))
-        if key < 0:
-            key += self._size
         if not 0 <= key < self._size:
             raise IndexError(key)
         return self._chunk(key // self._CHUNK)[key % self._CHUNK]  # IndexError if the file shrank
@@ -160,7 +134,7 @@ def frames_of(data):
 
 
 def _bmp_frames(data):
-    """Pillow's plugin class, not Image.open (see above), on the first 64 KiB."""
+    """Pillow's BMP class on the first 64 KiB: Image.open's bomb check would refuse the header."""
     try:
         return _single(*BmpImagePlugin.BmpImageFile(io.BytesIO(data[:1 << 16])).size)
     except (SyntaxError, OSError):  # what Pillow raises for a header it does not read, or cut short

@@ -1,19 +1,10 @@
-"""Image lists: find the labelled images in a folder, split them, write train.txt, val.txt, classes.txt.
+"""Image lists: find the labelled images in a folder, split them, write train.txt, val.txt, classes.txt
+(the layouts, the two splits, what a list line holds: docs/data.md#your-own-images-make_listspy).
 
-A folder is in one of two layouts: one sub-folder per class (`cat/*.jpg`, searched recursively,
-symlinked folders followed unless they loop back), or Kaggle's flat `cat.0.jpg` names. Only regular
-files (or symlinks to them) are listed: FIFOs, sockets, devices and dangling symlinks are left out
-with a note, never opened (reading a FIFO waits for a writer forever). Labels follow
-the sorted class names. The split is stratified (every class gives the same fraction to validation,
-the same way for one seed), or by a hash of each file's name (TensorFlow's retrain.py rule: adding
-images never moves one between the lists, and `_nohash_` variants stay together). A list line is
-`path label` (the label is the last field, so a path may hold spaces); classes.txt has one
-`label name` line per class. A name that a line cannot hold (a line break of any kind, bytes that
-are not UTF-8; for a class name, also whitespace at either end or a control character) is refused
-by name, so what is written reads back the same (datagenerator.read_list,
-model_info.read_class_names_file). make_lists.py and get_data.py write lists through
-`write_folder_lists`; finetune.py's demo and bench/ through `find_images`, `split_stratified` and
-`write_lists`.
+A name that a line cannot hold is refused by name, so what is written reads back the same
+(datagenerator.read_list, model_info.read_class_names_file). make_lists.py and get_data.py write lists
+through `write_folder_lists`; finetune.py's demo and bench/ through `find_images`, `split_stratified`
+and `write_lists`.
 """
 import errno
 import hashlib
@@ -87,11 +78,9 @@ def line_problem(text):
 
 
 def class_name_problem(name):
-    """Why `name` cannot be a class name (classes.txt, model_info.json), or None.
-
-    The classes.txt reader strips each name, and a name is printed in tables and reports: so no
-    whitespace at either end and no control character (a line break, a tab, a terminal escape).
-    """
+    """Why `name` cannot be a class name (classes.txt, model_info.json), or None: the classes.txt
+    reader strips each name, and names are printed, so no whitespace at either end and no control
+    character (a line break, a tab, a terminal escape)."""
     if not isinstance(name, str) or not name.strip():
         return 'is empty'
     if name != name.strip():
@@ -182,10 +171,9 @@ def printable(path):
     return repr(path) if line_problem(path) else path
 
 
-def scan_class_folders(folder, class_folders, loose_files, skipped_entries=None):
+def scan_class_folders(folder, class_folders, loose_files, skipped_entries):
     """Scan the sub-folder layout: each sub-folder (searched recursively) is one class."""
     paths, labels, non_images = [], [], []
-    skipped_entries = [] if skipped_entries is None else skipped_entries
     for class_name in class_folders:
         check_class_name(class_name, os.path.join(folder, class_name))
     seen = {os.path.realpath(os.path.join(folder, name)) for name in class_folders}
@@ -211,10 +199,9 @@ def scan_class_folders(folder, class_folders, loose_files, skipped_entries=None)
     return FolderScan(paths, labels, list(class_folders), non_images, outside, skipped_entries)
 
 
-def scan_flat_folder(folder, files, skipped_entries=None):
+def scan_flat_folder(folder, files, skipped_entries):
     """Scan Kaggle's flat layout: `cat.0.jpg` is class 'cat'."""
     named, non_images = [], []
-    skipped_entries = [] if skipped_entries is None else skipped_entries
     for file_name in files:
         path = os.path.join(folder, file_name)
         if not is_listable(path, skipped_entries):
@@ -273,18 +260,13 @@ def scan_folder(folder):
 def find_duplicates(paths):
     """Groups of paths whose files have the same content (sha256), in list order; only files of
     equal size are read."""
-    by_size = {}
-    for path in paths:
-        by_size.setdefault(os.path.getsize(path), []).append(path)
+    sizes = [os.path.getsize(path) for path in paths]
+    count = Counter(sizes)
     by_digest = {}
-    for group in by_size.values():
-        if len(group) < 2:
-            continue
-        for path in group:
+    for path, size in zip(paths, sizes):
+        if count[size] > 1:
             by_digest.setdefault(digests.file_sha256(path), []).append(path)
-    position = {path: number for number, path in enumerate(paths)}
-    return sorted((group for group in by_digest.values() if len(group) > 1),
-                  key=lambda group: position[group[0]])
+    return [group for group in by_digest.values() if len(group) > 1]
 
 
 def find_images(folder):
@@ -343,11 +325,9 @@ def validation_count(class_size, val_fraction):
 
 
 def split_stratified(paths, labels, val_fraction, seed):
-    """Split images into (train, val) lists of (path, label) pairs, every class by the same fraction.
-
-    Deterministic for a seed. Validation keeps the input order; training is shuffled (with the seed)
-    because a streaming shuffle buffer smaller than the data set would otherwise see one class at a time.
-    """
+    """Split images into (train, val) lists of (path, label) pairs, every class by the same fraction,
+    the same for a seed. Validation keeps the input order; training is shuffled, as a streaming shuffle
+    buffer smaller than the data set would otherwise see one class at a time."""
     check_val_fraction(val_fraction)
     rng = random.Random(seed)
     members_of = {}
@@ -372,13 +352,9 @@ MAX_NUM_IMAGES_PER_CLASS = 2**27 - 1
 
 
 def hash_name(path):
-    """What the hash split hashes: the file's name without its folder, and without any `_nohash_...`
-    part, so that `leaf3_nohash_0.jpg` and `leaf3_nohash_1.jpg` (one subject) land together.
-
-    retrain.py hashes the path as it globbed it, folder included, so its split changes when the data
-    set moves; the name alone (as the speech commands data set's `which_set` does) stays put, and
-    keeps a subject's variants together across classes too.
-    """
+    """What the hash split hashes: the file's name without its folder (retrain.py hashes the globbed
+    path, so its split changes when the data set moves) and without any `_nohash_...` part, so that
+    `leaf3_nohash_0.jpg` and `leaf3_nohash_1.jpg` (one subject) land together, across classes too."""
     return re.sub(r'_nohash_.*$', '', os.path.basename(path))
 
 
@@ -390,13 +366,8 @@ def hash_percentage(path):
 
 def split_by_hash(paths, labels, val_fraction, seed):
     """Split images into (train, val) lists of (path, label) pairs by retrain.py's rule: a file goes
-    to validation when its `hash_percentage` is below 100 * val_fraction.
-
-    A file's side depends on its name only, so adding images never moves one between the lists; the
-    fraction holds on average, not per class (a small class may get none, or only, validation
-    images: `split_notes` says so). Validation keeps the input order; training is shuffled with
-    `seed`, which changes nothing else.
-    """
+    to validation when its `hash_percentage` is below 100 * val_fraction, so the fraction holds on
+    average, not per class (`split_notes`). Validation keeps the input order; `seed` shuffles training."""
     check_val_fraction(val_fraction)
     train, val = [], []
     for path, label in zip(paths, labels):
@@ -404,14 +375,6 @@ def split_by_hash(paths, labels, val_fraction, seed):
         side.append((path, label))
     random.Random(seed).shuffle(train)
     return train, val
-
-
-def split_images(paths, labels, val_fraction, seed, method='stratified'):
-    """(train, val) by `method`: 'stratified' (split_stratified) or 'hash' (split_by_hash)."""
-    if method not in SPLITS:
-        raise ToolkitError(f"--split {method!r}: choose one of {', '.join(SPLITS)}")
-    splitter = split_by_hash if method == 'hash' else split_stratified
-    return splitter(paths, labels, val_fraction, seed)
 
 
 def split_notes(train, val, class_names):
@@ -439,25 +402,23 @@ def list_path(path, list_folder, relative):
     return os.path.join('.', path) if path[0] in '#~\ufeff' or path[0].isspace() else path
 
 
+def _write_lines(path, lines):
+    try:
+        with open(path, 'w', encoding='utf-8') as handle:
+            handle.writelines(f'{line}\n' for line in lines)
+    except OSError as exc:
+        raise ToolkitError(f'{path}: cannot write ({exc.strerror})') from None
+
+
 def write_list(list_file, pairs, relative=False):
     """Write one `path label` line per (path, label) pair."""
-    list_folder = os.path.dirname(os.path.abspath(list_file))
-    try:
-        with open(list_file, 'w', encoding='utf-8') as handle:
-            for path, label in pairs:
-                handle.write(f'{list_path(path, list_folder, relative)} {label}\n')
-    except OSError as exc:
-        raise ToolkitError(f'{list_file}: cannot write ({exc.strerror})') from None
+    folder = os.path.dirname(os.path.abspath(list_file))
+    _write_lines(list_file, (f'{list_path(path, folder, relative)} {label}' for path, label in pairs))
 
 
 def write_class_names(classes_file, class_names):
     """Write one `label name` line per class."""
-    try:
-        with open(classes_file, 'w', encoding='utf-8') as handle:
-            for label, class_name in enumerate(class_names):
-                handle.write(f'{label} {class_name}\n')
-    except OSError as exc:
-        raise ToolkitError(f'{classes_file}: cannot write ({exc.strerror})') from None
+    _write_lines(classes_file, (f'{label} {name}' for label, name in enumerate(class_names)))
 
 
 def make_out_dir(out_dir):
@@ -480,28 +441,26 @@ def write_lists(out_dir, train, val, class_names, relative=False):
 def write_folder_lists(folder, out_dir, val_fraction, seed, relative=False, method='stratified'):
     """Scan `folder`, split it by `val_fraction` with `seed` (`method`: 'stratified' or 'hash'),
     write the three files into out_dir."""
+    if method not in SPLITS:
+        raise ToolkitError(f"--split {method!r}: choose one of {', '.join(SPLITS)}")
     scan = scan_folder(folder)
-    train, val = split_images(scan.paths, scan.labels, val_fraction, seed, method)
+    splitter = split_by_hash if method == 'hash' else split_stratified
+    train, val = splitter(scan.paths, scan.labels, val_fraction, seed)
     list_files = write_lists(out_dir, train, val, scan.class_names, relative)
     return FolderLists(scan, train, val, list_files)
 
 
-def count_table(train, val, class_names):
-    """Lines of the per-class train/val count table."""
-    train_counts = Counter(label for _, label in train)
-    val_counts = Counter(label for _, label in val)
+def summary(lists):
+    """The per-class train/val count table of a FolderLists, and the files it wrote."""
+    train_counts = Counter(label for _, label in lists.train)
+    val_counts = Counter(label for _, label in lists.val)
+    class_names = lists.scan.class_names
     width = max(len(name) for name in class_names + ['class'])
     lines = [f'{"label":>5}  {"class":<{width}}  {"train":>6}  {"val":>6}']
     for label, class_name in enumerate(class_names):
         lines.append(f'{label:>5}  {class_name:<{width}}  {train_counts[label]:>6}  {val_counts[label]:>6}')
-    lines.append(f'{"":>5}  {"total":<{width}}  {len(train):>6}  {len(val):>6}')
-    return lines
-
-
-def summary(lists):
-    """The count table of a FolderLists and the files it wrote."""
-    return count_table(lists.train, lists.val, lists.scan.class_names) + [
-        'wrote ' + ', '.join(lists.files.values())]
+    lines.append(f'{"":>5}  {"total":<{width}}  {len(lists.train):>6}  {len(lists.val):>6}')
+    return lines + ['wrote ' + ', '.join(lists.files.values())]
 
 
 # --- ImageNet's validation set ------------------------------------------------------------------

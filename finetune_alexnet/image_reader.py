@@ -1,16 +1,12 @@
 """The one input pipeline behind both readers of labelled images: a list file's (datagenerator.py's
 `ImageDataGenerator`) and TFRecord shards' (tfrecords.py's `ShardImageDataGenerator`).
 
-What differs is where an image's bytes come from, its source: `FileSource` (image files, named by a
-list) here, `tfrecords.RecordSource` (records in shards, read at their offsets) beside the shards.
-A source says how many images it has, names one in a message (`where`), finds the ones over the pixel
-limit from their headers (`oversized`) and the ones that fail without decoding (`known_bad`), gives a
-dataset of what `decode` takes for given positions (`elements`), and one image's bytes alone
-(`alone`). Everything else lives here once: the epoch's order and crops, decoding and batches (by
-preprocessing.py's functions, the one definition), skipped and dropped images, and the errors.
-
-A corrupt image is found only by decoding it. `undecodable` decodes a source's images in parallel,
-dropping the failures, then decodes only the failures again, one by one, for TensorFlow's reason.
+What differs is where an image's bytes come from, its source: `FileSource` (a list's files) or
+`tfrecords.RecordSource` (records read at their offsets). A source has a length, names an image
+(`where`), finds the images over the pixel limit from their headers (`oversized`) and those that fail
+without decoding (`known_bad`), gives a dataset of what `decode` takes (`elements`) and one image's
+bytes (`alone`). Everything else lives here once: the epoch's order and crops, decoding and batches
+(by preprocessing.py), skipped and dropped images, and the errors.
 """
 import os
 
@@ -137,21 +133,25 @@ def undecodable(source, workers=None):
             num_parallel_calls=workers, deterministic=False)
         # Dropping failures keeps the pass going; whatever does not come out is a bad image.
         dataset = dataset.ignore_errors().batch(1024)
-        options = tf.data.Options()
-        options.threading.private_threadpool_size = workers
-        # An initializable iterator: a one-shot one asks for a random seed, which fails while a
-        # seeded fine-tuning run (op determinism on) reports a bad image through this function.
-        iterator = tf.data.make_initializable_iterator(dataset.with_options(options))
-        next_batch = iterator.get_next()
-        session.run(iterator.initializer)
-        decoded = set()
-        try:
-            while True:
-                decoded.update(session.run(next_batch)[0].tolist())
-        except tf.errors.OutOfRangeError:
-            pass
+        decoded = {int(p) for positions, _ in run_to_end(session, dataset, workers) for p in positions}
     reasons.update(decode_alone(source, [p for p in present.tolist() if p not in decoded]))
     return reasons
+
+
+def run_to_end(session, dataset, workers):
+    """Each element of `dataset`, run in `session` with a pool of `workers` threads of its own."""
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = workers
+    # An initializable iterator: a one-shot one asks for a random seed, which fails while a seeded
+    # fine-tuning run (op determinism on) reports a bad image through `undecodable`.
+    iterator = tf.data.make_initializable_iterator(dataset.with_options(options))
+    next_element = iterator.get_next()
+    session.run(iterator.initializer)
+    while True:
+        try:
+            yield session.run(next_element)
+        except tf.errors.OutOfRangeError:
+            return
 
 
 def decode_alone(source, positions):
@@ -188,7 +188,8 @@ def unreadable_error(source, workers=None, prefix=None, hint=None):
 def prediction_batches(source, batch_size, center_crop=False, skip_bad_images=False, ten_crop=False,
                        resize_size=preprocessing.RESIZE_SIZE):
     """A dataset of (images float32 [b, 227, 227, 3], positions int64 [b]) of `source`'s images, in
-    order, pre-processed as prediction pre-processes them (preprocessing.prediction_batches).
+    order, as inference takes them: resized whole, or the centre crop of the `resize_size` resize with
+    `center_crop`, or with `ten_crop` each image's ten crops (rows 10 i ... 10 i + 9 of [10 b, ...]).
 
     Images over the pixel limit (from their headers) raise ToolkitError at once, or are left out with
     `skip_bad_images` (which also drops the images that fail to decode); `positions` say which remain.
@@ -200,48 +201,45 @@ def prediction_batches(source, batch_size, center_crop=False, skip_bad_images=Fa
         positions = np.setdiff1d(positions, list(oversized)).astype(np.int64)
         if not skip_bad_images or not len(positions):
             raise too_large_error(source, oversized)
-    return preprocessing.prediction_batches(
-        tf.data.Dataset.zip((source.elements(positions), tf.data.Dataset.from_tensor_slices(positions))),
-        source.decode, batch_size, center_crop=center_crop, ten_crop=ten_crop,
-        skip_bad_images=skip_bad_images, resize_size=resize_size)
+
+    @NOT_CONVERTED
+    def load(element, position):
+        image = source.decode(element)
+        if ten_crop:
+            return preprocessing.ten_crops(image, resize_size), position
+        return preprocessing.resize_for_model(image, augment=center_crop, resize_size=resize_size), position
+
+    @NOT_CONVERTED
+    def finish_batch(images, positions):
+        if ten_crop:  # [b, 10, 227, 227, 3] -> [10 b, 227, 227, 3]: image after image
+            images = tf.reshape(images, [-1, preprocessing.INPUT_SIZE, preprocessing.INPUT_SIZE, 3])
+        return preprocessing.normalize(images), positions
+
+    dataset = tf.data.Dataset.zip((source.elements(positions), tf.data.Dataset.from_tensor_slices(positions)))
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if skip_bad_images:
+        dataset = dataset.ignore_errors()
+    dataset = dataset.batch(batch_size).map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 class ImageReader:
-    """Pre-processed, batched (images, one-hot labels) of a labelled data set, as `self.data`.
+    """Pre-processed, batched (images, one-hot labels) of a labelled data set, as `self.data`: not
+    repeated (re-initialise its iterator every epoch), its last batch perhaps smaller.
 
-    `mode` is 'training' or 'inference'; it matters only with `augment`, the paper's augmentation
-    (resize to 256, then a random 227 crop and a random left-right flip in training, the centre crop
-    in inference). With `shuffle` the whole data set's order is reshuffled at every initialisation of
-    an iterator over `self.data`: a different order each epoch, the same sequence of orders for the
-    same `seed` in a fresh graph. To tie the order (and the crops) to the epoch number instead, so
-    that a resumed run sees the orders of an uninterrupted one, feed it when initialising:
-    `session.run(init_op, {generator.epoch: epoch})`; feed `generator.skip` as well (a count of
-    images) to start the epoch that many places into its order, as a run resumed mid-epoch must:
-    the skipped images are dropped before anything is read or decoded (with `skip_bad_images` after
-    decoding, since dropped images shift the batches). Positions are shuffled, not decoded images,
-    so shuffling costs no memory.
+    `mode` ('training' or 'inference') matters only with `augment` (preprocessing.resize_for_model).
+    With `shuffle`, positions (not decoded images) are reshuffled at every initialisation, the same
+    sequence of orders for one `seed` in a fresh graph; feeding `epoch` ties the order and the crops
+    to the epoch, and `skip` starts it that many images in, as a run resumed mid-epoch must. An image
+    that fails to decode makes session.run raise one of `IMAGE_ERRORS` (raise
+    `unreadable_images_error()`, which names it), or with `skip_bad_images` is dropped and counted by
+    `describe_skipped(images the epoch yielded)`. On several workers `batch_size` is the global batch,
+    and worker `worker_index` of `num_workers` gets its rows of each (preprocessing.worker_rows;
+    `skip` then counts this worker's images).
 
-    `self.data` is not repeated: re-initialise its iterator for every epoch. Its last batch may be
-    smaller than `batch_size` (no image is dropped). Attributes: `data`, `data_size`, `paths`,
-    `labels` (int64 array), `num_classes`, `txt_file` (the data set as given), `epoch` and `skip`
-    (the optional feeds above).
-
-    An image that fails to decode makes session.run raise one of `IMAGE_ERRORS`; catch it and raise
-    `unreadable_images_error()`, which names the image:
-
-        except datagenerator.IMAGE_ERRORS:
-            raise train_data.unreadable_images_error() from None
-
-    With `skip_bad_images=True` such images are dropped instead: count the images an epoch yields
-    (the sum of the batch sizes) and pass the count to `describe_skipped` for the report.
-
-    On several workers (finetune_alexnet/train/distribute.py), `batch_size` is the global batch and
-    worker `worker_index` of `num_workers` gets its rows of each: batches of batch_size /
-    num_workers, in the order every worker shares (`skip` then counts this worker's images).
-
-    A reader is this class and its source: `_open` returns the `FileSource` or
-    `tfrecords.RecordSource` of `txt_file` (setting `paths` and `labels`), checked before any graph is
-    built; `check_command` names the command that lists a data set's unreadable images, if any.
+    Attributes: `data`, `data_size`, `paths`, `labels` (int64), `num_classes`, `txt_file` (the data set
+    as given), `epoch`, `skip`. A subclass's `_open` returns the source of `txt_file` (setting `paths`
+    and `labels`); `check_command` names the command that lists its unreadable images, if any.
     """
     check_command = None
 
@@ -257,15 +255,23 @@ class ImageReader:
         self.mode, self.batch_size, self.num_classes = mode, batch_size, num_classes
         self.shuffle, self.seed, self.augment = shuffle, seed, augment
         self.skip_bad_images, self.max_pixels = skip_bad_images, max_pixels
-        self.num_workers, self.worker_index, self.worker_batch_size = preprocessing.worker_part(
-            batch_size, num_workers, worker_index)
+        if num_workers < 1 or not 0 <= worker_index < num_workers:
+            raise ValueError(f'worker_index must be in 0..num_workers - 1, got {worker_index} of '
+                             f'{num_workers}')
+        if batch_size % num_workers:
+            raise ValueError(f'batch_size {batch_size} does not split evenly over {num_workers} workers')
+        self.num_workers, self.worker_index = num_workers, worker_index
+        self.worker_batch_size = batch_size // num_workers
         self.source = self._open()
         # From the headers, before any graph is built: one such image could exhaust the memory.
         oversized = self.source.oversized()
         if oversized:
             raise too_large_error(self.source, oversized, self.txt_file)
         self.data_size = len(self.source)
-        self.epoch, self.skip = preprocessing.epoch_feeds()
+        # Optional feeds of an initialisation: `epoch` pins the order (-1: a new draw), `skip` starts
+        # the epoch that many images into it.
+        self.epoch = tf.placeholder_with_default(tf.constant(-1, tf.int64), [], name='epoch')
+        self.skip = tf.placeholder_with_default(tf.constant(0, tf.int64), [], name='skip')
         self.data = self._build_dataset()
 
     def _open(self):
@@ -274,9 +280,23 @@ class ImageReader:
     def _build_dataset(self):
         training = self.mode == 'training'
         random_crops = training and self.augment
-        positions, epoch_key = preprocessing.epoch_order(
-            self.data_size, self.seed, self.epoch, self.shuffle, random_crops, self.batch_size,
-            self.num_workers, self.worker_index)
+        positions = tf.range(self.data_size, dtype=tf.int64)
+        if self.shuffle or random_crops:
+            # The key of the epoch's shuffle and crops: drawn by a seeded stateful op at every
+            # initialisation (a seed repeats the epochs in a fresh graph; the shuffle's own
+            # reshuffle_each_iteration would repeat one order, as an initializable iterator rebuilds
+            # the dataset), or made of the seed and a fed `epoch`, so that a resumed run replays the
+            # uninterrupted one's orders. Lists and shards share it, so their batches agree.
+            drawn = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64, seed=self.seed)
+            base = self.seed if self.seed is not None else np.random.randint(2**31)
+            pinned = tf.stack([tf.constant(base, tf.int64), self.epoch])
+            epoch_key = tf.where(self.epoch >= 0, pinned, drawn)
+        if self.shuffle:
+            positions = tf.random.experimental.stateless_shuffle(positions, seed=epoch_key)
+        if self.num_workers > 1:
+            rows = preprocessing.worker_rows(self.data_size, self.batch_size, self.worker_index,
+                                             self.num_workers)
+            positions = tf.gather(positions, tf.constant(rows, tf.int64))
         if not self.skip_bad_images:
             # Skipped before reading: a resumed epoch reads no image it will not train on.
             positions = positions[self.skip:]
@@ -288,15 +308,18 @@ class ImageReader:
             crop_key = (tf.random.experimental.stateless_fold_in(epoch_key, position) if random_crops
                         else None)
             image = self.source.decode(element)
-            return preprocessing.resize_for_model(image, training, self.augment, crop_key), label
+            return (preprocessing.resize_for_model(image, training, self.augment, crop_key),
+                    tf.one_hot(label, self.num_classes))
 
         labels = tf.data.Dataset.from_tensor_slices((tf.gather(tf.constant(self.labels), positions),
                                                      positions))
         dataset = tf.data.Dataset.zip((self.source.elements(positions), labels))
         # In order, so that a seed fixes the batches too; decoding still runs on every core.
         dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return preprocessing.batches_for_model(dataset, self.worker_batch_size, self.num_classes,
-                                               self.skip_bad_images, self.skip)
+        if self.skip_bad_images:
+            # Dropped images shift the batches: a resumed epoch's consumed part counts decoded images.
+            dataset = dataset.ignore_errors().skip(self.skip)
+        return dataset.batch(self.worker_batch_size).prefetch(tf.data.AUTOTUNE)
 
     def unreadable_images_error(self, workers=None):
         """A ToolkitError naming the unreadable images (with their lines or records), to raise after

@@ -1,36 +1,13 @@
-"""Sharded TFRecord data sets: written from a list file, read back exactly as the list pipeline reads.
+"""Sharded TFRecord data sets: written from a list file, read back exactly as the list pipeline reads
+(what a record holds, the order, the checks: docs/distributed.md#sharded-tfrecord-data-sets).
 
-Writing (`write_shards`, for make_tfrecords.py): every image of a list becomes one `tf.train.Example`
-with TF-Slim's keys (`image/encoded`, `image/format`, `image/class/label`, `image/class/text`,
-`image/height`, `image/width`, `image/filename`), in an order shuffled by a seed, split into
-`train-00000-of-00004.tfrecord`-style shards of at least `TARGET_SHARD_BYTES` where the data allow
-(TensorFlow's guidance: 100 MB or more per shard; fewer, larger shards for a small set). Each image is
-decoded once on the way in, with the training decoder: a file that fails is named (or, told, left out),
-and height and width are the decoded ones. The bytes stored are the file's own, untouched, unless
-`pre_resize`: then the image is resized to 256x256 (bilinear, as the pipeline resizes; Caffe's
-ImageNet LMDB was built at 256x256 too) and stored as a JPEG of quality `PRE_RESIZE_QUALITY` (colour
-at half resolution, OpenCV's and Caffe's default), which decodes faster than a photo; such records
-need not give the list's pixels exactly.
-Shards are written under temporary names and renamed into place once all are complete.
-
-Reading: `find_shards` expands a folder of `*.tfrecord` files, a glob pattern or one file into the
-shards, in name order; `index_shards` reads each record once to learn where it starts, how long it is,
-its label, size and file name (seconds per GB, when a data set is opened). The records' global order
-is that index's: shard after shard, record after record. `ShardImageDataGenerator` is
-datagenerator.ImageDataGenerator over that index: both are image_reader.ImageReader (epoch-pinned
-shuffle, mid-epoch skip, unreadable images named or skipped), with a `RecordSource` for the list's
-files. Each epoch's shuffle permutes the global positions exactly as the list pipeline permutes its
-lines, and each record is then read at its byte offset (random access, TFRecordDatasetV2's
-`byte_offsets`), so an epoch visits the records in the global order a list in the same order would
-give, and without pre-resize its batches equal that list's bit for bit (preprocessing.py, the one
-definition, decodes both). `images_dataset` is prediction's reader.
-
-Pixel limit: a record's `image/height` x `image/width` is checked against `max_pixels` when the shards
-are opened, before anything is decoded; and since those fields are only what the writer claims
-(another tool's shards may say 100x100 for a PNG of 15000x15000), every record's encoded image is held
-to `max_pixels` again as it is decoded, from its own header (`preprocessing.decode_rgb`'s check, as
-for list images): a record over it fails like an unreadable one, named with its shard and record, or
-is skipped and counted with `skip_bad_images`.
+Writing (`write_shards`, for make_tfrecords.py): every image becomes one `tf.train.Example` with
+TF-Slim's keys, decoded once on the way in, in an order shuffled by a seed, into shards of at least
+`TARGET_SHARD_BYTES` written under temporary names and renamed into place once all are complete.
+Reading: `find_shards` names the shards, `index_shards` reads each record once to learn where it
+starts and what it holds, and `ShardImageDataGenerator` is image_reader.ImageReader over a
+`RecordSource`, which reads each record at its byte offset (TFRecordDatasetV2's `byte_offsets`), so
+an epoch visits the records in the order a list in the same order would give.
 """
 import collections
 import contextlib
@@ -124,7 +101,7 @@ def _check_complete(spec, files):
     for (prefix, count), indices in sorted(sets.items()):
         missing = sorted(set(range(count)) - indices)
         if missing:
-            names = [f'{prefix}-{index:05d}-of-{count:05d}{EXTENSION}' for index in missing]
+            names = [shard_file_name(prefix, index, count) for index in missing]
             raise ToolkitError(f'{spec}: {plural(len(missing), "shard")} of {count} missing: '
                                + summarize(names))
 
@@ -187,16 +164,15 @@ def shard_count(record_bytes, images, num_shards=None):
     return int(max(1, min(images, MAX_SHARDS, record_bytes // TARGET_SHARD_BYTES)))
 
 
-def make_example(encoded, label, text, height, width, filename, image_format_name=None):
+def make_example(encoded, label, text, height, width, filename):
     """The `tf.train.Example` of one image, with TF-Slim's keys."""
     def bytes_feature(value):
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
     def int_feature(value):
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-    fmt = image_header.image_type(encoded) if image_format_name is None else image_format_name
     return tf.train.Example(features=tf.train.Features(feature={
-        ENCODED: bytes_feature(encoded), FORMAT: bytes_feature(fmt.encode()),
+        ENCODED: bytes_feature(encoded), FORMAT: bytes_feature(image_header.image_type(encoded).encode()),
         LABEL: int_feature(label), TEXT: bytes_feature(text.encode('utf-8')),
         HEIGHT: int_feature(height), WIDTH: int_feature(width),
         FILENAME: bytes_feature(os.fspath(filename).encode('utf-8'))}))
@@ -232,10 +208,7 @@ class _ShardWriter:
         self.out_dir, self.prefix, self.count, self.bounds = out_dir, prefix, count, bounds
         self.report = report
         self.names = [shard_file_name(prefix, index, count) for index in range(count)]
-        self.shard = -1
-        self.writer = None
-        self.records = 0
-        self.total_bytes = 0
+        self.shard, self.writer, self.records, self.total_bytes = -1, None, 0, 0
 
     def _path(self, shard, partial=True):
         return os.path.join(self.out_dir, self.names[shard] + (PARTIAL if partial else ''))
@@ -289,10 +262,8 @@ class _ShardWriter:
 
     def discard(self):
         if self.writer is not None:
-            try:
+            with contextlib.suppress(OSError, tf.errors.OpError):  # the failure being cleaned up, again
                 self.writer.close()
-            except (OSError, tf.errors.OpError):  # the failure being cleaned up, again
-                pass
             self.writer = None
         for shard in range(self.count):
             if os.path.exists(self._path(shard)):
@@ -348,27 +319,16 @@ def write_shards(paths, labels, out_dir, prefix, class_names=None, num_shards=No
     texts = list(class_names) if class_names else None
 
     workers = workers or os.cpu_count() or 1
-    with tf.Graph().as_default(), tf.Session(config=tf_setup.session_config()) as session:
-        dataset = tf.data.Dataset.from_tensor_slices((order, [paths[p] for p in order]))
-        dataset = dataset.map(_prepare_fn(pre_resize), num_parallel_calls=workers, deterministic=True)
-        # A file that fails drops out here; the gap in the positions names it below.
-        dataset = dataset.ignore_errors().batch(16).prefetch(2)
-        options = tf.data.Options()
-        options.threading.private_threadpool_size = workers
-        iterator = tf.data.make_initializable_iterator(dataset.with_options(options))
-        next_batch = iterator.get_next()
-        session.run(iterator.initializer)
-        slot_of = {int(position): slot for slot, position in enumerate(order)}
-        pending, writer, failed, done = [], None, [], 0
-        stopped = False
-        try:
-            while True:
+    slot_of = {int(position): slot for slot, position in enumerate(order)}
+    pending, writer, failed, done = [], None, [], 0
+    try:  # whatever stops the work removes the shards written so far
+        with tf.Graph().as_default(), tf.Session(config=tf_setup.session_config()) as session:
+            dataset = tf.data.Dataset.from_tensor_slices((order, [paths[p] for p in order]))
+            dataset = dataset.map(_prepare_fn(pre_resize), num_parallel_calls=workers, deterministic=True)
+            # A file that fails drops out here; the gap in the positions names it below.
+            dataset = dataset.ignore_errors().batch(16).prefetch(2)
+            for positions, images, heights, widths in image_reader.run_to_end(session, dataset, workers):
                 if stop is not None and stop.requested:
-                    stopped = True
-                    break
-                try:
-                    positions, images, heights, widths = session.run(next_batch)
-                except tf.errors.OutOfRangeError:
                     break
                 for position, data, height, width in zip(positions, images, heights, widths):
                     slot = slot_of[int(position)]
@@ -385,36 +345,28 @@ def write_shards(paths, labels, out_dir, prefix, class_names=None, num_shards=No
                     for slot, record in pending:
                         writer.write(slot, record)
                     pending = []
-            if not stopped:
-                failed += [int(order[s]) for s in range(done, len(order))]
-                if writer is None:
-                    writer = _start_writer(out_dir, prefix, paths, order, pending, pre_resize,
-                                           num_shards, report)
-                for slot, record in pending:
-                    writer.write(slot, record)
-        except BaseException:
+        if stop is not None and stop.requested:
             if writer is not None:
                 writer.discard()
-            raise
-    if stopped:
-        if writer is not None:
-            writer.discard()
-        return WriteResult([], 0, skipped, 0, True)
-    if failed:
-        reasons = image_reader.decode_alone(listed, failed)
-        if not skip_bad_images:
-            writer.discard()
-            raise image_reader.problems_error(listed, reasons, plural(len(failed), 'unreadable image'),
-                                              source, 'fix or remove them, or pass --skip_bad_images')
-        skipped += [(paths[p], reasons[p]) for p in failed]
-    if len(failed) == len(order):
-        writer.discard()
-        raise ToolkitError(f'{where}none of the {len(order)} images could be read')
-    try:
+            return WriteResult([], 0, skipped, 0, True)
+        failed += [int(order[s]) for s in range(done, len(order))]
+        writer = writer or _start_writer(out_dir, prefix, paths, order, pending, pre_resize, num_shards,
+                                         report)
+        for slot, record in pending:
+            writer.write(slot, record)
+        if failed:
+            reasons = image_reader.decode_alone(listed, failed)
+            if not skip_bad_images:
+                raise image_reader.problems_error(listed, reasons, plural(len(failed), 'unreadable image'),
+                                                  source, 'fix or remove them, or pass --skip_bad_images')
+            skipped += [(paths[p], reasons[p]) for p in failed]
+        if len(failed) == len(order):
+            raise ToolkitError(f'{where}none of the {len(order)} images could be read')
         writer.finish()
         files = writer.commit(replace=overwrite)
     except BaseException:
-        writer.discard()
+        if writer is not None:
+            writer.discard()
         raise
     return WriteResult(files, len(order) - len(failed), skipped, writer.total_bytes, False)
 
@@ -442,24 +394,15 @@ _INDEX_FEATURES = {LABEL: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
 
 
 class ShardIndex:
-    """Where every record of a set of shards is, and what it holds, in the set's global order.
+    """Where every record of a set of shards is, and what it holds, in the set's global order:
+    `files`, the shard paths; per record, arrays `shard` (index into `files`), `record` (its place in
+    its shard), `offset`, `length` (of its Example), `labels`, `heights`, `widths`; list `filenames`."""
 
-    `files`: the shard paths; per record, arrays `shard` (index into `files`), `record` (its place in
-    its shard), `offset` and `length` (of its serialized Example) and `labels`, `heights`, `widths`,
-    and the list `filenames`.
-    """
-
-    def __init__(self, files, shard, record, length, labels, heights, widths, filenames):
+    def __init__(self, files, shard, record, offset, length, labels, heights, widths, filenames):
         self.files = list(files)
-        self.shard, self.record, self.length = shard, record, length
+        self.shard, self.record, self.offset, self.length = shard, record, offset, length
         self.labels, self.heights, self.widths = labels, heights, widths
         self.filenames = filenames
-        # A record starts where the one before it in its shard ended (records come shard by shard).
-        ends = np.cumsum(length + RECORD_OVERHEAD)
-        starts = ends - (length + RECORD_OVERHEAD)
-        first = np.concatenate([[0], np.flatnonzero(np.diff(shard)) + 1]).astype(np.int64)
-        counts = np.diff(np.concatenate([first, [len(length)]]))
-        self.offset = (starts - np.repeat(starts[first], counts)).astype(np.int64)
 
     @property
     def size(self):
@@ -473,12 +416,9 @@ class ShardIndex:
 
 
 def index_shards(files, num_classes=None, source=None):
-    """The ShardIndex of `files` (find_shards' list), every record read once.
-
-    ToolkitError (prefixed by `source`, the flag's value) for a file that is not a readable,
-    uncompressed TFRecord file, records without a label, height or width, labels outside
-    0..num_classes-1, or no record at all.
-    """
+    """The ShardIndex of `files` (find_shards' list), every record read once. ToolkitError (prefixed
+    by `source`, the flag's value) for a file that is not a readable, uncompressed TFRecord file,
+    records without a label, height or width, labels outside 0..num_classes-1, or no record at all."""
     where = f'{source}: ' if source and source not in files else ''
     index = _read_index(tuple(_identity(path) for path in files), where)
     _check_index(index, num_classes, where)
@@ -509,7 +449,7 @@ def _read_index(identities, where):
         next_batch = iterator.get_next()
         for shard, path in enumerate(files):
             session.run(iterator.initializer, {path_in: path})
-            count = 0
+            count = offset = 0
             while True:
                 try:
                     lengths, features = session.run(next_batch)
@@ -525,6 +465,10 @@ def _read_index(identities, where):
                 columns['shard'].append(np.full(len(lengths), shard, np.int32))
                 columns['record'].append(np.arange(count, count + len(lengths)))
                 columns['length'].append(lengths.astype(np.int64))
+                # A record starts where the one before it in its shard ended.
+                sizes = columns['length'][-1] + RECORD_OVERHEAD
+                columns['offset'].append(offset + np.cumsum(sizes) - sizes)
+                offset += int(sizes.sum())
                 for key, name in ((LABEL, 'labels'), (HEIGHT, 'heights'), (WIDTH, 'widths')):
                     columns[name].append(features[key].astype(np.int64))
                 columns['filenames'] += [name.decode('utf-8', 'replace') for name in features[FILENAME]]
@@ -532,7 +476,7 @@ def _read_index(identities, where):
     if not columns['length']:
         raise ToolkitError(f'{where}no records in {summarize(files)}')
     arrays = {name: np.concatenate(columns[name]) for name in
-              ('shard', 'record', 'length', 'labels', 'heights', 'widths')}
+              ('shard', 'record', 'offset', 'length', 'labels', 'heights', 'widths')}
     return ShardIndex(files, filenames=columns['filenames'], **arrays)
 
 
@@ -560,13 +504,9 @@ def oversized_records(index, max_pixels):
 
 @NOT_CONVERTED
 def _read_record(path, offset, length):
-    """A dataset of the one serialized record at `offset` of shard `path`.
-
-    TFRecordDatasetV2 starts reading at `byte_offsets` and checks the record's CRCs; its buffer is the
-    record's size, so exactly one read is made. A record missing since the index was built (a file
-    truncated or replaced) yields the empty string, which fails to parse: an error, never a record
-    silently dropped from the epoch.
-    """
+    """A dataset of the one serialized record at `offset` of shard `path`, read (CRCs checked) in
+    one read of its size. A record missing since the index was built (a file truncated or replaced)
+    yields the empty string, which fails to parse: an error, never a record silently dropped."""
     variant = tf.raw_ops.TFRecordDatasetV2(
         filenames=tf.reshape(path, [1]), compression_type='', buffer_size=length + RECORD_OVERHEAD,
         byte_offsets=tf.reshape(offset, [1]))
@@ -633,17 +573,10 @@ class RecordSource:
 
 
 class ShardImageDataGenerator(image_reader.ImageReader):
-    """datagenerator.ImageDataGenerator's batches, from TFRecord shards instead of a list file.
-
-    The same arguments (a shard spec for the list file), attributes (`data`, `data_size`, `paths`:
-    the records' file names, `labels`, `num_classes`, `txt_file`: the spec, `epoch`, `skip`) and
-    methods (`unreadable_images_error`, `describe_skipped`): both are image_reader.ImageReader, and
-    give the same batches for records in the same order as the list's lines. `index` is the
-    ShardIndex; `records_digest` identifies the shards (for caches keyed by the images, since
-    pre-resized records share the files' names). With `num_workers` > 1, as there, this worker's rows
-    of every batch: its records, read by offset, so the workers read disjoint records in one
-    machine's order.
-    """
+    """datagenerator.ImageDataGenerator's batches, from TFRecord shards (`txt_file`: their spec;
+    `paths`: the records' file names): the same batches for records in the list's order. `index` is
+    the ShardIndex; `records_digest` identifies the shards (for caches keyed by the images, since
+    pre-resized records share the files' names)."""
 
     def _open(self):
         self.index = index_shards(find_shards(self.txt_file), self.num_classes, self.txt_file)
@@ -659,12 +592,7 @@ def unreadable_records_error(index, workers=None, source=None, hint=None, max_pi
 
 def images_dataset(index, batch_size, center_crop=False, skip_bad_images=False, ten_crop=False,
                    resize_size=preprocessing.RESIZE_SIZE, max_pixels=image_header.DEFAULT_MAX_PIXELS):
-    """datagenerator.images_dataset for the records of `index`: (images, positions) batches in the
-    index's order, pre-processed as prediction pre-processes files; `positions` index into it.
-
-    Records over `max_pixels` raise ToolkitError at once, or are left out with `skip_bad_images`
-    (which also drops records that fail to read or decode).
-    """
+    """datagenerator.images_dataset for the records of `index`, in its order (`positions` index it)."""
     return image_reader.prediction_batches(
         RecordSource(index, max_pixels), batch_size, center_crop=center_crop,
         skip_bad_images=skip_bad_images, ten_crop=ten_crop, resize_size=resize_size)
