@@ -16,8 +16,7 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 
 import datagenerator
-from alexnet import INPUT_SIZE, TRAINABLE_LAYERS, AlexNet
-from finetune_alexnet import checkpoints
+from alexnet import INPUT_SIZE, AlexNet
 from finetune_alexnet import image_header
 from finetune_alexnet import imagenet
 from finetune_alexnet import model_info
@@ -25,6 +24,7 @@ from finetune_alexnet import tf_setup
 from finetune_alexnet import tfrecords
 from finetune_alexnet import weight_files
 from finetune_alexnet.errors import ToolkitError
+from finetune_alexnet.infer import exports
 from finetune_alexnet.infer import features
 from finetune_alexnet.preprocessing import RESIZE_SIZE
 
@@ -72,7 +72,8 @@ class Classifier:
         if (weights_path is None) == (checkpoint is None):
             raise ValueError('give exactly one of weights_path and checkpoint')
         if checkpoint is not None:
-            self.prefix, info = model_info.read_model_info(checkpoint)
+            # Only the model's variables (with --ema_decay, their moving averages), shapes checked.
+            self.prefix, info, layers = exports.read_checkpoint_layers(checkpoint)
             self.source = self.prefix
             self.num_classes = info['num_classes']
             self.center_crop = info['preprocessing']['center_crop']
@@ -81,7 +82,10 @@ class Classifier:
             self.prefix = None
             self.source = os.fspath(weights_path)
             layers = weight_files.load_weights(self.source)  # read once: checked here, loaded below
-            self.num_classes = _weights_file_classes(self.source, layers)
+            if 'fc8' not in layers:
+                raise ToolkitError(f"{self.source}: layer fc8 is missing from the file (it holds "
+                                   f"{', '.join(sorted(layers))}); prediction needs every layer")
+            self.num_classes = int(layers['fc8']['biases'].shape[0])
             self.center_crop = bool(center_crop)
             names = class_names
         self.class_names = list(names) if names else default_class_names(self.num_classes)
@@ -111,25 +115,10 @@ class Classifier:
             # TensorFlow); its memory is taken as needed, so a training run beside it keeps its own.
             self.session = tf.Session(graph=self.graph, config=tf_setup.session_config(use_gpu))
             try:
-                if checkpoint is not None:
-                    self._restore(self.prefix, info)
-                else:
-                    self.model.load_initial_weights(self.session, layers)
+                self.model.load_initial_weights(self.session, layers)
             except BaseException:
                 self.session.close()
                 raise
-
-    def _restore(self, prefix, info):
-        variables = {variable.op.name: variable for layer in TRAINABLE_LAYERS
-                     for variable in self.model.variables[layer].values()}
-        # A run with --ema_decay: the weights' moving averages, under their own names.
-        variables = {stored: variables[name]
-                     for stored, name in model_info.stored_names(prefix, info, variables).items()}
-        checkpoints.check_fits(
-            prefix, {name: variable.shape.as_list() for name, variable in variables.items()},
-            f'an AlexNet of {self.num_classes} classes', 'is it a checkpoint written by finetune.py?')
-        # Only the model's variables: the step counter and optimizer slots are not needed to predict.
-        tf.train.Saver(var_list=variables).restore(self.session, prefix)
 
     @property
     def crop_mode(self):
@@ -192,9 +181,3 @@ class Classifier:
     def __exit__(self, *exc):
         self.close()
 
-
-def _weights_file_classes(path, layers):
-    if 'fc8' not in layers:
-        raise ToolkitError(f"{path}: layer fc8 is missing from the file (it holds "
-                           f"{', '.join(sorted(layers))}); prediction needs every layer")
-    return int(layers['fc8']['biases'].shape[0])

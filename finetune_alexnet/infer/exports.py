@@ -14,21 +14,16 @@ from finetune_alexnet.infer import manifests
 from finetune_alexnet.infer import serving
 
 
-def model_variable_shapes(num_classes):
-    """{'conv1/weights': shape, ...}: AlexNet's variables by name, as checkpoints hold them."""
-    return {f'{layer}/{kind}': shape for layer, kinds in variable_shapes(num_classes).items()
-            for kind, shape in kinds.items()}
-
-
 def read_checkpoint_layers(checkpoint):
     """(prefix, info, {layer: {'weights', 'biases'}}) of a fine-tuned checkpoint, shapes checked."""
     prefix, info = model_info.read_model_info(checkpoint)
-    checkpoints.check_fits(prefix, model_variable_shapes(info['num_classes']), 'an AlexNet of this '
-                           'model_info.json', 'is it a checkpoint written by finetune.py?')
+    shapes = {f'{layer}/{kind}': shape for layer, kinds in variable_shapes(info['num_classes']).items()
+              for kind, shape in kinds.items()}
+    checkpoints.check_fits(prefix, shapes, 'an AlexNet of this model_info.json',
+                           'is it a checkpoint written by finetune.py?')
     reader = tf.train.load_checkpoint(prefix)
     # A run with --ema_decay: the weights' moving averages, which model_info.json says it kept.
-    stored = {name: stored for stored, name in model_info.stored_names(
-        prefix, info, model_variable_shapes(info['num_classes'])).items()}
+    stored = {name: stored for stored, name in model_info.stored_names(prefix, info, shapes).items()}
     layers = {layer: {kind: reader.get_tensor(stored[f'{layer}/{kind}'])
                       for kind in weight_files.WEIGHT_KINDS} for layer in TRAINABLE_LAYERS}
     return prefix, info, layers
