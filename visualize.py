@@ -1,16 +1,9 @@
 """Figures of what AlexNet sees: photos with their top-5 classes, conv1's filters, one group of conv2's
-filters, and conv1's feature maps of one photo.
+filters, and conv1's feature maps of one photo (docs/notebook.md).
 
-The functions return matplotlib Figures (no pyplot state), which the notebook
-validate_alexnet_on_imagenet.ipynb displays; the command line writes the same figures as PNG files,
-without Jupyter:
-
-    python visualize.py --weights_path bvlc_alexnet.npy --out_dir figures [images ...]
-
-Two colour orders meet here. OpenCV reads photos as BGR and the Caffe weights expect BGR input, so
-conv1's filters are BGR too; matplotlib shows RGB. Photos and filters are therefore flipped to RGB for
-display only; the network's input is never touched here (the inference engine's Classifier,
-finetune_alexnet/infer/classifier.py, pre-processes).
+The functions return matplotlib Figures (no pyplot state), which the notebook displays; the command
+line writes them as PNG files. Photos and conv1's filters (BGR, as the Caffe weights expect) are
+flipped to RGB for display only; the network's input is the Classifier's own.
 """
 import sys
 

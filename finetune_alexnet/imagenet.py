@@ -1,20 +1,10 @@
 """ImageNet's ILSVRC2012 validation set: its ground truth in BVLC label order, and published accuracies.
 
 The BVLC weights number the 1000 classes by sorted WordNet id (`imagenet_wnids.WNIDS`, the order of
-`caffe_classes.py`). Users hold the validation labels in one of three forms, told apart by content:
-
-* Kaggle's `LOC_val_solution.csv`: a header `ImageId,PredictionString`, then per image its id and
-  `wnid x1 y1 x2 y2 wnid ...` (a box per object; the first wnid is the image's class);
-* the devkit's `ILSVRC2012_validation_ground_truth.txt`: one ILSVRC2012 id (1..1000) per line, line k
-  for `ILSVRC2012_val_0000000k`. ILSVRC2012 ids are not the BVLC labels: the devkit's `meta.mat` maps
-  them to wnids (its `synsets` struct: `ILSVRC2012_ID`, `WNID`). It is a MATLAB file, read with scipy
-  only when this form is used (scipy is not a dependency);
-* Caffe's own `val.txt` (from `get_ilsvrc_aux.sh`): `ILSVRC2012_val_00000001.JPEG 65`, already in
-  BVLC labels.
-
-Images are found by their id (the file name without extension), flat or in wnid folders at any
-depth; an image in a wnid folder must be of that class. Every mistake is one ToolkitError naming the
-file and the first bad line.
+`caffe_classes.py`). The ground truth comes in three forms, told apart by content (docs/data.md):
+Kaggle's `LOC_val_solution.csv`, the devkit's `ILSVRC2012_validation_ground_truth.txt` (ILSVRC2012
+ids, mapped to wnids by its `meta.mat`, read with scipy only then), and Caffe's `val.txt`. Every
+mistake is one ToolkitError naming the file and the first bad line.
 """
 import collections
 import csv

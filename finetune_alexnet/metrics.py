@@ -2,16 +2,7 @@
 
 predict.py's `--evaluate` report and the TensorBoard pictures of each validation pass
 (train/summaries.py) both read them from here, so an accuracy, a precision or a ranked mistake means
-the same thing in both.
-
-    counts = confusion_matrix(labels, predicted, num_classes)   # counts[true, predicted]
-    precision, recall = precision_recall(counts)                # nan where undefined
-    low, high = wilson_interval(right, images)                  # 95% by default
-    report = accuracy_report(probabilities, labels, class_names, top=5)
-    wrong = ranked_mistakes(probabilities, labels)              # most confident mistake first
-    figure = confusion_figure(counts, class_names)              # a matplotlib Figure
-
-Every number is per image: labels [n] and class probabilities [n, num_classes].
+the same thing in both. Every number is per image: labels [n] and class probabilities [n, num_classes].
 """
 import numpy as np
 

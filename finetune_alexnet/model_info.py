@@ -1,28 +1,16 @@
 """What a fine-tuned checkpoint carries besides its weights: `model_info.json`.
 
-finetune.py writes it beside its checkpoints; predict.py and export.py read it, so a
-fine-tuned model needs no other flag: its class count, class names and pre-processing come with it.
+finetune.py writes it beside its checkpoints; predict.py and export.py read it, so a fine-tuned model
+needs no other flag: its class count, class names and pre-processing (docs/run-folder.md), and
+`"ema": true` when the checkpoint holds moving averages of the weights, which are then read instead.
 
     {"format": 1, "num_classes": 2, "class_names": ["cat", "dog"] or null,
      "preprocessing": {"input_size": 227, "resize_size": 256, "mean_rgb": [123.68, 116.779, 103.939],
                        "channel_order": "BGR", "center_crop": true}}
 
-and `"ema": true` when the run kept a moving average of its weights (--ema_decay): predict.py and
-export.py then read the averages, which the checkpoint holds beside the raw weights.
-
-`center_crop` is true when the model was trained with augmentation (random crops of a 256 resize):
-inference then takes the centre crop of the 256 resize, as validation did during training. The other
-pre-processing fields are written from, and checked against, the one definition in preprocessing.py:
-a checkpoint made with different pre-processing is refused rather than fed inputs it never saw.
-
-A checkpoint is named by its prefix (`runs/x/best.ckpt`, `runs/x/model_epoch3.ckpt`) or by its folder:
-then `best.ckpt` if there is one, else the latest checkpoint in it (never one outside the folder, even
-where TensorFlow's `checkpoint` state file names one).
-
-What is read back is checked as strictly as a flag, in one line naming the file and field: every
-field of model_info.json is typed and ranged (no unknown ones; num_classes at least 2 and the width of
-the checkpoint's fc8; class names as classes.txt can hold them, image_lists.class_name_problem), and
-classes.txt's lines likewise. Both files are read only when they are regular files of a bounded size.
+What is read back is checked as strictly as a flag, in one line naming the file and field
+(docs/resume-and-failures.md): a checkpoint made with other pre-processing than preprocessing.py's
+is refused rather than fed inputs it never saw.
 """
 import glob
 import json

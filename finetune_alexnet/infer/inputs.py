@@ -1,11 +1,8 @@
 """What predict.py classifies: image files, folders and list files, in the order given.
 
-A folder is searched recursively for images (image_header.IMAGE_EXTENSIONS), sorted by path, and only
-regular files (or symlinks to them) are taken: a FIFO, socket or device named like an image is left out
-with a note, never opened (reading a FIFO waits for a writer forever); a `.txt`
-file is a "path label" list as finetune.py reads it (datagenerator.read_list), so its images come with
-their labels; any other file is an image. Images given directly or found in folders have no label
-(None).
+A folder is searched recursively for images, sorted by path; what is not a regular file (a FIFO
+waits for a writer forever) is left out with a note, never opened. A `.txt` file is a "path label"
+list (datagenerator.read_list); images given directly or found in folders have no label (None).
 """
 import os
 
