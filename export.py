@@ -42,12 +42,10 @@ MAX_REPRESENTATIVE = 1000
 
 def get_args_parser():
     parser = cli.ArgumentParser(
-        description='Export AlexNet: a fine-tuned checkpoint or a weights file, as a weights file '
-        '(npz), a SavedModel folder for TF Serving and TensorFlow 2 (savedmodel: takes encoded image '
-        'files, returns probabilities, class names and scores), or a TFLite file (tflite: TFLite has '
-        'no JPEG decoder op, so it takes decoded, pre-processed float32 [n, 227, 227, 3] BGR images, '
-        'mean subtracted; its labels are written beside it), or an ONNX file (onnx: the same input '
-        'and output as tflite, for ONNX Runtime, TensorRT, OpenVINO).')
+        description='Export AlexNet, a fine-tuned checkpoint or a weights file, as a weights file (npz), '
+        'a SavedModel folder for TF Serving and TensorFlow 2 (savedmodel: takes encoded image files), a '
+        'TFLite file (tflite: takes pre-processed float32 [n, 227, 227, 3] images, labels beside it) or an '
+        'ONNX file (onnx: as tflite, for ONNX Runtime, TensorRT, OpenVINO). docs/serving.md has details.')
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--checkpoint_path', '--checkpoint',
                         help='checkpoint prefix (runs/x/best.ckpt) or its folder (best.ckpt, else latest)')

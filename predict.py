@@ -199,7 +199,7 @@ def main(argv=None):
     if args.csv:
         reports.write_csv(args.csv, records, min(args.top_k, len(names)))
     if args.json:
-        reports.write_json(args.json, content)
+        run_folder.write_json_atomically(args.json, content)
     return 0
 
 

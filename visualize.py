@@ -52,13 +52,13 @@ def normalise(array):
     return (array - low) / (high - low)
 
 
-def tile(tiles, columns, gap=1, fill=1.0):
-    """One mosaic image of `tiles` [n, h, w(, c)], `columns` to a row, `gap` pixels of `fill` between."""
+def tile(tiles, columns, gap=1):
+    """One mosaic image of `tiles` [n, h, w(, c)], `columns` to a row, `gap` white pixels between."""
     tiles = np.asarray(tiles)
     count, height, width = tiles.shape[:3]
     rows = -(-count // columns)
     shape = (rows * (height + gap) - gap, columns * (width + gap) - gap) + tiles.shape[3:]
-    mosaic = np.full(shape, fill, dtype=np.float64)
+    mosaic = np.ones(shape)
     for index in range(count):
         row, column = divmod(index, columns)
         top, left = row * (height + gap), column * (width + gap)
@@ -112,12 +112,12 @@ def predictions_figure(photos, decoded, titles=None):
     return figure
 
 
-def conv1_filters_figure(conv1_weights, columns=12):
+def conv1_filters_figure(conv1_weights):
     """conv1's filters [11, 11, 3, 96] as colour tiles, each scaled to its own range, BGR shown as RGB."""
     weights = np.asarray(conv1_weights)
     filters = np.moveaxis(weights, 3, 0)[..., ::-1]  # [96, 11, 11, 3], channels BGR -> RGB
     tiles = [normalise(one) for one in filters]
-    return _mosaic_figure(tile(tiles, columns), f'conv1: {len(tiles)} filters '
+    return _mosaic_figure(tile(tiles, 12), f'conv1: {len(tiles)} filters '
                           f'({weights.shape[0]}x{weights.shape[1]}, RGB, each scaled to its range)', 10)
 
 
@@ -140,11 +140,11 @@ def conv2_filters_figure(conv2_weights, group=0, groups=2):
                           16, cmap='gray')
 
 
-def feature_maps_figure(conv1_maps, title='conv1 feature maps', columns=12):
+def feature_maps_figure(conv1_maps, title='conv1 feature maps'):
     """conv1's output for one photo [55, 55, 96], one grey tile per channel, each scaled to its range."""
     maps = np.moveaxis(np.asarray(conv1_maps), 2, 0)
     tiles = [normalise(one) for one in maps]
-    return _mosaic_figure(tile(tiles, columns, gap=2), f'{title} ({len(tiles)} channels)', 12,
+    return _mosaic_figure(tile(tiles, 12, gap=2), f'{title} ({len(tiles)} channels)', 12,
                           cmap='gray')
 
 

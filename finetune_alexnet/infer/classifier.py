@@ -38,11 +38,8 @@ def default_class_names(num_classes):
 
 
 def decode_predictions(probs, class_names, top=5):
-    """For each row of `probs` [n, num_classes]: the `top` classes as (index, name, probability).
-
-    Most probable first; ties keep the lower class index first. `class_names` None means
-    default_class_names (ImageNet's for 1000 classes, else 'class i').
-    """
+    """For each row of `probs` [n, num_classes]: the `top` classes as (index, name, probability), most
+    probable first, ties lower index first. `class_names` None: default_class_names."""
     probs = np.atleast_2d(np.asarray(probs))
     num_classes = probs.shape[1]
     names = list(class_names) if class_names is not None else default_class_names(num_classes)

@@ -61,11 +61,8 @@ def _normalized_each(to_model_size, elements):
 
 
 def preprocess_encoded(image_bytes, center_crop, max_pixels=image_header.DEFAULT_MAX_PIXELS):
-    """Model input from a batch of encoded files: preprocessing's decode, resize, normalisation.
-
-    Each file's header is checked against `max_pixels` before it is decoded; one over it fails the
-    call with InvalidArgumentError naming `image_bytes[i]` and the limit.
-    """
+    """Model input from a batch of encoded files: preprocessing's decode, resize, normalisation. Each
+    file's header is checked against `max_pixels` before it is decoded (InvalidArgumentError)."""
     def one(elements):
         data, index = elements
         what = tf.strings.join(['image_bytes[', tf.strings.as_string(index), ']'])
@@ -76,7 +73,6 @@ def preprocess_encoded(image_bytes, center_crop, max_pixels=image_header.DEFAULT
 
 def preprocess_decoded(images_rgb, center_crop, max_pixels=image_header.DEFAULT_MAX_PIXELS):
     """Model input from a batch of decoded uint8 RGB images: preprocessing's resize and normalisation.
-
     The caller decoded them, but the limit holds here too: images over `max_pixels` fail the call."""
     shape = tf.shape(images_rgb, out_type=tf.int64)
     check = tf.debugging.Assert(shape[1] * shape[2] <= max_pixels, [tf.strings.join([
@@ -90,11 +86,8 @@ def preprocess_decoded(images_rgb, center_crop, max_pixels=image_header.DEFAULT_
 
 def _classifier(inputs, class_names):
     """(model, {'probabilities', 'classes', 'scores'}) of AlexNet on pre-processed `inputs`, dropout off.
-
-    Variables are shared between calls (AUTO_REUSE), so several inputs use one set of weights. They
-    are resource variables, which TF 2's loader turns into tf.Variables (it only warns about TF 1's
-    reference variables, one line per variable).
-    """
+    Several inputs share one set of variables, resource variables: TF 2's loader warns about TF 1's
+    reference variables, one line per variable."""
     num_classes = len(class_names)
     with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE, use_resource=True):
         model = AlexNet(inputs, 1.0, num_classes, skip_layer=[])
@@ -143,11 +136,8 @@ def _replace_folder(model, output, partial):
 
 def write_saved_model(output, exported):
     """Write `exported` as a SavedModel folder at `output`; returns {signature name: SignatureDef}.
-
-    TF Serving's layout is models/<name>/<version>: the model's folder is created when missing.
     What is at `output` must be absent, an empty folder or what its manifest lists, unchanged
-    (ToolkitError otherwise); it is replaced only once the new model is complete.
-    """
+    (ToolkitError otherwise); it is replaced only once the new model is complete."""
     output = os.path.abspath(output)
     partial = _partial_path(output)
     try:
@@ -246,8 +236,8 @@ def write_tflite(output, exported, quantize=None, representative=None, flatbuffe
 
 
 def _write_model_file(output, exported, content):
-    """Write the bytes `content` at `output` and the labels and model_info.json beside it, each
-    renamed into place once whole (the model last); returns the side files' paths."""
+    """Write `content` at `output` and the side files beside it, each renamed into place once whole
+    (the model last); returns the side files' paths."""
     partial = _partial_path(output)
     try:
         written = os.path.join(partial, 'model')
@@ -309,9 +299,7 @@ def write_onnx(output, exported):
 def representative_sample(paths, size, seed):
     """At most `size` of `paths`, drawn without replacement with `seed`, in their list order: the
     images that calibrate an int8 model."""
-    if len(paths) <= size:
-        return list(paths)
-    chosen = random.Random(seed).sample(range(len(paths)), size)
+    chosen = random.Random(seed).sample(range(len(paths)), min(size, len(paths)))
     return [paths[index] for index in sorted(chosen)]
 
 
