@@ -141,9 +141,9 @@ def check_feature_arguments(args):
 def main(argv=None):
     args = parse_args(argv)
     check_resize(args)
-    confusion_path = None  # --confusion_matrix, else beside --json or --csv; None: not written
-    if args.evaluate:
-        confusion_path = args.confusion_matrix or reports.confusion_matrix_beside(args.json or args.csv)
+    # --confusion_matrix, else beside --json or --csv; None: not written
+    confusion_path = args.evaluate and (args.confusion_matrix
+                                        or reports.confusion_matrix_beside(args.json or args.csv))
     for flag, path in (('--csv', args.csv), ('--json', args.json),  # before any work, not after it
                        ('--confusion_matrix', confusion_path)):
         if path:

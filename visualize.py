@@ -148,19 +148,16 @@ def feature_maps_figure(conv1_maps, title='conv1 feature maps'):
                           cmap='gray')
 
 
-def make_figures(classifier, paths, feature_image=None, top=5):
-    """{name: Figure} of FIGURES for the image files `paths`, computed with a classifier.Classifier.
-
-    `feature_image` (an index into `paths`) picks the photo of the feature maps; None: see
-    feature_photo_index.
-    """
+def make_figures(classifier, paths, feature_image=None):
+    """{name: Figure} of FIGURES for the image files `paths`, computed with a classifier.Classifier;
+    `feature_image` (an index into `paths`) picks the photo of the feature maps (None: the default)."""
     from finetune_alexnet.infer.classifier import decode_predictions
     if feature_image is None:
         feature_image = feature_photo_index(paths)
     result = classifier.run(paths, layers=['conv1'])
     photos = [read_rgb(path) for path in paths]
     titles = [os.path.basename(path) for path in paths]
-    decoded = decode_predictions(result.probabilities, classifier.class_names, top)
+    decoded = decode_predictions(result.probabilities, classifier.class_names, top=5)
     return {
         'photos': photos_figure(photos, titles),
         'top5': predictions_figure(photos, decoded, titles),

@@ -36,9 +36,7 @@ FORMAT = 1
 # Room for a million class names; a larger file is not one of ours, and is not read into memory.
 MAX_FILE_BYTES = 64 * 2**20
 _FIELDS = ('format', 'num_classes', 'class_names', 'preprocessing')
-# Written only when true: the checkpoint keeps a moving average of the weights beside them, and
-# prediction and export read the average (`stored_names`).
-_OPTIONAL_FIELDS = ('ema',)
+_OPTIONAL_FIELDS = ('ema',)  # written only when true (stored_names)
 _PREPROCESSING_FIELDS = ('input_size', 'resize_size', 'mean_rgb', 'channel_order', 'center_crop')
 
 
@@ -58,9 +56,7 @@ def _is_number(value):
 
 def read_small_text(path, what):
     """The text of `path`, a regular UTF-8 file of at most MAX_FILE_BYTES; ToolkitError naming it.
-
-    A FIFO (opening it waits for a writer), a device or an oversized file is refused unread.
-    """
+    A FIFO (opening it waits for a writer), a device or an oversized file is refused unread."""
     kind = image_lists.not_a_regular_file(path) if os.path.lexists(path) else None
     if kind and not kind.startswith('unreadable'):
         raise ToolkitError(f'{path}: not a {what} ({kind})')
@@ -85,10 +81,8 @@ def _preprocessing_fields(center_crop):
 
 
 def write_model_info(ckpt_dir, num_classes, class_names, center_crop, ema=False):
-    """Write `<ckpt_dir>/model_info.json`; returns its path. Replaced atomically, never half-written.
-
-    Refuses what read_model_info would refuse, so that what is written always reads back.
-    """
+    """Write `<ckpt_dir>/model_info.json`, replaced atomically; returns its path. Refuses what
+    read_model_info would refuse, so that what is written always reads back."""
     content = model_info_content(num_classes, class_names, center_crop, ema)
     os.makedirs(ckpt_dir, exist_ok=True)
     path = os.path.join(ckpt_dir, MODEL_INFO)
@@ -224,11 +218,8 @@ def _check_fits_checkpoint(path, info, prefix):
 
 
 def read_model_info(checkpoint):
-    """(checkpoint prefix, the checked content of model_info.json beside it) for `checkpoint`.
-
-    The checkpoint is verified first (every tensor against its recorded size and checksum), then
-    every field of model_info.json, and its num_classes against the checkpoint's fc8.
-    """
+    """(checkpoint prefix, the checked content of model_info.json beside it) for `checkpoint`: the
+    checkpoint verified first, then every field, and num_classes against the checkpoint's fc8."""
     prefix = resolve_checkpoint(checkpoint)
     checkpoints.check_intact(prefix)  # a damaged file fails here in one line, naming it
     path = os.path.join(os.path.dirname(prefix), MODEL_INFO)
@@ -260,12 +251,8 @@ def stored_names(prefix, info, names):
 
 
 def read_class_names_file(path, num_classes=None):
-    """Names from a classes.txt of "label name" lines (finetune.py's format), indexed by label.
-
-    Every label of 0..num_classes-1 is named exactly once (num_classes None: as many as the file
-    names); a name is as image_lists.class_name_problem allows. A wrong line is one ToolkitError
-    naming the file and line.
-    """
+    """Names from a classes.txt of "label name" lines (finetune.py's format), indexed by label: each
+    of 0..num_classes-1 (None: as many as the file names) exactly once, as class_name_problem allows."""
     names, line_of = {}, {}
     for number, line in enumerate(read_small_text(path, 'class names file').splitlines(), 1):
         if not line.strip() or line.lstrip().startswith('#'):
@@ -274,10 +261,10 @@ def read_class_names_file(path, num_classes=None):
         if not re.fullmatch('[0-9]+', label) or not name.strip():
             raise ToolkitError(f'{path}:{number}: expected "label name", got {_shown(line.strip())}')
         name = name.strip()
+        limit = num_classes or MAX_CLASSES
         # Only a short number is converted: int() of thousands of digits is slow, then refused.
-        value = int(label) if len(label.lstrip('0')) <= 12 else None
-        if value is None or value >= (num_classes or MAX_CLASSES):
-            limit = num_classes or MAX_CLASSES
+        value = int(label) if len(label.lstrip('0')) <= 12 else limit
+        if value >= limit:
             raise ToolkitError(f'{path}:{number}: label {label[:24]} is outside 0..{limit - 1}')
         if value in names:
             raise ToolkitError(f'{path}:{number}: label {value} is named twice (also on line '

@@ -1,8 +1,6 @@
-"""What predict.py prints and writes: the prediction table, the evaluation report, CSV and JSON files,
-and the confusion matrix picture.
-
-The numbers come from metrics.py; here they become text and files. For the 1000-class ImageNet weights
-the published accuracies (imagenet.py) are shown beside ours.
+"""What predict.py prints and writes: the prediction table, the evaluation report (metrics.py's
+numbers, with imagenet.py's published accuracies beside them for the ImageNet weights), the CSV file,
+the JSON content and the confusion matrix picture.
 """
 import csv
 import os
