@@ -154,23 +154,18 @@ def _check_preprocessing(path, found):
     if not isinstance(found.get('center_crop'), bool):
         raise ToolkitError(f"{path}: preprocessing.center_crop should be true or false, "
                            f"found {_shown(found.get('center_crop'))}")
-    expected = _preprocessing_fields(found['center_crop'])
-    for key, value in expected.items():
+    for key, value in _preprocessing_fields(found['center_crop']).items():
         if key not in found:
             raise ToolkitError(f"{path}: preprocessing.{key} is missing")
         given = found[key]
         if key == 'mean_rgb':
-            well_typed = (isinstance(given, list) and len(given) == 3
-                          and all(_is_number(channel) for channel in given))
-            same = well_typed and np.allclose(given, value)
+            well_typed = isinstance(given, list) and len(given) == 3 and all(map(_is_number, given))
         else:
-            well_typed = isinstance(given, type(value)) and not (
-                isinstance(given, bool) and not isinstance(value, bool))
-            same = well_typed and given == value
+            well_typed = type(given) is type(value)  # JSON's true is no integer here
         if not well_typed:
             raise ToolkitError(f'{path}: preprocessing.{key} should be like {value!r}, found '
                                f'{_shown(given)}')
-        if not same:
+        if not (np.allclose(given, value) if key == 'mean_rgb' else given == value):
             raise ToolkitError(f"{path}: the model was trained with preprocessing.{key} = "
                                f"{_shown(given)}, but this toolkit's pre-processing uses {value!r}")
 

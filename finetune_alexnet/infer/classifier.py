@@ -124,14 +124,11 @@ class Classifier:
 
     def run(self, paths, layers=(), skip_bad_images=False,
             max_pixels=image_header.DEFAULT_MAX_PIXELS, records=None):
-        """Predictions(probabilities [n, num_classes], {layer: outputs [n, ...]}, positions [n]).
-
-        Images are decoded and pre-processed inside the graph (datagenerator.images_dataset), in
-        batches, in order. An unreadable file raises ToolkitError naming it, unless `skip_bad_images`:
-        then it is left out, and `positions` (indices into `paths`) says which files the rows are.
-        With ten crops, probabilities are the crops' mean and layer outputs are [n, 10, ...].
-        `records` (a tfrecords.ShardIndex): the images are its records instead (`paths`: their names).
-        """
+        """Predictions(probabilities [n, num_classes], {layer: outputs [n, ...]}, positions [n]), in
+        order. An unreadable file raises ToolkitError naming it, unless `skip_bad_images`: then it is
+        left out, and `positions` (indices into `paths`) says which files the rows are. With ten
+        crops, layer outputs are [n, 10, ...]. `records` (a tfrecords.ShardIndex): the images are its
+        records instead (`paths`: their names)."""
         paths = [os.fspath(path) for path in paths]
         make_dataset = (functools.partial(tfrecords.images_dataset, records) if records is not None
                         else functools.partial(datagenerator.images_dataset, paths))

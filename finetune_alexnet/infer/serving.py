@@ -46,9 +46,8 @@ ONNX_INPUT = 'images'
 ONNX_OUTPUT = 'probabilities'
 DEPLOY_REQUIREMENTS = 'requirements-deploy.txt'
 
-# The exported model: its weights {layer: {'weights', 'biases'}}, one name per class, whether inference
-# takes the centre crop of a 256 resize (--augment), the most pixels a served image may have (its
-# header's count, every frame), and whether the export's sessions may use a GPU (--device).
+# layers: {layer: {'weights', 'biases'}}; center_crop: inference takes the centre crop of a 256 resize
+# (--augment); max_pixels: a served image's most (its header's count, every frame); use_gpu: --device.
 ExportedModel = collections.namedtuple('ExportedModel', 'layers class_names center_crop max_pixels '
                                        'use_gpu', defaults=(image_header.DEFAULT_MAX_PIXELS, False))
 
@@ -343,9 +342,7 @@ def run_tflite(interpreter, images):
     return interpreter.get_tensor(interpreter.get_output_details()[0]['index']).copy()
 
 
-# How a quantized TFLite model answers next to the float32 one, on labelled images: how many,
-# how many with the same top-1 class, how many each got right, and the largest difference of a
-# probability.
+# How a quantized TFLite model answers next to the float32 one, on labelled images (tflite_agreement).
 Agreement = collections.namedtuple('Agreement', 'images same_top1 float_correct quantized_correct '
                                    'max_difference')
 
