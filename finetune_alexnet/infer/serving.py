@@ -226,11 +226,11 @@ def convert_tflite(exported, quantizations=(None,), representative=None):
     return flatbuffers
 
 
-def write_tflite(output, exported, quantize=None, representative=None, flatbuffer=None):
+def write_tflite(output, exported, quantize=None, flatbuffer=None):
     """Write `exported` as a TFLite flatbuffer at `output` (convert_tflite's for `quantize`, or
     `flatbuffer`, one it already made), with its labels and model_info.json beside it; returns their paths."""
     if flatbuffer is None:
-        flatbuffer = convert_tflite(exported, (quantize,), representative)[quantize]
+        flatbuffer = convert_tflite(exported, (quantize,))[quantize]
     return _write_model_file(output, exported, flatbuffer)
 
 
@@ -302,13 +302,13 @@ def representative_sample(paths, size, seed):
     return [paths[index] for index in sorted(chosen)]
 
 
-def preprocessed_batches(paths, center_crop, batch_size=32, list_file=None):
+def preprocessed_batches(paths, center_crop, list_file=None):
     """float32 [b, 227, 227, 3] batches of the image files `paths`, in order, pre-processed as
     predict.py does (datagenerator.images_dataset): what a TFLite model takes. An image that does
     not decode raises ToolkitError naming it (and `list_file`, the list it came from)."""
     graph = tf.Graph()
     with graph.as_default():  # left before the first yield: the caller's default graph is its own
-        dataset = datagenerator.images_dataset(list(paths), batch_size, center_crop=center_crop)
+        dataset = datagenerator.images_dataset(list(paths), 32, center_crop=center_crop)
         next_batch = tf.data.make_one_shot_iterator(dataset).get_next()
     session = tf.Session(graph=graph, config=tf_setup.session_config())
     try:
