@@ -1,39 +1,11 @@
 """Export a model to run outside this repository: weights file, SavedModel (TF Serving, TF 2), TFLite, ONNX.
 
-    python export.py --checkpoint_path runs/x --output cats_dogs.npz                        # weights (.npz)
     python export.py --checkpoint_path runs/x --format savedmodel --output models/cats_dogs/1
-    python export.py --weights_path bvlc_alexnet.npy --format savedmodel --output models/alexnet/1
-    python export.py --checkpoint_path runs/x --format tflite --quantize float16 --output cats_dogs.tflite
-    python export.py --checkpoint_path runs/x --format tflite --quantize int8 --output cats_dogs.tflite \
-        --train_file lists/train.txt --val_file lists/val.txt
-    python export.py --checkpoint_path runs/x --format onnx --output cats_dogs.onnx
 
-`npz` (the default) writes the pickle-free weights file that weight_files.save_weights writes
-(`conv1/weights` ... `fc8/biases`, float32): `AlexNet(..., skip_layer=[], weights_path=...)` loads it,
-and predict.py takes it with --weights_path. Only the model's variables are exported; the step
-counter and optimizer slots stay behind in the checkpoint.
-
-`savedmodel`, `tflite` and `onnx` carry the class names and pre-processing with them (serving.py
-describes what they take and return; docs/serving.md gives the exact input of the TFLite and ONNX
-files). A checkpoint brings both in its model_info.json; a weights file is
-named by caffe_classes for 1000 classes (else --class_names or 'class i': infer/classifier.py's
-default_class_names). A SavedModel checks every request's images against --max_pixels (from their
-headers, every frame counted) before decoding them, and records the limit in its assets. `onnx`
-(tf2onnx) and the int8 agreement check (LiteRT) need the deploy-time packages of
-requirements-deploy.txt.
-
-`--quantize int8` makes every op of the TFLite model compute in int8, a quarter of the float32
-file: the activations' ranges are measured on a seeded sample of --representative_size images of
---train_file, pre-processed as predict.py does. Input and output stay float32 (quantized and
-dequantized inside), so the app that runs the float32 file runs this one. With --val_file the
-float32 model is converted too, and how often the two agree on each image's top-1 class is printed
-(with each one's accuracy on the list's labels), before anything is written.
-
-Every format creates the output's missing folders. Each export writes a manifest of its files with
-their sizes and SHA-256 (a SavedModel's assets/finetune_alexnet.json; cats.npz.export.json beside a
-file), and --overwrite replaces only what that manifest lists, unchanged, or an empty folder;
-anything else at --output is named and left alone. The new output is written beside it and renamed
-into place.
+docs/serving.md describes every format and flag: the npz weights file (only the model's variables),
+the SavedModel's signatures and pixel limit, the TFLite file's quantizations and int8 agreement
+check, the ONNX file, and the manifests that let --overwrite replace only an earlier export. The
+work happens in finetune_alexnet/infer/serving.py (the writers) and exports.py (reading, checks).
 """
 import sys
 
@@ -63,19 +35,17 @@ from finetune_alexnet.infer.classifier import default_class_names  # noqa: E402
 FORMATS = ('npz', 'savedmodel', 'tflite', 'onnx')
 # Beyond this the graph's pixel count saturates (image_header.UNCOUNTABLE): no limit there.
 MAX_PIXELS_CAP = image_header.UNCOUNTABLE - 1
-QUANTIZATIONS = {'tflite': (serving.FLOAT16, serving.INT8)}
+QUANTIZATIONS = (serving.FLOAT16, serving.INT8)  # --format tflite only
 # The int8 calibration's images are held in memory, 0.6 MB each; TFLite's guide suggests 100-500.
 MAX_REPRESENTATIVE = 1000
 
 
 def get_args_parser():
     parser = cli.ArgumentParser(
-        description='Export AlexNet: a fine-tuned checkpoint or a weights file, as a weights file '
-        '(npz), a SavedModel folder for TF Serving and TensorFlow 2 (savedmodel: takes encoded image '
-        'files, returns probabilities, class names and scores), or a TFLite file (tflite: TFLite has '
-        'no JPEG decoder op, so it takes decoded, pre-processed float32 [n, 227, 227, 3] BGR images, '
-        'mean subtracted; its labels are written beside it), or an ONNX file (onnx: the same input '
-        'and output as tflite, for ONNX Runtime, TensorRT, OpenVINO).')
+        description='Export AlexNet, a fine-tuned checkpoint or a weights file, as a weights file (npz), '
+        'a SavedModel folder for TF Serving and TensorFlow 2 (savedmodel: takes encoded image files), a '
+        'TFLite file (tflite: takes pre-processed float32 [n, 227, 227, 3] images, labels beside it) or an '
+        'ONNX file (onnx: as tflite, for ONNX Runtime, TensorRT, OpenVINO). docs/serving.md has details.')
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--checkpoint_path', '--checkpoint',
                         help='checkpoint prefix (runs/x/best.ckpt) or its folder (best.ckpt, else latest)')
@@ -88,7 +58,7 @@ def get_args_parser():
     parser.add_argument('--output', required=True,
                         help='the file (npz, tflite, onnx) or folder (savedmodel) to write; '
                         'missing folders are created')
-    parser.add_argument('--quantize', choices=sorted({q for qs in QUANTIZATIONS.values() for q in qs}),
+    parser.add_argument('--quantize', choices=QUANTIZATIONS,
                         help='tflite only: float16 stores the weights as float16 (half the size); '
                         'int8 computes every op in int8 (a quarter of the size; needs --train_file), '
                         'float32 input and output either way')
@@ -121,7 +91,7 @@ def get_args_parser():
 def parse_args(argv):
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    if args.quantize and args.quantize not in QUANTIZATIONS.get(args.format, ()):
+    if args.quantize and args.format != 'tflite':
         parser.error(f'--quantize {args.quantize} applies to --format tflite, not {args.format}')
     check_int8_flags(parser, args)
     if args.center_crop and args.checkpoint_path:
@@ -211,35 +181,25 @@ def export_saved_model(args, source, exported):
           "'rb').read()]))['classes'])\"")
 
 
-def read_int8_lists(args, num_classes):
-    """(representative sample's paths, the list's image count, (val paths, labels) or None), every
-    line checked before the long conversion starts."""
-    paths, _ = datagenerator.read_list(args.train_file, num_classes)
-    listed = len(paths)
-    paths = serving.representative_sample(paths, args.representative_size, args.seed)
-    val = None
-    if args.val_file:
-        val_paths, val_labels = datagenerator.read_list(args.val_file, num_classes)
-        val = (val_paths, [int(label) for label in val_labels])
-    return paths, listed, val
-
-
 def int8_flatbuffer(args, exported):
     """The int8 model, calibrated on --train_file; with --val_file, its agreement with float32
-    printed first."""
-    representative_paths, listed, val = read_int8_lists(args, len(exported.class_names))
+    printed first. Both lists are checked whole before the long conversion starts."""
+    paths, _ = datagenerator.read_list(args.train_file, len(exported.class_names))
+    val = datagenerator.read_list(args.val_file, len(exported.class_names)) if args.val_file else None
     representative = np.concatenate(list(serving.preprocessed_batches(
-        representative_paths, exported.center_crop, list_file=args.train_file)))
+        serving.representative_sample(paths, args.representative_size, args.seed),
+        exported.center_crop, list_file=args.train_file)))
     quantizations = (serving.INT8, None) if val else (serving.INT8,)
     flatbuffers = serving.convert_tflite(exported, quantizations, representative)
-    print(f"calibrated on {len(representative)} of the {listed} images of {args.train_file} (drawn "
-          f"with --seed {args.seed})" if len(representative) < listed else
-          f"calibrated on the {listed} images of {args.train_file}")
+    print(f"calibrated on {len(representative)} of the {len(paths)} images of {args.train_file} (drawn "
+          f"with --seed {args.seed})" if len(representative) < len(paths) else
+          f"calibrated on the {len(paths)} images of {args.train_file}")
     if val:
-        paths, labels = val
+        val_paths, val_labels = val
         agreement = serving.tflite_agreement(
             flatbuffers[serving.INT8], flatbuffers[None],
-            serving.preprocessed_batches(paths, exported.center_crop, list_file=args.val_file), labels)
+            serving.preprocessed_batches(val_paths, exported.center_crop, list_file=args.val_file),
+            val_labels)
         print(describe_agreement(agreement, args.val_file, len(flatbuffers[serving.INT8]),
                                  len(flatbuffers[None])))
     return flatbuffers[serving.INT8]

@@ -3,27 +3,11 @@
     python predict.py images/                                   # bvlc_alexnet.npy, ImageNet's classes
     python predict.py --checkpoint_path runs/x photo.jpg list.txt    # a fine-tuned model, nothing else needed
     python predict.py --checkpoint_path runs/x --evaluate val.txt    # accuracy, precision/recall, confusion
-    python predict.py --evaluate lists/val.txt --center_crop    # ImageNet's validation set, as BVLC did
-    python predict.py --evaluate lists/val.txt --ten_crop       # ... and as the paper did
 
-Inputs are image files, folders (searched recursively) and list files (`.txt`, "path label" lines as
-finetune.py reads them). A checkpoint brings its class count, class names and pre-processing in
-`model_info.json` (see model_info.py); without names there, a classes.txt beside it names the classes.
-A weights file names its 1000 classes from caffe_classes; `--class_names classes.txt` overrides either,
-and unnamed classes are 'class 0', 'class 1', ...
-
-The work happens in the package: finetune_alexnet/infer/classifier.py runs the model (the one
-pre-processing definition, batched inside the graph) and decodes class names, infer/inputs.py expands
-the inputs, metrics.py computes the evaluation's numbers, infer/reports.py prints and writes them, and
-infer/features.py writes `--features`. An unreadable image stops the run with its name and
-TensorFlow's reason, unless --skip_bad_images.
-
-`--ten_crop` classifies each image by its ten crops (four corners and centre of the 256x256 resize,
-and their mirror images; preprocessing.ten_crops) and averages the ten probability vectors: one batch
-of `--batch_size` images is one forward pass of ten times as many crops. Evaluation reports top-1 and
-top-k accuracy with 95% Wilson score intervals, and for the ImageNet weights the published figures
-(finetune_alexnet/imagenet.py) beside them. It writes the confusion matrix only where asked
-(`--confusion_matrix`) or beside a `--json` or `--csv` output, never into the working folder unasked.
+docs/prediction.md describes the inputs, the outputs, the evaluation and the crops. The work happens
+in the package: finetune_alexnet/infer/classifier.py runs the model and decodes class names,
+infer/inputs.py expands the inputs, metrics.py computes the evaluation's numbers, infer/reports.py
+prints and writes them, and infer/features.py writes `--features`.
 """
 import sys
 
@@ -157,9 +141,9 @@ def check_feature_arguments(args):
 def main(argv=None):
     args = parse_args(argv)
     check_resize(args)
-    confusion_path = None  # --confusion_matrix, else beside --json or --csv; None: not written
-    if args.evaluate:
-        confusion_path = args.confusion_matrix or reports.confusion_matrix_beside(args.json or args.csv)
+    # --confusion_matrix, else beside --json or --csv; None: not written
+    confusion_path = args.evaluate and (args.confusion_matrix
+                                        or reports.confusion_matrix_beside(args.json or args.csv))
     for flag, path in (('--csv', args.csv), ('--json', args.json),  # before any work, not after it
                        ('--confusion_matrix', confusion_path)):
         if path:
@@ -215,7 +199,7 @@ def main(argv=None):
     if args.csv:
         reports.write_csv(args.csv, records, min(args.top_k, len(names)))
     if args.json:
-        reports.write_json(args.json, content)
+        run_folder.write_json_atomically(args.json, content)
     return 0
 
 

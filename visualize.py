@@ -1,16 +1,9 @@
 """Figures of what AlexNet sees: photos with their top-5 classes, conv1's filters, one group of conv2's
-filters, and conv1's feature maps of one photo.
+filters, and conv1's feature maps of one photo (docs/notebook.md).
 
-The functions return matplotlib Figures (no pyplot state), which the notebook
-validate_alexnet_on_imagenet.ipynb displays; the command line writes the same figures as PNG files,
-without Jupyter:
-
-    python visualize.py --weights_path bvlc_alexnet.npy --out_dir figures [images ...]
-
-Two colour orders meet here. OpenCV reads photos as BGR and the Caffe weights expect BGR input, so
-conv1's filters are BGR too; matplotlib shows RGB. Photos and filters are therefore flipped to RGB for
-display only; the network's input is never touched here (the inference engine's Classifier,
-finetune_alexnet/infer/classifier.py, pre-processes).
+The functions return matplotlib Figures (no pyplot state), which the notebook displays; the command
+line writes them as PNG files. Photos and conv1's filters (BGR, as the Caffe weights expect) are
+flipped to RGB for display only; the network's input is the Classifier's own.
 """
 import sys
 
@@ -59,13 +52,13 @@ def normalise(array):
     return (array - low) / (high - low)
 
 
-def tile(tiles, columns, gap=1, fill=1.0):
-    """One mosaic image of `tiles` [n, h, w(, c)], `columns` to a row, `gap` pixels of `fill` between."""
+def tile(tiles, columns, gap=1):
+    """One mosaic image of `tiles` [n, h, w(, c)], `columns` to a row, `gap` white pixels between."""
     tiles = np.asarray(tiles)
     count, height, width = tiles.shape[:3]
     rows = -(-count // columns)
     shape = (rows * (height + gap) - gap, columns * (width + gap) - gap) + tiles.shape[3:]
-    mosaic = np.full(shape, fill, dtype=np.float64)
+    mosaic = np.ones(shape)
     for index in range(count):
         row, column = divmod(index, columns)
         top, left = row * (height + gap), column * (width + gap)
@@ -119,12 +112,12 @@ def predictions_figure(photos, decoded, titles=None):
     return figure
 
 
-def conv1_filters_figure(conv1_weights, columns=12):
+def conv1_filters_figure(conv1_weights):
     """conv1's filters [11, 11, 3, 96] as colour tiles, each scaled to its own range, BGR shown as RGB."""
     weights = np.asarray(conv1_weights)
     filters = np.moveaxis(weights, 3, 0)[..., ::-1]  # [96, 11, 11, 3], channels BGR -> RGB
     tiles = [normalise(one) for one in filters]
-    return _mosaic_figure(tile(tiles, columns), f'conv1: {len(tiles)} filters '
+    return _mosaic_figure(tile(tiles, 12), f'conv1: {len(tiles)} filters '
                           f'({weights.shape[0]}x{weights.shape[1]}, RGB, each scaled to its range)', 10)
 
 
@@ -147,27 +140,24 @@ def conv2_filters_figure(conv2_weights, group=0, groups=2):
                           16, cmap='gray')
 
 
-def feature_maps_figure(conv1_maps, title='conv1 feature maps', columns=12):
+def feature_maps_figure(conv1_maps, title='conv1 feature maps'):
     """conv1's output for one photo [55, 55, 96], one grey tile per channel, each scaled to its range."""
     maps = np.moveaxis(np.asarray(conv1_maps), 2, 0)
     tiles = [normalise(one) for one in maps]
-    return _mosaic_figure(tile(tiles, columns, gap=2), f'{title} ({len(tiles)} channels)', 12,
+    return _mosaic_figure(tile(tiles, 12, gap=2), f'{title} ({len(tiles)} channels)', 12,
                           cmap='gray')
 
 
-def make_figures(classifier, paths, feature_image=None, top=5):
-    """{name: Figure} of FIGURES for the image files `paths`, computed with a classifier.Classifier.
-
-    `feature_image` (an index into `paths`) picks the photo of the feature maps; None: see
-    feature_photo_index.
-    """
+def make_figures(classifier, paths, feature_image=None):
+    """{name: Figure} of FIGURES for the image files `paths`, computed with a classifier.Classifier;
+    `feature_image` (an index into `paths`) picks the photo of the feature maps (None: the default)."""
     from finetune_alexnet.infer.classifier import decode_predictions
     if feature_image is None:
         feature_image = feature_photo_index(paths)
     result = classifier.run(paths, layers=['conv1'])
     photos = [read_rgb(path) for path in paths]
     titles = [os.path.basename(path) for path in paths]
-    decoded = decode_predictions(result.probabilities, classifier.class_names, top)
+    decoded = decode_predictions(result.probabilities, classifier.class_names, top=5)
     return {
         'photos': photos_figure(photos, titles),
         'top5': predictions_figure(photos, decoded, titles),

@@ -1,20 +1,10 @@
 """ImageNet's ILSVRC2012 validation set: its ground truth in BVLC label order, and published accuracies.
 
 The BVLC weights number the 1000 classes by sorted WordNet id (`imagenet_wnids.WNIDS`, the order of
-`caffe_classes.py`). Users hold the validation labels in one of three forms, told apart by content:
-
-* Kaggle's `LOC_val_solution.csv`: a header `ImageId,PredictionString`, then per image its id and
-  `wnid x1 y1 x2 y2 wnid ...` (a box per object; the first wnid is the image's class);
-* the devkit's `ILSVRC2012_validation_ground_truth.txt`: one ILSVRC2012 id (1..1000) per line, line k
-  for `ILSVRC2012_val_0000000k`. ILSVRC2012 ids are not the BVLC labels: the devkit's `meta.mat` maps
-  them to wnids (its `synsets` struct: `ILSVRC2012_ID`, `WNID`). It is a MATLAB file, read with scipy
-  only when this form is used (scipy is not a dependency);
-* Caffe's own `val.txt` (from `get_ilsvrc_aux.sh`): `ILSVRC2012_val_00000001.JPEG 65`, already in
-  BVLC labels.
-
-Images are found by their id (the file name without extension), flat or in wnid folders at any
-depth; an image in a wnid folder must be of that class. Every mistake is one ToolkitError naming the
-file and the first bad line.
+`caffe_classes.py`). The ground truth comes in three forms, told apart by content (docs/data.md):
+Kaggle's `LOC_val_solution.csv`, the devkit's `ILSVRC2012_validation_ground_truth.txt` (ILSVRC2012
+ids, mapped to wnids by its `meta.mat`, read with scipy only then), and Caffe's `val.txt`. Every
+mistake is one ToolkitError naming the file and the first bad line.
 """
 import collections
 import csv
@@ -35,9 +25,8 @@ _FORMS = ("Kaggle's LOC_val_solution.csv (ImageId,PredictionString), the devkit'
           "ILSVRC2012_validation_ground_truth.txt (one ILSVRC2012 id per line, with meta.mat) or "
           "Caffe's val.txt (image label)")
 
-# What the model's publishers measured on the 50,000 validation images. BVLC's model card: the
-# reference CaffeNet/AlexNet replication, centre 227 crop of a 256x256 resize. The paper (Krizhevsky
-# et al. 2012, table 2, "1 CNN"): its own network, averaging the ten crops; 40.7% / 18.2% error.
+# What the model's publishers measured on the 50,000 validation images (docs/data.md): BVLC's model
+# card, and the paper (Krizhevsky et al. 2012, table 2, "1 CNN": 40.7% / 18.2% error).
 PUBLISHED_ACCURACY = {
     'center_crop': {'top1': 0.571, 'top5': 0.802, 'source': 'BVLC, centre crop'},
     'ten_crop': {'top1': 0.593, 'top5': 0.818, 'source': 'the paper, one CNN, ten crops'},
@@ -71,12 +60,11 @@ def _numbered(lines):
     return [(number, line.strip()) for number, line in enumerate(lines, 1) if line.strip()]
 
 
-def _add(labels, lines, path, number, identifier, label):
-    if identifier in labels:
-        raise ToolkitError(f'{path}:{number}: {identifier} is listed twice (first on line '
-                           f'{lines[identifier]})')
-    labels[identifier] = label
-    lines[identifier] = number
+def _add(truth, number, identifier, label):
+    if identifier in truth.labels:
+        raise ToolkitError(f'{truth.path}:{number}: {identifier} is listed twice (first on line '
+                           f'{truth.lines[identifier]})')
+    truth.labels[identifier], truth.lines[identifier] = label, number
 
 
 def read_kaggle_solution(path, lines):
@@ -85,7 +73,7 @@ def read_kaggle_solution(path, lines):
     rows = list(csv.reader(lines))
     if not rows or [field.strip() for field in rows[0]] != KAGGLE_HEADER:
         raise ToolkitError(f'{path}:1: expected the header {",".join(KAGGLE_HEADER)}')
-    labels, numbers = {}, {}
+    truth = GroundTruth({}, {}, path)
     for number, row in enumerate(rows[1:], 2):
         if not row or not ''.join(row).strip():
             continue
@@ -95,16 +83,16 @@ def read_kaggle_solution(path, lines):
         wnid = row[1].split()[0]
         if wnid not in LABEL_OF_WNID:
             raise ToolkitError(f'{path}:{number}: {wnid!r} is not one of the 1000 ILSVRC2012 WordNet ids')
-        _add(labels, numbers, path, number, row[0].strip(), LABEL_OF_WNID[wnid])
-    if not labels:
+        _add(truth, number, row[0].strip(), LABEL_OF_WNID[wnid])
+    if not truth.labels:
         raise ToolkitError(f'{path}: no images listed')
-    return GroundTruth(labels, numbers, path)
+    return truth
 
 
 def read_caffe_val(path, lines):
     """GroundTruth from the `lines` of Caffe's val.txt: `ILSVRC2012_val_00000001.JPEG 65`, BVLC
     labels already (read_ground_truth saw a first line of that form)."""
-    labels, numbers = {}, {}
+    truth = GroundTruth({}, {}, path)
     for number, line in _numbered(lines):
         fields = line.split()
         identifier = image_id(fields[0]) if len(fields) == 2 else ''
@@ -114,8 +102,8 @@ def read_caffe_val(path, lines):
         label = int(fields[1])
         if label >= NUM_CLASSES:
             raise ToolkitError(f'{path}:{number}: label {label} is outside 0..{NUM_CLASSES - 1}')
-        _add(labels, numbers, path, number, identifier, label)
-    return GroundTruth(labels, numbers, path)
+        _add(truth, number, identifier, label)
+    return truth
 
 
 def read_meta_mat(path):
@@ -165,15 +153,14 @@ def read_devkit_ground_truth(path, meta_path, lines):
     if meta_path is None:
         meta_path = os.path.join(os.path.dirname(os.path.abspath(path)), META_NAME)
     wnid_of = read_meta_mat(meta_path)
-    labels, numbers = {}, {}
+    truth = GroundTruth({}, {}, path)
     for number, line in entries:
         identifier = int(line)
         if identifier not in wnid_of:
             raise ToolkitError(f'{path}:{number}: ILSVRC2012 id {identifier} is not one of the classes '
                                f'in {meta_path}')
-        labels[f'ILSVRC2012_val_{number:08d}'] = LABEL_OF_WNID[wnid_of[identifier]]
-        numbers[f'ILSVRC2012_val_{number:08d}'] = number
-    return GroundTruth(labels, numbers, path)
+        _add(truth, number, f'ILSVRC2012_val_{number:08d}', LABEL_OF_WNID[wnid_of[identifier]])
+    return truth
 
 
 def read_ground_truth(path, meta_path=None):

@@ -2,16 +2,7 @@
 
 predict.py's `--evaluate` report and the TensorBoard pictures of each validation pass
 (train/summaries.py) both read them from here, so an accuracy, a precision or a ranked mistake means
-the same thing in both.
-
-    counts = confusion_matrix(labels, predicted, num_classes)   # counts[true, predicted]
-    precision, recall = precision_recall(counts)                # nan where undefined
-    low, high = wilson_interval(right, images)                  # 95% by default
-    report = accuracy_report(probabilities, labels, class_names, top=5)
-    wrong = ranked_mistakes(probabilities, labels)              # most confident mistake first
-    figure = confusion_figure(counts, class_names)              # a matplotlib Figure
-
-Every number is per image: labels [n] and class probabilities [n, num_classes].
+the same thing in both. Every number is per image: labels [n] and class probabilities [n, num_classes].
 """
 import numpy as np
 
@@ -26,11 +17,8 @@ def confusion_matrix(labels, predicted, num_classes):
 
 
 def precision_recall(counts):
-    """Per-class (precision, recall) float64 arrays from a confusion matrix.
-
-    nan where undefined, not 0: the precision of a class never predicted, the recall of a class with
-    no image.
-    """
+    """Per-class (precision, recall) float64 arrays from a confusion matrix; nan where undefined, not
+    0: the precision of a class never predicted, the recall of a class with no image."""
     true_positives = np.diag(counts).astype(np.float64)
     with np.errstate(invalid='ignore', divide='ignore'):
         precision = true_positives / counts.sum(axis=0)
@@ -61,14 +49,9 @@ def _defined(value):
 
 
 def accuracy_report(probabilities, labels, class_names, top=5):
-    """Accuracy, top-k accuracy and per-class precision/recall of `probabilities` against `labels`.
-
-    Returns {'images', 'accuracy', 'accuracy_interval', 'top_k', 'top_k_accuracy',
-    'top_k_accuracy_interval', 'per_class', 'confusion_matrix'}. The intervals are 95% Wilson score
-    intervals. `per_class` rows hold 'index', 'class', 'support' (images of the class), 'predicted'
-    (images called that class), 'precision' and 'recall'; an undefined precision or recall is None,
-    not 0, and classes that neither occur nor are predicted are left out.
-    """
+    """Accuracy and top-k accuracy with their 95% Wilson intervals, per-class precision and recall and
+    the confusion matrix of `probabilities` against `labels`. In `per_class` an undefined precision or
+    recall is None, not 0; classes that neither occur nor are predicted are left out."""
     probabilities = np.asarray(probabilities)
     labels = np.asarray(labels, np.int64)
     num_classes = probabilities.shape[1]
@@ -95,10 +78,8 @@ def accuracy_report(probabilities, labels, class_names, top=5):
 
 
 def ranked_mistakes(probabilities, labels, count=None):
-    """Indices of the misclassified images, the most confident (in the wrong class) first.
-
-    Equal confidences keep image order. `count`: at most this many.
-    """
+    """Indices of the misclassified images, the most confident (in the wrong class) first, equal
+    confidences in image order; at most `count`."""
     probabilities = np.asarray(probabilities)
     predicted = probabilities.argmax(axis=1)
     wrong = np.flatnonzero(predicted != np.asarray(labels))
@@ -107,12 +88,9 @@ def ranked_mistakes(probabilities, labels, count=None):
 
 
 def confusion_figure(counts, class_names, max_annotated=30, max_inches=30):
-    """The confusion matrix as a matplotlib Figure (no pyplot state), rows true, columns predicted.
-
-    Only the classes that occur or are predicted are drawn. Up to `max_annotated` of them get their
-    names and every cell its count; beyond that the labels and numbers would overlap. The figure
-    grows with the classes, up to `max_inches` high.
-    """
+    """The confusion matrix as a matplotlib Figure (no pyplot state), rows true, columns predicted, of
+    the classes that occur or are predicted. Up to `max_annotated` of them get their names and counts
+    (more would overlap); the figure grows with the classes, up to `max_inches` high."""
     from matplotlib.figure import Figure  # only for a picture: the numbers above need numpy alone
     counts = np.asarray(counts)
     shown = [i for i in range(len(counts)) if counts[i].sum() or counts[:, i].sum()]

@@ -1,28 +1,16 @@
 """What a fine-tuned checkpoint carries besides its weights: `model_info.json`.
 
-finetune.py writes it beside its checkpoints; predict.py and export.py read it, so a
-fine-tuned model needs no other flag: its class count, class names and pre-processing come with it.
+finetune.py writes it beside its checkpoints; predict.py and export.py read it, so a fine-tuned model
+needs no other flag: its class count, class names and pre-processing (docs/run-folder.md), and
+`"ema": true` when the checkpoint holds moving averages of the weights, which are then read instead.
 
     {"format": 1, "num_classes": 2, "class_names": ["cat", "dog"] or null,
      "preprocessing": {"input_size": 227, "resize_size": 256, "mean_rgb": [123.68, 116.779, 103.939],
                        "channel_order": "BGR", "center_crop": true}}
 
-and `"ema": true` when the run kept a moving average of its weights (--ema_decay): predict.py and
-export.py then read the averages, which the checkpoint holds beside the raw weights.
-
-`center_crop` is true when the model was trained with augmentation (random crops of a 256 resize):
-inference then takes the centre crop of the 256 resize, as validation did during training. The other
-pre-processing fields are written from, and checked against, the one definition in preprocessing.py:
-a checkpoint made with different pre-processing is refused rather than fed inputs it never saw.
-
-A checkpoint is named by its prefix (`runs/x/best.ckpt`, `runs/x/model_epoch3.ckpt`) or by its folder:
-then `best.ckpt` if there is one, else the latest checkpoint in it (never one outside the folder, even
-where TensorFlow's `checkpoint` state file names one).
-
-What is read back is checked as strictly as a flag, in one line naming the file and field: every
-field of model_info.json is typed and ranged (no unknown ones; num_classes at least 2 and the width of
-the checkpoint's fc8; class names as classes.txt can hold them, image_lists.class_name_problem), and
-classes.txt's lines likewise. Both files are read only when they are regular files of a bounded size.
+What is read back is checked as strictly as a flag, in one line naming the file and field
+(docs/resume-and-failures.md): a checkpoint made with other pre-processing than preprocessing.py's
+is refused rather than fed inputs it never saw.
 """
 import glob
 import json
@@ -48,9 +36,7 @@ FORMAT = 1
 # Room for a million class names; a larger file is not one of ours, and is not read into memory.
 MAX_FILE_BYTES = 64 * 2**20
 _FIELDS = ('format', 'num_classes', 'class_names', 'preprocessing')
-# Written only when true: the checkpoint keeps a moving average of the weights beside them, and
-# prediction and export read the average (`stored_names`).
-_OPTIONAL_FIELDS = ('ema',)
+_OPTIONAL_FIELDS = ('ema',)  # written only when true (stored_names)
 _PREPROCESSING_FIELDS = ('input_size', 'resize_size', 'mean_rgb', 'channel_order', 'center_crop')
 
 
@@ -70,9 +56,7 @@ def _is_number(value):
 
 def read_small_text(path, what):
     """The text of `path`, a regular UTF-8 file of at most MAX_FILE_BYTES; ToolkitError naming it.
-
-    A FIFO (opening it waits for a writer), a device or an oversized file is refused unread.
-    """
+    A FIFO (opening it waits for a writer), a device or an oversized file is refused unread."""
     kind = image_lists.not_a_regular_file(path) if os.path.lexists(path) else None
     if kind and not kind.startswith('unreadable'):
         raise ToolkitError(f'{path}: not a {what} ({kind})')
@@ -97,10 +81,8 @@ def _preprocessing_fields(center_crop):
 
 
 def write_model_info(ckpt_dir, num_classes, class_names, center_crop, ema=False):
-    """Write `<ckpt_dir>/model_info.json`; returns its path. Replaced atomically, never half-written.
-
-    Refuses what read_model_info would refuse, so that what is written always reads back.
-    """
+    """Write `<ckpt_dir>/model_info.json`, replaced atomically; returns its path. Refuses what
+    read_model_info would refuse, so that what is written always reads back."""
     content = model_info_content(num_classes, class_names, center_crop, ema)
     os.makedirs(ckpt_dir, exist_ok=True)
     path = os.path.join(ckpt_dir, MODEL_INFO)
@@ -172,23 +154,18 @@ def _check_preprocessing(path, found):
     if not isinstance(found.get('center_crop'), bool):
         raise ToolkitError(f"{path}: preprocessing.center_crop should be true or false, "
                            f"found {_shown(found.get('center_crop'))}")
-    expected = _preprocessing_fields(found['center_crop'])
-    for key, value in expected.items():
+    for key, value in _preprocessing_fields(found['center_crop']).items():
         if key not in found:
             raise ToolkitError(f"{path}: preprocessing.{key} is missing")
         given = found[key]
         if key == 'mean_rgb':
-            well_typed = (isinstance(given, list) and len(given) == 3
-                          and all(_is_number(channel) for channel in given))
-            same = well_typed and np.allclose(given, value)
+            well_typed = isinstance(given, list) and len(given) == 3 and all(map(_is_number, given))
         else:
-            well_typed = isinstance(given, type(value)) and not (
-                isinstance(given, bool) and not isinstance(value, bool))
-            same = well_typed and given == value
+            well_typed = type(given) is type(value)  # JSON's true is no integer here
         if not well_typed:
             raise ToolkitError(f'{path}: preprocessing.{key} should be like {value!r}, found '
                                f'{_shown(given)}')
-        if not same:
+        if not (np.allclose(given, value) if key == 'mean_rgb' else given == value):
             raise ToolkitError(f"{path}: the model was trained with preprocessing.{key} = "
                                f"{_shown(given)}, but this toolkit's pre-processing uses {value!r}")
 
@@ -236,11 +213,8 @@ def _check_fits_checkpoint(path, info, prefix):
 
 
 def read_model_info(checkpoint):
-    """(checkpoint prefix, the checked content of model_info.json beside it) for `checkpoint`.
-
-    The checkpoint is verified first (every tensor against its recorded size and checksum), then
-    every field of model_info.json, and its num_classes against the checkpoint's fc8.
-    """
+    """(checkpoint prefix, the checked content of model_info.json beside it) for `checkpoint`: the
+    checkpoint verified first, then every field, and num_classes against the checkpoint's fc8."""
     prefix = resolve_checkpoint(checkpoint)
     checkpoints.check_intact(prefix)  # a damaged file fails here in one line, naming it
     path = os.path.join(os.path.dirname(prefix), MODEL_INFO)
@@ -272,12 +246,8 @@ def stored_names(prefix, info, names):
 
 
 def read_class_names_file(path, num_classes=None):
-    """Names from a classes.txt of "label name" lines (finetune.py's format), indexed by label.
-
-    Every label of 0..num_classes-1 is named exactly once (num_classes None: as many as the file
-    names); a name is as image_lists.class_name_problem allows. A wrong line is one ToolkitError
-    naming the file and line.
-    """
+    """Names from a classes.txt of "label name" lines (finetune.py's format), indexed by label: each
+    of 0..num_classes-1 (None: as many as the file names) exactly once, as class_name_problem allows."""
     names, line_of = {}, {}
     for number, line in enumerate(read_small_text(path, 'class names file').splitlines(), 1):
         if not line.strip() or line.lstrip().startswith('#'):
@@ -286,10 +256,10 @@ def read_class_names_file(path, num_classes=None):
         if not re.fullmatch('[0-9]+', label) or not name.strip():
             raise ToolkitError(f'{path}:{number}: expected "label name", got {_shown(line.strip())}')
         name = name.strip()
+        limit = num_classes or MAX_CLASSES
         # Only a short number is converted: int() of thousands of digits is slow, then refused.
-        value = int(label) if len(label.lstrip('0')) <= 12 else None
-        if value is None or value >= (num_classes or MAX_CLASSES):
-            limit = num_classes or MAX_CLASSES
+        value = int(label) if len(label.lstrip('0')) <= 12 else limit
+        if value >= limit:
             raise ToolkitError(f'{path}:{number}: label {label[:24]} is outside 0..{limit - 1}')
         if value in names:
             raise ToolkitError(f'{path}:{number}: label {value} is named twice (also on line '

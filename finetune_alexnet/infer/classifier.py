@@ -16,8 +16,7 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 
 import datagenerator
-from alexnet import INPUT_SIZE, TRAINABLE_LAYERS, AlexNet
-from finetune_alexnet import checkpoints
+from alexnet import INPUT_SIZE, AlexNet
 from finetune_alexnet import image_header
 from finetune_alexnet import imagenet
 from finetune_alexnet import model_info
@@ -25,6 +24,7 @@ from finetune_alexnet import tf_setup
 from finetune_alexnet import tfrecords
 from finetune_alexnet import weight_files
 from finetune_alexnet.errors import ToolkitError
+from finetune_alexnet.infer import exports
 from finetune_alexnet.infer import features
 from finetune_alexnet.preprocessing import RESIZE_SIZE
 
@@ -38,11 +38,8 @@ def default_class_names(num_classes):
 
 
 def decode_predictions(probs, class_names, top=5):
-    """For each row of `probs` [n, num_classes]: the `top` classes as (index, name, probability).
-
-    Most probable first; ties keep the lower class index first. `class_names` None means
-    default_class_names (ImageNet's for 1000 classes, else 'class i').
-    """
+    """For each row of `probs` [n, num_classes]: the `top` classes as (index, name, probability), most
+    probable first, ties lower index first. `class_names` None: default_class_names."""
     probs = np.atleast_2d(np.asarray(probs))
     num_classes = probs.shape[1]
     names = list(class_names) if class_names is not None else default_class_names(num_classes)
@@ -72,7 +69,8 @@ class Classifier:
         if (weights_path is None) == (checkpoint is None):
             raise ValueError('give exactly one of weights_path and checkpoint')
         if checkpoint is not None:
-            self.prefix, info = model_info.read_model_info(checkpoint)
+            # Only the model's variables (with --ema_decay, their moving averages), shapes checked.
+            self.prefix, info, layers = exports.read_checkpoint_layers(checkpoint)
             self.source = self.prefix
             self.num_classes = info['num_classes']
             self.center_crop = info['preprocessing']['center_crop']
@@ -81,7 +79,10 @@ class Classifier:
             self.prefix = None
             self.source = os.fspath(weights_path)
             layers = weight_files.load_weights(self.source)  # read once: checked here, loaded below
-            self.num_classes = _weights_file_classes(self.source, layers)
+            if 'fc8' not in layers:
+                raise ToolkitError(f"{self.source}: layer fc8 is missing from the file (it holds "
+                                   f"{', '.join(sorted(layers))}); prediction needs every layer")
+            self.num_classes = int(layers['fc8']['biases'].shape[0])
             self.center_crop = bool(center_crop)
             names = class_names
         self.class_names = list(names) if names else default_class_names(self.num_classes)
@@ -111,25 +112,10 @@ class Classifier:
             # TensorFlow); its memory is taken as needed, so a training run beside it keeps its own.
             self.session = tf.Session(graph=self.graph, config=tf_setup.session_config(use_gpu))
             try:
-                if checkpoint is not None:
-                    self._restore(self.prefix, info)
-                else:
-                    self.model.load_initial_weights(self.session, layers)
+                self.model.load_initial_weights(self.session, layers)
             except BaseException:
                 self.session.close()
                 raise
-
-    def _restore(self, prefix, info):
-        variables = {variable.op.name: variable for layer in TRAINABLE_LAYERS
-                     for variable in self.model.variables[layer].values()}
-        # A run with --ema_decay: the weights' moving averages, under their own names.
-        variables = {stored: variables[name]
-                     for stored, name in model_info.stored_names(prefix, info, variables).items()}
-        checkpoints.check_fits(
-            prefix, {name: variable.shape.as_list() for name, variable in variables.items()},
-            f'an AlexNet of {self.num_classes} classes', 'is it a checkpoint written by finetune.py?')
-        # Only the model's variables: the step counter and optimizer slots are not needed to predict.
-        tf.train.Saver(var_list=variables).restore(self.session, prefix)
 
     @property
     def crop_mode(self):
@@ -138,14 +124,11 @@ class Classifier:
 
     def run(self, paths, layers=(), skip_bad_images=False,
             max_pixels=image_header.DEFAULT_MAX_PIXELS, records=None):
-        """Predictions(probabilities [n, num_classes], {layer: outputs [n, ...]}, positions [n]).
-
-        Images are decoded and pre-processed inside the graph (datagenerator.images_dataset), in
-        batches, in order. An unreadable file raises ToolkitError naming it, unless `skip_bad_images`:
-        then it is left out, and `positions` (indices into `paths`) says which files the rows are.
-        With ten crops, probabilities are the crops' mean and layer outputs are [n, 10, ...].
-        `records` (a tfrecords.ShardIndex): the images are its records instead (`paths`: their names).
-        """
+        """Predictions(probabilities [n, num_classes], {layer: outputs [n, ...]}, positions [n]), in
+        order. An unreadable file raises ToolkitError naming it, unless `skip_bad_images`: then it is
+        left out, and `positions` (indices into `paths`) says which files the rows are. With ten
+        crops, layer outputs are [n, 10, ...]. `records` (a tfrecords.ShardIndex): the images are its
+        records instead (`paths`: their names)."""
         paths = [os.fspath(path) for path in paths]
         make_dataset = (functools.partial(tfrecords.images_dataset, records) if records is not None
                         else functools.partial(datagenerator.images_dataset, paths))
@@ -192,9 +175,3 @@ class Classifier:
     def __exit__(self, *exc):
         self.close()
 
-
-def _weights_file_classes(path, layers):
-    if 'fc8' not in layers:
-        raise ToolkitError(f"{path}: layer fc8 is missing from the file (it holds "
-                           f"{', '.join(sorted(layers))}); prediction needs every layer")
-    return int(layers['fc8']['biases'].shape[0])

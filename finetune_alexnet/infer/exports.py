@@ -14,21 +14,16 @@ from finetune_alexnet.infer import manifests
 from finetune_alexnet.infer import serving
 
 
-def model_variable_shapes(num_classes):
-    """{'conv1/weights': shape, ...}: AlexNet's variables by name, as checkpoints hold them."""
-    return {f'{layer}/{kind}': shape for layer, kinds in variable_shapes(num_classes).items()
-            for kind, shape in kinds.items()}
-
-
 def read_checkpoint_layers(checkpoint):
     """(prefix, info, {layer: {'weights', 'biases'}}) of a fine-tuned checkpoint, shapes checked."""
     prefix, info = model_info.read_model_info(checkpoint)
-    checkpoints.check_fits(prefix, model_variable_shapes(info['num_classes']), 'an AlexNet of this '
-                           'model_info.json', 'is it a checkpoint written by finetune.py?')
+    shapes = {f'{layer}/{kind}': shape for layer, kinds in variable_shapes(info['num_classes']).items()
+              for kind, shape in kinds.items()}
+    checkpoints.check_fits(prefix, shapes, 'an AlexNet of this model_info.json',
+                           'is it a checkpoint written by finetune.py?')
     reader = tf.train.load_checkpoint(prefix)
     # A run with --ema_decay: the weights' moving averages, which model_info.json says it kept.
-    stored = {name: stored for stored, name in model_info.stored_names(
-        prefix, info, model_variable_shapes(info['num_classes'])).items()}
+    stored = {name: stored for stored, name in model_info.stored_names(prefix, info, shapes).items()}
     layers = {layer: {kind: reader.get_tensor(stored[f'{layer}/{kind}'])
                       for kind in weight_files.WEIGHT_KINDS} for layer in TRAINABLE_LAYERS}
     return prefix, info, layers
@@ -41,11 +36,6 @@ def read_weights_file(path):
     return layers
 
 
-def _inside(path, folder):
-    path, folder = os.path.realpath(path), os.path.realpath(folder)
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
 def check_output(output, export_format, overwrite):
     """Refuse, before any work, an output that would clobber something: anything there without
     `overwrite`; with it, anything that the manifest of an earlier export there does not list
@@ -53,7 +43,8 @@ def check_output(output, export_format, overwrite):
     if export_format == 'savedmodel':
         if os.path.lexists(output) and not os.path.isdir(output):
             raise ToolkitError(f"{output}: is a file; a SavedModel is a folder (e.g. models/name/1)")
-        if _inside(os.getcwd(), output):
+        folder = os.path.realpath(output)
+        if os.path.commonpath([os.path.realpath(os.getcwd()), folder]) == folder:
             raise ToolkitError(f"{output}: is the current folder or holds it; run export.py from "
                                "elsewhere, or choose another --output")
         if os.path.isdir(output) and os.listdir(output):
@@ -61,16 +52,15 @@ def check_output(output, export_format, overwrite):
                 raise ToolkitError(f"{output}: folder exists and is not empty (pass --overwrite to "
                                    "replace it, or give a new version number)")
             manifests.check_folder(output)
-        # Written beside it and renamed into place: its parent folder is what must be writable.
-        run_folder.check_output_folder(os.path.dirname(os.path.abspath(output)),
-                                       f'the folder of --output {output}')
-        return
-    if os.path.isdir(output):
+    elif os.path.isdir(output):
         raise ToolkitError(f'{output}: --output (--format {export_format} writes a file) is a folder; '
                            'give a file name')
-    # A missing folder is created, as for a SavedModel's models/<name>/.
+    # Written beside it and renamed into place (a missing folder is created): its parent folder is
+    # what must be writable.
     run_folder.check_output_folder(os.path.dirname(os.path.abspath(output)),
                                    f'the folder of --output {output}')
+    if export_format == 'savedmodel':
+        return
     if os.path.exists(output) and not os.access(output, os.W_OK):
         raise ToolkitError(f'{output}: --output is not writable')
     targets = [output, *(serving.side_files(output) if export_format in MODEL_FILE_FORMATS else []),

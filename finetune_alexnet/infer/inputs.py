@@ -1,11 +1,8 @@
 """What predict.py classifies: image files, folders and list files, in the order given.
 
-A folder is searched recursively for images (image_header.IMAGE_EXTENSIONS), sorted by path, and only
-regular files (or symlinks to them) are taken: a FIFO, socket or device named like an image is left out
-with a note, never opened (reading a FIFO waits for a writer forever); a `.txt`
-file is a "path label" list as finetune.py reads it (datagenerator.read_list), so its images come with
-their labels; any other file is an image. Images given directly or found in folders have no label
-(None).
+A folder is searched recursively for images, sorted by path; what is not a regular file (a FIFO
+waits for a writer forever) is left out with a note, never opened. A `.txt` file is a "path label"
+list (datagenerator.read_list); images given directly or found in folders have no label (None).
 """
 import os
 
@@ -48,14 +45,10 @@ def images_in_folder(folder, skipped):
 
 
 def collect_inputs(inputs, num_classes, skipped):
-    """(paths, labels or None per path) from image files, folders and `.txt` list files, in order.
-
-    What a folder holds that is not a regular file is left out and appended to the list `skipped`
-    as 'path (what it is)', for a note.
-    """
+    """(paths, labels or None per path) from image files, folders and `.txt` list files, in order;
+    what a folder holds that is not a regular file is appended to `skipped` (images_in_folder)."""
     paths, labels = [], []
-    for item in inputs:
-        item = os.fspath(item)
+    for item in map(os.fspath, inputs):
         if os.path.isdir(item):
             found = images_in_folder(item, skipped)
             if not found:
@@ -81,6 +74,5 @@ def read_inputs(paths, labels, positions):
     """(paths, labels, skipped paths): the inputs a run read (`positions`, from Classifier.run), in
     order, and those it left out (unreadable ones, with skip_bad_images)."""
     kept = [int(position) for position in positions]
-    left_out = set(range(len(paths))) - set(kept)
-    return ([paths[i] for i in kept], [labels[i] for i in kept],
-            [path for i, path in enumerate(paths) if i in left_out])
+    left_out = sorted(set(range(len(paths))) - set(kept))
+    return [paths[i] for i in kept], [labels[i] for i in kept], [paths[i] for i in left_out]

@@ -1,14 +1,9 @@
 """What export.py wrote: each export's manifest lists its files with their sizes and SHA-256 digests,
-and --overwrite replaces only what a manifest lists, unchanged.
+and --overwrite replaces only what a manifest lists, unchanged (docs/serving.md).
 
-A SavedModel's manifest is its assets/finetune_alexnet.json (which also records the pixel limit) and
-lists every file of the folder; a file's (npz, tflite, onnx) is `<output>.export.json` beside it
-(cats.tflite.export.json) and lists the file and the labels and model_info.json written beside it.
-Anything else where an export would go is refused in one line naming it: an entry a user added, an
-edited labels file, a text file named .tflite, an export made before manifests existed.
-
-One module of its own because serving.py (which writes the manifests and refuses in its writer too)
-and exports.py (export.py's checks before any work, which reads serving.py) both need it.
+A SavedModel's manifest is its assets/finetune_alexnet.json (with its pixel limit) and lists every
+file of the folder; a file's is `<output>.export.json` beside it, listing it and its side files.
+serving.py (the writers, which refuse too) and exports.py (the checks before any work) both use it.
 """
 import json
 import os

@@ -1,11 +1,8 @@
-"""What predict.py prints and writes: the prediction table, the evaluation report, CSV and JSON files,
-and the confusion matrix picture.
-
-The numbers come from metrics.py; here they become text and files. For the 1000-class ImageNet weights
-the published accuracies (imagenet.py) are shown beside ours.
+"""What predict.py prints and writes: the prediction table, the evaluation report (metrics.py's
+numbers, with imagenet.py's published accuracies beside them for the ImageNet weights), the CSV file,
+the JSON content and the confusion matrix picture.
 """
 import csv
-import json
 import os
 
 from finetune_alexnet import imagenet
@@ -119,11 +116,8 @@ def format_evaluation(report, mistakes, max_mistakes, published=None, crop_mode=
 
 
 def confusion_matrix_beside(output):
-    """Where the confusion matrix goes when only a JSON or CSV output names a place: beside it, as
-    `<its name without extension>_confusion_matrix.png`; None when `output` is None."""
-    if output is None:
-        return None
-    return os.path.splitext(output)[0] + CONFUSION_MATRIX_SUFFIX
+    """Where the confusion matrix goes when only a JSON or CSV output names a place: beside it."""
+    return None if output is None else os.path.splitext(output)[0] + CONFUSION_MATRIX_SUFFIX
 
 
 def write_confusion_matrix(path, counts, class_names):
@@ -143,9 +137,3 @@ def write_csv(path, records, top):
             for entry in record['top']:
                 row += [entry['index'], entry['class'], repr(entry['probability'])]
             writer.writerow(row)
-
-
-def write_json(path, content):
-    with run_folder.replaced_atomically(path) as partial, open(partial, 'w') as stream:
-        json.dump(content, stream, indent=2)
-        stream.write('\n')

@@ -1,49 +1,11 @@
 """Models that leave the repository: a SavedModel for TF Serving and TensorFlow 2, TFLite and ONNX files.
 
-The graphs are built with the toolkit's own code: `AlexNet` for the network and preprocessing.py's
-functions for decoding, resizing and normalising, so a served model sees exactly the input that
-training and predict.py give it. The weights are fed into the variables' initializers (never graph
-constants), so a SavedModel holds them once, in its `variables/` folder.
-
-SavedModel (TF 1 SavedModelBuilder format, tag `serve`; TF Serving serves it, and TF 2's
-`tf.saved_model.load` loads it with its `signatures`):
-
-    serving_default  image_bytes: string [None], encoded JPEG/PNG/BMP/GIF/WebP files of any size
-                     up to max_pixels (the file header's size, every frame counted)
-    predict_images   images: uint8 [None, None, None, 3], decoded RGB pictures of one size, each at
-                     most max_pixels
-    both return      probabilities: float32 [None, num_classes]
-                     classes: string [None, k], class names, best first (k = min(5, num_classes))
-                     scores: float32 [None, k], their probabilities
-    assets           labels.txt (one class name a line, in label order), model_info.json, and
-                     finetune_alexnet.json ({"format", "written_by", "max_pixels", "files"}: the
-                     manifest of every file of the folder, manifests.py; not a registered asset)
-
-The pixel limit is checked inside the graph, per request, before anything is decoded: an image
-over it fails its own request with InvalidArgumentError naming it (`image_bytes[i]`) and the limit,
-and the server and its other requests go on.
-
-TFLite has no image decoder op, so a `.tflite` takes what the network takes: float32
-[None, 227, 227, 3], pre-processed (resized, BGR, ImageNet mean subtracted), and returns the
-probabilities; its labels and model_info.json are written beside it. The caller decodes, so the
-pixel limit is the caller's. Its weights are float32, float16, or int8: then every op computes in
-int8 (activations too, their ranges measured on representative images pre-processed as predict.py
-does), between a quantize op at the input and a dequantize op at the output, so the input and
-output stay float32 and one app runs any of the three files. They run in LiteRT (`ai_edge_litert`),
-the successor of TensorFlow's own TFLite interpreter, which TensorFlow 2.21 deprecates.
-
-An `.onnx` file takes and returns exactly what a float32 `.tflite` does (the same NHWC input), with
-its labels and model_info.json beside it and also inside it (`metadata_props`). It is converted by
-tf2onnx from the graph the float32 TFLite file comes from (AlexNet with a float32 input, frozen), at
-opset ONNX_OPSET; the graphs with an image decoder cannot be converted (ONNX has no such op).
-
-tf2onnx, onnx, onnxruntime and ai_edge_litert are deploy-time packages (requirements-deploy.txt),
-imported only where they are used; without them the export that needs one stops with the command
-that installs them (`deploy_module`).
-
-Outputs are written beside their final name and renamed into place, with the manifest that lists
-their files; what they replace must be what such a manifest lists, unchanged (manifests.py). Each
-writer creates the output's missing folders.
+docs/serving.md describes each one: its signatures or input and output, its side files, its pixel
+limit. The graphs are built with the toolkit's own code (`AlexNet`, preprocessing.py's decode, resize
+and normalisation), so a served model sees exactly the input that training and predict.py give it.
+tf2onnx, onnx and ai_edge_litert are deploy-time packages (requirements-deploy.txt), imported only
+where they are used (`deploy_module`). Each writer creates the output's missing folders, writes
+beside the final name and renames into place, with the manifest of its files (manifests.py).
 """
 import collections
 import contextlib
@@ -84,58 +46,47 @@ ONNX_INPUT = 'images'
 ONNX_OUTPUT = 'probabilities'
 DEPLOY_REQUIREMENTS = 'requirements-deploy.txt'
 
-# The exported model's contents: its weights {layer: {'weights', 'biases'}}, class names (one per
-# class), whether inference takes the centre crop of a 256 resize (a model trained with --augment),
-# and the most pixels a served image may have (its header's count, every frame).
-# use_gpu: the export's sessions may use a GPU (--device); they take its memory as they need it.
+# layers: {layer: {'weights', 'biases'}}; center_crop: inference takes the centre crop of a 256 resize
+# (--augment); max_pixels: a served image's most (its header's count, every frame); use_gpu: --device.
 ExportedModel = collections.namedtuple('ExportedModel', 'layers class_names center_crop max_pixels '
                                        'use_gpu', defaults=(image_header.DEFAULT_MAX_PIXELS, False))
 
 
-def _resize_each(images, center_crop):
-    """uint8 [n, 227, 227, 3] RGB from a batch of decoded images, one `resize_for_model` each."""
-    return tf.map_fn(lambda image: preprocessing.resize_for_model(image, augment=center_crop), images,
-                     fn_output_signature=tf.TensorSpec([INPUT_SIZE, INPUT_SIZE, 3], tf.uint8),
-                     back_prop=False)
+def _normalized_each(to_model_size, elements):
+    """preprocessing.normalize of the uint8 [227, 227, 3] images `to_model_size` makes of each element."""
+    resized = tf.map_fn(to_model_size, elements, back_prop=False,
+                        fn_output_signature=tf.TensorSpec([INPUT_SIZE, INPUT_SIZE, 3], tf.uint8))
+    return preprocessing.normalize(resized, compiled=False)
 
 
 def preprocess_encoded(image_bytes, center_crop, max_pixels=image_header.DEFAULT_MAX_PIXELS):
-    """Model input from a batch of encoded files: preprocessing's decode, resize, normalisation.
-
-    Each file's header is checked against `max_pixels` before it is decoded; one over it fails the
-    call with InvalidArgumentError naming `image_bytes[i]` and the limit.
-    """
-    def one(data, index):
+    """Model input from a batch of encoded files: preprocessing's decode, resize, normalisation. Each
+    file's header is checked against `max_pixels` before it is decoded (InvalidArgumentError)."""
+    def one(elements):
+        data, index = elements
         what = tf.strings.join(['image_bytes[', tf.strings.as_string(index), ']'])
         image = preprocessing.decode_rgb(data, max_pixels=max_pixels, what=what)
         return preprocessing.resize_for_model(image, augment=center_crop)
-    decoded_and_resized = tf.map_fn(
-        lambda elements: one(*elements), (image_bytes, tf.range(tf.size(image_bytes))),
-        fn_output_signature=tf.TensorSpec([INPUT_SIZE, INPUT_SIZE, 3], tf.uint8), back_prop=False)
-    return preprocessing.normalize(decoded_and_resized, compiled=False)
+    return _normalized_each(one, (image_bytes, tf.range(tf.size(image_bytes))))
 
 
 def preprocess_decoded(images_rgb, center_crop, max_pixels=image_header.DEFAULT_MAX_PIXELS):
     """Model input from a batch of decoded uint8 RGB images: preprocessing's resize and normalisation.
-
     The caller decoded them, but the limit holds here too: images over `max_pixels` fail the call."""
     shape = tf.shape(images_rgb, out_type=tf.int64)
-    pixels = shape[1] * shape[2]
-    check = tf.debugging.Assert(pixels <= max_pixels, [tf.strings.join([
+    check = tf.debugging.Assert(shape[1] * shape[2] <= max_pixels, [tf.strings.join([
         'images: ', tf.strings.as_string(shape[2]), 'x', tf.strings.as_string(shape[1]),
         f' pixels each, over max_pixels {max_pixels}'])])
     with tf.control_dependencies([check]):
         images_rgb = tf.identity(images_rgb)
-    return preprocessing.normalize(_resize_each(images_rgb, center_crop), compiled=False)
+    return _normalized_each(lambda image: preprocessing.resize_for_model(image, augment=center_crop),
+                            images_rgb)
 
 
 def _classifier(inputs, class_names):
     """(model, {'probabilities', 'classes', 'scores'}) of AlexNet on pre-processed `inputs`, dropout off.
-
-    Variables are shared between calls (AUTO_REUSE), so several inputs use one set of weights. They
-    are resource variables, which TF 2's loader turns into tf.Variables (it only warns about TF 1's
-    reference variables, one line per variable).
-    """
+    Several inputs share one set of variables, resource variables: TF 2's loader warns about TF 1's
+    reference variables, one line per variable."""
     num_classes = len(class_names)
     with tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE, use_resource=True):
         model = AlexNet(inputs, 1.0, num_classes, skip_layer=[])
@@ -184,11 +135,8 @@ def _replace_folder(model, output, partial):
 
 def write_saved_model(output, exported):
     """Write `exported` as a SavedModel folder at `output`; returns {signature name: SignatureDef}.
-
-    TF Serving's layout is models/<name>/<version>: the model's folder is created when missing.
     What is at `output` must be absent, an empty folder or what its manifest lists, unchanged
-    (ToolkitError otherwise); it is replaced only once the new model is complete.
-    """
+    (ToolkitError otherwise); it is replaced only once the new model is complete."""
     output = os.path.abspath(output)
     partial = _partial_path(output)
     try:
@@ -278,19 +226,17 @@ def convert_tflite(exported, quantizations=(None,), representative=None):
     return flatbuffers
 
 
-def write_tflite(output, exported, quantize=None, representative=None, flatbuffer=None):
-    """Write `exported` as a TFLite flatbuffer at `output` (float32, float16 weights with
-    `quantize='float16'`, or int8 with 'int8' and `representative` images: convert_tflite), with its
-    labels and model_info.json beside it; returns their paths. `flatbuffer`: one convert_tflite
-    already made for `quantize`."""
+def write_tflite(output, exported, quantize=None, flatbuffer=None):
+    """Write `exported` as a TFLite flatbuffer at `output` (convert_tflite's for `quantize`, or
+    `flatbuffer`, one it already made), with its labels and model_info.json beside it; returns their paths."""
     if flatbuffer is None:
-        flatbuffer = convert_tflite(exported, (quantize,), representative)[quantize]
+        flatbuffer = convert_tflite(exported, (quantize,))[quantize]
     return _write_model_file(output, exported, flatbuffer)
 
 
 def _write_model_file(output, exported, content):
-    """Write the bytes `content` at `output` and the labels and model_info.json beside it, each
-    renamed into place once whole (the model last); returns the side files' paths."""
+    """Write `content` at `output` and the side files beside it, each renamed into place once whole
+    (the model last); returns the side files' paths."""
     partial = _partial_path(output)
     try:
         written = os.path.join(partial, 'model')
@@ -352,19 +298,17 @@ def write_onnx(output, exported):
 def representative_sample(paths, size, seed):
     """At most `size` of `paths`, drawn without replacement with `seed`, in their list order: the
     images that calibrate an int8 model."""
-    if len(paths) <= size:
-        return list(paths)
-    chosen = random.Random(seed).sample(range(len(paths)), size)
+    chosen = random.Random(seed).sample(range(len(paths)), min(size, len(paths)))
     return [paths[index] for index in sorted(chosen)]
 
 
-def preprocessed_batches(paths, center_crop, batch_size=32, list_file=None):
+def preprocessed_batches(paths, center_crop, list_file=None):
     """float32 [b, 227, 227, 3] batches of the image files `paths`, in order, pre-processed as
     predict.py does (datagenerator.images_dataset): what a TFLite model takes. An image that does
     not decode raises ToolkitError naming it (and `list_file`, the list it came from)."""
     graph = tf.Graph()
     with graph.as_default():  # left before the first yield: the caller's default graph is its own
-        dataset = datagenerator.images_dataset(list(paths), batch_size, center_crop=center_crop)
+        dataset = datagenerator.images_dataset(list(paths), 32, center_crop=center_crop)
         next_batch = tf.data.make_one_shot_iterator(dataset).get_next()
     session = tf.Session(graph=graph, config=tf_setup.session_config())
     try:
@@ -398,9 +342,7 @@ def run_tflite(interpreter, images):
     return interpreter.get_tensor(interpreter.get_output_details()[0]['index']).copy()
 
 
-# How a quantized TFLite model answers next to the float32 one, on labelled images: how many,
-# how many with the same top-1 class, how many each got right, and the largest difference of a
-# probability.
+# How a quantized TFLite model answers next to the float32 one, on labelled images (tflite_agreement).
 Agreement = collections.namedtuple('Agreement', 'images same_top1 float_correct quantized_correct '
                                    'max_difference')
 
@@ -430,12 +372,8 @@ def tflite_agreement(quantized, reference, batches, labels):
 def describe_signature(name, signature):
     """`name: inputs image_bytes string [-1]; outputs classes string [-1, 2], ...`, one line."""
     def tensors(mapping):
-        parts = []
-        for key in sorted(mapping):
-            info = mapping[key]
-            shape = [dim.size for dim in info.tensor_shape.dim]
-            parts.append(f'{key} {tf.as_dtype(info.dtype).name} {shape}')
-        return ', '.join(parts)
+        return ', '.join(f'{key} {tf.as_dtype(info.dtype).name} {[dim.size for dim in info.tensor_shape.dim]}'
+                         for key, info in sorted(mapping.items()))
     return f'{name}: inputs {tensors(signature.inputs)}; outputs {tensors(signature.outputs)}'
 
 
