@@ -88,11 +88,11 @@ def phase_layers(train_layers, unfreeze_layers, phase):
     return tuple(layer for layer in TRAINABLE_LAYERS if layer in layers)
 
 
-def _tower_devices(num_devices, use_gpu):
-    if num_devices == 1:
-        return [None]
-    kind = 'gpu' if use_gpu else 'cpu'
-    return [f'/{kind}:{index}' for index in range(num_devices)]
+def _tower_devices(config):
+    if config.num_devices == 1:
+        return [config.model_device]
+    kind = 'gpu' if config.use_gpu else 'cpu'
+    return [f'/{kind}:{index}' for index in range(config.num_devices)]
 
 
 def replica_strategy(config):
@@ -100,7 +100,7 @@ def replica_strategy(config):
     device, each device's gradients all-reduced into every copy, so no device serves the others'
     weights. NCCL between GPUs; between logical CPU devices (the tests' stand-in for GPUs) a sum on
     the first, which has no NCCL."""
-    devices = _tower_devices(config.num_devices, config.use_gpu)
+    devices = _tower_devices(config)
     reduction = (tf.distribute.NcclAllReduce() if config.use_gpu
                  else tf.distribute.ReductionToOneDevice(reduce_to_device=devices[0]))
     return tf.distribute.MirroredStrategy(devices, cross_device_ops=reduction)
@@ -275,8 +275,7 @@ def train_ops(model_and_loss, images, labels, keep_prob, optimizer_ops, config, 
 
 def _build(model_and_loss, x, y, keep_prob, training, config, input_layer, reuse, optimizer_ops,
            shared):
-    global_step, sgd = optimizer_ops.global_step, optimizer_ops.optimizer
-    strategy = optimizer_ops.strategy
+    global_step, strategy = optimizer_ops.global_step, optimizer_ops.strategy
     batch_count = tf.shape(x, out_type=tf.int64)[0]
     mix, x_in, y_in = None, x, y
     if config.mixup or config.cutmix:
@@ -287,19 +286,32 @@ def _build(model_and_loss, x, y, keep_prob, training, config, input_layer, reuse
             x_in, y_in = tf.cond(training, lambda: mix_batch(x, y, mix), lambda: (x, y))
             mix.update(images=x_in, labels=y_in)  # what the step trains on (x, y unless training)
     phases = config.all_phases if config.phases is None else config.phases
+    x_parts, y_parts = _split_batch(x_in, y_in, batch_count, config.num_devices, config.num_classes)
+
+    def part(index):
+        """The model on part `index` of the batch, and its share of the batch's mean loss."""
+        with tf.variable_scope(tf.get_variable_scope(), reuse=reuse or index > 0):
+            model, per_example = model_and_loss(x_parts[index], y_parts[index], input_layer)
+        return model, _loss_share(per_example, y_parts[index], batch_count, config,
+                                  padded=config.num_devices > 1)
+
     if strategy is not None:
-        towers, steps = _build_replicas(model_and_loss, x_in, y_in, batch_count, config, input_layer,
-                                        reuse, strategy, phases, sgd, global_step)
-    else:
-        towers = _build_towers(model_and_loss, x_in, y_in, batch_count, config, input_layer, reuse)
+        models, shares, steps = _build_replicas(part, strategy, phases, optimizer_ops, config)
+    else:  # towers: the model once per device, its variables read from the first
+        devices, built = _tower_devices(config), []
+        for index, device in enumerate(devices):
+            with tf.device(device), tf.name_scope(f'tower_{index}' if index else None):
+                built.append(part(index))
+        models, shares = (list(column) for column in zip(*built))
     if shared is None:
-        ema, averages = _moving_average(config, towers.model)
+        ema, averages = _moving_average(config, models[0])
         phase_variable = (tf.Variable(1, dtype=tf.int64, trainable=False, name='training_phase')
                           if len(config.all_phases) > 1 else None)
         shared = Shared(*optimizer_ops[:4], ema, averages, phase_variable, strategy)
 
-    logits = _joined(towers.logits, batch_count)
-    features = _joined(towers.features, batch_count) if input_layer is None else None
+    logits = _joined([model.fc8 for model in models], batch_count)
+    features = (_joined([model.end_points['flattened'] for model in models], batch_count)
+                if input_layer is None else None)
     with tf.name_scope('metrics'):
         # With mixed labels, a training step's accuracy counts the larger share's class.
         correct = tf.equal(tf.argmax(logits, 1), tf.argmax(y_in, 1))
@@ -309,13 +321,12 @@ def _build(model_and_loss, x, y, keep_prob, training, config, input_layer, reuse
         # cross-entropy (no smoothing, no class weights), so runs with and without compare.
         loss_sum = tf.reduce_sum(_per_example_loss(logits, y_in))
 
-    if strategy is not None:
-        phases = {phase: _replicated_phase_ops(phase, steps[phase], config, shared)
-                  for phase in phases}
-    else:
-        phases = {phase: _phase_ops(phase, towers, config, shared) for phase in phases}
+    if strategy is None:
+        steps = {phase: [_phase_step(phase, models[0], shares, devices, shared, config)]
+                 for phase in phases}
+    phases = {phase: _phase_ops(phase, steps[phase], shared) for phase in phases}
     graph = TrainingGraph(
-        x=x, y=y, keep_prob=keep_prob, model=towers.model, logits=logits, loss=None, accuracy=accuracy,
+        x=x, y=y, keep_prob=keep_prob, model=models[0], logits=logits, loss=None, accuracy=accuracy,
         loss_sum=loss_sum, correct_count=correct_count, batch_count=batch_count, train_op=None,
         train_summaries=None, global_step=global_step, learning_rate=shared.rate, var_list=None,
         training=training, phase=None, phases=phases, mix=mix, averages=shared.averages, shared=shared,
@@ -354,26 +365,32 @@ def summaries(graph, config):
     return graph.for_phase(graph.phase) if phases else graph
 
 
-def _phase_ops(phase, towers, config, shared):
-    """Phase `phase`'s loss, gradients of its layers, NaN guard, update and summaries."""
-    var_list = trained_variables(towers.model, phase_layers(config.train_layers,
-                                                            config.unfreeze_layers, phase))
-    scope = tf.name_scope(f'phase{phase}') if phase > 1 else contextlib.nullcontext()
-    with scope:
-        decay = _weight_decay(var_list, config)
+# One update of a phase's variables (towers: the only one; replicas: one each, the optimizer
+# all-reducing their gradients inside it).
+Step = collections.namedtuple('Step', 'var_list loss gradients check update')
+
+
+def _phase_step(phase, model, shares, devices, optimizer_ops, config, decay=True):
+    """Phase `phase`'s Step from the parts' `shares` of the batch's mean loss, each part's gradients
+    taken on its device: the weight decay (unless `decay` is False: a replica after the first) in
+    the first part's, the gradients summed, scaled by `config.lr_mult`, checked, applied."""
+    var_list = trained_variables(model, phase_layers(config.train_layers, config.unfreeze_layers,
+                                                     phase))
+    with tf.name_scope(f'phase{phase}') if phase > 1 else contextlib.nullcontext():
+        decay = _weight_decay(var_list, config) if decay else None
         with tf.name_scope('loss'):
-            loss = tf.add_n(towers.loss_shares + ([decay] if decay is not None else []))
-        tower_gradients = []
-        for index, (device, share) in enumerate(zip(towers.devices, towers.loss_shares)):
-            with tf.device(device or config.model_device):
+            loss = tf.add_n(shares + ([decay] if decay is not None else []))
+        part_gradients = []
+        for index, (device, share) in enumerate(zip(devices, shares)):
+            with tf.device(device):
                 total = share + decay if decay is not None and index == 0 else share
                 if config.mixed_precision:  # scales the loss, unscales the gradients
-                    tower_gradients.append(
-                        [grad for grad, _ in shared.optimizer.compute_gradients(total, var_list)])
+                    part_gradients.append(
+                        [grad for grad, _ in optimizer_ops.optimizer.compute_gradients(total, var_list)])
                 else:
-                    tower_gradients.append(tf.gradients(total, var_list))
+                    part_gradients.append(tf.gradients(total, var_list))
         with tf.name_scope('train'):
-            gradients = [tf.add_n(list(grads)) for grads in zip(*tower_gradients)]
+            gradients = [tf.add_n(list(grads)) for grads in zip(*part_gradients)]
             if config.num_workers > 1:
                 # Each worker's gradient is of the mean over its part of the global batch, and the
                 # strategy sums the workers' gradients: divided by their number, the sum is the
@@ -386,43 +403,30 @@ def _phase_ops(phase, towers, config, shared):
         # first. (Validation fetches only the metrics, so it computes no gradient.) With loss scaling
         # an overflowing gradient is expected now and then and handled by the optimizer: only the
         # loss counts.
-        loss_is_finite = _finite_check(loss, gradients, config)
-        with tf.control_dependencies([loss_is_finite]):
-            update = _apply(shared.optimizer, gradients, var_list, shared.global_step,
+        checked = tf.stack([loss] if config.mixed_precision
+                           else [loss, tf.linalg.global_norm(gradients)])
+        check = tf.debugging.assert_all_finite(checked, 'loss is not finite', name='loss_is_finite')
+        with tf.control_dependencies([check]):
+            gradients = [tf.identity(gradient) for gradient in gradients]
+            update = _apply(optimizer_ops.optimizer, gradients, var_list, optimizer_ops.global_step,
                             config.mixed_precision)
-        return _phase_tail(loss, update, loss_is_finite, gradients, var_list, shared, phase)
+    return Step(var_list, loss, gradients, check, update)
 
 
-def _finite_check(loss, gradients, config):
-    checked = tf.stack([loss] if config.mixed_precision else [loss, tf.linalg.global_norm(gradients)])
-    return tf.debugging.assert_all_finite(checked, 'loss is not finite', name='loss_is_finite')
-
-
-def _phase_tail(loss, update, loss_is_finite, gradients, var_list, shared, phase):
-    """After the update: the moving average and the phase's record (`summaries` adds the rest)."""
-    with tf.control_dependencies([loss_is_finite]):
-        train_op = _after_update(update, var_list, shared, phase)
-    return PhaseOps(loss, train_op, None, var_list, gradients, loss_is_finite)
-
-
-# One phase's step as each replica built it: its update (the optimizer all-reduces the replicas'
-# gradients inside it), its gradients and its NaN guard; the weight decay (replica 0's, else None).
-ReplicaStep = collections.namedtuple('ReplicaStep', 'var_list share update gradients check decay')
-
-
-def _replicated_phase_ops(phase, steps, config, shared):
-    """Phase `phase` from its replicas' steps: the whole batch's loss, the summed gradients (for the
-    histograms only), and an update that runs every replica's."""
-    first = steps[0]
+def _phase_ops(phase, steps, shared):
+    """Phase `phase` from its steps: the batch's loss, the gradients summed (for the histograms),
+    one NaN guard and one update for all, then the moving average and the phase's record."""
+    var_list = steps[0].var_list
     with tf.name_scope(f'phase{phase}') if phase > 1 else contextlib.nullcontext():
         with tf.name_scope('loss'):
-            shares = [step.share for step in steps]
-            loss = tf.add_n(shares + ([first.decay] if first.decay is not None else []))
+            loss = tf.add_n([step.loss for step in steps])
         with tf.name_scope('train'):
             gradients = [tf.add_n(list(grads)) for grads in zip(*(step.gradients for step in steps))]
-        loss_is_finite = tf.group(*[step.check for step in steps], name='loss_is_finite')
-        update = tf.group(*[step.update for step in steps])
-        return _phase_tail(loss, update, loss_is_finite, gradients, first.var_list, shared, phase)
+        check = tf.group(*[step.check for step in steps], name='loss_is_finite')
+        with tf.control_dependencies([check]):
+            train_op = _after_update(tf.group(*[step.update for step in steps]), var_list, shared,
+                                     phase)
+    return PhaseOps(loss, train_op, None, var_list, gradients, check)
 
 
 def _weight_decay(var_list, config):
@@ -564,28 +568,9 @@ def scheduled_rate(config, global_step):
     return tf.cast(rate, tf.float32)
 
 
-Towers = collections.namedtuple('Towers', ['model', 'logits', 'loss_shares', 'devices', 'features'])
-
-
 def _joined(parts, batch_count):
     """The devices' parts of a batch as one (without the padding rows)."""
     return tf.concat(parts, axis=0)[:batch_count] if len(parts) > 1 else parts[0]
-
-
-def _build_towers(model_and_loss, x, y, batch_count, config, input_layer, reuse):
-    """The model once per device on an equal part of the batch; each tower's share of the loss."""
-    devices = _tower_devices(config.num_devices, config.use_gpu)
-    x_parts, y_parts = _split_batch(x, y, batch_count, len(devices), config.num_classes)
-    models, shares = [], []
-    for index, device in enumerate(devices):
-        with tf.device(device or config.model_device), tf.name_scope(f'tower_{index}' if index else None), \
-                tf.variable_scope(tf.get_variable_scope(), reuse=reuse or index > 0):
-            model, per_example = model_and_loss(x_parts[index], y_parts[index], input_layer)
-            models.append(model)
-            shares.append(_loss_share(per_example, y_parts[index], batch_count, config,
-                                      padded=len(devices) > 1))
-    return Towers(models[0], [model.fc8 for model in models], shares, devices,
-                  [model.end_points.get('flattened') for model in models])
 
 
 def _split_batch(x, y, batch_count, parts, num_classes):
@@ -611,46 +596,24 @@ def _loss_share(per_example, labels, batch_count, config, padded):
     return tf.reduce_sum(per_example) / tf.cast(batch_count, tf.float32)
 
 
-def _build_replicas(model_and_loss, x, y, batch_count, config, input_layer, reuse, strategy, phases,
-                    sgd, global_step):
-    """The model once per replica (strategy.extended.call_for_each_replica) on an equal part of the
-    batch, and each phase's step there: the replica's gradients, its NaN guard, and the optimizer's
-    update, which all-reduces the replicas' gradients (summed: each is of the replica's share of
-    the batch's mean) into every copy of the weights."""
-    x_parts, y_parts = _split_batch(x, y, batch_count, config.num_devices, config.num_classes)
+def _build_replicas(part, strategy, phases, optimizer_ops, config):
+    """`part` once per replica (strategy.extended.call_for_each_replica), and each phase's Step
+    there, whose update all-reduces the replicas' gradients (summed: each is of the replica's share
+    of the batch's mean) into every copy of the weights: (models, shares, {phase: [Step, ...]})."""
     built = {}
 
     @tf.autograph.experimental.do_not_convert
     def replica():
         index = int(tf.get_static_value(tf.distribute.get_replica_context().replica_id_in_sync_group))
-        with tf.variable_scope(tf.get_variable_scope(), reuse=reuse or index > 0):
-            model, per_example = model_and_loss(x_parts[index], y_parts[index], input_layer)
-        share = _loss_share(per_example, y_parts[index], batch_count, config, padded=True)
-        steps = {}
-        for phase in phases:
-            var_list = trained_variables(model, phase_layers(config.train_layers,
-                                                             config.unfreeze_layers, phase))
-            with tf.name_scope(f'phase{phase}') if phase > 1 else contextlib.nullcontext():
-                decay = _weight_decay(var_list, config) if index == 0 else None
-                total = share + decay if decay is not None else share
-                if config.mixed_precision:  # scales the loss, unscales the gradients
-                    gradients = [grad for grad, _ in sgd.compute_gradients(total, var_list)]
-                else:
-                    gradients = tf.gradients(total, var_list)
-                gradients = _scale_by_lr_mult(gradients, var_list, config.lr_mult)
-                check = _finite_check(total, gradients, config)
-                with tf.control_dependencies([check]):  # nothing is updated from a NaN
-                    gradients = [tf.identity(gradient) for gradient in gradients]
-                update = _apply(sgd, gradients, var_list, global_step, config.mixed_precision)
-            steps[phase] = ReplicaStep(var_list, share, update, gradients, check, decay)
-        built[index] = (model, share, steps)
+        model, share = part(index)
+        device = strategy.extended.worker_devices[index]
+        built[index] = model, share, {
+            phase: _phase_step(phase, model, [share], [device], optimizer_ops, config, decay=index == 0)
+            for phase in phases}
 
     strategy.extended.call_for_each_replica(replica)
-    order = [built[index] for index in range(config.num_devices)]
-    towers = Towers(order[0][0], [model.fc8 for model, _, _ in order],
-                    [share for _, share, _ in order], list(strategy.extended.worker_devices),
-                    [model.end_points.get('flattened') for model, _, _ in order])
-    return towers, {phase: [steps[phase] for _, _, steps in order] for phase in phases}
+    models, shares, steps = zip(*(built[index] for index in range(config.num_devices)))
+    return list(models), list(shares), {phase: [step[phase] for step in steps] for phase in phases}
 
 
 def _apply(sgd, gradients, var_list, global_step, mixed_precision):
