@@ -1,11 +1,6 @@
-"""Cached pool5 features: when every convolutional layer is frozen, compute them once, not every epoch.
-
-With conv1-conv5 frozen and no augmentation, an image's pool5 output is the same in every epoch, and
-it is where ~90% of a training step's arithmetic goes (`python alexnet.py`). So the run pushes each
-image through the convolutions once, keeps the 9216 floats per image (36 KiB; 25,000 images take
-0.9 GB), and trains fc6-fc8 from those. Features stay in memory up to `MEMORY_LIMIT_BYTES`; beyond
-that they go to a file in the checkpoint folder, read back through a memory map. feature_store keeps
-them on disk for later runs on the same images.
+"""Cached pool5 features: when every convolutional layer is frozen, compute them once, not every epoch
+(docs/training.md). They stay in memory up to `MEMORY_LIMIT_BYTES`, beyond that in a file in the
+checkpoint folder, read back through a memory map; feature_store keeps them for later runs.
 """
 import os
 
@@ -14,14 +9,13 @@ import tensorflow.compat.v1 as tf
 
 from alexnet import CONV_LAYERS, layer_table
 
-FEATURE_LAYER = 'flattened'
 FEATURE_SIZE = next(int(np.prod(shape)) for name, shape, _, _ in layer_table() if name == 'pool5')
 MEMORY_LIMIT_BYTES = 4 * 2**30
 
 
-def can_cache(train_layers, augment):
-    """Whether pool5 is constant over the run: no conv layer learns and no image is augmented."""
-    return not augment and not set(train_layers) & set(CONV_LAYERS)
+def can_cache(train_layers, augment, mixup=0.0, cutmix=0.0):
+    """Whether pool5 is constant over the run: no conv layer learns, no image is augmented or mixed."""
+    return not (augment or mixup or cutmix or set(train_layers) & set(CONV_LAYERS))
 
 
 def describe_size(count):

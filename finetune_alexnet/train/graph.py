@@ -3,12 +3,9 @@ finetune.py hands it, once per replica with --num_gpus; the batch's loss, gradie
 update) and `summaries`. `build_training_graph` composes them as finetune.py does, so tests and the
 benchmarks build exactly the graph that users train. Nothing here runs a session.
 
-Besides the paper's recipe, what fine-tuning uses today, each off unless its config field is set:
-label smoothing (the training loss only), an exponential moving average of the trained weights
-(validation swaps it in), linear warm-up and cosine decay of the rate, mixup and CutMix (training
-batches only, drawn from the run's seed and the global step, so a resumed run draws what an
-uninterrupted one would), and a second phase that trains more layers (`unfreeze_layers`): the graph
-holds each phase's train op, sharing one optimizer, so every slot exists from the first step.
+Today's fine-tuning recipe (docs/training.md) is here too, each part off unless its config field is
+set: label smoothing, a moving average of the weights, warm-up and cosine decay, mixup and CutMix,
+and a second phase (`unfreeze_layers`) whose train op shares the first's optimizer.
 """
 import collections
 import contextlib
@@ -30,10 +27,9 @@ _GRAPH_FIELDS = [
 class TrainingGraph(collections.namedtuple('TrainingGraph', _GRAPH_FIELDS)):
     """The tensors and ops of a training step. `loss`, `train_op`, `train_summaries` and `var_list`
     are those of phase `phase`; `phases` maps each phase this graph trains to its PhaseOps.
-    `training` (fed True by training steps) turns mixup/CutMix on; `mix` holds their draws (None
-    when off); `averages` the moving average's AveragingOps (None when off); `features` the whole
-    batch's pool5 ('flattened', what the feature cache holds) from every device's part (`model`
-    is the first device's: its end points hold only that part of the batch); None on features."""
+    `training` (fed True by training steps) turns mixup/CutMix on; `mix` holds their draws and
+    `averages` the moving average's AveragingOps (None when off); `features` the whole batch's
+    pool5 (None on features), where `model`, the first device's, holds only its part's."""
 
     def for_phase(self, phase):
         """This graph with phase `phase`'s loss, train op, summaries and variables on top."""
@@ -61,11 +57,8 @@ HISTOGRAM_SAMPLE_SIZE = 2**16
 
 
 def histogram_sample(tensor):
-    """Every k-th value of `tensor`, at most HISTOGRAM_SAMPLE_SIZE of them (all when it is smaller).
-
-    k is made coprime with the last dimension, so the sample walks through every column (output
-    unit) of a weight matrix instead of repeating a few.
-    """
+    """Every k-th value of `tensor`, at most HISTOGRAM_SAMPLE_SIZE of them, k coprime with the last
+    dimension, so the sample walks through every column (output unit) of a weight matrix."""
     size = tensor.shape.num_elements()
     stride = -(-size // HISTOGRAM_SAMPLE_SIZE)
     if stride == 1:
@@ -155,14 +148,9 @@ class TrainingConfig:
 
 
 def balanced_class_weights(labels, num_classes):
-    """scikit-learn's 'balanced' weights of integer `labels`: n / (K * count_c) for each class c.
-
-    n is the number of labels and K the number of classes present, so the weights average 1 over
-    the training *images* (sum_c count_c * n / (K * count_c) = n): the weighted loss, a mean over
-    images, keeps its scale and the effective learning rate is unchanged, however imbalanced the
-    classes. A class absent from `labels` gets weight 1: it contributes no training example, so
-    its weight only matters for a loss computed elsewhere, where 1 (no weighting) is neutral.
-    """
+    """scikit-learn's 'balanced' weights of integer `labels`: n / (K * count_c) for each class c of
+    the K present, n labels in all. They average 1 over the training images, so the weighted loss
+    keeps its scale (and the learning rate its effect); an absent class gets a neutral 1."""
     counts = np.bincount(np.asarray(labels, np.int64), minlength=num_classes)[:num_classes]
     present = counts > 0
     weights = np.ones(num_classes)
@@ -176,16 +164,12 @@ Optimizer = collections.namedtuple('Optimizer', 'global_step rate optimizer loss
 
 def optimizer(config):
     """The global step, the learning rate (its schedule; feedable, for the range test), SGD or
-    momentum, and with `config.mixed_precision` its dynamic loss scale. With `config.num_devices`
+    momentum, and with `config.mixed_precision` its dynamic loss scale (docs/training.md; a step
+    that overflows updates nothing, and the global step still counts it). With `config.num_devices`
     replicas on one machine (--num_gpus) they are made in the replicas' MirroredStrategy (`strategy`),
     which then holds every variable the graph makes; none when the graph trains no phase on images
     (fc6-fc8 on cached features are too cheap to split) or inside one of several workers (their
     strategy holds the graph already).
-
-    Mixed precision: the loss is multiplied by a power of two (from 32768) before the gradients and
-    they are divided by it after, which is exact in float32, so float16 gradients do not underflow.
-    A step whose scaled gradients overflow updates no weight and halves the scale; the global step
-    still counts it, so epochs and --resume keep their arithmetic.
     """
     replicas = config.num_devices > 1 and config.num_workers == 1 and config.phases != ()
     strategy = replica_strategy(config) if replicas else None
@@ -250,12 +234,10 @@ def train_ops(model_and_loss, images, labels, keep_prob, optimizer_ops, config, 
     `config.lr_mult`, a NaN guard, `optimizer_ops`' update, the moving average's. No phase (an
     empty `config.phases`): the model and the metrics alone.
 
-    `x` and `y` are placeholders with defaults: by default the batch flows straight from the tf.data
-    iterator into the graph, and a caller may still feed its own arrays (the benchmarks' feed_dict
-    baseline does). With `config.num_devices` > 1 the batch is split into equal parts, one per
-    device, as the paper trained on two GPUs: on one machine MirroredStrategy replicas (made by
-    `optimizer`), each device holding a copy of every variable, their gradients all-reduced; inside
-    one of several workers, towers reading the variables from the worker's first device.
+    `x` and `y` are placeholders with defaults (the tf.data batch), so a caller may still feed its
+    own arrays. With `config.num_devices` > 1 the batch is split into equal parts, one per device:
+    on one machine MirroredStrategy replicas (made by `optimizer`), each holding a copy of every
+    variable; inside one of several workers, towers reading the variables from its first device.
 
     With `input_layer` ('flattened' for cached pool5 features), `images` holds that layer's output
     and only the layers after it are built; `reuse` shares variables an earlier AlexNet created, and
@@ -483,10 +465,7 @@ def mixing_draws(x, config, global_step):
     {'permutation', 'lam' (drawn from Beta(alpha, alpha)), 'cutmix' (whether CutMix mixes this batch),
     'box' ([top, bottom, left, right), the rows and columns pasted), 'label_weight' (the share of
     the batch's own labels: lam for mixup, 1 - the box's area share for CutMix)}; the graph adds
-    'images' and 'labels', what the step trains on.
-
-    With both on, each batch is mixed by one of them, CutMix with probability 0.5 (timm's rule).
-    The box is timm's: sides sqrt(1 - lam) x the image's, centred at a uniform pixel, clipped.
+    'images' and 'labels', what the step trains on. Both on: CutMix at even odds (timm's rules).
     """
     size = tf.shape(x)[0]
     height, width = tf.shape(x)[1], tf.shape(x)[2]
@@ -551,7 +530,7 @@ def _scale_by_lr_mult(gradients, var_list, lr_mult):
 def scheduled_rate(config, global_step):
     """The rate of the step that starts at `global_step`: the schedule (constant, step decay, or
     cosine from learning_rate at the end of the warm-up to 0 at total_steps), times (s + 1) / W
-    during a warm-up of W steps, so the first step takes learning_rate / W and step W the full rate."""
+    during a warm-up of W steps (docs/training.md)."""
     step = tf.cast(global_step, tf.float64)
     base = tf.constant(config.learning_rate, tf.float64)
     warmup = config.warmup_steps

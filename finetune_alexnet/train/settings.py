@@ -132,7 +132,7 @@ class Settings:
     def phase_uses_cache(self, phase):
         """Whether phase `phase` trains from cached pool5 features: wherever it can, unless
         --cache_features off (`check` refuses --cache_features on where phase 1 cannot)."""
-        return self.cache_features != 'off' and self.num_workers == 1 and can_cache(
+        return self.cache_features != 'off' and self.num_workers == 1 and feature_cache.can_cache(
             self.phase_layers(phase), self.augment, self.mixup, self.cutmix)
 
     @property
@@ -141,11 +141,6 @@ class Settings:
 
     def as_dict(self):
         return dataclasses.asdict(self)
-
-
-def can_cache(layers, augment, mixup=0.0, cutmix=0.0):
-    """pool5 is constant when no conv layer learns and no image is augmented or mixed."""
-    return feature_cache.can_cache(layers, augment) and not (mixup or cutmix)
 
 
 def layer_list(text):
@@ -498,7 +493,8 @@ def check(values):
         which = '--train_layers nor --unfreeze_layers trains' if v.unfreeze_at else \
             '--train_layers does not train'
         raise ToolkitError(f"--lr_mult names {','.join(untrained)}, which {which}")
-    if v.cache_features == 'on' and not can_cache(v.train_layers, v.augment, v.mixup, v.cutmix):
+    if v.cache_features == 'on' and not feature_cache.can_cache(v.train_layers, v.augment, v.mixup,
+                                                                v.cutmix):
         raise ToolkitError('--cache_features on needs every conv layer frozen and no --augment, '
                            '--mixup or --cutmix')
     if v.find_lr:

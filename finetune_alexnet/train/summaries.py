@@ -1,13 +1,10 @@
-"""What a run shows in TensorBoard beyond its training curves: one sub-folder per run, the HParams
-dashboard, and per-epoch pictures from the validation pass (worst mistakes, confusion matrix,
-per-class precision/recall and PR curves), and the projector's fc7 embedding at the end of a run.
+"""What a run shows in TensorBoard beyond its training curves (docs/run-folder.md): one sub-folder
+per run, the HParams dashboard, per-epoch pictures from the validation pass (worst mistakes,
+confusion matrix, per-class precision/recall and PR curves), and the projector's fc7 embedding.
+All computed from what the validation pass already fetches: no second pass over the data.
 
-Everything is computed from what the validation pass already fetches (each image's class
-probabilities, and fc7 with --projector): no second pass over the data. Image files are read again
-only for the few thumbnails shown (the worst mistakes, and the projector's sprite).
-
-TensorBoard's plugins (hparams, pr_curve) build their summaries as TensorBoard's own protobufs; they
-are re-read as `tf.Summary` so the run's `tf.summary.FileWriter` writes them with everything else.
+TensorBoard's plugins build their summaries as TensorBoard's own protobufs; they are re-read as
+`tf.Summary` so the run's `tf.summary.FileWriter` writes them with everything else.
 """
 import contextlib
 import datetime
@@ -167,22 +164,11 @@ def hparams_end_summary():
 
 
 class NoWriter(contextlib.nullcontext):
-    """A FileWriter that writes nothing: what workers other than the chief summarise to."""
+    """A FileWriter that writes nothing (every method does nothing and returns None): what workers
+    other than the chief summarise to."""
 
-    def add_summary(self, summary, step=None):
-        pass
-
-    def add_graph(self, graph):
-        pass
-
-    def flush(self):
-        pass
-
-    def close(self):
-        pass
-
-    def get_logdir(self):
-        return None
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
 
 
 class ValidationOutputs:
@@ -267,11 +253,15 @@ def confusion_matrix_image(counts, class_names):
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def image_value(tag, rgb):
+def png_bytes(rgb):
     ok, png = cv2.imencode('.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     assert ok
+    return png.tobytes()
+
+
+def image_value(tag, rgb):
     return tf.Summary.Value(tag=tag, image=tf.Summary.Image(
-        height=rgb.shape[0], width=rgb.shape[1], colorspace=3, encoded_image_string=png.tobytes()))
+        height=rgb.shape[0], width=rgb.shape[1], colorspace=3, encoded_image_string=png_bytes(rgb)))
 
 
 def validation_summary(outputs, paths, class_names, num_classes):
@@ -327,10 +317,8 @@ def write_projector(log_dir, features, paths, labels, predicted, class_names, nu
     os.makedirs(folder, exist_ok=True)
     # Thumbnails shrink with the count: the sprite must stay within 8192 x 8192 pixels.
     size = int(min(THUMBNAIL_SIZE, 8192 // int(np.ceil(np.sqrt(count)))))
-    ok, png = cv2.imencode('.png', cv2.cvtColor(sprite(paths, size), cv2.COLOR_RGB2BGR))
-    assert ok
     with open(os.path.join(folder, 'sprite.png'), 'wb') as stream:
-        stream.write(png.tobytes())
+        stream.write(png_bytes(sprite(paths, size)))
     with open(os.path.join(folder, 'metadata.tsv'), 'w') as stream:
         stream.write('path\ttrue\tpredicted\n')
         for path, true, guess in zip(paths, labels, predicted):
