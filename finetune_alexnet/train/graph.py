@@ -250,70 +250,64 @@ def train_ops(model_and_loss, images, labels, keep_prob, optimizer_ops, config, 
     strategy = optimizer_ops.strategy
     if strategy is None and config.num_workers == 1:  # on cached features, or no phase: one device
         config = dataclasses.replace(config, num_devices=1)
+    global_step = optimizer_ops.global_step
     with strategy.scope() if strategy else contextlib.nullcontext():
-        return _build(model_and_loss, x, y, keep_prob, training, config, input_layer, reuse,
-                      optimizer_ops, shared)
+        batch_count = tf.shape(x, out_type=tf.int64)[0]
+        mix, x_in, y_in = None, x, y
+        if config.mixup or config.cutmix:
+            if input_layer is not None:
+                raise ValueError('mixup and CutMix mix images: build on images, not on cached features')
+            with tf.name_scope('mixing'):
+                mix = mixing_draws(x, config, global_step)
+                x_in, y_in = tf.cond(training, lambda: mix_batch(x, y, mix), lambda: (x, y))
+                mix.update(images=x_in, labels=y_in)  # what the step trains on (x, y unless training)
+        phases = config.all_phases if config.phases is None else config.phases
+        x_parts, y_parts = _split_batch(x_in, y_in, batch_count, config.num_devices, config.num_classes)
 
+        def part(index):
+            """The model on part `index` of the batch, and its share of the batch's mean loss."""
+            with tf.variable_scope(tf.get_variable_scope(), reuse=reuse or index > 0):
+                model, per_example = model_and_loss(x_parts[index], y_parts[index], input_layer)
+            return model, _loss_share(per_example, y_parts[index], batch_count, config,
+                                      padded=config.num_devices > 1)
 
-def _build(model_and_loss, x, y, keep_prob, training, config, input_layer, reuse, optimizer_ops,
-           shared):
-    global_step, strategy = optimizer_ops.global_step, optimizer_ops.strategy
-    batch_count = tf.shape(x, out_type=tf.int64)[0]
-    mix, x_in, y_in = None, x, y
-    if config.mixup or config.cutmix:
-        if input_layer is not None:
-            raise ValueError('mixup and CutMix mix images: build on images, not on cached features')
-        with tf.name_scope('mixing'):
-            mix = mixing_draws(x, config, global_step)
-            x_in, y_in = tf.cond(training, lambda: mix_batch(x, y, mix), lambda: (x, y))
-            mix.update(images=x_in, labels=y_in)  # what the step trains on (x, y unless training)
-    phases = config.all_phases if config.phases is None else config.phases
-    x_parts, y_parts = _split_batch(x_in, y_in, batch_count, config.num_devices, config.num_classes)
+        if strategy is not None:
+            models, shares, steps = _build_replicas(part, strategy, phases, optimizer_ops, config)
+        else:  # towers: the model once per device, its variables read from the first
+            devices, built = _tower_devices(config), []
+            for index, device in enumerate(devices):
+                with tf.device(device), tf.name_scope(f'tower_{index}' if index else None):
+                    built.append(part(index))
+            models, shares = (list(column) for column in zip(*built))
+        if shared is None:
+            ema, averages = _moving_average(config, models[0])
+            phase_variable = (tf.Variable(1, dtype=tf.int64, trainable=False, name='training_phase')
+                              if len(config.all_phases) > 1 else None)
+            shared = Shared(*optimizer_ops[:4], ema, averages, phase_variable, strategy)
 
-    def part(index):
-        """The model on part `index` of the batch, and its share of the batch's mean loss."""
-        with tf.variable_scope(tf.get_variable_scope(), reuse=reuse or index > 0):
-            model, per_example = model_and_loss(x_parts[index], y_parts[index], input_layer)
-        return model, _loss_share(per_example, y_parts[index], batch_count, config,
-                                  padded=config.num_devices > 1)
+        logits = _joined([model.fc8 for model in models], batch_count)
+        features = (_joined([model.end_points['flattened'] for model in models], batch_count)
+                    if input_layer is None else None)
+        with tf.name_scope('metrics'):
+            # With mixed labels, a training step's accuracy counts the larger share's class.
+            correct = tf.equal(tf.argmax(logits, 1), tf.argmax(y_in, 1))
+            accuracy = tf.reduce_mean(tf.cast(correct, tf.float32))
+            correct_count = tf.reduce_sum(tf.cast(correct, tf.int64))
+            # Validation sums these over batches, so a last partial batch weighs what it holds. Plain
+            # cross-entropy (no smoothing, no class weights), so runs with and without compare.
+            loss_sum = tf.reduce_sum(_per_example_loss(logits, y_in))
 
-    if strategy is not None:
-        models, shares, steps = _build_replicas(part, strategy, phases, optimizer_ops, config)
-    else:  # towers: the model once per device, its variables read from the first
-        devices, built = _tower_devices(config), []
-        for index, device in enumerate(devices):
-            with tf.device(device), tf.name_scope(f'tower_{index}' if index else None):
-                built.append(part(index))
-        models, shares = (list(column) for column in zip(*built))
-    if shared is None:
-        ema, averages = _moving_average(config, models[0])
-        phase_variable = (tf.Variable(1, dtype=tf.int64, trainable=False, name='training_phase')
-                          if len(config.all_phases) > 1 else None)
-        shared = Shared(*optimizer_ops[:4], ema, averages, phase_variable, strategy)
-
-    logits = _joined([model.fc8 for model in models], batch_count)
-    features = (_joined([model.end_points['flattened'] for model in models], batch_count)
-                if input_layer is None else None)
-    with tf.name_scope('metrics'):
-        # With mixed labels, a training step's accuracy counts the larger share's class.
-        correct = tf.equal(tf.argmax(logits, 1), tf.argmax(y_in, 1))
-        accuracy = tf.reduce_mean(tf.cast(correct, tf.float32))
-        correct_count = tf.reduce_sum(tf.cast(correct, tf.int64))
-        # Validation sums these over batches, so a last partial batch weighs what it holds. Plain
-        # cross-entropy (no smoothing, no class weights), so runs with and without compare.
-        loss_sum = tf.reduce_sum(_per_example_loss(logits, y_in))
-
-    if strategy is None:
-        steps = {phase: [_phase_step(phase, models[0], shares, devices, shared, config)]
-                 for phase in phases}
-    phases = {phase: _phase_ops(phase, steps[phase], shared) for phase in phases}
-    graph = TrainingGraph(
-        x=x, y=y, keep_prob=keep_prob, model=models[0], logits=logits, loss=None, accuracy=accuracy,
-        loss_sum=loss_sum, correct_count=correct_count, batch_count=batch_count, train_op=None,
-        train_summaries=None, global_step=global_step, learning_rate=shared.rate, var_list=None,
-        training=training, phase=None, phases=phases, mix=mix, averages=shared.averages, shared=shared,
-        features=features)
-    return graph.for_phase(min(phases)) if phases else graph
+        if strategy is None:
+            steps = {phase: [_phase_step(phase, models[0], shares, devices, shared, config)]
+                     for phase in phases}
+        phases = {phase: _phase_ops(phase, steps[phase], shared) for phase in phases}
+        graph = TrainingGraph(
+            x=x, y=y, keep_prob=keep_prob, model=models[0], logits=logits, loss=None, accuracy=accuracy,
+            loss_sum=loss_sum, correct_count=correct_count, batch_count=batch_count, train_op=None,
+            train_summaries=None, global_step=global_step, learning_rate=shared.rate, var_list=None,
+            training=training, phase=None, phases=phases, mix=mix, averages=shared.averages, shared=shared,
+            features=features)
+        return graph.for_phase(min(phases)) if phases else graph
 
 
 def summaries(graph, config):
