@@ -27,6 +27,7 @@ import time
 import numpy as np
 import tensorflow.compat.v1 as tf
 
+from finetune_alexnet import preprocessing
 from finetune_alexnet import run_folder
 from finetune_alexnet import signals
 from finetune_alexnet.errors import ToolkitError
@@ -185,8 +186,8 @@ class OneMachine:
     def epoch_totals(self, session, values):
         return np.asarray(values, np.float64)
 
-    def join_validation(self, session, totals, outputs, positions, num_classes):
-        return totals, outputs
+    def join_validation(self, session, totals, outputs, data):
+        return totals
 
 
 class Workers:
@@ -505,14 +506,16 @@ class Workers:
         """The workers' `values` summed (their epoch's loss and accuracy sums, image counts)."""
         return self.gather(session, values).sum(axis=0)
 
-    def join_validation(self, session, totals, outputs, positions, num_classes):
-        """Every worker's validation: the summed (loss sum, correct, count), and with `outputs` (a
-        summaries.ValidationOutputs) the probabilities and labels of every image, in the list's
-        order. `positions` are each worker's images' places in the list (preprocessing.worker_rows)."""
+    def join_validation(self, session, totals, outputs, data):
+        """Every worker's validation of `data` (its generator): the summed (loss sum, correct, count),
+        and `outputs` (a summaries.ValidationOutputs, or None) made to hold the probabilities and
+        labels of every image, in the list's order."""
         totals = self.gather(session, totals).sum(axis=0)
         if outputs is None:
-            return totals, None
-        rows, classes = max(len(part) for part in positions), num_classes
+            return totals
+        positions = [preprocessing.worker_rows(data.data_size, data.batch_size, index,
+                                               self.num_workers) for index in range(self.num_workers)]
+        rows, classes = max(len(part) for part in positions), data.num_classes
         labels = outputs.labels
         mine = np.zeros((rows, classes + 1), np.float32)
         if len(labels):
@@ -525,7 +528,8 @@ class Workers:
             joined[part] = every[worker, :len(part)]
         merged = type(outputs)()
         merged.add(joined[:, :classes], joined[:, classes].astype(np.int64))
-        return totals, merged
+        outputs.replace_with(merged)
+        return totals
 
 
 class BoundedSession:
