@@ -346,15 +346,18 @@ def summaries(graph, config):
 Step = collections.namedtuple('Step', 'var_list loss gradients check update')
 
 
-def _phase_step(phase, model, shares, devices, optimizer_ops, config, decay=True):
+def _phase_step(phase, model, shares, devices, optimizer_ops, config, first=True):
     """Phase `phase`'s Step from the parts' `shares` of the batch's mean loss, each part's gradients
-    taken on its device: the weight decay (unless `decay` is False: a replica after the first) in
-    the first part's, the gradients summed, scaled by `config.lr_mult`, checked, applied."""
+    taken on its device: the weight decay (unless not `first`: a replica after the first) in the
+    first part's, the gradients summed, scaled by `config.lr_mult`, checked, applied."""
     var_list = trained_variables(model, phase_layers(config.train_layers, config.unfreeze_layers,
                                                      phase))
     with tf.name_scope(f'phase{phase}') if phase > 1 else contextlib.nullcontext():
-        decay = _weight_decay(var_list, config) if decay else None
         with tf.name_scope('loss'):
+            decay = None
+            if config.weight_decay and first:  # the paper's: the trained weights (not biases), once
+                decay = config.weight_decay * tf.add_n([tf.nn.l2_loss(variable) for variable in var_list
+                                                        if variable.op.name.endswith('/weights')])
             loss = tf.add_n(shares + ([decay] if decay is not None else []))
         part_gradients = []
         for index, (device, share) in enumerate(zip(devices, shares)):
@@ -391,7 +394,8 @@ def _phase_step(phase, model, shares, devices, optimizer_ops, config, decay=True
 
 def _phase_ops(phase, steps, shared):
     """Phase `phase` from its steps: the batch's loss, the gradients summed (for the histograms),
-    one NaN guard and one update for all, then the moving average and the phase's record."""
+    one NaN guard and one update for all, then (from the updated weights) the moving averages and
+    the checkpoint's record of the phase."""
     var_list = steps[0].var_list
     with tf.name_scope(f'phase{phase}') if phase > 1 else contextlib.nullcontext():
         with tf.name_scope('loss'):
@@ -400,31 +404,15 @@ def _phase_ops(phase, steps, shared):
             gradients = [tf.add_n(list(grads)) for grads in zip(*(step.gradients for step in steps))]
         check = tf.group(*[step.check for step in steps], name='loss_is_finite')
         with tf.control_dependencies([check]):
-            train_op = _after_update(tf.group(*[step.update for step in steps]), var_list, shared,
-                                     phase)
+            update, after = tf.group(*[step.update for step in steps]), []
+            with tf.control_dependencies([update]):
+                if shared.ema is not None:
+                    # TensorFlow's form without num_updates: decay x average + (1 - decay) x weight.
+                    after.append(shared.ema.apply(var_list))
+                if shared.phase_variable is not None:
+                    after.append(tf.assign(shared.phase_variable, phase).op)
+            train_op = tf.group(update, *after) if after else update
     return PhaseOps(loss, train_op, None, var_list, gradients, check)
-
-
-def _weight_decay(var_list, config):
-    """The paper's weight decay on the trained layers' weights (not biases), once; None when off."""
-    if not config.weight_decay:
-        return None
-    with tf.name_scope('loss'):
-        decayed = [v for v in var_list if v.op.name.endswith('/weights')]
-        return config.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed])
-
-
-def _after_update(update, var_list, shared, phase):
-    """The step's op: the update, then (from the updated weights) their moving averages, and the
-    checkpoint's record of the phase."""
-    after = []
-    with tf.control_dependencies([update]):
-        if shared.ema is not None:
-            # TensorFlow's form without num_updates: average = decay x average + (1 - decay) x weight.
-            after.append(shared.ema.apply(var_list))
-        if shared.phase_variable is not None:
-            after.append(tf.assign(shared.phase_variable, phase).op)
-    return tf.group(update, *after) if after else update
 
 
 def _moving_average(config, model):
@@ -581,7 +569,7 @@ def _build_replicas(part, strategy, phases, optimizer_ops, config):
         model, share = part(index)
         device = strategy.extended.worker_devices[index]
         built[index] = model, share, {
-            phase: _phase_step(phase, model, [share], [device], optimizer_ops, config, decay=index == 0)
+            phase: _phase_step(phase, model, [share], [device], optimizer_ops, config, first=index == 0)
             for phase in phases}
 
     strategy.extended.call_for_each_replica(replica)
