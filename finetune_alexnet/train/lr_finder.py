@@ -1,9 +1,6 @@
-"""The learning-rate range test (`finetune.py --find_lr`): train with a rate rising exponentially
-from 1e-6 to 1, stop when the loss diverges, suggest the rate where the loss falls fastest.
-
-Leslie Smith's test as fast.ai popularised it: the loss is smoothed with a bias-corrected moving
-average, and the suggestion is the rate at the steepest descent of the smoothed loss against
-log(rate). It trains the model it is given, so a run should start afresh afterwards.
+"""The learning-rate range test (`finetune.py --find_lr`, docs/training.md), Leslie Smith's as fast.ai
+popularised it: train with a rate rising exponentially from 1e-6 to 1, stop when the loss diverges,
+suggest the rate at the steepest descent of the smoothed loss against log(rate).
 """
 import collections
 import shutil

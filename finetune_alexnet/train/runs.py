@@ -63,29 +63,25 @@ def runs_folder(settings):
 
 
 def shaping_settings(settings):
-    """What shapes a run and must not change on --resume; kept in run_state.json."""
+    """What shapes a run and must not change on --resume (the recipe's options too, a cosine
+    schedule's length included); kept in run_state.json."""
     return {'batch_size': settings.batch_size, 'num_gpus': settings.num_gpus,
             'train_file_sha256': tfrecords.data_digest(settings.train_file),
             'val_file_sha256': tfrecords.data_digest(settings.val_file),
             'num_classes': settings.num_classes, 'train_layers': list(settings.train_layers),
             'skip_layers': list(settings.skip_layers), 'optimizer': settings.optimizer,
             'augment': settings.augment, 'cache_features': settings.use_feature_cache,
-            **recipe_settings(settings)}
-
-
-# What a run started before these options existed trained with: --resume compares against these.
-RECIPE_DEFAULTS = {'label_smoothing': 0.0, 'ema_decay': 0.0, 'lr_schedule': 'step',
-                   'warmup_epochs': 0.0, 'cosine_epochs': None, 'mixup': 0.0, 'cutmix': 0.0,
-                   'unfreeze_at': 0, 'unfreeze_layers': None}
-
-
-def recipe_settings(settings):
-    """The recipe's options that shape a run (a cosine schedule's length, --num_epochs, too)."""
-    return {'label_smoothing': settings.label_smoothing, 'ema_decay': settings.ema_decay,
+            'label_smoothing': settings.label_smoothing, 'ema_decay': settings.ema_decay,
             'lr_schedule': settings.lr_schedule, 'warmup_epochs': settings.warmup_epochs,
             'cosine_epochs': settings.num_epochs if settings.lr_schedule == 'cosine' else None,
             'mixup': settings.mixup, 'cutmix': settings.cutmix, 'unfreeze_at': settings.unfreeze_at,
             'unfreeze_layers': list(settings.unfreeze_layers) if settings.unfreeze_at else None}
+
+
+# What a run started before the recipe's options existed trained with: --resume compares against these.
+RECIPE_DEFAULTS = {'label_smoothing': 0.0, 'ema_decay': 0.0, 'lr_schedule': 'step',
+                   'warmup_epochs': 0.0, 'cosine_epochs': None, 'mixup': 0.0, 'cutmix': 0.0,
+                   'unfreeze_at': 0, 'unfreeze_layers': None}
 
 
 def new_or_resumed_state(settings, writes=True):

@@ -1,8 +1,6 @@
-"""A fine-tuning run's settings: the flags parsed once, defaults filled in, every value checked, frozen.
-
-finetune.py's parser gives an argparse namespace; `from_flags` turns it into a `Settings` that nothing
-changes afterwards. What a run learns while it starts (its shuffle seed, its TensorBoard folder) is
-the run's state (run_state.py), not a setting.
+"""A fine-tuning run's settings: the flags parsed once (`from_flags`), defaults filled in, every value
+checked, frozen. What a run learns while it starts (its shuffle seed, its TensorBoard folder) is the
+run's state (run_state.py), not a setting.
 """
 import argparse
 import dataclasses
