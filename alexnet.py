@@ -259,24 +259,18 @@ def layer_table(num_classes=1000, input_size=INPUT_SIZE):
 
 
 def variable_shapes(num_classes):
-    """{layer: {'weights': shape, 'biases': shape}} of AlexNet's variables, from ARCHITECTURE alone.
-
-    No graph is built. A conv layer's weights are HWIO [kernel, kernel, input channels / groups,
-    filters], an fc layer's [inputs, outputs]; biases are [outputs]. These are the variables' shapes
-    and the weight files' (the keys are the variable names without '/weights', '/biases').
-    """
+    """{layer: {'weights': shape, 'biases': shape}} of AlexNet's variables (and of the weight files),
+    from ARCHITECTURE alone: conv weights HWIO [kernel, kernel, input channels / groups, filters], fc
+    weights [inputs, outputs], biases [outputs]."""
     by_name = {layer.name: layer for layer in ARCHITECTURE}
-    shapes = {}
-    height, width, channels = INPUT_SIZE, INPUT_SIZE, 3  # the previous row's output
+    shapes, previous = {}, (INPUT_SIZE, INPUT_SIZE, 3)  # the previous row's output
     for name, output, _, _ in layer_table(num_classes):
         layer = by_name[name]
-        if layer.kind == 'conv':
-            weights = (layer.kernel, layer.kernel, channels // layer.groups, output[2])
-        elif layer.kind == 'fc':
-            weights = (height * width * channels, output[2])
         if layer.kind in ('conv', 'fc'):
-            shapes[name] = {'weights': weights, 'biases': (output[2],)}
-        height, width, channels = output
+            inputs = ((layer.kernel, layer.kernel, previous[2] // layer.groups) if layer.kind == 'conv'
+                      else (int(np.prod(previous)),))
+            shapes[name] = {'weights': inputs + (output[2],), 'biases': (output[2],)}
+        previous = output
     return shapes
 
 

@@ -119,8 +119,7 @@ def check_fits(prefix, expected_shapes, purpose="this run's model",
     try:
         saved = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
     except (tf.errors.OpError, ValueError) as error:
-        raise ToolkitError(f"{prefix}: unreadable checkpoint ({error.__class__.__name__}: "
-                           f"{str(error).splitlines()[0] if str(error) else ''})") from None
+        raise ToolkitError(f'{prefix}: unreadable checkpoint ({_first_line(error)})') from None
     problems = []
     for name, shape in expected_shapes.items():
         if name not in saved:
