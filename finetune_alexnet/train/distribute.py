@@ -419,11 +419,9 @@ class Workers:
         return run_folder.RunLock(folder) if self.is_chief else contextlib.nullcontext()
 
     def start(self, order_seed, agreed_values):
-        """The chief's shuffle seed, once every worker answered with the same `agreed_values` (the
-        settings and data digests every worker must share). Run before the training graph is built
-        (its data sets take the seed), in a small graph of its own: it waits for every worker to
-        come up (`wait_for_others`), at most --collective_timeout; a stop signal meanwhile ends the
-        process at once in one line (nothing to save yet)."""
+        """The chief's shuffle seed, once every worker came up (`wait_for_others`) and answered with
+        the same `agreed_values` (settings and data digests), in a small graph of its own before the
+        training graph; a stop signal meanwhile ends the process at once (nothing to save yet)."""
         names = sorted(agreed_values)
         digest, keys = settings_digest(agreed_values), settings_digest(names)
         with signals.ending_at_once(_AT_START):
