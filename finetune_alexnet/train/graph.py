@@ -164,13 +164,10 @@ Optimizer = collections.namedtuple('Optimizer', 'global_step rate optimizer loss
 
 def optimizer(config):
     """The global step, the learning rate (its schedule; feedable, for the range test), SGD or
-    momentum, and with `config.mixed_precision` its dynamic loss scale (docs/training.md; a step
-    that overflows updates nothing, and the global step still counts it). With `config.num_devices`
-    replicas on one machine (--num_gpus) they are made in the replicas' MirroredStrategy (`strategy`),
-    which then holds every variable the graph makes; none when the graph trains no phase on images
-    (fc6-fc8 on cached features are too cheap to split) or inside one of several workers (their
-    strategy holds the graph already).
-    """
+    momentum, and with `config.mixed_precision` its dynamic loss scale. With --num_gpus replicas on
+    one machine, made in their MirroredStrategy (`strategy`), which then holds every variable the
+    graph makes; none when no phase trains on images (fc6-fc8 on cached features are too cheap to
+    split) or inside one of several workers (their strategy holds the graph already)."""
     replicas = config.num_devices > 1 and config.num_workers == 1 and config.phases != ()
     strategy = replica_strategy(config) if replicas else None
     with strategy.scope() if strategy else contextlib.nullcontext():
@@ -229,15 +226,11 @@ def build_training_graph(images, labels, config, input_layer=None, reuse=False, 
 def train_ops(model_and_loss, images, labels, keep_prob, optimizer_ops, config, input_layer=None,
               reuse=False):
     """The model (`model_and_loss(images, labels, input_layer)`: the model and each image's loss)
-    on `images` (a batch from tf.data), and for each phase `config.phases` trains its train op: the
-    batch's mean loss (and the weight decay), the gradients of the phase's layers, scaled by
-    `config.lr_mult`, a NaN guard, `optimizer_ops`' update, the moving average's. No phase (an
-    empty `config.phases`): the model and the metrics alone.
-
-    `x` and `y` are placeholders with defaults (the tf.data batch), so a caller may still feed its
-    own arrays. With `config.num_devices` > 1 the batch is split into equal parts, one per device:
-    on one machine MirroredStrategy replicas (made by `optimizer`), each holding a copy of every
-    variable; inside one of several workers, towers reading the variables from its first device.
+    on `images` (a batch from tf.data; `x` and `y` may still be fed), and for each phase
+    `config.phases` trains its train op (no phase: the model and the metrics alone). With
+    `config.num_devices` > 1 the batch is split into equal parts, one per device: on one machine
+    MirroredStrategy replicas (made by `optimizer`), each holding a copy of every variable; inside
+    one of several workers, towers reading the variables from its first device.
 
     With `input_layer` ('flattened' for cached pool5 features), `images` holds that layer's output
     and only the layers after it are built; `reuse` shares variables an earlier AlexNet created, and

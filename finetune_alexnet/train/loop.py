@@ -117,13 +117,9 @@ def start_averages(session, graph):
 
 @contextlib.contextmanager
 def seeded(seed):
-    """Seed every random choice, and make TensorFlow's kernels deterministic (None: leave both).
-
-    Without op determinism, multi-threaded gradient kernels may sum their shards in varying order
-    (on GPUs most of all), so two runs with one seed drift apart in the last bits and then further;
-    its cost is in bench/RESULTS.md. The switch is process-wide, so it is put back afterwards for
-    callers (tests, notebooks) that run more than one thing in a process.
-    """
+    """Seed every random choice, and make TensorFlow's kernels deterministic (None: leave both):
+    without it, gradient kernels may sum in varying order, and two seeded runs drift apart. The
+    switch is process-wide, so it is put back afterwards (tests, notebooks run more than one)."""
     if seed is None:
         yield
         return

@@ -39,11 +39,8 @@ def smooth(losses, beta=SMOOTHING):
 
 
 def steepest_descent(rates, smoothed):
-    """The rate where the smoothed loss falls fastest against log(rate) (None: too few points).
-
-    The first and last tenth are left out: the average is still settling at the start, and the end
-    is where the loss shoots up.
-    """
+    """The rate where the smoothed loss falls fastest against log(rate) (None: too few points),
+    leaving out the first tenth (the average still settles) and the last (the loss shoots up)."""
     if len(rates) < 5:
         return None
     slopes = np.gradient(np.asarray(smoothed), np.log(np.asarray(rates)))
@@ -83,11 +80,8 @@ def find_learning_rate(settings):
 
 
 def range_test(session, graph, start_epoch, feed, steps=DEFAULT_STEPS):
-    """Runs up to `steps` training steps with rising rates; returns a RangeTest.
-
-    `start_epoch(epoch)` (re)initialises the training iterator; the data are gone through as many
-    times as `steps` needs. A non-finite loss (the NaN guard stops the step) counts as divergence.
-    """
+    """A RangeTest of up to `steps` training steps with rising rates, as many epochs as they need
+    (`start_epoch(epoch)` starts one); a non-finite loss (the NaN guard) counts as divergence."""
     rates, losses = [], []
     epoch, stopped_early = 1, False
     start_epoch(epoch)

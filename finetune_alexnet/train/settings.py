@@ -189,12 +189,9 @@ def lr_mult_flag(text):
 
 def from_flags(flags, parser_defaults, demo_lists, given=frozenset()):
     """The run's Settings from parsed flags: the demo's or the run's defaults for what was not given.
-
     `parser_defaults` maps each flag to the parser's default; `demo_lists(flags)` makes the demo's
-    data and returns (train_file, val_file, num_classes), called only when the demo runs (no lists
-    given, or --demo). `given` names the flags the command line gave: with --resume, every other
-    flag takes the resumed run's own value, never the default.
-    """
+    data ((train_file, val_file, num_classes)) when the demo runs. `given` names the flags the
+    command line gave: with --resume, every other flag takes the resumed run's own value."""
     unfreeze_layers_given = getattr(flags, 'unfreeze_layers', None) is not None
     cluster = distribute.cluster_from(flags.worker_hosts, flags.task_index)
     if flags.resume:

@@ -146,10 +146,7 @@ def hparam_values(args, class_weight_values=None):
 
 def hparams_summaries(args, run_name, start_time_secs=None, class_weight_values=None):
     """The experiment's columns and this run's values, as two `tf.Summary` protos for its writer.
-
-    Every run writes the same experiment description (TensorBoard picks one), so a root holding any
-    subset of runs shows the whole table.
-    """
+    Every run writes the whole experiment's columns, so any subset of runs shows the whole table."""
     values = hparam_values(args, class_weight_values)
     config = hparams_summary.hparams_config_pb(
         hparams=[hparams_summary.HParam(name) for name in values],
@@ -265,10 +262,8 @@ def image_value(tag, rgb):
 
 
 def validation_summary(outputs, paths, class_names, num_classes):
-    """The epoch's pictures and per-class numbers as one `tf.Summary`.
-
-    `paths` are the validation images in the order the (unshuffled) pass saw them.
-    """
+    """The epoch's pictures and per-class numbers as one `tf.Summary`; `paths` are the validation
+    images in the order the (unshuffled) pass saw them."""
     probabilities, labels = outputs.probabilities, outputs.labels
     names = model_info.class_names_or_placeholders(class_names, num_classes)
     counts = metrics.confusion_matrix(labels, probabilities.argmax(axis=1), num_classes)
@@ -305,11 +300,8 @@ def sprite(paths, size):
 
 
 def write_projector(log_dir, features, paths, labels, predicted, class_names, num_classes):
-    """fc7 features of the first images, a sprite and metadata, as TensorBoard's projector reads them.
-
-    The features go into a checkpoint of their own (the projector reads a checkpoint's tensor by
-    name); metadata.tsv holds each image's path and true and predicted class.
-    """
+    """fc7 features of the first images (in a checkpoint of their own, which the projector reads), a
+    sprite and metadata.tsv (each image's path, true and predicted class)."""
     count = len(features)
     paths, labels, predicted = list(paths[:count]), labels[:count], predicted[:count]
     names = model_info.class_names_or_placeholders(class_names, num_classes)
