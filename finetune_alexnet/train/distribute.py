@@ -524,9 +524,7 @@ class Workers:
         joined = np.zeros((size, classes + 1), np.float32)
         for worker, part in enumerate(positions):
             joined[part] = every[worker, :len(part)]
-        merged = type(outputs)()
-        merged.add(joined[:, :classes], joined[:, classes].astype(np.int64))
-        outputs.replace_with(merged)
+        outputs.replace_with(joined[:, :classes], joined[:, classes].astype(np.int64))
         return totals
 
 

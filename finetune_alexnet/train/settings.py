@@ -391,30 +391,6 @@ def _differs(name, value, default):
     return value != (tuple(default) if isinstance(default, list) else default)
 
 
-def recipe_checks(v):
-    """(ok, message) of each option of today's recipe: label smoothing, the moving average, the
-    schedule, mixing, the second phase."""
-    def fraction(value):  # in [0, 1); NaN compares false
-        return 0 <= value < 1
-
-    def alpha(value):
-        return value >= 0 and math.isfinite(value)
-    return [
-        (fraction(v.label_smoothing), f'--label_smoothing must be in [0, 1), got {v.label_smoothing}'),
-        (fraction(v.ema_decay), f'--ema_decay must be in [0, 1) (0: off), got {v.ema_decay}'),
-        (0 <= v.warmup_epochs < v.num_epochs,
-         f'--warmup_epochs must be >= 0 and less than --num_epochs {v.num_epochs}, got '
-         f'{v.warmup_epochs}'),
-        (not (v.lr_schedule == 'cosine' and v.lr_decay_epochs),
-         "--lr_decay_epochs is the step schedule's; --lr_schedule cosine decays by itself"),
-        (alpha(v.mixup), f'--mixup must be a number >= 0 (0: off), got {v.mixup}'),
-        (alpha(v.cutmix), f'--cutmix must be a number >= 0 (0: off), got {v.cutmix}'),
-        (v.unfreeze_at == 0 or 2 <= v.unfreeze_at <= v.num_epochs,
-         f'--unfreeze_at must be 0 (off) or an epoch from 2 to --num_epochs {v.num_epochs}, got '
-         f'{v.unfreeze_at}'),
-    ]
-
-
 def cluster_checks(v):
     """(ok, message) of what several workers need: an even split of every batch, and none of what
     works on one machine only."""
@@ -466,7 +442,20 @@ def check(values):
         (not (v.projector and v.num_gpus > 1), '--projector needs --num_gpus 1'),
         (v.cache_max_gb > 0 and math.isfinite(v.cache_max_gb),
          f'--cache_max_gb must be a positive number, got {v.cache_max_gb}'),
-        *recipe_checks(v),
+        # Today's recipe (in ranges written so that NaN compares false):
+        (0 <= v.label_smoothing < 1, f'--label_smoothing must be in [0, 1), got {v.label_smoothing}'),
+        (0 <= v.ema_decay < 1, f'--ema_decay must be in [0, 1) (0: off), got {v.ema_decay}'),
+        (0 <= v.warmup_epochs < v.num_epochs,
+         f'--warmup_epochs must be >= 0 and less than --num_epochs {v.num_epochs}, got '
+         f'{v.warmup_epochs}'),
+        (not (v.lr_schedule == 'cosine' and v.lr_decay_epochs),
+         "--lr_decay_epochs is the step schedule's; --lr_schedule cosine decays by itself"),
+        (v.mixup >= 0 and math.isfinite(v.mixup), f'--mixup must be a number >= 0 (0: off), got {v.mixup}'),
+        (v.cutmix >= 0 and math.isfinite(v.cutmix),
+         f'--cutmix must be a number >= 0 (0: off), got {v.cutmix}'),
+        (v.unfreeze_at == 0 or 2 <= v.unfreeze_at <= v.num_epochs,
+         f'--unfreeze_at must be 0 (off) or an epoch from 2 to --num_epochs {v.num_epochs}, got '
+         f'{v.unfreeze_at}'),
     ]
     for ok, message in checks + cluster_checks(v):
         if not ok:

@@ -184,10 +184,11 @@ class ValidationOutputs:
             self._features.append(rows)
             self._feature_rows += len(rows)
 
-    def replace_with(self, other):
-        """Hold what `other` holds (every worker's outputs, joined)."""
-        self._probabilities, self._labels = other._probabilities, other._labels
-        self._features, self._feature_rows = other._features, other._feature_rows
+    def replace_with(self, probabilities, labels):
+        """Hold these alone (every worker's outputs, joined; no fc7 rows: the projector needs one
+        machine)."""
+        self.__init__()
+        self.add(probabilities, labels)
 
     @property
     def wants_features(self):
