@@ -189,13 +189,9 @@ class AlexNet:
         return tf.nn.relu(logits, name=layer.name)
 
     def load_initial_weights(self, session, layers=None):
-        """Assign every layer of the weights file that is not in `skip_layer`.
-
-        `layers` is the file's content when the caller has read it already (weight_files.load_weights),
-        so a 233 MB file is read once per process; None reads `weights_path`. The arrays are fed into
-        the variables' initializers, so they never become graph constants (the GraphDef stays small
-        and `.meta` files hold no weights).
-        """
+        """Assign every layer of the weights file that is not in `skip_layer`: `layers`, the file's
+        content when the caller has read it already (None: read `weights_path`). The arrays are fed
+        into the variables' initializers, so they never become graph constants."""
         path = self.WEIGHTS_PATH
         to_load = [name for name in self.variables if name not in self.SKIP_LAYER]
         if layers is None:

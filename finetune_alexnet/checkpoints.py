@@ -295,11 +295,9 @@ class CheckpointKeeper:
 
 
 def check_same_settings(directory, saved, current, defaults=None):
-    """Refuses --resume when a setting that shapes the run differs, naming each with old and new value.
-
-    `saved` is run_state.json's `settings`, `current` this invocation's. A setting a run saved before
-    it existed is compared as `defaults` gives it (what that run trained with), else not at all.
-    """
+    """Refuses --resume when a setting that shapes the run differs (`saved`: run_state.json's, `current`:
+    this invocation's), naming each with old and new value; one a run saved before the setting
+    existed is compared as `defaults` gives it, else not at all."""
     saved = {**(defaults or {}), **saved}
     differences = [f'{key} {saved.get(key)!r} -> {value!r}' for key, value in current.items()
                    if key in saved and saved[key] != value]

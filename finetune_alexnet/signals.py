@@ -85,10 +85,8 @@ def name(signum):
 
 
 class StopRequests:
-    """Catches SIGINT, SIGTERM and SIGHUP while it is installed (a context manager).
-
-    `requested` is true once one arrived; `signum` says which (the exit status is 128 + signum).
-    """
+    """Catches SIGINT, SIGTERM and SIGHUP while it is installed (a context manager): `requested` is
+    true once one arrived, `signum` says which."""
 
     def __init__(self, signals=HANDLED):
         self.signals = signals

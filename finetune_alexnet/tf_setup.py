@@ -91,11 +91,9 @@ DEVICE_CHOICES = ('auto', 'cpu', 'gpu')  # every command's --device
 
 
 def use_gpu(device, num_gpus=1):
-    """True to run on a GPU, for a command's --device ('auto': a GPU when TensorFlow sees one).
-
-    `num_gpus` devices are asked for: 'gpu' needs that many; 'auto' with GPUs, but fewer than that,
-    is refused rather than stacking several replicas on one GPU (with no GPU at all, 'auto' splits
-    the batch over logical CPU devices, as 'cpu' does)."""
+    """True to run on a GPU, for a command's --device ('auto': a GPU when TensorFlow sees one). 'gpu'
+    needs `num_gpus` of them; 'auto' with fewer GPUs (but some) is refused rather than stacking
+    several replicas on one GPU."""
     import tensorflow as tf
     from finetune_alexnet.errors import ToolkitError
     gpus = len(tf.config.list_physical_devices('GPU'))
