@@ -2,18 +2,8 @@
 
 `AlexNet` only builds the graph; `load_initial_weights` copies `bvlc_alexnet.npy` into it, leaving the
 layers the user retrains at their fresh initial values. Variable names (`conv1/weights`, ...) are the
-keys of the weights file. `python alexnet.py` prints the layer table: feature-map sizes, parameters
-and multiply-adds per layer.
-
-Layer table (input 227x227x3, NHWC):
-    conv1  11x11, stride 4, 96 filters, VALID    -> 55x55x96, ReLU, LRN, 3x3/2 max-pool -> 27x27x96
-    conv2  5x5, 256 filters, 2 groups, SAME      -> 27x27x256, ReLU, LRN, 3x3/2 max-pool -> 13x13x256
-    conv3  3x3, 384 filters                      -> 13x13x384, ReLU
-    conv4  3x3, 384 filters, 2 groups            -> 13x13x384, ReLU
-    conv5  3x3, 256 filters, 2 groups            -> 13x13x256, ReLU, 3x3/2 max-pool -> 6x6x256
-    fc6    9216 -> 4096, ReLU, dropout
-    fc7    4096 -> 4096, ReLU, dropout
-    fc8    4096 -> num_classes (logits)
+keys of the weights file. `python alexnet.py` prints the layer table (ARCHITECTURE's feature-map
+sizes, parameters and multiply-adds per layer; docs/model.md).
 """
 import collections
 import sys
@@ -65,34 +55,22 @@ LRN_SQRT_ALPHA = np.float32(np.sqrt(LRN_ALPHA))
 
 
 def local_response_normalization(x, name=None):
-    """AlexNet's LRN over the channels of NHWC `x`, as tf.nn.local_response_normalization computes it.
-
-    The forward pass is built from a matrix product instead of TensorFlow's LRN kernel, which spends
-    most of its time in a generic `pow`: the sums of squares over each 2r+1 neighbouring channels
-    are x^2 times a band matrix of ones (one oneDNN/BLAS matmul), and d^-0.75 = rsqrt(d) *
-    sqrt(rsqrt(d)). The backward pass is TensorFlow's own LRNGrad kernel, as fast as the composite
-    ops' gradients or faster (bench/RESULTS.md has the measurements). Values and gradients agree with
-    the kernel to ~1e-6 relative (tests/test_alexnet.py).
-    """
+    """AlexNet's LRN over the channels of NHWC `x`, as tf.nn.local_response_normalization computes it,
+    but faster (bench/RESULTS.md): the sums of squares over each 2r+1 neighbouring channels are x^2
+    times a band matrix of ones (one matmul), and d^-0.75 = rsqrt(d) * sqrt(rsqrt(d)); the backward
+    pass is TensorFlow's own LRNGrad kernel."""
     channels = int(x.shape[-1])
     index = np.arange(channels)
     band = (np.abs(index[:, None] - index[None, :]) <= LRN_DEPTH_RADIUS).astype(np.float32)
 
     @tf.custom_gradient
     def normalize(x):
-        # Written for TFLite's int8 conversion (export.py --quantize int8) too: x * x, because
-        # TFLite has an int8 MUL but no int8 SQUARE; and (x * r) * sqrt(r), because with
-        # x * (r * sqrt(r)) the converter gives r * sqrt(r), in [0, 1], the scale of the output
-        # that the max pool after it shares (about 0.5 a step): the int8 pool1 is then off by some
-        # 18% (RMS) instead of 1%. Both are the same float32 arithmetic to a rounding.
-        #
-        # Scaled before it is squared, (x * sqrt(alpha))^2, so nothing here exceeds float16's range
-        # (65504) when a float16 rewrite runs it: TensorFlow's mixed-precision pass puts every
-        # MatMul in float16 whatever casts surround it, and x * x overflows there once an activation
-        # passes 256 (conv1 of a He-initialised net reaches ~570), giving Inf, then Inf x 0 = NaN in
-        # the band. Scaled, the squares stay below 65504 up to activations of ~25,000 (five of
-        # them summed); in float32 it is the same arithmetic to a rounding, at the same cost (two
-        # multiplies either way).
+        # For TFLite's int8 conversion (export.py --quantize int8): x * x, as TFLite has an int8 MUL
+        # but no int8 SQUARE; and (x * r) * sqrt(r), as with x * (r * sqrt(r)) the int8 pool1 after
+        # it is off by some 18% (RMS) instead of 1%.
+        # Scaled before it is squared, (x * sqrt(alpha))^2, so the float16 rewrite (which puts the
+        # MatMul in float16) cannot overflow below activations of ~25,000 (docs/training.md); in
+        # float32 it is the same arithmetic to a rounding.
         scaled = x * LRN_SQRT_ALPHA
         squares = tf.reshape(scaled * scaled, [-1, channels])
         sums = tf.reshape(tf.matmul(squares, band), tf.shape(x))
@@ -211,13 +189,9 @@ class AlexNet:
         return tf.nn.relu(logits, name=layer.name)
 
     def load_initial_weights(self, session, layers=None):
-        """Assign every layer of the weights file that is not in `skip_layer`.
-
-        `layers` is the file's content when the caller has read it already (weight_files.load_weights),
-        so a 233 MB file is read once per process; None reads `weights_path`. The arrays are fed into
-        the variables' initializers, so they never become graph constants (the GraphDef stays small
-        and `.meta` files hold no weights).
-        """
+        """Assign every layer of the weights file that is not in `skip_layer`: `layers`, the file's
+        content when the caller has read it already (None: read `weights_path`). The arrays are fed
+        into the variables' initializers, so they never become graph constants."""
         path = self.WEIGHTS_PATH
         to_load = [name for name in self.variables if name not in self.SKIP_LAYER]
         if layers is None:
@@ -281,24 +255,18 @@ def layer_table(num_classes=1000, input_size=INPUT_SIZE):
 
 
 def variable_shapes(num_classes):
-    """{layer: {'weights': shape, 'biases': shape}} of AlexNet's variables, from ARCHITECTURE alone.
-
-    No graph is built. A conv layer's weights are HWIO [kernel, kernel, input channels / groups,
-    filters], an fc layer's [inputs, outputs]; biases are [outputs]. These are the variables' shapes
-    and the weight files' (the keys are the variable names without '/weights', '/biases').
-    """
+    """{layer: {'weights': shape, 'biases': shape}} of AlexNet's variables (and of the weight files),
+    from ARCHITECTURE alone: conv weights HWIO [kernel, kernel, input channels / groups, filters], fc
+    weights [inputs, outputs], biases [outputs]."""
     by_name = {layer.name: layer for layer in ARCHITECTURE}
-    shapes = {}
-    height, width, channels = INPUT_SIZE, INPUT_SIZE, 3  # the previous row's output
+    shapes, previous = {}, (INPUT_SIZE, INPUT_SIZE, 3)  # the previous row's output
     for name, output, _, _ in layer_table(num_classes):
         layer = by_name[name]
-        if layer.kind == 'conv':
-            weights = (layer.kernel, layer.kernel, channels // layer.groups, output[2])
-        elif layer.kind == 'fc':
-            weights = (height * width * channels, output[2])
         if layer.kind in ('conv', 'fc'):
-            shapes[name] = {'weights': weights, 'biases': (output[2],)}
-        height, width, channels = output
+            inputs = ((layer.kernel, layer.kernel, previous[2] // layer.groups) if layer.kind == 'conv'
+                      else (int(np.prod(previous)),))
+            shapes[name] = {'weights': inputs + (output[2],), 'biases': (output[2],)}
+        previous = output
     return shapes
 
 

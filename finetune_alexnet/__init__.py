@@ -1,8 +1,7 @@
 """The machinery behind the commands at the repository root, one module per concern, in three rooms.
 
-Imports run one way: a room uses only the rooms before it (CONTRIBUTING.md; tests/test_layers.py):
-    foundation (below) -> originals (alexnet.py, datagenerator.py, caffe_classes.py: foundation only)
-    -> engines (train/, infer/: never each other) -> commands at the root (never each other).
+Imports run one way, foundation -> originals -> engines (train/, infer/) -> commands at the root
+(CONTRIBUTING.md; tests/test_layers.py).
 
 Foundation: flat modules that import the standard library, third-party packages and each other.
     cli            what every command shares: argument parser, start-up, errors and exit statuses

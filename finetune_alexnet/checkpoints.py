@@ -1,24 +1,11 @@
-"""What a fine-tuning run leaves in its checkpoint folder, and how a run resumes from it.
+"""What a fine-tuning run saves in its run folder (model_epoch{N}.ckpt, best.ckpt,
+interrupted_step{S}.ckpt, run_state.json: docs/run-folder.md), and how a run resumes from it
+(docs/resume-and-failures.md).
 
-    model_epoch{N}.ckpt.*   every variable (model, optimizer slots, global step) after epoch N;
-                            the last `keep` of them are kept
-    best.ckpt.*             the epoch with the best validation accuracy so far: hard links to that
-                            epoch's files (a copy where the file system has no links), so it costs
-                            no second save and survives the epoch checkpoint's removal
-    interrupted_step{S}.ckpt.*  written on Ctrl-C, SIGTERM or SIGHUP, mid-epoch, at global step S
-                            (a new name each time, so the one run_state.json points at is never
-                            overwritten in place)
-    run_state.json          where the run stands (run_state.py holds its schema); rewritten
-                            atomically after each save
-    model_info.json         what prediction needs: classes, class names, pre-processing
-
-No `.meta` graph files are written: the graph is rebuilt from code, and a graph never holds weights.
-TensorFlow writes each checkpoint to temporary files (`*.tempstate*`) and renames them, and
-run_state.json is replaced only after the save succeeded, so a crash while saving leaves the previous
-checkpoint readable. A checkpoint is verified (every tensor read back against the sizes and CRC32C
-checksums its index records) before it is restored or predicted with; `--resume` falls back to the
-newest intact checkpoint that run_state.json lists when the latest is damaged, and best.ckpt is
-mended if it held an epoch that is trained again (repair_best).
+TensorFlow writes each checkpoint to temporary files and renames them, and run_state.json is
+replaced only after the save succeeded, so a crash while saving leaves the previous checkpoint
+readable. A checkpoint is verified (every tensor read back against its index's sizes and CRC32C
+checksums) before it is restored.
 """
 import contextlib
 import dataclasses
@@ -29,7 +16,6 @@ import re
 import shutil
 import sys
 
-import numpy as np
 import tensorflow.compat.v1 as tf
 
 from finetune_alexnet import run_folder
@@ -46,12 +32,8 @@ def epoch_prefix(directory, epoch):
 
 
 def verify_checkpoint(prefix):
-    """None if checkpoint `prefix` reads back whole, else (the damaged file, why) .
-
-    Reads every tensor: TensorFlow's bundle reader checks each against the offset, size and CRC32C
-    checksum that the index records, so a truncated, zero-byte or flipped-byte `.data` file fails
-    here, as does an index that is not a readable table.
-    """
+    """None if checkpoint `prefix` reads back whole (every tensor checked by TensorFlow's bundle
+    reader against its index's offset, size and CRC32C), else (the damaged file, why)."""
     index = prefix + '.index'
     if not os.path.isfile(index):
         return index, 'missing'
@@ -87,13 +69,9 @@ def check_intact(prefix):
 
 
 def restorable_checkpoint(directory, state):
-    """(prefix, state) of the checkpoint to resume from: the latest, else the newest intact one.
-
-    When the latest checkpoint is damaged, prints which file and why, and falls back to the newest
-    intact epoch checkpoint that run_state.json lists; `state` is then cut back to that epoch (its
-    history, best epoch and latest checkpoint), so the epochs after it are trained again. Refuses in
-    one line when none is intact.
-    """
+    """(prefix, state) of the checkpoint to resume from: the latest, else (a warning names the
+    damaged file) the newest intact epoch checkpoint run_state.json lists, `state` cut back to that
+    epoch, so the epochs after it are trained again. Refuses in one line when none is intact."""
     candidates = [state.latest_checkpoint]
     candidates += sorted((name for name in state.epoch_checkpoints if name not in candidates),
                          key=_checkpoint_epoch, reverse=True)
@@ -136,18 +114,12 @@ def _cut_back(state, name):
 def check_fits(prefix, expected_shapes, purpose="this run's model",
                advice='resume with the flags the run was started with'):
     """Refuses, in one line, a checkpoint that lacks a variable of `expected_shapes` ({name: shape})
-    or holds another shape, naming the first two differences; one definition for resume, predict.py
-    and the export.
-
-    Resuming with another --num_classes, --optimizer or --mixed_precision than the run was started
-    with does that; TensorFlow's own message would be a page long. (Variables in the checkpoint but not
-    expected, such as a loss scale when --mixed_precision is dropped, are simply left behind.)
-    """
+    or holds another shape, naming the first two differences (TensorFlow's own message would be a
+    page long); variables it holds beyond those are left behind. For resume, predict.py, export."""
     try:
         saved = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
     except (tf.errors.OpError, ValueError) as error:
-        raise ToolkitError(f"{prefix}: unreadable checkpoint ({error.__class__.__name__}: "
-                           f"{str(error).splitlines()[0] if str(error) else ''})") from None
+        raise ToolkitError(f'{prefix}: unreadable checkpoint ({_first_line(error)})') from None
     problems = []
     for name, shape in expected_shapes.items():
         if name not in saved:
@@ -189,23 +161,10 @@ def _remove_files_of(prefix):
                 os.remove(path)
 
 
-def session_bytes(session):
-    """Bytes of every global variable of the session's graph: about what one checkpoint takes."""
-    total = 0
-    for variable in session.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES):
-        shape = variable.shape.as_list()
-        total += int(np.prod(shape)) * variable.dtype.base_dtype.size
-    return total
-
-
 def link_best(directory, prefix):
-    """best.ckpt.* in `directory` become other names for the files of checkpoint `prefix`.
-
-    The epoch checkpoint was just written, so linking saves a second serialisation of ~230 MB.
-    TensorFlow writes checkpoints to temporary files and renames them, and the epoch saver only
-    unlinks old ones, so no later save can change a linked file. Each best file is swapped in
-    with an atomic rename, the index last (a reader opens it first).
-    """
+    """best.ckpt.* in `directory` become hard links to the files of checkpoint `prefix` (no second
+    save of ~230 MB; no later save changes a linked file, as saves rename new files into place).
+    Each is swapped in with an atomic rename, the index last (a reader opens it first)."""
     best = os.path.join(directory, BEST)
     sources = sorted(glob.glob(glob.escape(prefix) + '.*'), key=lambda path: path.endswith('.index'))
     suffixes = [source[len(prefix):] for source in sources]
@@ -226,13 +185,9 @@ def link_best(directory, prefix):
 
 
 def repair_best(directory, best_epoch_before, state):
-    """After a fall-back (restorable_checkpoint), best.ckpt must not hold an epoch trained again.
-
-    `best_epoch_before` is the run state's best epoch before the fall-back, `state` the cut-back
-    state. When the best epoch is one that will be trained again, best.ckpt becomes the cut-back
-    state's best epoch if its checkpoint is still kept and intact; otherwise best.ckpt is removed
-    (a folder then means its latest checkpoint, and the next epoch that beats the best writes it).
-    """
+    """After a fall-back (restorable_checkpoint) from a state whose best epoch was
+    `best_epoch_before` to `state`: a best.ckpt of an epoch trained again becomes the cut-back
+    state's best epoch if its checkpoint is kept and intact, else it is removed."""
     if best_epoch_before is None or best_epoch_before <= state.epochs_completed:
         return
     best, epoch = os.path.join(directory, BEST), state.best_epoch
@@ -254,20 +209,16 @@ class CheckpointKeeper:
     def __init__(self, directory, keep, writes=True):
         self.directory = directory  # made by the first save: a worker that only restores writes nothing
         self.writes = writes
-        # Weights stay out of any graph file (write_meta_graph=False below) and paths are relative,
-        # so a checkpoint folder can be moved.
-        # The keeper prunes old epochs itself, after run_state.json has moved on from them: the
-        # Saver's own pruning would delete them before, leaving a window where run_state.json
-        # points at a removed checkpoint.
+        # Relative paths, so a run folder can be moved. The keeper prunes old epochs itself, after
+        # run_state.json has moved on from them (the Saver's own pruning would delete them before).
         self.keep = keep
         self._kept = []  # epoch checkpoints kept, oldest first (run_state.json's epoch_checkpoints)
-        self._epoch_saver = tf.train.Saver(max_to_keep=None, save_relative_paths=True)
-        self._single_saver = tf.train.Saver(max_to_keep=None, save_relative_paths=True)
+        self._saver = tf.train.Saver(max_to_keep=None, save_relative_paths=True)
 
     def restore(self, session, prefix, state):
         """Restore checkpoint `prefix` (see restorable_checkpoint) and carry on the run's pruning."""
         check_fits(prefix, graph_variable_shapes(session.graph))
-        self._epoch_saver.restore(session, prefix)
+        self._saver.restore(session, prefix)
         # Carry on pruning the kept epoch checkpoints where the interrupted run left off.
         self._kept = [name for name in state.epoch_checkpoints
                       if tf.train.checkpoint_exists(os.path.join(self.directory, name))]
@@ -279,7 +230,7 @@ class CheckpointKeeper:
         target = epoch_prefix(self.directory, epoch)
         os.makedirs(self.directory, exist_ok=True)
         with self._space_check(session, target, state):
-            prefix = self._epoch_saver.save(session, target, write_meta_graph=False,
+            prefix = self._saver.save(session, target, write_meta_graph=False,
                                             write_state=True)
             name = os.path.basename(prefix)
             listed = [kept for kept in self._kept if kept != name] + [name]
@@ -294,12 +245,9 @@ class CheckpointKeeper:
             _remove_files_of(os.path.join(self.directory, old))
 
     def save_interrupted(self, session, state, step):
-        """Saves interrupted_step{step}.ckpt and points run_state.json at it; returns its prefix
-        (None: the keeper writes nothing).
-
-        A fresh name per step: rewriting the checkpoint that run_state.json points at would leave it
-        half old, half new if the process died between TensorFlow's renames of its two files.
-        """
+        """Saves interrupted_step{step}.ckpt (a fresh name per step: rewriting the one run_state.json
+        points at could leave it half old, half new) and points run_state.json at it; returns its
+        prefix (None: the keeper writes nothing)."""
         if not self.writes:
             return None
         target = os.path.join(self.directory, f'{INTERRUPTED}_step{step}.ckpt')
@@ -307,7 +255,7 @@ class CheckpointKeeper:
             return target  # no step since that checkpoint: it holds exactly this state
         os.makedirs(self.directory, exist_ok=True)
         with self._space_check(session, target, state):
-            prefix = self._single_saver.save(session, target, write_meta_graph=False,
+            prefix = self._saver.save(session, target, write_meta_graph=False,
                                              write_state=False)
             self._commit(prefix, dataclasses.replace(state))
         state.latest_checkpoint = os.path.basename(prefix)
@@ -326,11 +274,13 @@ class CheckpointKeeper:
             for partial in glob.glob(os.path.join(glob.escape(self.directory), '*.partial')):
                 os.remove(partial)
             free = shutil.disk_usage(self.directory).free
+            needed = sum(variable.shape.num_elements() * variable.dtype.base_dtype.size
+                         for variable in session.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES))
             previous = state.latest_checkpoint
             kept = (f'{previous} and {RUN_STATE} are intact: free some space and continue with '
                     '--resume' if previous else 'no earlier checkpoint of this run')
             raise DiskFull(f'{self.directory}: disk full while saving {os.path.basename(target)} '
-                           f'(needs about {session_bytes(session):,} bytes, {free:,} free); '
+                           f'(needs about {needed:,} bytes, {free:,} free); '
                            f'{kept}') from None
 
     def _commit(self, prefix, state):
@@ -339,21 +289,15 @@ class CheckpointKeeper:
 
     def _remove_interrupted(self, keep):
         """Removes interrupted checkpoints other than `keep` (None: all), which nothing points at."""
-        remove_interrupted(self.directory, keep)
-
-
-def remove_interrupted(directory, keep):
-    for name in os.listdir(directory):
-        if name.startswith(INTERRUPTED + '_step') and (keep is None or not name.startswith(keep + '.')):
-            os.remove(os.path.join(directory, name))
+        for name in os.listdir(self.directory):
+            if name.startswith(INTERRUPTED + '_step') and (keep is None or not name.startswith(keep + '.')):
+                os.remove(os.path.join(self.directory, name))
 
 
 def check_same_settings(directory, saved, current, defaults=None):
-    """Refuses --resume when a setting that shapes the run differs, naming each with old and new value.
-
-    `saved` is run_state.json's `settings`, `current` this invocation's. A setting a run saved before
-    it existed is compared as `defaults` gives it (what that run trained with), else not at all.
-    """
+    """Refuses --resume when a setting that shapes the run differs (`saved`: run_state.json's, `current`:
+    this invocation's), naming each with old and new value; one a run saved before the setting
+    existed is compared as `defaults` gives it, else not at all."""
     saved = {**(defaults or {}), **saved}
     differences = [f'{key} {saved.get(key)!r} -> {value!r}' for key, value in current.items()
                    if key in saved and saved[key] != value]

@@ -1,24 +1,6 @@
-"""What every command shares: its argument parser, its start-up and how it ends (CONTRIBUTING.md).
-
-A command module reads top to bottom like this, and does nothing when it is merely imported:
-
-    import sys
-    from finetune_alexnet import cli
-    if __name__ == '__main__':
-        cli.prepare(sys.argv[1:])          # before TensorFlow loads: quiet logs unless --verbose
-    import tensorflow.compat.v1 as tf
-    ...
-    def main(argv=None):
-        args = cli.ArgumentParser(description=__doc__).parse_args(argv)
-        ...
-    if __name__ == '__main__':
-        sys.exit(cli.run(main))
-
-Exit statuses, the same for every command:
-    0 done; 1 a check that found problems (`datagenerator.py --check`); 2 a user mistake, printed
-    as one `error: ...` line (argparse's own complaints included); 128 + N after signal N
-    (130 for Ctrl-C, 143 for SIGTERM; 141, quietly, when the reader of the output goes away, as
-    in `predict.py ... | head -1`).
+"""What every command shares: its argument parser, its start-up (`prepare`, before TensorFlow
+loads) and how it ends (`run`: one `error:` line, the exit statuses). CONTRIBUTING.md shows the
+shape of a command module and lists the exit statuses.
 """
 import argparse
 import os
@@ -49,11 +31,8 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors: a bad flag raises ToolkitError instead of printing the usage.
-
-    Every command gets `--verbose` (TensorFlow's own log lines) from here, so the flag means the same
-    everywhere; the flags are shown with their defaults in `--help`.
-    """
+    """argparse with one-line errors (a bad flag raises ToolkitError), `--verbose` (TensorFlow's own
+    log lines) for every command, and the defaults shown in `--help`."""
 
     def __init__(self, *args, **kwargs):
         kwargs['formatter_class'] = HelpFormatter
@@ -80,12 +59,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 class StatusLine:
-    """One line of a terminal rewritten in place: the one progress line every command draws.
-
-    Each rewrite erases the rest of the line (a shorter text leaves nothing of a longer one) and
-    fits the terminal's width (a wrapped line cannot be rewritten: every update would pile up a
-    row); `print` first ends the line, so that what else is printed starts on a line of its own.
-    """
+    """One line of a terminal rewritten in place: the one progress line every command draws. Each
+    rewrite erases the rest of the line and fits the terminal's width (a wrapped line cannot be
+    rewritten); `print` first ends the line."""
     ERASE_TO_END = '\x1b[K'
 
     def __init__(self, stream):
@@ -123,14 +99,10 @@ class StatusLine:
 
 
 def prepare(argv):
-    """Set TensorFlow's environment up before it is imported: quiet unless `--verbose` is in argv.
-
-    TensorFlow's C++ runtime reads its variables once, when it loads, so this must run before the
-    command's own imports; only the `__main__` block calls it, so importing a command changes nothing.
-    Ctrl-C while the imports run (TensorFlow takes seconds to load) ends the command as `run` does,
-    in one line with status 130, instead of a traceback through the import machinery; a second stop
-    signal during a run ends the process at once (signals.leave_at_once).
-    """
+    """Set TensorFlow's environment up before it is imported (its C++ runtime reads it once, when it
+    loads): quiet unless `--verbose` is in argv. Ctrl-C during the imports then ends the command in
+    one line with status 130, not a traceback; a second stop signal during a run ends the process
+    at once (signals.leave_at_once)."""
     tf_setup.configure_environment(verbose='--verbose' in argv)
     signal.signal(signal.SIGINT, _interrupted_while_loading)
     signals.leave_at_once(before_exit=tf_setup.restore_stderr)
@@ -142,12 +114,8 @@ def _interrupted_while_loading(signum, frame):
 
 
 def run(main, argv=None):
-    """Run a command's `main(argv)` and turn its outcome into an exit status.
-
-    A ToolkitError becomes `error: <message>` and status 2; Ctrl-C that the command did not handle
-    itself becomes one line and status 130 instead of a traceback; so does a second stop signal
-    (`signals.Aborted`), with status 128 + its number.
-    """
+    """Run a command's `main(argv)` and turn its outcome into an exit status: a ToolkitError, an
+    unhandled Ctrl-C or a second stop signal (`signals.Aborted`) becomes one `error:` line."""
     if signal.getsignal(signal.SIGINT) is _interrupted_while_loading:  # the imports are done
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:

@@ -1,18 +1,13 @@
-"""Stopping a run cleanly: Ctrl-C, SIGTERM and SIGHUP all ask the training loop to save and exit.
+"""Stopping a run cleanly: Ctrl-C, SIGTERM and SIGHUP all ask the training loop to save and exit
+(docs/resume-and-failures.md): a flag the loop checks between steps, so the step in flight finishes,
+a checkpoint is saved, and the command exits with 128 + the signal's number.
 
-SIGTERM is what `docker stop`, Slurm and Kubernetes send before killing a job; SIGHUP is what a closed
-ssh session sends. All three set a flag that the loop checks between steps, so the step in flight
-finishes, a checkpoint is saved, and the command exits with 128 + the signal's number.
-
-A second signal means "out, now". Checkpoints are committed by renaming files into place (see
-checkpoints.py), so aborting in the middle of a save leaves the last complete checkpoint and the
-run_state.json that points at it untouched, and the next run removes what the save left half-written.
-In a command's own process (`leave_at_once`, which `cli.prepare` calls) the handler prints the one
-`error:` line and ends the process there and then: an exception raised from a signal handler can land
-in a finalizer (a weakref callback, a `__del__`), where Python prints it as "Exception ignored" and
-carries on. Elsewhere (tests, notebooks, anything that calls `main` in-process) it raises `Aborted`,
-which `cli.run` turns into that line and the exit status of the second signal; should a finalizer
-swallow it, leaving the `with` block raises it again.
+A second signal means "out, now" (checkpoints are committed by renames, so nothing is left half
+written). In a command's own process (`leave_at_once`, which `cli.prepare` calls) the handler prints
+the one `error:` line and ends the process there and then: an exception raised from a signal handler
+can land in a finalizer, where Python prints "Exception ignored" and carries on. Elsewhere (tests,
+notebooks) it raises `Aborted`, which `cli.run` turns into that line; should a finalizer swallow it,
+leaving the `with` block raises it again.
 """
 import contextlib
 import os
@@ -90,10 +85,8 @@ def name(signum):
 
 
 class StopRequests:
-    """Catches SIGINT, SIGTERM and SIGHUP while it is installed (a context manager).
-
-    `requested` is true once one arrived; `signum` says which (the exit status is 128 + signum).
-    """
+    """Catches SIGINT, SIGTERM and SIGHUP while it is installed (a context manager): `requested` is
+    true once one arrived, `signum` says which."""
 
     def __init__(self, signals=HANDLED):
         self.signals = signals

@@ -29,14 +29,9 @@ _NATIVE_LOG_LINE = re.compile(rb'^(WARNING: All log messages before absl::Initia
 
 
 def configure_environment(verbose=False):
-    """Hide TensorFlow's start-up notices unless `verbose`; turn on oneDNN's CPU kernels.
-
-    TensorFlow turns its oneDNN kernels on by itself only on CPUs with neural-network instructions
-    (AVX512_VNNI, AVX512_BF16, AMX: Intel Cascade Lake and newer, AMD Zen 4 and newer); on older
-    CPUs they are off. With them AlexNet's fine-tuning steps run markedly faster (bench/RESULTS.md)
-    and results agree with plain TensorFlow to float32 round-off. Setting the default makes every
-    CPU get them; a user's own TF_ENABLE_ONEDNN_OPTS still wins.
-    """
+    """Hide TensorFlow's start-up notices unless `verbose`; turn on oneDNN's CPU kernels, which
+    TensorFlow turns on by itself only on CPUs with VNNI/BF16/AMX, and which run AlexNet's steps
+    about twice as fast where measured (bench/RESULTS.md)."""
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '0' if verbose else '2')
     os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
     if not verbose:
@@ -44,11 +39,8 @@ def configure_environment(verbose=False):
 
 
 def hide_native_log_lines():
-    """Route file descriptor 2 through a thread that drops TensorFlow's native log lines.
-
-    Everything else written to stderr (Python's messages, our `error:` lines, tracebacks) passes
-    through unchanged; at exit the pipe is drained before the process ends.
-    """
+    """Route file descriptor 2 through a thread that drops TensorFlow's native log lines and passes
+    everything else on; at exit the pipe is drained before the process ends."""
     terminal = os.dup(2)
     read_end, write_end = os.pipe()
     sys.stderr.flush()
@@ -78,11 +70,8 @@ _drain_native_log_filter = None
 
 
 def restore_stderr():
-    """Hand file descriptor 2 back to the terminal, after passing on what the filter still holds.
-
-    The atexit hook does this at a normal exit; a process that leaves through os._exit (a second stop
-    signal, see signals.py) calls it first, or its last lines are lost in the pipe.
-    """
+    """Hand file descriptor 2 back to the terminal, after passing on what the filter still holds: the
+    atexit hook does this, but a process that leaves through os._exit (signals.py) must call it."""
     if _drain_native_log_filter is not None:
         _drain_native_log_filter()
 
@@ -102,11 +91,9 @@ DEVICE_CHOICES = ('auto', 'cpu', 'gpu')  # every command's --device
 
 
 def use_gpu(device, num_gpus=1):
-    """True to run on a GPU, for a command's --device ('auto': a GPU when TensorFlow sees one).
-
-    `num_gpus` devices are asked for: 'gpu' needs that many; 'auto' with GPUs, but fewer than that,
-    is refused rather than stacking several replicas on one GPU (with no GPU at all, 'auto' splits
-    the batch over logical CPU devices, as 'cpu' does)."""
+    """True to run on a GPU, for a command's --device ('auto': a GPU when TensorFlow sees one). 'gpu'
+    needs `num_gpus` of them; 'auto' with fewer GPUs (but some) is refused rather than stacking
+    several replicas on one GPU."""
     import tensorflow as tf
     from finetune_alexnet.errors import ToolkitError
     gpus = len(tf.config.list_physical_devices('GPU'))
@@ -119,25 +106,14 @@ def use_gpu(device, num_gpus=1):
 
 
 def session_config(use_gpu=False, logical_cpus=None, xla=False, threads=0, mixed_precision=False):
-    """The ConfigProto every session of the toolkit uses.
+    """The ConfigProto every session of the toolkit uses (each choice measured in bench/RESULTS.md).
 
-    Grappler's dependency optimizer rewrites `Shape(x)` for a fed `placeholder_with_default` into
-    `Shape(default)`. With the default being the tf.data iterator, a caller feeding its own batch
-    for a step that trains conv1 would silently pull (and lose) a batch from the iterator, or fail
-    once it is exhausted. Turning that one pass off keeps feeding correct; it costs nothing
-    measurable for AlexNet (bench/RESULTS.md).
-
-    `threads` (0: TensorFlow's choice) caps both thread pools. TensorFlow's choice stays the default
-    because no other split measured faster (bench/RESULTS.md).
-
-    `xla` sets global_jit_level, which a GPU honours. On a CPU TensorFlow ignores it unless
-    TF_XLA_FLAGS=--tf_xla_cpu_global_jit is set, and with that flag AlexNet's steps ran slower than
-    oneDNN's kernels (bench/RESULTS.md), so the toolkit does not set the flag.
-
-    `mixed_precision` turns on grappler's mixed-precision rewrite: float16 convolutions and matrix
-    products on a GPU, bfloat16 through oneDNN on a CPU (fast where the CPU has AVX512_BF16 or AMX);
-    variables and updates stay float32. The graph needs loss scaling for float16
-    (train/graph.py: TrainingConfig(mixed_precision=True) adds it).
+    Grappler's dependency optimizer is off: it rewrites `Shape(x)` of a fed `placeholder_with_default`
+    into `Shape(default)`, so a caller feeding its own batch for a step that trains conv1 would pull
+    (and lose) a batch from the tf.data iterator behind it. `threads` (0: TensorFlow's choice) caps
+    both thread pools. `xla` sets global_jit_level, which a GPU honours (a CPU ignores it).
+    `mixed_precision` turns on grappler's float16 (GPU) or bfloat16 (oneDNN CPU) rewrite; the graph
+    adds the loss scaling (TrainingConfig(mixed_precision=True)).
     """
     import tensorflow.compat.v1 as tf
     from tensorflow.core.protobuf import rewriter_config_pb2

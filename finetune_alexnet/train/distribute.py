@@ -1,40 +1,17 @@
-"""Several workers, one run: synchronous data-parallel training through tf.distribute.
+"""Several workers, one run: synchronous data-parallel training through tf.distribute
+(docs/distributed.md says what the workers compute, agree on and print).
 
-Every worker runs finetune.py with the same flags and data. TensorFlow's collective runtime
-(`tf.distribute.experimental.MultiWorkerMirroredStrategy`, CollectiveAllReduceStrategyV1 in graph
-mode) keeps one copy of every variable per worker, starts them equal (the chief's initial values are
-broadcast) and all-reduces the gradients of every step, so the copies stay equal. Each worker trains
-on its own rows of every global batch (`preprocessing.worker_rows`); the strategy sums the workers'
-gradients, and the training graph divides them by the number of workers (TrainingConfig.num_workers),
-so a step equals one machine's step on the whole batch.
+MultiWorkerMirroredStrategy keeps one copy of every variable per worker and all-reduces each step's
+gradients, which the training graph divides by the number of workers (TrainingConfig.num_workers):
+a step equals one machine's step on the whole batch. Inside a worker, --num_gpus towers split its
+rows over its devices. Besides the gradients the workers agree through small all-reduces (`gather`):
+at the start, before every step (a stop signal) and after every epoch. Every wait is bounded by
+--collective_timeout: at start-up each worker knocks at the others' ports before the first
+collective (TensorFlow's collective runtime retries a missing peer for ever, whatever the deadline),
+and each collective call has TensorFlow's deadlines and, in a command's own process, a watcher
+thread (`Workers._watching`).
 
-Inside a worker, `--num_gpus` towers split its rows over its devices as on one machine: the strategy
-joins machines, the towers join a machine's devices, one concept each.
-
-Besides the gradients, the workers agree through small all-reduces: at the start (the chief's shuffle
-seed, the same settings and data everywhere, the same restored step), before every step (a stop
-signal any of them received) and after every epoch (the epoch's training numbers and the validation
-outputs). Every wait for the others is bounded by `--collective_timeout` from the first moment:
-
-- start-up: before any session exists, each worker knocks at the others' ports until every one
-  answers as a TensorFlow server (an HTTP/2 greeting: gRPC), printing every `REPORT_SECONDS` who is
-  still missing, and stops in one line naming those that never answered once the timeout has passed.
-  Only then does the first collective run: TensorFlow's collective runtime retries a peer that is
-  not there for ever (RefreshStepIdSequence), whatever the deadline of the call.
-- every collective call: the session's `operation_timeout_in_ms` and each call's `timeout_in_ms`
-  (TensorFlow's own deadlines), and in a command's own process a watcher thread: a worker whose
-  port stops accepting connections ends the wait within seconds; a wait that outlives the deadline
-  (a C++ retry loop that ignores it) ends the process in one line naming who no longer answers; a
-  stop signal that Python cannot handle while the main thread is inside TensorFlow is seen through
-  the signal module's wakeup descriptor.
-- signals: at start-up (nothing trained, nothing to save) SIGINT, SIGTERM and SIGHUP end the process
-  at once with one line and 128 + N. During training a signal lets the step in flight finish (the
-  loop then saves and stops, every worker after the same step); if the step has not finished
-  `SIGNAL_GRACE` seconds later (or twice the longest call so far), the process ends in one line,
-  the last complete checkpoint kept.
-
-`Cluster` is what TF_CONFIG (or --worker_hosts/--task_index) describes; `start` returns `Workers` for
-a cluster and `OneMachine` without one, with the same methods, so the training loop reads the same.
+`start` returns `Workers` for a Cluster and `OneMachine` without one, with the same methods.
 """
 import contextlib
 import dataclasses
@@ -50,6 +27,7 @@ import time
 import numpy as np
 import tensorflow.compat.v1 as tf
 
+from finetune_alexnet import preprocessing
 from finetune_alexnet import run_folder
 from finetune_alexnet import signals
 from finetune_alexnet.errors import ToolkitError
@@ -80,6 +58,8 @@ _JOBS = ('chief', 'worker')
 # connection to it fails first.
 _LOST_ERRORS = (tf.errors.DeadlineExceededError, tf.errors.UnavailableError, tf.errors.AbortedError,
                 tf.errors.CancelledError, tf.errors.InternalError)
+_RESUME = 'restart every worker with --resume to continue from the last checkpoint'
+_AT_START = 'while waiting for the other workers: stopped before training started'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,8 +186,8 @@ class OneMachine:
     def epoch_totals(self, session, values):
         return np.asarray(values, np.float64)
 
-    def join_validation(self, session, totals, outputs, positions, num_classes):
-        return totals, outputs
+    def join_validation(self, session, totals, outputs, data):
+        return totals
 
 
 class Workers:
@@ -248,7 +228,7 @@ class Workers:
                                                     task_index=self.index, config=config, start=True)
             except (tf.errors.OpError, RuntimeError, ValueError) as error:
                 raise ToolkitError(f'{self.cluster.name(self.index)}: cannot listen there: '
-                                   f'{str(getattr(error, "message", error)).splitlines()[0]}') from None
+                                   f'{_reason(error)}') from None
         self._config = config
         return config
 
@@ -264,9 +244,6 @@ class Workers:
             self.strategy.extended.call_for_each_replica(lambda: built.append(build()))
         return built[0]
 
-    def run_options(self):
-        return tf.RunOptions(timeout_in_ms=int(self.timeout * 1000))
-
     def bounded(self, session):
         """`session` whose `run` waits for the others at most --collective_timeout (`run`)."""
         return BoundedSession(self, session)
@@ -277,19 +254,18 @@ class Workers:
         session = getattr(session, 'session', session)  # a BoundedSession's own
         with self._watching():
             try:
-                return session.run(fetches, feed, options=self.run_options())
+                return session.run(fetches, feed,
+                                   options=tf.RunOptions(timeout_in_ms=int(self.timeout * 1000)))
             except _LOST_ERRORS as error:
                 raise self.lost_worker_error(error) from None
 
     @contextlib.contextmanager
     def _watching(self):
-        """While the main thread waits inside TensorFlow (where Python runs no signal handler and
-        TensorFlow may retry a missing peer for ever), a thread watches: once every worker has come
-        up, it knocks at the others' ports every PROBE_SECONDS (a port refused twice in a row: that
-        worker is gone, say so now rather than at the deadline); past the deadline it ends the
-        process naming who no longer answers; and it reads the stop signals from the signal
-        module's wakeup descriptor (see the module's docstring). Only in a command's own process:
-        elsewhere TensorFlow's deadlines alone."""
+        """While the main thread waits inside TensorFlow (where Python runs no signal handler), a
+        thread watches: once every worker has come up, it knocks at the others' ports every
+        PROBE_SECONDS (a port refused twice in a row: that worker is gone); past the deadline it ends
+        the process naming who no longer answers; and it reads the stop signals from the signal
+        module's wakeup descriptor. Only in a command's own process (signals.can_leave_now)."""
         if not signals.can_leave_now() or threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -315,7 +291,7 @@ class Workers:
     def _watch(self, reader, writer, started, done):
         deadline = started + self.timeout + DEADLINE_SLACK
         next_knock = started + PROBE_SECONDS
-        misses = {index: 0 for index in range(self.num_workers) if index != self.index}
+        misses = dict.fromkeys(self._others, 0)
         first_signal, grace, grace_ends = None, 0.0, None
         try:
             while not done.is_set():
@@ -326,8 +302,7 @@ class Workers:
                     return
                 for signum in received:
                     if not self._training:  # nothing to save yet: out now
-                        signals.leave_now(f'{signals.name(signum)} while waiting for the other '
-                                          'workers: stopped before training started', 128 + signum)
+                        signals.leave_now(f'{signals.name(signum)} {_AT_START}', 128 + signum)
                     if first_signal is not None:  # a second signal: out now, as on one machine
                         signals.leave_now(str(signals.Aborted(signum)), 128 + signum)
                     first_signal, grace = signum, max(SIGNAL_GRACE, 2 * self._longest)
@@ -354,31 +329,32 @@ class Workers:
             writer.close()
 
     def _gone_message(self, gone):
-        return (f'{_names(self.cluster, gone)} {"is" if len(gone) == 1 else "are"} gone (no longer accepting '
-                f'connections): restart every worker with --resume to continue from the last '
-                'checkpoint')
+        return (f'{_names(self.cluster, gone)} {"is" if len(gone) == 1 else "are"} gone (no longer '
+                f'accepting connections): {_RESUME}')
+
+    @property
+    def _others(self):
+        return [index for index in range(self.num_workers) if index != self.index]
 
     def lost_worker_error(self, error):
         """Which worker is gone, found by knocking at each one's port: a dead process's port refuses
         connections (a dead machine's does not answer); a port that accepts but where no TensorFlow
         server answers is a process that hangs (or was stopped). `error`: TensorFlow's, or None when
         the watcher found the deadline passed."""
-        others = [index for index in range(self.num_workers) if index != self.index]
-        gone = [index for index in others if not _answers(self.cluster.workers[index])]
-        advice = 'restart every worker with --resume to continue from the last checkpoint'
+        gone = [index for index in self._others if not _answers(self.cluster.workers[index])]
         if gone:
             return ToolkitError(self._gone_message(gone))
-        silent = [index for index in others if _server_state(self.cluster.workers[index]) != ANSWERS]
+        silent = [index for index in self._others
+                  if _server_state(self.cluster.workers[index]) != ANSWERS]
         if silent:
             return ToolkitError(f'{_names(self.cluster, silent)} did not answer within '
                                 f'--collective_timeout {self.timeout:g} s (the port accepts '
                                 'connections, but no TensorFlow server answers there: the process '
-                                f'hangs or was stopped): {advice}')
-        reason = ('TensorFlow still waited at the deadline' if error is None else
-                  str(getattr(error, 'message', error)).strip().splitlines()[0][:200])
+                                f'hangs or was stopped): {_RESUME}')
+        reason = 'TensorFlow still waited at the deadline' if error is None else _reason(error)
         return ToolkitError(f'the workers did not finish a step together within --collective_timeout '
                             f'{self.timeout:g} s ({reason}); every worker still answers, so one is '
-                            f'stuck or slow (raise --collective_timeout if steps take longer): {advice}')
+                            f'stuck or slow (raise --collective_timeout if steps take longer): {_RESUME}')
 
     def wait_for_others(self, report=print):
         """Returns once every other worker answers as a TensorFlow server; ToolkitError naming those
@@ -386,7 +362,7 @@ class Workers:
         Plain Python (sockets and sleeps), so signals are handled as they come."""
         started = time.monotonic()
         next_report = started + REPORT_SECONDS
-        missing = {index: None for index in range(self.num_workers) if index != self.index}
+        missing = dict.fromkeys(self._others)
         while True:
             for index in list(missing):
                 state = _server_state(self.cluster.workers[index])
@@ -402,16 +378,15 @@ class Workers:
                 report(f'waiting for {_names(self.cluster, missing)} to start: {now - started:.0f} s '
                        f'of --collective_timeout {self.timeout:g} s', flush=True)
             if now - started >= self.timeout:
-                raise ToolkitError(self._never_answered(missing))
+                reasons = '; '.join(f'{self.cluster.name(index)}: {state}'
+                                    for index, state in missing.items())
+                raise ToolkitError(
+                    f'{len(missing)} of the {self.num_workers} workers '
+                    f'{"has" if len(missing) == 1 else "have"} not answered within '
+                    f'--collective_timeout {self.timeout:g} s ({reasons}): start every worker with the '
+                    f'same flags, check the addresses in --worker_hosts or {TF_CONFIG}, or raise '
+                    '--collective_timeout')
             time.sleep(KNOCK_INTERVAL)
-
-    def _never_answered(self, missing):
-        reasons = '; '.join(f'{self.cluster.name(index)}: {state}' for index, state in missing.items())
-        verb = 'has' if len(missing) == 1 else 'have'
-        return (f'{len(missing)} of the {self.num_workers} workers {verb} not answered within '
-                f'--collective_timeout {self.timeout:g} s ({reasons}): start every worker with the '
-                f'same flags, check the addresses in --worker_hosts or {TF_CONFIG}, or raise '
-                '--collective_timeout')
 
     def gather(self, session, values, kind='float64'):
         """Every worker's `values` (a 1-D array of a size all of them use for this call), as a
@@ -435,9 +410,8 @@ class Workers:
         try:
             gathered = self.run(session, total, {slots: mine.ravel()})
         except tf.errors.OpError as error:  # e.g. another worker gathering something else now
-            reason = str(error.message).strip().splitlines()[0][:200]
-            raise ToolkitError(f'the workers went out of step ({reason}): start every worker with '
-                               'the same flags and data') from None
+            raise ToolkitError(f'the workers went out of step ({_reason(error)}): start every worker '
+                               'with the same flags and data') from None
         return gathered.reshape(self.num_workers, values.size)
 
     def lock(self, folder):
@@ -445,15 +419,12 @@ class Workers:
         return run_folder.RunLock(folder) if self.is_chief else contextlib.nullcontext()
 
     def start(self, order_seed, agreed_values):
-        """The chief's shuffle seed, once every worker answered with the same `agreed_values` (the
-        settings and data digests every worker must share). Run before the training graph is built
-        (its data sets take the seed), in a small graph of its own: it waits for every worker to
-        come up (`wait_for_others`), at most --collective_timeout; a stop signal meanwhile ends the
-        process at once in one line (nothing to save yet)."""
+        """The chief's shuffle seed, once every worker came up (`wait_for_others`) and answered with
+        the same `agreed_values` (settings and data digests), in a small graph of its own before the
+        training graph; a stop signal meanwhile ends the process at once (nothing to save yet)."""
         names = sorted(agreed_values)
         digest, keys = settings_digest(agreed_values), settings_digest(names)
-        with signals.ending_at_once('while waiting for the other workers: stopped before training '
-                                    'started'):
+        with signals.ending_at_once(_AT_START):
             self.wait_for_others()
             with tf.Graph().as_default() as graph, \
                     tf.Session(self.session_target, graph=graph, config=self._config) as session:
@@ -496,28 +467,24 @@ class Workers:
         """After the restore or the weights' loading: every worker starts from the chief's step and
         values (each worker reads the checkpoint, the weights file or --init_checkpoint itself).
         The last start-up agreement: a stop signal after it lets the step in flight finish."""
-        with signals.ending_at_once('while waiting for the other workers: stopped before training '
-                                    'started'):
-            self._check_same_start(session, step)
+        with signals.ending_at_once(_AT_START):
+            variables = sorted(session.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES),
+                               key=lambda variable: variable.op.name)
+            digest = hashlib.sha256()
+            for value in session.run(variables):
+                digest.update(np.ascontiguousarray(value).tobytes())
+            steps, digests = self.gather(session, [step, int(digest.hexdigest()[:12], 16)]).T
+            other = _unlike_the_chief(steps)
+            if other is not None:
+                raise ToolkitError(f'{self.cluster.name(other)} starts at step {int(steps[other])}, '
+                                   f'the chief at step {int(steps[0])}: every worker must read the chief\'s '
+                                   '--checkpoint_path (a shared file system) to --resume')
+            other = _unlike_the_chief(digests)
+            if other is not None:
+                raise ToolkitError(f'{self.cluster.name(other)} starts from other weights than the '
+                                   'chief: give every worker the same --weights_path and --init_checkpoint '
+                                   'files')
         self._training = True
-
-    def _check_same_start(self, session, step):
-        variables = sorted(session.graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES),
-                           key=lambda variable: variable.op.name)
-        digest = hashlib.sha256()
-        for value in session.run(variables):
-            digest.update(np.ascontiguousarray(value).tobytes())
-        steps, digests = self.gather(session, [step, int(digest.hexdigest()[:12], 16)]).T
-        other = _unlike_the_chief(steps)
-        if other is not None:
-            raise ToolkitError(f'{self.cluster.name(other)} starts at step {int(steps[other])}, '
-                               f'the chief at step {int(steps[0])}: every worker must read the chief\'s '
-                               '--checkpoint_path (a shared file system) to --resume')
-        other = _unlike_the_chief(digests)
-        if other is not None:
-            raise ToolkitError(f'{self.cluster.name(other)} starts from other weights than the '
-                               'chief: give every worker the same --weights_path and --init_checkpoint '
-                               'files')
 
     def agree_to_stop(self, session, stop):
         """True (on every worker, before the same step) once any worker received a stop signal; the
@@ -537,14 +504,16 @@ class Workers:
         """The workers' `values` summed (their epoch's loss and accuracy sums, image counts)."""
         return self.gather(session, values).sum(axis=0)
 
-    def join_validation(self, session, totals, outputs, positions, num_classes):
-        """Every worker's validation: the summed (loss sum, correct, count), and with `outputs` (a
-        summaries.ValidationOutputs) the probabilities and labels of every image, in the list's
-        order. `positions` are each worker's images' places in the list (preprocessing.worker_rows)."""
+    def join_validation(self, session, totals, outputs, data):
+        """Every worker's validation of `data` (its generator): the summed (loss sum, correct, count),
+        and `outputs` (a summaries.ValidationOutputs, or None) made to hold the probabilities and
+        labels of every image, in the list's order."""
         totals = self.gather(session, totals).sum(axis=0)
         if outputs is None:
-            return totals, None
-        rows, classes = max(len(part) for part in positions), num_classes
+            return totals
+        positions = [preprocessing.worker_rows(data.data_size, data.batch_size, index,
+                                               self.num_workers) for index in range(self.num_workers)]
+        rows, classes = max(len(part) for part in positions), data.num_classes
         labels = outputs.labels
         mine = np.zeros((rows, classes + 1), np.float32)
         if len(labels):
@@ -555,9 +524,8 @@ class Workers:
         joined = np.zeros((size, classes + 1), np.float32)
         for worker, part in enumerate(positions):
             joined[part] = every[worker, :len(part)]
-        merged = type(outputs)()
-        merged.add(joined[:, :classes], joined[:, classes].astype(np.int64))
-        return totals, merged
+        outputs.replace_with(joined[:, :classes], joined[:, classes].astype(np.int64))
+        return totals
 
 
 class BoundedSession:
@@ -584,15 +552,24 @@ _SETTING_LABELS = {'gpu': 'a GPU in use', 'warm_start': 'a warm start (--init_ch
                    'cosine_epochs': "the cosine schedule's length (--num_epochs)"}
 
 
+def _reason(error):
+    """The first line of TensorFlow's message (of any error)."""
+    return str(getattr(error, 'message', error)).strip().splitlines()[0][:200]
+
+
 def _names(cluster, indices):
     return ', '.join(cluster.name(index) for index in indices)
 
 
+def _connect(address, seconds):
+    host, _, port = address.rpartition(':')
+    return socket.create_connection((host.strip('[]'), int(port)), timeout=seconds)
+
+
 def _server_state(address, seconds=2.0):
     """ANSWERS when a gRPC server (a TensorFlow worker) greets back at `address`, else why not."""
-    host, _, port = address.rpartition(':')
     try:
-        connection = socket.create_connection((host.strip('[]'), int(port)), timeout=seconds)
+        connection = _connect(address, seconds)
     except ConnectionRefusedError:
         return REFUSES
     except OSError as error:  # no route, a name that does not resolve, no answer at all
@@ -612,9 +589,8 @@ def _server_state(address, seconds=2.0):
 
 
 def _answers(address, seconds=3.0):
-    host, _, port = address.rpartition(':')
     try:
-        with socket.create_connection((host.strip('[]'), int(port)), timeout=seconds):
+        with _connect(address, seconds):
             return True
     except OSError:
         return False

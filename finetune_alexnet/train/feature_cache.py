@@ -1,11 +1,6 @@
-"""Cached pool5 features: when every convolutional layer is frozen, compute them once, not every epoch.
-
-With conv1-conv5 frozen and no augmentation, an image's pool5 output is the same in every epoch, and
-it is where ~90% of a training step's arithmetic goes (`python alexnet.py`). So the run pushes each
-image through the convolutions once, keeps the 9216 floats per image (36 KiB; 25,000 images take
-0.9 GB), and trains fc6-fc8 from those. Features stay in memory up to `MEMORY_LIMIT_BYTES`; beyond
-that they go to a file in the checkpoint folder, read back through a memory map. feature_store keeps
-them on disk for later runs on the same images.
+"""Cached pool5 features: when every convolutional layer is frozen, compute them once, not every epoch
+(docs/training.md). They stay in memory up to `MEMORY_LIMIT_BYTES`, beyond that in a file in the
+checkpoint folder, read back through a memory map; feature_store keeps them for later runs.
 """
 import os
 
@@ -14,14 +9,13 @@ import tensorflow.compat.v1 as tf
 
 from alexnet import CONV_LAYERS, layer_table
 
-FEATURE_LAYER = 'flattened'
 FEATURE_SIZE = next(int(np.prod(shape)) for name, shape, _, _ in layer_table() if name == 'pool5')
 MEMORY_LIMIT_BYTES = 4 * 2**30
 
 
-def can_cache(train_layers, augment):
-    """Whether pool5 is constant over the run: no conv layer learns and no image is augmented."""
-    return not augment and not set(train_layers) & set(CONV_LAYERS)
+def can_cache(train_layers, augment, mixup=0.0, cutmix=0.0):
+    """Whether pool5 is constant over the run: no conv layer learns, no image is augmented or mixed."""
+    return not (augment or mixup or cutmix or set(train_layers) & set(CONV_LAYERS))
 
 
 def describe_size(count):
@@ -31,11 +25,8 @@ def describe_size(count):
 
 
 def extract(session, init_op, features, labels, count, num_classes, cache_file):
-    """Run `features` ([b, 9216]) over the whole (unshuffled) data set once.
-
-    Returns (features [count, 9216], one-hot labels [count, num_classes]); the features are a memory
-    map on `cache_file` when they would not fit in MEMORY_LIMIT_BYTES.
-    """
+    """(features [count, 9216], one-hot labels [count, num_classes]) of `features` over the whole
+    (unshuffled) data set, the features a memory map on `cache_file` beyond MEMORY_LIMIT_BYTES."""
     if count * FEATURE_SIZE * 4 > MEMORY_LIMIT_BYTES:
         # Whatever sits at the path goes first: a symlink left there would be written through.
         remove_cache_file(cache_file)
@@ -59,12 +50,9 @@ def extract(session, init_op, features, labels, count, num_classes, cache_file):
 
 
 def cached_dataset(num_classes, batch_size, drop_remainder):
-    """A dataset of (features, labels) batches served from arrays that a `Feeder` points it at.
-
-    The arrays never enter the graph: each batch is gathered in NumPy (a 128-image batch is 4.7 MB)
-    in the order the feeder chose for the epoch. Run the iterator's initializer with the feed that
-    `Feeder.start_epoch` returns.
-    """
+    """A dataset of (features, labels) batches gathered in NumPy from the arrays a `Feeder` points it
+    at (they never enter the graph), in the order the feeder chose for the epoch; its iterator's
+    initializer takes the feed `Feeder.start_epoch` returns."""
     feeder = Feeder(batch_size, drop_remainder)
 
     @tf.autograph.experimental.do_not_convert  # plain ops: AutoGraph would only re-parse the source
@@ -93,10 +81,8 @@ class Feeder:
         self.batch_count = tf.placeholder(tf.int64, [], name='cached_batch_count')
 
     def start_epoch(self, features, labels, shuffle_seed=None, skip_batches=0):
-        """Points the feeder at `features` and `labels`; returns the feed for the iterator's initializer.
-
-        `skip_batches`: start that many batches into the epoch's order (a run resumed mid-epoch).
-        """
+        """Points the feeder at `features` and `labels`, `skip_batches` into the epoch's order (a run
+        resumed mid-epoch); returns the feed for the iterator's initializer."""
         self.features, self.labels = features, labels
         self.order = np.arange(len(features))
         if shuffle_seed is not None:

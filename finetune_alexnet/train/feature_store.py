@@ -1,26 +1,14 @@
-"""A pool5 feature cache on disk shared by runs (`--cache_dir`): a sweep computes its features once.
+"""A pool5 feature cache on disk shared by runs (`--cache_dir`, docs/training.md): a sweep computes its
+features once. A set is stored under a key of what determines it (`set_key`: conv1-conv5's weights
+as loaded, the pre-processing, what changes the arithmetic, each image's path, size, modification
+time and label), as a folder `<key>/` of features.npy (memory-mapped when read), labels.npy and
+meta.json (shapes and both files' SHA-256), written under a temporary name and renamed into place.
+After each write the least recently used sets go until the cache is within its size limit.
 
-A set's features depend only on the conv weights, the images and how they are pre-processed, so
-they are stored under a key made of exactly that:
-
-    the SHA-256 of conv1-conv5's weights as loaded into the session (whichever file or checkpoint
-    they came from, so a resumed or warm-started run finds the same key), the pre-processing
-    (mean, sizes, centre crop), what changes the arithmetic (device kind, mixed precision, XLA), and
-    each image's absolute path, size, modification time and label, in list order.
-
-A changed image changes its size or modification time, so the key: the set is recomputed. Each set
-is a folder `<key>/` holding features.npy (memory-mapped when read), labels.npy and meta.json
-(shapes and the SHA-256 of both files). It is written under a temporary name and renamed into place
-whole, so a reader never sees half a set, and two runs writing the same set at once both succeed
-(the second rename finds the folder there and drops its copy). A set whose files are missing,
-truncated or fail their checksum is removed and rebuilt. After each write, least-recently-used sets
-are removed until the cache is within its size limit (use touches meta.json).
-
-Nothing read back is trusted: a set is a real folder named by its key (never a symlink), its three
-files are regular files, meta.json is small and every field of it is typed and checked, and the arrays
-are plain float32 matrices of the recorded shapes (no pickles). Anything else makes the set damaged:
-it is removed, with a note, and recomputed. Removal renames an entry of the root away and deletes
-that entry only: a symlink is unlinked, never followed, so nothing outside the root is touched.
+Nothing read back is trusted: a set is a real folder (never a symlink) of three regular files, meta.json
+small and every field of it checked, the arrays plain float32 matrices of the recorded shapes (no
+pickles). Anything else makes the set damaged: it is removed, with a note, and recomputed. Removal
+renames an entry of the root away and deletes that entry only, so nothing outside the root is touched.
 """
 import hashlib
 import json
@@ -169,10 +157,7 @@ class FeatureStore:
 
     def load(self, key):
         """((features, labels), None) for a stored set, features memory-mapped; (None, None) when
-        there is none; (None, note) when it was damaged (a file missing, truncated, not matching its
-        checksum, a meta.json that is not ours, a symlink or special file where a file should be):
-        it is removed so the caller's rebuild takes its place, and `note` says why.
-        """
+        there is none; (None, note saying why) when it was damaged: it is removed."""
         folder = self._folder(key)
         if not os.path.lexists(folder):
             return None, None
@@ -252,10 +237,8 @@ class FeatureStore:
         return sorted(found)
 
     def evict(self, keep=None):
-        """Removes least-recently-used sets until the total is within max_bytes; returns their keys.
-
-        Staging folders that a killed run left behind (over a day old) go too.
-        """
+        """Removes least-recently-used sets until the total is within max_bytes (and staging folders
+        a killed run left, over a day old); returns their keys."""
         for name in os.listdir(self.root):
             path = os.path.join(self.root, name)
             try:

@@ -3,12 +3,9 @@ finetune.py hands it, once per replica with --num_gpus; the batch's loss, gradie
 update) and `summaries`. `build_training_graph` composes them as finetune.py does, so tests and the
 benchmarks build exactly the graph that users train. Nothing here runs a session.
 
-Besides the paper's recipe, what fine-tuning uses today, each off unless its config field is set:
-label smoothing (the training loss only), an exponential moving average of the trained weights
-(validation swaps it in), linear warm-up and cosine decay of the rate, mixup and CutMix (training
-batches only, drawn from the run's seed and the global step, so a resumed run draws what an
-uninterrupted one would), and a second phase that trains more layers (`unfreeze_layers`): the graph
-holds each phase's train op, sharing one optimizer, so every slot exists from the first step.
+Today's fine-tuning recipe (docs/training.md) is here too, each part off unless its config field is
+set: label smoothing, a moving average of the weights, warm-up and cosine decay, mixup and CutMix,
+and a second phase (`unfreeze_layers`) whose train op shares the first's optimizer.
 """
 import collections
 import contextlib
@@ -30,10 +27,9 @@ _GRAPH_FIELDS = [
 class TrainingGraph(collections.namedtuple('TrainingGraph', _GRAPH_FIELDS)):
     """The tensors and ops of a training step. `loss`, `train_op`, `train_summaries` and `var_list`
     are those of phase `phase`; `phases` maps each phase this graph trains to its PhaseOps.
-    `training` (fed True by training steps) turns mixup/CutMix on; `mix` holds their draws (None
-    when off); `averages` the moving average's AveragingOps (None when off); `features` the whole
-    batch's pool5 ('flattened', what the feature cache holds) from every device's part (`model`
-    is the first device's: its end points hold only that part of the batch); None on features."""
+    `training` (fed True by training steps) turns mixup/CutMix on; `mix` holds their draws and
+    `averages` the moving average's AveragingOps (None when off); `features` the whole batch's
+    pool5 (None on features), where `model`, the first device's, holds only its part's."""
 
     def for_phase(self, phase):
         """This graph with phase `phase`'s loss, train op, summaries and variables on top."""
@@ -61,11 +57,8 @@ HISTOGRAM_SAMPLE_SIZE = 2**16
 
 
 def histogram_sample(tensor):
-    """Every k-th value of `tensor`, at most HISTOGRAM_SAMPLE_SIZE of them (all when it is smaller).
-
-    k is made coprime with the last dimension, so the sample walks through every column (output
-    unit) of a weight matrix instead of repeating a few.
-    """
+    """Every k-th value of `tensor`, at most HISTOGRAM_SAMPLE_SIZE of them, k coprime with the last
+    dimension, so the sample walks through every column (output unit) of a weight matrix."""
     size = tensor.shape.num_elements()
     stride = -(-size // HISTOGRAM_SAMPLE_SIZE)
     if stride == 1:
@@ -88,11 +81,11 @@ def phase_layers(train_layers, unfreeze_layers, phase):
     return tuple(layer for layer in TRAINABLE_LAYERS if layer in layers)
 
 
-def _tower_devices(num_devices, use_gpu):
-    if num_devices == 1:
-        return [None]
-    kind = 'gpu' if use_gpu else 'cpu'
-    return [f'/{kind}:{index}' for index in range(num_devices)]
+def _tower_devices(config):
+    if config.num_devices == 1:
+        return [config.model_device]
+    kind = 'gpu' if config.use_gpu else 'cpu'
+    return [f'/{kind}:{index}' for index in range(config.num_devices)]
 
 
 def replica_strategy(config):
@@ -100,7 +93,7 @@ def replica_strategy(config):
     device, each device's gradients all-reduced into every copy, so no device serves the others'
     weights. NCCL between GPUs; between logical CPU devices (the tests' stand-in for GPUs) a sum on
     the first, which has no NCCL."""
-    devices = _tower_devices(config.num_devices, config.use_gpu)
+    devices = _tower_devices(config)
     reduction = (tf.distribute.NcclAllReduce() if config.use_gpu
                  else tf.distribute.ReductionToOneDevice(reduce_to_device=devices[0]))
     return tf.distribute.MirroredStrategy(devices, cross_device_ops=reduction)
@@ -155,14 +148,9 @@ class TrainingConfig:
 
 
 def balanced_class_weights(labels, num_classes):
-    """scikit-learn's 'balanced' weights of integer `labels`: n / (K * count_c) for each class c.
-
-    n is the number of labels and K the number of classes present, so the weights average 1 over
-    the training *images* (sum_c count_c * n / (K * count_c) = n): the weighted loss, a mean over
-    images, keeps its scale and the effective learning rate is unchanged, however imbalanced the
-    classes. A class absent from `labels` gets weight 1: it contributes no training example, so
-    its weight only matters for a loss computed elsewhere, where 1 (no weighting) is neutral.
-    """
+    """scikit-learn's 'balanced' weights of integer `labels`: n / (K * count_c) for each class c of
+    the K present, n labels in all. They average 1 over the training images, so the weighted loss
+    keeps its scale (and the learning rate its effect); an absent class gets a neutral 1."""
     counts = np.bincount(np.asarray(labels, np.int64), minlength=num_classes)[:num_classes]
     present = counts > 0
     weights = np.ones(num_classes)
@@ -176,17 +164,10 @@ Optimizer = collections.namedtuple('Optimizer', 'global_step rate optimizer loss
 
 def optimizer(config):
     """The global step, the learning rate (its schedule; feedable, for the range test), SGD or
-    momentum, and with `config.mixed_precision` its dynamic loss scale. With `config.num_devices`
-    replicas on one machine (--num_gpus) they are made in the replicas' MirroredStrategy (`strategy`),
-    which then holds every variable the graph makes; none when the graph trains no phase on images
-    (fc6-fc8 on cached features are too cheap to split) or inside one of several workers (their
-    strategy holds the graph already).
-
-    Mixed precision: the loss is multiplied by a power of two (from 32768) before the gradients and
-    they are divided by it after, which is exact in float32, so float16 gradients do not underflow.
-    A step whose scaled gradients overflow updates no weight and halves the scale; the global step
-    still counts it, so epochs and --resume keep their arithmetic.
-    """
+    momentum, and with `config.mixed_precision` its dynamic loss scale. With --num_gpus replicas on
+    one machine, made in their MirroredStrategy (`strategy`), which then holds every variable the
+    graph makes; none when no phase trains on images (fc6-fc8 on cached features are too cheap to
+    split) or inside one of several workers (their strategy holds the graph already)."""
     replicas = config.num_devices > 1 and config.num_workers == 1 and config.phases != ()
     strategy = replica_strategy(config) if replicas else None
     with strategy.scope() if strategy else contextlib.nullcontext():
@@ -245,17 +226,11 @@ def build_training_graph(images, labels, config, input_layer=None, reuse=False, 
 def train_ops(model_and_loss, images, labels, keep_prob, optimizer_ops, config, input_layer=None,
               reuse=False):
     """The model (`model_and_loss(images, labels, input_layer)`: the model and each image's loss)
-    on `images` (a batch from tf.data), and for each phase `config.phases` trains its train op: the
-    batch's mean loss (and the weight decay), the gradients of the phase's layers, scaled by
-    `config.lr_mult`, a NaN guard, `optimizer_ops`' update, the moving average's. No phase (an
-    empty `config.phases`): the model and the metrics alone.
-
-    `x` and `y` are placeholders with defaults: by default the batch flows straight from the tf.data
-    iterator into the graph, and a caller may still feed its own arrays (the benchmarks' feed_dict
-    baseline does). With `config.num_devices` > 1 the batch is split into equal parts, one per
-    device, as the paper trained on two GPUs: on one machine MirroredStrategy replicas (made by
-    `optimizer`), each device holding a copy of every variable, their gradients all-reduced; inside
-    one of several workers, towers reading the variables from the worker's first device.
+    on `images` (a batch from tf.data; `x` and `y` may still be fed), and for each phase
+    `config.phases` trains its train op (no phase: the model and the metrics alone). With
+    `config.num_devices` > 1 the batch is split into equal parts, one per device: on one machine
+    MirroredStrategy replicas (made by `optimizer`), each holding a copy of every variable; inside
+    one of several workers, towers reading the variables from its first device.
 
     With `input_layer` ('flattened' for cached pool5 features), `images` holds that layer's output
     and only the layers after it are built; `reuse` shares variables an earlier AlexNet created, and
@@ -268,59 +243,64 @@ def train_ops(model_and_loss, images, labels, keep_prob, optimizer_ops, config, 
     strategy = optimizer_ops.strategy
     if strategy is None and config.num_workers == 1:  # on cached features, or no phase: one device
         config = dataclasses.replace(config, num_devices=1)
+    global_step = optimizer_ops.global_step
     with strategy.scope() if strategy else contextlib.nullcontext():
-        return _build(model_and_loss, x, y, keep_prob, training, config, input_layer, reuse,
-                      optimizer_ops, shared)
+        batch_count = tf.shape(x, out_type=tf.int64)[0]
+        mix, x_in, y_in = None, x, y
+        if config.mixup or config.cutmix:
+            if input_layer is not None:
+                raise ValueError('mixup and CutMix mix images: build on images, not on cached features')
+            with tf.name_scope('mixing'):
+                mix = mixing_draws(x, config, global_step)
+                x_in, y_in = tf.cond(training, lambda: mix_batch(x, y, mix), lambda: (x, y))
+                mix.update(images=x_in, labels=y_in)  # what the step trains on (x, y unless training)
+        phases = config.all_phases if config.phases is None else config.phases
+        x_parts, y_parts = _split_batch(x_in, y_in, batch_count, config.num_devices, config.num_classes)
 
+        def part(index):
+            """The model on part `index` of the batch, and its share of the batch's mean loss."""
+            with tf.variable_scope(tf.get_variable_scope(), reuse=reuse or index > 0):
+                model, per_example = model_and_loss(x_parts[index], y_parts[index], input_layer)
+            return model, _loss_share(per_example, y_parts[index], batch_count, config,
+                                      padded=config.num_devices > 1)
 
-def _build(model_and_loss, x, y, keep_prob, training, config, input_layer, reuse, optimizer_ops,
-           shared):
-    global_step, sgd = optimizer_ops.global_step, optimizer_ops.optimizer
-    strategy = optimizer_ops.strategy
-    batch_count = tf.shape(x, out_type=tf.int64)[0]
-    mix, x_in, y_in = None, x, y
-    if config.mixup or config.cutmix:
-        if input_layer is not None:
-            raise ValueError('mixup and CutMix mix images: build on images, not on cached features')
-        with tf.name_scope('mixing'):
-            mix = mixing_draws(x, config, global_step)
-            x_in, y_in = tf.cond(training, lambda: mix_batch(x, y, mix), lambda: (x, y))
-            mix.update(images=x_in, labels=y_in)  # what the step trains on (x, y unless training)
-    phases = config.all_phases if config.phases is None else config.phases
-    if strategy is not None:
-        towers, steps = _build_replicas(model_and_loss, x_in, y_in, batch_count, config, input_layer,
-                                        reuse, strategy, phases, sgd, global_step)
-    else:
-        towers = _build_towers(model_and_loss, x_in, y_in, batch_count, config, input_layer, reuse)
-    if shared is None:
-        ema, averages = _moving_average(config, towers.model)
-        phase_variable = (tf.Variable(1, dtype=tf.int64, trainable=False, name='training_phase')
-                          if len(config.all_phases) > 1 else None)
-        shared = Shared(*optimizer_ops[:4], ema, averages, phase_variable, strategy)
+        if strategy is not None:
+            models, shares, steps = _build_replicas(part, strategy, phases, optimizer_ops, config)
+        else:  # towers: the model once per device, its variables read from the first
+            devices, built = _tower_devices(config), []
+            for index, device in enumerate(devices):
+                with tf.device(device), tf.name_scope(f'tower_{index}' if index else None):
+                    built.append(part(index))
+            models, shares = (list(column) for column in zip(*built))
+        if shared is None:
+            ema, averages = _moving_average(config, models[0])
+            phase_variable = (tf.Variable(1, dtype=tf.int64, trainable=False, name='training_phase')
+                              if len(config.all_phases) > 1 else None)
+            shared = Shared(*optimizer_ops[:4], ema, averages, phase_variable, strategy)
 
-    logits = _joined(towers.logits, batch_count)
-    features = _joined(towers.features, batch_count) if input_layer is None else None
-    with tf.name_scope('metrics'):
-        # With mixed labels, a training step's accuracy counts the larger share's class.
-        correct = tf.equal(tf.argmax(logits, 1), tf.argmax(y_in, 1))
-        accuracy = tf.reduce_mean(tf.cast(correct, tf.float32))
-        correct_count = tf.reduce_sum(tf.cast(correct, tf.int64))
-        # Validation sums these over batches, so a last partial batch weighs what it holds. Plain
-        # cross-entropy (no smoothing, no class weights), so runs with and without compare.
-        loss_sum = tf.reduce_sum(_per_example_loss(logits, y_in))
+        logits = _joined([model.fc8 for model in models], batch_count)
+        features = (_joined([model.end_points['flattened'] for model in models], batch_count)
+                    if input_layer is None else None)
+        with tf.name_scope('metrics'):
+            # With mixed labels, a training step's accuracy counts the larger share's class.
+            correct = tf.equal(tf.argmax(logits, 1), tf.argmax(y_in, 1))
+            accuracy = tf.reduce_mean(tf.cast(correct, tf.float32))
+            correct_count = tf.reduce_sum(tf.cast(correct, tf.int64))
+            # Validation sums these over batches, so a last partial batch weighs what it holds. Plain
+            # cross-entropy (no smoothing, no class weights), so runs with and without compare.
+            loss_sum = tf.reduce_sum(_per_example_loss(logits, y_in))
 
-    if strategy is not None:
-        phases = {phase: _replicated_phase_ops(phase, steps[phase], config, shared)
-                  for phase in phases}
-    else:
-        phases = {phase: _phase_ops(phase, towers, config, shared) for phase in phases}
-    graph = TrainingGraph(
-        x=x, y=y, keep_prob=keep_prob, model=towers.model, logits=logits, loss=None, accuracy=accuracy,
-        loss_sum=loss_sum, correct_count=correct_count, batch_count=batch_count, train_op=None,
-        train_summaries=None, global_step=global_step, learning_rate=shared.rate, var_list=None,
-        training=training, phase=None, phases=phases, mix=mix, averages=shared.averages, shared=shared,
-        features=features)
-    return graph.for_phase(min(phases)) if phases else graph
+        if strategy is None:
+            steps = {phase: [_phase_step(phase, models[0], shares, devices, shared, config)]
+                     for phase in phases}
+        phases = {phase: _phase_ops(phase, steps[phase], shared) for phase in phases}
+        graph = TrainingGraph(
+            x=x, y=y, keep_prob=keep_prob, model=models[0], logits=logits, loss=None, accuracy=accuracy,
+            loss_sum=loss_sum, correct_count=correct_count, batch_count=batch_count, train_op=None,
+            train_summaries=None, global_step=global_step, learning_rate=shared.rate, var_list=None,
+            training=training, phase=None, phases=phases, mix=mix, averages=shared.averages, shared=shared,
+            features=features)
+        return graph.for_phase(min(phases)) if phases else graph
 
 
 def summaries(graph, config):
@@ -354,26 +334,35 @@ def summaries(graph, config):
     return graph.for_phase(graph.phase) if phases else graph
 
 
-def _phase_ops(phase, towers, config, shared):
-    """Phase `phase`'s loss, gradients of its layers, NaN guard, update and summaries."""
-    var_list = trained_variables(towers.model, phase_layers(config.train_layers,
-                                                            config.unfreeze_layers, phase))
-    scope = tf.name_scope(f'phase{phase}') if phase > 1 else contextlib.nullcontext()
-    with scope:
-        decay = _weight_decay(var_list, config)
+# One update of a phase's variables (towers: the only one; replicas: one each, the optimizer
+# all-reducing their gradients inside it).
+Step = collections.namedtuple('Step', 'var_list loss gradients check update')
+
+
+def _phase_step(phase, model, shares, devices, optimizer_ops, config, first=True):
+    """Phase `phase`'s Step from the parts' `shares` of the batch's mean loss, each part's gradients
+    taken on its device: the weight decay (unless not `first`: a replica after the first) in the
+    first part's, the gradients summed, scaled by `config.lr_mult`, checked, applied."""
+    var_list = trained_variables(model, phase_layers(config.train_layers, config.unfreeze_layers,
+                                                     phase))
+    with tf.name_scope(f'phase{phase}') if phase > 1 else contextlib.nullcontext():
         with tf.name_scope('loss'):
-            loss = tf.add_n(towers.loss_shares + ([decay] if decay is not None else []))
-        tower_gradients = []
-        for index, (device, share) in enumerate(zip(towers.devices, towers.loss_shares)):
-            with tf.device(device or config.model_device):
+            decay = None
+            if config.weight_decay and first:  # the paper's: the trained weights (not biases), once
+                decay = config.weight_decay * tf.add_n([tf.nn.l2_loss(variable) for variable in var_list
+                                                        if variable.op.name.endswith('/weights')])
+            loss = tf.add_n(shares + ([decay] if decay is not None else []))
+        part_gradients = []
+        for index, (device, share) in enumerate(zip(devices, shares)):
+            with tf.device(device):
                 total = share + decay if decay is not None and index == 0 else share
                 if config.mixed_precision:  # scales the loss, unscales the gradients
-                    tower_gradients.append(
-                        [grad for grad, _ in shared.optimizer.compute_gradients(total, var_list)])
+                    part_gradients.append(
+                        [grad for grad, _ in optimizer_ops.optimizer.compute_gradients(total, var_list)])
                 else:
-                    tower_gradients.append(tf.gradients(total, var_list))
+                    part_gradients.append(tf.gradients(total, var_list))
         with tf.name_scope('train'):
-            gradients = [tf.add_n(list(grads)) for grads in zip(*tower_gradients)]
+            gradients = [tf.add_n(list(grads)) for grads in zip(*part_gradients)]
             if config.num_workers > 1:
                 # Each worker's gradient is of the mean over its part of the global batch, and the
                 # strategy sums the workers' gradients: divided by their number, the sum is the
@@ -386,65 +375,37 @@ def _phase_ops(phase, towers, config, shared):
         # first. (Validation fetches only the metrics, so it computes no gradient.) With loss scaling
         # an overflowing gradient is expected now and then and handled by the optimizer: only the
         # loss counts.
-        loss_is_finite = _finite_check(loss, gradients, config)
-        with tf.control_dependencies([loss_is_finite]):
-            update = _apply(shared.optimizer, gradients, var_list, shared.global_step,
+        checked = tf.stack([loss] if config.mixed_precision
+                           else [loss, tf.linalg.global_norm(gradients)])
+        check = tf.debugging.assert_all_finite(checked, 'loss is not finite', name='loss_is_finite')
+        with tf.control_dependencies([check]):
+            gradients = [tf.identity(gradient) for gradient in gradients]
+            update = _apply(optimizer_ops.optimizer, gradients, var_list, optimizer_ops.global_step,
                             config.mixed_precision)
-        return _phase_tail(loss, update, loss_is_finite, gradients, var_list, shared, phase)
+    return Step(var_list, loss, gradients, check, update)
 
 
-def _finite_check(loss, gradients, config):
-    checked = tf.stack([loss] if config.mixed_precision else [loss, tf.linalg.global_norm(gradients)])
-    return tf.debugging.assert_all_finite(checked, 'loss is not finite', name='loss_is_finite')
-
-
-def _phase_tail(loss, update, loss_is_finite, gradients, var_list, shared, phase):
-    """After the update: the moving average and the phase's record (`summaries` adds the rest)."""
-    with tf.control_dependencies([loss_is_finite]):
-        train_op = _after_update(update, var_list, shared, phase)
-    return PhaseOps(loss, train_op, None, var_list, gradients, loss_is_finite)
-
-
-# One phase's step as each replica built it: its update (the optimizer all-reduces the replicas'
-# gradients inside it), its gradients and its NaN guard; the weight decay (replica 0's, else None).
-ReplicaStep = collections.namedtuple('ReplicaStep', 'var_list share update gradients check decay')
-
-
-def _replicated_phase_ops(phase, steps, config, shared):
-    """Phase `phase` from its replicas' steps: the whole batch's loss, the summed gradients (for the
-    histograms only), and an update that runs every replica's."""
-    first = steps[0]
+def _phase_ops(phase, steps, shared):
+    """Phase `phase` from its steps: the batch's loss, the gradients summed (for the histograms),
+    one NaN guard and one update for all, then (from the updated weights) the moving averages and
+    the checkpoint's record of the phase."""
+    var_list = steps[0].var_list
     with tf.name_scope(f'phase{phase}') if phase > 1 else contextlib.nullcontext():
         with tf.name_scope('loss'):
-            shares = [step.share for step in steps]
-            loss = tf.add_n(shares + ([first.decay] if first.decay is not None else []))
+            loss = tf.add_n([step.loss for step in steps])
         with tf.name_scope('train'):
             gradients = [tf.add_n(list(grads)) for grads in zip(*(step.gradients for step in steps))]
-        loss_is_finite = tf.group(*[step.check for step in steps], name='loss_is_finite')
-        update = tf.group(*[step.update for step in steps])
-        return _phase_tail(loss, update, loss_is_finite, gradients, first.var_list, shared, phase)
-
-
-def _weight_decay(var_list, config):
-    """The paper's weight decay on the trained layers' weights (not biases), once; None when off."""
-    if not config.weight_decay:
-        return None
-    with tf.name_scope('loss'):
-        decayed = [v for v in var_list if v.op.name.endswith('/weights')]
-        return config.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed])
-
-
-def _after_update(update, var_list, shared, phase):
-    """The step's op: the update, then (from the updated weights) their moving averages, and the
-    checkpoint's record of the phase."""
-    after = []
-    with tf.control_dependencies([update]):
-        if shared.ema is not None:
-            # TensorFlow's form without num_updates: average = decay x average + (1 - decay) x weight.
-            after.append(shared.ema.apply(var_list))
-        if shared.phase_variable is not None:
-            after.append(tf.assign(shared.phase_variable, phase).op)
-    return tf.group(update, *after) if after else update
+        check = tf.group(*[step.check for step in steps], name='loss_is_finite')
+        with tf.control_dependencies([check]):
+            update, after = tf.group(*[step.update for step in steps]), []
+            with tf.control_dependencies([update]):
+                if shared.ema is not None:
+                    # TensorFlow's form without num_updates: decay x average + (1 - decay) x weight.
+                    after.append(shared.ema.apply(var_list))
+                if shared.phase_variable is not None:
+                    after.append(tf.assign(shared.phase_variable, phase).op)
+            train_op = tf.group(update, *after) if after else update
+    return PhaseOps(loss, train_op, None, var_list, gradients, check)
 
 
 def _moving_average(config, model):
@@ -479,10 +440,7 @@ def mixing_draws(x, config, global_step):
     {'permutation', 'lam' (drawn from Beta(alpha, alpha)), 'cutmix' (whether CutMix mixes this batch),
     'box' ([top, bottom, left, right), the rows and columns pasted), 'label_weight' (the share of
     the batch's own labels: lam for mixup, 1 - the box's area share for CutMix)}; the graph adds
-    'images' and 'labels', what the step trains on.
-
-    With both on, each batch is mixed by one of them, CutMix with probability 0.5 (timm's rule).
-    The box is timm's: sides sqrt(1 - lam) x the image's, centred at a uniform pixel, clipped.
+    'images' and 'labels', what the step trains on. Both on: CutMix at even odds (timm's rules).
     """
     size = tf.shape(x)[0]
     height, width = tf.shape(x)[1], tf.shape(x)[2]
@@ -547,7 +505,7 @@ def _scale_by_lr_mult(gradients, var_list, lr_mult):
 def scheduled_rate(config, global_step):
     """The rate of the step that starts at `global_step`: the schedule (constant, step decay, or
     cosine from learning_rate at the end of the warm-up to 0 at total_steps), times (s + 1) / W
-    during a warm-up of W steps, so the first step takes learning_rate / W and step W the full rate."""
+    during a warm-up of W steps (docs/training.md)."""
     step = tf.cast(global_step, tf.float64)
     base = tf.constant(config.learning_rate, tf.float64)
     warmup = config.warmup_steps
@@ -564,28 +522,9 @@ def scheduled_rate(config, global_step):
     return tf.cast(rate, tf.float32)
 
 
-Towers = collections.namedtuple('Towers', ['model', 'logits', 'loss_shares', 'devices', 'features'])
-
-
 def _joined(parts, batch_count):
     """The devices' parts of a batch as one (without the padding rows)."""
     return tf.concat(parts, axis=0)[:batch_count] if len(parts) > 1 else parts[0]
-
-
-def _build_towers(model_and_loss, x, y, batch_count, config, input_layer, reuse):
-    """The model once per device on an equal part of the batch; each tower's share of the loss."""
-    devices = _tower_devices(config.num_devices, config.use_gpu)
-    x_parts, y_parts = _split_batch(x, y, batch_count, len(devices), config.num_classes)
-    models, shares = [], []
-    for index, device in enumerate(devices):
-        with tf.device(device or config.model_device), tf.name_scope(f'tower_{index}' if index else None), \
-                tf.variable_scope(tf.get_variable_scope(), reuse=reuse or index > 0):
-            model, per_example = model_and_loss(x_parts[index], y_parts[index], input_layer)
-            models.append(model)
-            shares.append(_loss_share(per_example, y_parts[index], batch_count, config,
-                                      padded=len(devices) > 1))
-    return Towers(models[0], [model.fc8 for model in models], shares, devices,
-                  [model.end_points.get('flattened') for model in models])
 
 
 def _split_batch(x, y, batch_count, parts, num_classes):
@@ -611,46 +550,24 @@ def _loss_share(per_example, labels, batch_count, config, padded):
     return tf.reduce_sum(per_example) / tf.cast(batch_count, tf.float32)
 
 
-def _build_replicas(model_and_loss, x, y, batch_count, config, input_layer, reuse, strategy, phases,
-                    sgd, global_step):
-    """The model once per replica (strategy.extended.call_for_each_replica) on an equal part of the
-    batch, and each phase's step there: the replica's gradients, its NaN guard, and the optimizer's
-    update, which all-reduces the replicas' gradients (summed: each is of the replica's share of
-    the batch's mean) into every copy of the weights."""
-    x_parts, y_parts = _split_batch(x, y, batch_count, config.num_devices, config.num_classes)
+def _build_replicas(part, strategy, phases, optimizer_ops, config):
+    """`part` once per replica (strategy.extended.call_for_each_replica), and each phase's Step
+    there, whose update all-reduces the replicas' gradients (summed: each is of the replica's share
+    of the batch's mean) into every copy of the weights: (models, shares, {phase: [Step, ...]})."""
     built = {}
 
     @tf.autograph.experimental.do_not_convert
     def replica():
         index = int(tf.get_static_value(tf.distribute.get_replica_context().replica_id_in_sync_group))
-        with tf.variable_scope(tf.get_variable_scope(), reuse=reuse or index > 0):
-            model, per_example = model_and_loss(x_parts[index], y_parts[index], input_layer)
-        share = _loss_share(per_example, y_parts[index], batch_count, config, padded=True)
-        steps = {}
-        for phase in phases:
-            var_list = trained_variables(model, phase_layers(config.train_layers,
-                                                             config.unfreeze_layers, phase))
-            with tf.name_scope(f'phase{phase}') if phase > 1 else contextlib.nullcontext():
-                decay = _weight_decay(var_list, config) if index == 0 else None
-                total = share + decay if decay is not None else share
-                if config.mixed_precision:  # scales the loss, unscales the gradients
-                    gradients = [grad for grad, _ in sgd.compute_gradients(total, var_list)]
-                else:
-                    gradients = tf.gradients(total, var_list)
-                gradients = _scale_by_lr_mult(gradients, var_list, config.lr_mult)
-                check = _finite_check(total, gradients, config)
-                with tf.control_dependencies([check]):  # nothing is updated from a NaN
-                    gradients = [tf.identity(gradient) for gradient in gradients]
-                update = _apply(sgd, gradients, var_list, global_step, config.mixed_precision)
-            steps[phase] = ReplicaStep(var_list, share, update, gradients, check, decay)
-        built[index] = (model, share, steps)
+        model, share = part(index)
+        device = strategy.extended.worker_devices[index]
+        built[index] = model, share, {
+            phase: _phase_step(phase, model, [share], [device], optimizer_ops, config, first=index == 0)
+            for phase in phases}
 
     strategy.extended.call_for_each_replica(replica)
-    order = [built[index] for index in range(config.num_devices)]
-    towers = Towers(order[0][0], [model.fc8 for model, _, _ in order],
-                    [share for _, share, _ in order], list(strategy.extended.worker_devices),
-                    [model.end_points.get('flattened') for model, _, _ in order])
-    return towers, {phase: [steps[phase] for _, _, steps in order] for phase in phases}
+    models, shares, steps = zip(*(built[index] for index in range(config.num_devices)))
+    return list(models), list(shares), {phase: [step[phase] for step in steps] for phase in phases}
 
 
 def _apply(sgd, gradients, var_list, global_step, mixed_precision):

@@ -55,16 +55,16 @@ def generator_for(data_file):
 def make_datasets(settings, order_seed, workers=None):
     """The training and validation generators, and the number of steps per epoch. On several
     `workers` (distribute.Workers), this worker's rows of every batch."""
-    part = {'num_workers': workers.num_workers, 'worker_index': workers.index} if workers else {}
+    common = dict(augment=settings.augment, skip_bad_images=settings.skip_bad_images,
+                  max_pixels=settings.max_pixels,
+                  **({'num_workers': workers.num_workers, 'worker_index': workers.index} if workers else {}))
     with tf.device('/cpu:0'):
         train_data = generator_for(settings.train_file)(
             settings.train_file, 'training', settings.batch_size, settings.num_classes, shuffle=True,
-            seed=order_seed, augment=settings.augment, skip_bad_images=settings.skip_bad_images,
-            max_pixels=settings.max_pixels, **part)
+            seed=order_seed, **common)
         val_data = generator_for(settings.val_file)(
             settings.val_file, 'inference', settings.batch_size, settings.num_classes, shuffle=False,
-            augment=settings.augment, skip_bad_images=settings.skip_bad_images,
-            max_pixels=settings.max_pixels, **part)
+            **common)
     steps_per_epoch = train_data.data_size // settings.batch_size
     if steps_per_epoch == 0:
         raise ToolkitError(f'{settings.train_file}: {train_data.data_size} images, fewer than one '
@@ -82,13 +82,9 @@ DeviceBatches = collections.namedtuple('DeviceBatches', 'images labels training_
 
 def device_batches(train_dataset, val_dataset, device):
     """The batches of two datasets of (uint8 images, labels) on `device`, from one iterator that
-    either initialiser points at; `preprocessing.normalize` makes the float32 images there.
-
-    On a GPU both datasets are copied there and two batches prefetched, so a step finds its batch
-    waiting instead of waiting for a synchronous copy, of uint8 pixels: a quarter of float32's bytes.
-    (The iterator of a copied dataset must live on its device.) On the pipeline's CPU nothing is
-    copied. tests/test_device_input.py checks the GPU graph's placement and runs the copy.
-    """
+    either initialiser points at; `preprocessing.normalize` makes the float32 images there. On a GPU
+    both datasets are copied there (uint8: a quarter of float32's bytes) and two batches prefetched,
+    so a step finds its batch waiting; the iterator of a copied dataset must live on its device."""
     if tf.DeviceSpec.from_string(device) != tf.DeviceSpec.from_string(PIPELINE_DEVICE):
         with tf.device(PIPELINE_DEVICE):
             train_dataset, val_dataset = (dataset.apply(tf.data.experimental.copy_to_device(device))

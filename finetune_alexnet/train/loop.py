@@ -7,7 +7,6 @@ import re
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from finetune_alexnet import preprocessing
 from finetune_alexnet.errors import ToolkitError
 
 _STEP_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.UnknownError, tf.errors.DataLossError,
@@ -61,56 +60,40 @@ def count_remaining_images(session, labels):
 
 def validate(session, graph, batches, outputs=None, picture_fetches=None, workers=None):
     """Loss, accuracy and image count over every validation image, the last partial batch weighted by
-    its size.
+    its size; with a moving average of the weights (--ema_decay), of the averages.
 
     With `outputs` (a summaries.ValidationOutputs), the same run calls also fetch `picture_fetches`
     (each image's class probabilities and label, and fc7 while the projector wants rows) for the
-    pictures: no second pass. With a moving average of the weights (--ema_decay), the pass runs on
-    the averages, and the raw weights are put back afterwards, whatever happens.
-
-    On several `workers` (distribute.Workers), each validates its rows of every batch and the sums
-    (and the pictures' outputs, gathered into `outputs`) are joined: one machine's numbers.
+    pictures. On several `workers` each validates its rows of every batch, and the sums and
+    `outputs` are joined (Workers.join_validation): one machine's numbers.
     """
+    loss_sum = correct = count = 0
+    metrics = [graph.loss_sum, graph.correct_count, graph.batch_count]
     with averaged_weights(session, graph):
-        totals = _validate(session, graph, batches, outputs, picture_fetches)
-    if workers is not None and workers.num_workers > 1:
-        data = batches.data
-        positions = [preprocessing.worker_rows(data.data_size, data.batch_size, index,
-                                               workers.num_workers)
-                     for index in range(workers.num_workers)]
-        totals, joined = workers.join_validation(session, totals, outputs, positions,
-                                                 data.num_classes)
-        if outputs is not None:
-            outputs.replace_with(joined)
-    loss_sum, correct, count = totals
+        batches.start(session, None)
+        while True:
+            fetches = {'metrics': metrics}
+            if outputs is not None:
+                fetches.update({name: tensor for name, tensor in picture_fetches.items()
+                                if name != 'features' or outputs.wants_features})
+            try:
+                result = session.run(fetches)
+            except tf.errors.OutOfRangeError:
+                break
+            except _STEP_ERRORS as error:  # DataLoss: a damaged TFRecord shard
+                raise step_error(error, batches) from None
+            if outputs is not None:
+                outputs.add(result['probabilities'], result['labels'], result.get('features'))
+            batch_loss, batch_correct, batch_count = result['metrics']
+            loss_sum += float(batch_loss)
+            correct += int(batch_correct)
+            count += int(batch_count)
+    if workers is not None:
+        loss_sum, correct, count = workers.join_validation(session, (loss_sum, correct, count),
+                                                           outputs, batches.data)
     if count == 0:
         raise ToolkitError(f'{batches.data.txt_file}: no validation image could be read')
     return loss_sum / count, correct / count, int(count)
-
-
-def _validate(session, graph, batches, outputs, picture_fetches):
-    """(loss sum, correct, count) of this process's validation images."""
-    batches.start(session, None)
-    loss_sum = correct = count = 0
-    metrics = [graph.loss_sum, graph.correct_count, graph.batch_count]
-    while True:
-        fetches = {'metrics': metrics}
-        if outputs is not None:
-            fetches.update({name: tensor for name, tensor in picture_fetches.items()
-                            if name != 'features' or outputs.wants_features})
-        try:
-            result = session.run(fetches)
-        except tf.errors.OutOfRangeError:
-            break
-        except _STEP_ERRORS as error:  # DataLoss: a damaged TFRecord shard
-            raise step_error(error, batches) from None
-        if outputs is not None:
-            outputs.add(result['probabilities'], result['labels'], result.get('features'))
-        batch_loss, batch_correct, batch_count = result['metrics']
-        loss_sum += float(batch_loss)
-        correct += int(batch_correct)
-        count += int(batch_count)
-    return loss_sum, correct, count
 
 
 @contextlib.contextmanager
@@ -134,13 +117,9 @@ def start_averages(session, graph):
 
 @contextlib.contextmanager
 def seeded(seed):
-    """Seed every random choice, and make TensorFlow's kernels deterministic (None: leave both).
-
-    Without op determinism, multi-threaded gradient kernels may sum their shards in varying order
-    (on GPUs most of all), so two runs with one seed drift apart in the last bits and then further;
-    its cost is in bench/RESULTS.md. The switch is process-wide, so it is put back afterwards for
-    callers (tests, notebooks) that run more than one thing in a process.
-    """
+    """Seed every random choice, and make TensorFlow's kernels deterministic (None: leave both):
+    without it, gradient kernels may sum in varying order, and two seeded runs drift apart. The
+    switch is process-wide, so it is put back afterwards (tests, notebooks run more than one)."""
     if seed is None:
         yield
         return

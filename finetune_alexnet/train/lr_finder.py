@@ -1,9 +1,6 @@
-"""The learning-rate range test (`finetune.py --find_lr`): train with a rate rising exponentially
-from 1e-6 to 1, stop when the loss diverges, suggest the rate where the loss falls fastest.
-
-Leslie Smith's test as fast.ai popularised it: the loss is smoothed with a bias-corrected moving
-average, and the suggestion is the rate at the steepest descent of the smoothed loss against
-log(rate). It trains the model it is given, so a run should start afresh afterwards.
+"""The learning-rate range test (`finetune.py --find_lr`, docs/training.md), Leslie Smith's as fast.ai
+popularised it: train with a rate rising exponentially from 1e-6 to 1, stop when the loss diverges,
+suggest the rate at the steepest descent of the smoothed loss against log(rate).
 """
 import collections
 import shutil
@@ -42,11 +39,8 @@ def smooth(losses, beta=SMOOTHING):
 
 
 def steepest_descent(rates, smoothed):
-    """The rate where the smoothed loss falls fastest against log(rate) (None: too few points).
-
-    The first and last tenth are left out: the average is still settling at the start, and the end
-    is where the loss shoots up.
-    """
+    """The rate where the smoothed loss falls fastest against log(rate) (None: too few points),
+    leaving out the first tenth (the average still settles) and the last (the loss shoots up)."""
     if len(rates) < 5:
         return None
     slopes = np.gradient(np.asarray(smoothed), np.log(np.asarray(rates)))
@@ -86,11 +80,8 @@ def find_learning_rate(settings):
 
 
 def range_test(session, graph, start_epoch, feed, steps=DEFAULT_STEPS):
-    """Runs up to `steps` training steps with rising rates; returns a RangeTest.
-
-    `start_epoch(epoch)` (re)initialises the training iterator; the data are gone through as many
-    times as `steps` needs. A non-finite loss (the NaN guard stops the step) counts as divergence.
-    """
+    """A RangeTest of up to `steps` training steps with rising rates, as many epochs as they need
+    (`start_epoch(epoch)` starts one); a non-finite loss (the NaN guard) counts as divergence."""
     rates, losses = [], []
     epoch, stopped_early = 1, False
     start_epoch(epoch)

@@ -22,7 +22,7 @@ class EpochProgress:
         return self
 
     def __exit__(self, *exc_info):
-        self.finish()
+        self.line.end()  # nothing off a terminal: no line is open there
 
     def update(self, step, loss, accuracy, images_per_second):
         """`step` counts from 1 within the epoch."""
@@ -40,9 +40,6 @@ class EpochProgress:
         """Print `text` on a line of its own (after the bar's line, which stays as it was)."""
         if text:
             self.line.print(text)
-
-    def finish(self):
-        self.line.end()  # nothing off a terminal: no line is open there
 
 
 def append_metrics(path, record):

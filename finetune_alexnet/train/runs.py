@@ -28,13 +28,11 @@ from finetune_alexnet.train import summaries
 
 
 def use_gpu(settings):
-    """True to run the model on a GPU; refuses --device gpu without enough of them, --device auto
-    with fewer GPUs than --num_gpus, and --xla with --seed on a GPU."""
+    """True to run the model on a GPU (tf_setup.use_gpu); refuses --xla with --seed on a GPU."""
     gpu = tf_setup.use_gpu(settings.device, settings.num_gpus)
     if gpu and settings.xla and settings.seed is not None:
-        # --seed turns on op determinism, and XLA on a GPU may then refuse the select-and-scatter
-        # that max pooling's gradient compiles into; no GPU has yet shown that it compiles (the
-        # bench/gpu_check.py measurement tries it), so the run is refused before it starts.
+        # XLA's deterministic GPU ops may refuse max pooling's gradient (a select-and-scatter); no
+        # GPU has yet shown that it compiles (bench/gpu_check.py tries).
         raise ToolkitError("--xla with --seed on a GPU: XLA's deterministic GPU ops are not known to "
                            "compile max pooling's gradient; drop --xla, or --seed for a run that "
                            'need not repeat bit for bit')
@@ -65,39 +63,32 @@ def runs_folder(settings):
 
 
 def shaping_settings(settings):
-    """What shapes a run and must not change on --resume; kept in run_state.json."""
+    """What shapes a run and must not change on --resume (the recipe's options too, a cosine
+    schedule's length included); kept in run_state.json."""
     return {'batch_size': settings.batch_size, 'num_gpus': settings.num_gpus,
             'train_file_sha256': tfrecords.data_digest(settings.train_file),
             'val_file_sha256': tfrecords.data_digest(settings.val_file),
             'num_classes': settings.num_classes, 'train_layers': list(settings.train_layers),
             'skip_layers': list(settings.skip_layers), 'optimizer': settings.optimizer,
             'augment': settings.augment, 'cache_features': settings.use_feature_cache,
-            **recipe_settings(settings)}
-
-
-# What a run started before these options existed trained with: --resume compares against these.
-RECIPE_DEFAULTS = {'label_smoothing': 0.0, 'ema_decay': 0.0, 'lr_schedule': 'step',
-                   'warmup_epochs': 0.0, 'cosine_epochs': None, 'mixup': 0.0, 'cutmix': 0.0,
-                   'unfreeze_at': 0, 'unfreeze_layers': None}
-
-
-def recipe_settings(settings):
-    """The recipe's options that shape a run (a cosine schedule's length, --num_epochs, too)."""
-    return {'label_smoothing': settings.label_smoothing, 'ema_decay': settings.ema_decay,
+            'label_smoothing': settings.label_smoothing, 'ema_decay': settings.ema_decay,
             'lr_schedule': settings.lr_schedule, 'warmup_epochs': settings.warmup_epochs,
             'cosine_epochs': settings.num_epochs if settings.lr_schedule == 'cosine' else None,
             'mixup': settings.mixup, 'cutmix': settings.cutmix, 'unfreeze_at': settings.unfreeze_at,
             'unfreeze_layers': list(settings.unfreeze_layers) if settings.unfreeze_at else None}
 
 
-def new_or_resumed_state(settings, writes=True):
-    """(state, resumed): the run in --checkpoint_path to resume, or a new run's first state.
+# What a run started before the recipe's options existed trained with: --resume compares against these.
+RECIPE_DEFAULTS = {'label_smoothing': 0.0, 'ema_decay': 0.0, 'lr_schedule': 'step',
+                   'warmup_epochs': 0.0, 'cosine_epochs': None, 'mixup': 0.0, 'cutmix': 0.0,
+                   'unfreeze_at': 0, 'unfreeze_layers': None}
 
-    Refuses to overwrite a run, to resume none, or to resume with settings other than the run's.
-    A resumed state names the checkpoint to restore (the latest, else the newest intact one).
-    Files a crash left half-written in the run folder are removed. With `writes` False (a worker
-    other than the chief) nothing is written: the chief owns the run folder.
-    """
+
+def new_or_resumed_state(settings, writes=True):
+    """(state, resumed): the run in --checkpoint_path to resume (its state naming the checkpoint to
+    restore), or a new run's first state. Refuses to overwrite a run, to resume none, or to resume
+    with other settings than the run's. Files a crash left half-written are removed, unless
+    `writes` is False (a worker other than the chief, which owns the run folder)."""
     directory = settings.checkpoint_path
     state = run_state.read(directory)
     if state and not settings.resume:
@@ -131,16 +122,14 @@ def new_or_resumed_state(settings, writes=True):
 
 
 def new_order_seed(settings):
-    """The seed of every epoch's shuffle order: --seed, else drawn once. A run keeps it in
-    run_state.json, so that a resumed unseeded run replays the orders of its own epochs (skipping
-    the consumed part of another order would train some images twice and others never)."""
+    """The seed of every epoch's shuffle order: --seed, else drawn once (run_state.json keeps it,
+    so a resumed run replays its own epochs' orders)."""
     return settings.seed if settings.seed is not None else int(np.random.randint(2**31))
 
 
 def initial_weights(settings, resumed):
     """The weights file's layers when a new run loads some (None: resumed, every layer fresh, or
-    warm-started from --init_checkpoint), read once here: a wrong file fails before anything is
-    built, and the same arrays are loaded."""
+    warm-started from --init_checkpoint), read and checked once, before anything is built."""
     if resumed:
         return None
     if settings.init_checkpoint:
@@ -156,8 +145,7 @@ def initial_weights(settings, resumed):
 
 def load_starting_weights(session, settings, weights_model, layers):
     """A new run's weights: the weights file's layers, or --init_checkpoint's model (not its
-    optimizer or step; the moving averages of a run with --ema_decay, which it validated with);
-    --skip_layers keep their fresh initial values."""
+    optimizer or step; its moving averages, if it kept them); --skip_layers stay fresh."""
     if layers is not None:
         weights_model.load_initial_weights(session, layers)
     if settings.init_checkpoint:
@@ -184,22 +172,21 @@ def class_weight_values(settings, train_labels):
 def training_config(settings, gpu, steps_per_epoch, train_labels=None, order_seed=0):
     """The training graph's settings; `order_seed` (the run's) seeds mixup's and CutMix's draws."""
     return training_graph.TrainingConfig(
-        label_smoothing=settings.label_smoothing, ema_decay=settings.ema_decay,
-        lr_schedule=settings.lr_schedule, total_steps=settings.num_epochs * steps_per_epoch,
-        warmup_steps=warmup_steps(settings.warmup_epochs, steps_per_epoch),
-        mixup=settings.mixup, cutmix=settings.cutmix, mix_seed=order_seed,
+        **{name: getattr(settings, name) for name in CONFIG_SETTINGS},
+        total_steps=settings.num_epochs * steps_per_epoch,
+        warmup_steps=warmup_steps(settings.warmup_epochs, steps_per_epoch), mix_seed=order_seed,
         unfreeze_layers=settings.unfreeze_layers if settings.unfreeze_at else (),
-        class_weights=class_weight_values(settings, train_labels), lr_mult=settings.lr_mult,
-        num_classes=settings.num_classes, train_layers=settings.train_layers,
-        skip_layers=settings.skip_layers, weights_path=settings.weights_path,
-        learning_rate=settings.learning_rate, optimizer=settings.optimizer,
-        momentum=settings.momentum, weight_decay=settings.weight_decay,
-        decay_steps=settings.lr_decay_epochs * steps_per_epoch,
-        decay_factor=settings.lr_decay_factor, num_devices=settings.num_gpus, use_gpu=gpu,
-        num_workers=settings.num_workers,
-        model_device='/gpu:0' if gpu else '/cpu:0', mixed_precision=settings.mixed_precision,
+        class_weights=class_weight_values(settings, train_labels),
+        decay_steps=settings.lr_decay_epochs * steps_per_epoch, decay_factor=settings.lr_decay_factor,
+        num_devices=settings.num_gpus, use_gpu=gpu, model_device='/gpu:0' if gpu else '/cpu:0',
         # The graph on images trains these; those on cached features get a graph of their own.
         phases=tuple(phase for phase in settings.phases if not settings.phase_uses_cache(phase)))
+
+
+# Settings that TrainingConfig takes as they are.
+CONFIG_SETTINGS = ('label_smoothing', 'ema_decay', 'lr_schedule', 'mixup', 'cutmix', 'lr_mult',
+                   'num_classes', 'train_layers', 'skip_layers', 'weights_path', 'learning_rate',
+                   'optimizer', 'momentum', 'weight_decay', 'num_workers', 'mixed_precision')
 
 
 def warmup_steps(epochs, steps_per_epoch):
@@ -257,10 +244,9 @@ NOT_SHARED = ('worker_hosts', 'task_index', 'cluster', 'collective_timeout', 've
 
 
 def epoch_rates(rates, session, graph):
-    """The learning rate an epoch's steps trained with, for its record: `learning_rate`, and
-    `learning_rate_last` too where the rate changed within the epoch (then `learning_rate` is its
-    first step's). An epoch that ran no step in this process takes the rate of its last step: the
-    schedule evaluated at the global step that step started from."""
+    """The learning rate an epoch's steps trained with, for its record: `learning_rate` (the first
+    step's), and `learning_rate_last` where it changed. An epoch that ran no step in this process
+    takes the schedule's rate at the global step its last step started from."""
     if not rates:
         last_step = int(session.run(graph.global_step)) - 1
         rates = [float(session.run(graph.learning_rate, {graph.global_step: max(last_step, 0)}))]
@@ -271,7 +257,7 @@ def epoch_rates(rates, session, graph):
 
 def aligned_paths(paths, outputs):
     """The validation images' paths, or blanks when skipped unreadable images would shift them
-    against the outputs (so no picture or projector row is put under another image's name)."""
+    against the outputs."""
     return paths if len(outputs.labels) == len(paths) else [''] * len(outputs.labels)
 
 
@@ -295,11 +281,9 @@ EpochTraining = collections.namedtuple('EpochTraining', 'loss accuracy images_pe
 
 @contextlib.contextmanager
 def started(settings):
-    """The run, started: its device, its workers (one machine, or one of several: TF_CONFIG,
-    --worker_hosts; then the chief, worker 0, alone writes the run folder), the run folder's lock,
-    stop signals caught, its state (new, or resumed from the run folder), the shuffle seed the
-    workers agree on, the weights file read, seeding. Feature files the run spilled are removed
-    when it ends."""
+    """The run, started: its device, its workers (distribute.start), the run folder's lock, stop
+    signals caught, its state (new or resumed), the shuffle seed the workers agree on, the weights
+    file read, seeding. Feature files the run spilled are removed when it ends."""
     gpu = use_gpu(settings)
     class_names = read_class_names(settings)
     workers = distribute.start(settings.cluster, gpu, settings.collective_timeout)
@@ -336,9 +320,9 @@ class Run:
         self.steps_done = 0  # steps of the first epoch trained before a resume
 
     def begin(self, session, setup, keeper, writer, config):
-        """The variables initialised; the checkpoint restored (--resume), or the starting weights
-        loaded and the run's graph and hyper-parameters summarised; every worker's start compared;
-        the feature cache filled if the first epoch trains on it; a warm start checked."""
+        """The variables initialised; the checkpoint restored, or the starting weights loaded and
+        the graph and hyper-parameters summarised; every worker's start compared; the feature cache
+        filled if the first epoch trains on it; a warm start's validation."""
         settings, state, workers = self.settings, self.state, self.workers
         self.setup = setup
         workers.bounded(session).run(tf.global_variables_initializer())
@@ -370,10 +354,9 @@ class Run:
             state.init_val_accuracy = accuracy
             print(f'warm start from {settings.init_checkpoint}: validation loss {loss:.4f} acc '
                   f'{accuracy:.4f} before training')
-        # A resumed epoch starts its pinned order just past the batches already trained on, so a
-        # resumed run trains on exactly the images of an uninterrupted one. Counted from the run
-        # state, not global_step // steps_per_epoch: with --skip_bad_images an epoch can end a
-        # step or more early.
+        # A resumed epoch starts its pinned order just past the batches already trained on. Counted
+        # from the run state, not global_step // steps_per_epoch: with --skip_bad_images an epoch
+        # can end a step or more early.
         self.steps_done = step - state.last_step
 
     def phase(self, setup, epoch):
@@ -394,9 +377,8 @@ class Run:
 
     def end_epoch(self, session, current, keeper, writer, epoch, trained, resumed_epoch):
         """After epoch `epoch` trained (`trained`, an EpochTraining) on `current` (its phase's
-        TrainingSetup): the skipped images counted, validation, its pictures, the epoch's record
-        (run state, metrics, curves, checkpoint), the epoch's line and notes. True when early
-        stopping ends the run."""
+        TrainingSetup): validation, the epoch's record, pictures, checkpoint and line. True when
+        early stopping ends the run."""
         settings, state = self.settings, self.state
         notes = []
         if settings.skip_bad_images and current.image_labels is not None and not resumed_epoch:

@@ -1,8 +1,6 @@
-"""A fine-tuning run's settings: the flags parsed once, defaults filled in, every value checked, frozen.
-
-finetune.py's parser gives an argparse namespace; `from_flags` turns it into a `Settings` that nothing
-changes afterwards. What a run learns while it starts (its shuffle seed, its TensorBoard folder) is
-the run's state (run_state.py), not a setting.
+"""A fine-tuning run's settings: the flags parsed once (`from_flags`), defaults filled in, every value
+checked, frozen. What a run learns while it starts (its shuffle seed, its TensorBoard folder) is the
+run's state (run_state.py), not a setting.
 """
 import argparse
 import dataclasses
@@ -132,7 +130,7 @@ class Settings:
     def phase_uses_cache(self, phase):
         """Whether phase `phase` trains from cached pool5 features: wherever it can, unless
         --cache_features off (`check` refuses --cache_features on where phase 1 cannot)."""
-        return self.cache_features != 'off' and self.num_workers == 1 and can_cache(
+        return self.cache_features != 'off' and self.num_workers == 1 and feature_cache.can_cache(
             self.phase_layers(phase), self.augment, self.mixup, self.cutmix)
 
     @property
@@ -141,11 +139,6 @@ class Settings:
 
     def as_dict(self):
         return dataclasses.asdict(self)
-
-
-def can_cache(layers, augment, mixup=0.0, cutmix=0.0):
-    """pool5 is constant when no conv layer learns and no image is augmented or mixed."""
-    return feature_cache.can_cache(layers, augment) and not (mixup or cutmix)
 
 
 def layer_list(text):
@@ -196,12 +189,9 @@ def lr_mult_flag(text):
 
 def from_flags(flags, parser_defaults, demo_lists, given=frozenset()):
     """The run's Settings from parsed flags: the demo's or the run's defaults for what was not given.
-
     `parser_defaults` maps each flag to the parser's default; `demo_lists(flags)` makes the demo's
-    data and returns (train_file, val_file, num_classes), called only when the demo runs (no lists
-    given, or --demo). `given` names the flags the command line gave: with --resume, every other
-    flag takes the resumed run's own value, never the default.
-    """
+    data ((train_file, val_file, num_classes)) when the demo runs. `given` names the flags the
+    command line gave: with --resume, every other flag takes the resumed run's own value."""
     unfreeze_layers_given = getattr(flags, 'unfreeze_layers', None) is not None
     cluster = distribute.cluster_from(flags.worker_hosts, flags.task_index)
     if flags.resume:
@@ -401,30 +391,6 @@ def _differs(name, value, default):
     return value != (tuple(default) if isinstance(default, list) else default)
 
 
-def recipe_checks(v):
-    """(ok, message) of each option of today's recipe: label smoothing, the moving average, the
-    schedule, mixing, the second phase."""
-    def fraction(value):  # in [0, 1); NaN compares false
-        return 0 <= value < 1
-
-    def alpha(value):
-        return value >= 0 and math.isfinite(value)
-    return [
-        (fraction(v.label_smoothing), f'--label_smoothing must be in [0, 1), got {v.label_smoothing}'),
-        (fraction(v.ema_decay), f'--ema_decay must be in [0, 1) (0: off), got {v.ema_decay}'),
-        (0 <= v.warmup_epochs < v.num_epochs,
-         f'--warmup_epochs must be >= 0 and less than --num_epochs {v.num_epochs}, got '
-         f'{v.warmup_epochs}'),
-        (not (v.lr_schedule == 'cosine' and v.lr_decay_epochs),
-         "--lr_decay_epochs is the step schedule's; --lr_schedule cosine decays by itself"),
-        (alpha(v.mixup), f'--mixup must be a number >= 0 (0: off), got {v.mixup}'),
-        (alpha(v.cutmix), f'--cutmix must be a number >= 0 (0: off), got {v.cutmix}'),
-        (v.unfreeze_at == 0 or 2 <= v.unfreeze_at <= v.num_epochs,
-         f'--unfreeze_at must be 0 (off) or an epoch from 2 to --num_epochs {v.num_epochs}, got '
-         f'{v.unfreeze_at}'),
-    ]
-
-
 def cluster_checks(v):
     """(ok, message) of what several workers need: an even split of every batch, and none of what
     works on one machine only."""
@@ -476,7 +442,20 @@ def check(values):
         (not (v.projector and v.num_gpus > 1), '--projector needs --num_gpus 1'),
         (v.cache_max_gb > 0 and math.isfinite(v.cache_max_gb),
          f'--cache_max_gb must be a positive number, got {v.cache_max_gb}'),
-        *recipe_checks(v),
+        # Today's recipe (in ranges written so that NaN compares false):
+        (0 <= v.label_smoothing < 1, f'--label_smoothing must be in [0, 1), got {v.label_smoothing}'),
+        (0 <= v.ema_decay < 1, f'--ema_decay must be in [0, 1) (0: off), got {v.ema_decay}'),
+        (0 <= v.warmup_epochs < v.num_epochs,
+         f'--warmup_epochs must be >= 0 and less than --num_epochs {v.num_epochs}, got '
+         f'{v.warmup_epochs}'),
+        (not (v.lr_schedule == 'cosine' and v.lr_decay_epochs),
+         "--lr_decay_epochs is the step schedule's; --lr_schedule cosine decays by itself"),
+        (v.mixup >= 0 and math.isfinite(v.mixup), f'--mixup must be a number >= 0 (0: off), got {v.mixup}'),
+        (v.cutmix >= 0 and math.isfinite(v.cutmix),
+         f'--cutmix must be a number >= 0 (0: off), got {v.cutmix}'),
+        (v.unfreeze_at == 0 or 2 <= v.unfreeze_at <= v.num_epochs,
+         f'--unfreeze_at must be 0 (off) or an epoch from 2 to --num_epochs {v.num_epochs}, got '
+         f'{v.unfreeze_at}'),
     ]
     for ok, message in checks + cluster_checks(v):
         if not ok:
@@ -498,7 +477,8 @@ def check(values):
         which = '--train_layers nor --unfreeze_layers trains' if v.unfreeze_at else \
             '--train_layers does not train'
         raise ToolkitError(f"--lr_mult names {','.join(untrained)}, which {which}")
-    if v.cache_features == 'on' and not can_cache(v.train_layers, v.augment, v.mixup, v.cutmix):
+    if v.cache_features == 'on' and not feature_cache.can_cache(v.train_layers, v.augment, v.mixup,
+                                                                v.cutmix):
         raise ToolkitError('--cache_features on needs every conv layer frozen and no --augment, '
                            '--mixup or --cutmix')
     if v.find_lr:

@@ -1,13 +1,10 @@
-"""What a run shows in TensorBoard beyond its training curves: one sub-folder per run, the HParams
-dashboard, and per-epoch pictures from the validation pass (worst mistakes, confusion matrix,
-per-class precision/recall and PR curves), and the projector's fc7 embedding at the end of a run.
+"""What a run shows in TensorBoard beyond its training curves (docs/run-folder.md): one sub-folder
+per run, the HParams dashboard, per-epoch pictures from the validation pass (worst mistakes,
+confusion matrix, per-class precision/recall and PR curves), and the projector's fc7 embedding.
+All computed from what the validation pass already fetches: no second pass over the data.
 
-Everything is computed from what the validation pass already fetches (each image's class
-probabilities, and fc7 with --projector): no second pass over the data. Image files are read again
-only for the few thumbnails shown (the worst mistakes, and the projector's sprite).
-
-TensorBoard's plugins (hparams, pr_curve) build their summaries as TensorBoard's own protobufs; they
-are re-read as `tf.Summary` so the run's `tf.summary.FileWriter` writes them with everything else.
+TensorBoard's plugins build their summaries as TensorBoard's own protobufs; they are re-read as
+`tf.Summary` so the run's `tf.summary.FileWriter` writes them with everything else.
 """
 import contextlib
 import datetime
@@ -149,10 +146,7 @@ def hparam_values(args, class_weight_values=None):
 
 def hparams_summaries(args, run_name, start_time_secs=None, class_weight_values=None):
     """The experiment's columns and this run's values, as two `tf.Summary` protos for its writer.
-
-    Every run writes the same experiment description (TensorBoard picks one), so a root holding any
-    subset of runs shows the whole table.
-    """
+    Every run writes the whole experiment's columns, so any subset of runs shows the whole table."""
     values = hparam_values(args, class_weight_values)
     config = hparams_summary.hparams_config_pb(
         hparams=[hparams_summary.HParam(name) for name in values],
@@ -167,22 +161,11 @@ def hparams_end_summary():
 
 
 class NoWriter(contextlib.nullcontext):
-    """A FileWriter that writes nothing: what workers other than the chief summarise to."""
+    """A FileWriter that writes nothing (every method does nothing and returns None): what workers
+    other than the chief summarise to."""
 
-    def add_summary(self, summary, step=None):
-        pass
-
-    def add_graph(self, graph):
-        pass
-
-    def flush(self):
-        pass
-
-    def close(self):
-        pass
-
-    def get_logdir(self):
-        return None
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
 
 
 class ValidationOutputs:
@@ -201,10 +184,11 @@ class ValidationOutputs:
             self._features.append(rows)
             self._feature_rows += len(rows)
 
-    def replace_with(self, other):
-        """Hold what `other` holds (every worker's outputs, joined)."""
-        self._probabilities, self._labels = other._probabilities, other._labels
-        self._features, self._feature_rows = other._features, other._feature_rows
+    def replace_with(self, probabilities, labels):
+        """Hold these alone (every worker's outputs, joined; no fc7 rows: the projector needs one
+        machine)."""
+        self.__init__()
+        self.add(probabilities, labels)
 
     @property
     def wants_features(self):
@@ -267,18 +251,20 @@ def confusion_matrix_image(counts, class_names):
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def image_value(tag, rgb):
+def png_bytes(rgb):
     ok, png = cv2.imencode('.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     assert ok
+    return png.tobytes()
+
+
+def image_value(tag, rgb):
     return tf.Summary.Value(tag=tag, image=tf.Summary.Image(
-        height=rgb.shape[0], width=rgb.shape[1], colorspace=3, encoded_image_string=png.tobytes()))
+        height=rgb.shape[0], width=rgb.shape[1], colorspace=3, encoded_image_string=png_bytes(rgb)))
 
 
 def validation_summary(outputs, paths, class_names, num_classes):
-    """The epoch's pictures and per-class numbers as one `tf.Summary`.
-
-    `paths` are the validation images in the order the (unshuffled) pass saw them.
-    """
+    """The epoch's pictures and per-class numbers as one `tf.Summary`; `paths` are the validation
+    images in the order the (unshuffled) pass saw them."""
     probabilities, labels = outputs.probabilities, outputs.labels
     names = model_info.class_names_or_placeholders(class_names, num_classes)
     counts = metrics.confusion_matrix(labels, probabilities.argmax(axis=1), num_classes)
@@ -315,11 +301,8 @@ def sprite(paths, size):
 
 
 def write_projector(log_dir, features, paths, labels, predicted, class_names, num_classes):
-    """fc7 features of the first images, a sprite and metadata, as TensorBoard's projector reads them.
-
-    The features go into a checkpoint of their own (the projector reads a checkpoint's tensor by
-    name); metadata.tsv holds each image's path and true and predicted class.
-    """
+    """fc7 features of the first images (in a checkpoint of their own, which the projector reads), a
+    sprite and metadata.tsv (each image's path, true and predicted class)."""
     count = len(features)
     paths, labels, predicted = list(paths[:count]), labels[:count], predicted[:count]
     names = model_info.class_names_or_placeholders(class_names, num_classes)
@@ -327,10 +310,8 @@ def write_projector(log_dir, features, paths, labels, predicted, class_names, nu
     os.makedirs(folder, exist_ok=True)
     # Thumbnails shrink with the count: the sprite must stay within 8192 x 8192 pixels.
     size = int(min(THUMBNAIL_SIZE, 8192 // int(np.ceil(np.sqrt(count)))))
-    ok, png = cv2.imencode('.png', cv2.cvtColor(sprite(paths, size), cv2.COLOR_RGB2BGR))
-    assert ok
     with open(os.path.join(folder, 'sprite.png'), 'wb') as stream:
-        stream.write(png.tobytes())
+        stream.write(png_bytes(sprite(paths, size)))
     with open(os.path.join(folder, 'metadata.tsv'), 'w') as stream:
         stream.write('path\ttrue\tpredicted\n')
         for path, true, guess in zip(paths, labels, predicted):
