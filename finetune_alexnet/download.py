@@ -189,24 +189,17 @@ class DownloadProgress:
         self.stream = stream or sys.stdout
         self.terminal = self.stream.isatty()
         self.line = cli.StatusLine(self.stream)
-        self.total = None
-        self.start_bytes = 0
-        self.start_time = time.monotonic()
         self.last_draw = 0.0
         self.last_step = -1
 
     def begin(self, done, total):
-        """A new response starts at `done` bytes of `total` (None: unknown)."""
-        self.total = total
-        self.start_bytes = done
-        self.start_time = time.monotonic()
+        """A new response starts at `done` bytes of `total` (None: unknown); called before `update`."""
+        self.total, self.start_bytes, self.start_time = total, done, time.monotonic()
         if self.last_step < 0:
             self.last_step = self._step(done)
 
     def _step(self, done):
-        if self.total:
-            return done * 10 // self.total
-        return done // (100 * 2 ** 20)
+        return done * 10 // self.total if self.total else done // (100 * 2 ** 20)
 
     def _numbers(self, done):
         elapsed = time.monotonic() - self.start_time
@@ -521,12 +514,9 @@ def _receive(url, part, response, offset, total, progress, settings, speed):
 
 
 def _fetch(url, part, settings, progress):
-    """Make `part` hold the whole body of `url`, resuming and retrying; returns its size.
-
-    urllib3's Retry counts the tries that brought no new byte and paces them (doubling from
-    `backoff` up to MAX_BACKOFF); a try that brought bytes was a dropped connection, not a failing
-    server: the count starts again.
-    """
+    """Make `part` hold the whole body of `url`, resuming and retrying; returns its size. urllib3's
+    Retry counts and paces (doubling up to MAX_BACKOFF) the tries that brought no new byte; one that
+    brought bytes was a dropped connection, not a failing server: the count starts again."""
     manager = _pool_manager(url)
     policy = Retry(total=settings.retries, backoff_factor=settings.backoff, backoff_max=MAX_BACKOFF)
     retry = policy
@@ -572,13 +562,9 @@ def verify_digests(path, expected_sha256=None, expected_sha1=None, kept_as=None)
 def download(url, output, sha256=None, sha1=None, check=None, timeout=DEFAULT_TIMEOUT,
              retries=DEFAULT_RETRIES, backoff=DEFAULT_BACKOFF, manual_hint='', stream=None,
              limits=Limits()):
-    """Download `url` to `output` through `output.part`; returns a `Downloaded`.
-
-    An existing `output` is reused (it can only be there complete: it is written by rename) after
-    the same digest and `check` as a fresh download. `check(path)`, if given, raises ToolkitError
-    when the content is wrong; it runs on the `.part` before the rename. Ctrl-C leaves the `.part`
-    for the next run to resume. `limits` bounds the size and the speed.
-    """
+    """Download `url` to `output` through `output.part`; returns a `Downloaded`. An existing `output`
+    (complete: it is written by rename) is reused after the same digests and `check(path)` (raises
+    ToolkitError for wrong content; run on the `.part` before the rename) as a fresh download."""
     output = os.fspath(output)
     stream = stream or sys.stdout
     if os.path.isfile(output):

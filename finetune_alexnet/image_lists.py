@@ -1,10 +1,7 @@
 """Image lists: find the labelled images in a folder, split them, write train.txt, val.txt, classes.txt
-(the layouts, the two splits, what a list line holds: docs/data.md#your-own-images-make_listspy).
-
-A name that a line cannot hold is refused by name, so what is written reads back the same
-(datagenerator.read_list, model_info.read_class_names_file). make_lists.py and get_data.py write lists
-through `write_folder_lists`; finetune.py's demo and bench/ through `find_images`, `split_stratified`
-and `write_lists`.
+(the layouts, the two splits, what a list line holds: docs/data.md#your-own-images-make_listspy). A
+name that a line cannot hold is refused by name, so what is written reads back the same
+(datagenerator.read_list, model_info.read_class_names_file).
 """
 import errno
 import hashlib

@@ -1,12 +1,11 @@
 """The one input pipeline behind both readers of labelled images: a list file's (datagenerator.py's
 `ImageDataGenerator`) and TFRecord shards' (tfrecords.py's `ShardImageDataGenerator`).
 
-What differs is where an image's bytes come from, its source: `FileSource` (a list's files) or
+What differs is the source of an image's bytes: `FileSource` (a list's files) or
 `tfrecords.RecordSource` (records read at their offsets). A source has a length, names an image
-(`where`), finds the images over the pixel limit from their headers (`oversized`) and those that fail
-without decoding (`known_bad`), gives a dataset of what `decode` takes (`elements`) and one image's
-bytes (`alone`). Everything else lives here once: the epoch's order and crops, decoding and batches
-(by preprocessing.py), skipped and dropped images, and the errors.
+(`where`), finds from headers the images over the pixel limit (`oversized`) and those that fail
+undecoded (`known_bad`), gives a dataset of what `decode` takes (`elements`) and one image's bytes
+(`alone`). The order, crops, batches, skipped images and errors live here once.
 """
 import os
 
@@ -111,12 +110,9 @@ def too_large_error(source, oversized, prefix=None):
 
 
 def undecodable(source, workers=None):
-    """{position: reason} for every image of `source` that cannot be read or decoded, or that is over
-    the pixel limit (reported from its header, never decoded).
-
-    Every other image is decoded once, `workers` at a time (default: one per CPU core), in a pass
-    that drops the failures; only those are decoded again, alone, for TensorFlow's reason.
-    """
+    """{position: reason} for every image of `source` that cannot be read or decoded, or is over the
+    pixel limit (from its header, never decoded). The others are decoded once, `workers` at a time,
+    in a pass that drops the failures; only those are decoded again, alone, for TensorFlow's reason."""
     workers = workers or os.cpu_count() or 1
     reasons = source.known_bad()
     present = np.array([position for position in range(len(source)) if position not in reasons],
@@ -190,10 +186,8 @@ def prediction_batches(source, batch_size, center_crop=False, skip_bad_images=Fa
     """A dataset of (images float32 [b, 227, 227, 3], positions int64 [b]) of `source`'s images, in
     order, as inference takes them: resized whole, or the centre crop of the `resize_size` resize with
     `center_crop`, or with `ten_crop` each image's ten crops (rows 10 i ... 10 i + 9 of [10 b, ...]).
-
-    Images over the pixel limit (from their headers) raise ToolkitError at once, or are left out with
-    `skip_bad_images` (which also drops the images that fail to decode); `positions` say which remain.
-    """
+    Images over the pixel limit raise ToolkitError at once, unless `skip_bad_images` (which also
+    drops the images that fail to decode); `positions` say which remain."""
     check_graph_mode('images_dataset')
     positions = np.arange(len(source), dtype=np.int64)
     oversized = source.oversized()
@@ -225,21 +219,17 @@ def prediction_batches(source, batch_size, center_crop=False, skip_bad_images=Fa
 
 class ImageReader:
     """Pre-processed, batched (images, one-hot labels) of a labelled data set, as `self.data`: not
-    repeated (re-initialise its iterator every epoch), its last batch perhaps smaller.
+    repeated (re-initialise its iterator every epoch), its last batch perhaps smaller (docs/data.md).
 
-    `mode` ('training' or 'inference') matters only with `augment` (preprocessing.resize_for_model).
-    With `shuffle`, positions (not decoded images) are reshuffled at every initialisation, the same
-    sequence of orders for one `seed` in a fresh graph; feeding `epoch` ties the order and the crops
-    to the epoch, and `skip` starts it that many images in, as a run resumed mid-epoch must. An image
-    that fails to decode makes session.run raise one of `IMAGE_ERRORS` (raise
-    `unreadable_images_error()`, which names it), or with `skip_bad_images` is dropped and counted by
-    `describe_skipped(images the epoch yielded)`. On several workers `batch_size` is the global batch,
-    and worker `worker_index` of `num_workers` gets its rows of each (preprocessing.worker_rows;
-    `skip` then counts this worker's images).
+    `mode` matters only with `augment` (preprocessing.resize_for_model). With `shuffle`, positions are
+    reshuffled at every initialisation, repeatably for a `seed`; feeding `epoch` pins the order and
+    the crops, and `skip` starts the epoch that many images in (a run resumed mid-epoch). An image
+    that fails to decode makes session.run raise one of `IMAGE_ERRORS` (`unreadable_images_error()`
+    names it), or with `skip_bad_images` is dropped (`describe_skipped`). On several workers
+    `batch_size` is the global batch, and worker `worker_index` gets its rows of each.
 
-    Attributes: `data`, `data_size`, `paths`, `labels` (int64), `num_classes`, `txt_file` (the data set
-    as given), `epoch`, `skip`. A subclass's `_open` returns the source of `txt_file` (setting `paths`
-    and `labels`); `check_command` names the command that lists its unreadable images, if any.
+    A subclass's `_open` returns the source of `txt_file` (setting `paths` and `labels`, int64);
+    `check_command` names the command that lists its unreadable images, if any.
     """
     check_command = None
 

@@ -1,13 +1,7 @@
-"""Sharded TFRecord data sets: written from a list file, read back exactly as the list pipeline reads
-(what a record holds, the order, the checks: docs/distributed.md#sharded-tfrecord-data-sets).
-
-Writing (`write_shards`, for make_tfrecords.py): every image becomes one `tf.train.Example` with
-TF-Slim's keys, decoded once on the way in, in an order shuffled by a seed, into shards of at least
-`TARGET_SHARD_BYTES` written under temporary names and renamed into place once all are complete.
-Reading: `find_shards` names the shards, `index_shards` reads each record once to learn where it
-starts and what it holds, and `ShardImageDataGenerator` is image_reader.ImageReader over a
-`RecordSource`, which reads each record at its byte offset (TFRecordDatasetV2's `byte_offsets`), so
-an epoch visits the records in the order a list in the same order would give.
+"""Sharded TFRecord data sets: written from a list file (`write_shards`, for make_tfrecords.py), read
+back exactly as the list pipeline reads (what a record holds, the order, the checks:
+docs/distributed.md#sharded-tfrecord-data-sets). `index_shards` learns where each record starts, so
+`ShardImageDataGenerator` (image_reader.ImageReader over a `RecordSource`) reads each at its offset.
 """
 import collections
 import contextlib
@@ -17,6 +11,7 @@ import glob
 import hashlib
 import os
 import re
+import types
 
 import numpy as np
 import tensorflow.compat.v1 as tf
@@ -135,12 +130,8 @@ def own_shards(out_dir, prefix):
     what --overwrite may replace, and nothing else."""
     if not os.path.isdir(out_dir):
         return []
-    found = []
-    for name in sorted(os.listdir(out_dir)):
-        match = SHARD_NAME.fullmatch(name.removesuffix(PARTIAL))
-        if match and match.group('prefix') == prefix:
-            found.append(os.path.join(out_dir, name))
-    return found
+    return [os.path.join(out_dir, name) for name in sorted(os.listdir(out_dir))
+            if (match := SHARD_NAME.fullmatch(name.removesuffix(PARTIAL))) and match['prefix'] == prefix]
 
 
 def check_output(out_dir, prefix, overwrite):
@@ -185,19 +176,19 @@ nothing was written)."""
 
 
 def _prepare_fn(pre_resize):
-    """(position, path) -> (position, bytes to store, height, width): decoded once, to check it."""
+    """(slot, path) -> (slot, bytes to store, height, width): decoded once, to check it."""
     @NOT_CONVERTED
-    def prepare(position, path):
+    def prepare(slot, path):
         data = tf.io.read_file(path)
         image = preprocessing.decode_rgb(data)
         if not pre_resize:
             shape = tf.shape(image, out_type=tf.int64)
-            return position, data, shape[0], shape[1]
+            return slot, data, shape[0], shape[1]
         # The pipeline's own bilinear sampling (half-pixel centres, OpenCV's), rounded to 8 bits.
         pixels = preprocessing.resized_pixels(image, PRE_RESIZE_SIZE)
         encoded = tf.io.encode_jpeg(pixels, quality=PRE_RESIZE_QUALITY)
         size = tf.constant(PRE_RESIZE_SIZE, tf.int64)
-        return position, encoded, size, size
+        return slot, encoded, size, size
     return prepare
 
 
@@ -319,21 +310,20 @@ def write_shards(paths, labels, out_dir, prefix, class_names=None, num_shards=No
     texts = list(class_names) if class_names else None
 
     workers = workers or os.cpu_count() or 1
-    slot_of = {int(position): slot for slot, position in enumerate(order)}
     pending, writer, failed, done = [], None, [], 0
     try:  # whatever stops the work removes the shards written so far
         with tf.Graph().as_default(), tf.Session(config=tf_setup.session_config()) as session:
-            dataset = tf.data.Dataset.from_tensor_slices((order, [paths[p] for p in order]))
+            dataset = tf.data.Dataset.from_tensor_slices((np.arange(len(order)), [paths[p] for p in order]))
             dataset = dataset.map(_prepare_fn(pre_resize), num_parallel_calls=workers, deterministic=True)
-            # A file that fails drops out here; the gap in the positions names it below.
+            # A file that fails drops out here; the gap in the slots names it below.
             dataset = dataset.ignore_errors().batch(16).prefetch(2)
-            for positions, images, heights, widths in image_reader.run_to_end(session, dataset, workers):
+            for slots, images, heights, widths in image_reader.run_to_end(session, dataset, workers):
                 if stop is not None and stop.requested:
                     break
-                for position, data, height, width in zip(positions, images, heights, widths):
-                    slot = slot_of[int(position)]
+                for slot, data, height, width in zip(slots.tolist(), images, heights, widths):
                     failed += [int(order[s]) for s in range(done, slot)]
                     done = slot + 1
+                    position = order[slot]
                     label = int(labels[position])
                     record = make_example(data, label, texts[label] if texts else '', height, width,
                                           paths[position]).SerializeToString()
@@ -393,16 +383,10 @@ _INDEX_FEATURES = {LABEL: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
                    FILENAME: tf.io.FixedLenFeature([], tf.string, default_value='')}
 
 
-class ShardIndex:
+class ShardIndex(types.SimpleNamespace):
     """Where every record of a set of shards is, and what it holds, in the set's global order:
     `files`, the shard paths; per record, arrays `shard` (index into `files`), `record` (its place in
     its shard), `offset`, `length` (of its Example), `labels`, `heights`, `widths`; list `filenames`."""
-
-    def __init__(self, files, shard, record, offset, length, labels, heights, widths, filenames):
-        self.files = list(files)
-        self.shard, self.record, self.offset, self.length = shard, record, offset, length
-        self.labels, self.heights, self.widths = labels, heights, widths
-        self.filenames = filenames
 
     @property
     def size(self):
@@ -477,7 +461,7 @@ def _read_index(identities, where):
         raise ToolkitError(f'{where}no records in {summarize(files)}')
     arrays = {name: np.concatenate(columns[name]) for name in
               ('shard', 'record', 'offset', 'length', 'labels', 'heights', 'widths')}
-    return ShardIndex(files, filenames=columns['filenames'], **arrays)
+    return ShardIndex(files=files, filenames=columns['filenames'], **arrays)
 
 
 def _check_index(index, num_classes, where):
