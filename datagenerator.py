@@ -59,6 +59,7 @@ def read_list_lines(txt_file, num_classes=None, check_files=True):
         raise ToolkitError(f'{txt_file}, line {line}: not UTF-8 text') from None
 
     folder = os.path.dirname(os.path.abspath(txt_file))
+    limit = MAX_CLASSES if num_classes is None else min(num_classes, MAX_CLASSES)
     paths, labels, line_numbers, problems = [], [], [], []
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
@@ -72,20 +73,18 @@ def read_list_lines(txt_file, num_classes=None, check_files=True):
         if not _INTEGER.fullmatch(label):
             problems.append(f'line {number}: label {_shown(label)} is not an integer')
             continue
-        limit = MAX_CLASSES if num_classes is None else min(num_classes, MAX_CLASSES)
         # Only a short number is converted: int() of thousands of digits is slow, then refused.
         value = int(label) if len(label.lstrip('+-0')) <= 12 else None
         if value is None or not 0 <= value < limit:
             shown = label if len(label) <= 24 else label[:21] + '...'
             problems.append(f'line {number}: label {shown} is outside 0..{limit - 1}')
             continue
-        label = value
         path = os.path.normpath(os.path.join(folder, os.path.expanduser(name)))
         if check_files and not os.path.isfile(path):
             problems.append(f'line {number}: image not found: {path}')
             continue
         paths.append(path)
-        labels.append(label)
+        labels.append(value)
         line_numbers.append(number)
     if problems:
         raise ToolkitError(f'{txt_file}: {plural(len(problems), "bad line")}: ' + summarize(problems))
@@ -104,9 +103,8 @@ def read_list(txt_file, num_classes=None, check_files=True):
 
 def unreadable_images_error(paths, workers=None, line_numbers=None, list_file=None, hint=None,
                             max_pixels=image_header.DEFAULT_MAX_PIXELS):
-    """The one message for images that failed to decode: a ToolkitError naming each bad file (with
-    its list line, when `line_numbers` are given) and why, to raise after a decode error. Decodes
-    `paths` again (seconds per thousand images) under the run's `max_pixels`."""
+    """image_reader.unreadable_error for files (named with their list lines, given `line_numbers`):
+    to raise after a decode error. Decodes `paths` again under the run's `max_pixels`."""
     return image_reader.unreadable_error(FileSource(paths, line_numbers, max_pixels), workers,
                                          list_file, hint)
 
@@ -120,10 +118,7 @@ def find_bad_images(paths, workers=None, max_pixels=image_header.DEFAULT_MAX_PIX
 
 
 class ImageDataGenerator(image_reader.ImageReader):
-    """Pre-processed, batched (images, one-hot labels) from a list file, as `self.data`: the
-    arguments, attributes, epoch feeds, unreadable images named or skipped and workers are
-    image_reader.ImageReader's (its docstring tells them); `txt_file` is the list file.
-    """
+    """image_reader.ImageReader (its docstring tells the arguments) of the list file `txt_file`."""
 
     @property
     def check_command(self):
@@ -136,12 +131,9 @@ class ImageDataGenerator(image_reader.ImageReader):
 
 def images_dataset(paths, batch_size, center_crop=False, skip_bad_images=False, ten_crop=False,
                    resize_size=preprocessing.RESIZE_SIZE, max_pixels=image_header.DEFAULT_MAX_PIXELS):
-    """A dataset of (images float32 [b, 227, 227, 3], positions int64 [b]) for unlabelled files, in
-    order, as prediction takes them (`center_crop`, `ten_crop`: image_reader.prediction_batches);
-    `positions` index into `paths`, also when `skip_bad_images` drops some. Missing files, and images
-    over `max_pixels` unless skipped, raise ToolkitError at once; an undecodable one makes session.run
-    raise one of `IMAGE_ERRORS` (`find_bad_images` names it) unless skipped.
-    """
+    """image_reader.prediction_batches of unlabelled files (`positions` index into `paths`). Missing
+    files raise ToolkitError at once; an undecodable one makes session.run raise one of
+    `IMAGE_ERRORS` (`find_bad_images` names it) unless `skip_bad_images`."""
     if not paths:
         raise ToolkitError('no images given')
     missing = [path for path in paths if not os.path.isfile(path)]

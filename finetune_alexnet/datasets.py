@@ -109,9 +109,8 @@ def open_archive(path):
 
 def check_archive(path, dataset=None):
     """ToolkitError unless `path` is a zip whose every member stays inside the folder it is extracted
-    to, whose size is bounded (the data set's caps, or the defaults without one: from the central
-    directory alone, before anything is extracted) and, given `dataset`, which holds the dataset's
-    class folders."""
+    to, whose size is within the data set's caps (or the defaults; from the central directory alone)
+    and, given `dataset`, which holds its class folders."""
     with open_archive(path) as archive:
         members = archive.infolist()
     for info in members:
@@ -162,11 +161,8 @@ def _take_back(destination, existing):
 
 def extract(path, destination, stream=None, dataset=None):
     """Extract every member of the zip at `path` into `destination`, after checking them all and
-    the free space; a failure removes what the extraction added and keeps the archive.
-
-    zipfile keeps each member inside `destination` and writes no more of it than its header
-    declares; the size bounds, links, free space and taking back a half extraction are ours.
-    """
+    the free space; a failure removes what the extraction added and keeps the archive. (zipfile
+    keeps each member inside `destination` and writes no more of it than its header declares.)"""
     members = check_archive(path, dataset)
     total = sum(info.file_size for info in members)
     download.check_free_space(f'{path}: extracting it', total, destination)
@@ -214,11 +210,8 @@ def _files_under(folder):
 
 def clean(folder, find_bad_images, workers=None, stream=None):
     """Delete every file under `folder` that is not a usable image; returns {reason: [paths]}.
-
-    `find_bad_images(paths, workers)` decodes files the way training does and returns
-    [(path, reason)] for those that fail (the input pipeline sits a layer above this module, so it
-    is handed in).
-    """
+    `find_bad_images(paths, workers)` (datagenerator's, handed in: the input pipeline sits a layer
+    above this module) gives [(path, reason)] for the files that fail to decode."""
     dropped = {reason: [] for reason in REASONS}
     to_decode = []
     for path in _files_under(folder):
@@ -280,11 +273,8 @@ def describe_dropped(dropped, report):
 
 def prepare(dataset, archive_path, out_dir, find_bad_images, workers=None, stream=None):
     """Extract and clean `archive_path` into `out_dir/<root>`; returns {reason: [file]} dropped
-    (paths relative to `out_dir`, as the report file lists them).
-
-    Everything happens in a staging folder that is moved into place only at the end, so an existing
-    `out_dir/<root>` is always complete and clean, and a rerun can reuse it.
-    """
+    (relative to `out_dir`). All in a staging folder moved into place at the end, so an existing
+    `out_dir/<root>` is always complete and clean, and a rerun can reuse it."""
     staging = os.path.join(out_dir, STAGING_NAME)
     if os.path.exists(staging):
         shutil.rmtree(staging)  # left by an interrupted run: start the extraction over

@@ -278,15 +278,10 @@ def write_shards(paths, labels, out_dir, prefix, class_names=None, num_shards=No
                  max_pixels=image_header.DEFAULT_MAX_PIXELS, workers=None, stop=None, report=print,
                  source=None):
     """Writes the images `paths` (labels `labels`) as shards `<prefix>-NNNNN-of-MMMMM.tfrecord` in
-    `out_dir`; returns a WriteResult.
-
-    The records' order is a permutation of the list drawn from `seed` (`shuffle=False`: the list's
-    order). `class_names[label]` is each record's `image/class/text` (empty without names). Images
-    over `max_pixels` (from their headers) and images that fail to decode are named in a ToolkitError
-    (`source`, the list file, prefixes it), or left out with `skip_bad_images`. `stop` (a
-    signals.StopRequests) is checked between batches: a request ends the work, leaving nothing.
-    `report(line)` is told about each shard as it is completed.
-    """
+    `out_dir`, in an order drawn from `seed` unless not `shuffle`; returns a WriteResult. Images over
+    `max_pixels` or that fail to decode are named in a ToolkitError (prefixed by `source`), or left
+    out with `skip_bad_images`. A request of `stop` (signals.StopRequests) ends the work, leaving
+    nothing; `report(line)` is told about each shard as it is completed."""
     paths = [os.fspath(path) for path in paths]
     labels = np.asarray(labels, np.int64)
     where = f'{source}: ' if source else ''
@@ -499,11 +494,9 @@ def _read_record(path, offset, length):
 
 
 class RecordSource:
-    """The records of a ShardIndex as image_reader's source: each read at its byte offset, so any
-    order (an epoch's shuffle, one worker's rows) reads only the records it needs. The index's
-    height and width are checked against `max_pixels` before anything is decoded (`oversized`); as
-    they are only what the writer claims, each record's own header is checked again as it is
-    decoded (`decode`)."""
+    """The records of a ShardIndex as image_reader's source, each read at its byte offset. The index's
+    sizes are checked against `max_pixels` first (`oversized`); as they are only what the writer
+    claims, each record's own header is checked again as it is decoded (`decode`)."""
     changed = ('a record failed to read or decode, but every record reads now; was a shard changed '
                'while it was being read?')
     gone = 'the shard ends inside this record (was it cut short or replaced while it was read?)'
@@ -558,9 +551,8 @@ class RecordSource:
 
 class ShardImageDataGenerator(image_reader.ImageReader):
     """datagenerator.ImageDataGenerator's batches, from TFRecord shards (`txt_file`: their spec;
-    `paths`: the records' file names): the same batches for records in the list's order. `index` is
-    the ShardIndex; `records_digest` identifies the shards (for caches keyed by the images, since
-    pre-resized records share the files' names)."""
+    `paths`: the records' file names). `index` is the ShardIndex; `records_digest` identifies the
+    shards (for caches keyed by the images: pre-resized records share the files' names)."""
 
     def _open(self):
         self.index = index_shards(find_shards(self.txt_file), self.num_classes, self.txt_file)
