@@ -123,11 +123,9 @@ class AlexNet:
         self.create()
 
     def create(self):
+        names = [layer.name for layer in ARCHITECTURE]
         net = self.X
-        layers = list(ARCHITECTURE)
-        if self.INPUT_LAYER is not None:
-            layers = layers[[layer.name for layer in layers].index(self.INPUT_LAYER) + 1:]
-        for layer in layers:
+        for layer in ARCHITECTURE[0 if self.INPUT_LAYER is None else names.index(self.INPUT_LAYER) + 1:]:
             if layer.kind == 'conv':
                 net = self._conv(net, layer)
             elif layer.kind == 'lrn':
