@@ -220,7 +220,6 @@ class CheckpointKeeper:
         """Restore checkpoint `prefix` (see restorable_checkpoint) and carry on the run's pruning."""
         check_fits(prefix, graph_variable_shapes(session.graph))
         self._saver.restore(session, prefix)
-        # Carry on pruning the kept epoch checkpoints where the interrupted run left off.
         self._kept = [name for name in state.epoch_checkpoints
                       if tf.train.checkpoint_exists(os.path.join(self.directory, name))]
 
