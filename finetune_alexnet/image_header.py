@@ -57,8 +57,8 @@ def _single(width, height):
 
 
 class _FileBytes:
-    """An open file as a read-only bytes-like sequence (items, slices, len), read 64 KiB at a time
-    where the walk looks. Not mmap: a file cut short while mapped kills the process (SIGBUS)."""
+    """An open file as a read-only bytes-like sequence (items, slices, len); items are read 64 KiB at
+    a time where the walk looks. Not mmap: a file cut short while mapped kills the process (SIGBUS)."""
     _CHUNK = 1 << 16
     _KEPT = 8  # chunks cached: a walk moves forward, so a few suffice
 
@@ -82,9 +82,8 @@ class _FileBytes:
     def __getitem__(self, key):
         if isinstance(key, slice):
             start, stop, _ = key.indices(self._size)
-            return b''.join(
-                self._chunk(index)[max(start - index * self._CHUNK, 0):stop - index * self._CHUNK]
-                for index in range(start // self._CHUNK, (stop - 1) // self._CHUNK + 1))
+            self._stream.seek(start)
+            return self._stream.read(max(stop - start, 0))
         if not 0 <= key < self._size:
             raise IndexError(key)
         return self._chunk(key // self._CHUNK)[key % self._CHUNK]  # IndexError if the file shrank

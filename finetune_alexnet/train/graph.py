@@ -187,9 +187,8 @@ def loss(logits, labels, config):
     `config.label_smoothing`, against smoothed ones), times its class's weight with
     `config.class_weights` (an all-zero label row, padding, then weighs 0)."""
     with tf.name_scope('loss'):
-        targets = labels
-        if config.label_smoothing:
-            targets = smoothed_labels(targets, config.label_smoothing, config.num_classes)
+        targets = (smoothed_labels(labels, config.label_smoothing, config.num_classes)
+                   if config.label_smoothing else labels)
         per_example = _per_example_loss(logits, targets)
         if config.class_weights is not None:
             # Balanced weights average 1 per image, so the loss keeps its scale.
