@@ -123,11 +123,9 @@ class AlexNet:
         self.create()
 
     def create(self):
+        names = [layer.name for layer in ARCHITECTURE]
         net = self.X
-        layers = list(ARCHITECTURE)
-        if self.INPUT_LAYER is not None:
-            layers = layers[[layer.name for layer in layers].index(self.INPUT_LAYER) + 1:]
-        for layer in layers:
+        for layer in ARCHITECTURE[0 if self.INPUT_LAYER is None else names.index(self.INPUT_LAYER) + 1:]:
             if layer.kind == 'conv':
                 net = self._conv(net, layer)
             elif layer.kind == 'lrn':
@@ -225,32 +223,26 @@ def check_classifier_fits(layers, num_classes, skip_layers, path):
 
 def layer_table(num_classes=1000, input_size=INPUT_SIZE):
     """Rows of (name, output (h, w, c), parameters, multiply-adds) for each layer of ARCHITECTURE."""
-    height = width = input_size
-    channels = 3
-    rows = []
+    size, channels, rows = input_size, 3, []  # every feature map is square
     for layer in ARCHITECTURE:
         params = macs = 0
         if layer.kind in ('conv', 'pool'):
-            if layer.padding == 'VALID':
-                height = (height - layer.kernel) // layer.stride + 1
-                width = (width - layer.kernel) // layer.stride + 1
-            else:
-                height = -(-height // layer.stride)
-                width = -(-width // layer.stride)
+            size = ((size - layer.kernel) // layer.stride + 1 if layer.padding == 'VALID'
+                    else -(-size // layer.stride))
         if layer.kind == 'conv':
             weights_per_output = layer.kernel * layer.kernel * channels // layer.groups
             params = weights_per_output * layer.depth + layer.depth
-            macs = height * width * layer.depth * weights_per_output
+            macs = size * size * layer.depth * weights_per_output
             channels = layer.depth
         elif layer.kind == 'flatten':
-            height, width, channels = 1, 1, height * width * channels
+            size, channels = 1, size * size * channels
         elif layer.kind == 'fc':
             depth = layer.depth or num_classes
             params = channels * depth + depth
             macs = channels * depth
             channels = depth
         if layer.kind not in ('flatten', 'dropout'):  # the two get no row of their own
-            rows.append((layer.name, (height, width, channels), params, macs))
+            rows.append((layer.name, (size, size, channels), params, macs))
     return rows
 
 
@@ -278,8 +270,7 @@ def format_layer_table(num_classes=1000):
     total_params = sum(row[2] for row in rows)
     total_macs = sum(row[3] for row in rows)
     lines.append(f"{'total':<7}{'':>14}{total_params:>14,}{total_macs:>16,}")
-    megabytes = total_params * 4 / 2**20
-    lines.append(f"model size: {megabytes:.1f} MiB as float32 ({total_params * 4:,} bytes)")
+    lines.append(f"model size: {total_params * 4 / 2**20:.1f} MiB as float32 ({total_params * 4:,} bytes)")
     return '\n'.join(lines)
 
 

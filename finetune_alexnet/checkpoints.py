@@ -74,7 +74,7 @@ def restorable_checkpoint(directory, state):
     epoch, so the epochs after it are trained again. Refuses in one line when none is intact."""
     candidates = [state.latest_checkpoint]
     candidates += sorted((name for name in state.epoch_checkpoints if name not in candidates),
-                         key=_checkpoint_epoch, reverse=True)
+                         key=checkpoint_epoch, reverse=True)
     damaged = []
     for name in candidates:
         prefix = os.path.join(directory, name)
@@ -92,14 +92,15 @@ def restorable_checkpoint(directory, state):
                        '--checkpoint_path to start afresh')
 
 
-def _checkpoint_epoch(name):
+def checkpoint_epoch(name):
+    """N of model_epoch{N}.ckpt; -1 for any other name."""
     match = re.fullmatch(r'model_epoch(\d+)\.ckpt', name)
     return int(match.group(1)) if match else -1
 
 
 def _cut_back(state, name):
     """The run state as it was when epoch checkpoint `name` was the latest."""
-    epoch = _checkpoint_epoch(name)
+    epoch = checkpoint_epoch(name)
     history = [record for record in state.history if record['epoch'] <= epoch]
     best = max(history, key=lambda record: record.get('val_accuracy', float('-inf')), default=None)
     losses = [record['val_loss'] for record in history if 'val_loss' in record]
@@ -108,7 +109,7 @@ def _cut_back(state, name):
         best_val_accuracy=best['val_accuracy'] if best else None,
         best_epoch=best['epoch'] if best else None, best_val_loss=min(losses) if losses else None,
         phase=history[-1].get('phase', state.phase) if history else state.phase,
-        epoch_checkpoints=[kept for kept in state.epoch_checkpoints if _checkpoint_epoch(kept) <= epoch])
+        epoch_checkpoints=[kept for kept in state.epoch_checkpoints if checkpoint_epoch(kept) <= epoch])
 
 
 def check_fits(prefix, expected_shapes, purpose="this run's model",
@@ -219,7 +220,6 @@ class CheckpointKeeper:
         """Restore checkpoint `prefix` (see restorable_checkpoint) and carry on the run's pruning."""
         check_fits(prefix, graph_variable_shapes(session.graph))
         self._saver.restore(session, prefix)
-        # Carry on pruning the kept epoch checkpoints where the interrupted run left off.
         self._kept = [name for name in state.epoch_checkpoints
                       if tf.train.checkpoint_exists(os.path.join(self.directory, name))]
 
@@ -230,14 +230,14 @@ class CheckpointKeeper:
         target = epoch_prefix(self.directory, epoch)
         os.makedirs(self.directory, exist_ok=True)
         with self._space_check(session, target, state):
-            prefix = self._saver.save(session, target, write_meta_graph=False,
-                                            write_state=True)
+            prefix = self._saver.save(session, target, write_meta_graph=False, write_state=True)
             name = os.path.basename(prefix)
             listed = [kept for kept in self._kept if kept != name] + [name]
             kept, dropped = listed[-self.keep:], listed[:-self.keep]
             if best:
                 link_best(self.directory, prefix)
-            self._commit(prefix, dataclasses.replace(state, epoch_checkpoints=kept))
+            run_state.write(self.directory, dataclasses.replace(state, latest_checkpoint=name,
+                                                                epoch_checkpoints=kept))
         self._kept = state.epoch_checkpoints = kept
         state.latest_checkpoint = name
         self._remove_interrupted(keep=None)
@@ -255,9 +255,9 @@ class CheckpointKeeper:
             return target  # no step since that checkpoint: it holds exactly this state
         os.makedirs(self.directory, exist_ok=True)
         with self._space_check(session, target, state):
-            prefix = self._saver.save(session, target, write_meta_graph=False,
-                                             write_state=False)
-            self._commit(prefix, dataclasses.replace(state))
+            prefix = self._saver.save(session, target, write_meta_graph=False, write_state=False)
+            run_state.write(self.directory,
+                            dataclasses.replace(state, latest_checkpoint=os.path.basename(prefix)))
         state.latest_checkpoint = os.path.basename(prefix)
         self._remove_interrupted(keep=os.path.basename(prefix))
         return prefix
@@ -282,10 +282,6 @@ class CheckpointKeeper:
             raise DiskFull(f'{self.directory}: disk full while saving {os.path.basename(target)} '
                            f'(needs about {needed:,} bytes, {free:,} free); '
                            f'{kept}') from None
-
-    def _commit(self, prefix, state):
-        state.latest_checkpoint = os.path.basename(prefix)
-        run_state.write(self.directory, state)
 
     def _remove_interrupted(self, keep):
         """Removes interrupted checkpoints other than `keep` (None: all), which nothing points at."""

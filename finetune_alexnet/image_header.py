@@ -1,15 +1,7 @@
-"""How many pixels an image file will decode to, every frame counted, read before anything is decoded:
-the toolkit refuses images over `--max_pixels` (default `DEFAULT_MAX_PIXELS`) without decoding them
-(why, and what each format's walk reads: docs/data.md#broken-and-huge-images).
-
-`image_type(head)` names the format from a file's first bytes: the one test of what a file is.
-`image_frames(path)` reads the file without TensorFlow and without decoding, and returns its canvas,
-its frames and `pixels`: the frames' pixels added up, each at least the canvas (decoders draw every
-frame on a canvas-sized buffer); None for anything it cannot read. A walk takes at most `MAX_BLOCKS`
-steps and `MAX_SUB_BLOCKS` GIF data sub-blocks: a file that needs more counts as too large.
-
-`graph_pixels(image_bytes)` counts the same as graph ops, for graphs that decode with no Python at
-hand (the exported SavedModel). TensorFlow is imported only there, so folder scans need none.
+"""How many pixels an image file will decode to, every frame counted, read from its header before
+anything is decoded, so images over `--max_pixels` are refused undecoded (what each format's walk
+reads, and why: docs/data.md#broken-and-huge-images). `image_frames(path)` counts in Python, without
+TensorFlow; `graph_pixels(image_bytes)` counts the same as graph ops, for the exported SavedModel.
 """
 import collections
 import io
@@ -65,8 +57,8 @@ def _single(width, height):
 
 
 class _FileBytes:
-    """An open file as a read-only bytes-like sequence (items, slices, len), read 64 KiB at a time
-    where the walk looks. Not mmap: a file cut short while mapped kills the process (SIGBUS)."""
+    """An open file as a read-only bytes-like sequence (items, slices, len); items are read 64 KiB at
+    a time where the walk looks. Not mmap: a file cut short while mapped kills the process (SIGBUS)."""
     _CHUNK = 1 << 16
     _KEPT = 8  # chunks cached: a walk moves forward, so a few suffice
 
@@ -90,9 +82,8 @@ class _FileBytes:
     def __getitem__(self, key):
         if isinstance(key, slice):
             start, stop, _ = key.indices(self._size)
-            return b''.join(
-                self._chunk(index)[max(start - index * self._CHUNK, 0):stop - index * self._CHUNK]
-                for index in range(start // self._CHUNK, (stop - 1) // self._CHUNK + 1))
+            self._stream.seek(start)
+            return self._stream.read(max(stop - start, 0))
         if not 0 <= key < self._size:
             raise IndexError(key)
         return self._chunk(key // self._CHUNK)[key % self._CHUNK]  # IndexError if the file shrank
@@ -192,9 +183,7 @@ def _png_frames(data):
         pos += 12 + length
     if not animated:
         return _single(width, height)
-    found = animation.frames
-    if declared > found:
-        animation.add(width, height, declared - found)
+    animation.add(width, height, max(declared - animation.frames, 0))  # declared, not found
     if not default_is_frame:
         animation.add(width, height)
     return animation.result()
@@ -384,10 +373,6 @@ def _walk(tf, body, state):
                          parallel_iterations=1)
 
 
-def _uncountable_if(tf, over, pixels):
-    return tf.where(over, tf.constant(UNCOUNTABLE, tf.int64), pixels)
-
-
 def _graph_png(tf, data):
     canvas = _area(tf, data.uint(16, 4, big_endian=True), data.uint(20, 4, big_endian=True))
     zero, false = tf.constant(0, tf.int64), tf.constant(False)
@@ -414,7 +399,8 @@ def _graph_png(tf, data):
     _, steps, animated, declared, found, pixels, default_is_frame, _, _ = _walk(tf, body, state)
     pixels = _saturating_add(tf, pixels, _saturating_times(tf, tf.maximum(declared - found, 0), canvas))
     pixels = tf.where(default_is_frame, pixels, _saturating_add(tf, pixels, canvas))
-    return _uncountable_if(tf, steps > MAX_BLOCKS, tf.where(animated, pixels, canvas))
+    pixels = tf.where(animated, pixels, canvas)
+    return tf.where(steps > MAX_BLOCKS, tf.constant(UNCOUNTABLE, tf.int64), pixels)
 
 
 def _graph_gif(tf, data):
@@ -462,8 +448,8 @@ def _graph_gif(tf, data):
     # pos (after the global colour table), blocks, sub-blocks, frames, pixels, done
     state = (13 + colour_table(data.byte(10)), zero, zero, zero, zero, tf.constant(False))
     _, blocks, sub_blocks, frames, pixels, _ = _walk(tf, body, state)
-    return _uncountable_if(tf, (blocks > MAX_BLOCKS) | (sub_blocks > MAX_SUB_BLOCKS),
-                           tf.where(frames > 0, pixels, canvas))
+    return tf.where((blocks > MAX_BLOCKS) | (sub_blocks > MAX_SUB_BLOCKS),
+                    tf.constant(UNCOUNTABLE, tf.int64), tf.where(frames > 0, pixels, canvas))
 
 
 def _graph_bmp(tf, data):
@@ -510,4 +496,4 @@ def _graph_webp(tf, data):
     state = (tf.constant(12, tf.int64), zero, zero, false, zero, zero, zero, false)
     _, steps, canvas, animated, frames, pixels, still, _ = _walk(tf, body, state)
     pixels = tf.where(animated, tf.where(frames > 0, pixels, canvas), tf.maximum(canvas, still))
-    return _uncountable_if(tf, steps > MAX_BLOCKS, pixels)
+    return tf.where(steps > MAX_BLOCKS, tf.constant(UNCOUNTABLE, tf.int64), pixels)

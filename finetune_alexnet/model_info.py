@@ -108,11 +108,6 @@ def model_info_content(num_classes, class_names, center_crop, ema=False):
     return content
 
 
-def _epoch_number(index_path):
-    match = re.search(r'model_epoch(\d+)\.ckpt\.index$', index_path)
-    return int(match.group(1)) if match else -1
-
-
 def resolve_checkpoint(checkpoint):
     """The checkpoint prefix that `checkpoint` (a prefix, one of its files, or a folder) names."""
     checkpoint = os.fspath(checkpoint)
@@ -132,9 +127,11 @@ def resolve_checkpoint(checkpoint):
                                    'checkpoint prefix itself')
             return latest
         # No `checkpoint` state file (it is optional): the highest-numbered epoch is the latest.
-        epochs = sorted(glob.glob(os.path.join(checkpoint, 'model_epoch*.ckpt.index')), key=_epoch_number)
+        index_files = glob.glob(os.path.join(checkpoint, 'model_epoch*.ckpt.index'))
+        epochs = sorted((path[:-len('.index')] for path in index_files),
+                        key=lambda prefix: checkpoints.checkpoint_epoch(os.path.basename(prefix)))
         if epochs:
-            return epochs[-1][:-len('.index')]
+            return epochs[-1]
         raise ToolkitError(f"{checkpoint}: no checkpoint in this folder (expected best.ckpt.index or "
                            "model_epoch<N>.ckpt.index, as finetune.py writes)")
     # Users often paste one of the checkpoint's files instead of its prefix.

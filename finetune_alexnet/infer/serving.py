@@ -168,7 +168,6 @@ def _build_saved_model(path, exported):
             # Registered as assets: the builder copies them into assets/ and lists them in the graph.
             graph.add_to_collection(tf.GraphKeys.ASSET_FILEPATHS, tf.constant(asset, name='asset_path'))
         with tf.Session(graph=graph, config=tf_setup.session_config(exported.use_gpu)) as session:
-            # Fed into the variables' initializers: the arrays never become graph constants.
             model.load_initial_weights(session, exported.layers)
             builder = tf.saved_model.Builder(path)
             builder.add_meta_graph_and_variables(
@@ -195,7 +194,6 @@ def _float_input_session(exported):
         inputs = tf.placeholder(tf.float32, [None, INPUT_SIZE, INPUT_SIZE, 3], name=ONNX_INPUT)
         model, outputs = _classifier(inputs, list(exported.class_names))
         with tf.Session(graph=graph, config=tf_setup.session_config(exported.use_gpu)) as session:
-            # Fed into the variables' initializers: the arrays never become graph constants.
             model.load_initial_weights(session, exported.layers)
             yield session, inputs, outputs['probabilities']
 

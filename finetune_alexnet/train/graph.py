@@ -1,11 +1,7 @@
-"""The steps finetune.py builds its graph with: `optimizer`, `loss`, `train_ops` (the model function
-finetune.py hands it, once per replica with --num_gpus; the batch's loss, gradients, NaN guard,
-update) and `summaries`. `build_training_graph` composes them as finetune.py does, so tests and the
-benchmarks build exactly the graph that users train. Nothing here runs a session.
-
-Today's fine-tuning recipe (docs/training.md) is here too, each part off unless its config field is
-set: label smoothing, a moving average of the weights, warm-up and cosine decay, mixup and CutMix,
-and a second phase (`unfreeze_layers`) whose train op shares the first's optimizer.
+"""The steps finetune.py builds its graph with: `optimizer`, `loss`, `train_ops` and `summaries`;
+`build_training_graph` composes them as finetune.py does, so tests and the benchmarks build exactly
+the graph that users train. The recipe's parts (docs/training.md) are each off unless its config
+field is set. Nothing here runs a session.
 """
 import collections
 import contextlib
@@ -191,9 +187,8 @@ def loss(logits, labels, config):
     `config.label_smoothing`, against smoothed ones), times its class's weight with
     `config.class_weights` (an all-zero label row, padding, then weighs 0)."""
     with tf.name_scope('loss'):
-        targets = labels
-        if config.label_smoothing:
-            targets = smoothed_labels(targets, config.label_smoothing, config.num_classes)
+        targets = (smoothed_labels(labels, config.label_smoothing, config.num_classes)
+                   if config.label_smoothing else labels)
         per_example = _per_example_loss(logits, targets)
         if config.class_weights is not None:
             # Balanced weights average 1 per image, so the loss keeps its scale.
@@ -226,16 +221,11 @@ def build_training_graph(images, labels, config, input_layer=None, reuse=False, 
 def train_ops(model_and_loss, images, labels, keep_prob, optimizer_ops, config, input_layer=None,
               reuse=False):
     """The model (`model_and_loss(images, labels, input_layer)`: the model and each image's loss)
-    on `images` (a batch from tf.data; `x` and `y` may still be fed), and for each phase
-    `config.phases` trains its train op (no phase: the model and the metrics alone). With
-    `config.num_devices` > 1 the batch is split into equal parts, one per device: on one machine
-    MirroredStrategy replicas (made by `optimizer`), each holding a copy of every variable; inside
-    one of several workers, towers reading the variables from its first device.
-
-    With `input_layer` ('flattened' for cached pool5 features), `images` holds that layer's output
-    and only the layers after it are built; `reuse` shares variables an earlier AlexNet created, and
-    `optimizer_ops` an earlier graph's `.shared`: its optimizer, moving average and phase record.
-    """
+    on `images` (`x` and `y` may still be fed), and each phase of `config.phases`'s train op. With
+    `config.num_devices` > 1 the batch is split into equal parts: MirroredStrategy replicas (made by
+    `optimizer`) on one machine, towers reading the first device's variables inside a worker.
+    `input_layer`, `reuse`: as AlexNet's and build_training_graph's; `optimizer_ops` may be an
+    earlier graph's `.shared` (its optimizer, moving average and phase record)."""
     shared = optimizer_ops if isinstance(optimizer_ops, Shared) else None
     x = tf.placeholder_with_default(images, images.shape, name='x')
     y = tf.placeholder_with_default(labels, [None, config.num_classes], name='y')
@@ -494,12 +484,8 @@ def mix_batch(x, y, mix):
 def _scale_by_lr_mult(gradients, var_list, lr_mult):
     """Each gradient times its layer's multiplier: plain SGD's and momentum's updates (and the
     weight decay inside the gradient) scale by exactly that factor, as Caffe's lr_mult does."""
-    multipliers = dict(lr_mult)
-    scaled = []
-    for gradient, variable in zip(gradients, var_list):
-        factor = multipliers.get(variable.op.name.split('/')[0], 1.0)
-        scaled.append(gradient if factor == 1.0 else gradient * factor)
-    return scaled
+    factors = [dict(lr_mult).get(variable.op.name.split('/')[0], 1.0) for variable in var_list]
+    return [gradient if factor == 1.0 else gradient * factor for gradient, factor in zip(gradients, factors)]
 
 
 def scheduled_rate(config, global_step):
