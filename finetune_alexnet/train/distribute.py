@@ -1,17 +1,8 @@
-"""Several workers, one run: synchronous data-parallel training through tf.distribute
-(docs/distributed.md says what the workers compute, agree on and print).
-
-MultiWorkerMirroredStrategy keeps one copy of every variable per worker and all-reduces each step's
-gradients, which the training graph divides by the number of workers (TrainingConfig.num_workers):
-a step equals one machine's step on the whole batch. Inside a worker, --num_gpus towers split its
-rows over its devices. Besides the gradients the workers agree through small all-reduces (`gather`):
-at the start, before every step (a stop signal) and after every epoch. Every wait is bounded by
---collective_timeout: at start-up each worker knocks at the others' ports before the first
-collective (TensorFlow's collective runtime retries a missing peer for ever, whatever the deadline),
-and each collective call has TensorFlow's deadlines and, in a command's own process, a watcher
-thread (`Workers._watching`).
-
-`start` returns `Workers` for a Cluster and `OneMachine` without one, with the same methods.
+"""Several workers, one run: synchronous data-parallel training through tf.distribute's
+MultiWorkerMirroredStrategy, with small all-reduces (`gather`) for what the workers agree on and
+every wait bounded by --collective_timeout (docs/distributed.md says what the workers compute, agree
+on and print, and how each wait is bounded). `start` returns `Workers` for a Cluster and `OneMachine`
+without one, with the same methods.
 """
 import contextlib
 import dataclasses

@@ -40,16 +40,13 @@ def use_gpu(settings):
 
 
 def read_class_names(settings):
-    """The names of the classes.txt in use (settings.py found it: --class_names, or the one beside
-    the training list), else None."""
-    if not settings.class_names:
-        return None
-    return model_info.read_class_names_file(settings.class_names, settings.num_classes)
+    """The names of the classes.txt in use (settings.py found it), else None."""
+    return (model_info.read_class_names_file(settings.class_names, settings.num_classes)
+            if settings.class_names else None)
 
 
 def events_folder(settings, state):
-    """Where the run's TensorBoard events go: its own run folder, or with --filewriter_path (the
-    older split) its sub-folder there."""
+    """Where the run's TensorBoard events go: its run folder, or its sub-folder of --filewriter_path."""
     if settings.filewriter_path:
         return os.path.join(settings.filewriter_path, state.run_name)
     return settings.checkpoint_path

@@ -204,11 +204,11 @@ def from_flags(flags, parser_defaults, demo_lists, given=frozenset()):
     if flags.init_checkpoint and flags.skip_layers is None:
         values['skip_layers'] = ()  # a warm start loads every layer the checkpoint has
     demo_defaults = {}
-    if values['demo'] and values['cluster']:
-        # Each worker would write the demo's images and clear its earlier run: not the chief's alone.
-        raise ToolkitError('the demo needs one machine: give every worker the same --train_file and '
-                           '--val_file')
     if values['demo']:
+        if values['cluster']:
+            # Each worker would write the demo's images and clear its earlier run: not the chief's alone.
+            raise ToolkitError('the demo needs one machine: give every worker the same --train_file '
+                               'and --val_file')
         train_file, val_file, num_classes = demo_lists(flags)
         values.update(train_file=train_file, val_file=val_file, num_classes=num_classes)
         demo_defaults = dict(DEMO_DEFAULTS)
@@ -242,7 +242,10 @@ def from_flags(flags, parser_defaults, demo_lists, given=frozenset()):
                                        and _differs(name, value, defaults[name]))
     if values['checkpoint_path'] is None:
         values['checkpoint_path'] = new_run_folder(values)
-    check_output_folders(values)
+    if cluster is None or cluster.is_chief:  # only the chief writes the run folder (and events)
+        run_folder.check_output_folder(values['checkpoint_path'], '--checkpoint_path')
+        if values['filewriter_path']:
+            run_folder.check_output_folder(values['filewriter_path'], '--filewriter_path')
     if values['init_checkpoint']:
         values['init_checkpoint'] = model_info.resolve_checkpoint(values['init_checkpoint'])
     return Settings(**values)
@@ -483,12 +486,3 @@ def check(values):
                            '--mixup or --cutmix')
     if v.find_lr:
         run_folder.check_output_file(v.find_lr, '--find_lr')
-
-
-def check_output_folders(values):
-    """The run folder (and a separate TensorBoard root) can be written; only the chief writes them."""
-    cluster = values['cluster']
-    if cluster is None or cluster.is_chief:
-        run_folder.check_output_folder(values['checkpoint_path'], '--checkpoint_path')
-        if values['filewriter_path']:
-            run_folder.check_output_folder(values['filewriter_path'], '--filewriter_path')

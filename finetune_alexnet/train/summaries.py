@@ -2,9 +2,6 @@
 per run, the HParams dashboard, per-epoch pictures from the validation pass (worst mistakes,
 confusion matrix, per-class precision/recall and PR curves), and the projector's fc7 embedding.
 All computed from what the validation pass already fetches: no second pass over the data.
-
-TensorBoard's plugins build their summaries as TensorBoard's own protobufs; they are re-read as
-`tf.Summary` so the run's `tf.summary.FileWriter` writes them with everything else.
 """
 import contextlib
 import datetime
@@ -111,14 +108,10 @@ def new_run_folder(root, name):
     return candidate
 
 
-def _hparam_text(value):
-    if isinstance(value, (list, tuple)):
-        if not value:
-            return 'none'
-        return ','.join(f'{v[0]}={v[1]:g}' if isinstance(v, tuple) else _hparam_text(v) for v in value)
-    if isinstance(value, float):
-        return f'{value:g}'
-    return str(value)
+def _hparam_text(values):
+    """A list as one text: 'none', 'fc8,fc7', '1,3.5' or 'fc8=10,fc7=2' (--lr_mult)."""
+    return ','.join(f'{v[0]}={v[1]:g}' if isinstance(v, tuple) else f'{v:g}' if isinstance(v, float)
+                    else str(v) for v in values) or 'none'
 
 
 def as_tf_summary(proto):
