@@ -41,11 +41,6 @@ class TrainingSetup(collections.namedtuple('TrainingSetup', [
         return self.later_phases.get(phase, self)
 
 
-def epoch_seed(order_seed, epoch):
-    """The seed of one epoch's shuffle order: fixed by the run's order seed and the epoch number."""
-    return order_seed * 100_003 + epoch
-
-
 def generator_for(data_file):
     """The batches' generator for a list file, or for TFRecord shards (a folder or a pattern)."""
     return (tfrecords.ShardImageDataGenerator if tfrecords.is_shards(data_file)
@@ -181,8 +176,8 @@ def training_setup(settings, graph, model_and_loss, config, train_data, val_data
             if store:
                 store.save(key, *cache[name])
 
-    def start_train(session, epoch, skip_steps=0):
-        feed = feeder.start_epoch(*cache['train'], shuffle_seed=epoch_seed(order_seed, epoch),
+    def start_train(session, epoch, skip_steps=0):  # the order fixed by the run's seed and the epoch
+        feed = feeder.start_epoch(*cache['train'], shuffle_seed=order_seed * 100_003 + epoch,
                                   skip_batches=skip_steps)
         session.run(cache_iterator.initializer, feed)
 

@@ -262,25 +262,22 @@ def validation_summary(outputs, paths, class_names, num_classes):
     names = model_info.class_names_or_placeholders(class_names, num_classes)
     counts = metrics.confusion_matrix(labels, probabilities.argmax(axis=1), num_classes)
     precision, recall = metrics.precision_recall(counts)
-    values = []
+    values = [image_value('validation/confusion_matrix', confusion_matrix_image(counts, names))]
+    grid = mistakes_grid(paths, probabilities, labels, names)
+    if grid is not None:
+        values.append(image_value('validation/worst_mistakes', grid))
     for label, name in enumerate(names):
         for kind, numbers in (('precision', precision), ('recall', recall)):
             if np.isfinite(numbers[label]):
                 values.append(tf.Summary.Value(tag=f'validation_{kind}/{tag_name(name)}',
                                                simple_value=float(numbers[label])))
-    values.append(image_value('validation/confusion_matrix', confusion_matrix_image(counts, names)))
-    grid = mistakes_grid(paths, probabilities, labels, names)
-    if grid is not None:
-        values.append(image_value('validation/worst_mistakes', grid))
-    summary = tf.Summary(value=values)
-    for label, name in enumerate(names):
         curve = pr_curve_summary.pb(f'pr_curve/{tag_name(name)}', labels == label,
                                     probabilities[:, label], num_thresholds=PR_CURVE_THRESHOLDS,
                                     display_name=f'{name} (PR curve)')
         value, = as_tf_summary(curve).value
         value.tag = f'pr_curve/{tag_name(name)}'  # the plugin would append '/pr_curves'
-        summary.value.append(value)
-    return summary
+        values.append(value)
+    return tf.Summary(value=values)
 
 
 def sprite(paths, size):
