@@ -108,10 +108,13 @@ def new_run_folder(root, name):
     return candidate
 
 
-def _hparam_text(values):
-    """A list as one text: 'none', 'fc8,fc7', '1,3.5' or 'fc8=10,fc7=2' (--lr_mult)."""
+def _hparam_value(value):
+    """A setting as HParams shows it: None as 'none', a list as one text ('none', 'fc8,fc7', '1,3.5'
+    or 'fc8=10,fc7=2'), anything else as it is."""
+    if not isinstance(value, (list, tuple)):
+        return 'none' if value is None else value
     return ','.join(f'{v[0]}={v[1]:g}' if isinstance(v, tuple) else f'{v:g}' if isinstance(v, float)
-                    else str(v) for v in values) or 'none'
+                    else str(v) for v in value) or 'none'
 
 
 def as_tf_summary(proto):
@@ -122,16 +125,9 @@ def as_tf_summary(proto):
 def hparam_values(args, class_weight_values=None):
     """The run's hyper-parameters as the plain values (numbers, strings, booleans) HParams shows;
     `class_weight_values` are the loss weights the run uses (what 'balanced' came to)."""
-    values = {}
-    for name in HPARAMS:
-        value = getattr(args, name, None)
-        if name == 'unfreeze_layers' and not getattr(args, 'unfreeze_at', 0):
-            value = None  # no second phase
-        if isinstance(value, (list, tuple)):
-            value = _hparam_text(value)
-        elif value is None:
-            value = 'none'
-        values[name] = value
+    values = {name: _hparam_value(getattr(args, name, None)) for name in HPARAMS}
+    if not getattr(args, 'unfreeze_at', 0):
+        values['unfreeze_layers'] = 'none'  # no second phase
     values['class_weight_values'] = (','.join(f'{weight:.4g}' for weight in class_weight_values)
                                      if class_weight_values is not None else 'none')
     return values
