@@ -269,9 +269,8 @@ def nan_message(settings, state, epoch, step):
             f'(now {settings.learning_rate:g}); {last_good}')
 
 
-# One epoch's training, as finetune.py's train_one_epoch sums it up (on several workers, the whole
-# cluster's): mean loss and accuracy, images per second, images seen, the rates its steps used,
-# and whether it ran to its end (False: a stop signal came first).
+# One epoch's training, as finetune.py's train_one_epoch sums it up (the whole cluster's); finished:
+# False when a stop signal came first.
 EpochTraining = collections.namedtuple('EpochTraining', 'loss accuracy images_per_second images '
                                                         'rates finished')
 
@@ -291,7 +290,6 @@ def started(settings):
     with workers.lock(settings.checkpoint_path), signals.StopRequests() as stop:
         state, resumed = new_or_resumed_state(settings, writes=workers.is_chief)
         state.order_seed = workers.start(state.order_seed, agreed_settings(settings, gpu))
-        # The .npy read once, checked before anything is built.
         run = Run(settings, gpu, class_names, workers, session_config, stop, state, resumed,
                   initial_weights(settings, resumed))
         with loop.seeded(settings.seed):

@@ -228,14 +228,16 @@ def from_flags(flags, parser_defaults, demo_lists, given=frozenset()):
     check_data_files(values)
     train_labels = classes_from_data(values, given_by='num_classes' in given or flags.resume)
     defaults['num_classes'] = values['num_classes']  # what the data say is the default, not a change
-    if asked_batch_size is None:
-        values['batch_size'] = fitting_batch_size(values['batch_size'], len(train_labels),
-                                                  values['train_file'])
-        defaults['batch_size'] = values['batch_size']
-    elif asked_batch_size > len(train_labels):
-        raise ToolkitError(f'--batch_size {asked_batch_size} is more than the {len(train_labels)} '
+    images = len(train_labels)
+    if asked_batch_size is None and images < values['batch_size']:  # the largest batch they fill
+        fitting = largest_power_of_two(images)
+        print(f"note: {values['train_file']} holds {images} training images, fewer than the default "
+              f"--batch_size {values['batch_size']}: using --batch_size {fitting}")
+        values['batch_size'] = defaults['batch_size'] = fitting
+    elif asked_batch_size is not None and asked_batch_size > images:
+        raise ToolkitError(f'--batch_size {asked_batch_size} is more than the {images} '
                            f"training images of {values['train_file']}: use --batch_size "
-                           f'{largest_power_of_two(len(train_labels))}, or leave it out')
+                           f'{largest_power_of_two(images)}, or leave it out')
     check(values)
     values['changed_settings'] = tuple(name for name, value in values.items()
                                        if name in defaults and name not in CLUSTER_FLAGS
@@ -371,17 +373,6 @@ def classes_from_data(values, given_by):
 
 def largest_power_of_two(count):
     return 1 << (count.bit_length() - 1)
-
-
-def fitting_batch_size(default, images, train_file):
-    """The default batch, or the largest power of two that the training set fills, when it holds
-    fewer images than the default (a note says so)."""
-    if images >= default:
-        return default
-    batch_size = largest_power_of_two(images)
-    print(f'note: {train_file} holds {images} training images, fewer than the default --batch_size '
-          f'{default}: using --batch_size {batch_size}')
-    return batch_size
 
 
 # Where a worker stands in the cluster, not what the run is: never in its name.
