@@ -2,6 +2,7 @@
 weights), what it tells the user before training, and what it records after each epoch."""
 import collections
 import contextlib
+import dataclasses
 import math
 import os
 
@@ -113,7 +114,7 @@ def new_or_resumed_state(settings, writes=True):
         name = summaries.new_run_folder(settings.filewriter_path, name) if writes else name
     else:  # TensorBoard names the run after its folder
         name = summaries.safe_run_name(os.path.basename(os.path.abspath(directory)))
-    state = run_state.RunState(args=settings.as_dict(), settings=shaping_settings(settings),
+    state = run_state.RunState(args=dataclasses.asdict(settings), settings=shaping_settings(settings),
                                run_name=name, order_seed=new_order_seed(settings))
     return state, False
 
@@ -228,9 +229,8 @@ def agreed_settings(settings, gpu):
     """What every worker of a run must share: what shapes the run (its data's digests included),
     every number of its training, the kind of device, and whether it warm-starts (the weights
     themselves are compared once loaded)."""
-    return {**shaping_settings(settings), **{name: value for name, value in settings.as_dict().items()
-                                             if name not in NOT_SHARED},
-            'gpu': gpu, 'warm_start': bool(settings.init_checkpoint)}
+    shared = {name: value for name, value in dataclasses.asdict(settings).items() if name not in NOT_SHARED}
+    return {**shaping_settings(settings), **shared, 'gpu': gpu, 'warm_start': bool(settings.init_checkpoint)}
 
 
 # Worker-specific settings, and paths that may differ between machines holding the same data.

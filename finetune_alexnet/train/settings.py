@@ -137,9 +137,6 @@ class Settings:
     def num_workers(self):
         return self.cluster.num_workers if self.cluster else 1
 
-    def as_dict(self):
-        return dataclasses.asdict(self)
-
 
 def layer_list(text):
     """--train_layers / --skip_layers: a comma list of layers, 'all' or 'none'."""
