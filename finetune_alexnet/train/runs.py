@@ -203,8 +203,7 @@ def describe_data(settings, train_data, val_data, steps_per_epoch, class_names, 
           f'{train_data.data_size} training images ({steps_per_epoch} steps of {settings.batch_size} '
           f'per epoch), {val_data.data_size} validation images; training '
           f'{",".join(settings.train_layers)} on {"GPU" if config.use_gpu else "CPU"}')
-    if settings.cluster:
-        cluster = settings.cluster
+    if cluster := settings.cluster:
         print(f'{cluster.name(cluster.index)} of {cluster.num_workers}'
               f'{" (the chief: it writes the run folder)" if cluster.is_chief else ""}: '
               f'{settings.batch_size // cluster.num_workers} images of every batch, gradients '
