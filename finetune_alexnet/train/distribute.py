@@ -1,17 +1,8 @@
-"""Several workers, one run: synchronous data-parallel training through tf.distribute
-(docs/distributed.md says what the workers compute, agree on and print).
-
-MultiWorkerMirroredStrategy keeps one copy of every variable per worker and all-reduces each step's
-gradients, which the training graph divides by the number of workers (TrainingConfig.num_workers):
-a step equals one machine's step on the whole batch. Inside a worker, --num_gpus towers split its
-rows over its devices. Besides the gradients the workers agree through small all-reduces (`gather`):
-at the start, before every step (a stop signal) and after every epoch. Every wait is bounded by
---collective_timeout: at start-up each worker knocks at the others' ports before the first
-collective (TensorFlow's collective runtime retries a missing peer for ever, whatever the deadline),
-and each collective call has TensorFlow's deadlines and, in a command's own process, a watcher
-thread (`Workers._watching`).
-
-`start` returns `Workers` for a Cluster and `OneMachine` without one, with the same methods.
+"""Several workers, one run: synchronous data-parallel training through tf.distribute's
+MultiWorkerMirroredStrategy, with small all-reduces (`gather`) for what the workers agree on and
+every wait bounded by --collective_timeout (docs/distributed.md says what the workers compute, agree
+on and print, and how each wait is bounded). `start` returns `Workers` for a Cluster and `OneMachine`
+without one, with the same methods.
 """
 import contextlib
 import dataclasses
@@ -206,9 +197,8 @@ class Workers:
         resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
             self._spec, task_type='worker', task_id=cluster.index, rpc_layer='grpc',
             num_accelerators={'GPU': 1} if use_gpu else {})
-        self.communication = communication(use_gpu)
         self.strategy = tf.distribute.experimental.MultiWorkerMirroredStrategy(
-            cluster_resolver=resolver, communication=self.communication)
+            cluster_resolver=resolver, communication=communication(use_gpu))
         self._config = None
         self._server = None
         self._gathers = {}  # (graph, kind, size): the all-reduce op that gathers that many values
@@ -262,10 +252,8 @@ class Workers:
     @contextlib.contextmanager
     def _watching(self):
         """While the main thread waits inside TensorFlow (where Python runs no signal handler), a
-        thread watches: once every worker has come up, it knocks at the others' ports every
-        PROBE_SECONDS (a port refused twice in a row: that worker is gone); past the deadline it ends
-        the process naming who no longer answers; and it reads the stop signals from the signal
-        module's wakeup descriptor. Only in a command's own process (signals.can_leave_now)."""
+        thread knocks at the others' ports, ends the process past the deadline and reads the stop
+        signals (docs/distributed.md). Only in a command's own process (signals.can_leave_now)."""
         if not signals.can_leave_now() or threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -337,10 +325,8 @@ class Workers:
         return [index for index in range(self.num_workers) if index != self.index]
 
     def lost_worker_error(self, error):
-        """Which worker is gone, found by knocking at each one's port: a dead process's port refuses
-        connections (a dead machine's does not answer); a port that accepts but where no TensorFlow
-        server answers is a process that hangs (or was stopped). `error`: TensorFlow's, or None when
-        the watcher found the deadline passed."""
+        """Which worker is gone, found by knocking at each one's port (refused: a dead process; no
+        TensorFlow server answering: one that hangs). `error`: TensorFlow's, or None (the deadline)."""
         gone = [index for index in self._others if not _answers(self.cluster.workers[index])]
         if gone:
             return ToolkitError(self._gone_message(gone))
@@ -356,7 +342,7 @@ class Workers:
                             f'{self.timeout:g} s ({reason}); every worker still answers, so one is '
                             f'stuck or slow (raise --collective_timeout if steps take longer): {_RESUME}')
 
-    def wait_for_others(self, report=print):
+    def wait_for_others(self):
         """Returns once every other worker answers as a TensorFlow server; ToolkitError naming those
         that did not within --collective_timeout. Says who is still missing every REPORT_SECONDS.
         Plain Python (sockets and sleeps), so signals are handled as they come."""
@@ -364,19 +350,15 @@ class Workers:
         next_report = started + REPORT_SECONDS
         missing = dict.fromkeys(self._others)
         while True:
-            for index in list(missing):
-                state = _server_state(self.cluster.workers[index])
-                if state == ANSWERS:
-                    del missing[index]
-                else:
-                    missing[index] = state
+            states = {index: _server_state(self.cluster.workers[index]) for index in missing}
+            missing = {index: state for index, state in states.items() if state != ANSWERS}
             if not missing:
                 return
             now = time.monotonic()
             if now >= next_report:
                 next_report += REPORT_SECONDS
-                report(f'waiting for {_names(self.cluster, missing)} to start: {now - started:.0f} s '
-                       f'of --collective_timeout {self.timeout:g} s', flush=True)
+                print(f'waiting for {_names(self.cluster, missing)} to start: {now - started:.0f} s '
+                      f'of --collective_timeout {self.timeout:g} s', flush=True)
             if now - started >= self.timeout:
                 reasons = '; '.join(f'{self.cluster.name(index)}: {state}'
                                     for index, state in missing.items())

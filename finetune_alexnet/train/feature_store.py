@@ -1,14 +1,9 @@
 """A pool5 feature cache on disk shared by runs (`--cache_dir`, docs/training.md): a sweep computes its
-features once. A set is stored under a key of what determines it (`set_key`: conv1-conv5's weights
-as loaded, the pre-processing, what changes the arithmetic, each image's path, size, modification
-time and label), as a folder `<key>/` of features.npy (memory-mapped when read), labels.npy and
-meta.json (shapes and both files' SHA-256), written under a temporary name and renamed into place.
-After each write the least recently used sets go until the cache is within its size limit.
-
-Nothing read back is trusted: a set is a real folder (never a symlink) of three regular files, meta.json
-small and every field of it checked, the arrays plain float32 matrices of the recorded shapes (no
-pickles). Anything else makes the set damaged: it is removed, with a note, and recomputed. Removal
-renames an entry of the root away and deletes that entry only, so nothing outside the root is touched.
+features once. A set lives in a folder named by its key (`set_key`: what determines the features):
+features.npy (memory-mapped when read), labels.npy and meta.json (shapes and both files' SHA-256),
+written under a temporary name and renamed into place; past the size limit the least recently used
+sets go. Nothing read back is trusted (docs/resume-and-failures.md): a damaged set is removed, with a
+note, and recomputed; removal renames an entry of the root away and deletes that entry only.
 """
 import hashlib
 import json
@@ -238,7 +233,7 @@ class FeatureStore:
 
     def evict(self, keep=None):
         """Removes least-recently-used sets until the total is within max_bytes (and staging folders
-        a killed run left, over a day old); returns their keys."""
+        a killed run left, over a day old)."""
         for name in os.listdir(self.root):
             path = os.path.join(self.root, name)
             try:
@@ -250,13 +245,9 @@ class FeatureStore:
                 _remove_entry(path)
         sets = self.sets()
         total = sum(size for _, size, _ in sets)
-        removed = []
         for _, size, key in sets:
             if total <= self.max_bytes:
                 break
-            if key == keep:
-                continue
-            self.remove(key)
-            total -= size
-            removed.append(key)
-        return removed
+            if key != keep:
+                self.remove(key)
+                total -= size

@@ -41,11 +41,6 @@ class TrainingSetup(collections.namedtuple('TrainingSetup', [
         return self.later_phases.get(phase, self)
 
 
-def epoch_seed(order_seed, epoch):
-    """The seed of one epoch's shuffle order: fixed by the run's order seed and the epoch number."""
-    return order_seed * 100_003 + epoch
-
-
 def generator_for(data_file):
     """The batches' generator for a list file, or for TFRecord shards (a folder or a pattern)."""
     return (tfrecords.ShardImageDataGenerator if tfrecords.is_shards(data_file)
@@ -120,7 +115,6 @@ def training_setup(settings, graph, model_and_loss, config, train_data, val_data
     those that train on cached pool5 features a graph of fc6-fc8 there (`model_and_loss` again,
     sharing the variables, the optimizer and its slots, the step and the moving average)."""
     training_init_op, validation_init_op = init_ops
-    setups = {}
     # The epoch number pins the shuffle order, so a resumed run sees the orders an uninterrupted one
     # would have seen.
     train = BatchSource(lambda session, epoch, skip_steps=0: session.run(
@@ -129,9 +123,8 @@ def training_setup(settings, graph, model_and_loss, config, train_data, val_data
         train_data)
     val = BatchSource(lambda session, epoch, skip_steps=0: session.run(validation_init_op), val_data)
     pictures = loop.picture_fetches(graph)
-    for phase in graph.phases:
-        setups[phase] = TrainingSetup(graph.for_phase(phase), train, val, graph.model, labels, None, (),
-                                      pictures, {})
+    setups = {phase: TrainingSetup(graph.for_phase(phase), train, val, graph.model, labels, None, (),
+                                   pictures, {}) for phase in graph.phases}
     cache_phases = tuple(phase for phase in settings.phases if settings.phase_uses_cache(phase))
     if not cache_phases:
         return _phases_joined(setups)
@@ -181,8 +174,8 @@ def training_setup(settings, graph, model_and_loss, config, train_data, val_data
             if store:
                 store.save(key, *cache[name])
 
-    def start_train(session, epoch, skip_steps=0):
-        feed = feeder.start_epoch(*cache['train'], shuffle_seed=epoch_seed(order_seed, epoch),
+    def start_train(session, epoch, skip_steps=0):  # the order fixed by the run's seed and the epoch
+        feed = feeder.start_epoch(*cache['train'], shuffle_seed=order_seed * 100_003 + epoch,
                                   skip_batches=skip_steps)
         session.run(cache_iterator.initializer, feed)
 

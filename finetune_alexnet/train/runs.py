@@ -2,6 +2,7 @@
 weights), what it tells the user before training, and what it records after each epoch."""
 import collections
 import contextlib
+import dataclasses
 import math
 import os
 
@@ -40,16 +41,13 @@ def use_gpu(settings):
 
 
 def read_class_names(settings):
-    """The names of the classes.txt in use (settings.py found it: --class_names, or the one beside
-    the training list), else None."""
-    if not settings.class_names:
-        return None
-    return model_info.read_class_names_file(settings.class_names, settings.num_classes)
+    """The names of the classes.txt in use (settings.py found it), else None."""
+    return (model_info.read_class_names_file(settings.class_names, settings.num_classes)
+            if settings.class_names else None)
 
 
 def events_folder(settings, state):
-    """Where the run's TensorBoard events go: its own run folder, or with --filewriter_path (the
-    older split) its sub-folder there."""
+    """Where the run's TensorBoard events go: its run folder, or its sub-folder of --filewriter_path."""
     if settings.filewriter_path:
         return os.path.join(settings.filewriter_path, state.run_name)
     return settings.checkpoint_path
@@ -116,7 +114,7 @@ def new_or_resumed_state(settings, writes=True):
         name = summaries.new_run_folder(settings.filewriter_path, name) if writes else name
     else:  # TensorBoard names the run after its folder
         name = summaries.safe_run_name(os.path.basename(os.path.abspath(directory)))
-    state = run_state.RunState(args=settings.as_dict(), settings=shaping_settings(settings),
+    state = run_state.RunState(args=dataclasses.asdict(settings), settings=shaping_settings(settings),
                                run_name=name, order_seed=new_order_seed(settings))
     return state, False
 
@@ -205,8 +203,7 @@ def describe_data(settings, train_data, val_data, steps_per_epoch, class_names, 
           f'{train_data.data_size} training images ({steps_per_epoch} steps of {settings.batch_size} '
           f'per epoch), {val_data.data_size} validation images; training '
           f'{",".join(settings.train_layers)} on {"GPU" if config.use_gpu else "CPU"}')
-    if settings.cluster:
-        cluster = settings.cluster
+    if cluster := settings.cluster:
         print(f'{cluster.name(cluster.index)} of {cluster.num_workers}'
               f'{" (the chief: it writes the run folder)" if cluster.is_chief else ""}: '
               f'{settings.batch_size // cluster.num_workers} images of every batch, gradients '
@@ -231,9 +228,8 @@ def agreed_settings(settings, gpu):
     """What every worker of a run must share: what shapes the run (its data's digests included),
     every number of its training, the kind of device, and whether it warm-starts (the weights
     themselves are compared once loaded)."""
-    return {**shaping_settings(settings), **{name: value for name, value in settings.as_dict().items()
-                                             if name not in NOT_SHARED},
-            'gpu': gpu, 'warm_start': bool(settings.init_checkpoint)}
+    shared = {name: value for name, value in dataclasses.asdict(settings).items() if name not in NOT_SHARED}
+    return {**shaping_settings(settings), **shared, 'gpu': gpu, 'warm_start': bool(settings.init_checkpoint)}
 
 
 # Worker-specific settings, and paths that may differ between machines holding the same data.
@@ -272,9 +268,8 @@ def nan_message(settings, state, epoch, step):
             f'(now {settings.learning_rate:g}); {last_good}')
 
 
-# One epoch's training, as finetune.py's train_one_epoch sums it up (on several workers, the whole
-# cluster's): mean loss and accuracy, images per second, images seen, the rates its steps used,
-# and whether it ran to its end (False: a stop signal came first).
+# One epoch's training, as finetune.py's train_one_epoch sums it up (the whole cluster's); finished:
+# False when a stop signal came first.
 EpochTraining = collections.namedtuple('EpochTraining', 'loss accuracy images_per_second images '
                                                         'rates finished')
 
@@ -294,7 +289,6 @@ def started(settings):
     with workers.lock(settings.checkpoint_path), signals.StopRequests() as stop:
         state, resumed = new_or_resumed_state(settings, writes=workers.is_chief)
         state.order_seed = workers.start(state.order_seed, agreed_settings(settings, gpu))
-        # The .npy read once, checked before anything is built.
         run = Run(settings, gpu, class_names, workers, session_config, stop, state, resumed,
                   initial_weights(settings, resumed))
         with loop.seeded(settings.seed):

@@ -137,9 +137,6 @@ class Settings:
     def num_workers(self):
         return self.cluster.num_workers if self.cluster else 1
 
-    def as_dict(self):
-        return dataclasses.asdict(self)
-
 
 def layer_list(text):
     """--train_layers / --skip_layers: a comma list of layers, 'all' or 'none'."""
@@ -204,11 +201,11 @@ def from_flags(flags, parser_defaults, demo_lists, given=frozenset()):
     if flags.init_checkpoint and flags.skip_layers is None:
         values['skip_layers'] = ()  # a warm start loads every layer the checkpoint has
     demo_defaults = {}
-    if values['demo'] and values['cluster']:
-        # Each worker would write the demo's images and clear its earlier run: not the chief's alone.
-        raise ToolkitError('the demo needs one machine: give every worker the same --train_file and '
-                           '--val_file')
     if values['demo']:
+        if values['cluster']:
+            # Each worker would write the demo's images and clear its earlier run: not the chief's alone.
+            raise ToolkitError('the demo needs one machine: give every worker the same --train_file '
+                               'and --val_file')
         train_file, val_file, num_classes = demo_lists(flags)
         values.update(train_file=train_file, val_file=val_file, num_classes=num_classes)
         demo_defaults = dict(DEMO_DEFAULTS)
@@ -228,21 +225,26 @@ def from_flags(flags, parser_defaults, demo_lists, given=frozenset()):
     check_data_files(values)
     train_labels = classes_from_data(values, given_by='num_classes' in given or flags.resume)
     defaults['num_classes'] = values['num_classes']  # what the data say is the default, not a change
-    if asked_batch_size is None:
-        values['batch_size'] = fitting_batch_size(values['batch_size'], len(train_labels),
-                                                  values['train_file'])
-        defaults['batch_size'] = values['batch_size']
-    elif asked_batch_size > len(train_labels):
-        raise ToolkitError(f'--batch_size {asked_batch_size} is more than the {len(train_labels)} '
+    images = len(train_labels)
+    if asked_batch_size is None and images < values['batch_size']:  # the largest batch they fill
+        fitting = largest_power_of_two(images)
+        print(f"note: {values['train_file']} holds {images} training images, fewer than the default "
+              f"--batch_size {values['batch_size']}: using --batch_size {fitting}")
+        values['batch_size'] = defaults['batch_size'] = fitting
+    elif asked_batch_size is not None and asked_batch_size > images:
+        raise ToolkitError(f'--batch_size {asked_batch_size} is more than the {images} '
                            f"training images of {values['train_file']}: use --batch_size "
-                           f'{largest_power_of_two(len(train_labels))}, or leave it out')
+                           f'{largest_power_of_two(images)}, or leave it out')
     check(values)
     values['changed_settings'] = tuple(name for name, value in values.items()
                                        if name in defaults and name not in CLUSTER_FLAGS
                                        and _differs(name, value, defaults[name]))
     if values['checkpoint_path'] is None:
         values['checkpoint_path'] = new_run_folder(values)
-    check_output_folders(values)
+    if cluster is None or cluster.is_chief:  # only the chief writes the run folder (and events)
+        run_folder.check_output_folder(values['checkpoint_path'], '--checkpoint_path')
+        if values['filewriter_path']:
+            run_folder.check_output_folder(values['filewriter_path'], '--filewriter_path')
     if values['init_checkpoint']:
         values['init_checkpoint'] = model_info.resolve_checkpoint(values['init_checkpoint'])
     return Settings(**values)
@@ -370,17 +372,6 @@ def largest_power_of_two(count):
     return 1 << (count.bit_length() - 1)
 
 
-def fitting_batch_size(default, images, train_file):
-    """The default batch, or the largest power of two that the training set fills, when it holds
-    fewer images than the default (a note says so)."""
-    if images >= default:
-        return default
-    batch_size = largest_power_of_two(images)
-    print(f'note: {train_file} holds {images} training images, fewer than the default --batch_size '
-          f'{default}: using --batch_size {batch_size}')
-    return batch_size
-
-
 # Where a worker stands in the cluster, not what the run is: never in its name.
 CLUSTER_FLAGS = ('worker_hosts', 'task_index', 'collective_timeout')
 
@@ -483,12 +474,3 @@ def check(values):
                            '--mixup or --cutmix')
     if v.find_lr:
         run_folder.check_output_file(v.find_lr, '--find_lr')
-
-
-def check_output_folders(values):
-    """The run folder (and a separate TensorBoard root) can be written; only the chief writes them."""
-    cluster = values['cluster']
-    if cluster is None or cluster.is_chief:
-        run_folder.check_output_folder(values['checkpoint_path'], '--checkpoint_path')
-        if values['filewriter_path']:
-            run_folder.check_output_folder(values['filewriter_path'], '--filewriter_path')

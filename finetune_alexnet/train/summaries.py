@@ -2,9 +2,6 @@
 per run, the HParams dashboard, per-epoch pictures from the validation pass (worst mistakes,
 confusion matrix, per-class precision/recall and PR curves), and the projector's fc7 embedding.
 All computed from what the validation pass already fetches: no second pass over the data.
-
-TensorBoard's plugins build their summaries as TensorBoard's own protobufs; they are re-read as
-`tf.Summary` so the run's `tf.summary.FileWriter` writes them with everything else.
 """
 import contextlib
 import datetime
@@ -111,14 +108,13 @@ def new_run_folder(root, name):
     return candidate
 
 
-def _hparam_text(value):
-    if isinstance(value, (list, tuple)):
-        if not value:
-            return 'none'
-        return ','.join(f'{v[0]}={v[1]:g}' if isinstance(v, tuple) else _hparam_text(v) for v in value)
-    if isinstance(value, float):
-        return f'{value:g}'
-    return str(value)
+def _hparam_value(value):
+    """A setting as HParams shows it: None as 'none', a list as one text ('none', 'fc8,fc7', '1,3.5'
+    or 'fc8=10,fc7=2'), anything else as it is."""
+    if not isinstance(value, (list, tuple)):
+        return 'none' if value is None else value
+    return ','.join(f'{v[0]}={v[1]:g}' if isinstance(v, tuple) else f'{v:g}' if isinstance(v, float)
+                    else str(v) for v in value) or 'none'
 
 
 def as_tf_summary(proto):
@@ -129,16 +125,9 @@ def as_tf_summary(proto):
 def hparam_values(args, class_weight_values=None):
     """The run's hyper-parameters as the plain values (numbers, strings, booleans) HParams shows;
     `class_weight_values` are the loss weights the run uses (what 'balanced' came to)."""
-    values = {}
-    for name in HPARAMS:
-        value = getattr(args, name, None)
-        if name == 'unfreeze_layers' and not getattr(args, 'unfreeze_at', 0):
-            value = None  # no second phase
-        if isinstance(value, (list, tuple)):
-            value = _hparam_text(value)
-        elif value is None:
-            value = 'none'
-        values[name] = value
+    values = {name: _hparam_value(getattr(args, name, None)) for name in HPARAMS}
+    if not getattr(args, 'unfreeze_at', 0):
+        values['unfreeze_layers'] = 'none'  # no second phase
     values['class_weight_values'] = (','.join(f'{weight:.4g}' for weight in class_weight_values)
                                      if class_weight_values is not None else 'none')
     return values
@@ -269,25 +258,22 @@ def validation_summary(outputs, paths, class_names, num_classes):
     names = model_info.class_names_or_placeholders(class_names, num_classes)
     counts = metrics.confusion_matrix(labels, probabilities.argmax(axis=1), num_classes)
     precision, recall = metrics.precision_recall(counts)
-    values = []
+    values = [image_value('validation/confusion_matrix', confusion_matrix_image(counts, names))]
+    grid = mistakes_grid(paths, probabilities, labels, names)
+    if grid is not None:
+        values.append(image_value('validation/worst_mistakes', grid))
     for label, name in enumerate(names):
         for kind, numbers in (('precision', precision), ('recall', recall)):
             if np.isfinite(numbers[label]):
                 values.append(tf.Summary.Value(tag=f'validation_{kind}/{tag_name(name)}',
                                                simple_value=float(numbers[label])))
-    values.append(image_value('validation/confusion_matrix', confusion_matrix_image(counts, names)))
-    grid = mistakes_grid(paths, probabilities, labels, names)
-    if grid is not None:
-        values.append(image_value('validation/worst_mistakes', grid))
-    summary = tf.Summary(value=values)
-    for label, name in enumerate(names):
         curve = pr_curve_summary.pb(f'pr_curve/{tag_name(name)}', labels == label,
                                     probabilities[:, label], num_thresholds=PR_CURVE_THRESHOLDS,
                                     display_name=f'{name} (PR curve)')
         value, = as_tf_summary(curve).value
         value.tag = f'pr_curve/{tag_name(name)}'  # the plugin would append '/pr_curves'
-        summary.value.append(value)
-    return summary
+        values.append(value)
+    return tf.Summary(value=values)
 
 
 def sprite(paths, size):
