@@ -18,7 +18,7 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 
 from finetune_alexnet import weight_files  # noqa: E402
 from finetune_alexnet.errors import ToolkitError  # noqa: E402
-from finetune_alexnet.preprocessing import INPUT_SIZE  # noqa: F401  (the one definition; users import it here)
+from finetune_alexnet.preprocessing import INPUT_SIZE  # noqa: F401 (defined once; users import it here)
 
 TRAINABLE_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
 CONV_LAYERS = TRAINABLE_LAYERS[:5]

@@ -160,7 +160,7 @@ def get_args_parser():
                         '--num_epochs to extend it)')
 
     devices = parser.add_argument_group('devices')
-    devices.add_argument('--device', choices=('auto', 'cpu', 'gpu'), default='auto')
+    devices.add_argument('--device', choices=tf_setup.DEVICE_CHOICES, default='auto')
     devices.add_argument('--num_gpus', type=int, default=1,
                          help='split each batch over this many devices and average the gradients')
     devices.add_argument('--xla', action='store_true', help='compile the graph with XLA')

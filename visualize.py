@@ -175,7 +175,8 @@ def main(argv=None):
     parser.add_argument('images', nargs='*', help=f'photos (default: the .jpg files in {DEFAULT_IMAGES})')
     model = parser.add_mutually_exclusive_group()
     model.add_argument('--weights_path', help='weights file (default bvlc_alexnet.npy)')
-    model.add_argument('--checkpoint_path', '--checkpoint', help='a fine-tuned checkpoint instead (prefix or folder)')
+    model.add_argument('--checkpoint_path', '--checkpoint',
+                       help='a fine-tuned checkpoint instead (prefix or folder)')
     parser.add_argument('--out_dir', required=True, help='folder for the PNG files (created if needed)')
     parser.add_argument('--feature_image', type=int, default=None,
                         help=f'which photo (0-based) to show the conv1 feature maps of (default: '

@@ -472,14 +472,14 @@ class Workers:
         """True (on every worker, before the same step) once any worker received a stop signal; the
         others then take that worker's signal as their own, for the message and the exit status."""
         sent = stop.signum or 0
-        signals = self.gather(session, [sent])[:, 0].astype(int)
+        received = self.gather(session, [sent])[:, 0].astype(int)
         # Decided from what every worker sent, never from the flag now: a signal that arrived
         # during the gather is sent (and obeyed) before the next step, by every worker at once.
-        if not signals.any():
+        if not received.any():
             return False
         if not sent:
-            index = int(np.flatnonzero(signals)[0])
-            stop.agree(int(signals[index]), self.cluster.name(index))
+            index = int(np.flatnonzero(received)[0])
+            stop.agree(int(received[index]), self.cluster.name(index))
         return True
 
     def epoch_totals(self, session, values):

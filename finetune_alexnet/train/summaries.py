@@ -133,14 +133,14 @@ def hparam_values(args, class_weight_values=None):
     return values
 
 
-def hparams_summaries(args, run_name, start_time_secs=None, class_weight_values=None):
+def hparams_summaries(args, run_name, class_weight_values=None):
     """The experiment's columns and this run's values, as two `tf.Summary` protos for its writer.
     Every run writes the whole experiment's columns, so any subset of runs shows the whole table."""
     values = hparam_values(args, class_weight_values)
     config = hparams_summary.hparams_config_pb(
         hparams=[hparams_summary.HParam(name) for name in values],
         metrics=[hparams_summary.Metric(tag, display_name=title) for tag, title in METRICS])
-    session = hparams_summary.hparams_pb(values, trial_id=run_name, start_time_secs=start_time_secs)
+    session = hparams_summary.hparams_pb(values, trial_id=run_name)
     return [as_tf_summary(config), as_tf_summary(session)]
 
 
