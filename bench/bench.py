@@ -3,7 +3,8 @@
     python bench/bench.py [--quick] [--only 'fc/*,e2e/*'] [--device cpu|gpu] [--json FILE]
 
 Each configuration runs in a fresh subprocess, one after the other, as a user runs one command at a
-time (TensorFlow reads its oneDNN settings at load; its thread pools are per process). Its key says
+time (TensorFlow reads its oneDNN settings at load; its thread pools are per process); --quick, a
+smoke run, runs the TensorFlow configurations in one shared process instead. Its key says
 what it is: `fc/memory/128` is the step that trains fc6-fc8 (`all`: every layer) at batch 128 from
 an in-memory batch; `pipeline` feeds it from the JPEG pipeline (datagenerator), `loop` is finetune.py
 itself (images/s from its metrics.jsonl), `feed` the original's loop, the baseline (each batch pulled
@@ -419,21 +420,28 @@ def measure_torch(spec):
     return timed(step, spec['batch'], spec['seconds'])
 
 
-def worker(spec):
-    """Run one configuration; its result is the last line of stdout, as JSON."""
-    if spec['framework'] == 'tf':
-        import tensorflow.compat.v1 as tf
-        from finetune_alexnet import tf_setup
-        tf_setup.quiet_python_logging()
-        tf.disable_v2_behavior()
-    if spec['kind'] == 'check':
-        result = check_tf(spec) if spec['framework'] == 'tf' else check_torch(spec)
-    elif spec['framework'] == 'torch':
-        result = measure_torch(spec)
-    else:
-        result = {'step': measure_tf_step, 'infer': measure_tf_inference, 'eval': measure_evaluation,
-                  'input': measure_input}[spec['kind']](spec)
-    print(json.dumps(result))
+def worker(specs):
+    """Run configurations one after another (one, or --quick's shared batch); each result is a line
+    of stdout, as JSON, in order: the figures, or {"error": reason} for one that failed."""
+    for spec in specs:
+        if spec['framework'] == 'tf':
+            import tensorflow.compat.v1 as tf
+            from finetune_alexnet import tf_setup
+            tf_setup.quiet_python_logging()
+            tf.disable_v2_behavior()
+        try:
+            if spec['kind'] == 'check':
+                result = check_tf(spec) if spec['framework'] == 'tf' else check_torch(spec)
+            elif spec['framework'] == 'torch':
+                result = measure_torch(spec)
+            else:
+                result = {'step': measure_tf_step, 'infer': measure_tf_inference,
+                          'eval': measure_evaluation, 'input': measure_input}[spec['kind']](spec)
+        except Exception as error:  # noqa: BLE001 - one configuration's failure, reported by its key
+            if len(specs) == 1:
+                raise
+            result = {'error': f'{type(error).__name__}: {error}'}
+        print(json.dumps(result), flush=True)
     return 0
 
 
@@ -512,12 +520,22 @@ def configurations(args):
     return configs
 
 
-def run_worker(spec):
-    command = [sys.executable, os.path.abspath(__file__), '--worker', json.dumps(spec)]
+def run_worker(specs):
+    """[result of each spec] from one `--worker` process; a spec that failed is a RuntimeError."""
+    command = [sys.executable, os.path.abspath(__file__), '--worker', json.dumps(specs)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if result.returncode != 0:
         raise RuntimeError(last_line(result))
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    results = [json.loads(line) for line in result.stdout.strip().splitlines()[-len(specs):]]
+    return [RuntimeError(found['error']) if isinstance(found, dict) and 'error' in found else found
+            for found in results]
+
+
+def shares_a_process(spec):
+    """--quick runs these in one worker process: TensorFlow configurations that leave no setting
+    behind (--seed's op determinism stays on in a process; PyTorch keeps its own)."""
+    return spec['framework'] == 'tf' and spec['kind'] in ('step', 'infer', 'eval', 'input') and \
+        spec.get('source') != 'seeded'
 
 
 def last_line(result):
@@ -564,7 +582,8 @@ def measure(key, spec, args):
         args.walls[key] = seconds
         with open(train_file) as stream:
             return sum(1 for _ in stream) * args.e2e_epochs / seconds
-    return run_worker(spec)
+    found, = run_worker([spec])
+    return found
 
 
 def ratio_text(key, spec, values, args):
@@ -619,8 +638,8 @@ def table(configs, values, failed, args):
 def parse_args(argv):
     parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true',
-                        help='every configuration briefly, two at a time: batch 8, short windows, '
-                        'small data (a smoke run, not measurements)')
+                        help='every configuration briefly: batch 8, short windows, small data, the '
+                        'TensorFlow ones in one shared process (a smoke run, not measurements)')
     parser.add_argument('--only', help='comma list of key patterns to run (fc/*, infer/tf/1, e2e/*)')
     parser.add_argument('--batches', help='training batch sizes (default 32,128; quick 8)')
     parser.add_argument('--seconds', type=float, help='timed window per configuration (default 8; '
@@ -673,22 +692,37 @@ def main(argv=None):
         args.e2e_lists = write_demo_lists(args.cache_dir, args.e2e_images)
     values, failed = {}, set()
 
-    def run(key):
-        spec = dict(configs[key], weights=weights, seconds=args.seconds,
+    def record(key, value, started):
+        if isinstance(value, RuntimeError):
+            failed.add(key)
+            print(f'error: {key}: {value}', file=sys.stderr)
+            return
+        values[key] = value
+        shown = 'values' if key.startswith('check/') else f'{value:.1f}'
+        print(f'{key}: {shown} ({time.perf_counter() - started:.0f} s)', file=sys.stderr, flush=True)
+
+    def spec_of(key):
+        return dict(configs[key], weights=weights, seconds=args.seconds,
                     list_file=getattr(args, 'list_file', None), shards=getattr(args, 'shards', None))
+
+    def run(keys):
         started = time.perf_counter()
         try:
-            values[key] = measure(key, spec, args)
+            found = run_worker([spec_of(key) for key in keys]) if len(keys) > 1 else \
+                [measure(keys[0], spec_of(keys[0]), args)]
         except RuntimeError as error:
-            failed.add(key)
-            print(f'error: {key}: {error}', file=sys.stderr)
-            return
-        shown = 'values' if key.startswith('check/') else f'{values[key]:.1f}'
-        print(f'{key}: {shown} ({time.perf_counter() - started:.0f} s)', file=sys.stderr, flush=True)
-    # One configuration at a time, so that none slows another; --quick, a smoke run whose figures
-    # are not measurements, runs two at once to overlap their start-up (mostly one core each).
+            found = [error] * len(keys)
+        for key, value in zip(keys, found):
+            record(key, value, started)
+    # One configuration at a time, each in a process of its own, so that none slows another. --quick,
+    # a smoke run whose figures are not measurements, spends its time on start-up instead: the
+    # configurations that can share one worker process do, beside the others, two processes at once.
+    groups = [[key] for key in configs]
+    if args.quick:
+        shared = [key for key in configs if shares_a_process(configs[key])]
+        groups = [shared] * bool(shared) + [[key] for key in configs if key not in shared]
     with concurrent.futures.ThreadPoolExecutor(2 if args.quick else 1) as pool:
-        list(pool.map(run, configs))
+        list(pool.map(run, groups))
     text = table(configs, values, failed, args)
     print(text)
     if args.json:
