@@ -120,6 +120,20 @@ def test_onnx_in_onnxruntime_equals_predict_and_carries_the_class_names(deployed
     model = onnx.load(str(path))
     assert [entry.version for entry in model.opset_import if entry.domain in ('', 'ai.onnx')] == [13]
     assert model.producer_name == 'finetune_alexnet export.py'
+    # The weights held out of tf2onnx came back as initializers, each kernel once, in the OIHW layout
+    # of the Conv that reads it (the two groups split): no Transpose or Split is left on a weight.
+    stored = {tensor.name: list(tensor.dims) for tensor in model.graph.initializer}
+    assert [tensor.name for tensor in model.graph.input] == ['images']
+    assert not [node.op_type for node in model.graph.node if node.op_type in ('Transpose', 'Split')
+                and node.input[0] in stored]
+    kernels = sorted(stored[node.input[1]] for node in model.graph.node if node.op_type == 'Conv')
+    assert kernels == sorted([[96, 3, 11, 11], *[[128, 48, 5, 5]] * 2, [384, 256, 3, 3],
+                              *[[192, 192, 3, 3]] * 2, *[[128, 192, 3, 3]] * 2])
+    shapes = dict(bvlc_fixture.LAYER_SHAPES, fc8=(4096, 3))
+    # Kernels and biases, and the two LRNs' channel-window matrices (96 x 96, 256 x 256), each once;
+    # the rest are a few scalars and shapes.
+    weights = sum(np.prod(shape) + shape[-1] for shape in shapes.values()) + 96**2 + 256**2
+    assert weights < sum(np.prod(dims) for dims in stored.values()) < weights + 100
     metadata = session.get_modelmeta().custom_metadata_map
     assert metadata['class_names'].split('\n') == NAMES
     beside = str(path)[:-len('.onnx')]

@@ -265,15 +265,30 @@ def convert_onnx(exported):
     in, probabilities out, as the float32 TFLite file; the class names and model_info.json content
     in its metadata_props ('class_names': one a line; 'model_info': JSON)."""
     tf2onnx = deploy_module('tf2onnx', '--format onnx')
+    numpy_helper = deploy_module('onnx.numpy_helper', '--format onnx')
     with _float_input_session(exported) as (session, _, _):
         frozen = convert_to_constants.convert_variables_to_constants_from_session_graph(
             session, session.graph.as_graph_def(), [ONNX_OUTPUT])
+    # tf2onnx copies every constant at each of its optimizer passes (a minute and 11 GB for AlexNet's
+    # 228 MB): it converts the graph with the large constants held out as inputs instead, and they
+    # go back in below as initializers.
+    held_out = {}
+    for node in frozen.node:
+        if node.op == 'Const' and len(node.attr['value'].tensor.tensor_content) > 4096:
+            held_out[node.name + ':0'] = tf.make_ndarray(node.attr['value'].tensor)
+            node.op = 'Placeholder'
+            del node.attr['value']
+            node.attr['shape'].shape.CopyFrom(tf.TensorShape(held_out[node.name + ':0'].shape).as_proto())
     with warnings.catch_warnings():  # tf2onnx's own deprecation notices are not the user's business
         warnings.simplefilter('ignore')
         proto, _ = tf2onnx.convert.from_graph_def(
-            frozen, input_names=[ONNX_INPUT + ':0'], output_names=[ONNX_OUTPUT + ':0'],
+            frozen, input_names=[ONNX_INPUT + ':0', *held_out], output_names=[ONNX_OUTPUT + ':0'],
             opset=ONNX_OPSET, tensors_to_rename={ONNX_INPUT + ':0': ONNX_INPUT,
                                                  ONNX_OUTPUT + ':0': ONNX_OUTPUT})
+    inputs = [tensor for tensor in proto.graph.input if tensor.name not in held_out]
+    del proto.graph.input[:]
+    proto.graph.input.extend(inputs)
+    _fold_weight_layouts(proto.graph, held_out, numpy_helper)
     proto.producer_name, proto.producer_version = WRITTEN_BY, f'tf2onnx {tf2onnx.__version__}'
     for tensor in (*proto.graph.input, *proto.graph.output):  # tf2onnx calls it unk__<number>
         tensor.type.tensor_type.shape.dim[0].dim_param = 'n'
@@ -285,6 +300,34 @@ def convert_onnx(exported):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     return proto
+
+
+def _fold_weight_layouts(graph, weights, numpy_helper):
+    """Store `weights` ({name: array}) as initializers of the ONNX `graph`, with the Transpose (TF's
+    HWIO kernels to ONNX's OIHW) and Split (the two groups) nodes that read only initializers done
+    here, as tf2onnx's constant folding would have: the file then holds each kernel once, in the
+    layout its Conv reads, for runtimes that fold nothing at load."""
+    values = dict(weights, **{tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer})
+    kept = []
+    for node in graph.node:
+        attributes = {attribute.name: attribute for attribute in node.attribute}
+        if node.op_type in ('Transpose', 'Split') and all(name in values for name in node.input):
+            data = values[node.input[0]]
+            if node.op_type == 'Transpose':
+                values[node.output[0]] = np.transpose(data, list(attributes['perm'].ints))
+            else:
+                axis = attributes['axis'].i if 'axis' in attributes else 0
+                sizes = values[node.input[1]] if len(node.input) > 1 else \
+                    [data.shape[axis] // len(node.output)] * len(node.output)
+                for name, part in zip(node.output, np.split(data, np.cumsum(sizes)[:-1], axis=axis)):
+                    values[name] = part
+        else:
+            kept.append(node)
+    needed = {name for node in kept for name in node.input} | {tensor.name for tensor in graph.output}
+    del graph.node[:], graph.initializer[:]
+    graph.node.extend(kept)
+    graph.initializer.extend(numpy_helper.from_array(np.ascontiguousarray(value), name)
+                             for name, value in values.items() if name in needed)
 
 
 def write_onnx(output, exported):
