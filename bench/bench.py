@@ -145,16 +145,16 @@ def write_shards(folder, list_file):
 
 
 def write_demo_lists(folder, images):
-    """finetune.py's demo images (generated disks and squares), split 80/20 by make_lists."""
-    import make_lists
+    """finetune.py's demo images (generated disks and squares), split 80/20 as make_lists.py does."""
     from finetune_alexnet import demo_data
+    from finetune_alexnet import image_lists
     per_class = images // 2
     image_folder = os.path.join(folder, f'demo_{per_class}')
     if not os.path.isdir(image_folder):
         demo_data.make_demo_images(image_folder, per_class, seed=0)
-    paths, labels, class_names = make_lists.find_images(image_folder)
-    train, val = make_lists.split_stratified(paths, labels, val_fraction=0.2, seed=0)
-    return make_lists.write_lists(os.path.join(folder, f'lists_{per_class}'), train, val, class_names)
+    paths, labels, class_names = image_lists.find_images(image_folder)
+    train, val = image_lists.split_stratified(paths, labels, val_fraction=0.2, seed=0)
+    return image_lists.write_lists(os.path.join(folder, f'lists_{per_class}'), train, val, class_names)
 
 
 # --- worker side: one configuration in this process ------------------------------------------------

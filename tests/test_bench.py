@@ -13,6 +13,9 @@ import sys
 
 import pytest
 
+import datagenerator
+from finetune_alexnet import demo_data
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO, 'bench', 'bench.py')
 # Every kind of measurement: the step from memory, through the original's feed_dict loop and
@@ -132,6 +135,18 @@ def import_bench_script(name):
         return __import__(name)
     finally:
         sys.path.remove(os.path.join(REPO, 'bench'))
+
+
+def test_the_end_to_end_rows_data_is_the_demo_split_80_20_by_class(tmp_path):
+    """The e2e/* rows' lists (the reduced quick run above leaves those rows out: each is a run)."""
+    bench = import_bench_script('bench')
+    lists = bench.write_demo_lists(str(tmp_path), 20)
+    assert sorted(lists) == ['classes.txt', 'train.txt', 'val.txt']
+    train, val = (datagenerator.read_list(lists[name]) for name in ('train.txt', 'val.txt'))
+    assert sorted(train[1]) == [0] * 8 + [1] * 8 and sorted(val[1]) == [0, 0, 1, 1]
+    assert not set(train[0]) & set(val[0]) and all(os.path.isfile(path) for path in train[0] + val[0])
+    assert open(lists['classes.txt']).read().split() == ['0', demo_data.CLASS_NAMES[0], '1',
+                                                         demo_data.CLASS_NAMES[1]]
 
 
 def test_recipe_comparison_intervals_are_the_textbook_ones():
