@@ -17,8 +17,9 @@ against Caffe's ten crops), `input/*` (the pipeline alone against plain OpenCV),
 10-epoch frozen-conv finetune.py run, --cache_features off and on) and `check/*` (the PyTorch
 peer's logits and SGD step against ours). `input/core-*` time the pipeline on
 one thread (images/s per core) from the JPEG list, from TFRecord shards of the same JPEGs and from
-shards pre-resized to 256x256 (make_tfrecords.py --pre_resize), without and with --augment. Weights are random (speed does not
-depend on them), written once in the BVLC layout. Figures go in bench/RESULTS.md.
+shards pre-resized to 256x256 (make_tfrecords.py --pre_resize), without and with --augment. Weights
+are random (speed does not depend on them), written once in the BVLC layout. Figures go in
+bench/RESULTS.md.
 """
 import os
 import sys

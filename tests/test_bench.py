@@ -1,8 +1,9 @@
 """bench/bench.py: a --quick run on a reduced set prints every row it was asked for, with real figures.
 
 No speed is asserted (the machine is shared); what is checked is that every configuration ran (the
-TensorFlow ones in --quick's shared worker process, the loop as finetune.py's own), the table holds each asked-for row with a positive images/s equal to the one in the
-JSON file, and each ratio is the quotient of the rows it names.
+TensorFlow ones in --quick's shared worker process, the loop as finetune.py's own), the table holds
+each asked-for row with a positive images/s equal to the one in the JSON file, and each ratio is the
+quotient of the rows it names.
 """
 import json
 import math

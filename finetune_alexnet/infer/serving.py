@@ -314,7 +314,8 @@ def _fold_weight_layouts(graph, weights, numpy_helper):
         if node.op_type in ('Transpose', 'Split') and all(name in values for name in node.input):
             data = values[node.input[0]]
             if node.op_type == 'Transpose':
-                values[node.output[0]] = np.transpose(data, list(attributes['perm'].ints))
+                perm = list(attributes['perm'].ints) if 'perm' in attributes else None  # None: reversed
+                values[node.output[0]] = np.transpose(data, perm)
             else:
                 axis = attributes['axis'].i if 'axis' in attributes else 0
                 sizes = values[node.input[1]] if len(node.input) > 1 else \
