@@ -424,12 +424,12 @@ def measure_torch(spec):
 def worker(specs):
     """Run configurations one after another (one, or --quick's shared batch); each result is a line
     of stdout, as JSON, in order: the figures, or {"error": reason} for one that failed."""
+    if any(spec['framework'] == 'tf' for spec in specs):
+        import tensorflow.compat.v1 as tf
+        from finetune_alexnet import tf_setup
+        tf_setup.quiet_python_logging()
+        tf.disable_v2_behavior()
     for spec in specs:
-        if spec['framework'] == 'tf':
-            import tensorflow.compat.v1 as tf
-            from finetune_alexnet import tf_setup
-            tf_setup.quiet_python_logging()
-            tf.disable_v2_behavior()
         try:
             if spec['kind'] == 'check':
                 result = check_tf(spec) if spec['framework'] == 'tf' else check_torch(spec)
@@ -716,12 +716,12 @@ def main(argv=None):
         for key, value in zip(keys, found):
             record(key, value, started)
     # One configuration at a time, each in a process of its own, so that none slows another. --quick,
-    # a smoke run whose figures are not measurements, spends its time on start-up instead: the
-    # configurations that can share one worker process do, beside the others, two processes at once.
+    # a smoke run whose figures are not measurements, saves start-ups instead: the configurations
+    # that can share one worker process do, and the groups run two at a time.
     groups = [[key] for key in configs]
     if args.quick:
         shared = [key for key in configs if shares_a_process(configs[key])]
-        groups = [shared] * bool(shared) + [[key] for key in configs if key not in shared]
+        groups = ([shared] if shared else []) + [[key] for key in configs if key not in shared]
     with concurrent.futures.ThreadPoolExecutor(2 if args.quick else 1) as pool:
         list(pool.map(run, groups))
     text = table(configs, values, failed, args)

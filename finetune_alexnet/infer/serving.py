@@ -275,10 +275,10 @@ def convert_onnx(exported):
     held_out = {}
     for node in frozen.node:
         if node.op == 'Const' and len(node.attr['value'].tensor.tensor_content) > 4096:
-            held_out[node.name + ':0'] = tf.make_ndarray(node.attr['value'].tensor)
+            value = held_out[node.name + ':0'] = tf.make_ndarray(node.attr['value'].tensor)
             node.op = 'Placeholder'
             del node.attr['value']
-            node.attr['shape'].shape.CopyFrom(tf.TensorShape(held_out[node.name + ':0'].shape).as_proto())
+            node.attr['shape'].shape.CopyFrom(tf.TensorShape(value.shape).as_proto())
     with warnings.catch_warnings():  # tf2onnx's own deprecation notices are not the user's business
         warnings.simplefilter('ignore')
         proto, _ = tf2onnx.convert.from_graph_def(
