@@ -219,6 +219,22 @@ def one_machine(tmp_path_factory, dataset):
     return run_dir
 
 
+def fc8_flags(dataset, run_dir, weights, *extra):
+    """fc8 alone on the fixture's weights, from images: for the tests whose subject is how workers
+    stop and resume, a third of the CPU of every layer from scratch (whose all-reduce
+    test_two_workers_train_and_validate_as_one_machine checks)."""
+    return tiny_runs.flags(dataset, run_dir, '--train_layers', 'fc8', '--cache_features', 'off', *extra,
+                           weights=weights)
+
+
+@pytest.fixture(scope='module')
+def fc8_machine(tmp_path_factory, dataset, bvlc_npy):
+    """The reference of the stop and resume tests: fc8_flags' run in one process."""
+    run_dir = tmp_path_factory.mktemp('fc8_machine')
+    assert cli.run(__import__('finetune').main, fc8_flags(dataset, run_dir, bvlc_npy)) == 0
+    return run_dir
+
+
 @pytest.mark.slow
 def test_two_workers_train_and_validate_as_one_machine(dataset, tmp_path, one_machine):
     """Weights after two epochs equal to 1e-5, the same validation numbers and pictures; the chief
@@ -277,12 +293,12 @@ def test_a_port_in_use_is_one_line_naming_the_worker(dataset, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_sigterm_to_one_worker_stops_both_and_resume_equals_the_uninterrupted_run(
-        dataset, tmp_path, one_machine, capsys):
+        dataset, tmp_path, bvlc_npy, fc8_machine, capsys):
     """Worker 1 (not the chief) gets SIGTERM after step 2 of epoch 2: both stop after that step, the
     chief saves; both resumed (from TF_CONFIG this time) train step 6 and end with one machine's
     uninterrupted weights. The batch and the order being global, a copy resumed on one machine
-    ends there too."""
-    flags = tiny_runs.flags(dataset, tmp_path)
+    ends there too. (fc8 on the fixture's weights: fc8_flags.)"""
+    flags = fc8_flags(dataset, tmp_path, bvlc_npy)
     chief, other = finish(start_workers(flags, signal_at=(1, 2, 2, signal.SIGTERM))[0])
     assert chief[0] == other[0] == 143, (chief[2], other[2])
     assert 'interrupted_step5.ckpt at step 5; continue with --resume' in chief[1]
@@ -291,24 +307,25 @@ def test_a_sigterm_to_one_worker_stops_both_and_resume_equals_the_uninterrupted_
     assert tiny_runs.read_state(tmp_path)['latest_checkpoint'] == 'interrupted_step5.ckpt'
     alone = tmp_path / 'alone'
     shutil.copytree(tmp_path / 'ckpt', alone / 'ckpt')
-    resumed = tiny_runs.run_here(capsys, tiny_runs.flags(dataset, alone, '--resume'))
+    resumed = tiny_runs.run_here(capsys, fc8_flags(dataset, alone, bvlc_npy, '--resume'))
     assert resumed.returncode == 0, resumed.stderr
-    assert_same_weights(alone / 'ckpt' / 'model_epoch2.ckpt', one_machine / 'ckpt' / 'model_epoch2.ckpt')
+    assert_same_weights(alone / 'ckpt' / 'model_epoch2.ckpt', fc8_machine / 'ckpt' / 'model_epoch2.ckpt')
     results = finish(start_workers([*flags, '--resume'], use_tf_config=True)[0])
     for code, stdout, stderr in results:
         assert code == 0, stderr
         assert 'resumed interrupted_step5.ckpt at step 5' in stdout
-    assert_same_weights(tmp_path / 'ckpt' / 'model_epoch2.ckpt', one_machine / 'ckpt' / 'model_epoch2.ckpt')
+    assert_same_weights(tmp_path / 'ckpt' / 'model_epoch2.ckpt', fc8_machine / 'ckpt' / 'model_epoch2.ckpt')
     assert [record['step'] for record in tiny_runs.read_state(tmp_path)['history']] == [3, 6]
 
 
 @pytest.mark.slow
 def test_a_killed_worker_ends_the_other_within_the_timeout_and_resume_goes_on(dataset, tmp_path,
-                                                                              one_machine):
+                                                                              bvlc_npy, fc8_machine):
     """Worker 1 is killed (SIGKILL) after step 1 of epoch 2: the chief stops in one line naming it,
-    within seconds, long before the deadline; both restarted with --resume go on from epoch 1's checkpoint to one machine's weights."""
+    within seconds, long before the deadline; both restarted with --resume go on from epoch 1's
+    checkpoint to one machine's weights (fc8 on the fixture's weights: fc8_flags)."""
     timeout = 600  # the deadline is for workers that hang; a dead one is found by knocking
-    flags = tiny_runs.flags(dataset, tmp_path)
+    flags = fc8_flags(dataset, tmp_path, bvlc_npy)
     processes, hosts = start_workers(flags, timeout=timeout, signal_at=(1, 2, 1, signal.SIGKILL))
     killed_at = None
     while killed_at is None:
@@ -328,7 +345,7 @@ def test_a_killed_worker_ends_the_other_within_the_timeout_and_resume_goes_on(da
     for code, stdout, stderr in finish(start_workers([*flags, '--resume'])[0]):
         assert code == 0, stderr
         assert 'resumed model_epoch1.ckpt at step 3' in stdout
-    assert_same_weights(tmp_path / 'ckpt' / 'model_epoch2.ckpt', one_machine / 'ckpt' / 'model_epoch2.ckpt')
+    assert_same_weights(tmp_path / 'ckpt' / 'model_epoch2.ckpt', fc8_machine / 'ckpt' / 'model_epoch2.ckpt')
 
 
 @pytest.mark.parametrize('use_gpu, expected', [(True, 'NCCL'), (False, 'RING')])
@@ -591,12 +608,12 @@ def test_a_stop_signal_while_waiting_for_the_others_ends_the_worker_at_once(data
 
 @pytest.mark.slow
 def test_a_signal_during_a_step_that_waits_for_a_hung_worker_ends_the_worker_after_the_grace(
-        dataset, tmp_path):
+        dataset, tmp_path, bvlc_npy):
     """Worker 1 stops itself (SIGSTOP) after step 1: its port still accepts connections, so it is
     not gone, and the chief's next step waits for it. A SIGTERM to the chief then lets the step
     finish for the grace (10 s, or twice the longest wait so far); it cannot, so the chief ends in
     one line with 143, long before --collective_timeout 300."""
-    processes, hosts = start_workers(tiny_runs.flags(dataset, tmp_path), timeout=300,
+    processes, hosts = start_workers(fc8_flags(dataset, tmp_path, bvlc_npy), timeout=300,
                                      signal_at=(1, 1, 1, signal.SIGSTOP))
     chief, other = processes
     try:
