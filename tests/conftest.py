@@ -46,21 +46,6 @@ LONGEST_FILES = ('test_distributed.py', 'test_tfrecords.py', 'test_bench.py', 't
                  'test_working_directory.py', 'test_visualize.py', 'test_predict.py')
 
 
-# What one xdist worker may hold at its peak: its own process (5.7 GB measured) and the commands its
-# tests start.
-WORKER_MEMORY = 6 * 2**30
-
-
-def pytest_xdist_auto_num_workers(config):
-    """-n auto: one worker more than the cores, as far as memory allows. The suite's tests wait on
-    workers that time out, servers that stall and processes that start; a third worker on 2 cores
-    fills those waits (the cores went from 90% to 96% busy, 11 min 31 s to 11 min 0 s)."""
-    if os.environ.get('PYTEST_XDIST_AUTO_NUM_WORKERS'):
-        return None  # xdist's own hook reads it
-    memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-    return max(1, min(len(os.sched_getaffinity(0)) + 1, memory // WORKER_MEMORY))
-
-
 def pytest_collection_modifyitems(items):
     first = {name: rank for rank, name in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: a file's order kept
